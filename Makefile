@@ -1,0 +1,54 @@
+# timerd build, test and tooling. `make help` lists the targets.
+
+GO        ?= go
+TOOLS     := $(GO) tool -modfile=tools/go.mod
+# Packages that own goroutines run their tests again under the race
+# detector. The wheel and the api package start none.
+RACE_PKGS ?=
+BENCH     ?= .
+BENCHTIME ?= 1s
+FUZZTIME  ?= 30s
+
+.PHONY: help build run test race bench fuzz lint proto proto-check tidy clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+build: ## compile every package (and, once they exist, the binaries into bin/)
+	$(GO) build ./...
+	@if [ -d cmd ]; then $(GO) build -o bin/ ./cmd/...; fi
+
+run: ## run timerd on the embedded store
+	@if [ -d cmd/timerd ]; then $(GO) run ./cmd/timerd; else \
+	  echo "make run: the timerd binary (cmd/timerd) is not built yet; it arrives with the single-node service." >&2; exit 2; fi
+
+test: ## run every test once, then the race detector on packages that own goroutines
+	$(GO) test -count=1 ./...
+	@if [ -n "$(RACE_PKGS)" ]; then $(GO) test -race -count=1 $(RACE_PKGS); fi
+
+bench: ## run the micro-benchmarks beside their peers (BENCH=regexp, BENCHTIME=1s)
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -benchmem ./wheel
+
+fuzz: ## fuzz the wheel against its reference model for FUZZTIME
+	$(GO) test -run '^$$' -fuzz FuzzWheel -fuzztime $(FUZZTIME) ./wheel
+
+lint: ## gofmt, go vet and staticcheck
+	@out="$$(gofmt -l .)"; \
+	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(TOOLS) staticcheck ./...
+
+proto: ## regenerate the Go code of api/timerd/v1 (needs protoc: apt-get install protobuf-compiler)
+	bash api/gen.sh
+
+proto-check: ## fail if the committed generated code differs from what make proto writes
+	@tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
+	  cp -r . "$$tmp/src" && (cd "$$tmp/src" && bash api/gen.sh) && \
+	  diff -r api/timerd/v1 "$$tmp/src/api/timerd/v1" && echo "generated code is up to date"
+
+tidy: ## fail if go.mod or go.sum of either module would change
+	$(GO) mod tidy -diff
+	cd tools && $(GO) mod tidy -diff
+
+clean: ## remove build output
+	rm -rf bin

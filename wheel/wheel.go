@@ -1,0 +1,596 @@
+// Package wheel owns the hierarchical timing wheel at the heart of a shard:
+// the in-memory index of pending timers that says which of them are due.
+//
+// It is a cascading wheel of the Varghese & Lauck scheme-7 family with
+// levels of 64 slots. Level L covers 64^(L+1) ticks, one slot being 64^L
+// ticks wide. A timer is kept at the lowest level whose current rotation
+// contains its tick, and moves (cascades) one level down each time the wheel
+// reaches the slot that holds it, so that it always fires in exactly the
+// tick that contains its due time: never early, and at most one tick late.
+// A 64-bit occupancy bitmap per level finds the next non-empty slot without
+// scanning, so an idle owner can sleep until Next instead of ticking.
+//
+// The package is a pure data structure: it starts no goroutines, reads no
+// clock and does no I/O. The owner passes time in (unix milliseconds, or any
+// other millisecond clock it keeps consistently) and drives the wheel with
+// Advance. A Wheel is not safe for concurrent use; its owner serializes
+// calls.
+//
+// # Layout
+//
+// A timer is a node in a slab (due time, the caller's 64-bit value, a
+// generation) plus one entry (node index, generation, due time) in the list
+// of the slot that holds it. Both live in fixed-size arrays that hold no
+// pointers, so millions of pending timers cost the garbage collector
+// nothing to scan, and both are recycled, so a wheel in steady state does
+// not allocate. A slot's list is a chain of 256-entry chunks: cascading a
+// slot copies entries between arrays without touching the nodes, and firing
+// one reads its nodes in an order the processor can fetch in parallel.
+// A pending timer costs 40 bytes of wheel memory (24 for its node, 16 for
+// its entry), plus at most one partly filled chunk per slot.
+//
+// Cancel and Reschedule free or update the node at once and leave the old
+// entry behind, dead: an entry is live only while its node's generation and
+// due time still match it. Dead entries are dropped when their slot
+// cascades or fires, or earlier when a slot is at least half dead, so they
+// never cost more than the live ones.
+//
+// # Costs
+//
+// Add, Cancel and Reschedule are O(1) (Cancel and Reschedule amortized
+// over slot compactions). Advance costs O(fired + levels) per call plus,
+// amortized, at most one cascade per level per timer over its life; it
+// never depends on how many timers are pending or on how long the wheel
+// was idle.
+//
+// # Invariants
+//
+// Checked after every step of the tests against a min-heap reference:
+//   - every live entry's tick is >= elapsed (the first unprocessed tick),
+//     or the entry is on the ready list;
+//   - a live entry at level L shares every bit above level L with elapsed,
+//     so its slot at level L is >= elapsed's, and strictly greater for
+//     L > 0; hence where a live entry is follows from its tick and elapsed
+//     alone, with no back-pointer in the node;
+//   - therefore the lowest non-empty level holds the earliest timers, and
+//     within it the lowest occupied slot does.
+package wheel
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"math/bits"
+	"slices"
+	"time"
+)
+
+// Errors returned by the wheel. Check them with errors.Is.
+var (
+	// ErrBeyondHorizon is returned for a due time further ahead than the
+	// wheel can hold (MaxSpan ticks past the current time). The wheel does
+	// not wrap such a timer around; it refuses it.
+	ErrBeyondHorizon = errors.New("wheel: due time beyond the horizon")
+	// ErrNotFound is returned for a handle that does not name a pending
+	// timer: it fired, was cancelled, or never came from this wheel.
+	ErrNotFound = errors.New("wheel: no pending timer for handle")
+	// ErrFull is returned when the wheel holds as many timers as its 32-bit
+	// indices can address.
+	ErrFull = errors.New("wheel: too many pending timers")
+	// ErrInvalidConfig is wrapped by Config.Validate errors, which name the
+	// bad field.
+	ErrInvalidConfig = errors.New("wheel: invalid config")
+)
+
+const (
+	slotBits  = 6
+	numSlots  = 1 << slotBits // slots per level
+	slotMask  = numSlots - 1
+	numLevels = 8
+
+	// MaxSpan is how far ahead of the wheel's current tick a timer may be
+	// due, in ticks: 2^42 ticks, about 139 years at the default 1 ms tick.
+	// The eight levels address 2^48 ticks; the margin keeps the horizon a
+	// full MaxSpan for the first 8,000 years of a wheel's life.
+	MaxSpan = 1 << 42
+	// maxTick is the first tick the levels cannot address.
+	maxTick = 1 << (numLevels * slotBits)
+
+	// Lists [0, readyList) are the slots, list l being slot l&63 of level
+	// l>>6; readyList holds entries whose tick has already passed. A
+	// list's occupancy bit is bit l&63 of word l>>6.
+	readyList = numLevels * numSlots
+	numLists  = readyList + 1
+
+	nodeBits  = 12
+	nodeChunk = 1 << nodeBits // nodes per slab chunk (96 KiB)
+	nodeMask  = nodeChunk - 1
+
+	entryBits  = 8
+	entryChunk = 1 << entryBits // entries per list chunk (4 KiB)
+	entryMask  = entryChunk - 1
+
+	maxIndex = 1<<32 - 1 // the most nodes or entry chunks; also "none"
+	none     = maxIndex
+
+	// maxStart bounds Config.Start so that tick arithmetic cannot overflow.
+	maxStart = 1 << 53
+)
+
+// levelOf maps bits.Len64(tick ^ elapsed | slotMask) to a level.
+var levelOf = func() (t [65]uint8) {
+	for n := range t {
+		if n > 0 {
+			t[n] = uint8((n - 1) / slotBits)
+		}
+	}
+	return t
+}()
+
+// Handle names a timer while it is pending. The zero Handle names none. A
+// handle goes stale when its timer fires or is cancelled; a stale handle is
+// not confused with a later timer that reuses the same node until the node
+// has been reused 2^31 times.
+type Handle uint64
+
+func makeHandle(i, gen uint32) Handle { return Handle(uint64(gen)<<32 | uint64(i)) }
+
+// Timer is a timer handed back by Advance.
+type Timer struct {
+	Handle Handle // stale by the time the caller sees it
+	Due    int64  // the due time given to Add or Reschedule, in ms
+	Value  uint64 // the caller's value given to Add
+}
+
+// Config configures a Wheel.
+type Config struct {
+	// Tick is the wheel's resolution: a timer fires in the first tick that
+	// starts at or after its due time, so at most Tick late. A whole number
+	// of milliseconds in [1ms, 1s]. Default 1ms.
+	Tick time.Duration
+	// Start is the wheel's initial current time, in ms on the owner's clock
+	// (unix ms for a shard). Ticks are counted from it. Must be in
+	// [0, 2^53). Default 0.
+	Start int64
+}
+
+// DefaultConfig returns the configuration a shard uses: 1 ms ticks starting
+// at start (unix ms).
+func DefaultConfig(start int64) Config {
+	return Config{Tick: time.Millisecond, Start: start}
+}
+
+// Validate reports the first invalid field of c.
+func (c Config) Validate() error {
+	if c.Tick < time.Millisecond || c.Tick > time.Second || c.Tick%time.Millisecond != 0 {
+		return fmt.Errorf("%w: Tick must be a whole number of milliseconds in [1ms, 1s], got %v", ErrInvalidConfig, c.Tick)
+	}
+	if c.Start < 0 || c.Start >= maxStart {
+		return fmt.Errorf("%w: Start must be in [0, 2^53) ms, got %d", ErrInvalidConfig, c.Start)
+	}
+	return nil
+}
+
+// node is one timer in the slab.
+type node struct {
+	due   int64  // ms; exact due time, not rounded to the tick
+	value uint64 // the caller's value
+	// gen is odd while the node holds a pending timer and even while it is
+	// free. It grows on every allocation and free, so a handle matches only
+	// the timer it was issued for.
+	gen  uint32
+	next uint32 // next free node while free
+}
+
+// entry places a node in a list. It is live while node idx is pending with
+// generation gen and due time due; otherwise it is dead and is skipped.
+// A dead entry whose node was reused can look live only if the new timer
+// has the same due time, in which case firing it is still on time.
+type entry struct {
+	due int64 // ms; the node's due time when the entry was made
+	idx uint32
+	gen uint32
+}
+
+// list is a chain of entry chunks: full chunks, then a partly full tail.
+type list struct {
+	head, tail uint32 // entry chunks; meaningful while n > 0
+	n          uint32 // entries, live and dead
+	dead       uint32 // entries known to be dead; a lower bound
+	// minTick is, while n > 0, a lower bound on the tick of the list's
+	// live entries: exact unless the earliest was cancelled or moved.
+	minTick uint64
+}
+
+// Wheel is a hierarchical timing wheel. Create it with New.
+type Wheel struct {
+	origin int64  // ms; the start of tick 0 (Config.Start)
+	tickMs uint64 // ms per tick
+	now    int64  // ms; the latest time passed to Advance, or origin
+
+	// elapsed is the first tick not yet processed: every tick before it
+	// has been fired or cascaded.
+	// Invariant: see the package comment.
+	elapsed uint64
+
+	lists [numLists]list
+	// occupied has one bit per list.
+	// Invariant: the bit of list l is set iff lists[l].n > 0.
+	occupied [numLevels + 1]uint64
+
+	// Node slab: node i is nodes[i>>nodeBits][i&nodeMask].
+	// Invariant: nodes [0, nodeCount) are pending or on the free list.
+	nodes     []*[nodeChunk]node
+	nodeCount uint32
+	freeNode  uint32 // first free node, or none
+	count     int    // pending timers
+
+	// Entry chunk pool: chunk c is entries[c], followed by nextChunk[c]
+	// in its list or in the free pool.
+	entries   []*[entryChunk]entry
+	nextChunk []uint32
+	freeChunk uint32 // first free chunk, or none
+}
+
+// New returns an empty wheel whose current time is cfg.Start.
+func New(cfg Config) (*Wheel, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Wheel{
+		origin:    cfg.Start,
+		tickMs:    uint64(cfg.Tick / time.Millisecond),
+		now:       cfg.Start,
+		freeNode:  none,
+		freeChunk: none,
+	}, nil
+}
+
+// node returns node i; the array chunk makes the inner index check-free.
+func (w *Wheel) node(i uint32) *node { return &w.nodes[i>>nodeBits][i&nodeMask] }
+
+// Len returns the number of pending timers.
+func (w *Wheel) Len() int { return w.count }
+
+// Now returns the latest time passed to Advance, or Config.Start.
+func (w *Wheel) Now() int64 { return w.now }
+
+// Tick returns the wheel's resolution.
+func (w *Wheel) Tick() time.Duration { return time.Duration(w.tickMs) * time.Millisecond }
+
+// Horizon returns the latest due time Add accepts now, in ms.
+func (w *Wheel) Horizon() int64 { return w.timeOf(w.elapsed + MaxSpan - 1) }
+
+// tickOf returns the tick a timer due at due (ms) fires in: the first tick
+// that starts at or after due.
+func (w *Wheel) tickOf(due int64) uint64 {
+	if due <= w.origin {
+		return 0
+	}
+	d := uint64(due) - uint64(w.origin) // exact even where due-origin overflows int64
+	if w.tickMs == 1 {
+		return d
+	}
+	t := d / w.tickMs
+	if d%w.tickMs != 0 {
+		t++
+	}
+	return t
+}
+
+// timeOf returns the start of tick t in ms.
+func (w *Wheel) timeOf(t uint64) int64 { return w.origin + int64(t*w.tickMs) }
+
+// checkSpan reports whether tick t is within the horizon.
+func (w *Wheel) checkSpan(t uint64, due int64) error {
+	if t >= w.elapsed && (t-w.elapsed >= MaxSpan || t >= maxTick) {
+		return fmt.Errorf("%w: due %d ms is past the horizon %d ms", ErrBeyondHorizon, due, w.Horizon())
+	}
+	return nil
+}
+
+// listOf returns the list that holds, or must hold, an entry of tick t.
+func (w *Wheel) listOf(t uint64) uint32 {
+	if t < w.elapsed {
+		return readyList
+	}
+	lvl := uint32(levelOf[bits.Len64(t^w.elapsed|slotMask)])
+	return lvl<<slotBits | uint32(t>>(lvl*slotBits))&slotMask
+}
+
+// Add schedules a timer due at due (ms) carrying value, and returns its
+// handle. A timer whose tick the wheel has already passed (any due time at
+// or before Now, with the default 1 ms tick) fires on the next Advance,
+// whatever time that Advance is given. A due time past Horizon is refused
+// with ErrBeyondHorizon and nothing is added.
+func (w *Wheel) Add(due int64, value uint64) (Handle, error) {
+	t := w.tickOf(due)
+	if err := w.checkSpan(t, due); err != nil {
+		return 0, err
+	}
+	i := w.freeNode
+	if i != none {
+		w.freeNode = w.node(i).next
+	} else {
+		if w.nodeCount == maxIndex {
+			return 0, ErrFull
+		}
+		if w.nodeCount&nodeMask == 0 {
+			w.nodes = append(w.nodes, new([nodeChunk]node))
+		}
+		i = w.nodeCount
+		w.nodeCount++
+	}
+	n := w.node(i)
+	n.gen++ // even (free) to odd (pending)
+	n.due, n.value = due, value
+	if err := w.push(w.listOf(t), t, entry{due: due, idx: i, gen: n.gen}); err != nil {
+		w.free(i, n)
+		return 0, err
+	}
+	w.count++
+	return makeHandle(i, n.gen), nil
+}
+
+// lookup returns the node h names, if it is pending.
+func (w *Wheel) lookup(h Handle) (uint32, *node, bool) {
+	i, gen := uint32(h), uint32(h>>32)
+	if i >= w.nodeCount || gen&1 == 0 {
+		return 0, nil, false
+	}
+	n := w.node(i)
+	if n.gen != gen {
+		return 0, nil, false
+	}
+	return i, n, true
+}
+
+// Lookup returns the due time and value of the pending timer h names.
+func (w *Wheel) Lookup(h Handle) (due int64, value uint64, ok bool) {
+	_, n, ok := w.lookup(h)
+	if !ok {
+		return 0, 0, false
+	}
+	return n.due, n.value, true
+}
+
+// Cancel removes the pending timer h names. It reports false, and changes
+// nothing, if h is stale.
+func (w *Wheel) Cancel(h Handle) bool {
+	i, n, ok := w.lookup(h)
+	if !ok {
+		return false
+	}
+	l := w.listOf(w.tickOf(n.due))
+	w.free(i, n)
+	w.count--
+	w.kill(l)
+	return true
+}
+
+// Reschedule moves the pending timer h names to due (ms), keeping its
+// handle and value. It returns ErrNotFound for a stale handle and
+// ErrBeyondHorizon for a due time past Horizon; either way the wheel is
+// unchanged.
+func (w *Wheel) Reschedule(h Handle, due int64) error {
+	i, n, ok := w.lookup(h)
+	if !ok {
+		return ErrNotFound
+	}
+	if due == n.due {
+		return nil
+	}
+	t := w.tickOf(due)
+	if err := w.checkSpan(t, due); err != nil {
+		return err
+	}
+	if err := w.push(w.listOf(t), t, entry{due: due, idx: i, gen: n.gen}); err != nil {
+		return err
+	}
+	old := w.listOf(w.tickOf(n.due))
+	n.due = due // the old entry is dead from here on
+	w.kill(old)
+	return nil
+}
+
+// free returns node i to the free list, making its handle and entries
+// stale.
+func (w *Wheel) free(i uint32, n *node) {
+	n.gen++ // odd (pending) to even (free)
+	n.next = w.freeNode
+	w.freeNode = i
+}
+
+// live reports whether e still places a pending timer.
+func (w *Wheel) live(e entry) bool {
+	n := w.node(e.idx)
+	return n.gen == e.gen && n.due == e.due
+}
+
+// push appends e, of tick t, to list l.
+func (w *Wheel) push(l uint32, t uint64, e entry) error {
+	ls := &w.lists[l]
+	if ls.n&entryMask == 0 { // empty, or the tail chunk is full
+		c := w.freeChunk
+		if c != none {
+			w.freeChunk = w.nextChunk[c]
+		} else {
+			if len(w.entries) == maxIndex {
+				return ErrFull
+			}
+			c = uint32(len(w.entries))
+			w.entries = append(w.entries, new([entryChunk]entry))
+			w.nextChunk = append(w.nextChunk, none)
+		}
+		if ls.n == 0 {
+			ls.head = c
+			ls.minTick = t
+			w.occupied[l>>slotBits] |= 1 << (l & slotMask)
+		} else {
+			w.nextChunk[ls.tail] = c
+		}
+		ls.tail = c
+	}
+	w.entries[ls.tail][ls.n&entryMask] = e
+	ls.n++
+	ls.minTick = min(ls.minTick, t)
+	return nil
+}
+
+// take empties list l and returns its first chunk and entry count; the
+// caller walks the chain with each and must hand every chunk to release.
+func (w *Wheel) take(l uint32) (c, n uint32) {
+	ls := &w.lists[l]
+	c, n = ls.head, ls.n
+	*ls = list{}
+	w.occupied[l>>slotBits] &^= 1 << (l & slotMask)
+	return c, n
+}
+
+// release returns chunk c to the pool and returns the chunk after it.
+func (w *Wheel) release(c uint32) uint32 {
+	next := w.nextChunk[c]
+	w.nextChunk[c] = w.freeChunk
+	w.freeChunk = c
+	return next
+}
+
+// kill records that list l holds one more dead entry, and compacts it
+// once at least half of it is dead, so dead entries never outnumber live
+// ones by much and a cancel costs O(1) amortized.
+func (w *Wheel) kill(l uint32) {
+	ls := &w.lists[l]
+	ls.dead++
+	if ls.dead*2 < ls.n {
+		return
+	}
+	c, n := w.take(l)
+	for n > 0 {
+		k := min(n, entryChunk)
+		for _, e := range w.entries[c][:k] {
+			if w.live(e) {
+				w.push(l, w.tickOf(e.due), e) // reuses the chunk just released or one ahead of it
+			}
+		}
+		n -= k
+		c = w.release(c)
+	}
+}
+
+// emit appends the live timers of list l to dst and frees them. When sort
+// is set it orders them by due time, as the list may mix due times.
+func (w *Wheel) emit(l uint32, dst []Timer, sort bool) []Timer {
+	start := len(dst)
+	c, n := w.take(l)
+	for n > 0 {
+		k := min(n, entryChunk)
+		es := w.entries[c][:k]
+		for _, e := range es {
+			nd := w.node(e.idx)
+			if nd.gen == e.gen && nd.due == e.due {
+				dst = append(dst, Timer{Handle: makeHandle(e.idx, e.gen), Due: e.due, Value: nd.value})
+				w.free(e.idx, nd)
+			}
+		}
+		n -= k
+		c = w.release(c)
+	}
+	w.count -= len(dst) - start
+	if sort && len(dst)-start > 1 {
+		slices.SortStableFunc(dst[start:], func(a, b Timer) int { return cmp.Compare(a.Due, b.Due) })
+	}
+	return dst
+}
+
+// cascade moves every entry of list l to the list it belongs in now that
+// elapsed has reached l's slot; each lands on a lower level. It does not
+// look at the nodes: dead entries move too, and are dropped when they fire.
+func (w *Wheel) cascade(l uint32) {
+	c, n := w.take(l)
+	for n > 0 {
+		k := min(n, entryChunk)
+		for _, e := range w.entries[c][:k] {
+			t := w.tickOf(e.due)
+			w.push(w.listOf(t), t, e) // a chunk is free: c's successor or c itself is released below
+		}
+		n -= k
+		c = w.release(c)
+	}
+}
+
+// nextList returns the earliest non-empty slot list and the tick at which
+// the wheel reaches it (its start; for level 0, the tick of its timers).
+func (w *Wheel) nextList() (l uint32, at uint64, ok bool) {
+	for lvl := range uint32(numLevels) {
+		occ := w.occupied[lvl]
+		if occ == 0 {
+			continue
+		}
+		slot := uint32(bits.TrailingZeros64(occ))
+		shift := lvl * slotBits
+		base := w.elapsed &^ (1<<(shift+slotBits) - 1)
+		return lvl<<slotBits | slot, base | uint64(slot)<<shift, true
+	}
+	return 0, 0, false
+}
+
+// Advance moves the wheel's current time to now (ms) and appends to dst
+// every timer due at or before now that has not fired yet, in order of due
+// time, removing them from the wheel. It returns the extended dst, so a
+// caller that reuses dst[:0] advances without allocating. A timer fires in
+// the first Advance whose now reaches its due time rounded up to the tick.
+// A now before the current time changes nothing but still returns the
+// timers added with a due time already past.
+func (w *Wheel) Advance(now int64, dst []Timer) []Timer {
+	if w.occupied[numLevels] != 0 {
+		dst = w.emit(readyList, dst, true)
+	}
+	if now <= w.now && w.elapsed > 0 || now < w.origin {
+		return dst
+	}
+	w.now = now
+	target := uint64(now-w.origin) / w.tickMs // the last tick to process
+	for {
+		l, at, ok := w.nextList()
+		// A higher-level slot that starts right after target is cascaded
+		// now too: elapsed becomes target+1 below, and a slot holding
+		// elapsed's own position would break the level invariant.
+		if !ok || at > target+1 || at == target+1 && l < numSlots {
+			break
+		}
+		w.elapsed = at
+		if l < numSlots {
+			// A level-0 slot holds one tick; its due times differ only
+			// when a tick spans several ms, or in tick 0, which also
+			// holds every timer due before Start.
+			dst = w.emit(l, dst, w.tickMs > 1 || at == 0)
+		} else {
+			w.cascade(l)
+		}
+	}
+	w.elapsed = target + 1
+	return dst
+}
+
+// Next returns the earliest time (ms) at which Advance would return a
+// timer, and false if none is pending. For a timer already due it returns
+// Now. It never returns a time later than the earliest pending timer's due
+// time rounded up to the tick; after a Cancel or Reschedule it may return
+// an earlier time, and waking at it is harmless: the Advance that follows
+// finds the true next time.
+func (w *Wheel) Next() (int64, bool) {
+	if w.count == 0 {
+		return 0, false
+	}
+	if w.occupied[numLevels] != 0 {
+		return w.now, true
+	}
+	l, at, ok := w.nextList()
+	if !ok {
+		return 0, false
+	}
+	if l >= numSlots {
+		at = w.lists[l].minTick
+	}
+	return w.timeOf(at), true
+}

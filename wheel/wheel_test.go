@@ -1,0 +1,416 @@
+package wheel
+
+import (
+	"errors"
+	"slices"
+	"testing"
+	"time"
+)
+
+// start is an arbitrary unix-ms start that is not aligned to any level.
+const start int64 = 1_763_000_000_123
+
+func newWheel(t testing.TB, tick time.Duration, at int64) *Wheel {
+	t.Helper()
+	w, err := New(Config{Tick: tick, Start: at})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return w
+}
+
+func mustAdd(t testing.TB, w *Wheel, due int64, v uint64) Handle {
+	t.Helper()
+	h, err := w.Add(due, v)
+	if err != nil {
+		t.Fatalf("Add(%d, %d): %v", due, v, err)
+	}
+	return h
+}
+
+func values(ts []Timer) []uint64 {
+	vs := make([]uint64, len(ts))
+	for i, t := range ts {
+		vs[i] = t.Value
+	}
+	return vs
+}
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+		ok   bool
+	}{
+		{"default", DefaultConfig(start), true},
+		{"zero start", Config{Tick: time.Millisecond}, true},
+		{"ten ms", Config{Tick: 10 * time.Millisecond, Start: 5}, true},
+		{"one second", Config{Tick: time.Second}, true},
+		{"zero tick", Config{}, false},
+		{"sub-ms tick", Config{Tick: time.Microsecond}, false},
+		{"fractional ms", Config{Tick: 1500 * time.Microsecond}, false},
+		{"too coarse", Config{Tick: 2 * time.Second}, false},
+		{"negative start", Config{Tick: time.Millisecond, Start: -1}, false},
+		{"start too far", Config{Tick: time.Millisecond, Start: maxStart}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.cfg.Validate()
+			if tt.ok != (err == nil) {
+				t.Fatalf("Validate() = %v, want ok=%v", err, tt.ok)
+			}
+			if err != nil && !errors.Is(err, ErrInvalidConfig) {
+				t.Fatalf("error %v does not wrap ErrInvalidConfig", err)
+			}
+			if _, nerr := New(tt.cfg); (nerr == nil) != tt.ok {
+				t.Fatalf("New() = %v, want ok=%v", nerr, tt.ok)
+			}
+		})
+	}
+}
+
+// TestFiresExactly checks, for due times on and around every slot and level
+// boundary, that a timer is not returned one millisecond before its due time
+// and is returned exactly at it, and that Next reports it exactly.
+func TestFiresExactly(t *testing.T) {
+	offsets := []int64{0, 1, 2, 62, 63, 64, 65, 127, 128}
+	for lvl := 1; lvl < 7; lvl++ {
+		b := int64(1) << (slotBits * lvl)
+		offsets = append(offsets, b-1, b, b+1, 2*b-1, 2*b, 63*b, 64*b-1)
+	}
+	offsets = append(offsets, MaxSpan-2, MaxSpan-1)
+	for _, base := range []int64{0, start, 1 << 36, 1<<42 - 1} {
+		for _, off := range offsets {
+			w := newWheel(t, time.Millisecond, base)
+			due := base + off
+			h := mustAdd(t, w, due, 7)
+			if at, ok := w.Next(); !ok || at != due {
+				t.Fatalf("base %d off %d: Next() = %d, %v; want %d", base, off, at, ok, due)
+			}
+			if got := w.Advance(due-1, nil); len(got) != 0 {
+				t.Fatalf("base %d off %d: fired early at %d: %v", base, off, due-1, got)
+			}
+			if off > 1 {
+				// A second look from just below: the cascades so far must
+				// keep Next exact.
+				if at, _ := w.Next(); at != due {
+					t.Fatalf("base %d off %d: Next() after cascade = %d, want %d", base, off, at, due)
+				}
+			}
+			got := w.Advance(due, nil)
+			if len(got) != 1 || got[0] != (Timer{Handle: h, Due: due, Value: 7}) {
+				t.Fatalf("base %d off %d: Advance(due) = %v", base, off, got)
+			}
+			if w.Len() != 0 {
+				t.Fatalf("Len() = %d after firing", w.Len())
+			}
+			if _, ok := w.Next(); ok {
+				t.Fatal("Next() reports a timer in an empty wheel")
+			}
+		}
+	}
+}
+
+func TestPastAndNow(t *testing.T) {
+	w := newWheel(t, time.Millisecond, start)
+	mustAdd(t, w, start, 1) // due exactly at the start
+	if got := values(w.Advance(start, nil)); !slices.Equal(got, []uint64{1}) {
+		t.Fatalf("due at start: got %v", got)
+	}
+	now := start + 5_000
+	if got := w.Advance(now, nil); len(got) != 0 {
+		t.Fatalf("empty advance returned %v", got)
+	}
+	// Due now, due in the past and due long before the wheel began all fire
+	// on the next Advance, even one that does not move time, in due order.
+	mustAdd(t, w, now, 2)
+	mustAdd(t, w, now-1_000, 3)
+	mustAdd(t, w, 0, 4)
+	mustAdd(t, w, now+1, 5)
+	if at, ok := w.Next(); !ok || at != now {
+		t.Fatalf("Next() = %d, %v; want now %d", at, ok, now)
+	}
+	if got := values(w.Advance(now, nil)); !slices.Equal(got, []uint64{4, 3, 2}) {
+		t.Fatalf("past timers: got %v, want [4 3 2]", got)
+	}
+	// Time going backwards fires nothing new.
+	if got := w.Advance(now-10, nil); len(got) != 0 {
+		t.Fatalf("backwards advance returned %v", got)
+	}
+	if got := values(w.Advance(now+1, nil)); !slices.Equal(got, []uint64{5}) {
+		t.Fatalf("next ms: got %v", got)
+	}
+}
+
+func TestCoarseTick(t *testing.T) {
+	// With 10 ms ticks from 0, tick k starts at 10k ms: a timer fires in the
+	// first tick starting at or after its due time, at most 9 ms late.
+	w := newWheel(t, 10*time.Millisecond, 0)
+	for i, due := range []int64{15, 11, 20, 19, 21} {
+		mustAdd(t, w, due, uint64(i))
+	}
+	if at, _ := w.Next(); at != 20 {
+		t.Fatalf("Next() = %d, want 20", at)
+	}
+	if got := w.Advance(19, nil); len(got) != 0 {
+		t.Fatalf("fired before the tick: %v", got)
+	}
+	got := w.Advance(20, nil)
+	var dues []int64
+	for _, tm := range got {
+		dues = append(dues, tm.Due)
+	}
+	if !slices.Equal(dues, []int64{11, 15, 19, 20}) {
+		t.Fatalf("tick 2 fired dues %v, want [11 15 19 20] in due order", dues)
+	}
+	if got := values(w.Advance(29, nil)); len(got) != 0 {
+		t.Fatalf("fired early: %v", got)
+	}
+	if got := values(w.Advance(30, nil)); !slices.Equal(got, []uint64{4}) {
+		t.Fatalf("tick 3 fired %v, want [4]", got)
+	}
+	if w.Tick() != 10*time.Millisecond {
+		t.Fatalf("Tick() = %v", w.Tick())
+	}
+}
+
+func TestHorizon(t *testing.T) {
+	for _, tick := range []time.Duration{time.Millisecond, 7 * time.Millisecond} {
+		w := newWheel(t, tick, start)
+		const century = 100 * 365 * 24 * int64(time.Hour/time.Millisecond)
+		if w.Horizon()-start < century {
+			t.Fatalf("tick %v: horizon %d ms ahead, want at least 100 years", tick, w.Horizon()-start)
+		}
+		h := mustAdd(t, w, w.Horizon(), 1)
+		if _, err := w.Add(w.Horizon()+int64(tick/time.Millisecond), 2); !errors.Is(err, ErrBeyondHorizon) {
+			t.Fatalf("tick %v: Add past horizon: err = %v", tick, err)
+		}
+		if _, err := w.Add(1<<62, 2); !errors.Is(err, ErrBeyondHorizon) {
+			t.Fatalf("tick %v: Add far past horizon: err = %v", tick, err)
+		}
+		if err := w.Reschedule(h, w.Horizon()+int64(tick/time.Millisecond)); !errors.Is(err, ErrBeyondHorizon) {
+			t.Fatalf("tick %v: Reschedule past horizon: err = %v", tick, err)
+		}
+		if due, v, ok := w.Lookup(h); !ok || due != w.Horizon() || v != 1 || w.Len() != 1 {
+			t.Fatalf("refused calls changed the wheel: %d %d %v len %d", due, v, ok, w.Len())
+		}
+		// The horizon moves with time.
+		before := w.Horizon()
+		w.Advance(start+1_000_000, nil)
+		if w.Horizon() <= before {
+			t.Fatalf("horizon did not move: %d -> %d", before, w.Horizon())
+		}
+	}
+}
+
+func TestFarFuture(t *testing.T) {
+	w := newWheel(t, time.Millisecond, start)
+	const year = 365 * 24 * int64(time.Hour/time.Millisecond)
+	due := start + 100*year + 12345
+	mustAdd(t, w, due, 1)
+	mustAdd(t, w, start+1, 2)
+	if got := values(w.Advance(start+1, nil)); !slices.Equal(got, []uint64{2}) {
+		t.Fatalf("got %v", got)
+	}
+	// Step through the century in uneven strides; the timer must cascade
+	// all the way down and fire exactly on time.
+	for now := start + 1; now < due-1; now += year/3 + 977 {
+		if got := w.Advance(now, nil); len(got) != 0 {
+			t.Fatalf("fired early at %d", now)
+		}
+		if at, _ := w.Next(); at != due {
+			t.Fatalf("Next() = %d at %d, want %d", at, now, due)
+		}
+	}
+	if got := w.Advance(due-1, nil); len(got) != 0 {
+		t.Fatal("fired 1 ms early")
+	}
+	if got := values(w.Advance(due, nil)); !slices.Equal(got, []uint64{1}) {
+		t.Fatalf("got %v at due", got)
+	}
+}
+
+func TestLongIdleGap(t *testing.T) {
+	w := newWheel(t, time.Millisecond, start)
+	const day = 24 * int64(time.Hour/time.Millisecond)
+	// An idle jump of ten years over an empty wheel, then timers placed
+	// relative to the new time.
+	now := start + 3650*day
+	if got := w.Advance(now, nil); len(got) != 0 {
+		t.Fatalf("empty wheel fired %v", got)
+	}
+	for i := range 100 {
+		mustAdd(t, w, now+int64(i)*day+int64(i), uint64(i))
+	}
+	// One Advance across all of them returns them all, in order.
+	got := values(w.Advance(now+200*day, nil))
+	want := make([]uint64, 100)
+	for i := range want {
+		want[i] = uint64(i)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("long gap fired %v", got)
+	}
+}
+
+func TestManyInOneSlot(t *testing.T) {
+	w := newWheel(t, time.Millisecond, start)
+	const n = 10_000
+	due := start + 90_000
+	for i := range n {
+		mustAdd(t, w, due, uint64(i))
+	}
+	mustAdd(t, w, due+1, n)
+	if got := w.Advance(due-1, nil); len(got) != 0 {
+		t.Fatalf("fired %d early", len(got))
+	}
+	got := w.Advance(due, nil)
+	if len(got) != n {
+		t.Fatalf("fired %d, want %d", len(got), n)
+	}
+	seen := make(map[uint64]bool, n)
+	for _, tm := range got {
+		if tm.Due != due || seen[tm.Value] {
+			t.Fatalf("bad or duplicate timer %+v", tm)
+		}
+		seen[tm.Value] = true
+	}
+	if w.Len() != 1 {
+		t.Fatalf("Len() = %d, want 1", w.Len())
+	}
+}
+
+func TestCancelReschedule(t *testing.T) {
+	w := newWheel(t, time.Millisecond, start)
+	a := mustAdd(t, w, start+100, 1)
+	b := mustAdd(t, w, start+5_000, 2)
+	c := mustAdd(t, w, start+200_000, 3)
+
+	if !w.Cancel(b) {
+		t.Fatal("Cancel of a pending timer failed")
+	}
+	if w.Cancel(b) {
+		t.Fatal("Cancel of a cancelled timer succeeded")
+	}
+	if err := w.Reschedule(b, start+10); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Reschedule of a cancelled timer: %v", err)
+	}
+	// Move c earlier than a, and a later than everything.
+	if err := w.Reschedule(c, start+50); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Reschedule(a, start+300_000); err != nil {
+		t.Fatal(err)
+	}
+	if due, v, ok := w.Lookup(a); !ok || due != start+300_000 || v != 1 {
+		t.Fatalf("Lookup(a) = %d, %d, %v", due, v, ok)
+	}
+	if got := w.Advance(start+49, nil); len(got) != 0 {
+		t.Fatalf("fired early: %v", got)
+	}
+	got := w.Advance(start+200_000, nil)
+	if len(got) != 1 || got[0].Handle != c || got[0].Due != start+50 {
+		t.Fatalf("got %v, want only c at start+50", got)
+	}
+	// Fired handles are stale.
+	if w.Cancel(c) {
+		t.Fatal("Cancel of a fired timer succeeded")
+	}
+	if err := w.Reschedule(c, start+1); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Reschedule of a fired timer: %v", err)
+	}
+	if _, _, ok := w.Lookup(c); ok {
+		t.Fatal("Lookup of a fired timer succeeded")
+	}
+	// Rescheduling into the past fires on the next Advance.
+	if err := w.Reschedule(a, start); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.Advance(start+200_000, nil); len(got) != 1 || got[0].Handle != a {
+		t.Fatalf("rescheduled into the past: got %v", got)
+	}
+	if w.Len() != 0 {
+		t.Fatalf("Len() = %d", w.Len())
+	}
+}
+
+func TestStaleAndForgedHandles(t *testing.T) {
+	w := newWheel(t, time.Millisecond, start)
+	old := mustAdd(t, w, start+10, 1)
+	w.Cancel(old)
+	reused := mustAdd(t, w, start+20, 2) // reuses old's node
+	if uint32(reused) != uint32(old) {
+		t.Fatalf("freed node not reused: %x then %x", old, reused)
+	}
+	forged := []Handle{
+		0,
+		old,
+		reused + 1<<32,                  // next generation: a free node's
+		makeHandle(uint32(reused)+1, 1), // past the slab
+		makeHandle(uint32(reused), 2),   // an even generation
+		Handle(^uint64(0)),
+	}
+	for _, h := range forged {
+		if w.Cancel(h) {
+			t.Fatalf("Cancel(%#x) succeeded", h)
+		}
+		if err := w.Reschedule(h, start+1); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("Reschedule(%#x) = %v", h, err)
+		}
+		if _, _, ok := w.Lookup(h); ok {
+			t.Fatalf("Lookup(%#x) succeeded", h)
+		}
+	}
+	if got := w.Advance(start+20, nil); len(got) != 1 || got[0].Handle != reused {
+		t.Fatalf("got %v, want the reused timer intact", got)
+	}
+}
+
+func TestNextIsALowerBound(t *testing.T) {
+	w := newWheel(t, time.Millisecond, start)
+	if _, ok := w.Next(); ok {
+		t.Fatal("Next() on an empty wheel")
+	}
+	// Three timers in one level-2 slot; cancelling the earliest leaves
+	// Next early, never late, and one Advance there makes it exact again.
+	early := mustAdd(t, w, start+10_000, 1)
+	mustAdd(t, w, start+10_500, 2)
+	mustAdd(t, w, start+10_700, 3)
+	if at, _ := w.Next(); at != start+10_000 {
+		t.Fatalf("Next() = %d", at)
+	}
+	w.Cancel(early)
+	at, ok := w.Next()
+	if !ok || at > start+10_500 {
+		t.Fatalf("Next() = %d, %v after cancel; must not be later than %d", at, ok, start+10_500)
+	}
+	if got := w.Advance(at, nil); len(got) != 0 {
+		t.Fatalf("fired early: %v", got)
+	}
+	if at, _ := w.Next(); at != start+10_500 {
+		t.Fatalf("Next() = %d after advancing to the stale bound, want %d", at, start+10_500)
+	}
+}
+
+func TestZeroAllocs(t *testing.T) {
+	w := newWheel(t, time.Millisecond, start)
+	hs := make([]Handle, 0, 1000)
+	for i := range 1000 {
+		hs = append(hs, mustAdd(t, w, start+1+int64(i*37%60_000), uint64(i)))
+	}
+	dst := make([]Timer, 0, 4096)
+	now := int64(start)
+	i := 0
+	allocs := testing.AllocsPerRun(1000, func() {
+		h := hs[i%len(hs)]
+		w.Cancel(h)
+		hs[i%len(hs)], _ = w.Add(now+1+int64(i*7919%60_000), uint64(i))
+		_ = w.Reschedule(hs[(i+1)%len(hs)], now+int64(i%5000)+1)
+		now++
+		dst = w.Advance(now, dst[:0])
+		i++
+	})
+	if allocs != 0 {
+		t.Fatalf("Add/Cancel/Reschedule/Advance allocate %v times per op", allocs)
+	}
+}
