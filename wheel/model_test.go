@@ -325,12 +325,18 @@ func checkInvariants(t *testing.T, step int, w *Wheel) {
 		lvl, slot := l>>slotBits, uint64(l&slotMask)
 		shift := lvl * slotBits
 		c, n := ls.head, ls.n
+		dead := uint32(0)
 		for n > 0 {
 			chunks++
 			k := min(n, entryChunk)
-			for _, e := range w.entries[c][:k] {
-				if !w.live(e) {
+			for off, e := range w.entries[c][:k] {
+				if e.idx == none {
+					dead++
 					continue
+				}
+				nd := w.node(e.idx)
+				if pos := c<<entryBits | uint32(off); nd.gen != e.gen || nd.due != e.due || nd.pos != pos || pending[e.idx] {
+					t.Fatalf("step %d: entry %+v at %#x, node %+v (seen before: %v)", step, e, pos, *nd, pending[e.idx])
 				}
 				pending[e.idx] = true
 				tk := w.tickOf(e.due)
@@ -359,6 +365,9 @@ func checkInvariants(t *testing.T, step int, w *Wheel) {
 			} else if c != ls.tail {
 				t.Fatalf("step %d: list %d ends in chunk %d, tail is %d", step, l, c, ls.tail)
 			}
+		}
+		if dead != ls.dead || (ls.n > 0 && dead*2 >= ls.n) {
+			t.Fatalf("step %d: list %d has %d dead of %d entries, counted %d", step, l, dead, ls.n, ls.dead)
 		}
 	}
 	if len(pending) != w.Len() {

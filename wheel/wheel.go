@@ -18,27 +18,27 @@
 //
 // # Layout
 //
-// A timer is a node in a slab (due time, the caller's 64-bit value, a
-// generation) plus one entry (node index, generation, due time) in the list
-// of the slot that holds it. Both live in fixed-size arrays that hold no
-// pointers, so millions of pending timers cost the garbage collector
-// nothing to scan, and both are recycled, so a wheel in steady state does
-// not allocate. A slot's list is a chain of 256-entry chunks: cascading a
-// slot copies entries between arrays without touching the nodes, and firing
-// one reads its nodes in an order the processor can fetch in parallel.
-// A pending timer costs 40 bytes of wheel memory (24 for its node, 16 for
-// its entry), plus at most one partly filled chunk per slot.
+// A timer is a 16-byte node in a slab (due time, generation, position of
+// its entry) plus a 24-byte entry (due time, the caller's value, node index,
+// generation) in the list of the slot that holds it. Both live in
+// fixed-size arrays that hold no pointers, so millions of pending timers
+// cost the garbage collector nothing to scan, and both are recycled, so a
+// wheel in steady state does not allocate. A slot's list is a chain of
+// 256-entry chunks: cascading a slot copies its entries to their new lists
+// sequentially, and firing one reads only its entries, freeing each node
+// with stores the processor does not wait for. A pending timer costs 40
+// bytes of wheel memory, plus at most one partly filled chunk per slot.
 //
-// Cancel and Reschedule free or update the node at once and leave the old
-// entry behind, dead: an entry is live only while its node's generation and
-// due time still match it. Dead entries are dropped when their slot
-// cascades or fires, or earlier when a slot is at least half dead, so they
-// never cost more than the live ones.
+// Cancel and Reschedule find the entry through the node and mark it dead
+// rather than unlink it. A dead entry is skipped when its slot fires and
+// dropped when it cascades, and a slot that becomes half dead is compacted
+// at once, so dead entries never outnumber live ones and memory follows the
+// pending count.
 //
 // # Costs
 //
-// Add, Cancel and Reschedule are O(1) (Cancel and Reschedule amortized
-// over slot compactions). Advance costs O(fired + levels) per call plus,
+// Add is O(1); Cancel and Reschedule are O(1) amortized over slot
+// compactions. Advance costs O(fired + levels) per call plus,
 // amortized, at most one cascade per level per timer over its life; it
 // never depends on how many timers are pending or on how long the wheel
 // was idle.
@@ -50,10 +50,12 @@
 //     or the entry is on the ready list;
 //   - a live entry at level L shares every bit above level L with elapsed,
 //     so its slot at level L is >= elapsed's, and strictly greater for
-//     L > 0; hence where a live entry is follows from its tick and elapsed
-//     alone, with no back-pointer in the node;
+//     L > 0; hence which list holds a live entry follows from its tick and
+//     elapsed alone;
 //   - therefore the lowest non-empty level holds the earliest timers, and
-//     within it the lowest occupied slot does.
+//     within it the lowest occupied slot does;
+//   - a pending node's pos names its one live entry, and fewer than half
+//     of a non-empty list's entries are dead.
 package wheel
 
 import (
@@ -103,15 +105,17 @@ const (
 	numLists  = readyList + 1
 
 	nodeBits  = 12
-	nodeChunk = 1 << nodeBits // nodes per slab chunk (96 KiB)
+	nodeChunk = 1 << nodeBits // nodes per slab chunk (64 KiB)
 	nodeMask  = nodeChunk - 1
 
 	entryBits  = 8
-	entryChunk = 1 << entryBits // entries per list chunk (4 KiB)
+	entryChunk = 1 << entryBits // entries per list chunk (6 KiB)
 	entryMask  = entryChunk - 1
 
-	maxIndex = 1<<32 - 1 // the most nodes or entry chunks; also "none"
-	none     = maxIndex
+	maxIndex   = 1<<32 - 1 // the most nodes; also "none"
+	none       = maxIndex
+	maxChunks  = 1 << (32 - entryBits) // the most entry chunks a position can name
+	retiredGen = 1<<32 - 2             // the generation of a node that is never reused
 
 	// maxStart bounds Config.Start so that tick arithmetic cannot overflow.
 	maxStart = 1 << 53
@@ -128,9 +132,9 @@ var levelOf = func() (t [65]uint8) {
 }()
 
 // Handle names a timer while it is pending. The zero Handle names none. A
-// handle goes stale when its timer fires or is cancelled; a stale handle is
-// not confused with a later timer that reuses the same node until the node
-// has been reused 2^31 times.
+// handle goes stale when its timer fires or is cancelled, and a stale handle
+// never names a later timer: it carries a generation that its node never
+// repeats (a node is retired before its generation could wrap).
 type Handle uint64
 
 func makeHandle(i, gen uint32) Handle { return Handle(uint64(gen)<<32 | uint64(i)) }
@@ -173,30 +177,31 @@ func (c Config) Validate() error {
 
 // node is one timer in the slab.
 type node struct {
-	due   int64  // ms; exact due time, not rounded to the tick
-	value uint64 // the caller's value
+	due int64 // ms; exact due time, not rounded to the tick
 	// gen is odd while the node holds a pending timer and even while it is
 	// free. It grows on every allocation and free, so a handle matches only
-	// the timer it was issued for.
-	gen  uint32
-	next uint32 // next free node while free
+	// the timer it was issued for; a node whose gen would wrap is retired.
+	gen uint32
+	// pos is, while pending, the position of the node's entry (chunk <<
+	// entryBits | offset); while free, the next free node or none.
+	pos uint32
 }
 
-// entry places a node in a list. It is live while node idx is pending with
-// generation gen and due time due; otherwise it is dead and is skipped.
-// A dead entry whose node was reused can look live only if the new timer
-// has the same due time, in which case firing it is still on time.
+// entry places a timer in a list. A dead entry (a cancelled or moved
+// timer's) has idx none and is skipped, dropped at the next cascade, or
+// compacted away.
 type entry struct {
-	due int64 // ms; the node's due time when the entry was made
-	idx uint32
-	gen uint32
+	due   int64  // ms; the timer's due time
+	value uint64 // the caller's value
+	idx   uint32 // node index, or none
+	gen   uint32 // the node's generation
 }
 
 // list is a chain of entry chunks: full chunks, then a partly full tail.
 type list struct {
 	head, tail uint32 // entry chunks; meaningful while n > 0
 	n          uint32 // entries, live and dead
-	dead       uint32 // entries known to be dead; a lower bound
+	dead       uint32 // dead entries; Invariant: dead*2 < n, or n == 0
 	// minTick is, while n > 0, a lower bound on the tick of the list's
 	// live entries: exact unless the earliest was cancelled or moved.
 	minTick uint64
@@ -219,9 +224,10 @@ type Wheel struct {
 	occupied [numLevels + 1]uint64
 
 	// Node slab: node i is nodes[i>>nodeBits][i&nodeMask].
-	// Invariant: nodes [0, nodeCount) are pending or on the free list.
+	// Invariant: a pending node's entry is at its pos, live, with the
+	// node's index, generation and due time.
 	nodes     []*[nodeChunk]node
-	nodeCount uint32
+	nodeCount uint32 // nodes pending, free or retired
 	freeNode  uint32 // first free node, or none
 	count     int    // pending timers
 
@@ -248,6 +254,9 @@ func New(cfg Config) (*Wheel, error) {
 
 // node returns node i; the array chunk makes the inner index check-free.
 func (w *Wheel) node(i uint32) *node { return &w.nodes[i>>nodeBits][i&nodeMask] }
+
+// entry returns the entry at pos.
+func (w *Wheel) entry(pos uint32) *entry { return &w.entries[pos>>entryBits][pos&entryMask] }
 
 // Len returns the number of pending timers.
 func (w *Wheel) Len() int { return w.count }
@@ -281,10 +290,15 @@ func (w *Wheel) tickOf(due int64) uint64 {
 // timeOf returns the start of tick t in ms.
 func (w *Wheel) timeOf(t uint64) int64 { return w.origin + int64(t*w.tickMs) }
 
-// checkSpan reports whether tick t is within the horizon.
+// checkSpan reports whether a timer of tick t fits within the horizon and
+// an entry for it within the chunk pool.
 func (w *Wheel) checkSpan(t uint64, due int64) error {
 	if t >= w.elapsed && (t-w.elapsed >= MaxSpan || t >= maxTick) {
 		return fmt.Errorf("%w: due %d ms is past the horizon %d ms", ErrBeyondHorizon, due, w.Horizon())
+	}
+	if len(w.entries) >= maxChunks-numLists && w.freeChunk == none {
+		// Keep a chunk per list in reserve: a cascade may need them.
+		return ErrFull
 	}
 	return nil
 }
@@ -310,7 +324,7 @@ func (w *Wheel) Add(due int64, value uint64) (Handle, error) {
 	}
 	i := w.freeNode
 	if i != none {
-		w.freeNode = w.node(i).next
+		w.freeNode = w.node(i).pos
 	} else {
 		if w.nodeCount == maxIndex {
 			return 0, ErrFull
@@ -323,11 +337,8 @@ func (w *Wheel) Add(due int64, value uint64) (Handle, error) {
 	}
 	n := w.node(i)
 	n.gen++ // even (free) to odd (pending)
-	n.due, n.value = due, value
-	if err := w.push(w.listOf(t), t, entry{due: due, idx: i, gen: n.gen}); err != nil {
-		w.free(i, n)
-		return 0, err
-	}
+	n.due = due
+	n.pos = w.push(w.listOf(t), t, entry{due: due, value: value, idx: i, gen: n.gen})
 	w.count++
 	return makeHandle(i, n.gen), nil
 }
@@ -351,7 +362,7 @@ func (w *Wheel) Lookup(h Handle) (due int64, value uint64, ok bool) {
 	if !ok {
 		return 0, 0, false
 	}
-	return n.due, n.value, true
+	return n.due, w.entry(n.pos).value, true
 }
 
 // Cancel removes the pending timer h names. It reports false, and changes
@@ -361,10 +372,10 @@ func (w *Wheel) Cancel(h Handle) bool {
 	if !ok {
 		return false
 	}
-	l := w.listOf(w.tickOf(n.due))
+	l, pos := w.listOf(w.tickOf(n.due)), n.pos
 	w.free(i, n)
 	w.count--
-	w.kill(l)
+	w.kill(l, pos)
 	return true
 }
 
@@ -384,40 +395,33 @@ func (w *Wheel) Reschedule(h Handle, due int64) error {
 	if err := w.checkSpan(t, due); err != nil {
 		return err
 	}
-	if err := w.push(w.listOf(t), t, entry{due: due, idx: i, gen: n.gen}); err != nil {
-		return err
-	}
-	old := w.listOf(w.tickOf(n.due))
-	n.due = due // the old entry is dead from here on
-	w.kill(old)
+	old, oldPos := w.listOf(w.tickOf(n.due)), n.pos
+	n.due = due
+	n.pos = w.push(w.listOf(t), t, entry{due: due, value: w.entry(oldPos).value, idx: i, gen: n.gen})
+	w.kill(old, oldPos)
 	return nil
 }
 
-// free returns node i to the free list, making its handle and entries
-// stale.
+// free returns node i to the free list, making its handle stale. A node
+// whose generation would wrap is retired instead, so that no handle ever
+// names two timers.
 func (w *Wheel) free(i uint32, n *node) {
 	n.gen++ // odd (pending) to even (free)
-	n.next = w.freeNode
+	if n.gen == retiredGen {
+		return
+	}
+	n.pos = w.freeNode
 	w.freeNode = i
 }
 
-// live reports whether e still places a pending timer.
-func (w *Wheel) live(e entry) bool {
-	n := w.node(e.idx)
-	return n.gen == e.gen && n.due == e.due
-}
-
-// push appends e, of tick t, to list l.
-func (w *Wheel) push(l uint32, t uint64, e entry) error {
+// push appends e, of tick t, to list l and returns its position.
+func (w *Wheel) push(l uint32, t uint64, e entry) uint32 {
 	ls := &w.lists[l]
 	if ls.n&entryMask == 0 { // empty, or the tail chunk is full
 		c := w.freeChunk
 		if c != none {
 			w.freeChunk = w.nextChunk[c]
 		} else {
-			if len(w.entries) == maxIndex {
-				return ErrFull
-			}
 			c = uint32(len(w.entries))
 			w.entries = append(w.entries, new([entryChunk]entry))
 			w.nextChunk = append(w.nextChunk, none)
@@ -431,14 +435,15 @@ func (w *Wheel) push(l uint32, t uint64, e entry) error {
 		}
 		ls.tail = c
 	}
+	pos := ls.tail<<entryBits | ls.n&entryMask
 	w.entries[ls.tail][ls.n&entryMask] = e
 	ls.n++
 	ls.minTick = min(ls.minTick, t)
-	return nil
+	return pos
 }
 
 // take empties list l and returns its first chunk and entry count; the
-// caller walks the chain with each and must hand every chunk to release.
+// caller walks the chain and hands every chunk to release.
 func (w *Wheel) take(l uint32) (c, n uint32) {
 	ls := &w.lists[l]
 	c, n = ls.head, ls.n
@@ -455,22 +460,39 @@ func (w *Wheel) release(c uint32) uint32 {
 	return next
 }
 
-// kill records that list l holds one more dead entry, and compacts it
-// once at least half of it is dead, so dead entries never outnumber live
-// ones by much and a cancel costs O(1) amortized.
-func (w *Wheel) kill(l uint32) {
+// kill marks the entry at pos in list l dead, and compacts the list once
+// half of it is dead, so dead entries never outnumber live ones and a
+// cancel costs O(1) amortized.
+func (w *Wheel) kill(l, pos uint32) {
+	w.entry(pos).idx = none
 	ls := &w.lists[l]
 	ls.dead++
 	if ls.dead*2 < ls.n {
 		return
 	}
+	if ls.dead == ls.n { // nothing to keep: drop the chunks unread
+		for c, n := w.take(l); n > 0; n -= min(n, entryChunk) {
+			c = w.release(c)
+		}
+		return
+	}
+	w.refile(l)
+}
+
+// refile takes every entry of list l and pushes the live ones to the list
+// they belong in now, dropping the dead. It cascades a slot the wheel has
+// reached (each entry lands on a lower level) and compacts a slot in place
+// (each entry lands back in l). The pushes reuse the chunks it releases.
+func (w *Wheel) refile(l uint32) {
 	c, n := w.take(l)
 	for n > 0 {
 		k := min(n, entryChunk)
 		for _, e := range w.entries[c][:k] {
-			if w.live(e) {
-				w.push(l, w.tickOf(e.due), e) // reuses the chunk just released or one ahead of it
+			if e.idx == none {
+				continue
 			}
+			t := w.tickOf(e.due)
+			w.node(e.idx).pos = w.push(w.listOf(t), t, e)
 		}
 		n -= k
 		c = w.release(c)
@@ -484,12 +506,18 @@ func (w *Wheel) emit(l uint32, dst []Timer, sort bool) []Timer {
 	c, n := w.take(l)
 	for n > 0 {
 		k := min(n, entryChunk)
-		es := w.entries[c][:k]
-		for _, e := range es {
+		for _, e := range w.entries[c][:k] {
+			if e.idx == none {
+				continue
+			}
+			dst = append(dst, Timer{Handle: makeHandle(e.idx, e.gen), Due: e.due, Value: e.value})
+			// Free the node with stores only: the entry says what they
+			// are, so firing never waits for a node to load.
 			nd := w.node(e.idx)
-			if nd.gen == e.gen && nd.due == e.due {
-				dst = append(dst, Timer{Handle: makeHandle(e.idx, e.gen), Due: e.due, Value: nd.value})
-				w.free(e.idx, nd)
+			nd.gen = e.gen + 1
+			if nd.gen != retiredGen {
+				nd.pos = w.freeNode
+				w.freeNode = e.idx
 			}
 		}
 		n -= k
@@ -500,22 +528,6 @@ func (w *Wheel) emit(l uint32, dst []Timer, sort bool) []Timer {
 		slices.SortStableFunc(dst[start:], func(a, b Timer) int { return cmp.Compare(a.Due, b.Due) })
 	}
 	return dst
-}
-
-// cascade moves every entry of list l to the list it belongs in now that
-// elapsed has reached l's slot; each lands on a lower level. It does not
-// look at the nodes: dead entries move too, and are dropped when they fire.
-func (w *Wheel) cascade(l uint32) {
-	c, n := w.take(l)
-	for n > 0 {
-		k := min(n, entryChunk)
-		for _, e := range w.entries[c][:k] {
-			t := w.tickOf(e.due)
-			w.push(w.listOf(t), t, e) // a chunk is free: c's successor or c itself is released below
-		}
-		n -= k
-		c = w.release(c)
-	}
 }
 
 // nextList returns the earliest non-empty slot list and the tick at which
@@ -565,7 +577,7 @@ func (w *Wheel) Advance(now int64, dst []Timer) []Timer {
 			// holds every timer due before Start.
 			dst = w.emit(l, dst, w.tickMs > 1 || at == 0)
 		} else {
-			w.cascade(l)
+			w.refile(l)
 		}
 	}
 	w.elapsed = target + 1
