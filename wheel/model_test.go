@@ -59,7 +59,10 @@ func (m *model) tickOf(due int64) int64 {
 	return (due - m.origin + m.tickMs - 1) / m.tickMs
 }
 
-func (m *model) beyond(due int64) bool { return m.tickOf(due)-(m.done+1) >= MaxSpan }
+func (m *model) beyond(due int64) bool {
+	t := m.tickOf(due)
+	return t > m.done && (t-(m.done+1) >= MaxSpan || t >= maxTick)
+}
 
 func (m *model) put(h Handle, due int64, value uint64) {
 	m.seq++
@@ -121,7 +124,7 @@ func (o *ops) offset() int64 {
 	case 0:
 		return int64(k>>3) - 8 // -8..23
 	case 1:
-		lvl := int(k>>3) % 7
+		lvl := int(k>>3) % numLevels
 		return int64(1)<<(slotBits*(lvl+1)) + int64(int8(o.byte())) // level boundary ± 127
 	case 2:
 		return int64(o.u32() % 70_000) // a minute or so
@@ -227,7 +230,11 @@ func run(t *testing.T, tickMs int64, origin int64, data []byte) {
 			want := m.advance(now)
 			check(t, step, dst, want)
 		}
-		checkInvariants(t, step, w)
+		if step%8 == 0 || len(o.b) == 0 {
+			// The full walk costs O(lists + timers); every few steps
+			// still pins a broken invariant to a short stretch.
+			checkInvariants(t, step, w)
+		}
 		if w.Len() != len(m.live) {
 			t.Fatalf("step %d: Len() = %d, model %d", step, w.Len(), len(m.live))
 		}
@@ -278,7 +285,7 @@ func TestMatchesModel(t *testing.T) {
 		tickMs int64
 		origin int64
 	}{{1, 0}, {1, start}, {1, 1<<42 - 3}, {3, start}, {10, 0}, {1000, start}}
-	seeds := 200
+	seeds := 100
 	if testing.Short() {
 		seeds = 20
 	}
@@ -301,8 +308,8 @@ func FuzzWheel(f *testing.F) {
 	f.Add(uint8(10), []byte{0, 1, 3, 0, 5, 0, 0, 0, 0, 14, 9, 3, 255})
 	f.Add(uint8(1), []byte{0, 4, 1, 2, 3, 4, 1, 0, 0, 0, 0, 9, 3, 4, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, tick uint8, data []byte) {
-		// run checks every invariant after every step, so its cost grows
-		// with the square of the input: keep inputs short and many.
+		// run's invariant checks cost O(lists + timers) each: keep inputs
+		// short and many.
 		run(t, int64(tick%16)+1, start, data[:min(len(data), 2048)])
 	})
 }
@@ -315,7 +322,7 @@ func checkInvariants(t *testing.T, step int, w *Wheel) {
 	chunks := 0
 	for l := range uint32(numLists) {
 		ls := &w.lists[l]
-		occupied := w.occupied[l>>slotBits]&(1<<(l&slotMask)) != 0
+		occupied := w.occupied[l>>6]&(1<<(l&63)) != 0
 		if occupied != (ls.n > 0) {
 			t.Fatalf("step %d: list %d occupied bit %v, but %d entries", step, l, occupied, ls.n)
 		}

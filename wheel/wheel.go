@@ -1,14 +1,15 @@
 // Package wheel owns the hierarchical timing wheel at the heart of a shard:
 // the in-memory index of pending timers that says which of them are due.
 //
-// It is a cascading wheel of the Varghese & Lauck scheme-7 family with
-// levels of 64 slots. Level L covers 64^(L+1) ticks, one slot being 64^L
+// It is a cascading wheel of the Varghese & Lauck scheme-7 family: six
+// levels of 256 slots. Level L covers 256^(L+1) ticks, one slot being 256^L
 // ticks wide. A timer is kept at the lowest level whose current rotation
 // contains its tick, and moves (cascades) one level down each time the wheel
 // reaches the slot that holds it, so that it always fires in exactly the
 // tick that contains its due time: never early, and at most one tick late.
-// A 64-bit occupancy bitmap per level finds the next non-empty slot without
-// scanning, so an idle owner can sleep until Next instead of ticking.
+// An occupancy bitmap per level (four 64-bit words) finds the next
+// non-empty slot without scanning slots, so an idle owner can sleep until
+// Next instead of ticking.
 //
 // The package is a pure data structure: it starts no goroutines, reads no
 // clock and does no I/O. The owner passes time in (unix milliseconds, or any
@@ -85,22 +86,23 @@ var (
 )
 
 const (
-	slotBits  = 6
-	numSlots  = 1 << slotBits // slots per level
-	slotMask  = numSlots - 1
-	numLevels = 8
+	slotBits   = 8
+	numSlots   = 1 << slotBits // slots per level
+	slotMask   = numSlots - 1
+	numLevels  = 6
+	levelWords = numSlots / 64 // occupancy words per level
 
 	// MaxSpan is how far ahead of the wheel's current tick a timer may be
 	// due, in ticks: 2^42 ticks, about 139 years at the default 1 ms tick.
-	// The eight levels address 2^48 ticks; the margin keeps the horizon a
+	// The six levels address 2^48 ticks; the margin keeps the horizon a
 	// full MaxSpan for the first 8,000 years of a wheel's life.
 	MaxSpan = 1 << 42
 	// maxTick is the first tick the levels cannot address.
 	maxTick = 1 << (numLevels * slotBits)
 
-	// Lists [0, readyList) are the slots, list l being slot l&63 of level
-	// l>>6; readyList holds entries whose tick has already passed. A
-	// list's occupancy bit is bit l&63 of word l>>6.
+	// Lists [0, readyList) are the slots, list l being slot l&slotMask of
+	// level l>>slotBits; readyList holds entries whose tick has already
+	// passed. A list's occupancy bit is bit l&63 of word l>>6.
 	readyList = numLevels * numSlots
 	numLists  = readyList + 1
 
@@ -221,7 +223,7 @@ type Wheel struct {
 	lists [numLists]list
 	// occupied has one bit per list.
 	// Invariant: the bit of list l is set iff lists[l].n > 0.
-	occupied [numLevels + 1]uint64
+	occupied [numLists/64 + 1]uint64
 
 	// Node slab: node i is nodes[i>>nodeBits][i&nodeMask].
 	// Invariant: a pending node's entry is at its pos, live, with the
@@ -268,7 +270,7 @@ func (w *Wheel) Now() int64 { return w.now }
 func (w *Wheel) Tick() time.Duration { return time.Duration(w.tickMs) * time.Millisecond }
 
 // Horizon returns the latest due time Add accepts now, in ms.
-func (w *Wheel) Horizon() int64 { return w.timeOf(w.elapsed + MaxSpan - 1) }
+func (w *Wheel) Horizon() int64 { return w.timeOf(min(w.elapsed+MaxSpan, maxTick) - 1) }
 
 // tickOf returns the tick a timer due at due (ms) fires in: the first tick
 // that starts at or after due.
@@ -429,7 +431,7 @@ func (w *Wheel) push(l uint32, t uint64, e entry) uint32 {
 		if ls.n == 0 {
 			ls.head = c
 			ls.minTick = t
-			w.occupied[l>>slotBits] |= 1 << (l & slotMask)
+			w.occupied[l>>6] |= 1 << (l & 63)
 		} else {
 			w.nextChunk[ls.tail] = c
 		}
@@ -448,7 +450,7 @@ func (w *Wheel) take(l uint32) (c, n uint32) {
 	ls := &w.lists[l]
 	c, n = ls.head, ls.n
 	*ls = list{}
-	w.occupied[l>>slotBits] &^= 1 << (l & slotMask)
+	w.occupied[l>>6] &^= 1 << (l & 63)
 	return c, n
 }
 
@@ -530,15 +532,19 @@ func (w *Wheel) emit(l uint32, dst []Timer, sort bool) []Timer {
 	return dst
 }
 
+// readyPending reports whether the ready list has entries.
+func (w *Wheel) readyPending() bool { return w.occupied[readyList>>6]&(1<<(readyList&63)) != 0 }
+
 // nextList returns the earliest non-empty slot list and the tick at which
 // the wheel reaches it (its start; for level 0, the tick of its timers).
 func (w *Wheel) nextList() (l uint32, at uint64, ok bool) {
-	for lvl := range uint32(numLevels) {
-		occ := w.occupied[lvl]
+	for word := range uint32(numLevels * levelWords) {
+		occ := w.occupied[word]
 		if occ == 0 {
 			continue
 		}
-		slot := uint32(bits.TrailingZeros64(occ))
+		lvl := word / levelWords
+		slot := word%levelWords*64 + uint32(bits.TrailingZeros64(occ))
 		shift := lvl * slotBits
 		base := w.elapsed &^ (1<<(shift+slotBits) - 1)
 		return lvl<<slotBits | slot, base | uint64(slot)<<shift, true
@@ -554,7 +560,7 @@ func (w *Wheel) nextList() (l uint32, at uint64, ok bool) {
 // A now before the current time changes nothing but still returns the
 // timers added with a due time already past.
 func (w *Wheel) Advance(now int64, dst []Timer) []Timer {
-	if w.occupied[numLevels] != 0 {
+	if w.readyPending() {
 		dst = w.emit(readyList, dst, true)
 	}
 	if now <= w.now && w.elapsed > 0 || now < w.origin {
@@ -594,7 +600,7 @@ func (w *Wheel) Next() (int64, bool) {
 	if w.count == 0 {
 		return 0, false
 	}
-	if w.occupied[numLevels] != 0 {
+	if w.readyPending() {
 		return w.now, true
 	}
 	l, at, ok := w.nextList()

@@ -73,12 +73,15 @@ func TestConfigValidate(t *testing.T) {
 // boundary, that a timer is not returned one millisecond before its due time
 // and is returned exactly at it, and that Next reports it exactly.
 func TestFiresExactly(t *testing.T) {
-	offsets := []int64{0, 1, 2, 62, 63, 64, 65, 127, 128}
-	for lvl := 1; lvl < 7; lvl++ {
+	offsets := []int64{0, 1, 2, 62, 63, 64, 65, 127, 128, MaxSpan - 2, MaxSpan - 1}
+	for lvl := 1; lvl < numLevels; lvl++ {
 		b := int64(1) << (slotBits * lvl)
-		offsets = append(offsets, b-1, b, b+1, 2*b-1, 2*b, 63*b, 64*b-1)
+		for _, off := range []int64{b - 1, b, b + 1, 2*b - 1, 2 * b, (numSlots - 1) * b, numSlots*b - 1} {
+			if off < MaxSpan {
+				offsets = append(offsets, off)
+			}
+		}
 	}
-	offsets = append(offsets, MaxSpan-2, MaxSpan-1)
 	for _, base := range []int64{0, start, 1 << 36, 1<<42 - 1} {
 		for _, off := range offsets {
 			w := newWheel(t, time.Millisecond, base)
@@ -371,24 +374,25 @@ func TestNextIsALowerBound(t *testing.T) {
 	if _, ok := w.Next(); ok {
 		t.Fatal("Next() on an empty wheel")
 	}
-	// Three timers in one level-2 slot; cancelling the earliest leaves
+	// Three timers in one level-1 slot; cancelling the earliest leaves
 	// Next early, never late, and one Advance there makes it exact again.
-	early := mustAdd(t, w, start+10_000, 1)
-	mustAdd(t, w, start+10_500, 2)
-	mustAdd(t, w, start+10_700, 3)
-	if at, _ := w.Next(); at != start+10_000 {
+	slot := (start+10_000)&^(numSlots-1) + numSlots
+	early := mustAdd(t, w, slot+10, 1)
+	mustAdd(t, w, slot+20, 2)
+	mustAdd(t, w, slot+30, 3)
+	if at, _ := w.Next(); at != slot+10 {
 		t.Fatalf("Next() = %d", at)
 	}
 	w.Cancel(early)
 	at, ok := w.Next()
-	if !ok || at > start+10_500 {
-		t.Fatalf("Next() = %d, %v after cancel; must not be later than %d", at, ok, start+10_500)
+	if !ok || at > slot+20 {
+		t.Fatalf("Next() = %d, %v after cancel; must not be later than %d", at, ok, slot+20)
 	}
 	if got := w.Advance(at, nil); len(got) != 0 {
 		t.Fatalf("fired early: %v", got)
 	}
-	if at, _ := w.Next(); at != start+10_500 {
-		t.Fatalf("Next() = %d after advancing to the stale bound, want %d", at, start+10_500)
+	if at, _ := w.Next(); at != slot+20 {
+		t.Fatalf("Next() = %d after advancing to the stale bound, want %d", at, slot+20)
 	}
 }
 
