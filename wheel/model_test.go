@@ -154,37 +154,55 @@ func run(t *testing.T, tickMs int64, origin int64, data []byte) {
 	var dst []Timer
 	var value uint64
 	for step := 0; len(o.b) > 0; step++ {
-		pick := func() (Handle, bool) {
+		pickAt := func() (int, bool) {
 			if len(m.handles) == 0 {
 				return 0, false
 			}
-			return m.handles[int(o.u32())%len(m.handles)], true
+			return int(o.u32()) % len(m.handles), true
+		}
+		pick := func() (Handle, bool) {
+			i, ok := pickAt()
+			if !ok {
+				return 0, false
+			}
+			return m.handles[i], true
 		}
 		switch op := o.byte() % 10; op {
-		case 0, 1, 2, 3: // add
-			due := now + o.offset()
-			value++
-			h, err := w.Add(due, value)
-			if beyond := m.beyond(due); beyond != errors.Is(err, ErrBeyondHorizon) || (!beyond && err != nil) {
-				t.Fatalf("step %d: Add(%d) at %d: err %v, model beyond=%v", step, due, now, err, beyond)
+		case 0, 1, 2, 3: // add one, or a burst that fills several chunks of one slot
+			due, burst := now+o.offset(), 1
+			if op == 3 {
+				burst = int(o.byte()) * 2
 			}
-			if err == nil {
-				if _, ok := m.live[h]; ok {
-					t.Fatalf("step %d: Add returned a live handle %#x", step, h)
+			for range burst {
+				value++
+				h, err := w.Add(due, value)
+				if beyond := m.beyond(due); beyond != errors.Is(err, ErrBeyondHorizon) || (!beyond && err != nil) {
+					t.Fatalf("step %d: Add(%d) at %d: err %v, model beyond=%v", step, due, now, err, beyond)
 				}
-				m.put(h, due, value)
-				m.handles = append(m.handles, h)
+				if err == nil {
+					if _, ok := m.live[h]; ok {
+						t.Fatalf("step %d: Add returned a live handle %#x", step, h)
+					}
+					m.put(h, due, value)
+					m.handles = append(m.handles, h)
+				}
 			}
-		case 4: // cancel
-			h, ok := pick()
+		case 4: // cancel one, or a run of consecutive handles
+			first, ok := pickAt()
 			if !ok {
 				continue
 			}
-			_, live := m.live[h]
-			if got := w.Cancel(h); got != live {
-				t.Fatalf("step %d: Cancel(%#x) = %v, model live=%v", step, h, got, live)
+			run := 1
+			if k := o.byte(); k&1 == 1 {
+				run = int(k) * 2
 			}
-			delete(m.live, h)
+			for _, h := range m.handles[first:min(first+run, len(m.handles))] {
+				_, live := m.live[h]
+				if got := w.Cancel(h); got != live {
+					t.Fatalf("step %d: Cancel(%#x) = %v, model live=%v", step, h, got, live)
+				}
+				delete(m.live, h)
+			}
 		case 5: // reschedule
 			h, ok := pick()
 			if !ok {
@@ -285,7 +303,7 @@ func TestMatchesModel(t *testing.T) {
 		tickMs int64
 		origin int64
 	}{{1, 0}, {1, start}, {1, 1<<42 - 3}, {3, start}, {10, 0}, {1000, start}}
-	seeds := 100
+	seeds := 50
 	if testing.Short() {
 		seeds = 20
 	}
@@ -332,10 +350,22 @@ func checkInvariants(t *testing.T, step int, w *Wheel) {
 		lvl, slot := l>>slotBits, uint64(l&slotMask)
 		shift := lvl * slotBits
 		c, n := ls.head, ls.n
-		dead := uint32(0)
+		dead, prev := uint32(0), uint32(none)
 		for n > 0 {
 			chunks++
 			k := min(n, entryChunk)
+			if w.chunks[c].prev != prev {
+				t.Fatalf("step %d: list %d chunk %d: prev %d, want %d", step, l, c, w.chunks[c].prev, prev)
+			}
+			chunkDead := uint32(0)
+			for _, e := range w.entries[c][:k] {
+				if e.idx == none {
+					chunkDead++
+				}
+			}
+			if chunkDead != w.chunks[c].dead || chunkDead == k {
+				t.Fatalf("step %d: list %d chunk %d: %d of %d entries dead, counted %d", step, l, c, chunkDead, k, w.chunks[c].dead)
+			}
 			for off, e := range w.entries[c][:k] {
 				if e.idx == none {
 					dead++
@@ -367,10 +397,11 @@ func checkInvariants(t *testing.T, step int, w *Wheel) {
 				}
 			}
 			n -= k
+			prev = c
 			if n > 0 {
-				c = w.nextChunk[c]
-			} else if c != ls.tail {
-				t.Fatalf("step %d: list %d ends in chunk %d, tail is %d", step, l, c, ls.tail)
+				c = w.chunks[c].next
+			} else if c != ls.tail || w.chunks[c].next != none {
+				t.Fatalf("step %d: list %d ends in chunk %d (next %d), tail is %d", step, l, c, w.chunks[c].next, ls.tail)
 			}
 		}
 		if dead != ls.dead || (ls.n > 0 && dead*2 >= ls.n) {
@@ -381,7 +412,7 @@ func checkInvariants(t *testing.T, step int, w *Wheel) {
 		t.Fatalf("step %d: %d timers have a live entry, Len() = %d", step, len(pending), w.Len())
 	}
 	free := 0
-	for c := w.freeChunk; c != none; c = w.nextChunk[c] {
+	for c := w.freeChunk; c != none; c = w.chunks[c].next {
 		free++
 	}
 	if chunks+free != len(w.entries) {

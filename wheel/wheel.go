@@ -200,6 +200,8 @@ type entry struct {
 }
 
 // list is a chain of entry chunks: full chunks, then a partly full tail.
+// Invariant: every chunk but the tail holds entryChunk entries, so n alone
+// says how many entries each chunk holds.
 type list struct {
 	head, tail uint32 // entry chunks; meaningful while n > 0
 	n          uint32 // entries, live and dead
@@ -207,6 +209,12 @@ type list struct {
 	// minTick is, while n > 0, a lower bound on the tick of the list's
 	// live entries: exact unless the earliest was cancelled or moved.
 	minTick uint64
+}
+
+// chunk links an entry chunk into its list, or into the free pool.
+type chunk struct {
+	next, prev uint32 // neighbours in the list, or none; next free chunk
+	dead       uint32 // dead entries in the chunk
 }
 
 // Wheel is a hierarchical timing wheel. Create it with New.
@@ -233,10 +241,10 @@ type Wheel struct {
 	freeNode  uint32 // first free node, or none
 	count     int    // pending timers
 
-	// Entry chunk pool: chunk c is entries[c], followed by nextChunk[c]
-	// in its list or in the free pool.
+	// Entry chunk pool: chunk c is entries[c], with its links and dead
+	// count in chunks[c].
 	entries   []*[entryChunk]entry
-	nextChunk []uint32
+	chunks    []chunk
 	freeChunk uint32 // first free chunk, or none
 }
 
@@ -422,18 +430,20 @@ func (w *Wheel) push(l uint32, t uint64, e entry) uint32 {
 	if ls.n&entryMask == 0 { // empty, or the tail chunk is full
 		c := w.freeChunk
 		if c != none {
-			w.freeChunk = w.nextChunk[c]
+			w.freeChunk = w.chunks[c].next
 		} else {
 			c = uint32(len(w.entries))
 			w.entries = append(w.entries, new([entryChunk]entry))
-			w.nextChunk = append(w.nextChunk, none)
+			w.chunks = append(w.chunks, chunk{})
 		}
+		w.chunks[c] = chunk{next: none, prev: none}
 		if ls.n == 0 {
 			ls.head = c
 			ls.minTick = t
 			w.occupied[l>>6] |= 1 << (l & 63)
 		} else {
-			w.nextChunk[ls.tail] = c
+			w.chunks[ls.tail].next = c
+			w.chunks[c].prev = ls.tail
 		}
 		ls.tail = c
 	}
@@ -456,29 +466,63 @@ func (w *Wheel) take(l uint32) (c, n uint32) {
 
 // release returns chunk c to the pool and returns the chunk after it.
 func (w *Wheel) release(c uint32) uint32 {
-	next := w.nextChunk[c]
-	w.nextChunk[c] = w.freeChunk
+	next := w.chunks[c].next
+	w.chunks[c].next = w.freeChunk
 	w.freeChunk = c
 	return next
 }
 
-// kill marks the entry at pos in list l dead, and compacts the list once
-// half of it is dead, so dead entries never outnumber live ones and a
-// cancel costs O(1) amortized.
+// kill marks the entry at pos in list l dead. A chunk whose entries are
+// all dead leaves the list at once, unread: timers cancelled in about the
+// order they were added free whole chunks and move nothing. A list that is
+// still half dead after that is compacted, so dead entries never outnumber
+// live ones and a cancel costs O(1) amortized.
 func (w *Wheel) kill(l, pos uint32) {
 	w.entry(pos).idx = none
 	ls := &w.lists[l]
 	ls.dead++
-	if ls.dead*2 < ls.n {
+	c := pos >> entryBits
+	ch := &w.chunks[c]
+	ch.dead++
+	fill := uint32(entryChunk)
+	if c == ls.tail {
+		fill = (ls.n-1)&entryMask + 1
+	}
+	if ch.dead == fill {
+		w.unlinkChunk(l, c, fill)
+	}
+	if ls.n > 0 && ls.dead*2 >= ls.n {
+		w.refile(l)
+	}
+}
+
+// unlinkChunk removes chunk c, holding fill entries all dead, from list l
+// and releases it. The list keeps its invariant: the chunks left are the
+// full ones, then the tail.
+func (w *Wheel) unlinkChunk(l, c, fill uint32) {
+	ls := &w.lists[l]
+	ch := w.chunks[c]
+	ls.n -= fill
+	ls.dead -= fill
+	if ls.n == 0 {
+		w.take(l)
+		w.release(c)
 		return
 	}
-	if ls.dead == ls.n { // nothing to keep: drop the chunks unread
-		for c, n := w.take(l); n > 0; n -= min(n, entryChunk) {
-			c = w.release(c)
-		}
-		return
+	if ch.prev != none {
+		w.chunks[ch.prev].next = ch.next
+	} else {
+		ls.head = ch.next
 	}
-	w.refile(l)
+	if ch.next != none {
+		w.chunks[ch.next].prev = ch.prev
+	} else {
+		// The tail left; the chunk before it is full, and the next push
+		// starts a new one.
+		ls.tail = ch.prev
+	}
+	w.chunks[c].next = none
+	w.release(c)
 }
 
 // refile takes every entry of list l and pushes the live ones to the list

@@ -2,6 +2,7 @@ package wheel
 
 import (
 	"errors"
+	"math/rand/v2"
 	"slices"
 	"testing"
 	"time"
@@ -416,5 +417,62 @@ func TestZeroAllocs(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Fatalf("Add/Cancel/Reschedule/Advance allocate %v times per op", allocs)
+	}
+}
+
+func TestDeadEntriesAreReclaimed(t *testing.T) {
+	w := newWheel(t, time.Millisecond, start)
+	due := start + 30_000
+	l := w.listOf(w.tickOf(due))
+	const n = 10 * entryChunk
+	hs := make([]Handle, n)
+	for i := range hs {
+		hs[i] = mustAdd(t, w, due, uint64(i))
+	}
+	chunks, nodes := len(w.entries), w.nodeCount
+
+	// Cancelled oldest first, whole chunks leave the list unread.
+	for _, h := range hs[:3*entryChunk+10] {
+		w.Cancel(h)
+	}
+	if ls := w.lists[l]; ls.dead != 10 || ls.n != n-3*entryChunk {
+		t.Fatalf("after FIFO cancels: %d entries, %d dead; want %d and 10", ls.n, ls.dead, n-3*entryChunk)
+	}
+	checkInvariants(t, 0, w)
+
+	// Cancelled at random, the list is compacted before half of it is dead.
+	rest := hs[3*entryChunk+10:]
+	keep := make(map[uint64]bool)
+	for i, k := range rand.New(rand.NewPCG(5, 6)).Perm(len(rest)) {
+		if i%4 == 0 {
+			keep[uint64(3*entryChunk+10+k)] = true
+			continue
+		}
+		w.Cancel(rest[k])
+		if ls := w.lists[l]; ls.dead*2 >= ls.n {
+			t.Fatalf("list %d: %d of %d entries dead", l, ls.dead, ls.n)
+		}
+	}
+	checkInvariants(t, 1, w)
+
+	// Add and cancel churn reuses nodes and chunks rather than growing.
+	for i := range 100_000 {
+		w.Cancel(mustAdd(t, w, due+int64(i%5000), uint64(i)))
+	}
+	if len(w.entries) > chunks || w.nodeCount > nodes {
+		t.Fatalf("churn grew the wheel: %d chunks (was %d), %d nodes (was %d)", len(w.entries), chunks, w.nodeCount, nodes)
+	}
+	checkInvariants(t, 2, w)
+
+	// What is left fires, exactly once.
+	got := w.Advance(due, nil)
+	if len(got) != len(keep) || w.Len() != 0 {
+		t.Fatalf("fired %d, want %d; %d left", len(got), len(keep), w.Len())
+	}
+	for _, tm := range got {
+		if !keep[tm.Value] {
+			t.Fatalf("fired %d, which was cancelled or fired twice", tm.Value)
+		}
+		delete(keep, tm.Value)
 	}
 }
