@@ -197,7 +197,7 @@ type TimerSpec struct {
 	// if both are present the last one wins). The resulting due time may be in
 	// the past, in which case the timer fires at once, but it must not be
 	// later than now plus the server's maximum horizon (server-configurable,
-	// default 365 days), or the item fails with INVALID_ARGUMENT.
+	// default 100 years), or the item fails with INVALID_ARGUMENT.
 	//
 	// Types that are valid to be assigned to When:
 	//
@@ -334,7 +334,7 @@ func (*TimerSpec_Delay) isTimerSpec_When() {}
 type ScheduleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Timers to create. Must hold between 1 and the server's batch limit
-	// (server-configurable, default 1000) specs, otherwise the whole RPC fails
+	// (server-configurable, default 10000) specs, otherwise the whole RPC fails
 	// with INVALID_ARGUMENT. Each spec carries its own namespace, so one batch
 	// may span namespaces.
 	Timers        []*TimerSpec `protobuf:"bytes,1,rep,name=timers,proto3" json:"timers,omitempty"`
@@ -515,7 +515,7 @@ type RescheduleRequest struct {
 	// "default". Any other value fails the whole RPC with INVALID_ARGUMENT.
 	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	// Timers to move. Must hold between 1 and the server's batch limit
-	// (server-configurable, default 1000) items, otherwise the whole RPC fails
+	// (server-configurable, default 10000) items, otherwise the whole RPC fails
 	// with INVALID_ARGUMENT.
 	Items         []*RescheduleItem `protobuf:"bytes,2,rep,name=items,proto3" json:"items,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -721,7 +721,7 @@ type CancelRequest struct {
 	// "default". Any other value fails the whole RPC with INVALID_ARGUMENT.
 	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	// Ids of the timers to cancel. Must hold between 1 and the server's batch
-	// limit (server-configurable, default 1000) ids, otherwise the whole RPC
+	// limit (server-configurable, default 10000) ids, otherwise the whole RPC
 	// fails with INVALID_ARGUMENT. An id that is empty or longer than 256
 	// bytes fails its item with INVALID_ARGUMENT; an unknown or already fired
 	// id gives NOT_FOUND.
@@ -1189,7 +1189,7 @@ func (x *Subscription) GetAckTimeout() *durationpb.Duration {
 type Ack struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Delivery ids (Delivery.delivery_id) being acknowledged. At most the
-	// server's batch limit (server-configurable, default 1000) per message,
+	// server's batch limit (server-configurable, default 10000) per message,
 	// otherwise the stream ends with INVALID_ARGUMENT. Acknowledging an id
 	// that is unknown, already acknowledged, cancelled, rescheduled or
 	// dead-lettered is not an error and has no effect, so acks may safely be
@@ -1629,7 +1629,7 @@ type ReplayDeadLettersRequest struct {
 	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	// Ids of the dead letters to replay. Empty replays every dead letter of
 	// the namespace that matches topic. At most the server's batch limit
-	// (server-configurable, default 1000) ids, otherwise the RPC fails with
+	// (server-configurable, default 10000) ids, otherwise the RPC fails with
 	// INVALID_ARGUMENT; an invalid id fails only its item with
 	// INVALID_ARGUMENT.
 	Ids []string `protobuf:"bytes,2,rep,name=ids,proto3" json:"ids,omitempty"`

@@ -69,7 +69,7 @@ const (
 // in the ItemResult at the same position. A batch fails as a whole with
 // INVALID_ARGUMENT only when the request itself is malformed: it has no
 // items, it has more items than the server's batch limit (server-configurable,
-// default 1000), or a request-level field such as the namespace of a
+// default 10000), or a request-level field such as the namespace of a
 // RescheduleRequest or CancelRequest is invalid. A batch whose encoded size
 // exceeds the gRPC maximum receive message size is rejected by gRPC with
 // RESOURCE_EXHAUSTED.
@@ -272,7 +272,7 @@ func (c *timerServiceClient) ReplayDeadLetters(ctx context.Context, in *ReplayDe
 // in the ItemResult at the same position. A batch fails as a whole with
 // INVALID_ARGUMENT only when the request itself is malformed: it has no
 // items, it has more items than the server's batch limit (server-configurable,
-// default 1000), or a request-level field such as the namespace of a
+// default 10000), or a request-level field such as the namespace of a
 // RescheduleRequest or CancelRequest is invalid. A batch whose encoded size
 // exceeds the gRPC maximum receive message size is rejected by gRPC with
 // RESOURCE_EXHAUSTED.
