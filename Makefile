@@ -1,5 +1,8 @@
 # timerd build, test and tooling. `make help` lists the targets.
 
+SHELL         := bash
+.SHELLFLAGS   := -eu -o pipefail -c
+
 GO        ?= go
 TOOLS     := $(GO) tool -modfile=tools/go.mod
 # Packages that own goroutines run their tests again under the race
@@ -26,8 +29,10 @@ test: ## run every test once, then the race detector on packages that own gorout
 	$(GO) test -count=1 ./...
 	@if [ -n "$(RACE_PKGS)" ]; then $(GO) test -race -count=1 $(RACE_PKGS); fi
 
-bench: ## run the micro-benchmarks beside their peers (BENCH=regexp, BENCHTIME=1s)
-	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -benchmem ./wheel
+bench: ## run the micro-benchmarks beside their peers and print the ratios (BENCH=regexp, BENCHTIME=1s)
+	@out="$$(mktemp)"; trap 'rm -f "$$out"' EXIT; \
+	  $(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -benchmem ./wheel | tee "$$out" && \
+	  awk -f tools/benchratio.awk "$$out"
 
 fuzz: ## fuzz the wheel against its reference model for FUZZTIME
 	$(GO) test -run '^$$' -fuzz FuzzWheel -fuzztime $(FUZZTIME) ./wheel
