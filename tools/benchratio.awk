@@ -29,4 +29,6 @@ END {
 		if (n in ns)
 			printf "  %-22s %9.1f ns   (%.1f million timers/s)\n", "expiry, " pending[i] / 1e6 "M pending", ns[n], 1000 / ns[n]
 	}
+	if ("BenchmarkWheelBurst" in ns)
+		printf "  %-22s %9.1f ns   (%.1f million timers/s)\n", "burst of 1M in 1 ms", ns["BenchmarkWheelBurst"], 1000 / ns["BenchmarkWheelBurst"]
 }

@@ -149,11 +149,34 @@ func BenchmarkWheelAdvance(b *testing.B) {
 				}
 			}
 			b.StopTimer()
-			sec := b.Elapsed().Seconds()
-			if sec > 0 {
+			if sec := b.Elapsed().Seconds(); sec > 0 {
 				b.ReportMetric(float64(fired)/sec, "timers/s")
 			}
 		})
+	}
+}
+
+// BenchmarkWheelBurst measures a thundering herd: a million timers due in
+// the same millisecond, fired by one Advance. One op is one timer fired.
+func BenchmarkWheelBurst(b *testing.B) {
+	w := newWheel(b, time.Millisecond, start)
+	dst := make([]Timer, 0, benchPending)
+	now, fired := start, 0
+	b.ReportAllocs()
+	b.ResetTimer()
+	for fired < b.N {
+		b.StopTimer()
+		now += minDelay
+		for i := range benchPending {
+			mustAdd(b, w, now, uint64(i))
+		}
+		b.StartTimer()
+		dst = w.Advance(now, dst[:0])
+		fired += len(dst)
+	}
+	b.StopTimer()
+	if sec := b.Elapsed().Seconds(); sec > 0 {
+		b.ReportMetric(float64(fired)/sec, "timers/s")
 	}
 }
 
