@@ -31,7 +31,9 @@
 // bytes of wheel memory, plus at most one partly filled chunk per slot.
 //
 // Cancel and Reschedule find the entry through the node and mark it dead
-// rather than unlink it. A dead entry is skipped when its slot fires and
+// rather than unlink it. (An entry cascaded into a small level-0 list, due
+// within 256 ticks, is not recorded in its node: a cancel that late scans
+// that one chunk instead, which saves firing a store to a cold node.) A dead entry is skipped when its slot fires and
 // dropped when it cascades, and a slot that becomes half dead is compacted
 // at once, so dead entries never outnumber live ones and memory follows the
 // pending count.
@@ -55,8 +57,9 @@
 //     elapsed alone;
 //   - therefore the lowest non-empty level holds the earliest timers, and
 //     within it the lowest occupied slot does;
-//   - a pending node's pos names its one live entry, and fewer than half
-//     of a non-empty list's entries are dead.
+//   - a pending node's pos names its one live entry, unless that entry
+//     sits in a level-0 list marked scan, which holds at most one chunk;
+//   - fewer than half of a non-empty list's entries are dead.
 package wheel
 
 import (
@@ -185,7 +188,8 @@ type node struct {
 	// the timer it was issued for; a node whose gen would wrap is retired.
 	gen uint32
 	// pos is, while pending, the position of the node's entry (chunk <<
-	// entryBits | offset); while free, the next free node or none.
+	// entryBits | offset), unless the entry is in a level-0 list with scan
+	// set; while free, the next free node or none.
 	pos uint32
 }
 
@@ -206,6 +210,11 @@ type list struct {
 	head, tail uint32 // entry chunks; meaningful while n > 0
 	n          uint32 // entries, live and dead
 	dead       uint32 // dead entries; Invariant: dead*2 < n, or n == 0
+	// scan is set on a level-0 list some of whose entries were cascaded
+	// in without updating their nodes' pos: a cancel this close to firing
+	// finds its entry by scanning the list instead.
+	// Invariant: a list with scan set holds at most entryChunk entries.
+	scan bool
 	// minTick is, while n > 0, a lower bound on the tick of the list's
 	// live entries: exact unless the earliest was cancelled or moved.
 	minTick uint64
@@ -368,11 +377,12 @@ func (w *Wheel) lookup(h Handle) (uint32, *node, bool) {
 
 // Lookup returns the due time and value of the pending timer h names.
 func (w *Wheel) Lookup(h Handle) (due int64, value uint64, ok bool) {
-	_, n, ok := w.lookup(h)
+	i, n, ok := w.lookup(h)
 	if !ok {
 		return 0, 0, false
 	}
-	return n.due, w.entry(n.pos).value, true
+	_, pos := w.find(i, n)
+	return n.due, w.entry(pos).value, true
 }
 
 // Cancel removes the pending timer h names. It reports false, and changes
@@ -382,7 +392,7 @@ func (w *Wheel) Cancel(h Handle) bool {
 	if !ok {
 		return false
 	}
-	l, pos := w.listOf(w.tickOf(n.due)), n.pos
+	l, pos := w.find(i, n)
 	w.free(i, n)
 	w.count--
 	w.kill(l, pos)
@@ -405,7 +415,7 @@ func (w *Wheel) Reschedule(h Handle, due int64) error {
 	if err := w.checkSpan(t, due); err != nil {
 		return err
 	}
-	old, oldPos := w.listOf(w.tickOf(n.due)), n.pos
+	old, oldPos := w.find(i, n)
 	n.due = due
 	n.pos = w.push(w.listOf(t), t, entry{due: due, value: w.entry(oldPos).value, idx: i, gen: n.gen})
 	w.kill(old, oldPos)
@@ -428,6 +438,9 @@ func (w *Wheel) free(i uint32, n *node) {
 func (w *Wheel) push(l uint32, t uint64, e entry) uint32 {
 	ls := &w.lists[l]
 	if ls.n&entryMask == 0 { // empty, or the tail chunk is full
+		if ls.scan {
+			w.track(l)
+		}
 		c := w.freeChunk
 		if c != none {
 			w.freeChunk = w.chunks[c].next
@@ -538,11 +551,48 @@ func (w *Wheel) refile(l uint32) {
 				continue
 			}
 			t := w.tickOf(e.due)
-			w.node(e.idx).pos = w.push(w.listOf(t), t, e)
+			to := w.listOf(t)
+			if ls := &w.lists[to]; to < numSlots && (ls.n == 0 || ls.scan) && ls.n < entryChunk {
+				// Most cascades end in a small level-0 list that fires
+				// within 256 ticks; skipping the store to a cold node
+				// here is a third of the cost of firing a timer.
+				w.push(to, t, e)
+				ls.scan = true
+				continue
+			}
+			w.node(e.idx).pos = w.push(to, t, e)
 		}
 		n -= k
 		c = w.release(c)
 	}
+}
+
+// find returns the list and position of pending node i's entry.
+func (w *Wheel) find(i uint32, n *node) (l, pos uint32) {
+	l = w.listOf(w.tickOf(n.due))
+	ls := &w.lists[l]
+	if !ls.scan {
+		return l, n.pos
+	}
+	// A scan list is one chunk.
+	for off, e := range w.entries[ls.head][:ls.n] {
+		if e.idx == i && e.gen == n.gen {
+			return l, ls.head<<entryBits | uint32(off)
+		}
+	}
+	panic("wheel: pending timer has no entry") // unreachable: the invariants place it in l
+}
+
+// track writes every live entry's position of scan list l into its node
+// and clears scan, before the list grows past one chunk.
+func (w *Wheel) track(l uint32) {
+	ls := &w.lists[l]
+	for off, e := range w.entries[ls.head][:ls.n] {
+		if e.idx != none {
+			w.node(e.idx).pos = ls.head<<entryBits | uint32(off)
+		}
+	}
+	ls.scan = false
 }
 
 // emit appends the live timers of list l to dst and frees them. When sort

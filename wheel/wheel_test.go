@@ -476,3 +476,72 @@ func TestDeadEntriesAreReclaimed(t *testing.T) {
 		delete(keep, tm.Value)
 	}
 }
+
+// TestRetiredNode checks that a node whose generation would wrap is never
+// reused, so no handle can ever name two timers.
+func TestRetiredNode(t *testing.T) {
+	for _, fire := range []bool{false, true} {
+		w := newWheel(t, time.Millisecond, start)
+		h := mustAdd(t, w, start+10, 1)
+		w.Cancel(h)
+		i := uint32(h)
+		w.node(i).gen = retiredGen - 2 // free, two generations from the end
+		last := mustAdd(t, w, start+10, 2)
+		if uint32(last) != i || uint32(last>>32) != retiredGen-1 {
+			t.Fatalf("reuse: handle %#x, want node %d at generation %d", last, i, retiredGen-1)
+		}
+		if fire {
+			if got := w.Advance(start+10, nil); len(got) != 1 || got[0].Handle != last {
+				t.Fatalf("fired %v, want the last timer of node %d", got, i)
+			}
+		} else if !w.Cancel(last) {
+			t.Fatal("cancel of the last timer of a node failed")
+		}
+		if w.node(i).gen != retiredGen || w.freeNode == i {
+			t.Fatalf("node %d: generation %d, free head %d; want it retired", i, w.node(i).gen, w.freeNode)
+		}
+		if next := mustAdd(t, w, start+20, 3); uint32(next) == i {
+			t.Fatalf("retired node %d was reused", i)
+		}
+		if w.Cancel(last) {
+			t.Fatal("a handle of a retired node still cancels")
+		}
+	}
+}
+
+// TestCancelNearFiring covers timers cascaded into level 0, which keep no
+// back-pointer while their slot holds at most one chunk.
+func TestCancelNearFiring(t *testing.T) {
+	for _, n := range []int{10, entryChunk, entryChunk + 44} {
+		w := newWheel(t, time.Millisecond, start)
+		due := (start+5_000)&^(numSlots-1) + 100 // level 1 now
+		hs := make([]Handle, n)
+		for i := range hs {
+			hs[i] = mustAdd(t, w, due, uint64(i))
+		}
+		// Reach due's level-1 slot: its timers cascade into level 0.
+		w.Advance(due-100, nil)
+		l := w.listOf(w.tickOf(due))
+		if l >= numSlots || w.lists[l].scan != (n <= entryChunk) {
+			t.Fatalf("n=%d: list %d, scan %v", n, l, w.lists[l].scan)
+		}
+		checkInvariants(t, n, w)
+		if _, v, ok := w.Lookup(hs[n-1]); !ok || v != uint64(n-1) {
+			t.Fatalf("n=%d: Lookup = %d, %v", n, v, ok)
+		}
+		if !w.Cancel(hs[3]) || w.Cancel(hs[3]) {
+			t.Fatalf("n=%d: cancel near firing", n)
+		}
+		if err := w.Reschedule(hs[5], due+1); err != nil {
+			t.Fatalf("n=%d: Reschedule: %v", n, err)
+		}
+		checkInvariants(t, n, w)
+		got := w.Advance(due, nil)
+		if len(got) != n-2 {
+			t.Fatalf("n=%d: fired %d at due, want %d", n, len(got), n-2)
+		}
+		if got := w.Advance(due+1, nil); len(got) != 1 || got[0].Handle != hs[5] {
+			t.Fatalf("n=%d: fired %v at due+1, want the rescheduled timer", n, got)
+		}
+	}
+}
