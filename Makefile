@@ -10,6 +10,7 @@ TOOLS     := $(GO) tool -modfile=tools/go.mod
 RACE_PKGS ?=
 BENCH     ?= .
 BENCHTIME ?= 1s
+COUNT     ?= 1
 FUZZTIME  ?= 30s
 
 .PHONY: help build run test race bench fuzz lint proto proto-check tidy clean
@@ -29,9 +30,9 @@ test: ## run every test once, then the race detector on packages that own gorout
 	$(GO) test -count=1 ./...
 	@if [ -n "$(RACE_PKGS)" ]; then $(GO) test -race -count=1 $(RACE_PKGS); fi
 
-bench: ## run the micro-benchmarks beside their peers and print the ratios (BENCH=regexp, BENCHTIME=1s)
+bench: ## run the micro-benchmarks beside their peers and print the ratios of the medians (BENCH, BENCHTIME, COUNT)
 	@out="$$(mktemp)"; trap 'rm -f "$$out"' EXIT; \
-	  $(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -benchmem ./wheel | tee "$$out" && \
+	  $(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -count $(COUNT) -benchmem ./wheel | tee "$$out" && \
 	  awk -f tools/benchratio.awk "$$out"
 
 fuzz: ## fuzz the wheel against its reference model for FUZZTIME
