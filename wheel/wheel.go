@@ -243,8 +243,9 @@ type Wheel struct {
 	occupied [numLists/64 + 1]uint64
 
 	// Node slab: node i is nodes[i>>nodeBits][i&nodeMask].
-	// Invariant: a pending node's entry is at its pos, live, with the
-	// node's index, generation and due time.
+	// Invariant: a pending node has exactly one live entry, with the
+	// node's index, generation and due time, at its pos unless the entry
+	// is in a scan list.
 	nodes     []*[nodeChunk]node
 	nodeCount uint32 // nodes pending, free or retired
 	freeNode  uint32 // first free node, or none
@@ -554,8 +555,9 @@ func (w *Wheel) refile(l uint32) {
 			to := w.listOf(t)
 			if ls := &w.lists[to]; to < numSlots && (ls.n == 0 || ls.scan) && ls.n < entryChunk {
 				// Most cascades end in a small level-0 list that fires
-				// within 256 ticks; skipping the store to a cold node
-				// here is a third of the cost of firing a timer.
+				// within 256 ticks: leave the cold node alone (about a
+				// tenth of the cost of firing a timer) and let the rare
+				// cancel this late scan the one chunk instead.
 				w.push(to, t, e)
 				ls.scan = true
 				continue
