@@ -35,8 +35,10 @@ bench: ## run the micro-benchmarks beside their peers and print the ratios of th
 	  $(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -count $(COUNT) -benchmem ./wheel | tee "$$out" && \
 	  awk -f tools/benchratio.awk "$$out"
 
-fuzz: ## fuzz the wheel against its reference model for FUZZTIME
-	$(GO) test -run '^$$' -fuzz FuzzWheel -fuzztime $(FUZZTIME) ./wheel
+fuzz: ## run each fuzz target (the wheel against its reference model, config validation) for FUZZTIME
+	for target in FuzzWheel FuzzConfig; do \
+	  $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) ./wheel; \
+	done
 
 lint: ## gofmt, go vet and staticcheck
 	@out="$$(gofmt -l .)"; \

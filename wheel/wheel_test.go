@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -544,4 +545,46 @@ func TestCancelNearFiring(t *testing.T) {
 			t.Fatalf("n=%d: fired %v at due+1, want the rescheduled timer", n, got)
 		}
 	}
+}
+
+// FuzzConfig checks that Validate accepts exactly the configs New accepts,
+// that its errors name the field, and that any accepted wheel keeps its
+// never-early promise for a timer due at its horizon and one due at once.
+func FuzzConfig(f *testing.F) {
+	f.Add(int64(time.Millisecond), int64(0))
+	f.Add(int64(10*time.Millisecond), start)
+	f.Add(int64(time.Second), int64(maxStart-1))
+	f.Add(int64(1500*time.Microsecond), int64(-1))
+	f.Fuzz(func(t *testing.T, tick, at int64) {
+		cfg := Config{Tick: time.Duration(tick), Start: at}
+		err := cfg.Validate()
+		w, nerr := New(cfg)
+		if (err == nil) != (nerr == nil) {
+			t.Fatalf("Validate() = %v but New() = %v", err, nerr)
+		}
+		if err != nil {
+			if !errors.Is(err, ErrInvalidConfig) || !(strings.Contains(err.Error(), "Tick") || strings.Contains(err.Error(), "Start")) {
+				t.Fatalf("error %q does not wrap ErrInvalidConfig or name a field", err)
+			}
+			return
+		}
+		farDue := w.Horizon()
+		far := mustAdd(t, w, farDue, 1)
+		mustAdd(t, w, at, 2)
+		if got := w.Advance(at, nil); len(got) != 1 || got[0].Value != 2 {
+			t.Fatalf("Advance(start) = %v, want the timer due at start", got)
+		}
+		if next, ok := w.Next(); !ok || next != farDue {
+			t.Fatalf("Next() = %d, %v; the far timer is due at %d", next, ok, farDue)
+		}
+		if due, _, ok := w.Lookup(far); !ok || due != farDue {
+			t.Fatalf("far timer lost: %d, %v", due, ok)
+		}
+		if got := w.Advance(farDue-1, nil); len(got) != 0 {
+			t.Fatalf("fired %v before its due time %d", got, farDue)
+		}
+		if got := w.Advance(farDue, nil); len(got) != 1 || got[0].Handle != far {
+			t.Fatalf("Advance(%d) = %v, want the far timer", farDue, got)
+		}
+	})
 }
