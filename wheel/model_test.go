@@ -347,9 +347,6 @@ func checkInvariants(t *testing.T, step int, w *Wheel) {
 		if ls.scan && (l >= numSlots || ls.n > entryChunk) {
 			t.Fatalf("step %d: list %d has scan set with %d entries", step, l, ls.n)
 		}
-		if ls.dead > ls.n {
-			t.Fatalf("step %d: list %d has %d dead of %d entries", step, l, ls.dead, ls.n)
-		}
 		lvl, slot := l>>slotBits, uint64(l&slotMask)
 		shift := lvl * slotBits
 		c, n := ls.head, ls.n
@@ -361,21 +358,13 @@ func checkInvariants(t *testing.T, step int, w *Wheel) {
 				t.Fatalf("step %d: list %d chunk %d: prev %d, want %d", step, l, c, w.chunks[c].prev, prev)
 			}
 			chunkDead := uint32(0)
-			for _, e := range w.entries[c][:k] {
-				if e.idx == none {
-					chunkDead++
-				}
-			}
-			if chunkDead != w.chunks[c].dead || chunkDead == k {
-				t.Fatalf("step %d: list %d chunk %d: %d of %d entries dead, counted %d", step, l, c, chunkDead, k, w.chunks[c].dead)
-			}
 			for off, e := range w.entries[c][:k] {
 				if e.idx == none {
-					dead++
+					chunkDead++
 					continue
 				}
 				nd := w.node(e.idx)
-				if pos := c<<entryBits | uint32(off); nd.gen != e.gen || nd.due != e.due || (nd.pos != pos && !ls.scan) || pending[e.idx] {
+				if pos := position(c, uint32(off)); nd.gen != e.gen || nd.due != e.due || (nd.pos != pos && !ls.scan) || pending[e.idx] {
 					t.Fatalf("step %d: entry %+v at %#x, node %+v (seen before: %v)", step, e, pos, *nd, pending[e.idx])
 				}
 				pending[e.idx] = true
@@ -399,6 +388,10 @@ func checkInvariants(t *testing.T, step int, w *Wheel) {
 					t.Fatalf("step %d: entry %+v is in list %d, listOf says %d", step, e, l, w.listOf(tk))
 				}
 			}
+			if chunkDead != w.chunks[c].dead || chunkDead == k {
+				t.Fatalf("step %d: list %d chunk %d: %d of %d entries dead, counted %d", step, l, c, chunkDead, k, w.chunks[c].dead)
+			}
+			dead += chunkDead
 			n -= k
 			prev = c
 			if n > 0 {

@@ -33,10 +33,10 @@
 // Cancel and Reschedule find the entry through the node and mark it dead
 // rather than unlink it. (An entry cascaded into a small level-0 list, due
 // within 256 ticks, is not recorded in its node: a cancel that late scans
-// that one chunk instead, which saves firing a store to a cold node.) A dead entry is skipped when its slot fires and
-// dropped when it cascades, and a slot that becomes half dead is compacted
-// at once, so dead entries never outnumber live ones and memory follows the
-// pending count.
+// that one chunk instead, which saves firing a store to a cold node.) A
+// dead entry is skipped when its slot fires and dropped when it cascades,
+// and a slot that becomes half dead is compacted at once, so dead entries
+// never outnumber live ones and memory follows the pending count.
 //
 // # Costs
 //
@@ -278,6 +278,9 @@ func (w *Wheel) node(i uint32) *node { return &w.nodes[i>>nodeBits][i&nodeMask] 
 // entry returns the entry at pos.
 func (w *Wheel) entry(pos uint32) *entry { return &w.entries[pos>>entryBits][pos&entryMask] }
 
+// position names entry off of chunk c.
+func position(c, off uint32) uint32 { return c<<entryBits | off }
+
 // Len returns the number of pending timers.
 func (w *Wheel) Len() int { return w.count }
 
@@ -394,7 +397,7 @@ func (w *Wheel) Cancel(h Handle) bool {
 		return false
 	}
 	l, pos := w.find(i, n)
-	w.free(i, n)
+	w.free(i, n, n.gen)
 	w.count--
 	w.kill(l, pos)
 	return true
@@ -423,12 +426,14 @@ func (w *Wheel) Reschedule(h Handle, due int64) error {
 	return nil
 }
 
-// free returns node i to the free list, making its handle stale. A node
-// whose generation would wrap is retired instead, so that no handle ever
-// names two timers.
-func (w *Wheel) free(i uint32, n *node) {
-	n.gen++ // odd (pending) to even (free)
-	if n.gen == retiredGen {
+// free returns node i, pending with generation gen, to the free list,
+// making its handle stale. It only stores to the node, so a caller that
+// knows gen from an entry never waits for the node to load. A node whose
+// generation would wrap is retired instead, so that no handle ever names
+// two timers.
+func (w *Wheel) free(i uint32, n *node, gen uint32) {
+	n.gen = gen + 1 // odd (pending) to even (free)
+	if gen+1 == retiredGen {
 		return
 	}
 	n.pos = w.freeNode
@@ -461,7 +466,7 @@ func (w *Wheel) push(l uint32, t uint64, e entry) uint32 {
 		}
 		ls.tail = c
 	}
-	pos := ls.tail<<entryBits | ls.n&entryMask
+	pos := position(ls.tail, ls.n&entryMask)
 	w.entries[ls.tail][ls.n&entryMask] = e
 	ls.n++
 	ls.minTick = min(ls.minTick, t)
@@ -579,7 +584,7 @@ func (w *Wheel) find(i uint32, n *node) (l, pos uint32) {
 	// A scan list is one chunk.
 	for off, e := range w.entries[ls.head][:ls.n] {
 		if e.idx == i && e.gen == n.gen {
-			return l, ls.head<<entryBits | uint32(off)
+			return l, position(ls.head, uint32(off))
 		}
 	}
 	panic("wheel: pending timer has no entry") // unreachable: the invariants place it in l
@@ -591,7 +596,7 @@ func (w *Wheel) track(l uint32) {
 	ls := &w.lists[l]
 	for off, e := range w.entries[ls.head][:ls.n] {
 		if e.idx != none {
-			w.node(e.idx).pos = ls.head<<entryBits | uint32(off)
+			w.node(e.idx).pos = position(ls.head, uint32(off))
 		}
 	}
 	ls.scan = false
@@ -609,14 +614,7 @@ func (w *Wheel) emit(l uint32, dst []Timer, sort bool) []Timer {
 				continue
 			}
 			dst = append(dst, Timer{Handle: makeHandle(e.idx, e.gen), Due: e.due, Value: e.value})
-			// Free the node with stores only: the entry says what they
-			// are, so firing never waits for a node to load.
-			nd := w.node(e.idx)
-			nd.gen = e.gen + 1
-			if nd.gen != retiredGen {
-				nd.pos = w.freeNode
-				w.freeNode = e.idx
-			}
+			w.free(e.idx, w.node(e.idx), e.gen)
 		}
 		n -= k
 		c = w.release(c)
