@@ -7,7 +7,7 @@ GO        ?= go
 TOOLS     := $(GO) tool -modfile=tools/go.mod
 # Packages that own goroutines run their tests again under the race
 # detector. The wheel and the api package start none.
-RACE_PKGS ?=
+RACE_PKGS ?= ./store/ ./shard/ ./internal/redistest/
 BENCH     ?= .
 BENCHTIME ?= 1s
 COUNT     ?= 1

@@ -1,0 +1,440 @@
+// Package redistest owns the real redis-server processes that tests and
+// benchmarks of this module run against. Each Server is one redis-server
+// child process bound to 127.0.0.1 on a free port, with its own data
+// directory under the test's temporary directory and append-only
+// persistence (appendfsync everysec, no RDB snapshots), so a test can kill
+// it (a crash), restart it on the same port and directory, and find every
+// acknowledged write again in the AOF.
+//
+// Invariants: a Server's process never outlives its test (tb.Cleanup stops
+// it, and on Linux the kernel kills it if the test binary dies first); a
+// Server answers PING without a LOADING error whenever Start, StartCluster
+// or Restart has returned; Addr never changes over a Server's life.
+//
+// It never touches a system redis service and never uses a port other than
+// those it picked itself.
+package redistest
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+const (
+	// binary is the executable looked up on PATH.
+	binary = "redis-server"
+	// readyTimeout bounds the wait for a started server to answer PING
+	// (and, after a restart, to finish loading its AOF).
+	readyTimeout = 10 * time.Second
+	// pollInterval is the pause between readiness probes.
+	pollInterval = 10 * time.Millisecond
+	// stopTimeout is how long a SIGTERM'd server may take to exit before it
+	// is killed.
+	stopTimeout = 10 * time.Second
+	// portAttempts bounds the retries when a picked port is taken before
+	// redis-server binds it.
+	portAttempts = 5
+	// logTailBytes is how much of the server's log a fatal message quotes.
+	logTailBytes = 2048
+)
+
+// Server is one redis-server child process.
+//
+// Addr may be called from any goroutine. Client, ClusterClient, Kill, Stop
+// and Restart are serialized by a mutex, so they may also be called
+// concurrently, but they call tb.Fatal on failure and so, as package
+// testing requires, must be called from the goroutine running the test.
+type Server struct {
+	bin     string
+	dir     string // the server's working directory: its AOF lives here
+	logPath string
+	port    int
+	busPort int // cluster bus port; 0 when not a cluster node
+	cluster bool
+
+	mu   sync.Mutex
+	proc *process // nil when the server is not running
+}
+
+// process is one run of redis-server.
+type process struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed once cmd.Wait has returned
+	err  error         // cmd.Wait's result; valid once done is closed
+}
+
+// Start starts a standalone redis-server on a free port of 127.0.0.1 and
+// stops it when the test ends. Without a redis-server on PATH it skips the
+// test, or fails it when the environment variable CI is set.
+func Start(tb testing.TB) *Server {
+	tb.Helper()
+	return start(tb, false)
+}
+
+// StartCluster starts a redis-server in cluster mode as a one-node cluster
+// that owns all 16384 slots, so that cluster clients, hash slots and
+// cross-slot rules can be tested against a real server. Otherwise it is
+// like Start.
+func StartCluster(tb testing.TB) *Server {
+	tb.Helper()
+	return start(tb, true)
+}
+
+func start(tb testing.TB, cluster bool) *Server {
+	tb.Helper()
+	bin, err := exec.LookPath(binary)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			tb.Fatalf("redistest: redis-server not found; CI must install it (apt-get install redis-server): %v", err)
+		}
+		tb.Skipf("redistest: redis-server not found on PATH; install it to run this test (Debian/Ubuntu: apt-get install redis-server): %v", err)
+	}
+	dir := tb.TempDir()
+	s := &Server{
+		bin:     bin,
+		dir:     dir,
+		logPath: filepath.Join(dir, "redis.log"),
+		cluster: cluster,
+	}
+	// Registered after TempDir, so it runs before the directory is removed.
+	tb.Cleanup(func() { s.cleanup(tb) })
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var lastErr error
+	for range portAttempts {
+		if s.port, err = freePort(); err != nil {
+			tb.Fatalf("redistest: pick a port: %v", err)
+		}
+		if cluster {
+			if s.busPort, err = freePort(); err != nil {
+				tb.Fatalf("redistest: pick a cluster bus port: %v", err)
+			}
+		}
+		err := s.launch()
+		if err == nil && cluster {
+			err = s.formCluster()
+		}
+		if err == nil {
+			return s
+		}
+		lastErr = err
+		if !errors.Is(err, errAddrInUse) {
+			break
+		}
+	}
+	tb.Fatalf("redistest: start redis-server: %v\n%s", lastErr, s.logTail())
+	return nil
+}
+
+// Addr is the server's host:port.
+func (s *Server) Addr() string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
+}
+
+// Dir is the server's data directory (its AOF is under it).
+func (s *Server) Dir() string { return s.dir }
+
+// Client returns a new client of the server, closed when the test ends.
+func (s *Server) Client(tb testing.TB) *redis.Client {
+	tb.Helper()
+	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	tb.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// ClusterClient returns a new cluster client of a server started with
+// StartCluster, closed when the test ends.
+func (s *Server) ClusterClient(tb testing.TB) *redis.ClusterClient {
+	tb.Helper()
+	if !s.cluster {
+		tb.Fatal("redistest: ClusterClient of a server not started with StartCluster")
+	}
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{s.Addr()}})
+	tb.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// Kill kills the server with SIGKILL, a crash, and waits for it to exit.
+// What it had acknowledged stays in the AOF only as far as its writes had
+// reached the kernel.
+func (s *Server) Kill(tb testing.TB) {
+	tb.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		tb.Fatal("redistest: Kill of a server that is not running")
+	}
+	_ = s.proc.cmd.Process.Kill()
+	<-s.proc.done
+	s.proc = nil
+}
+
+// Stop stops the server gracefully (SIGTERM, which flushes and fsyncs the
+// AOF) and waits for it to exit; it kills it if it takes longer than
+// stopTimeout.
+func (s *Server) Stop(tb testing.TB) {
+	tb.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		tb.Fatal("redistest: Stop of a server that is not running")
+	}
+	if err := s.stop(); err != nil {
+		tb.Fatalf("redistest: stop: %v\n%s", err, s.logTail())
+	}
+}
+
+// Restart starts the server again on the same port and directory, after
+// Kill or Stop (a running server is stopped gracefully first), and returns
+// once it has loaded its AOF and answers PING. It fails the test if the
+// port was taken in the meantime.
+func (s *Server) Restart(tb testing.TB) {
+	tb.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc != nil {
+		if err := s.stop(); err != nil {
+			tb.Fatalf("redistest: stop before restart: %v\n%s", err, s.logTail())
+		}
+	}
+	err := s.launch()
+	if err == nil && s.cluster {
+		err = s.waitClusterOK()
+	}
+	if err != nil {
+		tb.Fatalf("redistest: restart redis-server on %s: %v\n%s", s.Addr(), err, s.logTail())
+	}
+}
+
+// cleanup stops the server at the end of the test.
+func (s *Server) cleanup(tb testing.TB) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return
+	}
+	if err := s.stop(); err != nil {
+		tb.Errorf("redistest: stop at cleanup: %v\n%s", err, s.logTail())
+	}
+}
+
+// stop sends SIGTERM and waits, then SIGKILL if the server lingers.
+// s.mu is held.
+func (s *Server) stop() error {
+	p := s.proc
+	s.proc = nil
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(stopTimeout):
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+	return fmt.Errorf("redis-server did not exit within %v of SIGTERM; killed it", stopTimeout)
+}
+
+// errAddrInUse means redis-server could not bind its port.
+var errAddrInUse = errors.New("address already in use")
+
+// launch starts redis-server on s.port and waits until it is ready.
+// s.mu is held.
+func (s *Server) launch() error {
+	args := []string{
+		"--bind", "127.0.0.1",
+		"--port", strconv.Itoa(s.port),
+		"--dir", s.dir,
+		"--logfile", s.logPath,
+		"--appendonly", "yes",
+		"--appendfsync", "everysec",
+		"--save", "",
+		"--daemonize", "no",
+		"--protected-mode", "no",
+	}
+	if s.cluster {
+		args = append(args,
+			"--cluster-enabled", "yes",
+			"--cluster-config-file", filepath.Join(s.dir, "nodes.conf"),
+			"--cluster-port", strconv.Itoa(s.busPort),
+		)
+	}
+	cmd := exec.Command(s.bin, args...)
+	cmd.Dir = s.dir
+	cmd.SysProcAttr = sysProcAttr()
+	// Output before the log file is open (bad arguments) goes here.
+	var early bytes.Buffer
+	cmd.Stdout = &early
+	cmd.Stderr = &early
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("exec %s: %w", s.bin, err)
+	}
+	p := &process{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	s.proc = p
+	err := s.waitReady(p)
+	if err == nil {
+		return nil
+	}
+	if s.proc != nil {
+		_ = cmd.Process.Kill()
+		<-p.done
+		s.proc = nil
+	}
+	if strings.Contains(s.logTail(), "Address already in use") {
+		return fmt.Errorf("port %d: %w", s.port, errAddrInUse)
+	}
+	if early.Len() > 0 {
+		err = fmt.Errorf("%w; output: %s", err, bytes.TrimSpace(early.Bytes()))
+	}
+	return err
+}
+
+// waitReady polls until this process (not some other one that took the
+// port) answers PING without a LOADING error.
+func (s *Server) waitReady(p *process) error {
+	want := "process_id:" + strconv.Itoa(p.cmd.Process.Pid) + "\r\n"
+	deadline := time.Now().Add(readyTimeout)
+	var lastErr error
+	for {
+		select {
+		case <-p.done:
+			return fmt.Errorf("redis-server exited before it was ready: %v", p.err)
+		default:
+		}
+		reply, err := s.do("PING")
+		if err == nil && reply == "PONG" {
+			info, err := s.do("INFO", "server")
+			if err == nil && strings.Contains(info, want) {
+				return nil
+			}
+			if err == nil {
+				err = errors.New("another process answers on the port")
+			}
+			lastErr = err
+		} else if err != nil {
+			lastErr = err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready within %v: %v", readyTimeout, lastErr)
+		}
+		time.Sleep(pollInterval)
+	}
+}
+
+// formCluster gives the one node every slot and waits for the cluster to
+// report itself ok.
+func (s *Server) formCluster() error {
+	if _, err := s.do("CLUSTER", "ADDSLOTSRANGE", "0", "16383"); err != nil {
+		return fmt.Errorf("cluster addslotsrange: %w", err)
+	}
+	return s.waitClusterOK()
+}
+
+func (s *Server) waitClusterOK() error {
+	deadline := time.Now().Add(readyTimeout)
+	for {
+		info, err := s.do("CLUSTER", "INFO")
+		if err == nil && strings.Contains(info, "cluster_state:ok") {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("cluster not ok within %v: %v %q", readyTimeout, err, info)
+		}
+		time.Sleep(pollInterval)
+	}
+}
+
+// do sends one command on a fresh connection and returns its reply: a
+// simple string, a bulk string or an integer as text. An error reply is
+// returned as an error. It avoids the go-redis client so that probing a
+// server that is not up yet neither retries nor logs.
+func (s *Server) do(args ...string) (string, error) {
+	conn, err := net.DialTimeout("tcp", s.Addr(), time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	if err := conn.SetDeadline(time.Now().Add(time.Second)); err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	if _, err := conn.Write([]byte(b.String())); err != nil {
+		return "", err
+	}
+	r := bufio.NewReader(conn)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	line = strings.TrimSuffix(line, "\r\n")
+	if line == "" {
+		return "", errors.New("empty reply")
+	}
+	switch line[0] {
+	case '+', ':':
+		return line[1:], nil
+	case '-':
+		return "", fmt.Errorf("redis: %s", line[1:])
+	case '$':
+		n, err := strconv.Atoi(line[1:])
+		if err != nil || n < 0 {
+			return "", fmt.Errorf("bad bulk reply %q", line)
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return "", err
+		}
+		return string(buf[:n]), nil
+	}
+	return "", fmt.Errorf("unexpected reply %q", line)
+}
+
+// logTail returns the end of the server's log for failure messages.
+func (s *Server) logTail() string {
+	b, err := os.ReadFile(s.logPath)
+	if err != nil {
+		return fmt.Sprintf("(no redis-server log: %v)", err)
+	}
+	if len(b) > logTailBytes {
+		b = b[len(b)-logTailBytes:]
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			b = b[i+1:]
+		}
+	}
+	return "redis-server log (tail):\n" + string(b)
+}
+
+// freePort returns a port of 127.0.0.1 that was free a moment ago. Another
+// process may take it before redis-server binds it; launch detects that
+// and start tries another.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

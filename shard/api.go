@@ -1,0 +1,488 @@
+package shard
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/timerd/timerd/store"
+)
+
+// Schedule creates timers, one Result per spec in the same order. It is
+// idempotent: a spec whose id exists with the same spec succeeds (a
+// retry) once the existing timer is durable; with a different spec it
+// fails with ErrExists. A bad spec fails only its own Result and touches
+// no stored timer. Schedule returns once every created timer is durable,
+// or ctx ends; it copies the payloads it keeps.
+func (s *Shard) Schedule(ctx context.Context, specs []Spec) []Result {
+	res := make([]Result, len(specs))
+	commits := make([]*store.Commit, len(specs))
+	s.mu.Lock()
+	if err := s.stopErr; err != nil {
+		s.mu.Unlock()
+		return fillErr(res, err)
+	}
+	now := s.clock.Now().UnixMilli()
+	var fresh []int // indexes of created timers
+	for i := range specs {
+		sp := &specs[i]
+		if err := s.cfg.ValidateSpec(sp); err != nil {
+			res[i].Err = err
+			continue
+		}
+		due, err := s.cfg.resolveDue(sp.Due, sp.Delay, now)
+		if err != nil {
+			res[i].Err = err
+			continue
+		}
+		key := store.Key(sp.Namespace, sp.ID)
+		if t := s.timers[key]; t != nil {
+			if !sameSpec(&t.rec, sp) {
+				res[i].Err = fmt.Errorf("%w: namespace %q id %q", ErrExists, sp.Namespace, sp.ID)
+				continue
+			}
+			res[i].Due = time.UnixMilli(t.rec.Due)
+			commits[i] = t.commit
+			continue
+		}
+		rec := store.Record{
+			Namespace: sp.Namespace,
+			ID:        sp.ID,
+			Topic:     sp.Topic,
+			Payload:   bytes.Clone(sp.Payload),
+			Delay:     -1,
+			Interval:  sp.Interval.Milliseconds(),
+			Created:   now,
+		}
+		if sp.Due.IsZero() {
+			rec.Delay = due - now
+		} else {
+			rec.SpecDue = due
+		}
+		t := s.newTimerLocked(rec)
+		s.newOccurrenceLocked(t, due)
+		if err := s.armLocked(t, due); err != nil {
+			s.removeLocked(t)
+			res[i].Err = err
+			continue
+		}
+		s.putLocked(t)
+		res[i].Due = time.UnixMilli(due)
+		fresh = append(fresh, i)
+	}
+	c := s.submitLocked()
+	for _, i := range fresh {
+		commits[i] = c
+	}
+	s.mu.Unlock()
+	if len(fresh) > 0 {
+		s.kickLoop()
+	}
+	return s.wait(ctx, res, commits)
+}
+
+// Reschedule moves timers of namespace to new due times, one Result per
+// move in the same order. A pending timer moves; one in flight goes back to
+// pending at the new time with no attempts, and its delivery is
+// superseded (a late ack for it is ignored). Moving a pending timer to the
+// due time it already has changes nothing. A dead letter fails with
+// ErrDead and an unknown id with ErrNotFound.
+func (s *Shard) Reschedule(ctx context.Context, namespace string, moves []Move) []Result {
+	res := make([]Result, len(moves))
+	commits := make([]*store.Commit, len(moves))
+	s.mu.Lock()
+	if err := s.stopErr; err != nil {
+		s.mu.Unlock()
+		return fillErr(res, err)
+	}
+	now := s.clock.Now().UnixMilli()
+	var moved []int
+	for i := range moves {
+		m := &moves[i]
+		t, err := s.lookupLocked(namespace, m.ID)
+		if err != nil {
+			res[i].Err = err
+			continue
+		}
+		due, err := s.cfg.resolveDue(m.Due, m.Delay, now)
+		if err != nil {
+			res[i].Err = err
+			continue
+		}
+		switch {
+		case t.rec.State == store.Dead:
+			res[i].Err = fmt.Errorf("%w: namespace %q id %q: replay it instead", ErrDead, namespace, m.ID)
+			continue
+		case !t.inFlight && !t.waiting && t.rec.Due == due && t.rec.Next == due:
+			res[i].Due = time.UnixMilli(due)
+			commits[i] = t.commit
+			continue
+		}
+		s.disarmLocked(t)
+		s.newOccurrenceLocked(t, due)
+		if err := s.armLocked(t, due); err != nil {
+			// resolveDue checked the horizon; the wheel's is wider.
+			res[i].Err = err
+			continue
+		}
+		s.putLocked(t)
+		res[i].Due = time.UnixMilli(due)
+		moved = append(moved, i)
+	}
+	c := s.submitLocked()
+	for _, i := range moved {
+		commits[i] = c
+	}
+	s.mu.Unlock()
+	if len(moved) > 0 {
+		s.kickLoop()
+	}
+	return s.wait(ctx, res, commits)
+}
+
+// Cancel deletes timers of namespace whatever their state, one error per
+// id in the same order: nil when deleted, ErrNotFound when there was no
+// such timer.
+func (s *Shard) Cancel(ctx context.Context, namespace string, ids []string) []error {
+	res := make([]Result, len(ids))
+	commits := make([]*store.Commit, len(ids))
+	s.mu.Lock()
+	if err := s.stopErr; err != nil {
+		s.mu.Unlock()
+		return errs(fillErr(res, err))
+	}
+	var gone []int
+	for i, id := range ids {
+		t, err := s.lookupLocked(namespace, id)
+		if err != nil {
+			res[i].Err = err
+			continue
+		}
+		s.removeLocked(t)
+		s.deleteLocked(t.key)
+		gone = append(gone, i)
+	}
+	c := s.submitLocked()
+	for _, i := range gone {
+		commits[i] = c
+	}
+	s.mu.Unlock()
+	return errs(s.wait(ctx, res, commits))
+}
+
+// Get returns a snapshot of a timer.
+func (s *Shard) Get(namespace, id string) (Timer, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.stopErr; err != nil {
+		return Timer{}, err
+	}
+	t, err := s.lookupLocked(namespace, id)
+	if err != nil {
+		return Timer{}, err
+	}
+	return s.snapshotLocked(t), nil
+}
+
+// Ack acknowledges deliveries: a one-shot timer is deleted, a repeating
+// one re-armed for the first due time + n * interval (n >= 1) after now.
+// Ids of other shards, unknown ids, superseded occurrences and dead
+// letters are ignored, so acks may be repeated. An ack covers every
+// attempt of its occurrence, also one being waited for in backoff. The
+// returned Commit (nil when nothing was written) reports when the acks
+// are durable; until then a crash may deliver those timers again.
+func (s *Shard) Ack(ids []DeliveryID) *store.Commit {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopErr != nil {
+		return nil
+	}
+	now := s.clock.Now().UnixMilli()
+	for i := range ids {
+		t := s.occurrenceLocked(&ids[i])
+		if t == nil || t.rec.State == store.Dead {
+			continue
+		}
+		if t.rec.Interval <= 0 {
+			s.removeLocked(t)
+			s.deleteLocked(t.key)
+			continue
+		}
+		n := int64(1)
+		if now >= t.rec.Due {
+			n = (now-t.rec.Due)/t.rec.Interval + 1
+		}
+		s.disarmLocked(t)
+		next := t.rec.Due + n*t.rec.Interval
+		s.newOccurrenceLocked(t, next)
+		if err := s.armLocked(t, next); err != nil {
+			// Past the wheel's horizon (~139 years): nothing more to fire.
+			s.removeLocked(t)
+			s.deleteLocked(t.key)
+			continue
+		}
+		s.putLocked(t)
+	}
+	c := s.submitLocked()
+	if c != nil {
+		s.kickLoop()
+	}
+	return c
+}
+
+// Return gives back deliveries whose subscriber went away unacked: each
+// occurrence still in flight goes back to pending and is delivered again
+// at once (its attempt stays counted), without waiting for its ack
+// timeout. Other ids are ignored.
+func (s *Shard) Return(ids []DeliveryID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopErr != nil {
+		return
+	}
+	now := s.clock.Now().UnixMilli()
+	returned := false
+	for i := range ids {
+		t := s.occurrenceLocked(&ids[i])
+		if t == nil || !t.inFlight {
+			continue
+		}
+		s.landLocked(t)
+		_ = s.armLocked(t, now)
+		returned = true
+	}
+	if returned {
+		s.kickLoop()
+	}
+}
+
+// Ready tells the shard that a subscriber of namespace and topic can take
+// deliveries (it connected, or has credit again). Timers of the topic that
+// came due while none could take them are then dispatched in order. It
+// does not block.
+func (s *Shard) Ready(namespace, topic string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tk := topicKey{namespace, topic}
+	if len(s.waiting[tk]) == 0 {
+		return
+	}
+	s.ready[tk] = struct{}{}
+	s.kickLoop()
+}
+
+// DeadLetters returns up to limit dead letters of namespace (and of topic,
+// when not empty) with ids greater than after, in id order, and whether
+// there are more.
+func (s *Shard) DeadLetters(namespace, topic, after string, limit int) ([]Timer, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopErr != nil {
+		return nil, false
+	}
+	var hits []*timer
+	prefix := namespace + "\x00"
+	for key := range s.dead {
+		id, ok := strings.CutPrefix(key, prefix)
+		if !ok || id <= after {
+			continue
+		}
+		t := s.timers[key]
+		if topic != "" && t.rec.Topic != topic {
+			continue
+		}
+		hits = append(hits, t)
+	}
+	slices.SortFunc(hits, func(a, b *timer) int { return strings.Compare(a.rec.ID, b.rec.ID) })
+	more := len(hits) > limit
+	if more {
+		hits = hits[:limit]
+	}
+	out := make([]Timer, len(hits))
+	for i, t := range hits {
+		out[i] = s.snapshotLocked(t)
+	}
+	return out, more
+}
+
+// Replay makes dead letters of namespace pending again with no attempts,
+// due at due (or delay from now when due is zero), each with a new
+// delivery id. With ids it returns one Result per id in the same order:
+// ErrNotFound for an unknown id or one whose topic differs from a
+// non-empty topic, ErrNotDead for a timer that is not a dead letter. With
+// no ids it replays every dead letter of namespace (and topic). It returns
+// how many were replayed.
+func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topic string, due time.Time, delay time.Duration) ([]Result, int) {
+	s.mu.Lock()
+	if err := s.stopErr; err != nil {
+		s.mu.Unlock()
+		return fillErr(make([]Result, len(ids)), err), 0
+	}
+	now := s.clock.Now().UnixMilli()
+	at, err := s.cfg.resolveDue(due, delay, now)
+	if err != nil {
+		s.mu.Unlock()
+		return fillErr(make([]Result, len(ids)), err), 0
+	}
+	var targets []*timer
+	res := make([]Result, len(ids))
+	commits := make([]*store.Commit, len(ids))
+	if len(ids) == 0 {
+		prefix := namespace + "\x00"
+		for key := range s.dead {
+			if t := s.timers[key]; strings.HasPrefix(key, prefix) && (topic == "" || t.rec.Topic == topic) {
+				targets = append(targets, t)
+			}
+		}
+	}
+	var replayed []int
+	for i, id := range ids {
+		t, err := s.lookupLocked(namespace, id)
+		switch {
+		case err != nil:
+			res[i].Err = err
+		case topic != "" && t.rec.Topic != topic:
+			res[i].Err = fmt.Errorf("%w: namespace %q id %q has another topic", ErrNotFound, namespace, id)
+		case t.rec.State != store.Dead:
+			res[i].Err = fmt.Errorf("%w: namespace %q id %q is %v", ErrNotDead, namespace, id, t.state())
+		default:
+			targets = append(targets, t)
+			replayed = append(replayed, i)
+			res[i].Due = time.UnixMilli(at)
+		}
+	}
+	for _, t := range targets {
+		s.newOccurrenceLocked(t, at)
+		_ = s.armLocked(t, at) // within the horizon: resolveDue checked
+		s.putLocked(t)
+	}
+	c := s.submitLocked()
+	for _, i := range replayed {
+		commits[i] = c
+	}
+	s.mu.Unlock()
+	if len(targets) == 0 {
+		return res, 0
+	}
+	s.kickLoop()
+	if len(ids) == 0 {
+		if err := s.waitOne(ctx, c); err != nil {
+			return res, 0
+		}
+		return res, len(targets)
+	}
+	res = s.wait(ctx, res, commits)
+	n := 0
+	for _, i := range replayed {
+		if res[i].Err == nil {
+			n++
+		}
+	}
+	return res, n
+}
+
+// lookupLocked finds a timer, checking the namespace and id first.
+func (s *Shard) lookupLocked(namespace, id string) (*timer, error) {
+	if err := validNamespace(namespace); err != nil {
+		return nil, fmt.Errorf("namespace: %w", err)
+	}
+	if err := validID(id); err != nil {
+		return nil, fmt.Errorf("id: %w", err)
+	}
+	t := s.timers[store.Key(namespace, id)]
+	if t == nil {
+		return nil, fmt.Errorf("%w: namespace %q id %q", ErrNotFound, namespace, id)
+	}
+	return t, nil
+}
+
+// occurrenceLocked finds the timer whose current occurrence id names.
+func (s *Shard) occurrenceLocked(id *DeliveryID) *timer {
+	if id.Shard != s.id {
+		return nil
+	}
+	t := s.timers[store.Key(id.Namespace, id.TimerID)]
+	if t == nil || t.rec.OccEpoch != id.OccEpoch || t.rec.OccSeq != id.OccSeq {
+		return nil
+	}
+	return t
+}
+
+func (s *Shard) snapshotLocked(t *timer) Timer {
+	tm := Timer{
+		Spec: Spec{
+			Namespace: t.rec.Namespace,
+			ID:        t.rec.ID,
+			Topic:     t.rec.Topic,
+			Due:       time.UnixMilli(t.rec.Due),
+			Payload:   t.rec.Payload,
+			Interval:  time.Duration(t.rec.Interval) * time.Millisecond,
+		},
+		State:    t.state(),
+		Attempts: t.attempts,
+		Shard:    s.id,
+		Created:  time.UnixMilli(t.rec.Created),
+		Reason:   t.rec.Reason,
+	}
+	if t.rec.Delay >= 0 {
+		tm.Delay = time.Duration(t.rec.Delay) * time.Millisecond
+	}
+	if t.sent != 0 {
+		tm.LastAttempt = time.UnixMilli(t.sent)
+	}
+	return tm
+}
+
+// wait waits for each item's Commit and records failures in its Result.
+func (s *Shard) wait(ctx context.Context, res []Result, commits []*store.Commit) []Result {
+	var last *store.Commit
+	var lastErr error
+	for i, c := range commits {
+		if c == nil || res[i].Err != nil {
+			continue
+		}
+		if c != last {
+			last, lastErr = c, s.waitOne(ctx, c)
+		}
+		if lastErr != nil {
+			res[i] = Result{Err: lastErr}
+		}
+	}
+	return res
+}
+
+// waitOne waits for c, stopping the shard if the store fenced it.
+func (s *Shard) waitOne(ctx context.Context, c *store.Commit) error {
+	err := c.Wait(ctx)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, store.ErrFenced):
+		s.mu.Lock()
+		s.loseLocked(err)
+		s.mu.Unlock()
+		return fmt.Errorf("shard %d: %w", s.id, ErrFenced)
+	case errors.Is(err, store.ErrClosed):
+		return fmt.Errorf("%w: shard %d: %w", ErrNotOwner, s.id, err)
+	}
+	return err
+}
+
+func fillErr(res []Result, err error) []Result {
+	for i := range res {
+		res[i].Err = err
+	}
+	return res
+}
+
+func errs(res []Result) []error {
+	out := make([]error, len(res))
+	for i := range res {
+		out[i] = res[i].Err
+	}
+	return out
+}

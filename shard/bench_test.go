@@ -1,0 +1,268 @@
+package shard
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/timerd/timerd/store"
+)
+
+// The durable-schedule benchmarks spread many concurrent callers over
+// several shards of one node, as the server does when it splits gRPC
+// batches by shard: every caller schedules benchBatch timers of ~100 bytes
+// (encoded) on a random shard and waits until they are durable.
+const (
+	benchShards  = 16
+	benchCallers = 64
+	benchBatch   = 64
+)
+
+var benchPayload = []byte("0123456789abcdef0123456789abcdef0123456789abcdef")
+
+func benchSpec(id string) Spec {
+	return Spec{Namespace: "bench", ID: id, Topic: "orders.timeout", Delay: time.Hour, Payload: benchPayload}
+}
+
+func BenchmarkShardScheduleRedis(b *testing.B)    { benchSchedule(b, newRedisEnv(b)) }
+func BenchmarkShardScheduleEmbedded(b *testing.B) { benchSchedule(b, newEmbeddedEnv(b)) }
+
+func benchSchedule(b *testing.B, e *env) {
+	shards := make([]*Shard, benchShards)
+	for i := range shards {
+		shards[i] = e.open(b, uint32(i), "bench", newSink(false))
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	e.stats.reset()
+	b.ResetTimer()
+	for c := range benchCallers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(c), 1))
+			specs := make([]Spec, benchBatch)
+			for {
+				end := next.Add(benchBatch)
+				start := end - benchBatch
+				if start >= int64(b.N) {
+					return
+				}
+				n := min(end, int64(b.N)) - start
+				for i := range n {
+					specs[i] = benchSpec("t" + strconv.FormatInt(start+i, 10))
+				}
+				s := shards[rng.IntN(benchShards)]
+				for _, r := range s.Schedule(context.Background(), specs[:n]) {
+					if r.Err != nil {
+						b.Error(r.Err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "timers/s")
+	e.stats.report(b)
+}
+
+// BenchmarkRedisPipelineRaw writes the same records as
+// BenchmarkShardScheduleRedis to the same layout with raw pipelined
+// commands and no fencing: the limit the fenced group commit is measured
+// against. per-record sends one HSET per record; per-shard-batch sends one
+// HSET of benchBatch*16 fields per shard, as a group commit cycle would
+// carry them, which is the stronger peer.
+func BenchmarkRedisPipelineRaw(b *testing.B) {
+	for _, mode := range []struct {
+		name  string
+		multi bool
+	}{{"per-record", false}, {"per-shard-batch", true}} {
+		b.Run(mode.name, func(b *testing.B) {
+			srv := newRedisEnv(b).redis
+			client := srv.Client(b)
+			const perTrip = 1024 // records per round trip
+			var next atomic.Int64
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				var buf []byte
+				args := make([][]any, benchShards)
+				for pb.Next() {
+					// Each iteration writes perTrip records; count
+					// them all against b.N below.
+					base := next.Add(perTrip) - perTrip
+					pipe := client.Pipeline()
+					for i := range int64(perTrip) {
+						id := "t" + strconv.FormatInt(base+i, 10)
+						rec := store.Record{Namespace: "bench", ID: id, Topic: "orders.timeout", Payload: benchPayload,
+							Due: 1e12, Next: 1e12, Delay: 3600000, Created: 1e12, State: store.Pending, OccEpoch: 1, OccSeq: uint64(base + i)}
+						buf = rec.AppendBinary(buf[:0])
+						sh := int(base+i) % benchShards
+						key := fmt.Sprintf("raw:{s%d}:r", sh)
+						if mode.multi {
+							if args[sh] == nil {
+								args[sh] = []any{"HSET", key}
+							}
+							args[sh] = append(args[sh], store.Key("bench", id), string(buf))
+						} else {
+							pipe.HSet(context.Background(), key, store.Key("bench", id), string(buf))
+						}
+					}
+					for sh := range args {
+						if args[sh] != nil {
+							pipe.Do(context.Background(), args[sh]...)
+							args[sh] = nil
+						}
+					}
+					if _, err := pipe.Exec(context.Background()); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			records := next.Load()
+			b.ReportMetric(float64(records)/b.Elapsed().Seconds(), "timers/s")
+		})
+	}
+}
+
+// BenchmarkShardLoad1M measures Open (acquire and load) of a shard holding
+// 1,000,000 timers.
+func BenchmarkShardLoad1M(b *testing.B) {
+	for _, kind := range []string{"redis", "embedded"} {
+		b.Run(kind, func(b *testing.B) {
+			var e *env
+			if kind == "redis" {
+				e = newRedisEnv(b)
+			} else {
+				e = newEmbeddedEnv(b)
+			}
+			const n = 1_000_000
+			fillShard(b, e, 0, n)
+			b.ResetTimer()
+			for range b.N {
+				s, err := Open(context.Background(), e.config(0, "loader", newSink(false)))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if got := s.Stats().Timers; got != n {
+					b.Fatalf("loaded %d timers, want %d", got, n)
+				}
+				b.StopTimer()
+				s.Close(context.Background())
+				b.StartTimer()
+			}
+			b.StopTimer()
+			b.ReportMetric(b.Elapsed().Seconds()/float64(b.N), "s/load")
+			b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "timers/s")
+		})
+	}
+}
+
+// fillShard writes n pending timers of ~100 bytes straight to the store.
+func fillShard(b *testing.B, e *env, shard uint32, n int) {
+	epoch, err := e.st.Acquire(context.Background(), shard, "filler", time.Minute)
+	if err != nil {
+		b.Fatal(err)
+	}
+	due := e.clock.Now().Add(time.Hour).UnixMilli()
+	const per = 4096
+	for start := 0; start < n; start += per {
+		ops := make([]store.Op, 0, per)
+		for i := start; i < min(start+per, n); i++ {
+			id := "t" + strconv.Itoa(i)
+			rec := store.Record{Namespace: "bench", ID: id, Topic: "orders.timeout", Payload: benchPayload,
+				Due: due + int64(i%3600000), Next: due + int64(i%3600000), Delay: 3600000, Created: due, State: store.Pending, OccEpoch: epoch, OccSeq: uint64(i)}
+			ops = append(ops, store.Op{Key: store.Key("bench", id), Value: rec.AppendBinary(nil)})
+		}
+		batches := []store.Batch{{Shard: shard, Epoch: epoch, Ops: ops}}
+		if err := e.st.Commit(context.Background(), batches); err != nil || batches[0].Err != nil {
+			b.Fatal(err, batches[0].Err)
+		}
+	}
+	if err := e.st.Release(context.Background(), shard, "filler", epoch); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// creditSink is a Dispatcher with a bounded queue, as a subscriber stream
+// with credit has; a consumer drains it, acks and calls Ready.
+type creditSink struct{ ch chan Delivery }
+
+func (k *creditSink) Dispatch(d Delivery) (time.Duration, bool) {
+	select {
+	case k.ch <- d:
+		return 0, true
+	default:
+		return 0, false
+	}
+}
+
+func BenchmarkShardFireAckRedis(b *testing.B)    { benchFireAck(b, newRedisEnv(b)) }
+func BenchmarkShardFireAckEmbedded(b *testing.B) { benchFireAck(b, newEmbeddedEnv(b)) }
+
+// benchFireAck measures one shard firing b.N due timers to a subscriber
+// that acks each (in batches, as a stream's acks arrive) until every ack
+// is durable.
+func benchFireAck(b *testing.B, e *env) {
+	k := &creditSink{ch: make(chan Delivery, 4096)}
+	s := e.open(b, 0, "bench", k)
+	for start := 0; start < b.N; start += 1000 {
+		specs := make([]Spec, 0, 1000)
+		for i := start; i < min(start+1000, b.N); i++ {
+			sp := benchSpec("t" + strconv.Itoa(i))
+			sp.Delay = time.Millisecond
+			specs = append(specs, sp)
+		}
+		mustSchedule(b, s, specs...)
+	}
+	e.stats.reset()
+	b.ResetTimer()
+	e.clock.Advance(time.Millisecond)
+	s.settle()
+	ids := make([]DeliveryID, 0, 256)
+	var last *store.Commit
+	for acked := 0; acked < b.N; {
+		ids = ids[:0]
+		d := <-k.ch
+		for {
+			id, err := ParseDeliveryID(d.ID)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ids = append(ids, id)
+			if len(ids) == cap(ids) {
+				break
+			}
+			select {
+			case d = <-k.ch:
+				continue
+			default:
+			}
+			break
+		}
+		if c := s.Ack(ids); c != nil {
+			last = c
+		}
+		acked += len(ids)
+		s.Ready("bench", "orders.timeout")
+	}
+	if last != nil {
+		if err := last.Wait(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	if n := s.Stats().Timers; n != 0 {
+		b.Fatalf("%d timers left after every ack", n)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "fire+ack/s")
+	e.stats.report(b)
+}

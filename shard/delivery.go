@@ -1,0 +1,101 @@
+package shard
+
+import (
+	"encoding/base64"
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Delivery is one attempt to deliver one occurrence of a due timer.
+type Delivery struct {
+	// ID names the occurrence: the same for every attempt of it, new for
+	// every occurrence (a repeat, a reschedule, a replay).
+	ID        string
+	Namespace string
+	TimerID   string
+	Topic     string
+	// Payload is shared with the shard and must not be modified.
+	Payload []byte
+	Due     time.Time
+	Fired   time.Time
+	// Attempt counts from 1.
+	Attempt uint32
+	Shard   uint32
+	Epoch   uint64
+}
+
+// Dispatcher hands due timers to subscribers; the server implements it
+// over subscriber streams.
+//
+// Dispatch is called from the shard's goroutine with the shard's lock
+// held, so it must not block and must not call back into the Shard. Calls
+// from different shards may be concurrent.
+type Dispatcher interface {
+	// Dispatch offers d to a subscriber of its namespace and topic. It
+	// returns false when no subscriber can take it now (none connected,
+	// or none with credit): the timer then waits, without using up an
+	// attempt, until Shard.Ready is called for its topic. On true,
+	// ackTimeout is how long the subscriber has to acknowledge (zero
+	// means the shard's default).
+	Dispatch(d Delivery) (ackTimeout time.Duration, ok bool)
+}
+
+// DeliveryID is the decoded form of Delivery.ID: the shard that owns the
+// timer, the timer's key and its occurrence.
+type DeliveryID struct {
+	Shard     uint32
+	Namespace string
+	TimerID   string
+	OccEpoch  uint64
+	OccSeq    uint64
+}
+
+// String encodes the id: URL-safe base64 of the shard, the occurrence
+// and the timer's key, so any node can route an ack to the owning shard.
+func (d DeliveryID) String() string {
+	b := make([]byte, 0, 3*binary.MaxVarintLen64+len(d.Namespace)+1+len(d.TimerID))
+	b = binary.AppendUvarint(b, uint64(d.Shard))
+	b = binary.AppendUvarint(b, d.OccEpoch)
+	b = binary.AppendUvarint(b, d.OccSeq)
+	b = append(b, d.Namespace...)
+	b = append(b, 0)
+	b = append(b, d.TimerID...)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// ParseDeliveryID decodes s, an id made by DeliveryID.String. Errors wrap
+// ErrInvalidDeliveryID.
+func ParseDeliveryID(s string) (DeliveryID, error) {
+	var d DeliveryID
+	if len(s) > maxDeliveryIDLen {
+		return d, fmt.Errorf("%w: %d bytes long", ErrInvalidDeliveryID, len(s))
+	}
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return d, fmt.Errorf("%w: %w", ErrInvalidDeliveryID, err)
+	}
+	var vals [3]uint64
+	for i := range vals {
+		v, n := binary.Uvarint(b)
+		if n <= 0 {
+			return d, fmt.Errorf("%w: truncated", ErrInvalidDeliveryID)
+		}
+		vals[i], b = v, b[n:]
+	}
+	if vals[0] > 1<<32-1 {
+		return d, fmt.Errorf("%w: shard %d out of range", ErrInvalidDeliveryID, vals[0])
+	}
+	ns, id, ok := strings.Cut(string(b), "\x00")
+	if !ok || validNamespace(ns) != nil || validID(id) != nil {
+		return d, fmt.Errorf("%w: bad timer key", ErrInvalidDeliveryID)
+	}
+	d.Shard, d.OccEpoch, d.OccSeq = uint32(vals[0]), vals[1], vals[2]
+	d.Namespace, d.TimerID = ns, id
+	return d, nil
+}
+
+// maxDeliveryIDLen bounds an encoded id: three varints, the longest
+// namespace and id and a separator, in base64.
+const maxDeliveryIDLen = (3*binary.MaxVarintLen64 + MaxNamespaceLen + 1 + MaxIDLen + 2) / 3 * 4

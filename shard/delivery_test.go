@@ -1,0 +1,54 @@
+package shard
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestDeliveryIDRoundTrip(t *testing.T) {
+	cases := []DeliveryID{
+		{Shard: 0, Namespace: "a", TimerID: "b"},
+		{Shard: 1<<32 - 1, Namespace: strings.Repeat("n", MaxNamespaceLen), TimerID: strings.Repeat("\u00e9", MaxIDLen/2), OccEpoch: 1<<64 - 1, OccSeq: 1<<64 - 1},
+		{Shard: 17, Namespace: "orders", TimerID: "id with\x00nul and spaces", OccEpoch: 3, OccSeq: 99},
+	}
+	for _, c := range cases {
+		s := c.String()
+		if len(s) > maxDeliveryIDLen {
+			t.Errorf("%+v encodes to %d bytes, above the bound %d", c, len(s), maxDeliveryIDLen)
+		}
+		got, err := ParseDeliveryID(s)
+		if err != nil || got != c {
+			t.Errorf("ParseDeliveryID(%q) = %+v, %v; want %+v", s, got, err, c)
+		}
+	}
+}
+
+func TestParseDeliveryIDRejects(t *testing.T) {
+	long := DeliveryID{Namespace: "a", TimerID: strings.Repeat("x", MaxIDLen+1)}.String()
+	for _, s := range []string{"", "!!!", "AAAA", DeliveryID{Namespace: "a b", TimerID: "x"}.String(), long, strings.Repeat("A", 1000)} {
+		if _, err := ParseDeliveryID(s); !errors.Is(err, ErrInvalidDeliveryID) {
+			t.Errorf("ParseDeliveryID(%q) = %v, want ErrInvalidDeliveryID", s, err)
+		}
+	}
+}
+
+// FuzzParseDeliveryID: any string either fails cleanly or decodes to an id
+// that encodes back to the same string.
+func FuzzParseDeliveryID(f *testing.F) {
+	f.Add(DeliveryID{Shard: 3, Namespace: "ns", TimerID: "id", OccEpoch: 2, OccSeq: 5}.String())
+	f.Add("")
+	f.Add("AAECAw")
+	f.Fuzz(func(t *testing.T, s string) {
+		d, err := ParseDeliveryID(s)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidDeliveryID) {
+				t.Fatalf("error %v does not wrap ErrInvalidDeliveryID", err)
+			}
+			return
+		}
+		if again, err := ParseDeliveryID(d.String()); err != nil || again != d {
+			t.Fatalf("re-encoding %+v gives %+v, %v", d, again, err)
+		}
+	})
+}

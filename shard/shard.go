@@ -1,0 +1,652 @@
+// Package shard owns one shard of timers while this node holds its lease:
+// the timing wheel that says what is due, the timers' records and their
+// durable copies in a store, and the delivery state machine (pending, in
+// flight, redelivery with backoff, dead letters).
+//
+// A Shard is opened by acquiring its lease and loading its records, fires
+// from one goroutine that sleeps until the next due time, and is closed by
+// flushing its writes and releasing the lease. It knows no gRPC and no
+// generated proto types: the server translates, implements the Dispatcher
+// over subscriber streams and maps the package's errors to status codes.
+//
+// # Guarantees
+//
+//   - Durable: a call that returns success has its writes in the store
+//     under the shard's epoch (through the node's group commit).
+//   - Never early: a timer is dispatched only once the shard's clock has
+//     reached its due time (rounded up to the millisecond).
+//   - At least once: a delivery that is not acknowledged is redelivered
+//     after a backoff, until MaxAttempts make it a dead letter. An
+//     attempt in flight is not written to the store; a new owner after a
+//     crash finds the timer pending with its due time passed and delivers
+//     it again.
+//   - Fenced: every write names the shard's epoch; once a newer owner has
+//     acquired the shard, writes fail with ErrFenced and the shard stops.
+//     The shard stops firing before its lease can have lapsed if it
+//     cannot renew it.
+//
+// # Invariants
+//
+// Under Shard.mu:
+//   - every timer is in timers under its key, and its slot in slots;
+//   - a Pending or InFlight timer that is not waiting for a subscriber is
+//     armed in the wheel exactly once: at rec.Next while pending, at its
+//     ack deadline while in flight; a waiting or Dead timer is not armed;
+//   - a Dead timer's key is in dead.
+package shard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/timerd/timerd/store"
+	"github.com/timerd/timerd/wheel"
+)
+
+var (
+	// ErrInvalidNamespace, ErrInvalidID, ErrInvalidTopic,
+	// ErrInvalidPayload, ErrInvalidDue and ErrInvalidInterval report a bad
+	// field of a request; the message names it.
+	ErrInvalidNamespace = errors.New("invalid namespace")
+	ErrInvalidID        = errors.New("invalid id")
+	ErrInvalidTopic     = errors.New("invalid topic")
+	ErrInvalidPayload   = errors.New("invalid payload")
+	ErrInvalidDue       = errors.New("invalid due time")
+	ErrInvalidInterval  = errors.New("invalid interval")
+	// ErrInvalidDeliveryID reports an ack for an id no shard made.
+	ErrInvalidDeliveryID = errors.New("invalid delivery id")
+	// ErrExists reports a Schedule of an existing id with another spec.
+	ErrExists = errors.New("timer exists with a different spec")
+	// ErrNotFound reports an id the shard does not have.
+	ErrNotFound = errors.New("timer not found")
+	// ErrDead reports a Reschedule of a dead letter (replay it instead).
+	ErrDead = errors.New("timer is a dead letter")
+	// ErrNotDead reports a Replay of a timer that is not a dead letter.
+	ErrNotDead = errors.New("timer is not a dead letter")
+	// ErrFenced reports that a newer owner holds the shard: the write was
+	// refused and the shard has stopped. It wraps store.ErrFenced.
+	ErrFenced = fmt.Errorf("shard fenced by a newer owner: %w", store.ErrFenced)
+	// ErrNotOwner reports a call to a shard that has stopped: closed,
+	// fenced, or unable to renew its lease.
+	ErrNotOwner = errors.New("shard not owned by this node")
+	// ErrInvalidConfig is wrapped by Config.Validate errors.
+	ErrInvalidConfig = errors.New("shard: invalid config")
+)
+
+// Shard is one shard of timers owned by this node. Its methods may be
+// called concurrently.
+type Shard struct {
+	cfg   Config
+	id    uint32
+	epoch uint64
+	st    store.Store
+	com   *store.Committer
+	disp  Dispatcher
+	clock Clock
+	log   *slog.Logger
+
+	kick     chan struct{} // cap 1: wake the loop early
+	stop     chan struct{} // closed to stop the goroutines
+	loopDone chan struct{}
+	keepDone chan struct{}
+	closeMu  sync.Mutex // serializes Close
+	closed   bool       // guarded by closeMu
+
+	mu sync.Mutex
+	// Invariants: see the package doc.
+	wheel  *wheel.Wheel
+	timers map[string]*timer
+	slots  []*timer
+	free   []uint64 // unused indexes of slots
+	dead   map[string]struct{}
+	// waiting holds, per topic, due timers no subscriber could take, in
+	// the order they came due. A timer leaves its queue lazily: entries
+	// whose timer is no longer waiting there are skipped.
+	waiting map[topicKey][]*timer
+	ready   map[topicKey]struct{} // topics Ready was called for
+	// seq numbers the occurrences created under epoch.
+	seq uint64
+	// validUntil (unix ms, shard clock) is when the lease may be about to
+	// lapse: nothing fires at or after it.
+	validUntil int64
+	// stopErr is why the shard stopped; nil while running.
+	stopErr  error
+	inFlight int
+	fired    []wheel.Timer // reused by step
+	ops      []store.Op    // writes not yet submitted
+	touched  []*timer      // timers whose writes are in ops
+	lastSub  *store.Commit // the last submitted writes
+	// steps counts the loop's steps; stepped is broadcast after each, so
+	// settle can wait for a step that began after it was called.
+	steps   uint64
+	stepped sync.Cond
+}
+
+type topicKey struct{ namespace, topic string }
+
+// timer is a timer in memory.
+type timer struct {
+	rec  store.Record
+	key  string
+	slot uint64 // index in Shard.slots
+	// handle is the timer's wheel entry; valid when armed.
+	handle wheel.Handle
+	armed  bool
+	// inFlight: delivered, waiting for an ack until its wheel entry
+	// fires at the ack deadline.
+	inFlight bool
+	// waiting: due, queued in Shard.waiting for a subscriber.
+	waiting bool
+	// attempts counts attempts of the occurrence sent so far, including
+	// one in flight; rec.Attempts is what is stored.
+	attempts uint32
+	sent     int64 // unix ms of the last attempt
+	// commit reports the durability of the timer's last write.
+	commit *store.Commit
+}
+
+func (t *timer) state() State {
+	switch {
+	case t.rec.State == store.Dead:
+		return Dead
+	case t.inFlight:
+		return InFlight
+	}
+	return Pending
+}
+
+// Open acquires the shard's lease, loads its records from the store and
+// starts firing what is due, including what was in flight at the previous
+// owner. It fails with store.ErrLeaseHeld while another owner holds the
+// lease.
+func Open(ctx context.Context, cfg Config) (*Shard, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	start := cfg.Clock.Now()
+	epoch, err := cfg.Store.Acquire(ctx, cfg.ID, cfg.Owner, cfg.LeaseTTL)
+	if err != nil {
+		return nil, fmt.Errorf("shard %d: acquire: %w", cfg.ID, err)
+	}
+	w, err := wheel.New(wheel.Config{Tick: cfg.Tick, Start: start.UnixMilli()})
+	if err != nil {
+		return nil, fmt.Errorf("shard %d: %w", cfg.ID, err)
+	}
+	s := &Shard{
+		cfg:        cfg,
+		id:         cfg.ID,
+		epoch:      epoch,
+		st:         cfg.Store,
+		com:        cfg.Committer,
+		disp:       cfg.Dispatcher,
+		clock:      cfg.Clock,
+		log:        cfg.Logger.With("shard", cfg.ID, "epoch", epoch),
+		kick:       make(chan struct{}, 1),
+		stop:       make(chan struct{}),
+		loopDone:   make(chan struct{}),
+		keepDone:   make(chan struct{}),
+		wheel:      w,
+		timers:     make(map[string]*timer),
+		dead:       make(map[string]struct{}),
+		waiting:    make(map[topicKey][]*timer),
+		ready:      make(map[topicKey]struct{}),
+		validUntil: s0(start, cfg),
+	}
+	began := time.Now()
+	err = cfg.Store.Load(ctx, cfg.ID, epoch, func(page []store.Record) error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for i := range page {
+			if err := s.loadLocked(&page[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.releaseLease()
+		return nil, fmt.Errorf("shard %d: load: %w", cfg.ID, err)
+	}
+	s.stepped.L = &s.mu
+	s.log.Info("shard loaded", "timers", len(s.timers), "dead", len(s.dead), "took", time.Since(began))
+	go s.run()
+	go s.keepLease()
+	return s, nil
+}
+
+// s0 is the lease's validity (unix ms) when it was granted at start.
+func s0(start time.Time, cfg Config) int64 {
+	return start.Add(cfg.LeaseTTL - cfg.ClockDrift).UnixMilli()
+}
+
+func (s *Shard) loadLocked(rec *store.Record) error {
+	if old := s.timers[store.Key(rec.Namespace, rec.ID)]; old != nil {
+		s.removeLocked(old) // a scan may repeat a key
+	}
+	t := s.newTimerLocked(*rec)
+	t.attempts = rec.Attempts
+	t.sent = rec.LastAttempt
+	if rec.State == store.Dead {
+		s.dead[t.key] = struct{}{}
+		return nil
+	}
+	return s.armLocked(t, rec.Next)
+}
+
+// ID returns the shard's number.
+func (s *Shard) ID() uint32 { return s.id }
+
+// Epoch returns the epoch the shard was acquired under.
+func (s *Shard) Epoch() uint64 { return s.epoch }
+
+// Done is closed when the shard has stopped, by Close or because it lost
+// its lease; Err then says why.
+func (s *Shard) Done() <-chan struct{} { return s.loopDone }
+
+// Err returns why the shard stopped: nil while running, ErrNotOwner
+// wrapping the cause once stopped.
+func (s *Shard) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopErr
+}
+
+// Stats is a snapshot of the shard's timers.
+type Stats struct {
+	Timers   int // all timers, dead ones included
+	InFlight int
+	Dead     int
+}
+
+// Stats returns counts of the shard's timers.
+func (s *Shard) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Stats{Timers: len(s.timers), InFlight: s.inFlight, Dead: len(s.dead)}
+}
+
+// Close stops firing, waits until the shard's writes are durable and
+// releases the lease, so the next owner can acquire the shard at once.
+// Deliveries in flight are not waited for: the next owner delivers them
+// again. Close is safe to call twice; it returns the error that stopped
+// the shard, if it stopped for another reason first.
+func (s *Shard) Close(ctx context.Context) error {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	s.mu.Lock()
+	prior := s.stopErr
+	if prior == nil {
+		s.stopErr = fmt.Errorf("%w: shard %d closed", ErrNotOwner, s.id)
+	}
+	last := s.lastSub
+	s.mu.Unlock()
+	close(s.stop)
+	<-s.loopDone
+	<-s.keepDone
+	if prior != nil {
+		return prior
+	}
+	var err error
+	if last != nil {
+		if werr := last.Wait(ctx); werr != nil {
+			err = fmt.Errorf("shard %d: flush: %w", s.id, werr)
+		}
+	}
+	s.releaseLease()
+	return err
+}
+
+// crash stops the shard's goroutines without flushing or releasing the
+// lease, as a process that died would.
+func (s *Shard) crash() {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	if s.closed {
+		return
+	}
+	s.closed = true
+	s.mu.Lock()
+	if s.stopErr == nil {
+		s.stopErr = fmt.Errorf("%w: shard %d crashed", ErrNotOwner, s.id)
+	}
+	s.mu.Unlock()
+	close(s.stop)
+	<-s.loopDone
+	<-s.keepDone
+}
+
+func (s *Shard) releaseLease() {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.OpTimeout)
+	defer cancel()
+	if err := s.st.Release(ctx, s.id, s.cfg.Owner, s.epoch); err != nil {
+		s.log.Warn("lease release failed; it will lapse", "err", err)
+	}
+}
+
+// loseLocked stops the shard because it no longer owns it.
+func (s *Shard) loseLocked(cause error) {
+	if s.stopErr != nil {
+		return
+	}
+	s.stopErr = fmt.Errorf("%w: shard %d: %w", ErrNotOwner, s.id, cause)
+	s.log.Error("shard lost", "err", cause)
+	s.kickLoop()
+}
+
+func (s *Shard) kickLoop() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run is the shard's firing loop: it sleeps until the next due time (or a
+// kick), then fires what is due.
+func (s *Shard) run() {
+	defer close(s.loopDone)
+	t := s.clock.NewAlarm(time.Hour)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		wait, ok := s.stepLocked()
+		s.mu.Unlock()
+		if !ok {
+			return
+		}
+		t.Reset(wait)
+		select {
+		case <-s.stop:
+			return
+		case <-s.kick:
+		case <-t.C():
+		}
+	}
+}
+
+// settle returns once the loop has completed a step that began after the
+// call, so that it has seen the clock as it was when settle was called. It
+// returns at once if the shard has stopped.
+func (s *Shard) settle() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// Steps run whole under mu, so none is in progress now.
+	target := s.steps + 1
+	s.kickLoop()
+	for s.steps < target && s.stopErr == nil {
+		s.stepped.Wait()
+		if s.steps < target {
+			s.kickLoop()
+		}
+	}
+}
+
+// idleWait is how long the loop sleeps with nothing armed; a kick ends it.
+const idleWait = time.Hour
+
+// stepLocked fires what is due and returns how long to sleep; ok is false
+// once the shard has stopped.
+func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
+	s.steps++
+	defer s.stepped.Broadcast()
+	if s.stopErr != nil {
+		return 0, false
+	}
+	now := s.clock.Now().UnixMilli()
+	if now >= s.validUntil {
+		// The lease may be about to lapse: fire nothing until the
+		// keeper renews it (and kicks) or gives up.
+		return idleWait, true
+	}
+	for tk := range s.ready {
+		delete(s.ready, tk)
+		s.drainLocked(tk, now)
+	}
+	s.fired = s.wheel.Advance(now, s.fired[:0])
+	for _, f := range s.fired {
+		t := s.slots[f.Value]
+		t.armed = false
+		if t.inFlight {
+			s.timeoutLocked(t, now)
+		} else {
+			s.deliverLocked(t, now)
+		}
+	}
+	s.submitLocked()
+	next, ok := s.wheel.Next()
+	until := s.validUntil
+	if ok && next < until {
+		until = next
+	}
+	return time.Duration(min(until-now, idleWait.Milliseconds())) * time.Millisecond, true
+}
+
+// deliverLocked hands a due timer to the dispatcher, or queues it for its
+// topic when no subscriber can take it.
+func (s *Shard) deliverLocked(t *timer, now int64) {
+	tk := topicKey{t.rec.Namespace, t.rec.Topic}
+	if q := s.waiting[tk]; len(q) > 0 || !s.dispatchLocked(t, now) {
+		t.waiting = true
+		s.waiting[tk] = append(q, t)
+	}
+}
+
+// drainLocked dispatches a topic's waiting timers in order until one is
+// refused.
+func (s *Shard) drainLocked(tk topicKey, now int64) {
+	q := s.waiting[tk]
+	i := 0
+	for ; i < len(q); i++ {
+		t := q[i]
+		if !t.waiting || s.timers[t.key] != t {
+			continue // cancelled, rescheduled or acked while waiting
+		}
+		t.waiting = false
+		if !s.dispatchLocked(t, now) {
+			t.waiting = true
+			break
+		}
+	}
+	if i == len(q) {
+		delete(s.waiting, tk)
+		return
+	}
+	s.waiting[tk] = slices.Delete(q, 0, i)
+}
+
+func (s *Shard) dispatchLocked(t *timer, now int64) bool {
+	d := Delivery{
+		ID:        s.deliveryID(t).String(),
+		Namespace: t.rec.Namespace,
+		TimerID:   t.rec.ID,
+		Topic:     t.rec.Topic,
+		Payload:   t.rec.Payload,
+		Due:       time.UnixMilli(t.rec.Due),
+		Fired:     s.clock.Now(),
+		Attempt:   t.attempts + 1,
+		Shard:     s.id,
+		Epoch:     s.epoch,
+	}
+	ackTimeout, ok := s.disp.Dispatch(d)
+	if !ok {
+		return false
+	}
+	if ackTimeout <= 0 {
+		ackTimeout = s.cfg.AckTimeout
+	}
+	t.attempts++
+	t.sent = now
+	t.inFlight = true
+	s.inFlight++
+	// The ack deadline is within the horizon: ack timeouts are short.
+	_ = s.armLocked(t, now+ackTimeout.Milliseconds())
+	return true
+}
+
+func (s *Shard) deliveryID(t *timer) DeliveryID {
+	return DeliveryID{Shard: s.id, Namespace: t.rec.Namespace, TimerID: t.rec.ID, OccEpoch: t.rec.OccEpoch, OccSeq: t.rec.OccSeq}
+}
+
+// timeoutLocked handles an attempt whose ack deadline passed: schedule a
+// redelivery after a backoff, or make the timer a dead letter.
+func (s *Shard) timeoutLocked(t *timer, now int64) {
+	s.landLocked(t)
+	t.rec.Attempts = t.attempts
+	t.rec.LastAttempt = t.sent
+	if t.attempts >= s.cfg.MaxAttempts {
+		t.rec.State = store.Dead
+		t.rec.Next = t.rec.Due
+		t.rec.Reason = fmt.Sprintf("not acknowledged after %d attempts", t.attempts)
+		s.dead[t.key] = struct{}{}
+		s.putLocked(t)
+		return
+	}
+	t.rec.Next = max(now+s.cfg.backoff(t.attempts).Milliseconds(), t.rec.Due)
+	_ = s.armLocked(t, t.rec.Next)
+	s.putLocked(t)
+}
+
+// keepLease renews the lease every LeaseTTL/3. A failed renewal is
+// retried sooner; the loop stops firing once the last confirmed lease may
+// be about to lapse, and the shard stops when the store says another
+// owner has it.
+func (s *Shard) keepLease() {
+	defer close(s.keepDone)
+	every := s.cfg.LeaseTTL / 3
+	t := s.clock.NewAlarm(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C():
+		}
+		start := s.clock.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.OpTimeout)
+		err := s.st.Renew(ctx, s.id, s.cfg.Owner, s.epoch, s.cfg.LeaseTTL)
+		cancel()
+		s.mu.Lock()
+		switch {
+		case err == nil:
+			s.validUntil = s0(start, s.cfg)
+			s.kickLoop()
+		case errors.Is(err, store.ErrFenced):
+			s.loseLocked(err)
+			s.mu.Unlock()
+			return
+		default:
+			s.log.Warn("lease renewal failed; retrying", "err", err)
+		}
+		s.mu.Unlock()
+		if err == nil {
+			t.Reset(every)
+		} else {
+			t.Reset(every / 4)
+		}
+	}
+}
+
+// newTimerLocked adds a timer for rec to the maps, unarmed.
+func (s *Shard) newTimerLocked(rec store.Record) *timer {
+	t := &timer{rec: rec, key: store.Key(rec.Namespace, rec.ID)}
+	if n := len(s.free); n > 0 {
+		t.slot = s.free[n-1]
+		s.free = s.free[:n-1]
+		s.slots[t.slot] = t
+	} else {
+		t.slot = uint64(len(s.slots))
+		s.slots = append(s.slots, t)
+	}
+	s.timers[t.key] = t
+	return t
+}
+
+// removeLocked forgets t entirely.
+func (s *Shard) removeLocked(t *timer) {
+	s.disarmLocked(t)
+	s.landLocked(t)
+	t.waiting = false
+	delete(s.timers, t.key)
+	delete(s.dead, t.key)
+	s.slots[t.slot] = nil
+	s.free = append(s.free, t.slot)
+}
+
+// armLocked puts t in the wheel at due (unix ms).
+func (s *Shard) armLocked(t *timer, due int64) error {
+	s.disarmLocked(t)
+	h, err := s.wheel.Add(due, t.slot)
+	if err != nil {
+		return fmt.Errorf("due_time: %w: %w", ErrInvalidDue, err)
+	}
+	t.handle, t.armed = h, true
+	return nil
+}
+
+func (s *Shard) disarmLocked(t *timer) {
+	if t.armed {
+		s.wheel.Cancel(t.handle)
+		t.armed = false
+	}
+}
+
+// landLocked ends t's attempt in flight, if any.
+func (s *Shard) landLocked(t *timer) {
+	if t.inFlight {
+		t.inFlight = false
+		s.inFlight--
+	}
+}
+
+// newOccurrenceLocked starts a new occurrence of t due at due (unix ms):
+// a new delivery id and no attempts.
+func (s *Shard) newOccurrenceLocked(t *timer, due int64) {
+	s.landLocked(t)
+	s.seq++
+	t.rec.OccEpoch, t.rec.OccSeq = s.epoch, s.seq
+	t.rec.Due, t.rec.Next = due, due
+	t.rec.State = store.Pending
+	t.rec.Attempts, t.attempts = 0, 0
+	t.rec.LastAttempt, t.sent = 0, 0
+	t.rec.Reason = ""
+	t.waiting = false
+	delete(s.dead, t.key)
+}
+
+func (s *Shard) putLocked(t *timer) {
+	s.ops = append(s.ops, store.Op{Key: t.key, Value: t.rec.AppendBinary(nil)})
+	s.touched = append(s.touched, t)
+}
+
+func (s *Shard) deleteLocked(key string) {
+	s.ops = append(s.ops, store.Op{Key: key})
+}
+
+// submitLocked hands the writes made since the last call to the group
+// commit and returns the Commit that reports their durability (nil if
+// there were none).
+func (s *Shard) submitLocked() *store.Commit {
+	if len(s.ops) == 0 {
+		return nil
+	}
+	c := s.com.Submit(s.id, s.epoch, s.ops)
+	s.ops = nil
+	s.lastSub = c
+	for _, t := range s.touched {
+		t.commit = c
+	}
+	clear(s.touched)
+	s.touched = s.touched[:0]
+	return c
+}

@@ -1,0 +1,557 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Redis is the Store of a cluster: shards' records and leases in Redis,
+// reached through any redis.UniversalClient (standalone, Sentinel or
+// Cluster).
+//
+// # Key layout
+//
+// Every key of one shard carries the hash tag {s<shard>}, so that a shard
+// lives in one Cluster slot and its Lua scripts may touch all its keys:
+//
+//	<prefix>:{s<shard>}:r      HASH   field Key(namespace, id), value an encoded Record
+//	<prefix>:{s<shard>}:epoch  STRING the shard's epoch counter (INCR by Acquire)
+//	<prefix>:{s<shard>}:lease  STRING "<epoch>:<owner>" of the holder, with a PX ttl
+//
+// There is deliberately no sorted set of due times: the owning shard loads
+// every record into its in-memory timing wheel, which is the due-time
+// index, so a ZSET would double the cost of every write for an index that
+// is never read.
+//
+// # Invariants
+//
+// Every write (commit, acquire, renew, release) is one Lua script that
+// checks the shard's epoch or lease value first and changes nothing when
+// the check fails; Redis runs a script atomically, so the check and the
+// writes cannot interleave with another owner's. Scripts are sent by
+// EVALSHA and loaded again after a NOSCRIPT reply (a restarted server, a
+// SCRIPT FLUSH). The client belongs to the caller: Close only marks the
+// store closed. All methods may be called concurrently.
+type Redis struct {
+	client redis.UniversalClient
+	cfg    RedisConfig
+	closed atomic.Bool
+
+	commit  *redis.Script
+	acquire *redis.Script
+	renew   *redis.Script
+	release *redis.Script
+	lease   *redis.Script
+}
+
+var _ Store = (*Redis)(nil)
+
+// RedisConfig configures a Redis store. The zero value is not valid; start
+// from DefaultRedisConfig.
+type RedisConfig struct {
+	// Prefix begins every key, so that several clusters (or tests) can
+	// share one Redis. It must be non-empty and must not contain '{' or
+	// '}', which would change the keys' hash tag. Default "td".
+	Prefix string
+	// PageSize is the COUNT hint of each HSCAN by Load: about how many
+	// records one round trip fetches and one call of fn receives (Redis
+	// may return more or fewer). 1 to 1,000,000. Default 5,000: loading a
+	// million records of ~100 B on loopback took about as long with 1,000
+	// to 10,000 per page, and 5,000 keeps a page's replies around 1 MB.
+	PageSize int
+}
+
+// DefaultRedisConfig returns the defaults documented on RedisConfig.
+func DefaultRedisConfig() RedisConfig {
+	return RedisConfig{Prefix: "td", PageSize: 5000}
+}
+
+// maxPageSize bounds PageSize: a bigger HSCAN COUNT only holds Redis's one
+// thread longer per call.
+const maxPageSize = 1_000_000
+
+// Validate reports the first invalid field. The error wraps
+// ErrInvalidConfig.
+func (c RedisConfig) Validate() error {
+	switch {
+	case c.Prefix == "":
+		return fmt.Errorf("%w: RedisConfig.Prefix is empty", ErrInvalidConfig)
+	case strings.ContainsAny(c.Prefix, "{}"):
+		return fmt.Errorf("%w: RedisConfig.Prefix %q contains '{' or '}', which would change the keys' hash tag", ErrInvalidConfig, c.Prefix)
+	case c.PageSize < 1 || c.PageSize > maxPageSize:
+		return fmt.Errorf("%w: RedisConfig.PageSize %d is outside [1, %d]", ErrInvalidConfig, c.PageSize, maxPageSize)
+	}
+	return nil
+}
+
+// NewRedis returns a store on client, which stays the caller's to close.
+// It does no I/O: scripts are loaded on first use.
+func NewRedis(client redis.UniversalClient, cfg RedisConfig) (*Redis, error) {
+	if client == nil {
+		return nil, fmt.Errorf("%w: redis client is nil", ErrInvalidConfig)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Redis{
+		client:  client,
+		cfg:     cfg,
+		commit:  redis.NewScript(commitScript),
+		acquire: redis.NewScript(acquireScript),
+		renew:   redis.NewScript(renewScript),
+		release: redis.NewScript(releaseScript),
+		lease:   redis.NewScript(leaseScript),
+	}, nil
+}
+
+// Error replies of the scripts. A reply starting with fencedReply is
+// "FENCED <current epoch> <lease value or nothing>"; one starting with
+// heldReply is "HELD <remaining ms> <lease value>".
+const (
+	fencedReply = "FENCED "
+	heldReply   = "HELD "
+)
+
+// commitScript applies one Batch. KEYS[1] is the epoch key, KEYS[2] the
+// records hash. ARGV[1] is the batch's epoch; then come runs of ops, each
+// a kind ("p" put or "d" delete), a count n, and n field-value pairs (put)
+// or n fields (delete), in the batch's order. Runs are applied in order,
+// each in calls of at most 1,000 ops (2,000 values to unpack): Lua's
+// unpack fails beyond ~8,000 values. Epochs are compared as decimal
+// strings, exactly: Lua's numbers are doubles.
+const commitScript = `
+local cur = redis.call('GET', KEYS[1]) or '0'
+if cur ~= ARGV[1] then
+  return redis.error_reply('FENCED ' .. cur)
+end
+local h = KEYS[2]
+local i, n = 2, #ARGV
+while i <= n do
+  local kind, cnt = ARGV[i], tonumber(ARGV[i + 1])
+  i = i + 2
+  if kind == 'p' then
+    local last = i + 2 * cnt - 1
+    while i <= last do
+      local j = math.min(i + 1999, last)
+      redis.call('HSET', h, unpack(ARGV, i, j))
+      i = j + 1
+    end
+  elseif kind == 'd' then
+    local last = i + cnt - 1
+    while i <= last do
+      local j = math.min(i + 999, last)
+      redis.call('HDEL', h, unpack(ARGV, i, j))
+      i = j + 1
+    end
+  else
+    return redis.error_reply('ERR timerd commit: bad op kind ' .. tostring(kind))
+  end
+end
+return 0
+`
+
+// acquireScript takes the lease. KEYS[1] is the lease key, KEYS[2] the
+// epoch key; ARGV[1] the owner, ARGV[2] the ttl in ms. The same owner may
+// take it again (and gets a new epoch); another owner gets HELD.
+const acquireScript = `
+local v = redis.call('GET', KEYS[1])
+if v then
+  local sep = string.find(v, ':', 1, true) or 0
+  if string.sub(v, sep + 1) ~= ARGV[1] then
+    return redis.error_reply('HELD ' .. redis.call('PTTL', KEYS[1]) .. ' ' .. v)
+  end
+end
+local e = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], string.format('%d', e) .. ':' .. ARGV[1], 'PX', ARGV[2])
+return e
+`
+
+// renewScript extends the lease. KEYS[1] is the lease key, KEYS[2] the
+// epoch key; ARGV[1] the lease value "<epoch>:<owner>", ARGV[2] the ttl in
+// ms.
+const renewScript = `
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return redis.error_reply('FENCED ' .. (redis.call('GET', KEYS[2]) or '0') .. ' ' .. (v or ''))
+`
+
+// releaseScript deletes the lease if it is still ARGV[1] ("<epoch>:<owner>").
+// KEYS[1] is the lease key.
+const releaseScript = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 0
+`
+
+// leaseScript reads the lease value (or ""), its remaining ms (0 when
+// there is none) and the epoch counter (or "0") at one instant. KEYS[1] is
+// the lease key, KEYS[2] the epoch key.
+const leaseScript = `
+local v = redis.call('GET', KEYS[1]) or ''
+local ttl = 0
+if v ~= '' then ttl = redis.call('PTTL', KEYS[1]) end
+return {v, ttl, redis.call('GET', KEYS[2]) or '0'}
+`
+
+// key returns the key of one of the shard's structures: "r", "epoch" or
+// "lease".
+func (r *Redis) key(shard uint32, what string) string {
+	return r.cfg.Prefix + ":{s" + strconv.FormatUint(uint64(shard), 10) + "}:" + what
+}
+
+// ttlMillis converts a lease ttl to whole ms, rounding up so that a lease
+// never lasts less than asked.
+func ttlMillis(ttl time.Duration) (int64, error) {
+	if ttl <= 0 {
+		return 0, fmt.Errorf("store: lease ttl %v is not positive", ttl)
+	}
+	return int64((ttl + time.Millisecond - 1) / time.Millisecond), nil
+}
+
+func leaseValue(owner string, epoch uint64) string {
+	return strconv.FormatUint(epoch, 10) + ":" + owner
+}
+
+// parseLeaseValue splits "<epoch>:<owner>".
+func parseLeaseValue(v string) (owner string, epoch uint64, ok bool) {
+	e, owner, ok := strings.Cut(v, ":")
+	if !ok {
+		return "", 0, false
+	}
+	epoch, err := strconv.ParseUint(e, 10, 64)
+	return owner, epoch, err == nil
+}
+
+// describeLease renders a lease value for an error message.
+func describeLease(v string) string {
+	if v == "" {
+		return "the lease has lapsed"
+	}
+	if owner, epoch, ok := parseLeaseValue(v); ok {
+		return fmt.Sprintf("held by %q under epoch %d", owner, epoch)
+	}
+	return fmt.Sprintf("lease value %q", v)
+}
+
+// replyBody returns the text after prefix when err is a Redis error reply
+// starting with it.
+func replyBody(err error, prefix string) (string, bool) {
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return "", false
+	}
+	return strings.CutPrefix(rerr.Error(), prefix)
+}
+
+func isNoScript(err error) bool {
+	return errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT")
+}
+
+// eval runs a lease script by EVALSHA, loading it first if the server does
+// not have it.
+func (r *Redis) eval(ctx context.Context, s *redis.Script, keys []string, args ...any) (any, error) {
+	res, err := s.EvalSha(ctx, r.client, keys, args...).Result()
+	if isNoScript(err) {
+		if err := s.Load(ctx, r.client).Err(); err != nil {
+			return nil, fmt.Errorf("load script: %w", err)
+		}
+		res, err = s.EvalSha(ctx, r.client, keys, args...).Result()
+	}
+	return res, err
+}
+
+// Acquire implements Store.
+func (r *Redis) Acquire(ctx context.Context, shard uint32, owner string, ttl time.Duration) (uint64, error) {
+	if r.closed.Load() {
+		return 0, ErrClosed
+	}
+	if owner == "" {
+		return 0, fmt.Errorf("store: acquire shard %d: empty owner", shard)
+	}
+	ms, err := ttlMillis(ttl)
+	if err != nil {
+		return 0, err
+	}
+	res, err := r.eval(ctx, r.acquire, []string{r.key(shard, "lease"), r.key(shard, "epoch")}, owner, ms)
+	if body, ok := replyBody(err, heldReply); ok {
+		pttl, v, _ := strings.Cut(body, " ")
+		left, _ := strconv.ParseInt(pttl, 10, 64)
+		return 0, fmt.Errorf("%w: shard %d: %s for another %d ms", ErrLeaseHeld, shard, describeLease(v), left)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("store: acquire shard %d: %w", shard, err)
+	}
+	epoch, ok := res.(int64)
+	if !ok || epoch <= 0 {
+		return 0, fmt.Errorf("store: acquire shard %d: unexpected reply %v", shard, res)
+	}
+	return uint64(epoch), nil
+}
+
+// Renew implements Store.
+func (r *Redis) Renew(ctx context.Context, shard uint32, owner string, epoch uint64, ttl time.Duration) error {
+	if r.closed.Load() {
+		return ErrClosed
+	}
+	ms, err := ttlMillis(ttl)
+	if err != nil {
+		return err
+	}
+	_, err = r.eval(ctx, r.renew, []string{r.key(shard, "lease"), r.key(shard, "epoch")}, leaseValue(owner, epoch), ms)
+	if body, ok := replyBody(err, fencedReply); ok {
+		cur, v, _ := strings.Cut(body, " ")
+		return fmt.Errorf("%w: shard %d: renew by %q under epoch %d; current epoch %s, %s", ErrFenced, shard, owner, epoch, cur, describeLease(v))
+	}
+	if err != nil {
+		return fmt.Errorf("store: renew shard %d: %w", shard, err)
+	}
+	return nil
+}
+
+// Release implements Store.
+func (r *Redis) Release(ctx context.Context, shard uint32, owner string, epoch uint64) error {
+	if r.closed.Load() {
+		return ErrClosed
+	}
+	if _, err := r.eval(ctx, r.release, []string{r.key(shard, "lease")}, leaseValue(owner, epoch)); err != nil {
+		return fmt.Errorf("store: release shard %d: %w", shard, err)
+	}
+	return nil
+}
+
+// Lease implements Store.
+func (r *Redis) Lease(ctx context.Context, shard uint32) (Lease, error) {
+	if r.closed.Load() {
+		return Lease{}, ErrClosed
+	}
+	res, err := r.eval(ctx, r.lease, []string{r.key(shard, "lease"), r.key(shard, "epoch")})
+	if err != nil {
+		return Lease{}, fmt.Errorf("store: lease of shard %d: %w", shard, err)
+	}
+	vals, _ := res.([]any)
+	if len(vals) != 3 {
+		return Lease{}, fmt.Errorf("store: lease of shard %d: unexpected reply %v", shard, res)
+	}
+	v, _ := vals[0].(string)
+	pttl, _ := vals[1].(int64)
+	cur, _ := vals[2].(string)
+	epoch, err := strconv.ParseUint(cur, 10, 64)
+	if err != nil {
+		return Lease{}, fmt.Errorf("store: lease of shard %d: bad epoch %q: %w", shard, cur, err)
+	}
+	l := Lease{Epoch: epoch}
+	if owner, _, ok := parseLeaseValue(v); ok && v != "" {
+		l.Owner = owner
+		l.TTL = time.Duration(max(pttl, 0)) * time.Millisecond
+	}
+	return l, nil
+}
+
+// Commit implements Store: one pipeline carries one EVALSHA of
+// commitScript per batch, so a commit of many shards costs one round trip.
+// Batches that found the script missing (NOSCRIPT) are sent once more
+// after loading it; that is safe because every write is idempotent.
+func (r *Redis) Commit(ctx context.Context, batches []Batch) error {
+	if r.closed.Load() {
+		return ErrClosed
+	}
+	if len(batches) == 0 {
+		return nil
+	}
+	cmds := make([]*redis.Cmd, len(batches))
+	all := make([]int, len(batches))
+	for i := range all {
+		all[i] = i
+	}
+	retry, err := r.commitOnce(ctx, batches, all, cmds)
+	if err != nil || len(retry) == 0 {
+		return err
+	}
+	if err := r.commit.Load(ctx, r.client).Err(); err != nil {
+		return fmt.Errorf("store: commit: load script: %w", err)
+	}
+	retry, err = r.commitOnce(ctx, batches, retry, cmds)
+	if err == nil && len(retry) > 0 {
+		err = fmt.Errorf("store: commit: shard %d: script still missing after loading it: %w", batches[retry[0]].Shard, redis.ErrNoScript)
+	}
+	return err
+}
+
+// commitOnce sends batches[which] in one pipeline, sets their Err, and
+// returns the indexes of those that met NOSCRIPT.
+func (r *Redis) commitOnce(ctx context.Context, batches []Batch, which []int, cmds []*redis.Cmd) (noScript []int, err error) {
+	pipe := r.client.Pipeline()
+	sha := r.commit.Hash()
+	for _, i := range which {
+		cmd := redis.NewCmd(ctx, r.commitArgs(sha, &batches[i])...)
+		cmd.SetFirstKeyPos(3) // EVALSHA sha numkeys key...: route by the shard's first key
+		cmds[i] = cmd
+		_ = pipe.Process(ctx, cmd)
+	}
+	// Exec's error is the first failed command's; each is examined below.
+	_, _ = pipe.Exec(ctx)
+	for _, i := range which {
+		b := &batches[i]
+		err := cmds[i].Err()
+		b.Err = nil
+		if err == nil {
+			continue
+		}
+		if body, ok := replyBody(err, fencedReply); ok {
+			cur, _, _ := strings.Cut(body, " ")
+			b.Err = fmt.Errorf("%w: shard %d: commit under epoch %d; current epoch %s", ErrFenced, b.Shard, b.Epoch, cur)
+			continue
+		}
+		if isNoScript(err) {
+			noScript = append(noScript, i)
+			continue
+		}
+		return nil, fmt.Errorf("store: commit of %d batches: shard %d: %w", len(which), b.Shard, err)
+	}
+	return noScript, nil
+}
+
+// commitArgs returns the whole EVALSHA command of one batch, in the layout
+// commitScript reads, built in one exactly sized slice.
+func (r *Redis) commitArgs(sha string, b *Batch) []any {
+	n := 6 // evalsha, sha, numkeys, epoch key, hash key, epoch
+	for j := 0; j < len(b.Ops); {
+		put := b.Ops[j].Value != nil
+		k := j + 1
+		for k < len(b.Ops) && (b.Ops[k].Value != nil) == put {
+			k++
+		}
+		n += 2 + k - j
+		if put {
+			n += k - j
+		}
+		j = k
+	}
+	args := make([]any, 0, n)
+	args = append(args, "evalsha", sha, 2, r.key(b.Shard, "epoch"), r.key(b.Shard, "r"), b.Epoch)
+	for j := 0; j < len(b.Ops); {
+		put := b.Ops[j].Value != nil
+		k := j + 1
+		for k < len(b.Ops) && (b.Ops[k].Value != nil) == put {
+			k++
+		}
+		if put {
+			args = append(args, "p", k-j)
+			for _, op := range b.Ops[j:k] {
+				args = append(args, op.Key, op.Value)
+			}
+		} else {
+			args = append(args, "d", k-j)
+			for _, op := range b.Ops[j:k] {
+				args = append(args, op.Key)
+			}
+		}
+		j = k
+	}
+	return args
+}
+
+// Load implements Store: it checks the epoch, then walks the records hash
+// with HSCAN, PageSize records at a time.
+func (r *Redis) Load(ctx context.Context, shard uint32, epoch uint64, fn func(page []Record) error) error {
+	if r.closed.Load() {
+		return ErrClosed
+	}
+	cur, err := r.client.Get(ctx, r.key(shard, "epoch")).Result()
+	if errors.Is(err, redis.Nil) {
+		cur, err = "0", nil
+	}
+	if err != nil {
+		return fmt.Errorf("store: load shard %d: read epoch: %w", shard, err)
+	}
+	if cur != strconv.FormatUint(epoch, 10) {
+		return fmt.Errorf("%w: shard %d: load under epoch %d; current epoch %s", ErrFenced, shard, epoch, cur)
+	}
+	// A helper goroutine fetches the next page while this one decodes the
+	// last: Redis's time to scan and the decoding here then overlap
+	// instead of adding up. It exits before Load returns.
+	ctx, cancel := context.WithCancel(ctx)
+	pages := make(chan scanPage, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.scan(ctx, r.key(shard, "r"), pages)
+	}()
+	defer func() {
+		cancel()
+		for range pages { // unblock the scanner, which closes pages
+		}
+		<-done
+	}()
+	page := make([]Record, 0, min(r.cfg.PageSize, 16384))
+	for p := range pages {
+		if p.err != nil {
+			return fmt.Errorf("store: load shard %d: hscan: %w", shard, p.err)
+		}
+		page = page[:0]
+		for j := 0; j+1 < len(p.kv); j += 2 {
+			page = append(page, Record{})
+			if err := page[len(page)-1].UnmarshalBinary(bytesOf(p.kv[j+1])); err != nil {
+				return fmt.Errorf("store: load shard %d: record %q: %w", shard, p.kv[j], err)
+			}
+		}
+		if len(page) > 0 {
+			if err := fn(page); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// scanPage is one HSCAN reply: fields and values alternating, or the
+// error that ended the scan.
+type scanPage struct {
+	kv  []string
+	err error
+}
+
+// scan walks the hash with HSCAN, PageSize at a time, sends each reply to
+// out and closes it after the last page, an error, or ctx's end.
+func (r *Redis) scan(ctx context.Context, hash string, out chan<- scanPage) {
+	defer close(out)
+	var cursor uint64
+	for {
+		kv, next, err := r.client.HScan(ctx, hash, cursor, "", int64(r.cfg.PageSize)).Result()
+		select {
+		case out <- scanPage{kv: kv, err: err}:
+		case <-ctx.Done():
+			return
+		}
+		if err != nil || next == 0 {
+			return
+		}
+		cursor = next
+	}
+}
+
+// bytesOf views s as bytes without copying it. UnmarshalBinary neither
+// modifies nor keeps its input, so the view is safe there, and it saves a
+// copy of every record on the load path.
+func bytesOf(s string) []byte {
+	return unsafe.Slice(unsafe.StringData(s), len(s))
+}
+
+// Close implements Store. It does not close the client, which is the
+// caller's.
+func (r *Redis) Close() error {
+	r.closed.Store(true)
+	return nil
+}

@@ -1,0 +1,135 @@
+// Package store owns the durable state of shards: each shard's timer
+// records and its lease, the fencing epoch that guards every write, and the
+// group commit that carries many shards' writes to the store in one round
+// trip.
+//
+// Two implementations share one contract and one test suite: Redis (a
+// cluster's store; any redis.UniversalClient, so standalone, Sentinel and
+// Cluster deployments all work) and Embedded (the single-node default, a
+// Pebble database on local disk with synced batches).
+//
+// # Invariants
+//
+//   - A shard's epoch only grows. Acquire increments it, whoever calls it,
+//     so two successive owners never share an epoch, even across restarts
+//     of the store's process.
+//   - Every write names the epoch it was made under and is applied only if
+//     that epoch is still the shard's current one; otherwise it is refused
+//     with ErrFenced and changes nothing. A node that lost its lease can
+//     therefore never overwrite, delete or resurrect what the new owner has.
+//   - A Commit that returns nil with a nil Batch.Err has made that batch
+//     durable: in Redis (as durable as the server's persistence settings
+//     make it) or fsynced to the embedded store's disk.
+//   - The writes of one Batch are applied in order and, per shard, atomically
+//     with the epoch check.
+//
+// The package knows records only as encoded bytes under a key; what a timer
+// means, when it fires and who receives it belong to package shard. It
+// starts no goroutines except the Committer's and reads the clock only to
+// measure commit latency and, in the embedded store, to expire leases.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+var (
+	// ErrFenced means the epoch a write or lease operation named is no
+	// longer the shard's current epoch, or the lease is held under another
+	// epoch: another node owns the shard now. Nothing was changed.
+	ErrFenced = errors.New("store: fenced: the shard's epoch has moved on")
+	// ErrLeaseHeld means Acquire found the shard's lease held by another
+	// owner that has not let it lapse.
+	ErrLeaseHeld = errors.New("store: lease held by another owner")
+	// ErrClosed is returned by every method after Close.
+	ErrClosed = errors.New("store: closed")
+	// ErrCorrupt is wrapped when a stored record cannot be decoded.
+	ErrCorrupt = errors.New("store: corrupt record")
+	// ErrInvalidConfig is wrapped by configuration errors, which name the
+	// bad field.
+	ErrInvalidConfig = errors.New("store: invalid config")
+)
+
+// Store is the durable home of shards' records and leases. All methods may
+// be called concurrently from many goroutines.
+type Store interface {
+	// Acquire takes the lease of shard for owner for ttl and returns the
+	// shard's new epoch, which is greater than every epoch the shard had
+	// before. It fails with ErrLeaseHeld when another owner holds an
+	// unexpired lease. An owner that already holds the lease gets a new,
+	// greater epoch (a restarted process must not reuse its predecessor's).
+	Acquire(ctx context.Context, shard uint32, owner string, ttl time.Duration) (epoch uint64, err error)
+
+	// Renew extends the lease owner holds under epoch to ttl from now. It
+	// fails with ErrFenced when the lease has lapsed or is held by anyone
+	// else or under another epoch.
+	Renew(ctx context.Context, shard uint32, owner string, epoch uint64, ttl time.Duration) error
+
+	// Release gives the lease back so that another owner can acquire it at
+	// once. Releasing a lease that has already lapsed or moved on is not
+	// an error; it changes nothing.
+	Release(ctx context.Context, shard uint32, owner string, epoch uint64) error
+
+	// Lease reports who holds the shard's lease now. A shard with no
+	// unexpired lease has Owner "" and the epoch of its last owner.
+	Lease(ctx context.Context, shard uint32) (Lease, error)
+
+	// Commit applies every batch. It returns a non-nil error when the
+	// round trip as a whole failed; then nothing is known about any
+	// batch and the caller retries them all (every write is idempotent).
+	// Otherwise each batch's Err is nil (durable) or wraps ErrFenced (not
+	// applied at all).
+	Commit(ctx context.Context, batches []Batch) error
+
+	// Load streams every record of the shard to fn, a page at a time, in no
+	// particular order. It fails with ErrFenced when epoch is not the
+	// shard's current epoch. The page slice is reused after fn returns; the
+	// records' strings and payloads are not and may be kept. A record may
+	// be passed twice (a Redis scan can repeat keys); the later copy is
+	// the same record.
+	Load(ctx context.Context, shard uint32, epoch uint64, fn func(page []Record) error) error
+
+	// Close releases the store's resources. It is safe to call twice.
+	Close() error
+}
+
+// Lease is a snapshot of a shard's lease.
+type Lease struct {
+	// Owner holds the lease, or "" when the lease has lapsed or was
+	// released.
+	Owner string
+	// Epoch is the shard's current epoch: the holder's, or the last
+	// holder's when Owner is "". Zero when the shard was never acquired.
+	Epoch uint64
+	// TTL is what remains of the lease; zero when Owner is "".
+	TTL time.Duration
+}
+
+// Batch is one shard's writes in one Commit.
+type Batch struct {
+	Shard uint32
+	// Epoch is the epoch the writes were made under.
+	Epoch uint64
+	// Ops are applied in order.
+	Ops []Op
+	// Err is set by Commit: nil when the batch is durable, wrapping
+	// ErrFenced when it was refused.
+	Err error
+}
+
+// Op is one write: it stores Value under Key, or deletes Key when Value is
+// nil.
+type Op struct {
+	// Key identifies the timer within its shard: see Key.
+	Key string
+	// Value is an encoded Record (Record.AppendBinary), or nil to delete.
+	Value []byte
+}
+
+// Key returns the key of a timer within its shard: namespace, a zero byte,
+// id. Namespaces cannot contain a zero byte, so keys never collide.
+func Key(namespace, id string) string {
+	return namespace + "\x00" + id
+}
