@@ -16,6 +16,9 @@ type CommitterConfig struct {
 	// arrive. Default 0: batching comes from the round trip itself, since
 	// everything submitted while one cycle is in flight rides the next.
 	Linger time.Duration
+	// Lanes is how many cycles may be in the store at once (default 2).
+	// A shard always uses the same lane, so its writes stay in order.
+	Lanes int
 	// MaxBatchOps caps the writes of one shard in one Batch (default
 	// 4096); more are cut into further batches of the same cycle, which
 	// the store applies in order. It bounds how long one script holds a
@@ -47,6 +50,7 @@ type CommitStats struct {
 // DefaultCommitterConfig returns the defaults documented on CommitterConfig.
 func DefaultCommitterConfig() CommitterConfig {
 	return CommitterConfig{
+		Lanes:         2,
 		MaxBatchOps:   4096,
 		CommitTimeout: 10 * time.Second,
 		RetryMin:      5 * time.Millisecond,
@@ -59,6 +63,8 @@ func (c CommitterConfig) Validate() error {
 	switch {
 	case c.Linger < 0:
 		return fmt.Errorf("%w: Linger must be >= 0, got %v", ErrInvalidConfig, c.Linger)
+	case c.Lanes < 1 || c.Lanes > 64:
+		return fmt.Errorf("%w: Lanes must be in [1, 64], got %d", ErrInvalidConfig, c.Lanes)
 	case c.MaxBatchOps < 1:
 		return fmt.Errorf("%w: MaxBatchOps must be >= 1, got %d", ErrInvalidConfig, c.MaxBatchOps)
 	case c.CommitTimeout <= 0:
@@ -107,25 +113,37 @@ func (c *Commit) finish(err error) {
 }
 
 // Committer is the group commit: it coalesces the writes that shards
-// submit concurrently into one Store.Commit per cycle, carrying every
-// shard's pending writes in one round trip, and answers each submitter
-// once its writes are durable. One cycle runs at a time, so writes reach
-// the store in the order they were submitted.
+// submit concurrently into one Store.Commit per cycle, carrying many
+// shards' pending writes in one round trip, and answers each submitter
+// once its writes are durable.
+//
+// Shards are split over Lanes; each lane runs one cycle at a time, so a
+// shard's writes reach the store in the order they were submitted, while
+// the lanes' cycles overlap: one lane's round trip is in the store while
+// another gathers and encodes its next cycle, which keeps a store with one
+// thread (Redis) busy.
 //
 // Submit may be called concurrently from many goroutines; Close may be
 // called concurrently with Submit and more than once.
 type Committer struct {
-	st   Store
-	cfg  CommitterConfig
-	log  *slog.Logger
+	st    Store
+	cfg   CommitterConfig
+	log   *slog.Logger
+	lanes []*lane
+	quit  chan struct{} // closed by Close
+	wg    sync.WaitGroup
+	once  sync.Once
+}
+
+// lane commits the writes of the shards routed to it, one cycle at a time.
+type lane struct {
+	c    *Committer
 	wake chan struct{} // cap 1: something was submitted
-	quit chan struct{} // closed by Close
-	done chan struct{} // closed when run returns
 
 	mu sync.Mutex
 	// queue holds the batches of the next cycle in submission order.
 	// Invariant: open[shard] is the index in queue of that shard's batch
-	// still taking writes, which has fewer than MaxBatchOps ops.
+	// still taking writes.
 	queue   []pendingBatch
 	open    map[uint32]int
 	closing bool
@@ -145,16 +163,13 @@ func NewCommitter(st Store, cfg CommitterConfig) (*Committer, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Committer{
-		st:   st,
-		cfg:  cfg,
-		log:  log,
-		wake: make(chan struct{}, 1),
-		quit: make(chan struct{}),
-		done: make(chan struct{}),
-		open: make(map[uint32]int),
+	c := &Committer{st: st, cfg: cfg, log: log, quit: make(chan struct{})}
+	for range cfg.Lanes {
+		l := &lane{c: c, wake: make(chan struct{}, 1), open: make(map[uint32]int)}
+		c.lanes = append(c.lanes, l)
+		c.wg.Add(1)
+		go l.run()
 	}
-	go c.run()
 	return c, nil
 }
 
@@ -162,58 +177,62 @@ func NewCommitter(st Store, cfg CommitterConfig) (*Committer, error) {
 // the Commit that reports their outcome. The Committer takes ownership of
 // ops. Ops submitted for one shard reach the store in submission order.
 func (c *Committer) Submit(shard uint32, epoch uint64, ops []Op) *Commit {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closing {
+	l := c.lanes[shard%uint32(len(c.lanes))]
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closing {
 		cm := &Commit{done: make(chan struct{})}
 		cm.finish(ErrClosed)
 		return cm
 	}
-	i, ok := c.open[shard]
-	if ok && (c.queue[i].Epoch != epoch || len(c.queue[i].Ops)+len(ops) > c.cfg.MaxBatchOps) && len(c.queue[i].Ops) > 0 {
+	i, ok := l.open[shard]
+	if ok && len(l.queue[i].Ops) > 0 && (l.queue[i].Epoch != epoch || len(l.queue[i].Ops)+len(ops) > c.cfg.MaxBatchOps) {
 		ok = false
 	}
 	if !ok {
-		c.queue = append(c.queue, pendingBatch{
+		l.queue = append(l.queue, pendingBatch{
 			Batch:  Batch{Shard: shard, Epoch: epoch},
 			commit: &Commit{done: make(chan struct{})},
 		})
-		i = len(c.queue) - 1
-		c.open[shard] = i
+		i = len(l.queue) - 1
+		l.open[shard] = i
 	}
-	b := &c.queue[i]
+	b := &l.queue[i]
 	if b.Ops == nil {
 		b.Ops = ops
 	} else {
 		b.Ops = append(b.Ops, ops...)
 	}
 	select {
-	case c.wake <- struct{}{}:
+	case l.wake <- struct{}{}:
 	default:
 	}
 	return b.commit
 }
 
 // Close commits what was submitted before it, fails later submissions with
-// ErrClosed and stops the Committer's goroutine. A cycle whose round trip
+// ErrClosed and stops the Committer's goroutines. A cycle whose round trip
 // keeps failing is given up with the error. Close is safe to call twice.
 func (c *Committer) Close() error {
-	c.mu.Lock()
-	if !c.closing {
-		c.closing = true
+	c.once.Do(func() {
+		for _, l := range c.lanes {
+			l.mu.Lock()
+			l.closing = true
+			l.mu.Unlock()
+		}
 		close(c.quit)
-	}
-	c.mu.Unlock()
-	<-c.done
+	})
+	c.wg.Wait()
 	return nil
 }
 
-func (c *Committer) run() {
-	defer close(c.done)
+func (l *lane) run() {
+	c := l.c
+	defer c.wg.Done()
 	var spare []pendingBatch
 	for {
 		select {
-		case <-c.wake:
+		case <-l.wake:
 		case <-c.quit:
 			// Drain what was submitted before Close.
 		}
@@ -225,21 +244,21 @@ func (c *Committer) run() {
 		}
 		// Double buffering: the queue takes the spare array while the
 		// cycle is committed, and the cycle's array becomes the spare.
-		c.mu.Lock()
-		cycle := c.queue
-		c.queue = spare[:0]
-		clear(c.open)
-		closing := c.closing
-		c.mu.Unlock()
+		l.mu.Lock()
+		cycle := l.queue
+		l.queue = spare[:0]
+		clear(l.open)
+		closing := l.closing
+		l.mu.Unlock()
 		if len(cycle) > 0 {
 			c.commit(cycle)
 		}
 		clear(cycle) // drop references to the ops
 		spare = cycle
 		if closing {
-			c.mu.Lock()
-			empty := len(c.queue) == 0
-			c.mu.Unlock()
+			l.mu.Lock()
+			empty := len(l.queue) == 0
+			l.mu.Unlock()
 			if empty {
 				return
 			}
@@ -265,7 +284,7 @@ func (c *Committer) commit(cycle []pendingBatch) {
 		if err == nil {
 			break
 		}
-		if errors.Is(err, ErrClosed) || c.isClosing() {
+		if errors.Is(err, ErrClosed) || c.closing() {
 			c.log.Error("group commit abandoned", "batches", len(batches), "ops", ops, "err", err)
 			for i := range cycle {
 				cycle[i].commit.finish(fmt.Errorf("%w: commit not made durable: %w", ErrClosed, err))
@@ -288,8 +307,11 @@ func (c *Committer) commit(cycle []pendingBatch) {
 	}
 }
 
-func (c *Committer) isClosing() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.closing
+func (c *Committer) closing() bool {
+	select {
+	case <-c.quit:
+		return true
+	default:
+		return false
+	}
 }

@@ -39,7 +39,9 @@ import (
 // writes cannot interleave with another owner's. Scripts are sent by
 // EVALSHA and loaded again after a NOSCRIPT reply (a restarted server, a
 // SCRIPT FLUSH). The client belongs to the caller: Close only marks the
-// store closed. All methods may be called concurrently.
+// store closed. All methods may be called concurrently. Load runs one
+// helper goroutine that fetches the next page while the caller's goroutine
+// decodes the last; it ends before Load returns.
 type Redis struct {
 	client redis.UniversalClient
 	cfg    RedisConfig
@@ -375,18 +377,41 @@ func (r *Redis) Commit(ctx context.Context, batches []Batch) error {
 	for i := range all {
 		all[i] = i
 	}
-	retry, err := r.commitOnce(ctx, batches, all, cmds)
-	if err != nil || len(retry) == 0 {
+	noScript, err := r.commitOnce(ctx, batches, all, cmds)
+	if err != nil || len(noScript) == 0 {
 		return err
 	}
 	if err := r.commit.Load(ctx, r.client).Err(); err != nil {
 		return fmt.Errorf("store: commit: load script: %w", err)
 	}
-	retry, err = r.commitOnce(ctx, batches, retry, cmds)
+	retry, err := r.commitOnce(ctx, batches, resend(batches, noScript), cmds)
 	if err == nil && len(retry) > 0 {
 		err = fmt.Errorf("store: commit: shard %d: script still missing after loading it: %w", batches[retry[0]].Shard, redis.ErrNoScript)
 	}
 	return err
+}
+
+// resend returns the batches to send again after those at the indexes
+// noScript (ascending) met NOSCRIPT: each of them and every later batch of
+// the same shard, in order. A later batch may have been applied already
+// (the script was loaded in between by another caller); applying it again
+// after the earlier one keeps the shard's writes in order, and since puts
+// and deletes are blind writes, the outcome is as if each had been applied
+// once, in order.
+func resend(batches []Batch, noScript []int) []int {
+	first := make(map[uint32]int, len(noScript))
+	for _, i := range noScript {
+		if _, ok := first[batches[i].Shard]; !ok {
+			first[batches[i].Shard] = i
+		}
+	}
+	var again []int
+	for j := range batches {
+		if f, ok := first[batches[j].Shard]; ok && j >= f {
+			again = append(again, j)
+		}
+	}
+	return again
 }
 
 // commitOnce sends batches[which] in one pipeline, sets their Err, and
@@ -464,7 +489,9 @@ func (r *Redis) commitArgs(sha string, b *Batch) []any {
 }
 
 // Load implements Store: it checks the epoch, then walks the records hash
-// with HSCAN, PageSize records at a time.
+// with HSCAN, PageSize records at a time. The epoch is checked once, at
+// the start: a Load that races a change of owner may complete, but the
+// loader's writes are fenced from then on.
 func (r *Redis) Load(ctx context.Context, shard uint32, epoch uint64, fn func(page []Record) error) error {
 	if r.closed.Load() {
 		return ErrClosed
@@ -512,6 +539,10 @@ func (r *Redis) Load(ctx context.Context, shard uint32, epoch uint64, fn func(pa
 				return err
 			}
 		}
+	}
+	// The scanner also stops, without a word, when ctx ends.
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("store: load shard %d: %w", shard, err)
 	}
 	return nil
 }

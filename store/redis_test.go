@@ -176,6 +176,26 @@ func TestRedisErrors(t *testing.T) {
 	}
 }
 
+// TestRedisLoadCanceled cancels the context in the middle of a Load: Load
+// fails with the context's error rather than report a partial load as
+// complete.
+func TestRedisLoadCanceled(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newTestRedis(t, srv.Client(t), "td", suitePageSize)
+	e := mustAcquire(t, s, 1, "node-a", longTTL)
+	var ops []Op
+	for i := range 1000 {
+		ops = append(ops, put(rec("n", strconv.Itoa(i))))
+	}
+	mustCommit(t, s, Batch{Shard: 1, Epoch: e, Ops: ops})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	err := s.Load(ctx, 1, e, func([]Record) error { cancel(); return nil })
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Load canceled after its first page: %v, want context.Canceled", err)
+	}
+}
+
 // TestRedisCorruptRecord plants a value that is not a record: Load fails
 // with ErrCorrupt and names its key.
 func TestRedisCorruptRecord(t *testing.T) {
@@ -234,6 +254,51 @@ func TestRedisScriptFlush(t *testing.T) {
 	mustRelease(t, s, 1, "node-a", e)
 	if got := loadAll(t, s, 1, e); len(got) != 2 {
 		t.Fatalf("shard 1 holds %d records, want 2", len(got))
+	}
+	if got := loadAll(t, s, 2, e2); len(got) != 1 {
+		t.Fatalf("shard 2 holds %d records, want 1", len(got))
+	}
+}
+
+// breakFirstSHA is a hook that makes the first EVALSHA of the first
+// pipeline name a script the server does not have, as if the script cache
+// had been flushed just before it and its script loaded again by someone
+// else just after.
+type breakFirstSHA struct{ done atomic.Bool }
+
+func (h *breakFirstSHA) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *breakFirstSHA) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *breakFirstSHA) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if len(cmds) > 0 && cmds[0].Name() == "evalsha" && h.done.CompareAndSwap(false, true) {
+			cmds[0].Args()[1] = strings.Repeat("0", 40)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestRedisNoScriptKeepsOrder: when an earlier batch of a shard meets
+// NOSCRIPT and a later one of the same shard does not, the store must not
+// apply the earlier one after the later one.
+func TestRedisNoScriptKeepsOrder(t *testing.T) {
+	srv := redistest.Start(t)
+	client := srv.Client(t)
+	s := newTestRedis(t, client, "td", suitePageSize)
+	e := mustAcquire(t, s, 1, "node-a", longTTL)
+	e2 := mustAcquire(t, s, 2, "node-a", longTTL)
+	mustCommit(t, s, Batch{Shard: 1, Epoch: e}) // loads the script
+	client.AddHook(&breakFirstSHA{})
+	k, other := rec("n", "k"), rec("n", "other")
+	b := []Batch{
+		{Shard: 1, Epoch: e, Ops: []Op{put(k)}},
+		{Shard: 2, Epoch: e2, Ops: []Op{put(other)}},
+		{Shard: 1, Epoch: e, Ops: []Op{del(k)}},
+	}
+	if err := s.Commit(t.Context(), b); err != nil || b[0].Err != nil || b[1].Err != nil || b[2].Err != nil {
+		t.Fatalf("Commit: %v; batch errors %v, %v, %v", err, b[0].Err, b[1].Err, b[2].Err)
+	}
+	if got := loadAll(t, s, 1, e); len(got) != 0 {
+		t.Fatalf("shard 1 holds %v; its put was applied after its delete", got)
 	}
 	if got := loadAll(t, s, 2, e2); len(got) != 1 {
 		t.Fatalf("shard 2 holds %d records, want 1", len(got))
@@ -378,7 +443,7 @@ func BenchmarkRedisLoad(b *testing.B) {
 			b.Fatalf("fill: %v %v", err, batches[0].Err)
 		}
 	}
-	for _, page := range []int{1000, 5000, 10000} {
+	for _, page := range []int{1000, 2000, 5000, 10000, 20000} {
 		b.Run(fmt.Sprintf("page=%d", page), func(b *testing.B) {
 			s := newTestRedis(b, client, "bench", page)
 			b.ReportAllocs()
