@@ -715,3 +715,79 @@ func TestLeaseHeld(t *testing.T) {
 		}
 	})
 }
+
+// TestRedisKilledMidSchedule: redis-server is killed with SIGKILL while
+// schedules stream in and restarted from its AOF; every schedule that was
+// answered OK is there for the next owner.
+func TestRedisKilledMidSchedule(t *testing.T) {
+	e := newRedisEnv(t)
+	s := e.open(t, 0, "a", newSink(false))
+	var (
+		mu     sync.Mutex
+		acked  []string
+		failed int
+	)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				specs := make([]Spec, 10)
+				for j := range specs {
+					specs[j] = spec(fmt.Sprintf("w%d-%d-%d", w, i, j), time.Hour)
+				}
+				cctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+				res := s.Schedule(cctx, specs)
+				cancel()
+				mu.Lock()
+				for j, r := range res {
+					if r.Err == nil {
+						acked = append(acked, specs[j].ID)
+					} else {
+						failed++
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	waitAcked := func(n int) {
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
+			mu.Lock()
+			got := len(acked)
+			mu.Unlock()
+			if got >= n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("only %d schedules acknowledged, want %d", got, n)
+			}
+		}
+	}
+	waitAcked(2000)
+	e.redis.Kill(t)
+	time.Sleep(300 * time.Millisecond) // let callers time out against a dead server
+	e.redis.Restart(t)
+	mu.Lock()
+	n := len(acked)
+	mu.Unlock()
+	waitAcked(n + 2000)
+	close(stop)
+	wg.Wait()
+	s.crash()
+
+	s2 := e.open(t, 0, "a", newSink(false)) // the same node, restarted
+	for _, id := range acked {
+		if _, err := s2.Get("ns", id); err != nil {
+			t.Fatalf("acknowledged schedule %q lost: %v", id, err)
+		}
+	}
+	t.Logf("%d schedules acknowledged, %d timed out across the kill, all %d acknowledged ones present", len(acked), failed, len(acked))
+}
