@@ -32,7 +32,6 @@ func newTestCommitter(t testing.TB, s Store, cfg CommitterConfig) *Committer {
 	return c
 }
 
-
 // TestCommitterCoalesces: writes submitted concurrently share commit
 // cycles, and every one of them is durable once its Commit says so.
 func TestCommitterCoalesces(t *testing.T) {
