@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -156,6 +157,9 @@ func BenchmarkShardLoad1M(b *testing.B) {
 			}
 			const n = 1_000_000
 			fillShard(b, e, 0, n)
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
 			b.ResetTimer()
 			for range b.N {
 				s, err := Open(context.Background(), e.config(0, "loader", newSink(false)))
@@ -166,12 +170,15 @@ func BenchmarkShardLoad1M(b *testing.B) {
 					b.Fatalf("loaded %d timers, want %d", got, n)
 				}
 				b.StopTimer()
+				runtime.GC()
+				runtime.ReadMemStats(&after)
 				s.Close(context.Background())
 				b.StartTimer()
 			}
 			b.StopTimer()
 			b.ReportMetric(b.Elapsed().Seconds()/float64(b.N), "s/load")
 			b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "timers/s")
+			b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "heap-B/timer")
 		})
 	}
 }
