@@ -9,6 +9,9 @@ TOOLS     := $(GO) tool -modfile=tools/go.mod
 # detector. The wheel and the api package start none.
 RACE_PKGS ?= ./store/ ./shard/ ./internal/redistest/
 BENCH     ?= .
+# The wheel beside Go's timers; shards and stores beside raw Redis (these
+# start their own redis-server and need it installed).
+BENCH_PKGS ?= ./wheel ./shard ./store
 BENCHTIME ?= 1s
 COUNT     ?= 1
 FUZZTIME  ?= 30s
@@ -30,14 +33,14 @@ test: ## run every test once, then the race detector on packages that own gorout
 	$(GO) test -count=1 ./...
 	@if [ -n "$(RACE_PKGS)" ]; then $(GO) test -race -count=1 $(RACE_PKGS); fi
 
-bench: ## run the micro-benchmarks beside their peers and print the ratios of the medians (BENCH, BENCHTIME, COUNT)
+bench: ## run the benchmarks beside their peers and print the ratios of the medians (BENCH, BENCHTIME, COUNT, BENCH_PKGS)
 	@out="$$(mktemp)"; trap 'rm -f "$$out"' EXIT; \
-	  $(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -count $(COUNT) -benchmem ./wheel | tee "$$out" && \
+	  $(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -count $(COUNT) -benchmem $(BENCH_PKGS) | tee "$$out" && \
 	  awk -f tools/benchratio.awk "$$out"
 
-fuzz: ## run each fuzz target (the wheel against its reference model, config validation) for FUZZTIME
-	for target in FuzzWheel FuzzConfig; do \
-	  $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) ./wheel; \
+fuzz: ## run each fuzz target (wheel model, configs, record and delivery-id decoders, spec validation) for FUZZTIME
+	for target in wheel:FuzzWheel wheel:FuzzConfig store:FuzzRecord shard:FuzzParseDeliveryID shard:FuzzValidateSpec; do \
+	  $(GO) test -run '^$$' -fuzz "^$${target#*:}\$$" -fuzztime $(FUZZTIME) ./$${target%%:*}; \
 	done
 
 lint: ## gofmt, go vet and staticcheck

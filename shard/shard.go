@@ -207,9 +207,7 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		for i := range page {
-			if err := s.loadLocked(&page[i]); err != nil {
-				return err
-			}
+			s.loadLocked(&page[i])
 		}
 		return nil
 	})
@@ -229,7 +227,7 @@ func s0(start time.Time, cfg Config) int64 {
 	return start.Add(cfg.LeaseTTL - cfg.ClockDrift).UnixMilli()
 }
 
-func (s *Shard) loadLocked(rec *store.Record) error {
+func (s *Shard) loadLocked(rec *store.Record) {
 	if old := s.timers[store.Key(rec.Namespace, rec.ID)]; old != nil {
 		s.removeLocked(old) // a scan may repeat a key
 	}
@@ -238,9 +236,14 @@ func (s *Shard) loadLocked(rec *store.Record) error {
 	t.sent = rec.LastAttempt
 	if rec.State == store.Dead {
 		s.dead[t.key] = struct{}{}
-		return nil
+		return
 	}
-	return s.armLocked(t, rec.Next)
+	if err := s.armLocked(t, rec.Next); err != nil {
+		// Only a clock that jumped back decades could put a stored due
+		// time past the wheel's horizon. Keep the timer (Get and Cancel
+		// still work) rather than refuse the whole shard.
+		s.log.Error("stored timer not armed", "namespace", rec.Namespace, "id", rec.ID, "next", rec.Next, "err", err)
+	}
 }
 
 // ID returns the shard's number.

@@ -1,7 +1,7 @@
-# benchratio.awk reads `go test -bench` output from the wheel package and
-# prints each wheel figure beside its Go runtime peer from the same run, as
-# a ratio. With -count > 1 it uses each benchmark's median. Used by
-# `make bench`.
+# benchratio.awk reads `go test -bench` output and prints each figure
+# beside its peer from the same run, as a ratio: the wheel beside Go's
+# runtime timers, the fenced group commit beside raw pipelined Redis writes.
+# With -count > 1 it uses each benchmark's median. Used by `make bench`.
 function metric(unit,   i) {
 	for (i = 3; i < NF; i++) if ($(i + 1) == unit) return $i
 	return ""
@@ -19,6 +19,16 @@ function median(list,   v, n, i, j, t) {
 	sub(/-[0-9]+$/, "", name)
 	runs[name] = runs[name] " " metric("ns/op")
 	if (metric("B/timer") != "") mems[name] = mems[name] " " metric("B/timer")
+	if (metric("timers/s") != "") rates[name] = rates[name] " " metric("timers/s")
+	if (metric("fire+ack/s") != "") rates[name] = rates[name] " " metric("fire+ack/s")
+	if (metric("s/load") != "") loads[name] = loads[name] " " metric("s/load")
+}
+function rrow(label, ours, peer, peername) {
+	if (!(ours in rate)) return
+	if (peer in rate)
+		printf "  %-30s %9.0f /s   %-26s %9.0f /s   %4.2fx\n", label, rate[ours], peername, rate[peer], rate[ours] / rate[peer]
+	else
+		printf "  %-30s %9.0f /s\n", label, rate[ours]
 }
 function row(label, ours, peer, peername) {
 	if (!(ours in ns) || !(peer in ns)) return
@@ -27,6 +37,22 @@ function row(label, ours, peer, peername) {
 END {
 	for (n in runs) ns[n] = median(runs[n])
 	for (n in mems) mem[n] = median(mems[n])
+	for (n in rates) rate[n] = median(rates[n])
+	for (n in loads) load[n] = median(loads[n])
+	if ("BenchmarkShardScheduleRedis" in rate || "BenchmarkShardScheduleEmbedded" in rate) {
+		print ""
+		print "durable path, same run (ratio = timerd / peer, higher is better):"
+		rrow("schedule, Redis (fenced)", "BenchmarkShardScheduleRedis", "BenchmarkRedisPipelineRaw/per-shard-batch", "raw HSET per shard batch")
+		rrow("schedule, Redis (fenced)", "BenchmarkShardScheduleRedis", "BenchmarkRedisPipelineRaw/per-record", "raw HSET per record")
+		rrow("schedule, embedded (fsync)", "BenchmarkShardScheduleEmbedded", "", "")
+		rrow("fire+ack, Redis, one shard", "BenchmarkShardFireAckRedis", "", "")
+		rrow("fire+ack, embedded, one shard", "BenchmarkShardFireAckEmbedded", "", "")
+		split("redis embedded", kinds, " ")
+		for (i = 1; i in kinds; i++)
+			if (("BenchmarkShardLoad1M/" kinds[i]) in load)
+				printf "  %-30s %9.2f s\n", "load 1M timers, " kinds[i], load["BenchmarkShardLoad1M/" kinds[i]]
+	}
+	if (!("BenchmarkWheelAdd" in ns)) exit
 	print ""
 	print "wheel vs Go runtime timers, same run (ratio = peer / wheel, higher is better):"
 	row("add", "BenchmarkWheelAdd", "BenchmarkStdAfterFunc", "time.AfterFunc")
