@@ -362,7 +362,7 @@ func (e *Embedded) Commit(ctx context.Context, batches []Batch) error {
 	var key []byte
 	for i := range batches {
 		b := &batches[i]
-		if cur := e.epochs[b.Shard]; cur != b.Epoch {
+		if cur := e.epochs[b.Shard]; cur != b.Epoch || b.Epoch == 0 {
 			b.Err = fmt.Errorf("%w: shard %d: commit under epoch %d; current epoch %d", ErrFenced, b.Shard, b.Epoch, cur)
 			continue
 		}
@@ -387,7 +387,7 @@ func (e *Embedded) Commit(ctx context.Context, batches []Batch) error {
 		}
 	}
 	for i := range batches {
-		if b := &batches[i]; b.Epoch == e.epochs[b.Shard] {
+		if b := &batches[i]; b.Epoch != 0 && b.Epoch == e.epochs[b.Shard] {
 			b.Err = nil
 		}
 	}
@@ -480,7 +480,7 @@ func (e *Embedded) loadCheckLocked(shard uint32, epoch uint64) error {
 	if err := e.checkLocked(); err != nil {
 		return err
 	}
-	if cur := e.epochs[shard]; cur != epoch {
+	if cur := e.epochs[shard]; cur != epoch || epoch == 0 {
 		return fmt.Errorf("%w: shard %d: load under epoch %d; current epoch %d", ErrFenced, shard, epoch, cur)
 	}
 	return nil

@@ -283,11 +283,12 @@ func TestEmbeddedFencing(t *testing.T) {
 	}
 	try := func(s *Embedded) {
 		t.Helper()
+		eC := mustAcquire(t, s, shard+1, "c", longTTL)
 		for _, tt := range attempts {
 			k5 := rec("n", "k5")
 			batches := []Batch{
 				{Shard: shard, Epoch: eA, Ops: tt.ops},
-				{Shard: shard + 1, Epoch: 0, Ops: []Op{put(k5)}}, // never acquired: epoch 0 is current
+				{Shard: shard + 1, Epoch: eC, Ops: []Op{put(k5)}},
 			}
 			if err := s.Commit(ctx, batches); err != nil {
 				t.Fatalf("A's commit (%s): %v", tt.name, err)

@@ -33,7 +33,7 @@ type Record struct {
 	Due int64
 	// Next is when the owner acts on the record next: Due, or a
 	// redelivery time after a failed attempt.
-	// Invariant: Next >= Due for a Pending record.
+	// Invariant: Next >= Due (a Dead record has Next == Due).
 	Next int64
 	// SpecDue is the due time the timer was created with, when Delay < 0.
 	SpecDue int64
@@ -75,6 +75,8 @@ func (r *Record) AppendBinary(b []byte) []byte {
 	b = binary.AppendUvarint(b, uint64(len(r.Payload)))
 	b = append(b, r.Payload...)
 	b = binary.AppendVarint(b, r.Due)
+	// Next is stored as its distance from Due (usually 0: one byte); a
+	// negative distance breaks the invariant and fails to decode.
 	b = binary.AppendVarint(b, r.Next-r.Due)
 	b = binary.AppendVarint(b, r.SpecDue)
 	b = binary.AppendVarint(b, r.Delay)

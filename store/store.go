@@ -15,7 +15,8 @@
 //     of the store's process.
 //   - Every write names the epoch it was made under and is applied only if
 //     that epoch is still the shard's current one; otherwise it is refused
-//     with ErrFenced and changes nothing. A node that lost its lease can
+//     with ErrFenced and changes nothing. Epoch 0 is never current: a
+//     writer must have acquired the shard. A node that lost its lease can
 //     therefore never overwrite, delete or resurrect what the new owner has.
 //   - A Commit that returns nil with a nil Batch.Err has made that batch
 //     durable: in Redis (as durable as the server's persistence settings
@@ -24,9 +25,11 @@
 //     with the epoch check.
 //
 // The package knows records only as encoded bytes under a key; what a timer
-// means, when it fires and who receives it belong to package shard. It
-// starts no goroutines except the Committer's and reads the clock only to
-// measure commit latency and, in the embedded store, to expire leases.
+// means, when it fires and who receives it belong to package shard. Its
+// goroutines are the Committer's lanes and, during a Redis Load, one that
+// fetches the next page while the last is decoded; each ends before the
+// call that owns it returns. It reads the clock only to measure commit
+// latency and, in the embedded store, to expire leases.
 package store
 
 import (

@@ -49,6 +49,7 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 		{"LoadPages", suiteLoadPages},
 		{"LoadStopsOnError", suiteLoadStops},
 		{"ConcurrentCommits", suiteConcurrent},
+		{"EpochZeroRefused", suiteEpochZero},
 		{"Close", suiteClose},
 	}
 	for _, tt := range tests {
@@ -665,5 +666,21 @@ func waitLapsed(t *testing.T, s Store, shard uint32) {
 			t.Fatalf("shard %d: lease still held after %v", shard, lapseWait)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// suiteEpochZero: epoch 0 is never current, so a writer that never
+// acquired the shard (or forgot to set the epoch) is refused.
+func suiteEpochZero(t *testing.T, s Store) {
+	bs := []Batch{{Shard: 9, Epoch: 0, Ops: []Op{put(rec("ns", "orphan"))}}}
+	if err := s.Commit(t.Context(), bs); err != nil || !errors.Is(bs[0].Err, ErrFenced) {
+		t.Fatalf("Commit under epoch 0 = %v, %v; want ErrFenced", err, bs[0].Err)
+	}
+	if err := s.Load(t.Context(), 9, 0, func([]Record) error { return nil }); !errors.Is(err, ErrFenced) {
+		t.Fatalf("Load under epoch 0 = %v, want ErrFenced", err)
+	}
+	e := mustAcquire(t, s, 9, "a", longTTL)
+	if got := loadAll(t, s, 9, e); len(got) != 0 {
+		t.Fatalf("a write under epoch 0 landed: %v", got)
 	}
 }
