@@ -74,15 +74,7 @@ func (s *Shard) Schedule(ctx context.Context, specs []Spec) []Result {
 		res[i].Due = time.UnixMilli(due)
 		fresh = append(fresh, i)
 	}
-	c := s.submitLocked()
-	for _, i := range fresh {
-		commits[i] = c
-	}
-	s.mu.Unlock()
-	if len(fresh) > 0 {
-		s.kickLoop()
-	}
-	return s.wait(ctx, res, commits)
+	return s.submitAndWait(ctx, res, commits, fresh)
 }
 
 // Reschedule moves timers of namespace to new due times, one Result per
@@ -133,15 +125,7 @@ func (s *Shard) Reschedule(ctx context.Context, namespace string, moves []Move) 
 		res[i].Due = time.UnixMilli(due)
 		moved = append(moved, i)
 	}
-	c := s.submitLocked()
-	for _, i := range moved {
-		commits[i] = c
-	}
-	s.mu.Unlock()
-	if len(moved) > 0 {
-		s.kickLoop()
-	}
-	return s.wait(ctx, res, commits)
+	return s.submitAndWait(ctx, res, commits, moved)
 }
 
 // Cancel deletes timers of namespace whatever their state, one error per
@@ -166,12 +150,7 @@ func (s *Shard) Cancel(ctx context.Context, namespace string, ids []string) []er
 		s.deleteLocked(t.key)
 		gone = append(gone, i)
 	}
-	c := s.submitLocked()
-	for _, i := range gone {
-		commits[i] = c
-	}
-	s.mu.Unlock()
-	return errs(s.wait(ctx, res, commits))
+	return errs(s.submitAndWait(ctx, res, commits, gone))
 }
 
 // Get returns a snapshot of a timer.
@@ -360,22 +339,19 @@ func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topi
 		_ = s.armLocked(t, at) // within the horizon: resolveDue checked
 		s.putLocked(t)
 	}
-	c := s.submitLocked()
-	for _, i := range replayed {
-		commits[i] = c
-	}
-	s.mu.Unlock()
-	if len(targets) == 0 {
-		return res, 0
-	}
-	s.kickLoop()
 	if len(ids) == 0 {
+		c := s.submitLocked()
+		s.mu.Unlock()
+		if c == nil {
+			return res, 0
+		}
+		s.kickLoop()
 		if err := s.waitOne(ctx, c); err != nil {
 			return res, 0
 		}
 		return res, len(targets)
 	}
-	res = s.wait(ctx, res, commits)
+	res = s.submitAndWait(ctx, res, commits, replayed)
 	n := 0
 	for _, i := range replayed {
 		if res[i].Err == nil {
@@ -435,6 +411,24 @@ func (s *Shard) snapshotLocked(t *timer) Timer {
 		tm.LastAttempt = time.UnixMilli(t.sent)
 	}
 	return tm
+}
+
+// submitAndWait is the end of every batch call: it submits the writes the
+// call made under mu, releases mu, wakes the loop if anything was written,
+// and waits until each item's writes are durable. written lists the items
+// whose writes were just made; commits already holds, for the others, the
+// Commit of an earlier write they depend on (an idempotent retry). It is
+// called with s.mu held and returns with it released.
+func (s *Shard) submitAndWait(ctx context.Context, res []Result, commits []*store.Commit, written []int) []Result {
+	c := s.submitLocked()
+	for _, i := range written {
+		commits[i] = c
+	}
+	s.mu.Unlock()
+	if c != nil {
+		s.kickLoop()
+	}
+	return s.wait(ctx, res, commits)
 }
 
 // wait waits for each item's Commit and records failures in its Result.
