@@ -200,7 +200,10 @@ func stores(t *testing.T, fn func(t *testing.T, e *env)) {
 
 func newEmbeddedEnv(t testing.TB) *env {
 	clock := newFakeClock()
-	st, err := store.OpenEmbedded(store.DefaultEmbeddedConfig(t.TempDir()))
+	// The store's leases follow the test's clock, as the shards' do.
+	cfg := store.DefaultEmbeddedConfig(t.TempDir())
+	cfg.Now = clock.Now
+	st, err := store.OpenEmbedded(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,9 +237,9 @@ func finishEnv(t testing.TB, e *env) *env {
 func (e *env) config(id uint32, owner string, d Dispatcher) Config {
 	cfg := LocalConfig(id, owner)
 	cfg.Store, cfg.Committer, cfg.Dispatcher, cfg.Clock = e.st, e.com, d, e.clock
-	// Leases lapse in the store's real time, while tests move the shard's
-	// clock by hours: a lease that outlives the test keeps the two apart.
-	// Tests of lapsing leases set a short TTL and wait for it.
+	// Redis expires leases in real time while tests move the shards'
+	// clock by hours; a lease longer than any test keeps the two apart.
+	// Tests of lapsing leases use lapseLease.
 	cfg.LeaseTTL = 24 * time.Hour
 	return cfg
 }
