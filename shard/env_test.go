@@ -210,8 +210,8 @@ func newEmbeddedEnv(t testing.TB) *env {
 	return finishEnv(t, &env{name: "embedded", st: st, clock: clock})
 }
 
-func newRedisEnv(t testing.TB) *env {
-	srv := redistest.Start(t)
+func newRedisEnv(t testing.TB, opts ...redistest.Option) *env {
+	srv := redistest.Start(t, opts...)
 	st, err := store.NewRedis(srv.Client(t), store.DefaultRedisConfig())
 	if err != nil {
 		t.Fatal(err)

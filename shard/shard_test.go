@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/timerd/timerd/internal/redistest"
 	"github.com/timerd/timerd/store"
 )
 
@@ -732,7 +733,9 @@ func TestLeaseHeld(t *testing.T) {
 // schedules stream in and restarted from its AOF; every schedule that was
 // answered OK is there for the next owner.
 func TestRedisKilledMidSchedule(t *testing.T) {
-	e := newRedisEnv(t)
+	// With appendfsync always Redis answers only fsynced writes; with
+	// everysec it may acknowledge writes a crash then loses.
+	e := newRedisEnv(t, redistest.AppendFsync("always"))
 	s := e.open(t, 0, "a", newSink(false))
 	var (
 		mu     sync.Mutex

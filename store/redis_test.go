@@ -314,7 +314,9 @@ func TestRedisKillRestart(t *testing.T) {
 		shards    = 4
 		perCommit = 50 // records per shard per commit
 	)
-	srv := redistest.Start(t)
+	// With appendfsync always Redis answers only fsynced writes; with
+	// everysec it may acknowledge writes a crash then loses.
+	srv := redistest.Start(t, redistest.AppendFsync("always"))
 	// No retries, so that commits while the server is down fail fast.
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1, DialerRetries: 1})
 	t.Cleanup(func() { _ = client.Close() })

@@ -2,9 +2,15 @@
 // benchmarks of this module run against. Each Server is one redis-server
 // child process bound to 127.0.0.1 on a free port, with its own data
 // directory under the test's temporary directory and append-only
-// persistence (appendfsync everysec, no RDB snapshots), so a test can kill
-// it (a crash), restart it on the same port and directory, and find every
-// acknowledged write again in the AOF.
+// persistence (no RDB snapshots), so a test can kill it (a crash), restart
+// it on the same port and directory, and find its writes again in the AOF.
+//
+// The AOF is fsynced every second by default, as production deployments
+// commonly run it. With that policy Redis may acknowledge a write it has
+// not yet handed to the kernel (it postpones the write while a slow fsync
+// is in progress), so a crash can lose up to about two seconds of
+// acknowledged writes; a test that kills the server and expects every
+// acknowledged write back starts it with AppendFsync("always").
 //
 // Invariants: a Server's process never outlives its test (tb.Cleanup stops
 // it, and on Linux the kernel kills it if the test binary dies first); a
@@ -66,6 +72,7 @@ type Server struct {
 	port    int
 	busPort int // cluster bus port; 0 when not a cluster node
 	cluster bool
+	fsync   string // appendfsync policy
 
 	mu   sync.Mutex
 	proc *process // nil when the server is not running
@@ -78,24 +85,34 @@ type process struct {
 	err  error         // cmd.Wait's result; valid once done is closed
 }
 
+// Option changes how a Server runs redis-server.
+type Option func(*Server)
+
+// AppendFsync sets the AOF fsync policy: "everysec" (the default) or
+// "always", with which Redis answers a write only after it is fsynced, so
+// every acknowledged write survives a crash of the server.
+func AppendFsync(policy string) Option {
+	return func(s *Server) { s.fsync = policy }
+}
+
 // Start starts a standalone redis-server on a free port of 127.0.0.1 and
 // stops it when the test ends. Without a redis-server on PATH it skips the
 // test, or fails it when the environment variable CI is set.
-func Start(tb testing.TB) *Server {
+func Start(tb testing.TB, opts ...Option) *Server {
 	tb.Helper()
-	return start(tb, false)
+	return start(tb, false, opts)
 }
 
 // StartCluster starts a redis-server in cluster mode as a one-node cluster
 // that owns all 16384 slots, so that cluster clients, hash slots and
 // cross-slot rules can be tested against a real server. Otherwise it is
 // like Start.
-func StartCluster(tb testing.TB) *Server {
+func StartCluster(tb testing.TB, opts ...Option) *Server {
 	tb.Helper()
-	return start(tb, true)
+	return start(tb, true, opts)
 }
 
-func start(tb testing.TB, cluster bool) *Server {
+func start(tb testing.TB, cluster bool, opts []Option) *Server {
 	tb.Helper()
 	bin, err := exec.LookPath(binary)
 	if err != nil {
@@ -110,6 +127,10 @@ func start(tb testing.TB, cluster bool) *Server {
 		dir:     dir,
 		logPath: filepath.Join(dir, "redis.log"),
 		cluster: cluster,
+		fsync:   "everysec",
+	}
+	for _, o := range opts {
+		o(s)
 	}
 	// Registered after TempDir, so it runs before the directory is removed.
 	tb.Cleanup(func() { s.cleanup(tb) })
@@ -262,7 +283,7 @@ func (s *Server) launch() error {
 		"--dir", s.dir,
 		"--logfile", s.logPath,
 		"--appendonly", "yes",
-		"--appendfsync", "everysec",
+		"--appendfsync", s.fsync,
 		"--save", "",
 		"--daemonize", "no",
 		"--protected-mode", "no",
