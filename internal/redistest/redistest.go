@@ -24,6 +24,7 @@ package redistest
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -72,7 +73,7 @@ type Server struct {
 	port    int
 	busPort int // cluster bus port; 0 when not a cluster node
 	cluster bool
-	fsync   string // appendfsync policy
+	fsync   string // appendfsync policy; "" means everysec
 
 	mu   sync.Mutex
 	proc *process // nil when the server is not running
@@ -127,7 +128,6 @@ func start(tb testing.TB, cluster bool, opts []Option) *Server {
 		dir:     dir,
 		logPath: filepath.Join(dir, "redis.log"),
 		cluster: cluster,
-		fsync:   "everysec",
 	}
 	for _, o := range opts {
 		o(s)
@@ -283,7 +283,7 @@ func (s *Server) launch() error {
 		"--dir", s.dir,
 		"--logfile", s.logPath,
 		"--appendonly", "yes",
-		"--appendfsync", s.fsync,
+		"--appendfsync", cmp.Or(s.fsync, "everysec"),
 		"--save", "",
 		"--daemonize", "no",
 		"--protected-mode", "no",
