@@ -26,15 +26,16 @@ func (s *Shard) Schedule(ctx context.Context, specs []Spec) []Result {
 		s.mu.Unlock()
 		return fillErr(res, err)
 	}
-	now := s.clock.Now().UnixMilli()
-	var fresh []int // indexes of created timers
+	clockNow := s.clock.Now()
+	now := clockNow.UnixMilli()
+	var fresh []int // indexes of items whose writes this call makes
 	for i := range specs {
 		sp := &specs[i]
 		if err := s.cfg.ValidateSpec(sp); err != nil {
 			res[i].Err = err
 			continue
 		}
-		due, err := s.cfg.resolveDue(sp.Due, sp.Delay, now)
+		due, err := s.cfg.resolveDue(sp.Due, sp.Delay, clockNow)
 		if err != nil {
 			res[i].Err = err
 			continue
@@ -46,7 +47,11 @@ func (s *Shard) Schedule(ctx context.Context, specs []Spec) []Result {
 				continue
 			}
 			res[i].Due = time.UnixMilli(t.rec.Due)
-			commits[i] = t.commit
+			if t.dirty {
+				fresh = append(fresh, i) // created earlier in this batch
+			} else {
+				commits[i] = t.commit
+			}
 			continue
 		}
 		rec := store.Record{
@@ -59,7 +64,7 @@ func (s *Shard) Schedule(ctx context.Context, specs []Spec) []Result {
 			Created:   now,
 		}
 		if sp.Due.IsZero() {
-			rec.Delay = due - now
+			rec.Delay = delayMilli(sp.Delay)
 		} else {
 			rec.SpecDue = due
 		}
@@ -91,7 +96,7 @@ func (s *Shard) Reschedule(ctx context.Context, namespace string, moves []Move) 
 		s.mu.Unlock()
 		return fillErr(res, err)
 	}
-	now := s.clock.Now().UnixMilli()
+	clockNow := s.clock.Now()
 	var moved []int
 	for i := range moves {
 		m := &moves[i]
@@ -100,7 +105,7 @@ func (s *Shard) Reschedule(ctx context.Context, namespace string, moves []Move) 
 			res[i].Err = err
 			continue
 		}
-		due, err := s.cfg.resolveDue(m.Due, m.Delay, now)
+		due, err := s.cfg.resolveDue(m.Due, m.Delay, clockNow)
 		if err != nil {
 			res[i].Err = err
 			continue
@@ -111,7 +116,11 @@ func (s *Shard) Reschedule(ctx context.Context, namespace string, moves []Move) 
 			continue
 		case !t.inFlight && !t.waiting && t.rec.Due == due && t.rec.Next == due:
 			res[i].Due = time.UnixMilli(due)
-			commits[i] = t.commit
+			if t.dirty {
+				moved = append(moved, i) // moved earlier in this batch
+			} else {
+				commits[i] = t.commit
+			}
 			continue
 		}
 		s.disarmLocked(t)
@@ -215,8 +224,10 @@ func (s *Shard) Ack(ids []DeliveryID) *store.Commit {
 
 // Return gives back deliveries whose subscriber went away unacked: each
 // occurrence still in flight goes back to pending and is delivered again
-// at once (its attempt stays counted), without waiting for its ack
-// timeout. Other ids are ignored.
+// at once, without waiting for its ack timeout or a backoff. The attempt
+// counts (it is written down) and one that was the last allowed makes a
+// dead letter, so a payload that crashes its consumers cannot loop for
+// ever. Other ids are ignored.
 func (s *Shard) Return(ids []DeliveryID) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -224,17 +235,14 @@ func (s *Shard) Return(ids []DeliveryID) {
 		return
 	}
 	now := s.clock.Now().UnixMilli()
-	returned := false
 	for i := range ids {
 		t := s.occurrenceLocked(&ids[i])
 		if t == nil || !t.inFlight {
 			continue
 		}
-		s.landLocked(t)
-		_ = s.armLocked(t, now)
-		returned = true
+		s.timeoutLocked(t, now, 0)
 	}
-	if returned {
+	if s.submitLocked() != nil {
 		s.kickLoop()
 	}
 }
@@ -256,7 +264,7 @@ func (s *Shard) Ready(namespace, topic string) {
 
 // DeadLetters returns up to limit dead letters of namespace (and of topic,
 // when not empty) with ids greater than after, in id order, and whether
-// there are more.
+// there are more. A limit below 1 is taken as 1.
 func (s *Shard) DeadLetters(namespace, topic, after string, limit int) ([]Timer, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -277,6 +285,7 @@ func (s *Shard) DeadLetters(namespace, topic, after string, limit int) ([]Timer,
 		hits = append(hits, t)
 	}
 	slices.SortFunc(hits, func(a, b *timer) int { return strings.Compare(a.rec.ID, b.rec.ID) })
+	limit = max(limit, 1)
 	more := len(hits) > limit
 	if more {
 		hits = hits[:limit]
@@ -301,8 +310,7 @@ func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topi
 		s.mu.Unlock()
 		return fillErr(make([]Result, len(ids)), err), 0
 	}
-	now := s.clock.Now().UnixMilli()
-	at, err := s.cfg.resolveDue(due, delay, now)
+	at, err := s.cfg.resolveDue(due, delay, s.clock.Now())
 	if err != nil {
 		s.mu.Unlock()
 		return fillErr(make([]Result, len(ids)), err), 0

@@ -53,8 +53,7 @@ type Config struct {
 	MaxHorizon time.Duration
 	// MinInterval is the shortest repeat interval (default 1s).
 	MinInterval time.Duration
-	// OpTimeout bounds each lease round trip and each load page
-	// (default 5s).
+	// OpTimeout bounds each lease round trip (default 5s).
 	OpTimeout time.Duration
 }
 

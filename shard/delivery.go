@@ -30,8 +30,10 @@ type Delivery struct {
 // over subscriber streams.
 //
 // Dispatch is called from the shard's goroutine with the shard's lock
-// held, so it must not block and must not call back into the Shard. Calls
-// from different shards may be concurrent.
+// held, so it must not block and must not call back into the Shard; and
+// the implementation must not hold a lock that Dispatch takes while it
+// calls the Shard (Ack, Return, Ready, Schedule, ...), or the two can
+// deadlock. Calls from different shards may be concurrent.
 type Dispatcher interface {
 	// Dispatch offers d to a subscriber of its namespace and topic. It
 	// returns false when no subscriber can take it now (none connected,

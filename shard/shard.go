@@ -112,9 +112,16 @@ type Shard struct {
 	ready   map[topicKey]struct{} // topics Ready was called for
 	// seq numbers the occurrences created under epoch.
 	seq uint64
-	// validUntil (unix ms, shard clock) is when the lease may be about to
-	// lapse: nothing fires at or after it.
-	validUntil int64
+	// validUntil is when the lease may be about to lapse: nothing is
+	// dispatched at or after it. It comes from Clock.Now, so with the
+	// system clock it carries a monotonic reading and a step of the wall
+	// clock does not stretch it.
+	validUntil time.Time
+	// backlog holds due timers taken from the wheel but not yet handled:
+	// a step handles at most maxStepFires of them, so that a burst does
+	// not hold mu for seconds. Entries whose timer is no longer queued
+	// (it was re-armed or removed meanwhile) are skipped.
+	backlog []*timer
 	// stopErr is why the shard stopped; nil while running.
 	stopErr  error
 	inFlight int
@@ -143,6 +150,10 @@ type timer struct {
 	inFlight bool
 	// waiting: due, queued in Shard.waiting for a subscriber.
 	waiting bool
+	// queued: due, taken from the wheel and in Shard.backlog.
+	queued bool
+	// dirty: written by the call in progress, not yet submitted.
+	dirty bool
 	// attempts counts attempts of the occurrence sent so far, including
 	// one in flight; rec.Attempts is what is stored.
 	attempts uint32
@@ -200,8 +211,12 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 		names:      make(map[string]string),
 		waiting:    make(map[topicKey][]*timer),
 		ready:      make(map[topicKey]struct{}),
-		validUntil: s0(start, cfg),
+		validUntil: start.Add(cfg.LeaseTTL - cfg.ClockDrift),
 	}
+	s.stepped.L = &s.mu
+	// The keeper runs from the start: the lease counts from Acquire, and
+	// loading a big shard can take a good part of its TTL.
+	go s.keepLease()
 	began := time.Now()
 	err = cfg.Store.Load(ctx, cfg.ID, epoch, func(page []store.Record) error {
 		s.mu.Lock()
@@ -211,20 +226,18 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 		}
 		return nil
 	})
+	if err == nil {
+		err = s.Err() // the keeper lost the lease during the load
+	}
 	if err != nil {
+		close(s.stop)
+		<-s.keepDone
 		s.releaseLease()
 		return nil, fmt.Errorf("shard %d: load: %w", cfg.ID, err)
 	}
-	s.stepped.L = &s.mu
 	s.log.Info("shard loaded", "timers", len(s.timers), "dead", len(s.dead), "took", time.Since(began))
 	go s.run()
-	go s.keepLease()
 	return s, nil
-}
-
-// s0 is the lease's validity (unix ms) when it was granted at start.
-func s0(start time.Time, cfg Config) int64 {
-	return start.Add(cfg.LeaseTTL - cfg.ClockDrift).UnixMilli()
 }
 
 func (s *Shard) loadLocked(rec *store.Record) {
@@ -361,6 +374,12 @@ func (s *Shard) kickLoop() {
 // kick), then fires what is due.
 func (s *Shard) run() {
 	defer close(s.loopDone)
+	defer func() {
+		// Wake a settle that waits for a step that will not come.
+		s.mu.Lock()
+		s.stepped.Broadcast()
+		s.mu.Unlock()
+	}()
 	t := s.clock.NewAlarm(time.Hour)
 	defer t.Stop()
 	for {
@@ -400,6 +419,10 @@ func (s *Shard) settle() {
 // idleWait is how long the loop sleeps with nothing armed; a kick ends it.
 const idleWait = time.Hour
 
+// maxStepFires bounds the due timers one step handles; the loop takes the
+// rest after releasing mu, so calls interleave with a burst.
+const maxStepFires = 4096
+
 // stepLocked fires what is due and returns how long to sleep; ok is false
 // once the shard has stopped.
 func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
@@ -408,33 +431,71 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 	if s.stopErr != nil {
 		return 0, false
 	}
-	now := s.clock.Now().UnixMilli()
-	if now >= s.validUntil {
+	if c := s.lastSub; c != nil {
+		select {
+		case <-c.Done():
+			if err := c.Err(); errors.Is(err, store.ErrFenced) {
+				s.loseLocked(err)
+				return 0, false
+			}
+		default:
+		}
+	}
+	now := s.clock.Now()
+	if !now.Before(s.validUntil) {
 		// The lease may be about to lapse: fire nothing until the
 		// keeper renews it (and kicks) or gives up.
 		return idleWait, true
 	}
+	nowMs := now.UnixMilli()
+	budget := maxStepFires
 	for tk := range s.ready {
+		if budget <= 0 {
+			break
+		}
 		delete(s.ready, tk)
-		s.drainLocked(tk, now)
+		budget -= s.drainLocked(tk, nowMs, budget)
 	}
-	s.fired = s.wheel.Advance(now, s.fired[:0])
-	for _, f := range s.fired {
-		t := s.slots[f.Value]
-		t.armed = false
-		if t.inFlight {
-			s.timeoutLocked(t, now)
-		} else {
-			s.deliverLocked(t, now)
+	if len(s.backlog) == 0 && budget > 0 {
+		s.fired = s.wheel.Advance(nowMs, s.fired[:0])
+		for _, f := range s.fired {
+			t := s.slots[f.Value]
+			t.armed, t.queued = false, true
+			s.backlog = append(s.backlog, t)
 		}
 	}
-	s.submitLocked()
-	next, ok := s.wheel.Next()
-	until := s.validUntil
-	if ok && next < until {
-		until = next
+	i := 0
+	for ; i < len(s.backlog) && budget > 0; i++ {
+		t := s.backlog[i]
+		if !t.queued {
+			continue // re-armed or removed since it came due
+		}
+		t.queued = false
+		budget--
+		if t.inFlight {
+			s.timeoutLocked(t, nowMs, s.cfg.backoff(t.attempts))
+		} else {
+			s.deliverLocked(t, nowMs)
+		}
+		if budget%256 == 0 && !s.clock.Now().Before(s.validUntil) {
+			i++
+			break
+		}
 	}
-	return time.Duration(min(until-now, idleWait.Milliseconds())) * time.Millisecond, true
+	clear(s.backlog[:i])
+	s.backlog = s.backlog[i:]
+	if len(s.backlog) == 0 {
+		s.backlog = s.backlog[:0:0] // let a burst's array go
+	}
+	s.submitLocked()
+	if len(s.backlog) > 0 || len(s.ready) > 0 {
+		return 0, true
+	}
+	wait = min(s.validUntil.Sub(now), idleWait)
+	if next, ok := s.wheel.Next(); ok {
+		wait = min(wait, time.Duration(next-nowMs)*time.Millisecond)
+	}
+	return max(wait, 0), true
 }
 
 // deliverLocked hands a due timer to the dispatcher, or queues it for its
@@ -448,26 +509,33 @@ func (s *Shard) deliverLocked(t *timer, now int64) {
 }
 
 // drainLocked dispatches a topic's waiting timers in order until one is
-// refused.
-func (s *Shard) drainLocked(tk topicKey, now int64) {
+// refused or limit have gone out, and returns how many went out. A topic
+// with timers left after limit stays ready.
+func (s *Shard) drainLocked(tk topicKey, now int64, limit int) int {
 	q := s.waiting[tk]
-	i := 0
+	i, sent := 0, 0
 	for ; i < len(q); i++ {
 		t := q[i]
 		if !t.waiting || s.timers[t.key] != t {
 			continue // cancelled, rescheduled or acked while waiting
+		}
+		if sent == limit {
+			s.ready[tk] = struct{}{}
+			break
 		}
 		t.waiting = false
 		if !s.dispatchLocked(t, now) {
 			t.waiting = true
 			break
 		}
+		sent++
 	}
 	if i == len(q) {
 		delete(s.waiting, tk)
-		return
+	} else {
+		s.waiting[tk] = slices.Delete(q, 0, i)
 	}
-	s.waiting[tk] = slices.Delete(q, 0, i)
+	return sent
 }
 
 func (s *Shard) dispatchLocked(t *timer, now int64) bool {
@@ -490,6 +558,9 @@ func (s *Shard) dispatchLocked(t *timer, now int64) bool {
 	if ackTimeout <= 0 {
 		ackTimeout = s.cfg.AckTimeout
 	}
+	// A deadline in whole milliseconds, at least one ahead, well inside
+	// the wheel's horizon.
+	ackTimeout = min(max(ackTimeout, time.Millisecond), maxAckTimeout)
 	t.attempts++
 	t.sent = now
 	t.inFlight = true
@@ -499,17 +570,23 @@ func (s *Shard) dispatchLocked(t *timer, now int64) bool {
 	return true
 }
 
+// maxAckTimeout caps what a Dispatcher may ask for.
+const maxAckTimeout = 24 * time.Hour
+
 func (s *Shard) deliveryID(t *timer) DeliveryID {
 	return DeliveryID{Shard: s.id, Namespace: t.rec.Namespace, TimerID: t.rec.ID, OccEpoch: t.rec.OccEpoch, OccSeq: t.rec.OccSeq}
 }
 
-// timeoutLocked handles an attempt whose ack deadline passed: schedule a
-// redelivery after a backoff, or make the timer a dead letter.
-func (s *Shard) timeoutLocked(t *timer, now int64) {
+// timeoutLocked ends an attempt that was not acked, because its deadline
+// passed or its subscriber went away: the attempt is written down and the
+// timer is delivered again after backoff, or becomes a dead letter once it
+// has had MaxAttempts.
+func (s *Shard) timeoutLocked(t *timer, now int64, backoff time.Duration) {
 	s.landLocked(t)
 	t.rec.Attempts = t.attempts
 	t.rec.LastAttempt = t.sent
 	if t.attempts >= s.cfg.MaxAttempts {
+		s.disarmLocked(t)
 		t.rec.State = store.Dead
 		t.rec.Next = t.rec.Due
 		t.rec.Reason = fmt.Sprintf("not acknowledged after %d attempts", t.attempts)
@@ -517,8 +594,8 @@ func (s *Shard) timeoutLocked(t *timer, now int64) {
 		s.putLocked(t)
 		return
 	}
-	t.rec.Next = max(now+s.cfg.backoff(t.attempts).Milliseconds(), t.rec.Due)
-	_ = s.armLocked(t, t.rec.Next)
+	t.rec.Next = max(now+backoff.Milliseconds(), t.rec.Due)
+	_ = s.armLocked(t, t.rec.Next) // a backoff is minutes at most
 	s.putLocked(t)
 }
 
@@ -544,9 +621,9 @@ func (s *Shard) keepLease() {
 		s.mu.Lock()
 		switch {
 		case err == nil:
-			s.validUntil = s0(start, s.cfg)
+			s.validUntil = start.Add(s.cfg.LeaseTTL - s.cfg.ClockDrift)
 			s.kickLoop()
-		case errors.Is(err, store.ErrFenced):
+		case errors.Is(err, store.ErrFenced), errors.Is(err, store.ErrClosed):
 			s.loseLocked(err)
 			s.mu.Unlock()
 			return
@@ -619,11 +696,13 @@ func (s *Shard) armLocked(t *timer, due int64) error {
 	return nil
 }
 
+// disarmLocked takes t out of the wheel and out of the backlog.
 func (s *Shard) disarmLocked(t *timer) {
 	if t.armed {
 		s.wheel.Cancel(t.handle)
 		t.armed = false
 	}
+	t.queued = false
 }
 
 // landLocked ends t's attempt in flight, if any.
@@ -651,7 +730,10 @@ func (s *Shard) newOccurrenceLocked(t *timer, due int64) {
 
 func (s *Shard) putLocked(t *timer) {
 	s.ops = append(s.ops, store.Op{Key: t.key, Value: t.rec.AppendBinary(nil)})
-	s.touched = append(s.touched, t)
+	if !t.dirty {
+		t.dirty = true
+		s.touched = append(s.touched, t)
+	}
 }
 
 func (s *Shard) deleteLocked(key string) {
@@ -669,7 +751,7 @@ func (s *Shard) submitLocked() *store.Commit {
 	s.ops = nil
 	s.lastSub = c
 	for _, t := range s.touched {
-		t.commit = c
+		t.commit, t.dirty = c, false
 	}
 	clear(s.touched)
 	s.touched = s.touched[:0]

@@ -37,9 +37,15 @@ func TestScheduleFireAck(t *testing.T) {
 			t.Fatalf("fired %v before due %v", d.Fired, d.Due)
 		}
 		mustState(t, s, "t1", InFlight, 1)
+		if st := s.Stats(); st.InFlight != 1 || st.Timers != 1 {
+			t.Fatalf("Stats = %+v, want one timer in flight", st)
+		}
 
 		mustAck(t, s, d)
 		mustGone(t, s, "t1")
+		if st := s.Stats(); st.InFlight != 0 || st.Timers != 0 {
+			t.Fatalf("Stats after the ack = %+v", st)
+		}
 		mustAck(t, s, d) // acks may be repeated
 		// The ack is durable: a new owner finds nothing.
 		if err := s.Close(ctx); err != nil {
@@ -431,20 +437,77 @@ func TestRepeating(t *testing.T) {
 	})
 }
 
+// TestReturn: deliveries whose stream ended come back at once with the
+// next attempt, and the attempts count: a timer returned MaxAttempts
+// times is a dead letter, so a payload that kills its consumers cannot
+// loop for ever.
 func TestReturn(t *testing.T) {
 	stores(t, func(t *testing.T, e *env) {
 		k := newSink(true)
-		s := e.open(t, 0, "a", k)
+		cfg := e.config(0, "a", k)
+		cfg.MaxAttempts = 3
+		s := e.openConfig(t, cfg)
 		mustSchedule(t, s, spec("x", 0))
 		e.advance(s, 0)
 		d := k.take(t, 1)[0]
-		id, _ := ParseDeliveryID(d.ID)
-		s.Return([]DeliveryID{id})
-		s.settle()
-		again := k.take(t, 1)[0] // at once, not after the ack timeout
-		if again.ID != d.ID || again.Attempt != 2 {
-			t.Fatalf("after Return got %+v", again)
+		for attempt := uint32(2); attempt <= 4; attempt++ {
+			id, _ := ParseDeliveryID(d.ID)
+			s.Return([]DeliveryID{id})
+			s.settle()
+			if attempt > cfg.MaxAttempts {
+				k.none(t)
+				mustState(t, s, "x", Dead, cfg.MaxAttempts)
+				break
+			}
+			again := k.take(t, 1)[0] // at once, not after the ack timeout
+			if again.ID != d.ID || again.Attempt != attempt {
+				t.Fatalf("after Return got %+v, want attempt %d", again, attempt)
+			}
+			d = again
 		}
+		if st := s.Stats(); st.InFlight != 0 || st.Dead != 1 {
+			t.Fatalf("Stats = %+v", st)
+		}
+	})
+}
+
+// TestBurst: more timers due in one millisecond than one step handles all
+// go out exactly once, while calls interleave with the burst.
+func TestBurst(t *testing.T) {
+	stores(t, func(t *testing.T, e *env) {
+		k := newSink(true)
+		s := e.open(t, 0, "a", k)
+		const n = 3*maxStepFires + 17
+		var specs []Spec
+		for i := range n {
+			specs = append(specs, spec(fmt.Sprintf("b%05d", i), time.Second))
+		}
+		mustSchedule(t, s, specs...)
+		e.advance(s, time.Second)
+		// Cancelled mid-burst: it goes out at most once, or not at all.
+		errs := s.Cancel(ctx, "ns", []string{"b00000", fmt.Sprintf("b%05d", n-1)})
+		got := map[string]int{}
+		for _, d := range k.take(t, n-2) {
+			got[d.TimerID]++
+		}
+		s.settle()
+		for len(k.ch) > 0 {
+			got[(<-k.ch).TimerID]++
+		}
+		for id, c := range got {
+			if c != 1 {
+				t.Fatalf("%s delivered %d times", id, c)
+			}
+		}
+		if len(got) < n-2 || len(got) > n {
+			t.Fatalf("%d distinct timers delivered, want %d to %d", len(got), n-2, n)
+		}
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("Cancel mid-burst, item %d: %v", i, err)
+			}
+		}
+		mustGone(t, s, "b00000")
 	})
 }
 
@@ -554,9 +617,12 @@ func TestFencing(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		// Every write A attempts is refused.
-		if r := a.Schedule(ctx, []Spec{spec("a-new", time.Hour)})[0]; !errors.Is(r.Err, ErrFenced) && !errors.Is(r.Err, ErrNotOwner) {
-			t.Fatalf("A's Schedule after losing the lease = %v, want fenced", r.Err)
+		// Every write A attempts is refused, each copy of an id given
+		// twice in one batch included.
+		for i, r := range a.Schedule(ctx, []Spec{spec("a-new", time.Hour), spec("a-new", time.Hour)}) {
+			if !errors.Is(r.Err, ErrFenced) && !errors.Is(r.Err, ErrNotOwner) {
+				t.Fatalf("A's Schedule (item %d) after losing the lease = %v, want fenced", i, r.Err)
+			}
 		}
 		if !errors.Is(a.Err(), ErrNotOwner) {
 			t.Fatalf("A still running after being fenced: %v", a.Err())
@@ -602,18 +668,28 @@ func mustAckIgnored(t testing.TB, s *Shard, d Delivery) {
 }
 
 // TestStopsFiringWithoutLease: a shard that cannot renew its lease fires
-// nothing once the lease it last confirmed may be about to lapse.
+// what is due before the lease it last confirmed may lapse, and nothing
+// from then on.
 func TestStopsFiringWithoutLease(t *testing.T) {
 	e := newRedisEnv(t)
 	k := newSink(true)
 	cfg := e.config(0, "a", k)
+	start := e.clock.Now()
 	s := e.openConfig(t, cfg)
-	mustSchedule(t, s, spec("late", cfg.LeaseTTL))
+	validUntil := start.Add(cfg.LeaseTTL - cfg.ClockDrift) // from Open's reading of the clock
+	mustSchedule(t, s,
+		Spec{Namespace: "ns", ID: "before", Topic: "topic", Due: validUntil.Add(-time.Millisecond)},
+		Spec{Namespace: "ns", ID: "after", Topic: "topic", Due: validUntil})
 	e.redis.Kill(t)
-	e.advance(s, cfg.LeaseTTL-cfg.ClockDrift)
+	e.advance(s, validUntil.Add(-time.Millisecond).Sub(e.clock.Now()))
+	if d := k.take(t, 1)[0]; d.TimerID != "before" {
+		t.Fatalf("got %q, want the timer due before the lease may lapse", d.TimerID)
+	}
+	e.advance(s, time.Millisecond)
 	k.none(t)
 	e.advance(s, cfg.LeaseTTL)
 	k.none(t)
+	mustState(t, s, "after", Pending, 0)
 }
 
 // TestConcurrent drives every call from many goroutines while the clock

@@ -151,10 +151,11 @@ func (c Config) ValidateSpec(spec *Spec) error {
 	return nil
 }
 
-// resolveDue returns the due time (unix ms, rounded up) of due or delay
-// from now (unix ms), checked against the horizon.
-func (c Config) resolveDue(due time.Time, delay time.Duration, now int64) (int64, error) {
-	var ms int64
+// resolveDue returns the due time (unix ms, rounded up) of due, or of
+// delay from now, checked against the horizon. Rounding now + delay up,
+// not now alone, keeps a delayed timer from coming due before the delay
+// has passed.
+func (c Config) resolveDue(due time.Time, delay time.Duration, now time.Time) (int64, error) {
 	if due.IsZero() {
 		if delay < 0 {
 			return 0, fmt.Errorf("delay: %w: negative delay %v", ErrInvalidDue, delay)
@@ -162,14 +163,19 @@ func (c Config) resolveDue(due time.Time, delay time.Duration, now int64) (int64
 		if delay > c.MaxHorizon {
 			return 0, fmt.Errorf("delay: %w: %v is beyond the horizon of %v", ErrInvalidDue, delay, c.MaxHorizon)
 		}
-		ms = now + (delay + time.Millisecond - 1).Milliseconds()
-	} else {
-		ms = ceilMilli(due)
-		if ms-now > c.MaxHorizon.Milliseconds() {
-			return 0, fmt.Errorf("due_time: %w: %v is beyond the horizon of %v from now", ErrInvalidDue, due.UTC().Format(time.RFC3339Nano), c.MaxHorizon)
-		}
+		return ceilMilli(now.Add(delay)), nil
+	}
+	ms := ceilMilli(due)
+	if ms-ceilMilli(now) > c.MaxHorizon.Milliseconds() {
+		return 0, fmt.Errorf("due_time: %w: %v is beyond the horizon of %v from now", ErrInvalidDue, due.UTC().Format(time.RFC3339Nano), c.MaxHorizon)
 	}
 	return ms, nil
+}
+
+// delayMilli is a delay in whole milliseconds, rounded up, as stored and
+// compared for idempotency.
+func delayMilli(d time.Duration) int64 {
+	return (d + time.Millisecond - 1).Milliseconds()
 }
 
 // sameSpec reports whether a retried Schedule asks for what rec holds. A
@@ -180,7 +186,7 @@ func sameSpec(rec *store.Record, spec *Spec) bool {
 		return false
 	}
 	if spec.Due.IsZero() {
-		return rec.Delay == (spec.Delay + time.Millisecond - 1).Milliseconds()
+		return rec.Delay == delayMilli(spec.Delay)
 	}
 	return rec.Delay < 0 && rec.SpecDue == ceilMilli(spec.Due)
 }

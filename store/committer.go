@@ -89,8 +89,9 @@ type Commit struct {
 func (c *Commit) Done() <-chan struct{} { return c.done }
 
 // Err returns the outcome once Done is closed: nil when durable, wrapping
-// ErrFenced when the store refused the shard's epoch, or ErrClosed when the
-// Committer closed before the writes could be made durable.
+// ErrFenced when the store refused the shard's epoch, or wrapping ErrClosed
+// when the Committer closed before it knew (the writes may or may not have
+// been applied).
 func (c *Commit) Err() error {
 	<-c.done
 	return c.err
@@ -143,10 +144,14 @@ type lane struct {
 	mu sync.Mutex
 	// queue holds the batches of the next cycle in submission order.
 	// Invariant: open[shard] is the index in queue of that shard's batch
-	// still taking writes.
+	// still taking writes, whose epoch is the one it was opened with.
 	queue   []pendingBatch
 	open    map[uint32]int
 	closing bool
+	// abandoned is set when a cycle was given up at Close: later cycles
+	// are failed with it rather than committed, since committing them
+	// could apply a shard's later writes without its earlier ones.
+	abandoned error
 }
 
 type pendingBatch struct {
@@ -186,8 +191,9 @@ func (c *Committer) Submit(shard uint32, epoch uint64, ops []Op) *Commit {
 		return cm
 	}
 	i, ok := l.open[shard]
-	if ok && len(l.queue[i].Ops) > 0 && (l.queue[i].Epoch != epoch || len(l.queue[i].Ops)+len(ops) > c.cfg.MaxBatchOps) {
-		ok = false
+	if ok {
+		b := &l.queue[i]
+		ok = b.Epoch == epoch && (len(b.Ops) == 0 || len(b.Ops)+len(ops) <= c.cfg.MaxBatchOps)
 	}
 	if !ok {
 		l.queue = append(l.queue, pendingBatch{
@@ -211,8 +217,9 @@ func (c *Committer) Submit(shard uint32, epoch uint64, ops []Op) *Commit {
 }
 
 // Close commits what was submitted before it, fails later submissions with
-// ErrClosed and stops the Committer's goroutines. A cycle whose round trip
-// keeps failing is given up with the error. Close is safe to call twice.
+// ErrClosed and stops the Committer's goroutines. After Close a round trip
+// that fails is not retried: its cycle, and every later cycle of its lane,
+// fail with ErrClosed (their outcome unknown). Close is safe to call twice.
 func (c *Committer) Close() error {
 	c.once.Do(func() {
 		for _, l := range c.lanes {
@@ -250,8 +257,14 @@ func (l *lane) run() {
 		clear(l.open)
 		closing := l.closing
 		l.mu.Unlock()
-		if len(cycle) > 0 {
-			c.commit(cycle)
+		switch {
+		case len(cycle) == 0:
+		case l.abandoned != nil:
+			for i := range cycle {
+				cycle[i].commit.finish(l.abandoned)
+			}
+		default:
+			l.abandoned = c.commit(cycle)
 		}
 		clear(cycle) // drop references to the ops
 		spare = cycle
@@ -266,8 +279,10 @@ func (l *lane) run() {
 	}
 }
 
-// commit makes one cycle durable, retrying failed round trips.
-func (c *Committer) commit(cycle []pendingBatch) {
+// commit makes one cycle durable, retrying failed round trips. It returns
+// the error it gave the cycle's writers if it gave the cycle up (only
+// once Close has been called).
+func (c *Committer) commit(cycle []pendingBatch) error {
 	batches := make([]Batch, len(cycle))
 	ops := 0
 	for i := range cycle {
@@ -286,10 +301,11 @@ func (c *Committer) commit(cycle []pendingBatch) {
 		}
 		if errors.Is(err, ErrClosed) || c.closing() {
 			c.log.Error("group commit abandoned", "batches", len(batches), "ops", ops, "err", err)
+			err = fmt.Errorf("%w: outcome of the commit unknown: %w", ErrClosed, err)
 			for i := range cycle {
-				cycle[i].commit.finish(fmt.Errorf("%w: commit not made durable: %w", ErrClosed, err))
+				cycle[i].commit.finish(err)
 			}
-			return
+			return err
 		}
 		retries++
 		c.log.Warn("group commit failed; retrying", "batches", len(batches), "ops", ops, "retry", retries, "backoff", backoff, "err", err)
@@ -305,6 +321,7 @@ func (c *Committer) commit(cycle []pendingBatch) {
 	if c.cfg.OnCommit != nil {
 		c.cfg.OnCommit(CommitStats{Batches: len(batches), Ops: ops, Latency: time.Since(start), Retries: retries})
 	}
+	return nil
 }
 
 func (c *Committer) closing() bool {

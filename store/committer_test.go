@@ -128,6 +128,9 @@ func TestCommitterFencedBatch(t *testing.T) {
 		mustRelease(t, s, 1, "a", stale)
 		current := mustAcquire(t, s, 1, "b", longTTL)
 		good := mustAcquire(t, s, 2, "a", longTTL)
+		// An empty submission under the current epoch must not lend its
+		// batch to a stale one.
+		empty := c.Submit(1, current, nil)
 		bad := c.Submit(1, stale, []Op{put(rec("ns", "evil"))})
 		ok := c.Submit(2, good, []Op{put(rec("ns", "fine"))})
 		if err := bad.Wait(context.Background()); !errors.Is(err, ErrFenced) {
@@ -135,6 +138,9 @@ func TestCommitterFencedBatch(t *testing.T) {
 		}
 		if err := ok.Wait(context.Background()); err != nil {
 			t.Fatalf("good batch: %v", err)
+		}
+		if err := empty.Wait(context.Background()); err != nil {
+			t.Fatalf("empty batch: %v", err)
 		}
 		if got := loadAll(t, s, 1, current); len(got) != 0 {
 			t.Fatalf("fenced write landed: %v", got)
