@@ -216,7 +216,7 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 	s.stepped.L = &s.mu
 	// The keeper runs from the start: the lease counts from Acquire, and
 	// loading a big shard can take a good part of its TTL.
-	go s.keepLease()
+	go s.keepLease(s.clock.NewAlarm(cfg.LeaseTTL / 3))
 	began := time.Now()
 	err = cfg.Store.Load(ctx, cfg.ID, epoch, func(page []store.Record) error {
 		s.mu.Lock()
@@ -236,7 +236,7 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 		return nil, fmt.Errorf("shard %d: load: %w", cfg.ID, err)
 	}
 	s.log.Info("shard loaded", "timers", len(s.timers), "dead", len(s.dead), "took", time.Since(began))
-	go s.run()
+	go s.run(s.clock.NewAlarm(idleWait))
 	return s, nil
 }
 
@@ -372,7 +372,7 @@ func (s *Shard) kickLoop() {
 
 // run is the shard's firing loop: it sleeps until the next due time (or a
 // kick), then fires what is due.
-func (s *Shard) run() {
+func (s *Shard) run(t Alarm) {
 	defer close(s.loopDone)
 	defer func() {
 		// Wake a settle that waits for a step that will not come.
@@ -380,7 +380,6 @@ func (s *Shard) run() {
 		s.stepped.Broadcast()
 		s.mu.Unlock()
 	}()
-	t := s.clock.NewAlarm(time.Hour)
 	defer t.Stop()
 	for {
 		s.mu.Lock()
@@ -603,10 +602,12 @@ func (s *Shard) timeoutLocked(t *timer, now int64, backoff time.Duration) {
 // retried sooner; the loop stops firing once the last confirmed lease may
 // be about to lapse, and the shard stops when the store says another
 // owner has it.
-func (s *Shard) keepLease() {
+//
+// Its alarm is made by the caller, so that the first renewal is due
+// LeaseTTL/3 after acquire however late the goroutine starts.
+func (s *Shard) keepLease(t Alarm) {
 	defer close(s.keepDone)
 	every := s.cfg.LeaseTTL / 3
-	t := s.clock.NewAlarm(every)
 	defer t.Stop()
 	for {
 		select {

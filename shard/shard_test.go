@@ -882,3 +882,48 @@ func TestRedisKilledMidSchedule(t *testing.T) {
 	}
 	t.Logf("%d schedules acknowledged, %d timed out across the kill, all %d acknowledged ones present", len(acked), failed, len(acked))
 }
+
+// slowLoad is a real store whose Load takes a good part of the lease's
+// TTL: after loading, it runs pass, which moves the test's clock.
+type slowLoad struct {
+	store.Store
+	pass func()
+}
+
+func (s slowLoad) Load(ctx context.Context, shard uint32, epoch uint64, fn func([]store.Record) error) error {
+	err := s.Store.Load(ctx, shard, epoch, fn)
+	s.pass()
+	return err
+}
+
+// TestSlowLoadKeepsLease: the lease is renewed while a shard loads, so a
+// load that outlasts the TTL does not cost the shard its lease.
+func TestSlowLoadKeepsLease(t *testing.T) {
+	e := newEmbeddedEnv(t) // its leases follow the test's clock
+	k := newSink(true)
+	cfg := e.config(0, "a", k)
+	step := cfg.LeaseTTL * 35 / 100 // a renewal period (TTL/3) and a bit
+	cfg.Store = slowLoad{Store: e.st, pass: func() {
+		for range 3 { // more than the TTL goes by while loading
+			e.clock.Advance(step)
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+				if l, err := e.st.Lease(ctx, 0); err == nil && l.TTL > cfg.LeaseTTL*9/10 {
+					break // renewed at the new time
+				}
+				if time.Now().After(deadline) {
+					t.Error("the lease was not renewed during the load")
+					return
+				}
+			}
+		}
+	}}
+	s := e.openConfig(t, cfg)
+	mustSchedule(t, s, spec("x", cfg.LeaseTTL/2))
+	e.advance(s, cfg.LeaseTTL/2)
+	if d := k.take(t, 1)[0]; d.TimerID != "x" {
+		t.Fatalf("got %q", d.TimerID)
+	}
+	if err := s.Err(); err != nil {
+		t.Fatalf("shard stopped: %v", err)
+	}
+}
