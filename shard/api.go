@@ -182,12 +182,13 @@ func (s *Shard) Get(namespace, id string) (Timer, error) {
 // letters are ignored, so acks may be repeated. An ack covers every
 // attempt of its occurrence, also one being waited for in backoff. The
 // returned Commit (nil when nothing was written) reports when the acks
-// are durable; until then a crash may deliver those timers again.
-func (s *Shard) Ack(ids []DeliveryID) *store.Commit {
+// are durable; until then a crash may deliver those timers again. A
+// stopped shard applies nothing and returns its ErrNotOwner.
+func (s *Shard) Ack(ids []DeliveryID) (*store.Commit, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.stopErr != nil {
-		return nil
+	if err := s.stopErr; err != nil {
+		return nil, err
 	}
 	now := s.clock.Now().UnixMilli()
 	for i := range ids {
@@ -219,7 +220,7 @@ func (s *Shard) Ack(ids []DeliveryID) *store.Commit {
 	if c != nil {
 		s.kickLoop()
 	}
-	return c
+	return c, nil
 }
 
 // Return gives back deliveries whose subscriber went away unacked: each

@@ -265,7 +265,11 @@ func benchFireAck(b *testing.B, e *env) {
 			}
 			break
 		}
-		if c := s.Ack(ids); c != nil {
+		c, err := s.Ack(ids)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if c != nil {
 			last = c
 		}
 		acked += len(ids)

@@ -290,7 +290,11 @@ func mustAck(t testing.TB, s *Shard, ds ...Delivery) {
 		}
 		ids[i] = id
 	}
-	if c := s.Ack(ids); c != nil {
+	c, err := s.Ack(ids)
+	if err != nil {
+		t.Fatalf("ack: %v", err)
+	}
+	if c != nil {
 		if err := c.Wait(context.Background()); err != nil {
 			t.Fatalf("ack: %v", err)
 		}

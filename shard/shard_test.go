@@ -662,8 +662,8 @@ func TestFencing(t *testing.T) {
 func mustAckIgnored(t testing.TB, s *Shard, d Delivery) {
 	t.Helper()
 	id, _ := ParseDeliveryID(d.ID)
-	if c := s.Ack([]DeliveryID{id}); c != nil {
-		t.Fatal("a stopped shard accepted an ack")
+	if c, err := s.Ack([]DeliveryID{id}); c != nil || !errors.Is(err, ErrNotOwner) {
+		t.Fatalf("a stopped shard's Ack = %v, %v; want ErrNotOwner", c, err)
 	}
 }
 
@@ -709,7 +709,10 @@ func TestConcurrent(t *testing.T) {
 				select {
 				case d := <-k.ch:
 					id, _ := ParseDeliveryID(d.ID)
-					s.Ack([]DeliveryID{id})
+					if _, err := s.Ack([]DeliveryID{id}); err != nil {
+						t.Error(err)
+						return
+					}
 					n++
 				case <-stop:
 					return
