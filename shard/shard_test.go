@@ -357,6 +357,11 @@ func TestReplayAll(t *testing.T) {
 		if len(page) != 2 || !more || page[0].ID != "d0" || page[1].ID != "d1" {
 			t.Fatalf("first page = %v, %v", page, more)
 		}
+		for _, limit := range []int{0, -1} { // taken as 1
+			if page, more := s.DeadLetters("ns", "", "", limit); len(page) != 1 || !more {
+				t.Fatalf("DeadLetters(limit %d) = %d letters, more %v", limit, len(page), more)
+			}
+		}
 		page, more = s.DeadLetters("ns", "", "d1", 10)
 		if len(page) != 3 || more || page[0].ID != "d2" {
 			t.Fatalf("second page = %v, %v", page, more)
