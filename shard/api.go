@@ -69,13 +69,11 @@ func (s *Shard) Schedule(ctx context.Context, specs []Spec) []Result {
 			rec.SpecDue = due
 		}
 		t := s.newTimerLocked(rec)
-		s.newOccurrenceLocked(t, due)
-		if err := s.armLocked(t, due); err != nil {
+		if err := s.occurLocked(t, due); err != nil {
 			s.removeLocked(t)
 			res[i].Err = err
 			continue
 		}
-		s.putLocked(t)
 		res[i].Due = time.UnixMilli(due)
 		fresh = append(fresh, i)
 	}
@@ -123,14 +121,11 @@ func (s *Shard) Reschedule(ctx context.Context, namespace string, moves []Move) 
 			}
 			continue
 		}
-		s.disarmLocked(t)
-		s.newOccurrenceLocked(t, due)
-		if err := s.armLocked(t, due); err != nil {
+		if err := s.occurLocked(t, due); err != nil {
 			// resolveDue checked the horizon; the wheel's is wider.
 			res[i].Err = err
 			continue
 		}
-		s.putLocked(t)
 		res[i].Due = time.UnixMilli(due)
 		moved = append(moved, i)
 	}
@@ -205,16 +200,11 @@ func (s *Shard) Ack(ids []DeliveryID) (*store.Commit, error) {
 		if now >= t.rec.Due {
 			n = (now-t.rec.Due)/t.rec.Interval + 1
 		}
-		s.disarmLocked(t)
-		next := t.rec.Due + n*t.rec.Interval
-		s.newOccurrenceLocked(t, next)
-		if err := s.armLocked(t, next); err != nil {
+		if err := s.occurLocked(t, t.rec.Due+n*t.rec.Interval); err != nil {
 			// Past the wheel's horizon (~139 years): nothing more to fire.
 			s.removeLocked(t)
 			s.deleteLocked(t.key)
-			continue
 		}
-		s.putLocked(t)
 	}
 	c := s.submitLocked()
 	if c != nil {
@@ -344,9 +334,7 @@ func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topi
 		}
 	}
 	for _, t := range targets {
-		s.newOccurrenceLocked(t, at)
-		_ = s.armLocked(t, at) // within the horizon: resolveDue checked
-		s.putLocked(t)
+		_ = s.occurLocked(t, at) // within the horizon: resolveDue checked
 	}
 	if len(ids) == 0 {
 		c := s.submitLocked()

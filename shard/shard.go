@@ -714,10 +714,16 @@ func (s *Shard) landLocked(t *timer) {
 	}
 }
 
-// newOccurrenceLocked starts a new occurrence of t due at due (unix ms):
-// a new delivery id and no attempts.
-func (s *Shard) newOccurrenceLocked(t *timer, due int64) {
+// occurLocked starts a new occurrence of t, due at due (unix ms), and
+// writes it: a new delivery id, no attempts, pending, armed. It is how
+// Schedule, Reschedule, an ack of a repeating timer and Replay all move a
+// timer on. If the wheel refuses due, t is left unarmed and unwritten.
+func (s *Shard) occurLocked(t *timer, due int64) error {
 	s.landLocked(t)
+	t.waiting = false
+	if err := s.armLocked(t, due); err != nil {
+		return err
+	}
 	s.seq++
 	t.rec.OccEpoch, t.rec.OccSeq = s.epoch, s.seq
 	t.rec.Due, t.rec.Next = due, due
@@ -725,8 +731,9 @@ func (s *Shard) newOccurrenceLocked(t *timer, due int64) {
 	t.rec.Attempts, t.attempts = 0, 0
 	t.rec.LastAttempt, t.sent = 0, 0
 	t.rec.Reason = ""
-	t.waiting = false
 	delete(s.dead, t.key)
+	s.putLocked(t)
+	return nil
 }
 
 func (s *Shard) putLocked(t *timer) {

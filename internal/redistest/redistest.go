@@ -86,6 +86,21 @@ type process struct {
 	err  error         // cmd.Wait's result; valid once done is closed
 }
 
+// Binary returns the path of redis-server. Without one on PATH it skips
+// the test, or fails it when the environment variable CI is set: CI must
+// install the real server rather than let its tests pass unrun.
+func Binary(tb testing.TB) string {
+	tb.Helper()
+	bin, err := exec.LookPath(binary)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			tb.Fatalf("redistest: redis-server not found; CI must install it (apt-get install redis-server): %v", err)
+		}
+		tb.Skipf("redistest: redis-server not found on PATH; install it to run this test (Debian/Ubuntu: apt-get install redis-server): %v", err)
+	}
+	return bin
+}
+
 // Option changes how a Server runs redis-server.
 type Option func(*Server)
 
@@ -115,13 +130,7 @@ func StartCluster(tb testing.TB, opts ...Option) *Server {
 
 func start(tb testing.TB, cluster bool, opts []Option) *Server {
 	tb.Helper()
-	bin, err := exec.LookPath(binary)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			tb.Fatalf("redistest: redis-server not found; CI must install it (apt-get install redis-server): %v", err)
-		}
-		tb.Skipf("redistest: redis-server not found on PATH; install it to run this test (Debian/Ubuntu: apt-get install redis-server): %v", err)
-	}
+	bin := Binary(tb)
 	dir := tb.TempDir()
 	s := &Server{
 		bin:     bin,
@@ -137,7 +146,7 @@ func start(tb testing.TB, cluster bool, opts []Option) *Server {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var lastErr error
+	var lastErr, err error
 	for range portAttempts {
 		if s.port, err = freePort(); err != nil {
 			tb.Fatalf("redistest: pick a port: %v", err)

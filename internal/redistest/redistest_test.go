@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -75,10 +74,7 @@ func TestStartCluster(t *testing.T) {
 // TestPortTaken: a port taken between picking it and starting the server
 // is reported as errAddrInUse, which Start answers with another port.
 func TestPortTaken(t *testing.T) {
-	bin, err := exec.LookPath(binary)
-	if err != nil {
-		t.Skip("redis-server not on PATH")
-	}
+	bin := Binary(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
