@@ -144,12 +144,7 @@ func TestEmbeddedLogger(t *testing.T) {
 func TestEmbeddedEpochsSurviveReopen(t *testing.T) {
 	dir := t.TempDir()
 	clock := newFakeClock()
-	cfg := DefaultEmbeddedConfig(dir)
-	cfg.Now = clock.Now
-	s, err := OpenEmbedded(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openClocked(t, dir, clock)
 	var last uint64
 	for range 3 {
 		last = mustAcquire(t, s, 1, "a", time.Hour)
@@ -252,12 +247,7 @@ func TestEmbeddedFencing(t *testing.T) {
 	ctx := t.Context()
 	dir := t.TempDir()
 	clock := newFakeClock()
-	cfg := DefaultEmbeddedConfig(dir)
-	cfg.Now = clock.Now
-	s, err := OpenEmbedded(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openClocked(t, dir, clock)
 	const shard, ttl = 3, 5 * time.Second
 
 	k1, k2 := rec("n", "k1"), rec("n", "k2")
@@ -323,12 +313,7 @@ func TestEmbeddedFencing(t *testing.T) {
 func TestEmbeddedDurableAfterReopen(t *testing.T) {
 	dir := t.TempDir()
 	clock := newFakeClock()
-	cfg := DefaultEmbeddedConfig(dir)
-	cfg.Now = clock.Now
-	s, err := OpenEmbedded(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openClocked(t, dir, clock)
 	shards := []uint32{0, 1, 256, math.MaxUint32 - 1, math.MaxUint32}
 	want := map[uint32]map[string]Record{}
 	var batches []Batch
