@@ -94,8 +94,8 @@ type Shard struct {
 	stop     chan struct{} // closed to stop the goroutines
 	loopDone chan struct{}
 	keepDone chan struct{}
-	closeMu  sync.Mutex // serializes Close
-	closed   bool       // guarded by closeMu
+	closeMu  sync.Mutex // serializes halt
+	closed   bool       // guarded by closeMu: halt has run
 
 	mu sync.Mutex
 	// Invariants: see the package doc.
@@ -297,22 +297,10 @@ func (s *Shard) Stats() Stats {
 // again. Close is safe to call twice; it returns the error that stopped
 // the shard, if it stopped for another reason first.
 func (s *Shard) Close(ctx context.Context) error {
-	s.closeMu.Lock()
-	defer s.closeMu.Unlock()
-	if s.closed {
+	last, ok, prior := s.halt("closed")
+	if !ok {
 		return nil
 	}
-	s.closed = true
-	s.mu.Lock()
-	prior := s.stopErr
-	if prior == nil {
-		s.stopErr = fmt.Errorf("%w: shard %d closed", ErrNotOwner, s.id)
-	}
-	last := s.lastSub
-	s.mu.Unlock()
-	close(s.stop)
-	<-s.loopDone
-	<-s.keepDone
 	if prior != nil {
 		return prior
 	}
@@ -328,21 +316,29 @@ func (s *Shard) Close(ctx context.Context) error {
 
 // crash stops the shard's goroutines without flushing or releasing the
 // lease, as a process that died would.
-func (s *Shard) crash() {
+func (s *Shard) crash() { s.halt("crashed") }
+
+// halt stops the shard's goroutines, once: ok is false if it had already
+// been halted. Unless the shard had stopped already (prior says why), it
+// records that it stopped because it was closed or crashed (why). last is
+// the shard's last submitted writes.
+func (s *Shard) halt(why string) (last *store.Commit, ok bool, prior error) {
 	s.closeMu.Lock()
 	defer s.closeMu.Unlock()
 	if s.closed {
-		return
+		return nil, false, nil
 	}
 	s.closed = true
 	s.mu.Lock()
-	if s.stopErr == nil {
-		s.stopErr = fmt.Errorf("%w: shard %d crashed", ErrNotOwner, s.id)
+	prior, last = s.stopErr, s.lastSub
+	if prior == nil {
+		s.stopErr = fmt.Errorf("%w: shard %d %s", ErrNotOwner, s.id, why)
 	}
 	s.mu.Unlock()
 	close(s.stop)
 	<-s.loopDone
 	<-s.keepDone
+	return last, true, prior
 }
 
 func (s *Shard) releaseLease() {

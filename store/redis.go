@@ -456,26 +456,18 @@ func (r *Redis) commitOnce(ctx context.Context, batches []Batch, which []int, cm
 func (r *Redis) commitArgs(sha string, b *Batch) []any {
 	n := 6 // evalsha, sha, numkeys, epoch key, hash key, epoch
 	for j := 0; j < len(b.Ops); {
-		put := b.Ops[j].Value != nil
-		k := j + 1
-		for k < len(b.Ops) && (b.Ops[k].Value != nil) == put {
-			k++
-		}
-		n += 2 + k - j
-		if put {
-			n += k - j
+		k := runEnd(b.Ops, j)
+		n += 2 + k - j // kind, count, fields
+		if b.Ops[j].Value != nil {
+			n += k - j // values
 		}
 		j = k
 	}
 	args := make([]any, 0, n)
 	args = append(args, "evalsha", sha, 2, r.key(b.Shard, "epoch"), r.key(b.Shard, "r"), b.Epoch)
 	for j := 0; j < len(b.Ops); {
-		put := b.Ops[j].Value != nil
-		k := j + 1
-		for k < len(b.Ops) && (b.Ops[k].Value != nil) == put {
-			k++
-		}
-		if put {
+		k := runEnd(b.Ops, j)
+		if b.Ops[j].Value != nil {
 			args = append(args, "p", k-j)
 			for _, op := range b.Ops[j:k] {
 				args = append(args, op.Key, op.Value)
@@ -489,6 +481,17 @@ func (r *Redis) commitArgs(sha string, b *Batch) []any {
 		j = k
 	}
 	return args
+}
+
+// runEnd returns the end of the run of puts, or of deletes, that starts at
+// ops[j]: commitScript applies each run with one HSET or HDEL.
+func runEnd(ops []Op, j int) int {
+	put := ops[j].Value != nil
+	k := j + 1
+	for k < len(ops) && (ops[k].Value != nil) == put {
+		k++
+	}
+	return k
 }
 
 // Load implements Store: it checks the epoch, then walks the records hash
