@@ -35,7 +35,7 @@ func (s *Shard) Schedule(ctx context.Context, specs []Spec) []Result {
 			res[i].Err = err
 			continue
 		}
-		due, err := s.cfg.resolveDue(sp.Due, sp.Delay, clockNow)
+		due, err := s.cfg.ResolveDue(sp.Due, sp.Delay, clockNow)
 		if err != nil {
 			res[i].Err = err
 			continue
@@ -103,7 +103,7 @@ func (s *Shard) Reschedule(ctx context.Context, namespace string, moves []Move) 
 			res[i].Err = err
 			continue
 		}
-		due, err := s.cfg.resolveDue(m.Due, m.Delay, clockNow)
+		due, err := s.cfg.ResolveDue(m.Due, m.Delay, clockNow)
 		if err != nil {
 			res[i].Err = err
 			continue
@@ -122,7 +122,7 @@ func (s *Shard) Reschedule(ctx context.Context, namespace string, moves []Move) 
 			continue
 		}
 		if err := s.occurLocked(t, due); err != nil {
-			// resolveDue checked the horizon; the wheel's is wider.
+			// ResolveDue checked the horizon; the wheel's is wider.
 			res[i].Err = err
 			continue
 		}
@@ -190,6 +190,9 @@ func (s *Shard) Ack(ids []DeliveryID) (*store.Commit, error) {
 		t := s.occurrenceLocked(&ids[i])
 		if t == nil || t.rec.State == store.Dead {
 			continue
+		}
+		if s.cfg.Events != nil {
+			s.cfg.Events.Acked(t.rec.Namespace)
 		}
 		if t.rec.Interval <= 0 {
 			s.removeLocked(t)
@@ -301,7 +304,7 @@ func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topi
 		s.mu.Unlock()
 		return fillErr(make([]Result, len(ids)), err), 0
 	}
-	at, err := s.cfg.resolveDue(due, delay, s.clock.Now())
+	at, err := s.cfg.ResolveDue(due, delay, s.clock.Now())
 	if err != nil {
 		s.mu.Unlock()
 		return fillErr(make([]Result, len(ids)), err), 0
@@ -334,7 +337,7 @@ func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topi
 		}
 	}
 	for _, t := range targets {
-		_ = s.occurLocked(t, at) // within the horizon: resolveDue checked
+		_ = s.occurLocked(t, at) // within the horizon: ResolveDue checked
 	}
 	if len(ids) == 0 {
 		c := s.submitLocked()
@@ -360,10 +363,10 @@ func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topi
 
 // lookupLocked finds a timer, checking the namespace and id first.
 func (s *Shard) lookupLocked(namespace, id string) (*timer, error) {
-	if err := validNamespace(namespace); err != nil {
+	if err := ValidNamespace(namespace); err != nil {
 		return nil, fmt.Errorf("namespace: %w", err)
 	}
-	if err := validID(id); err != nil {
+	if err := ValidID(id); err != nil {
 		return nil, fmt.Errorf("id: %w", err)
 	}
 	t := s.timers[store.Key(namespace, id)]

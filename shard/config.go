@@ -23,6 +23,8 @@ type Config struct {
 	Committer *store.Committer
 	// Dispatcher receives due timers.
 	Dispatcher Dispatcher
+	// Events, when set, hears of acks and dead letters.
+	Events Events
 	// Clock tells the time. Default SystemClock.
 	Clock Clock
 	// Logger receives the shard's events. Default: discard.

@@ -44,6 +44,19 @@ type Dispatcher interface {
 	Dispatch(d Delivery) (ackTimeout time.Duration, ok bool)
 }
 
+// Events hears of what a shard did with its timers, for metrics. Its
+// methods are called with the shard's lock held, concurrently from
+// different shards: they must be cheap, must not block and must not call
+// back into a Shard.
+type Events interface {
+	// Acked reports an ack that ended an occurrence of a timer of
+	// namespace (repeated or unknown acks are not reported).
+	Acked(namespace string)
+	// DeadLettered reports a timer of namespace that became a dead
+	// letter.
+	DeadLettered(namespace string)
+}
+
 // DeliveryID is the decoded form of Delivery.ID: the shard that owns the
 // timer, the timer's key and its occurrence.
 type DeliveryID struct {
@@ -90,7 +103,7 @@ func ParseDeliveryID(s string) (DeliveryID, error) {
 		return d, fmt.Errorf("%w: shard %d out of range", ErrInvalidDeliveryID, vals[0])
 	}
 	ns, id, ok := strings.Cut(string(b), "\x00")
-	if !ok || validNamespace(ns) != nil || validID(id) != nil {
+	if !ok || ValidNamespace(ns) != nil || ValidID(id) != nil {
 		return d, fmt.Errorf("%w: bad timer key", ErrInvalidDeliveryID)
 	}
 	d.Shard, d.OccEpoch, d.OccSeq = uint32(vals[0]), vals[1], vals[2]

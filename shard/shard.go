@@ -587,6 +587,9 @@ func (s *Shard) timeoutLocked(t *timer, now int64, backoff time.Duration) {
 		t.rec.Reason = fmt.Sprintf("not acknowledged after %d attempts", t.attempts)
 		s.dead[t.key] = struct{}{}
 		s.putLocked(t)
+		if s.cfg.Events != nil {
+			s.cfg.Events.DeadLettered(t.rec.Namespace)
+		}
 		return
 	}
 	t.rec.Next = max(now+backoff.Milliseconds(), t.rec.Due)

@@ -88,21 +88,27 @@ type Result struct {
 	Err error
 }
 
-func validNamespace(ns string) error {
+// ValidNamespace checks a namespace: [A-Za-z0-9._-]{1,64}. Errors wrap
+// ErrInvalidNamespace.
+func ValidNamespace(ns string) error {
 	if !validName(ns, MaxNamespaceLen) {
 		return fmt.Errorf("%w: %q must match [A-Za-z0-9._-]{1,%d}", ErrInvalidNamespace, ns, MaxNamespaceLen)
 	}
 	return nil
 }
 
-func validTopic(topic string) error {
+// ValidTopic checks a topic: [A-Za-z0-9._-]{1,128}. Errors wrap
+// ErrInvalidTopic.
+func ValidTopic(topic string) error {
 	if !validName(topic, MaxTopicLen) {
 		return fmt.Errorf("%w: %q must match [A-Za-z0-9._-]{1,%d}", ErrInvalidTopic, topic, MaxTopicLen)
 	}
 	return nil
 }
 
-func validID(id string) error {
+// ValidID checks a timer id: 1 to 256 bytes of UTF-8. Errors wrap
+// ErrInvalidID.
+func ValidID(id string) error {
 	if len(id) == 0 || len(id) > MaxIDLen {
 		return fmt.Errorf("%w: must be 1 to %d bytes, got %d", ErrInvalidID, MaxIDLen, len(id))
 	}
@@ -130,13 +136,13 @@ func validName(s string, max int) bool {
 // or on stored timers, against the limits of cfg. Errors wrap the
 // package's ErrInvalid… errors and name the field.
 func (c Config) ValidateSpec(spec *Spec) error {
-	if err := validNamespace(spec.Namespace); err != nil {
+	if err := ValidNamespace(spec.Namespace); err != nil {
 		return fmt.Errorf("namespace: %w", err)
 	}
-	if err := validID(spec.ID); err != nil {
+	if err := ValidID(spec.ID); err != nil {
 		return fmt.Errorf("id: %w", err)
 	}
-	if err := validTopic(spec.Topic); err != nil {
+	if err := ValidTopic(spec.Topic); err != nil {
 		return fmt.Errorf("topic: %w", err)
 	}
 	if len(spec.Payload) > c.MaxPayload {
@@ -151,11 +157,11 @@ func (c Config) ValidateSpec(spec *Spec) error {
 	return nil
 }
 
-// resolveDue returns the due time (unix ms, rounded up) of due, or of
+// ResolveDue returns the due time (unix ms, rounded up) of due, or of
 // delay from now, checked against the horizon. Rounding now + delay up,
 // not now alone, keeps a delayed timer from coming due before the delay
 // has passed.
-func (c Config) resolveDue(due time.Time, delay time.Duration, now time.Time) (int64, error) {
+func (c Config) ResolveDue(due time.Time, delay time.Duration, now time.Time) (int64, error) {
 	if due.IsZero() {
 		if delay < 0 {
 			return 0, fmt.Errorf("delay: %w: negative delay %v", ErrInvalidDue, delay)

@@ -542,3 +542,36 @@ func (p pebbleLogger) Fatalf(format string, args ...any) {
 	p.log(slog.LevelError, format, args)
 	panic(fmt.Sprintf("pebble: "+format, args...))
 }
+
+// shardsKey holds the deployment's shard count, a big-endian uint32.
+var shardsKey = []byte("cshards")
+
+// ClaimShards implements Store.
+func (e *Embedded) ClaimShards(ctx context.Context, shards uint32) error {
+	if shards < 1 {
+		return fmt.Errorf("store: claim shards: count must be at least 1")
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.checkLocked(); err != nil {
+		return err
+	}
+	v, closer, err := e.db.Get(shardsKey)
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+		if err := e.db.Set(shardsKey, binary.BigEndian.AppendUint32(nil, shards), pebble.Sync); err != nil {
+			return fmt.Errorf("store: embedded: record shard count: %w", err)
+		}
+		return nil
+	case err != nil:
+		return fmt.Errorf("store: embedded: read shard count: %w", err)
+	}
+	defer closer.Close()
+	if len(v) != 4 {
+		return fmt.Errorf("%w: embedded: shard count holds %d bytes; want 4", ErrCorrupt, len(v))
+	}
+	if stored := binary.BigEndian.Uint32(v); stored != shards {
+		return shardCountError(stored, shards)
+	}
+	return nil
+}

@@ -592,3 +592,33 @@ func (r *Redis) Close() error {
 	r.closed.Store(true)
 	return nil
 }
+
+// ClaimShards implements Store. The count lives in "<prefix>:shards".
+func (r *Redis) ClaimShards(ctx context.Context, shards uint32) error {
+	if r.closed.Load() {
+		return ErrClosed
+	}
+	if shards < 1 {
+		return fmt.Errorf("store: claim shards: count must be at least 1")
+	}
+	key := r.cfg.Prefix + ":shards"
+	set, err := r.client.SetNX(ctx, key, shards, 0).Result()
+	if err != nil {
+		return fmt.Errorf("store: record shard count: %w", err)
+	}
+	if set {
+		return nil
+	}
+	v, err := r.client.Get(ctx, key).Result()
+	if err != nil {
+		return fmt.Errorf("store: read shard count: %w", err)
+	}
+	stored, err := strconv.ParseUint(v, 10, 32)
+	if err != nil {
+		return fmt.Errorf("%w: %s holds %q, not a shard count", ErrCorrupt, key, v)
+	}
+	if uint32(stored) != shards {
+		return shardCountError(uint32(stored), shards)
+	}
+	return nil
+}

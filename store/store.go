@@ -35,6 +35,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -53,6 +54,10 @@ var (
 	// ErrInvalidConfig is wrapped by configuration errors, which name the
 	// bad field.
 	ErrInvalidConfig = errors.New("store: invalid config")
+	// ErrShardCount means a node asked for a shard count other than the
+	// one the store was created with. Timers are placed by hashing modulo
+	// the count, so a store serves one count for its whole life.
+	ErrShardCount = errors.New("store: shard count differs from the stored one")
 )
 
 // Store is the durable home of shards' records and leases. All methods may
@@ -94,8 +99,20 @@ type Store interface {
 	// the same record.
 	Load(ctx context.Context, shard uint32, epoch uint64, fn func(page []Record) error) error
 
+	// ClaimShards records shards as the deployment's shard count when the
+	// store has none yet, and fails with ErrShardCount, naming both
+	// counts, when it holds another. Every node calls it before acquiring
+	// any shard. shards must be at least 1.
+	ClaimShards(ctx context.Context, shards uint32) error
+
 	// Close releases the store's resources. It is safe to call twice.
 	Close() error
+}
+
+// shardCountError is the ErrShardCount failure of ClaimShards.
+func shardCountError(stored, asked uint32) error {
+	return fmt.Errorf("%w: the store holds %d shards and this node was started with %d; "+
+		"start it with the stored count (the shard count is fixed when a deployment is created)", ErrShardCount, stored, asked)
 }
 
 // Lease is a snapshot of a shard's lease.

@@ -50,6 +50,7 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 		{"LoadStopsOnError", suiteLoadStops},
 		{"ConcurrentCommits", suiteConcurrent},
 		{"EpochZeroRefused", suiteEpochZero},
+		{"ClaimShards", suiteClaimShards},
 		{"Close", suiteClose},
 	}
 	for _, tt := range tests {
@@ -682,5 +683,27 @@ func suiteEpochZero(t *testing.T, s Store) {
 	e := mustAcquire(t, s, 9, "a", longTTL)
 	if got := loadAll(t, s, 9, e); len(got) != 0 {
 		t.Fatalf("a write under epoch 0 landed: %v", got)
+	}
+}
+
+func suiteClaimShards(t *testing.T, s Store) {
+	ctx := t.Context()
+	if err := s.ClaimShards(ctx, 0); err == nil {
+		t.Fatal("ClaimShards(0) succeeded")
+	}
+	for range 2 { // the first records the count, the second matches it
+		if err := s.ClaimShards(ctx, 64); err != nil {
+			t.Fatalf("ClaimShards(64): %v", err)
+		}
+	}
+	err := s.ClaimShards(ctx, 128)
+	if !errors.Is(err, ErrShardCount) {
+		t.Fatalf("ClaimShards(128) after 64 = %v, want ErrShardCount", err)
+	}
+	if msg := err.Error(); !strings.Contains(msg, "64") || !strings.Contains(msg, "128") {
+		t.Fatalf("error %q does not name both counts", msg)
+	}
+	if err := s.ClaimShards(ctx, 64); err != nil {
+		t.Fatalf("ClaimShards(64) after a refusal: %v", err)
 	}
 }

@@ -1,0 +1,162 @@
+// Command timerd runs one timerd node.
+//
+// With no flags it serves gRPC on 127.0.0.1:7070 and metrics on
+// 127.0.0.1:7071, with its timers in an embedded store in ./timerd-data.
+// Every flag has a TIMERD_* environment variable (the flag's name in
+// upper case with dashes as underscores); a flag given on the command
+// line wins over the environment. It stops gracefully on SIGINT or
+// SIGTERM: it stops taking requests, flushes, releases its shards and
+// exits 0.
+//
+// This package only parses flags; the node is package server.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/timerd/timerd/server"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+// run is main with its arguments and output, for tests. It returns the
+// exit code: 0 after a graceful stop, 2 for a bad flag, 1 otherwise.
+func run(args []string, stderr io.Writer) int {
+	cfg, logLevel, shutdownTimeout, err := parse(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "timerd: %v\n", err)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
+	cfg.Logger = log
+	srv, err := server.New(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "timerd: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := srv.Start(ctx); err != nil {
+		fmt.Fprintf(stderr, "timerd: %v\n", err)
+		return 1
+	}
+	code := 0
+	select {
+	case <-ctx.Done():
+		log.Info("signal received; shutting down", "timeout", shutdownTimeout)
+	case <-srv.Done():
+		log.Error("stopped serving", "err", srv.Err())
+		code = 1
+	}
+	stop() // a second signal now kills the process
+	closeCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := srv.Close(closeCtx); err != nil {
+		log.Error("shutdown", "err", err)
+		return 1
+	}
+	return code
+}
+
+// parse reads flags, with TIMERD_* environment variables as defaults.
+func parse(args []string, stderr io.Writer) (server.Config, slog.Level, time.Duration, error) {
+	cfg := server.DefaultConfig()
+	fs := flag.NewFlagSet("timerd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, `Usage: timerd [flags]
+
+timerd is a timer service node. Clients schedule timers over gRPC and
+subscribers receive each one when it is due: at least once, never early.
+With no flags it runs one node on an embedded store in ./timerd-data.
+
+Every flag can also be set by an environment variable: TIMERD_ and the
+flag's name in upper case, dashes as underscores (--grpc-addr is
+TIMERD_GRPC_ADDR). Flags win over the environment.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	var (
+		level    = slog.LevelInfo
+		shutdown = 30 * time.Second
+		shards   = uint(cfg.Shards)
+		maxIn    = uint(cfg.MaxInFlight)
+		defIn    = uint(cfg.DefaultInFlight)
+		attempts = uint(cfg.Shard.MaxAttempts)
+	)
+	fs.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "`host:port` of the gRPC API (TimerService, ClusterService, health, reflection)")
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "`host:port` of /metrics, /healthz and /readyz; empty disables HTTP")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`directory` of the embedded store (used when --redis is not set)")
+	fs.StringVar(&cfg.RedisURL, "redis", cfg.RedisURL, "Redis `URL` (redis://host:port/db) to keep the shards in, instead of the embedded store")
+	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", cfg.RedisPrefix, "`prefix` of every Redis key")
+	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "this node's `name` in shard leases (default: the host name); unique and stable per node")
+	fs.UintVar(&shards, "shards", shards, "shard `count`; fixed when a store is first used")
+	fs.IntVar(&cfg.Shard.MaxPayload, "max-payload", cfg.Shard.MaxPayload, "largest timer payload in `bytes`")
+	fs.DurationVar(&cfg.Shard.MaxHorizon, "max-horizon", cfg.Shard.MaxHorizon, "how far ahead a timer may be due")
+	fs.DurationVar(&cfg.Shard.MinInterval, "min-interval", cfg.Shard.MinInterval, "shortest repeat interval")
+	fs.DurationVar(&cfg.Shard.AckTimeout, "ack-timeout", cfg.Shard.AckTimeout, "how long a delivery waits for its ack when the subscription does not say")
+	fs.DurationVar(&cfg.MinAckTimeout, "min-ack-timeout", cfg.MinAckTimeout, "shortest ack timeout a subscription may ask for")
+	fs.DurationVar(&cfg.MaxAckTimeout, "max-ack-timeout", cfg.MaxAckTimeout, "longest ack timeout a subscription may ask for")
+	fs.UintVar(&attempts, "max-attempts", attempts, "delivery `attempts` of one occurrence before the timer becomes a dead letter")
+	fs.DurationVar(&cfg.Shard.BackoffMin, "backoff-min", cfg.Shard.BackoffMin, "wait before the first redelivery; doubles with each attempt")
+	fs.DurationVar(&cfg.Shard.BackoffMax, "backoff-max", cfg.Shard.BackoffMax, "longest wait before a redelivery")
+	fs.DurationVar(&cfg.Shard.LeaseTTL, "lease-ttl", cfg.Shard.LeaseTTL, "time to live of shard leases")
+	fs.IntVar(&cfg.MaxBatch, "max-batch", cfg.MaxBatch, "most `items` in one batch RPC or ack message")
+	fs.UintVar(&defIn, "default-in-flight", defIn, "a subscription's max_in_flight when it gives none")
+	fs.UintVar(&maxIn, "max-in-flight", maxIn, "largest max_in_flight a subscription may ask for")
+	fs.IntVar(&cfg.MaxRecvMsgSize, "max-recv-msg-size", cfg.MaxRecvMsgSize, "largest request message in `bytes`")
+	fs.IntVar(&cfg.Commit.Lanes, "commit-lanes", cfg.Commit.Lanes, "group commit `lanes` whose round trips overlap")
+	fs.DurationVar(&cfg.Commit.Linger, "commit-linger", cfg.Commit.Linger, "how long a group commit waits for more writes before it starts (0: none)")
+	fs.TextVar(&level, "log-level", level, "log `level`: debug, info, warn or error")
+	fs.DurationVar(&shutdown, "shutdown-timeout", shutdown, "how long a graceful stop may take before RPCs in progress are cut")
+
+	// The environment supplies defaults, then the command line overrides.
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := "TIMERD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(name); ok && envErr == nil {
+			if err := f.Value.Set(v); err != nil {
+				envErr = fmt.Errorf("environment variable %s=%q: %w", name, v, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return cfg, level, shutdown, envErr
+	}
+	if err := fs.Parse(args); err != nil {
+		return cfg, level, shutdown, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, level, shutdown, fmt.Errorf("unexpected argument %q (timerd takes flags only; see --help)", fs.Arg(0))
+	}
+	for _, v := range []struct {
+		name string
+		n    uint
+	}{{"shards", shards}, {"max-attempts", attempts}, {"max-in-flight", maxIn}, {"default-in-flight", defIn}} {
+		if v.n > 1<<32-1 {
+			return cfg, level, shutdown, fmt.Errorf("--%s %d is too large", v.name, v.n)
+		}
+	}
+	cfg.Shards = uint32(shards)
+	cfg.Shard.MaxAttempts = uint32(attempts)
+	cfg.MaxInFlight = uint32(maxIn)
+	cfg.DefaultInFlight = uint32(defIn)
+	return cfg, level, shutdown, nil
+}

@@ -1,0 +1,186 @@
+package server
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/timerd/timerd/shard"
+	"github.com/timerd/timerd/store"
+)
+
+// Config configures a Server. Start from DefaultConfig (production) or
+// LocalConfig (tests), change what you need, and pass it to New.
+type Config struct {
+	// GRPCAddr is the host:port the gRPC services listen on (default
+	// 127.0.0.1:7070). Port 0 picks a free port; Server.GRPCAddr tells
+	// which.
+	GRPCAddr string
+	// HTTPAddr is the host:port of /metrics, /healthz and /readyz (default
+	// 127.0.0.1:7071). Empty disables HTTP.
+	HTTPAddr string
+
+	// DataDir is the embedded store's directory (default ./timerd-data).
+	// It is used when RedisURL is empty.
+	DataDir string
+	// RedisURL, when set (redis://[user:password@]host:port[/db]), keeps
+	// the shards in that Redis instead of the embedded store.
+	RedisURL string
+	// RedisPrefix prefixes every Redis key (default "td").
+	RedisPrefix string
+
+	// NodeName names this node in shard leases and in ClusterService
+	// (default: the host name). With Redis it must be unique per node
+	// and stable across restarts, so that a restarted node takes its
+	// shards back at once.
+	NodeName string
+	// Shards is the number of shards (default 64). It is fixed when a
+	// store is first used; a node started with another count refuses to
+	// start (store.ErrShardCount).
+	Shards uint32
+	// LoadParallelism bounds how many shards load at once (default 8).
+	LoadParallelism int
+
+	// Shard is the template of every shard's configuration: its limits,
+	// ack timeout, attempts, backoff and lease TTL (see shard.Config). Its
+	// ID, Owner, Store, Committer, Dispatcher, Events and Logger are set
+	// by the server.
+	Shard shard.Config
+	// Commit configures the group commit (see store.CommitterConfig); its
+	// Logger and OnCommit are set by the server.
+	Commit store.CommitterConfig
+
+	// MaxBatch is the most items one batch RPC (or one Ack message) may
+	// carry (default 10,000).
+	MaxBatch int
+	// DefaultInFlight is a subscription's max_in_flight when it gives 0
+	// (default 100); MaxInFlight is the most it may ask for (default
+	// 10,000).
+	DefaultInFlight, MaxInFlight uint32
+	// MinAckTimeout and MaxAckTimeout bound a subscription's ack_timeout
+	// (defaults 1s and 15m). A subscription that gives none gets
+	// Shard.AckTimeout.
+	MinAckTimeout, MaxAckTimeout time.Duration
+
+	// MaxRecvMsgSize is the largest request message in bytes (default
+	// 16 MiB); a bigger one fails with RESOURCE_EXHAUSTED.
+	MaxRecvMsgSize int
+	// MaxConcurrentStreams bounds the concurrent RPCs of one client
+	// connection (default 1,024).
+	MaxConcurrentStreams uint32
+	// KeepaliveMinTime is the shortest interval at which clients may ping
+	// (default 10s, which the Go client's 30s pings respect); a client
+	// that pings more often is disconnected. KeepaliveTime is how long a
+	// quiet connection goes before the server pings it (default 60s), and
+	// KeepaliveTimeout how long it waits for the answer before closing
+	// the connection (default 20s): a subscriber that vanished without a
+	// goodbye gets its deliveries back within these two.
+	KeepaliveMinTime, KeepaliveTime, KeepaliveTimeout time.Duration
+
+	// MetricNamespaces caps how many namespaces get their own metric
+	// series (default 1,000); the rest are counted under "_other", so a
+	// flood of tenants cannot flood the metrics.
+	MetricNamespaces int
+
+	// Logger receives the server's events. Default: discard.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the production defaults documented on Config.
+func DefaultConfig() Config {
+	return Config{
+		GRPCAddr:             "127.0.0.1:7070",
+		HTTPAddr:             "127.0.0.1:7071",
+		DataDir:              "timerd-data",
+		RedisPrefix:          "td",
+		Shards:               64,
+		LoadParallelism:      8,
+		Shard:                shard.DefaultConfig(0, ""),
+		Commit:               store.DefaultCommitterConfig(),
+		MaxBatch:             10_000,
+		DefaultInFlight:      100,
+		MaxInFlight:          10_000,
+		MinAckTimeout:        time.Second,
+		MaxAckTimeout:        15 * time.Minute,
+		MaxRecvMsgSize:       16 << 20,
+		MaxConcurrentStreams: 1024,
+		KeepaliveMinTime:     10 * time.Second,
+		KeepaliveTime:        60 * time.Second,
+		KeepaliveTimeout:     20 * time.Second,
+		MetricNamespaces:     1000,
+	}
+}
+
+// LocalConfig returns a configuration for tests: the embedded store in
+// dir, free loopback ports, 4 shards, and the short ack timeouts and
+// backoffs of shard.LocalConfig (ack timeout 1s, backoff 100ms to 1s,
+// 3 attempts), so redelivery and dead letters happen within seconds.
+func LocalConfig(dir string) Config {
+	c := DefaultConfig()
+	c.GRPCAddr = "127.0.0.1:0"
+	c.HTTPAddr = "127.0.0.1:0"
+	c.DataDir = dir
+	c.NodeName = "local"
+	c.Shards = 4
+	c.Shard = shard.LocalConfig(0, "")
+	return c
+}
+
+// Validate reports the first invalid field, by name. Errors wrap
+// ErrInvalidConfig.
+func (c Config) Validate() error {
+	bad := func(field, format string, args ...any) error {
+		return fmt.Errorf("%w: %s %s", ErrInvalidConfig, field, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case c.GRPCAddr == "":
+		return bad("GRPCAddr", "must be set")
+	case c.RedisURL == "" && c.DataDir == "":
+		return bad("DataDir", "must be set when RedisURL is empty")
+	case c.RedisURL != "" && c.RedisPrefix == "":
+		return bad("RedisPrefix", "must be set")
+	case c.Shards < 1 || c.Shards > maxShards:
+		return bad("Shards", "must be in [1, %d], got %d", maxShards, c.Shards)
+	case c.LoadParallelism < 1:
+		return bad("LoadParallelism", "must be >= 1, got %d", c.LoadParallelism)
+	case c.MaxBatch < 1:
+		return bad("MaxBatch", "must be >= 1, got %d", c.MaxBatch)
+	case c.MaxInFlight < 1:
+		return bad("MaxInFlight", "must be >= 1, got %d", c.MaxInFlight)
+	case c.DefaultInFlight < 1 || c.DefaultInFlight > c.MaxInFlight:
+		return bad("DefaultInFlight", "must be in [1, MaxInFlight=%d], got %d", c.MaxInFlight, c.DefaultInFlight)
+	case c.MinAckTimeout < time.Millisecond:
+		return bad("MinAckTimeout", "must be >= 1ms, got %v", c.MinAckTimeout)
+	case c.MaxAckTimeout < c.MinAckTimeout:
+		return bad("MaxAckTimeout", "must be >= MinAckTimeout=%v, got %v", c.MinAckTimeout, c.MaxAckTimeout)
+	case c.Shard.AckTimeout < c.MinAckTimeout || c.Shard.AckTimeout > c.MaxAckTimeout:
+		return bad("Shard.AckTimeout", "must be in [MinAckTimeout, MaxAckTimeout] = [%v, %v], got %v", c.MinAckTimeout, c.MaxAckTimeout, c.Shard.AckTimeout)
+	case c.MaxRecvMsgSize < 1<<20:
+		return bad("MaxRecvMsgSize", "must be >= 1 MiB, got %d", c.MaxRecvMsgSize)
+	case c.MaxConcurrentStreams < 1:
+		return bad("MaxConcurrentStreams", "must be >= 1, got %d", c.MaxConcurrentStreams)
+	case c.KeepaliveMinTime <= 0:
+		return bad("KeepaliveMinTime", "must be > 0, got %v", c.KeepaliveMinTime)
+	case c.KeepaliveTime <= 0:
+		return bad("KeepaliveTime", "must be > 0, got %v", c.KeepaliveTime)
+	case c.KeepaliveTimeout <= 0:
+		return bad("KeepaliveTimeout", "must be > 0, got %v", c.KeepaliveTimeout)
+	case c.MetricNamespaces < 0:
+		return bad("MetricNamespaces", "must be >= 0, got %d", c.MetricNamespaces)
+	}
+	// The shard template is checked as a shard would check it, with the
+	// dependencies the server supplies standing in.
+	tmpl := c.Shard
+	tmpl.Owner = "validate"
+	tmpl.Store = (*store.Embedded)(nil)
+	tmpl.Committer = new(store.Committer)
+	tmpl.Dispatcher = (*hub)(nil)
+	if err := tmpl.Validate(); err != nil {
+		return bad("Shard", "is invalid: %v", err)
+	}
+	return nil
+}
+
+// maxShards bounds Config.Shards: each shard costs two goroutines and a
+// lease renewal every LeaseTTL/3.
+const maxShards = 1 << 16

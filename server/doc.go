@@ -1,0 +1,35 @@
+// Package server is a timerd node's network face: it owns the node's
+// store, group commit and shards, serves the public gRPC contract
+// (timerd.v1.TimerService and ClusterService, with gRPC health and server
+// reflection) on one address, and metrics and health probes over HTTP on
+// another.
+//
+// A request is validated and translated here, split by shard with
+// ring.Shard, and handed to the shards that own its timers; the shards'
+// answers are translated back to per-item gRPC codes. Package shard knows
+// nothing of gRPC; this package knows nothing of wheels, records or
+// leases beyond what package shard and store export.
+//
+// Delivery runs through the hub, the shards' Dispatcher: every Subscribe
+// stream is a subscriber of one namespace and topic with a credit (its
+// max_in_flight). The hub hands a due timer to a subscriber of its topic
+// with credit, round robin, by appending it to that subscriber's queue;
+// the stream's own goroutine sends it. A shard therefore never waits on a
+// network write, and a slow subscriber only runs out of credit.
+//
+// # Invariants
+//
+//   - A subscriber's queued and unacknowledged deliveries together never
+//     exceed its credit (max_in_flight): the hub takes a unit of credit
+//     before it queues a delivery, and a unit comes back only when the
+//     delivery is acknowledged on that stream or its ack timeout has
+//     passed.
+//   - Every delivery the hub accepted on a stream is, when the stream ends
+//     while the node keeps running, either acknowledged or handed back to
+//     its shard (Shard.Return), so it is redelivered at once.
+//   - Each gRPC stream has exactly two goroutines: the handler, which is
+//     the only one to call Send, and a receiver, the only one to call
+//     Recv. Both end when the stream ends.
+//   - Goroutines the Server starts (serving loops, one supervisor per
+//     shard, stream receivers) end before Close returns.
+package server

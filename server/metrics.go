@@ -1,0 +1,197 @@
+package server
+
+import (
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/timerd/timerd/shard"
+	"github.com/timerd/timerd/store"
+)
+
+// otherNamespace labels the series of namespaces past
+// Config.MetricNamespaces.
+const otherNamespace = "_other"
+
+// metrics is the node's Prometheus instrumentation, in its own registry.
+// Its methods may be called concurrently; the per-event ones (dispatched,
+// scheduled, Acked, DeadLettered) are called on hot paths, some under a
+// shard's lock, and do not block.
+type metrics struct {
+	scheduled, fired, redelivered, acked, dead *prometheus.CounterVec
+	lateness                                   *prometheus.HistogramVec
+	subscribers                                *prometheus.GaugeVec
+	commitSeconds, commitOps, commitBatches    prometheus.Histogram
+	commitRetries                              prometheus.Counter
+
+	maxNS int
+	byNS  sync.Map // namespace -> *nsMetrics, at most maxNS entries
+	// full is set once byNS holds maxNS namespaces; later ones share other.
+	full  atomic.Bool
+	mu    sync.Mutex // serializes additions to byNS
+	count int        // guarded by mu: entries in byNS
+	other *nsMetrics
+}
+
+// nsMetrics is the series of one namespace, resolved once.
+type nsMetrics struct {
+	scheduled, fired, redelivered, acked, dead prometheus.Counter
+	lateness                                   prometheus.Observer
+	subscribers                                prometheus.Gauge
+}
+
+func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats) *metrics {
+	counter := func(name, help string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "timerd", Name: name, Help: help}, []string{"namespace"})
+	}
+	m := &metrics{
+		scheduled:   counter("timers_scheduled_total", "Timers accepted by Schedule (idempotent retries included)."),
+		fired:       counter("timers_fired_total", "First delivery attempts of timer occurrences."),
+		redelivered: counter("timers_redelivered_total", "Delivery attempts after the first, after an ack timeout or a closed stream."),
+		acked:       counter("timers_acked_total", "Occurrences ended by an ack."),
+		dead:        counter("timers_dead_lettered_total", "Timers that became dead letters."),
+		lateness: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "timerd", Name: "fire_lateness_seconds",
+			Help:    "Fired time minus due time of first delivery attempts.",
+			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"namespace"}),
+		subscribers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "timerd", Name: "subscribers", Help: "Subscribe streams connected.",
+		}, []string{"namespace"}),
+		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "timerd", Name: "store_commit_seconds",
+			Help:    "Duration of group commit cycles, from start to durable, retries included.",
+			Buckets: prometheus.ExponentialBuckets(.0001, 2, 18),
+		}),
+		commitOps: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "timerd", Name: "store_commit_ops",
+			Help:    "Writes per group commit cycle.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 16),
+		}),
+		commitBatches: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "timerd", Name: "store_commit_shards",
+			Help:    "Shard batches per group commit cycle.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 12),
+		}),
+		commitRetries: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "store_commit_retries_total",
+			Help: "Failed store round trips of group commits, retried.",
+		}),
+		maxNS: maxNS,
+	}
+	reg.MustRegister(m.scheduled, m.fired, m.redelivered, m.acked, m.dead, m.lateness, m.subscribers,
+		m.commitSeconds, m.commitOps, m.commitBatches, m.commitRetries,
+		shardCollector{stats},
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// ns returns the series of namespace.
+func (m *metrics) ns(namespace string) *nsMetrics {
+	if v, ok := m.byNS.Load(namespace); ok {
+		return v.(*nsMetrics)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if v, ok := m.byNS.Load(namespace); ok {
+		return v.(*nsMetrics)
+	}
+	if m.count >= m.maxNS {
+		if m.other == nil {
+			m.other = m.series(otherNamespace)
+		}
+		return m.other
+	}
+	n := m.series(namespace)
+	m.byNS.Store(namespace, n)
+	m.count++
+	return n
+}
+
+func (m *metrics) series(label string) *nsMetrics {
+	return &nsMetrics{
+		scheduled:   m.scheduled.WithLabelValues(label),
+		fired:       m.fired.WithLabelValues(label),
+		redelivered: m.redelivered.WithLabelValues(label),
+		acked:       m.acked.WithLabelValues(label),
+		dead:        m.dead.WithLabelValues(label),
+		lateness:    m.lateness.WithLabelValues(label),
+		subscribers: m.subscribers.WithLabelValues(label),
+	}
+}
+
+func (m *metrics) scheduledOne(namespace string) { m.ns(namespace).scheduled.Inc() }
+
+// dispatched counts a delivery the hub accepted.
+func (m *metrics) dispatched(d *shard.Delivery) {
+	n := m.ns(d.Namespace)
+	if d.Attempt > 1 {
+		n.redelivered.Inc()
+		return
+	}
+	n.fired.Inc()
+	n.lateness.Observe(d.Fired.Sub(d.Due).Seconds())
+}
+
+// Acked implements shard.Events.
+func (m *metrics) Acked(namespace string) { m.ns(namespace).acked.Inc() }
+
+// DeadLettered implements shard.Events.
+func (m *metrics) DeadLettered(namespace string) { m.ns(namespace).dead.Inc() }
+
+// commit records a group commit cycle (store.CommitterConfig.OnCommit).
+func (m *metrics) commit(cs store.CommitStats) {
+	m.commitSeconds.Observe(cs.Latency.Seconds())
+	m.commitOps.Observe(float64(cs.Ops))
+	m.commitBatches.Observe(float64(cs.Batches))
+	m.commitRetries.Add(float64(cs.Retries))
+}
+
+// shardStats is one loaded shard's counts, read at scrape time.
+type shardStats struct {
+	id    uint32
+	stats shard.Stats
+}
+
+// shardStats reads the counts of every shard this node holds.
+func (s *Server) shardStats() []shardStats {
+	var out []shardStats
+	for i := range s.slots {
+		if sh := s.slots[i].Load(); sh != nil {
+			out = append(out, shardStats{uint32(i), sh.Stats()})
+		}
+	}
+	return out
+}
+
+// shardCollector reports the timers of each loaded shard by state, and
+// how many shards are loaded, when scraped.
+type shardCollector struct{ stats func() []shardStats }
+
+var (
+	shardTimersDesc = prometheus.NewDesc("timerd_shard_timers",
+		"Timers held by a loaded shard, by state.", []string{"shard", "state"}, nil)
+	shardsLoadedDesc = prometheus.NewDesc("timerd_shards_loaded",
+		"Shards this node holds and has loaded.", nil, nil)
+)
+
+func (c shardCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- shardTimersDesc
+	ch <- shardsLoadedDesc
+}
+
+func (c shardCollector) Collect(ch chan<- prometheus.Metric) {
+	all := c.stats()
+	for _, st := range all {
+		id := strconv.FormatUint(uint64(st.id), 10)
+		pending := st.stats.Timers - st.stats.InFlight - st.stats.Dead
+		ch <- prometheus.MustNewConstMetric(shardTimersDesc, prometheus.GaugeValue, float64(pending), id, "pending")
+		ch <- prometheus.MustNewConstMetric(shardTimersDesc, prometheus.GaugeValue, float64(st.stats.InFlight), id, "in_flight")
+		ch <- prometheus.MustNewConstMetric(shardTimersDesc, prometheus.GaugeValue, float64(st.stats.Dead), id, "dead")
+	}
+	ch <- prometheus.MustNewConstMetric(shardsLoadedDesc, prometheus.GaugeValue, float64(len(all)))
+}

@@ -1,0 +1,492 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	pb "github.com/timerd/timerd/api/timerd/v1"
+	"github.com/timerd/timerd/shard"
+	"github.com/timerd/timerd/store"
+)
+
+var (
+	// ErrInvalidConfig is wrapped by Config.Validate errors.
+	ErrInvalidConfig = errors.New("server: invalid config")
+	// ErrStarted reports a second call to Start.
+	ErrStarted = errors.New("server: already started")
+	// ErrClosed reports a Start after Close.
+	ErrClosed = errors.New("server: closed")
+)
+
+// Server is one timerd node. Its methods may be called concurrently;
+// Start is called once, and Close ends it.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+
+	reg     *prometheus.Registry
+	metrics *metrics
+	hub     *hub
+
+	grpc    *grpc.Server
+	health  *health.Server
+	http    *http.Server
+	grpcLis net.Listener
+	httpLis net.Listener
+
+	rdb redis.UniversalClient // nil with the embedded store
+	st  store.Store
+	com *store.Committer
+
+	// slots holds the shards by id. A nil slot is a shard this node does
+	// not hold right now (loading, or reopening after it stopped); its
+	// requests get UNAVAILABLE.
+	slots []atomic.Pointer[shard.Shard]
+	// loaded counts the non-nil slots; version counts changes to slots,
+	// for ShardMapResponse.version.
+	loaded  atomic.Int32
+	version atomic.Uint64
+
+	// quit is closed when Close begins: supervisors close their shards
+	// and stop, and streams end with UNAVAILABLE. closeCtx, Close's
+	// context, is set before quit is closed and read after.
+	quit     chan struct{}
+	closeCtx context.Context
+	// release is closed once gRPC has stopped: the supervisors then close
+	// their shards, so RPCs that were let finish found them open.
+	release chan struct{}
+
+	closeErrMu sync.Mutex
+	closeErrs  []error // guarded by closeErrMu: failures of the shutdown
+	// failed is closed, with failErr set, when serving stops on its own.
+	failed   chan struct{}
+	failOnce sync.Once
+	failErr  error
+	wg       sync.WaitGroup // serving loops, supervisors, stream receivers
+
+	mu sync.Mutex
+	// started and closed are guarded by mu: Start runs once, and not
+	// after Close.
+	started bool
+	closed  bool
+	// closeErr is Close's result, for later calls. Guarded by mu.
+	closeErr error
+	closing  sync.WaitGroup // Close in progress; later callers wait
+}
+
+// New returns a Server for cfg. It checks cfg but does no I/O; Start
+// opens the store and begins serving.
+func New(cfg Config) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.NodeName == "" {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			host = "timerd"
+		}
+		cfg.NodeName = host
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:    cfg,
+		log:    cfg.Logger,
+		reg:    prometheus.NewRegistry(),
+		slots:  make([]atomic.Pointer[shard.Shard], cfg.Shards),
+		quit:    make(chan struct{}),
+		release: make(chan struct{}),
+		failed:  make(chan struct{}),
+	}
+	s.metrics = newMetrics(s.reg, cfg.MetricNamespaces, s.shardStats)
+	s.hub = newHub(s.metrics)
+	return s, nil
+}
+
+// Start listens on both addresses, opens the store, begins serving and
+// loads every shard. It returns once every shard is loaded and the node
+// is ready, or with an error (after undoing what it did) when a listener,
+// the store or ctx fails. Readiness (/readyz, gRPC health) turns on when
+// Start returns nil; until then requests for shards still loading fail
+// with UNAVAILABLE.
+func (s *Server) Start(ctx context.Context) error {
+	s.mu.Lock()
+	switch {
+	case s.closed:
+		s.mu.Unlock()
+		return ErrClosed
+	case s.started:
+		s.mu.Unlock()
+		return ErrStarted
+	}
+	s.started = true
+	s.mu.Unlock()
+	if err := s.start(ctx); err != nil {
+		return errors.Join(err, s.Close(context.WithoutCancel(ctx)))
+	}
+	return nil
+}
+
+func (s *Server) start(ctx context.Context) error {
+	var err error
+	if s.grpcLis, err = net.Listen("tcp", s.cfg.GRPCAddr); err != nil {
+		return fmt.Errorf("server: listen on the gRPC address %s: %w", s.cfg.GRPCAddr, err)
+	}
+	if s.cfg.HTTPAddr != "" {
+		if s.httpLis, err = net.Listen("tcp", s.cfg.HTTPAddr); err != nil {
+			return fmt.Errorf("server: listen on the HTTP address %s: %w", s.cfg.HTTPAddr, err)
+		}
+	}
+	if err := s.openStore(ctx); err != nil {
+		return err
+	}
+	if err := s.st.ClaimShards(ctx, s.cfg.Shards); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	cc := s.cfg.Commit
+	cc.Logger = s.log
+	cc.OnCommit = s.metrics.commit
+	if s.com, err = store.NewCommitter(s.st, cc); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+
+	s.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(s.cfg.MaxRecvMsgSize),
+		grpc.MaxConcurrentStreams(s.cfg.MaxConcurrentStreams),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: s.cfg.KeepaliveMinTime}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepaliveTime, Timeout: s.cfg.KeepaliveTimeout}),
+	)
+	pb.RegisterTimerServiceServer(s.grpc, &timerService{s: s})
+	pb.RegisterClusterServiceServer(s.grpc, &clusterService{s: s})
+	s.health = health.NewServer()
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	s.health.SetServingStatus(pb.TimerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	s.serve("gRPC", func() error { return s.grpc.Serve(s.grpcLis) })
+	if s.httpLis != nil {
+		s.http = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+		s.serve("HTTP", func() error {
+			if err := s.http.Serve(s.httpLis); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
+	s.log.Info("serving", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(), "node", s.cfg.NodeName,
+		"shards", s.cfg.Shards, "store", s.storeName())
+
+	began := time.Now()
+	loaded := make(chan struct{}, s.cfg.Shards)
+	sem := make(chan struct{}, s.cfg.LoadParallelism)
+	for id := range s.cfg.Shards {
+		s.wg.Add(1)
+		go s.supervise(id, sem, loaded)
+	}
+	for range s.cfg.Shards {
+		select {
+		case <-loaded:
+		case <-ctx.Done():
+			return fmt.Errorf("server: loading shards: %w", context.Cause(ctx))
+		case <-s.failed:
+			return s.failErr
+		}
+	}
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(pb.TimerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	s.log.Info("ready", "shards", s.cfg.Shards, "took", time.Since(began))
+	return nil
+}
+
+func (s *Server) openStore(ctx context.Context) error {
+	if s.cfg.RedisURL == "" {
+		ec := store.DefaultEmbeddedConfig(s.cfg.DataDir)
+		ec.Logger = s.log
+		st, err := store.OpenEmbedded(ec)
+		if err != nil {
+			return fmt.Errorf("server: data dir: %w", err)
+		}
+		s.st = st
+		return nil
+	}
+	opts, err := redis.ParseURL(s.cfg.RedisURL)
+	if err != nil {
+		return fmt.Errorf("server: Redis URL: %w", err)
+	}
+	s.rdb = redis.NewClient(opts)
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("server: Redis at %s: %w", opts.Addr, err)
+	}
+	rc := store.DefaultRedisConfig()
+	rc.Prefix = s.cfg.RedisPrefix
+	if s.st, err = store.NewRedis(s.rdb, rc); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) storeName() string {
+	if s.cfg.RedisURL != "" {
+		return "redis"
+	}
+	return "embedded:" + s.cfg.DataDir
+}
+
+// serve runs a serving loop; its failure stops the server (see Done).
+func (s *Server) serve(what string, loop func() error) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := loop(); err != nil && !s.quitting() {
+			s.fail(fmt.Errorf("server: %s serving stopped: %w", what, err))
+		}
+	}()
+}
+
+func (s *Server) fail(err error) {
+	s.failOnce.Do(func() {
+		s.failErr = err
+		s.log.Error("server failed", "err", err)
+		close(s.failed)
+	})
+}
+
+func (s *Server) quitting() bool {
+	select {
+	case <-s.quit:
+		return true
+	default:
+		return false
+	}
+}
+
+// supervise owns shard id: it opens it (retrying with backoff while that
+// fails), publishes it in its slot, and opens it again if it stops while
+// the server runs (a lost lease, a fenced write). It reports the first
+// successful open on loaded, and closes the shard on release.
+func (s *Server) supervise(id uint32, sem chan struct{}, loaded chan<- struct{}) {
+	defer s.wg.Done()
+	first := true
+	const minWait, maxWait = 100 * time.Millisecond, 5 * time.Second
+	wait := minWait // doubles with every failure in a row
+	for {
+		sh, err := s.openShard(id, sem)
+		if err != nil {
+			if s.quitting() {
+				return
+			}
+			s.log.Warn("shard open failed; retrying", "shard", id, "in", wait, "err", err)
+			if !s.sleep(wait) {
+				return
+			}
+			wait = min(2*wait, maxWait)
+			continue
+		}
+		wait = minWait
+		s.slots[id].Store(sh)
+		s.loaded.Add(1)
+		s.version.Add(1)
+		if first {
+			first = false
+			loaded <- struct{}{}
+		}
+		select {
+		case <-s.release:
+			s.slots[id].Store(nil)
+			if err := sh.Close(s.closeCtx); err != nil {
+				s.closeFailed(fmt.Errorf("server: close shard %d: %w", id, err))
+			}
+			return
+		case <-sh.Done():
+		}
+		s.slots[id].Store(nil)
+		s.loaded.Add(-1)
+		s.version.Add(1)
+		s.log.Error("shard stopped; reopening", "shard", id, "err", sh.Err())
+		_ = sh.Close(context.Background()) // stopped already: nothing to flush
+		if !s.sleep(wait) {
+			return
+		}
+	}
+}
+
+func (s *Server) openShard(id uint32, sem chan struct{}) (*shard.Shard, error) {
+	select {
+	case sem <- struct{}{}:
+	case <-s.quit:
+		return nil, ErrClosed
+	}
+	defer func() { <-sem }()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // ends with this call, at the latest
+
+		select {
+		case <-s.quit:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	cfg := s.cfg.Shard
+	cfg.ID = id
+	cfg.Owner = s.cfg.NodeName
+	cfg.Store = s.st
+	cfg.Committer = s.com
+	cfg.Dispatcher = s.hub
+	cfg.Events = s.metrics
+	cfg.Logger = s.log
+	return shard.Open(ctx, cfg)
+}
+
+// sleep waits d, or until Close begins (then it returns false).
+func (s *Server) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-s.quit:
+		return false
+	}
+}
+
+// shard returns the shard id when this node holds it, or an UNAVAILABLE
+// error.
+func (s *Server) shard(id uint32) *shard.Shard {
+	return s.slots[id].Load()
+}
+
+// GRPCAddr returns the address the gRPC services listen on, or "" before
+// Start.
+func (s *Server) GRPCAddr() string {
+	if s.grpcLis == nil {
+		return ""
+	}
+	return s.grpcLis.Addr().String()
+}
+
+// HTTPAddr returns the address of the HTTP endpoints, or "" when there is
+// none.
+func (s *Server) HTTPAddr() string {
+	if s.httpLis == nil {
+		return ""
+	}
+	return s.httpLis.Addr().String()
+}
+
+// Ready reports whether the server serves every shard.
+func (s *Server) Ready() bool {
+	return !s.quitting() && int(s.loaded.Load()) == len(s.slots)
+}
+
+// Done is closed when the server stops serving on its own (a listener
+// failed); Err then says why. A Server stopped by Close does not close
+// Done.
+func (s *Server) Done() <-chan struct{} { return s.failed }
+
+// Err returns why the server stopped on its own, after Done is closed.
+func (s *Server) Err() error {
+	select {
+	case <-s.failed:
+		return s.failErr
+	default:
+		return nil
+	}
+}
+
+// Close shuts the server down gracefully: it stops taking RPCs, ends the
+// Subscribe streams with UNAVAILABLE, waits for RPCs in progress (until
+// ctx ends, then cuts them), closes every shard (flushing its writes and
+// releasing its lease), then the group commit and the store. It is safe
+// to call twice; the second call waits for the first and returns its
+// result.
+func (s *Server) Close(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		s.closing.Wait()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.closeErr
+	}
+	s.closed = true
+	s.closing.Add(1)
+	s.mu.Unlock()
+	defer s.closing.Done()
+
+	err := s.shutdown(ctx)
+	s.mu.Lock()
+	s.closeErr = err
+	s.mu.Unlock()
+	return err
+}
+
+func (s *Server) shutdown(ctx context.Context) error {
+	s.closeCtx = ctx
+	close(s.quit)
+	if s.health != nil {
+		s.health.Shutdown()
+	}
+	var errs []error
+	if s.grpc != nil {
+		stopped := make(chan struct{})
+		go func() {
+			s.grpc.GracefulStop()
+			close(stopped)
+		}()
+		select {
+		case <-stopped:
+		case <-ctx.Done():
+			s.grpc.Stop()
+			<-stopped
+		}
+	} else if s.grpcLis != nil {
+		errs = append(errs, s.grpcLis.Close())
+	}
+	close(s.release)
+	if s.http != nil {
+		s.closeFailed(s.http.Shutdown(ctx))
+	} else if s.httpLis != nil {
+		s.closeFailed(s.httpLis.Close())
+	}
+	s.wg.Wait() // the supervisors close their shards
+	errs = append(errs, s.closeErrs...)
+	if s.com != nil {
+		errs = append(errs, s.com.Close())
+	}
+	if s.st != nil {
+		errs = append(errs, s.st.Close())
+	}
+	if s.rdb != nil {
+		errs = append(errs, s.rdb.Close())
+	}
+	s.log.Info("stopped")
+	return errors.Join(errs...)
+}
+
+// closeFailed records an error of the shutdown, from any goroutine.
+func (s *Server) closeFailed(err error) {
+	if err == nil {
+		return
+	}
+	s.closeErrMu.Lock()
+	defer s.closeErrMu.Unlock()
+	s.closeErrs = append(s.closeErrs, err)
+}

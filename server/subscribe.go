@@ -1,0 +1,194 @@
+package server
+
+import (
+	"errors"
+	"io"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/timerd/timerd/api/timerd/v1"
+	"github.com/timerd/timerd/shard"
+)
+
+// Subscribe implements pb.TimerServiceServer. The handler's goroutine
+// sends; a second goroutine receives acks. See the package doc.
+func (t *timerService) Subscribe(stream pb.TimerService_SubscribeServer) error {
+	s := t.s
+	first, err := stream.Recv()
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	sub, err := s.subscriber(first.GetSubscription())
+	if err != nil {
+		return err
+	}
+	s.hub.add(sub)
+	gauge := s.metrics.ns(sub.key.namespace).subscribers
+	gauge.Inc()
+	defer func() {
+		s.hub.remove(sub)
+		gauge.Dec()
+		unacked := sub.close()
+		if !s.quitting() {
+			// Redeliver at once rather than after the ack timeout. At
+			// shutdown the shards are about to close, and what they had
+			// in flight is delivered again when they next load.
+			s.giveBack(unacked)
+		}
+	}()
+	s.log.Debug("subscriber connected", "namespace", sub.key.namespace, "topic", sub.key.topic,
+		"max_in_flight", sub.limit, "ack_timeout", sub.ackTimeout)
+	s.readyAll(sub.key)
+
+	received := make(chan error, 1)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		received <- s.receive(stream, sub)
+	}()
+	sweep := time.NewTicker(min(max(sub.ackTimeout/4, 50*time.Millisecond), 5*time.Second))
+	defer sweep.Stop()
+	var buf []shard.Delivery
+	var msg pb.SubscribeResponse
+	for {
+		select {
+		case <-sub.wake:
+			buf = sub.take(buf)
+			for i := range buf {
+				msg.Delivery = toDelivery(&buf[i])
+				if err := stream.Send(&msg); err != nil {
+					return err
+				}
+			}
+			clear(buf) // let go of the payloads
+		case err := <-received:
+			return err
+		case <-s.quit:
+			return status.Error(codes.Unavailable, "server is shutting down; subscribe again")
+		case <-stream.Context().Done():
+			return status.FromContextError(stream.Context().Err()).Err()
+		case now := <-sweep.C:
+			if sub.expire(now) {
+				s.readyAll(sub.key)
+			}
+		}
+	}
+}
+
+// subscriber checks a stream's Subscription and returns its subscriber.
+func (s *Server) subscriber(p *pb.Subscription) (*subscriber, error) {
+	if p == nil {
+		return nil, invalid("subscription", "the first message on a stream must carry a subscription")
+	}
+	ns := namespaceOr(p.GetNamespace())
+	if err := shard.ValidNamespace(ns); err != nil {
+		return nil, invalid("subscription.namespace", "%v", err)
+	}
+	if err := shard.ValidTopic(p.GetTopic()); err != nil {
+		return nil, invalid("subscription.topic", "%v", err)
+	}
+	limit := p.GetMaxInFlight()
+	switch {
+	case limit == 0:
+		limit = s.cfg.DefaultInFlight
+	case limit > s.cfg.MaxInFlight:
+		return nil, invalid("subscription.max_in_flight", "%d exceeds the limit of %d", limit, s.cfg.MaxInFlight)
+	}
+	ackTimeout := s.cfg.Shard.AckTimeout
+	if at := p.GetAckTimeout(); at != nil {
+		if err := at.CheckValid(); err != nil {
+			return nil, invalid("subscription.ack_timeout", "%v", err)
+		}
+		ackTimeout = at.AsDuration()
+		if ackTimeout < s.cfg.MinAckTimeout || ackTimeout > s.cfg.MaxAckTimeout {
+			return nil, invalid("subscription.ack_timeout", "%v is outside [%v, %v]", ackTimeout, s.cfg.MinAckTimeout, s.cfg.MaxAckTimeout)
+		}
+	}
+	return newSubscriber(topicKey{ns, p.GetTopic()}, int(limit), ackTimeout), nil
+}
+
+// receive reads a stream's acks until it ends: nil when the client closed
+// its side, a status error for a message that breaks the protocol.
+func (s *Server) receive(stream pb.TimerService_SubscribeServer, sub *subscriber) error {
+	groups := make(map[uint32][]shard.DeliveryID) // reused: acks by shard
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		switch k := req.GetKind().(type) {
+		case *pb.SubscribeRequest_Ack:
+			ids := k.Ack.GetDeliveryIds()
+			if len(ids) > s.cfg.MaxBatch {
+				return invalid("ack.delivery_ids", "holds %d ids; the limit is %d", len(ids), s.cfg.MaxBatch)
+			}
+			s.ack(sub, ids, groups)
+		case *pb.SubscribeRequest_Subscription:
+			return invalid("subscription", "a stream carries one subscription, in its first message; later messages carry acks")
+		default:
+			return invalid("kind", "must be set: an ack")
+		}
+	}
+}
+
+// ack applies acks from sub's stream: each goes to its shard, then the
+// stream's credit is freed.
+func (s *Server) ack(sub *subscriber, ids []string, groups map[uint32][]shard.DeliveryID) {
+	s.byShard(ids, groups)
+	for id, g := range groups {
+		if len(g) == 0 {
+			continue
+		}
+		if sh := s.shard(id); sh != nil {
+			_, _ = sh.Ack(g) // durable soon; until then a crash only redelivers
+		}
+		groups[id] = g[:0]
+	}
+	if sub.settle(ids) {
+		s.readyAll(sub.key)
+	}
+}
+
+// byShard parses delivery ids into groups by shard. Ids that no shard of
+// this deployment made are dropped: acking an unknown id has no effect.
+func (s *Server) byShard(ids []string, groups map[uint32][]shard.DeliveryID) {
+	for _, raw := range ids {
+		id, err := shard.ParseDeliveryID(raw)
+		if err != nil || id.Shard >= s.cfg.Shards {
+			continue
+		}
+		groups[id.Shard] = append(groups[id.Shard], id)
+	}
+}
+
+// giveBack returns unacknowledged deliveries to their shards.
+func (s *Server) giveBack(ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	groups := make(map[uint32][]shard.DeliveryID)
+	s.byShard(ids, groups)
+	for id, g := range groups {
+		if sh := s.shard(id); sh != nil {
+			sh.Return(g)
+		}
+	}
+}
+
+// readyAll tells every shard that a subscriber of key can take
+// deliveries.
+func (s *Server) readyAll(key topicKey) {
+	for i := range s.slots {
+		if sh := s.slots[i].Load(); sh != nil {
+			sh.Ready(key.namespace, key.topic)
+		}
+	}
+}

@@ -1,0 +1,444 @@
+package server
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/timerd/timerd/api/timerd/v1"
+	"github.com/timerd/timerd/ring"
+	"github.com/timerd/timerd/shard"
+)
+
+// timerService implements pb.TimerServiceServer over the node's shards.
+type timerService struct {
+	pb.UnimplementedTimerServiceServer
+	s *Server
+}
+
+// part is the items of one batch that belong to one shard, by index.
+type part struct {
+	shard uint32
+	items []int
+}
+
+// split groups the n items of a batch by shard. shardOf returns an
+// item's shard, or false for an item that already failed and goes
+// nowhere. Items keep their request order within a part, so items that
+// share an id are applied in request order.
+func (s *Server) split(n int, shardOf func(i int) (uint32, bool)) []part {
+	where := make(map[uint32]int) // shard -> index in parts
+	var parts []part
+	for i := range n {
+		id, ok := shardOf(i)
+		if !ok {
+			continue
+		}
+		k, seen := where[id]
+		if !seen {
+			k = len(parts)
+			where[id] = k
+			parts = append(parts, part{shard: id})
+		}
+		parts[k].items = append(parts[k].items, i)
+	}
+	return parts
+}
+
+// fanout runs fn for every part, concurrently, and returns when all are
+// done: a shard call waits for its group commit, and the parts' commits
+// should share cycles rather than follow one another.
+func fanout(parts []part, fn func(p part)) {
+	if len(parts) == 0 {
+		return
+	}
+	var wg sync.WaitGroup
+	for _, p := range parts[1:] {
+		wg.Go(func() { fn(p) })
+	}
+	fn(parts[0])
+	wg.Wait()
+}
+
+// checkBatch fails a request whose batch field holds n items.
+func (s *Server) checkBatch(field string, n int) error {
+	switch {
+	case n == 0:
+		return invalid(field, "must hold at least one item")
+	case n > s.cfg.MaxBatch:
+		return invalid(field, "holds %d items; the limit is %d", n, s.cfg.MaxBatch)
+	}
+	return nil
+}
+
+func (s *Server) shardOf(namespace, id string) uint32 {
+	return ring.Shard(namespace, id, s.cfg.Shards)
+}
+
+// Schedule implements pb.TimerServiceServer.
+func (t *timerService) Schedule(ctx context.Context, req *pb.ScheduleRequest) (*pb.ScheduleResponse, error) {
+	s := t.s
+	in := req.GetTimers()
+	if err := s.checkBatch("timers", len(in)); err != nil {
+		return nil, err
+	}
+	out := make([]*pb.ItemResult, len(in))
+	specs := make([]shard.Spec, len(in))
+	parts := s.split(len(in), func(i int) (uint32, bool) {
+		sp, err := toSpec(in[i])
+		if err != nil {
+			out[i] = itemResult(in[i].GetId(), shard.Result{Err: err})
+			return 0, false
+		}
+		specs[i] = sp
+		return s.shardOf(sp.Namespace, sp.ID), true
+	})
+	fanout(parts, func(p part) {
+		sh := s.shard(p.shard)
+		if sh == nil {
+			for _, i := range p.items {
+				out[i] = itemResult(specs[i].ID, shard.Result{Err: unavailable(p.shard)})
+			}
+			return
+		}
+		batch := make([]shard.Spec, len(p.items))
+		for j, i := range p.items {
+			batch[j] = specs[i]
+		}
+		res := sh.Schedule(ctx, batch)
+		for j, i := range p.items {
+			out[i] = itemResult(specs[i].ID, res[j])
+			if res[j].Err == nil {
+				s.metrics.scheduledOne(specs[i].Namespace)
+			}
+		}
+	})
+	return &pb.ScheduleResponse{Results: out}, nil
+}
+
+// Reschedule implements pb.TimerServiceServer.
+func (t *timerService) Reschedule(ctx context.Context, req *pb.RescheduleRequest) (*pb.RescheduleResponse, error) {
+	s := t.s
+	ns := namespaceOr(req.GetNamespace())
+	if err := shard.ValidNamespace(ns); err != nil {
+		return nil, invalid("namespace", "%v", err)
+	}
+	in := req.GetItems()
+	if err := s.checkBatch("items", len(in)); err != nil {
+		return nil, err
+	}
+	out := make([]*pb.ItemResult, len(in))
+	moves := make([]shard.Move, len(in))
+	parts := s.split(len(in), func(i int) (uint32, bool) {
+		it := in[i]
+		due, delay, err := toWhen(it.GetDueTime(), it.GetDelay(), it.GetWhen() != nil)
+		if err == nil {
+			err = shard.ValidID(it.GetId())
+		}
+		if err != nil {
+			out[i] = itemResult(it.GetId(), shard.Result{Err: err})
+			return 0, false
+		}
+		moves[i] = shard.Move{ID: it.GetId(), Due: due, Delay: delay}
+		return s.shardOf(ns, it.GetId()), true
+	})
+	fanout(parts, func(p part) {
+		sh := s.shard(p.shard)
+		if sh == nil {
+			for _, i := range p.items {
+				out[i] = itemResult(moves[i].ID, shard.Result{Err: unavailable(p.shard)})
+			}
+			return
+		}
+		batch := make([]shard.Move, len(p.items))
+		for j, i := range p.items {
+			batch[j] = moves[i]
+		}
+		res := sh.Reschedule(ctx, ns, batch)
+		for j, i := range p.items {
+			out[i] = itemResult(moves[i].ID, res[j])
+		}
+	})
+	return &pb.RescheduleResponse{Results: out}, nil
+}
+
+// Cancel implements pb.TimerServiceServer.
+func (t *timerService) Cancel(ctx context.Context, req *pb.CancelRequest) (*pb.CancelResponse, error) {
+	s := t.s
+	ns := namespaceOr(req.GetNamespace())
+	if err := shard.ValidNamespace(ns); err != nil {
+		return nil, invalid("namespace", "%v", err)
+	}
+	ids := req.GetIds()
+	if err := s.checkBatch("ids", len(ids)); err != nil {
+		return nil, err
+	}
+	out := make([]*pb.ItemResult, len(ids))
+	parts := s.split(len(ids), func(i int) (uint32, bool) {
+		if err := shard.ValidID(ids[i]); err != nil {
+			out[i] = itemResult(ids[i], shard.Result{Err: err})
+			return 0, false
+		}
+		return s.shardOf(ns, ids[i]), true
+	})
+	fanout(parts, func(p part) {
+		sh := s.shard(p.shard)
+		batch := make([]string, len(p.items))
+		for j, i := range p.items {
+			batch[j] = ids[i]
+		}
+		var errs []error
+		if sh != nil {
+			errs = sh.Cancel(ctx, ns, batch)
+		}
+		for j, i := range p.items {
+			err := unavailable(p.shard)
+			if sh != nil {
+				err = errs[j]
+			}
+			out[i] = itemResult(ids[i], shard.Result{Err: err})
+		}
+	})
+	return &pb.CancelResponse{Results: out}, nil
+}
+
+// Get implements pb.TimerServiceServer.
+func (t *timerService) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, error) {
+	ns := namespaceOr(req.GetNamespace())
+	if err := shard.ValidNamespace(ns); err != nil {
+		return nil, invalid("namespace", "%v", err)
+	}
+	if err := shard.ValidID(req.GetId()); err != nil {
+		return nil, invalid("id", "%v", err)
+	}
+	id := t.s.shardOf(ns, req.GetId())
+	sh := t.s.shard(id)
+	if sh == nil {
+		return nil, rpcError(unavailable(id))
+	}
+	tm, err := sh.Get(ns, req.GetId())
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	return &pb.GetResponse{Timer: toTimer(&tm)}, nil
+}
+
+// Limits of ListDeadLetters pages.
+const (
+	defaultPageSize = 100
+	maxPageSize     = 1000
+	// maxPageBytes bounds a page's payloads, so that a page of big dead
+	// letters stays under the clients' default 4 MiB receive limit.
+	maxPageBytes = 3 << 20
+)
+
+// ListDeadLetters implements pb.TimerServiceServer. Pages walk the
+// shards in order and each shard's dead letters in id order; the page
+// token says where the last page stopped.
+func (t *timerService) ListDeadLetters(ctx context.Context, req *pb.ListDeadLettersRequest) (*pb.ListDeadLettersResponse, error) {
+	s := t.s
+	ns := namespaceOr(req.GetNamespace())
+	if err := shard.ValidNamespace(ns); err != nil {
+		return nil, invalid("namespace", "%v", err)
+	}
+	topic := req.GetTopic()
+	if topic != "" {
+		if err := shard.ValidTopic(topic); err != nil {
+			return nil, invalid("topic", "%v", err)
+		}
+	}
+	size := int(req.GetPageSize())
+	switch {
+	case size < 0:
+		return nil, invalid("page_size", "must not be negative, got %d", size)
+	case size == 0:
+		size = defaultPageSize
+	case size > maxPageSize:
+		size = maxPageSize
+	}
+	at, after := uint32(0), ""
+	if tok := req.GetPageToken(); tok != "" {
+		var err error
+		if at, after, err = parsePageToken(tok, ns, topic, s.cfg.Shards); err != nil {
+			return nil, invalid("page_token", "%v", err)
+		}
+	}
+	resp := &pb.ListDeadLettersResponse{}
+	bytes := 0
+	for ; at < s.cfg.Shards; at, after = at+1, "" {
+		if err := ctx.Err(); err != nil {
+			return nil, rpcError(err)
+		}
+		sh := s.shard(at)
+		if sh == nil {
+			return nil, rpcError(unavailable(at))
+		}
+		dead, more := sh.DeadLetters(ns, topic, after, size-len(resp.DeadLetters))
+		for i := range dead {
+			resp.DeadLetters = append(resp.DeadLetters, &pb.DeadLetter{
+				Timer:           toTimer(&dead[i]),
+				LastAttemptTime: optionalTime(dead[i].LastAttempt),
+				Reason:          dead[i].Reason,
+			})
+			bytes += len(dead[i].Payload) + len(dead[i].ID)
+			if bytes >= maxPageBytes && (i < len(dead)-1 || more) {
+				resp.NextPageToken = pageToken(at, dead[i].ID, ns, topic)
+				return resp, nil
+			}
+		}
+		if more {
+			resp.NextPageToken = pageToken(at, dead[len(dead)-1].ID, ns, topic)
+			return resp, nil
+		}
+		if len(resp.DeadLetters) == size && at+1 < s.cfg.Shards {
+			resp.NextPageToken = pageToken(at+1, "", ns, topic)
+			return resp, nil
+		}
+	}
+	return resp, nil
+}
+
+func optionalTime(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+// pageTokenVersion is the first byte of every page token.
+const pageTokenVersion = 1
+
+// pageToken encodes where a ListDeadLetters page stopped: the shard to
+// continue in, the last id returned there, and the filter the walk
+// belongs to.
+func pageToken(shardID uint32, after, ns, topic string) string {
+	b := []byte{pageTokenVersion}
+	b = binary.AppendUvarint(b, uint64(shardID))
+	for _, f := range []string{ns, topic, after} {
+		b = binary.AppendUvarint(b, uint64(len(f)))
+		b = append(b, f...)
+	}
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// parsePageToken decodes a page token made for ns and topic.
+func parsePageToken(tok, ns, topic string, shards uint32) (uint32, string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil || len(b) == 0 || b[0] != pageTokenVersion {
+		return 0, "", errInvalidToken
+	}
+	b = b[1:]
+	at, n := binary.Uvarint(b)
+	if n <= 0 || at >= uint64(shards) {
+		return 0, "", errInvalidToken
+	}
+	b = b[n:]
+	var fields [3]string
+	for i := range fields {
+		l, n := binary.Uvarint(b)
+		if n <= 0 || l > uint64(len(b)-n) {
+			return 0, "", errInvalidToken
+		}
+		fields[i] = string(b[n : n+int(l)])
+		b = b[n+int(l):]
+	}
+	if len(b) != 0 {
+		return 0, "", errInvalidToken
+	}
+	if fields[0] != ns || fields[1] != topic {
+		return 0, "", errTokenFilter
+	}
+	return uint32(at), fields[2], nil
+}
+
+// ReplayDeadLetters implements pb.TimerServiceServer.
+func (t *timerService) ReplayDeadLetters(ctx context.Context, req *pb.ReplayDeadLettersRequest) (*pb.ReplayDeadLettersResponse, error) {
+	s := t.s
+	ns := namespaceOr(req.GetNamespace())
+	if err := shard.ValidNamespace(ns); err != nil {
+		return nil, invalid("namespace", "%v", err)
+	}
+	topic := req.GetTopic()
+	if topic != "" {
+		if err := shard.ValidTopic(topic); err != nil {
+			return nil, invalid("topic", "%v", err)
+		}
+	}
+	ids := req.GetIds()
+	if len(ids) > s.cfg.MaxBatch {
+		return nil, invalid("ids", "holds %d items; the limit is %d", len(ids), s.cfg.MaxBatch)
+	}
+	var due time.Time
+	var delay time.Duration
+	if req.GetWhen() != nil {
+		var err error
+		if due, delay, err = toWhen(req.GetDueTime(), req.GetDelay(), true); err != nil {
+			return nil, invalid("when", "%v", err)
+		}
+	}
+	// Checked here, for the whole request, because a bad time would fail
+	// every item alike (and, with no ids, silently).
+	if _, err := s.cfg.Shard.ResolveDue(due, delay, time.Now()); err != nil {
+		return nil, invalid("when", "%v", err)
+	}
+
+	resp := &pb.ReplayDeadLettersResponse{}
+	var mu sync.Mutex // guards resp.Replayed
+	if len(ids) == 0 {
+		parts := make([]part, s.cfg.Shards)
+		for i := range parts {
+			parts[i].shard = uint32(i)
+		}
+		var missing []uint32
+		fanout(parts, func(p part) {
+			sh := s.shard(p.shard)
+			if sh == nil {
+				mu.Lock()
+				missing = append(missing, p.shard)
+				mu.Unlock()
+				return
+			}
+			_, n := sh.Replay(ctx, ns, nil, topic, due, delay)
+			mu.Lock()
+			resp.Replayed += uint64(n)
+			mu.Unlock()
+		})
+		if len(missing) > 0 {
+			return nil, rpcError(unavailable(missing[0]))
+		}
+		return resp, nil
+	}
+	resp.Results = make([]*pb.ItemResult, len(ids))
+	parts := s.split(len(ids), func(i int) (uint32, bool) {
+		if err := shard.ValidID(ids[i]); err != nil {
+			resp.Results[i] = itemResult(ids[i], shard.Result{Err: err})
+			return 0, false
+		}
+		return s.shardOf(ns, ids[i]), true
+	})
+	fanout(parts, func(p part) {
+		batch := make([]string, len(p.items))
+		for j, i := range p.items {
+			batch[j] = ids[i]
+		}
+		sh := s.shard(p.shard)
+		if sh == nil {
+			for _, i := range p.items {
+				resp.Results[i] = itemResult(ids[i], shard.Result{Err: unavailable(p.shard)})
+			}
+			return
+		}
+		res, n := sh.Replay(ctx, ns, batch, topic, due, delay)
+		for j, i := range p.items {
+			resp.Results[i] = itemResult(ids[i], res[j])
+		}
+		mu.Lock()
+		resp.Replayed += uint64(n)
+		mu.Unlock()
+	})
+	return resp, nil
+}
