@@ -107,10 +107,10 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg:    cfg,
-		log:    cfg.Logger,
-		reg:    prometheus.NewRegistry(),
-		slots:  make([]atomic.Pointer[shard.Shard], cfg.Shards),
+		cfg:     cfg,
+		log:     cfg.Logger,
+		reg:     prometheus.NewRegistry(),
+		slots:   make([]atomic.Pointer[shard.Shard], cfg.Shards),
 		quit:    make(chan struct{}),
 		release: make(chan struct{}),
 		failed:  make(chan struct{}),
