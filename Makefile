@@ -6,8 +6,8 @@ SHELL         := bash
 GO        ?= go
 TOOLS     := $(GO) tool -modfile=tools/go.mod
 # Packages that own goroutines run their tests again under the race
-# detector. The wheel and the api package start none.
-RACE_PKGS ?= ./store/ ./shard/ ./internal/redistest/
+# detector. The wheel, ring and api packages start none.
+RACE_PKGS ?= ./store/ ./shard/ ./server/ ./client/ ./cmd/... ./internal/redistest/
 BENCH     ?= .
 # The shard benchmarks (which start their own redis-server) run a fixed
 # number of timers: Go's ramp from b.N=1 would start and delete a Redis
@@ -26,9 +26,8 @@ build: ## compile every package (and, once they exist, the binaries into bin/)
 	$(GO) build ./...
 	@if [ -d cmd ]; then $(GO) build -o bin/ ./cmd/...; fi
 
-run: ## run timerd on the embedded store
-	@if [ -d cmd/timerd ]; then $(GO) run ./cmd/timerd; else \
-	  echo "make run: the timerd binary (cmd/timerd) is not built yet; it arrives with the single-node service." >&2; exit 2; fi
+run: ## run timerd on the embedded store in ./timerd-data (gRPC 127.0.0.1:7070, HTTP 127.0.0.1:7071)
+	$(GO) run ./cmd/timerd
 
 test: ## run every test once, then the race detector on packages that own goroutines
 	$(GO) test -count=1 ./...
@@ -40,10 +39,11 @@ bench: ## run the benchmarks beside their peers and print the ratios of the medi
 	  bench -bench '$(BENCH)' -benchtime $(BENCHTIME) ./wheel ./store && \
 	  bench -bench 'Schedule|PipelineRaw|FireAck' -benchtime $(DURABLE_N) ./shard && \
 	  bench -bench 'Load1M' -benchtime 1x ./shard && \
+	  bench -bench 'Server' -benchtime $(DURABLE_N) ./server && \
 	  awk -f tools/benchratio.awk "$$out"
 
-fuzz: ## run each fuzz target (wheel model, configs, record and delivery-id decoders, spec validation) for FUZZTIME
-	for target in wheel:FuzzWheel wheel:FuzzConfig store:FuzzRecord shard:FuzzParseDeliveryID shard:FuzzValidateSpec; do \
+fuzz: ## run each fuzz target (wheel model, configs, record and delivery-id decoders, spec and request validation) for FUZZTIME
+	for target in wheel:FuzzWheel wheel:FuzzConfig store:FuzzRecord shard:FuzzParseDeliveryID shard:FuzzValidateSpec server:FuzzSchedule; do \
 	  $(GO) test -run '^$$' -fuzz "^$${target#*:}\$$" -fuzztime $(FUZZTIME) ./$${target%%:*}; \
 	done
 

@@ -97,26 +97,35 @@ func (t *timerService) Schedule(ctx context.Context, req *pb.ScheduleRequest) (*
 		specs[i] = sp
 		return s.shardOf(sp.Namespace, sp.ID), true
 	})
-	fanout(parts, func(p part) {
+	// Submit to every shard first, then wait: the shards' writes then
+	// share group commit cycles, with no goroutine per shard.
+	pending := make([]*shard.Submitted, len(parts))
+	for k, p := range parts {
 		sh := s.shard(p.shard)
 		if sh == nil {
 			for _, i := range p.items {
 				out[i] = itemResult(specs[i].ID, shard.Result{Err: unavailable(p.shard)})
 			}
-			return
+			continue
 		}
 		batch := make([]shard.Spec, len(p.items))
 		for j, i := range p.items {
 			batch[j] = specs[i]
 		}
-		res := sh.Schedule(ctx, batch)
+		pending[k] = sh.Submit(batch)
+	}
+	for k, p := range parts {
+		if pending[k] == nil {
+			continue
+		}
+		res := pending[k].Wait(ctx)
 		for j, i := range p.items {
 			out[i] = itemResult(specs[i].ID, res[j])
 			if res[j].Err == nil {
 				s.metrics.scheduledOne(specs[i].Namespace)
 			}
 		}
-	})
+	}
 	return &pb.ScheduleResponse{Results: out}, nil
 }
 

@@ -48,7 +48,9 @@ func TestBadInput(t *testing.T) {
 		{"long topic", with(func(s *pb.TimerSpec) { s.Topic = strings.Repeat("t", 129) }), codes.InvalidArgument, "topic"},
 		{"oversize payload", with(func(s *pb.TimerSpec) { s.Payload = make([]byte, 1025) }), codes.InvalidArgument, "payload"},
 		{"negative delay", with(func(s *pb.TimerSpec) { s.When = &pb.TimerSpec_Delay{Delay: durationpb.New(-time.Second)} }), codes.InvalidArgument, "negative delay"},
-		{"malformed delay", with(func(s *pb.TimerSpec) { s.When = &pb.TimerSpec_Delay{Delay: &durationpb.Duration{Seconds: 1, Nanos: -5}} }), codes.InvalidArgument, "delay"},
+		{"malformed delay", with(func(s *pb.TimerSpec) {
+			s.When = &pb.TimerSpec_Delay{Delay: &durationpb.Duration{Seconds: 1, Nanos: -5}}
+		}), codes.InvalidArgument, "delay"},
 		{"delay beyond horizon", with(func(s *pb.TimerSpec) {
 			s.When = &pb.TimerSpec_Delay{Delay: durationpb.New(101 * 365 * 24 * time.Hour)}
 		}), codes.InvalidArgument, "horizon"},

@@ -19,12 +19,38 @@ import (
 // no stored timer. Schedule returns once every created timer is durable,
 // or ctx ends; it copies the payloads it keeps.
 func (s *Shard) Schedule(ctx context.Context, specs []Spec) []Result {
+	return s.Submit(specs).Wait(ctx)
+}
+
+// Submitted is a Schedule whose writes have been submitted; Wait waits
+// until they are durable.
+type Submitted struct {
+	s       *Shard
+	res     []Result
+	commits []*store.Commit
+}
+
+// Wait returns the Results of the Schedule once every created timer is
+// durable, or ctx ends (the items still waiting then fail with ctx's
+// error). It is called once.
+func (p *Submitted) Wait(ctx context.Context) []Result {
+	if p.s == nil {
+		return p.res
+	}
+	return p.s.wait(ctx, p.res, p.commits)
+}
+
+// Submit is Schedule without the wait: it applies specs in memory,
+// submits their writes to the group commit and returns at once. A caller
+// that schedules on many shards submits to all before waiting on any, so
+// their writes share commit cycles. The timers fire only once durable.
+func (s *Shard) Submit(specs []Spec) *Submitted {
 	res := make([]Result, len(specs))
 	commits := make([]*store.Commit, len(specs))
 	s.mu.Lock()
 	if err := s.stopErr; err != nil {
 		s.mu.Unlock()
-		return fillErr(res, err)
+		return &Submitted{res: fillErr(res, err)}
 	}
 	clockNow := s.clock.Now()
 	now := clockNow.UnixMilli()
@@ -77,7 +103,8 @@ func (s *Shard) Schedule(ctx context.Context, specs []Spec) []Result {
 		res[i].Due = time.UnixMilli(due)
 		fresh = append(fresh, i)
 	}
-	return s.submitAndWait(ctx, res, commits, fresh)
+	s.submitUnlock(commits, fresh)
+	return &Submitted{s: s, res: res, commits: commits}
 }
 
 // Reschedule moves timers of namespace to new due times, one Result per
@@ -420,6 +447,12 @@ func (s *Shard) snapshotLocked(t *timer) Timer {
 // Commit of an earlier write they depend on (an idempotent retry). It is
 // called with s.mu held and returns with it released.
 func (s *Shard) submitAndWait(ctx context.Context, res []Result, commits []*store.Commit, written []int) []Result {
+	s.submitUnlock(commits, written)
+	return s.wait(ctx, res, commits)
+}
+
+// submitUnlock is submitAndWait without the wait.
+func (s *Shard) submitUnlock(commits []*store.Commit, written []int) {
 	c := s.submitLocked()
 	for _, i := range written {
 		commits[i] = c
@@ -428,7 +461,6 @@ func (s *Shard) submitAndWait(ctx context.Context, res []Result, commits []*stor
 	if c != nil {
 		s.kickLoop()
 	}
-	return s.wait(ctx, res, commits)
 }
 
 // wait waits for each item's Commit and records failures in its Result.

@@ -1,6 +1,7 @@
 # benchratio.awk reads `go test -bench` output and prints each figure
 # beside its peer from the same run, as a ratio: the wheel beside Go's
-# runtime timers, the fenced group commit beside raw pipelined Redis writes.
+# runtime timers, the fenced group commit beside raw pipelined Redis writes,
+# the node's gRPC schedule path beside the store's commits alone.
 # With -count > 1 it uses each benchmark's median. Used by `make bench`.
 function metric(unit,   i) {
 	for (i = 3; i < NF; i++) if ($(i + 1) == unit) return $i
@@ -21,6 +22,7 @@ function median(list,   v, n, i, j, t) {
 	if (metric("B/timer") != "") mems[name] = mems[name] " " metric("B/timer")
 	if (metric("timers/s") != "") rates[name] = rates[name] " " metric("timers/s")
 	if (metric("fire+ack/s") != "") rates[name] = rates[name] " " metric("fire+ack/s")
+	if (metric("deliveries/s") != "") rates[name] = rates[name] " " metric("deliveries/s")
 	if (metric("s/load") != "") loads[name] = loads[name] " " metric("s/load")
 }
 function rrow(label, ours, peer, peername) {
@@ -51,6 +53,14 @@ END {
 		for (i = 1; i in kinds; i++)
 			if (("BenchmarkShardLoad1M/" kinds[i]) in load)
 				printf "  %-30s %9.2f s\n", "load 1M timers, " kinds[i], load["BenchmarkShardLoad1M/" kinds[i]]
+	}
+	if ("BenchmarkServerSchedule/batch=1000" in rate) {
+		print ""
+		print "node through gRPC, embedded store, same run (ratio = timerd / peer):"
+		rrow("schedule, batches of 100", "BenchmarkServerSchedule/batch=100", "BenchmarkServerSchedule/batch=100/peer=store-commit", "store commits alone")
+		rrow("schedule, batches of 1000", "BenchmarkServerSchedule/batch=1000", "BenchmarkServerSchedule/batch=1000/peer=store-commit", "store commits alone")
+		rrow("fire+ack, 1 stream", "BenchmarkServerFireAck/streams=1", "", "")
+		rrow("fire+ack, 4 streams", "BenchmarkServerFireAck/streams=4", "", "")
 	}
 	if (!("BenchmarkWheelAdd" in ns)) exit
 	print ""
