@@ -3,7 +3,6 @@ package server
 import (
 	"strconv"
 	"sync"
-	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -29,11 +28,11 @@ type metrics struct {
 
 	maxNS int
 	byNS  sync.Map // namespace -> *nsMetrics, at most maxNS entries
-	// full is set once byNS holds maxNS namespaces; later ones share other.
-	full  atomic.Bool
-	mu    sync.Mutex // serializes additions to byNS
-	count int        // guarded by mu: entries in byNS
-	other *nsMetrics
+
+	// mu serializes additions to byNS.
+	mu    sync.Mutex
+	count int        // entries in byNS
+	other *nsMetrics // the series of namespaces past maxNS, once needed
 }
 
 // nsMetrics is the series of one namespace, resolved once.
@@ -124,7 +123,7 @@ func (m *metrics) series(label string) *nsMetrics {
 	}
 }
 
-func (m *metrics) scheduledOne(namespace string) { m.ns(namespace).scheduled.Inc() }
+func (m *metrics) countScheduled(namespace string) { m.ns(namespace).scheduled.Inc() }
 
 // dispatched counts a delivery the hub accepted.
 func (m *metrics) dispatched(d *shard.Delivery) {

@@ -122,7 +122,7 @@ func (t *timerService) Schedule(ctx context.Context, req *pb.ScheduleRequest) (*
 		for j, i := range p.items {
 			out[i] = itemResult(specs[i].ID, res[j])
 			if res[j].Err == nil {
-				s.metrics.scheduledOne(specs[i].Namespace)
+				s.metrics.countScheduled(specs[i].Namespace)
 			}
 		}
 	}
