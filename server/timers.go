@@ -114,13 +114,15 @@ func (t *timerService) Schedule(ctx context.Context, req *pb.ScheduleRequest) (*
 		}
 		pending[k] = sh.Submit(batch)
 	}
+	slab := make([]pb.ItemResult, len(in))
+	times := make([]timestamppb.Timestamp, len(in))
 	for k, p := range parts {
 		if pending[k] == nil {
 			continue
 		}
 		res := pending[k].Wait(ctx)
 		for j, i := range p.items {
-			out[i] = itemResult(specs[i].ID, res[j])
+			out[i] = fillResult(&slab[i], &times[i], specs[i].ID, res[j])
 			if res[j].Err == nil {
 				s.metrics.countScheduled(specs[i].Namespace)
 			}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
 )
 
 // State is the durable state of a record. A delivery in flight is not
@@ -68,6 +69,10 @@ const recordVersion = 1
 
 // AppendBinary appends the encoding of r to b.
 func (r *Record) AppendBinary(b []byte) []byte {
+	// One allocation for the whole record, not one per field that
+	// outgrows the buffer: the strings and payload, plus at most 16
+	// varints.
+	b = slices.Grow(b, len(r.Namespace)+len(r.ID)+len(r.Topic)+len(r.Payload)+len(r.Reason)+16*binary.MaxVarintLen64)
 	b = append(b, recordVersion)
 	b = appendString(b, r.Namespace)
 	b = appendString(b, r.ID)
