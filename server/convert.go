@@ -189,17 +189,20 @@ func toState(s shard.State) pb.TimerState {
 	return pb.TimerState_TIMER_STATE_UNSPECIFIED
 }
 
-func toDelivery(d *shard.Delivery) *pb.Delivery {
-	return &pb.Delivery{
-		DeliveryId: d.ID,
-		Namespace:  d.Namespace,
-		Id:         d.TimerID,
-		Topic:      d.Topic,
-		Payload:    d.Payload,
-		DueTime:    timestamppb.New(d.Due),
-		FiredTime:  timestamppb.New(d.Fired),
-		Attempt:    d.Attempt,
-		Shard:      d.Shard,
-		Epoch:      d.Epoch,
-	}
+// fillDelivery fills out, and due and fired for its times, from d. The
+// stream handler reuses one of each for every message it sends: Send has
+// encoded the message when it returns.
+func fillDelivery(out *pb.Delivery, due, fired *timestamppb.Timestamp, d *shard.Delivery) {
+	due.Seconds, due.Nanos = d.Due.Unix(), int32(d.Due.Nanosecond())
+	fired.Seconds, fired.Nanos = d.Fired.Unix(), int32(d.Fired.Nanosecond())
+	out.DeliveryId = d.ID
+	out.Namespace = d.Namespace
+	out.Id = d.TimerID
+	out.Topic = d.Topic
+	out.Payload = d.Payload
+	out.DueTime = due
+	out.FiredTime = fired
+	out.Attempt = d.Attempt
+	out.Shard = d.Shard
+	out.Epoch = d.Epoch
 }

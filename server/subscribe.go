@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
 	"github.com/timerd/timerd/shard"
@@ -54,13 +55,17 @@ func (t *timerService) Subscribe(stream pb.TimerService_SubscribeServer) error {
 	sweep := time.NewTicker(min(max(sub.ackTimeout/4, 50*time.Millisecond), 5*time.Second))
 	defer sweep.Stop()
 	var buf []shard.Delivery
-	var msg pb.SubscribeResponse
+	var (
+		delivery   pb.Delivery
+		due, fired timestamppb.Timestamp
+	)
+	msg := pb.SubscribeResponse{Delivery: &delivery}
 	for {
 		select {
 		case <-sub.wake:
 			buf = sub.take(buf)
 			for i := range buf {
-				msg.Delivery = toDelivery(&buf[i])
+				fillDelivery(&delivery, &due, &fired, &buf[i])
 				if err := stream.Send(&msg); err != nil {
 					return err
 				}
