@@ -45,7 +45,7 @@ func (e *Error) Error() string {
 		fmt.Fprintf(&b, " %s/%q", e.Namespace, e.ID)
 	}
 	b.WriteString(": ")
-	b.WriteString(e.kind.Error())
+	b.WriteString(e.sentinel().Error())
 	if e.ctxErr != nil {
 		b.WriteString(" (")
 		b.WriteString(e.ctxErr.Error())
@@ -62,9 +62,18 @@ func (e *Error) Error() string {
 // had ended, its error.
 func (e *Error) Unwrap() []error {
 	if e.ctxErr != nil {
-		return []error{e.kind, e.ctxErr}
+		return []error{e.sentinel(), e.ctxErr}
 	}
-	return []error{e.kind}
+	return []error{e.sentinel()}
+}
+
+// sentinel is the sentinel for e.Code, also for an Error built outside
+// this package.
+func (e *Error) sentinel() error {
+	if e.kind != nil {
+		return e.kind
+	}
+	return KindOf(e.Op, e.Code)
 }
 
 // GRPCStatus returns the status of the call as the server (or gRPC) sent

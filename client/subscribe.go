@@ -353,13 +353,23 @@ func (s *subscriber) session(ctx context.Context) (delivered bool, err error) {
 	s.stopWorkers()
 	close(ss.flush)
 	t := time.NewTimer(finalAckWait)
+	defer t.Stop()
 	select {
 	case <-ss.done:
+		// Wait for the server to end the stream too: it does so once it
+		// has read the half-close, so after every ack sent before it.
+		// Cancelling sooner could make it drop acks it has not read yet
+		// and redeliver what was handled.
+		select {
+		case <-recvDone:
+			ss.ended.Store(true)
+			return got.Load(), nil
+		case <-t.C:
+		}
 	case <-t.C:
 		cancel()
 		<-ss.done
 	}
-	t.Stop()
 	ss.ended.Store(true)
 	cancel()
 	<-recvDone

@@ -31,25 +31,36 @@ func (t *timerService) Subscribe(stream pb.TimerService_SubscribeServer) error {
 	s.hub.add(sub)
 	gauge := s.metrics.ns(sub.key.namespace).subscribers
 	gauge.Inc()
+	received := make(chan error, 1)
+	receiverDone := make(chan struct{})
 	defer func() {
 		s.hub.remove(sub)
 		gauge.Dec()
-		unacked := sub.close()
-		if !s.quitting() {
-			// Redeliver at once rather than after the ack timeout. At
-			// shutdown the shards are about to close, and what they had
-			// in flight is delivered again when they next load.
-			s.giveBack(unacked)
+		if s.quitting() {
+			// At shutdown the shards are about to close, and what they
+			// had in flight is delivered again when they next load.
+			sub.close()
+			return
 		}
+		// Acks the receiver has read are applied before the rest goes
+		// back, or a handled delivery would be redelivered (or, on its
+		// last attempt, dead-lettered). The stream has ended, so the
+		// receiver's Recv returns at once; the bound is a safety net.
+		select {
+		case <-receiverDone:
+		case <-time.After(5 * time.Second):
+		}
+		// Redeliver at once rather than after the ack timeout.
+		s.giveBack(sub.close())
 	}()
 	s.log.Debug("subscriber connected", "namespace", sub.key.namespace, "topic", sub.key.topic,
 		"max_in_flight", sub.limit, "ack_timeout", sub.ackTimeout)
 	s.readyAll(sub.key)
 
-	received := make(chan error, 1)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		defer close(receiverDone)
 		received <- s.receive(stream, sub)
 	}()
 	sweep := time.NewTicker(min(max(sub.ackTimeout/4, 50*time.Millisecond), 5*time.Second))

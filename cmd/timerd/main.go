@@ -38,6 +38,10 @@ func run(args []string, stderr io.Writer) int {
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
+	var printed errPrinted
+	if errors.As(err, &printed) {
+		return 2
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "timerd: %v\n", err)
 		return 2
@@ -141,7 +145,7 @@ Flags:
 		return cfg, level, shutdown, envErr
 	}
 	if err := fs.Parse(args); err != nil {
-		return cfg, level, shutdown, err
+		return cfg, level, shutdown, errPrinted{err} // fs printed it, and the usage
 	}
 	if fs.NArg() > 0 {
 		return cfg, level, shutdown, fmt.Errorf("unexpected argument %q (timerd takes flags only; see --help)", fs.Arg(0))
@@ -160,3 +164,8 @@ Flags:
 	cfg.DefaultInFlight = uint32(defIn)
 	return cfg, level, shutdown, nil
 }
+
+// errPrinted is an error the flag package has already printed.
+type errPrinted struct{ error }
+
+func (e errPrinted) Unwrap() error { return e.error }

@@ -1,0 +1,206 @@
+// Command timerctl is the operator's and developer's tool for timerd: it
+// schedules, inspects, moves and cancels timers, follows the deliveries of
+// a topic, lists and replays dead letters, and shows the members and
+// shard map of a cluster.
+//
+//	timerctl [--addr HOST:PORT] [--json] [--namespace NS] [--timeout D] COMMAND [ARGS]
+//
+// Run "timerctl --help" for the commands and "timerctl COMMAND --help" for
+// the flags of one. Output is meant for people (aligned tables) unless
+// --json asks for one JSON document per command, for scripts; subscribe
+// always prints one JSON object per delivery and line. Errors go to
+// stderr, with the gRPC code name and the server's message. The exit code
+// is 0 on success, 1 when a call (or an item of a batch) failed and 2 for
+// a usage error.
+//
+// This package only parses flags and prints; every call goes through the
+// Go client, package client.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailed  = 1
+	exitUsage   = 2
+	defaultAddr = "127.0.0.1:7070"
+)
+
+// run is main with its arguments and output, for tests. It stops on
+// SIGINT or SIGTERM (which matters for subscribe) and returns the exit
+// code.
+func run(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	a := &app{stdin: os.Stdin, stdout: stdout, stderr: stderr, getenv: os.Getenv}
+	return a.main(ctx, args)
+}
+
+// app is one invocation of timerctl: its streams, environment and global
+// flags.
+type app struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	getenv         func(string) string
+	now            func() time.Time // nil: time.Now
+
+	addr      string
+	json      bool
+	namespace string
+	timeout   time.Duration
+}
+
+// usageError is a mistake on the command line; it exits with code 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Sprintf(format, args...)}
+}
+
+// failedError reports that some items of a batch failed; each was already
+// reported on stderr, so main only sets the exit code.
+type failedError struct{ n, of int }
+
+func (e *failedError) Error() string { return fmt.Sprintf("%d of %d items failed", e.n, e.of) }
+
+// main runs one command line and returns the exit code.
+func (a *app) main(ctx context.Context, args []string) int {
+	a.addr = defaultAddr
+	if v := a.getenv("TIMERD_ADDR"); v != "" {
+		a.addr = v
+	}
+	a.timeout = 10 * time.Second
+
+	fs := a.newFlagSet("timerctl")
+	rest, err := parseInterleaved(fs, args, true)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		a.printToolUsage(a.stdout, fs)
+		return exitOK
+	case err != nil:
+		fmt.Fprintf(a.stderr, "timerctl: %v\nRun 'timerctl --help' for usage.\n", err)
+		return exitUsage
+	case len(rest) == 0:
+		fmt.Fprintln(a.stderr, "timerctl: no command given")
+		a.printToolUsage(a.stderr, fs)
+		return exitUsage
+	}
+	name, cmdArgs := rest[0], rest[1:]
+	if name == "help" {
+		return a.help(fs, cmdArgs)
+	}
+	cmd, cmdArgs, err := lookup(name, cmdArgs)
+	if err != nil {
+		fmt.Fprintf(a.stderr, "timerctl: %v\nRun 'timerctl --help' for usage.\n", err)
+		return exitUsage
+	}
+	if cmd.subs != nil { // a group such as dead-letters, given no subcommand
+		if len(cmdArgs) > 0 && isHelpFlag(cmdArgs[0]) {
+			a.printGroupUsage(a.stdout, cmd)
+			return exitOK
+		}
+		fmt.Fprintf(a.stderr, "timerctl %s: missing subcommand\n", cmd.name)
+		a.printGroupUsage(a.stderr, cmd)
+		return exitUsage
+	}
+	return a.runCommand(ctx, cmd, cmdArgs)
+}
+
+// runCommand parses the flags of cmd and runs it.
+func (a *app) runCommand(ctx context.Context, cmd *command, args []string) int {
+	fs := a.newFlagSet("timerctl " + cmd.name)
+	r := cmd.flags(fs)
+	pos, err := parseInterleaved(fs, args, false)
+	if errors.Is(err, flag.ErrHelp) {
+		a.printCommandUsage(a.stdout, cmd, fs)
+		return exitOK
+	}
+	if err == nil {
+		err = r.check(fs, pos)
+	}
+	if err != nil {
+		fmt.Fprintf(a.stderr, "timerctl %s: %v\nRun 'timerctl %s --help' for usage.\n", cmd.name, err, cmd.name)
+		return exitUsage
+	}
+	if a.timeout < 0 {
+		fmt.Fprintf(a.stderr, "timerctl %s: --timeout must not be negative\n", cmd.name)
+		return exitUsage
+	}
+	err = r.run(ctx, a, pos)
+	var ue *usageError
+	var fe *failedError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ue):
+		fmt.Fprintf(a.stderr, "timerctl %s: %v\nRun 'timerctl %s --help' for usage.\n", cmd.name, err, cmd.name)
+		return exitUsage
+	case errors.As(err, &fe):
+		return exitFailed
+	}
+	fmt.Fprintf(a.stderr, "timerctl %s: %s\n", cmd.name, errorText(err))
+	return exitFailed
+}
+
+// help runs "timerctl help [COMMAND...]".
+func (a *app) help(root *flag.FlagSet, args []string) int {
+	if len(args) == 0 {
+		a.printToolUsage(a.stdout, root)
+		return exitOK
+	}
+	cmd, _, err := lookup(args[0], args[1:])
+	if err != nil {
+		fmt.Fprintf(a.stderr, "timerctl help: %v\n", err)
+		return exitUsage
+	}
+	if cmd.subs != nil {
+		a.printGroupUsage(a.stdout, cmd)
+		return exitOK
+	}
+	fs := a.newFlagSet("timerctl " + cmd.name)
+	cmd.flags(fs)
+	a.printCommandUsage(a.stdout, cmd, fs)
+	return exitOK
+}
+
+// globalFlags names the flags every command accepts, before or after its
+// name.
+var globalFlags = map[string]bool{"addr": true, "json": true, "namespace": true, "timeout": true}
+
+// newFlagSet returns a flag set with the global flags, which write to a.
+// It prints nothing itself: the callers report errors and usage.
+func (a *app) newFlagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	fs.StringVar(&a.addr, "addr", a.addr, "`host:port` of a timerd node's gRPC API (env TIMERD_ADDR)")
+	fs.BoolVar(&a.json, "json", a.json, "print JSON for scripts instead of tables")
+	fs.StringVar(&a.namespace, "namespace", a.namespace, "`namespace` of the timers (empty: \"default\")")
+	fs.DurationVar(&a.timeout, "timeout", a.timeout, "bound on each command's calls (0: none; subscribe: only the connection check)")
+	return fs
+}
+
+func isHelpFlag(s string) bool {
+	switch s {
+	case "-h", "-help", "--help", "--h":
+		return true
+	}
+	return false
+}

@@ -1,0 +1,426 @@
+package main
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"google.golang.org/grpc/status"
+
+	"github.com/timerd/timerd/client"
+)
+
+// errorText describes err for stderr. A failed call names its gRPC code
+// and gives the server's message, e.g. "NotFound: timer not found: ...".
+func errorText(err error) string {
+	var ce *client.Error
+	if errors.As(err, &ce) {
+		msg := ce.Message
+		if msg == "" {
+			if kind := client.KindOf(ce.Op, ce.Code); kind != nil {
+				msg = kind.Error()
+			}
+		}
+		text := fmt.Sprintf("%s: %s", ce.Code, msg)
+		if err == error(ce) {
+			return text
+		}
+		// Keep what wraps the call's error, such as "connect to ADDR: ".
+		if prefix, ok := strings.CutSuffix(err.Error(), ce.Error()); ok {
+			return prefix + text
+		}
+		return text
+	}
+	if se, ok := err.(interface{ GRPCStatus() *status.Status }); ok {
+		st := se.GRPCStatus()
+		return fmt.Sprintf("%s: %s", st.Code(), st.Message())
+	}
+	return err.Error()
+}
+
+// writeJSON writes v as one line of JSON.
+func writeJSON(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+// jsonTime formats t for JSON: RFC 3339 in UTC with as many fractional
+// digits as needed; "" for the zero time.
+func jsonTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+// humanTime formats t for people: RFC 3339 in UTC, to the millisecond.
+func humanTime(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format("2006-01-02T15:04:05.000Z07:00")
+}
+
+// relative says how far t is from now: "in 30s", "1.5s ago" or "now".
+func relative(t, now time.Time) string {
+	d := t.Sub(now)
+	abs := d.Abs()
+	if abs < time.Minute {
+		abs = abs.Round(time.Millisecond)
+	} else {
+		abs = abs.Round(time.Second)
+	}
+	switch {
+	case abs == 0:
+		return "now"
+	case d > 0:
+		return "in " + abs.String()
+	}
+	return abs.String() + " ago"
+}
+
+// humanDue is a due time with how far it is from now.
+func humanDue(t, now time.Time) string {
+	return fmt.Sprintf("%s (%s)", humanTime(t), relative(t, now))
+}
+
+// payloadView holds a payload in JSON: as text when it is valid UTF-8,
+// otherwise in standard base64. Exactly one of the two is set.
+type payloadView struct {
+	Payload       *string `json:"payload,omitempty"`
+	PayloadBase64 *string `json:"payload_base64,omitempty"`
+}
+
+func payloadViewOf(p []byte) payloadView {
+	if utf8.Valid(p) {
+		s := string(p)
+		return payloadView{Payload: &s}
+	}
+	s := base64.StdEncoding.EncodeToString(p)
+	return payloadView{PayloadBase64: &s}
+}
+
+// humanPayload returns a payload for a table: as text when it is
+// printable UTF-8, otherwise in base64, with the label saying which.
+func humanPayload(p []byte) (label, value string) {
+	switch {
+	case len(p) == 0:
+		return "payload", "(empty)"
+	case printable(p):
+		return "payload", string(p)
+	}
+	return "payload (base64)", base64.StdEncoding.EncodeToString(p)
+}
+
+// printable reports whether p is valid UTF-8 made of printable characters
+// (spaces included, other control characters such as newlines not).
+func printable(p []byte) bool {
+	if !utf8.Valid(p) {
+		return false
+	}
+	for _, r := range string(p) {
+		if !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// timerView is a timer in JSON.
+type timerView struct {
+	Namespace string `json:"namespace"`
+	ID        string `json:"id"`
+	Topic     string `json:"topic"`
+	payloadView
+	State       string `json:"state"`
+	Attempts    uint32 `json:"attempts"`
+	DueTime     string `json:"due_time"`
+	Interval    string `json:"interval,omitempty"`
+	Shard       uint32 `json:"shard"`
+	CreatedTime string `json:"created_time"`
+}
+
+func timerViewOf(t client.TimerInfo) timerView {
+	v := timerView{
+		Namespace:   t.Namespace,
+		ID:          t.ID,
+		Topic:       t.Topic,
+		payloadView: payloadViewOf(t.Payload),
+		State:       t.State.String(),
+		Attempts:    t.Attempts,
+		DueTime:     jsonTime(t.Due),
+		Shard:       t.Shard,
+		CreatedTime: jsonTime(t.Created),
+	}
+	if t.Interval > 0 {
+		v.Interval = t.Interval.String()
+	}
+	return v
+}
+
+// writeTimer writes a timer as a two-column table.
+func writeTimer(w io.Writer, t client.TimerInfo, now time.Time) error {
+	tw := newTable(w)
+	interval := "none (one-shot)"
+	if t.Interval > 0 {
+		interval = t.Interval.String()
+	}
+	label, payload := humanPayload(t.Payload)
+	rows := [][2]string{
+		{"namespace", t.Namespace},
+		{"id", t.ID},
+		{"topic", t.Topic},
+		{"state", t.State.String()},
+		{"attempts", fmt.Sprint(t.Attempts)},
+		{"due", humanDue(t.Due, now)},
+		{"interval", interval},
+		{"shard", fmt.Sprint(t.Shard)},
+		{"created", humanDue(t.Created, now)},
+		{label, payload},
+	}
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\n", r[0], r[1])
+	}
+	return tw.Flush()
+}
+
+// deliveryView is a delivery in JSON, as subscribe prints it.
+type deliveryView struct {
+	DeliveryID string `json:"delivery_id"`
+	Namespace  string `json:"namespace"`
+	ID         string `json:"id"`
+	Topic      string `json:"topic"`
+	payloadView
+	DueTime   string `json:"due_time"`
+	FiredTime string `json:"fired_time"`
+	Attempt   uint32 `json:"attempt"`
+	Shard     uint32 `json:"shard"`
+	Epoch     uint64 `json:"epoch"`
+}
+
+func deliveryViewOf(d *client.Delivery) deliveryView {
+	return deliveryView{
+		DeliveryID:  d.DeliveryID,
+		Namespace:   d.Namespace,
+		ID:          d.ID,
+		Topic:       d.Topic,
+		payloadView: payloadViewOf(d.Payload),
+		DueTime:     jsonTime(d.Due),
+		FiredTime:   jsonTime(d.Fired),
+		Attempt:     d.Attempt,
+		Shard:       d.Shard,
+		Epoch:       d.Epoch,
+	}
+}
+
+// dueView is the answer of schedule and reschedule in JSON.
+type dueView struct {
+	ID      string `json:"id"`
+	DueTime string `json:"due_time"`
+}
+
+// resultView is one item of a batch in JSON. Code is the gRPC code name
+// ("OK", "NotFound", ...).
+type resultView struct {
+	ID      string `json:"id"`
+	Code    string `json:"code"`
+	DueTime string `json:"due_time,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+type resultsView struct {
+	Results []resultView `json:"results"`
+}
+
+type replayView struct {
+	Replayed uint64       `json:"replayed"`
+	Results  []resultView `json:"results"`
+}
+
+func resultViews(res []client.Result) []resultView {
+	out := make([]resultView, len(res))
+	for i, r := range res {
+		out[i] = resultView{ID: r.ID, Code: status.Code(r.Err).String(), DueTime: jsonTime(r.Due)}
+		if r.Err != nil {
+			out[i].Error = errorText(r.Err)
+		}
+	}
+	return out
+}
+
+// writeResults writes the successful items of a batch, one per line:
+// "cancelled ID", or "replayed ID: due TIME (in D)" when the item has a
+// due time.
+func writeResults(w io.Writer, verb string, res []client.Result, now time.Time) error {
+	for _, r := range res {
+		if r.Err != nil {
+			continue
+		}
+		var err error
+		if r.Due.IsZero() {
+			_, err = fmt.Fprintf(w, "%s %s\n", verb, r.ID)
+		} else {
+			_, err = fmt.Fprintf(w, "%s %s: due %s\n", verb, r.ID, humanDue(r.Due, now))
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deadLetterView is a dead letter in JSON.
+type deadLetterView struct {
+	timerView
+	LastAttemptTime string `json:"last_attempt_time"`
+	Reason          string `json:"reason"`
+}
+
+type deadLettersView struct {
+	DeadLetters []deadLetterView `json:"dead_letters"`
+	// More is set when there are more dead letters than were listed.
+	More bool `json:"more"`
+}
+
+func deadLetterViewOf(dl client.DeadLetter) deadLetterView {
+	return deadLetterView{timerViewOf(dl.TimerInfo), jsonTime(dl.LastAttempt), dl.Reason}
+}
+
+// writeDeadLetters writes dead letters as a table.
+func writeDeadLetters(w io.Writer, list []client.DeadLetter, now time.Time) error {
+	if len(list) == 0 {
+		_, err := fmt.Fprintln(w, "no dead letters")
+		return err
+	}
+	tw := newTable(w)
+	fmt.Fprintln(tw, "ID\tTOPIC\tATTEMPTS\tDUE\tLAST ATTEMPT\tREASON")
+	for _, dl := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", dl.ID, dl.Topic, dl.Attempts,
+			humanTime(dl.Due), humanDue(dl.LastAttempt, now), dl.Reason)
+	}
+	return tw.Flush()
+}
+
+// memberView is a cluster member in JSON.
+type memberView struct {
+	Name        string `json:"name"`
+	GRPCAddr    string `json:"grpc_addr"`
+	GossipAddr  string `json:"gossip_addr,omitempty"`
+	State       string `json:"state"`
+	ShardsOwned uint32 `json:"shards_owned"`
+}
+
+// shardView is one shard of the shard map in JSON. The counts are set
+// only when status read them from a node's metrics.
+type shardView struct {
+	Shard         uint32 `json:"shard"`
+	Owner         string `json:"owner"`
+	OwnerGRPCAddr string `json:"owner_grpc_addr,omitempty"`
+	Epoch         uint64 `json:"epoch"`
+	Pending       *int64 `json:"pending,omitempty"`
+	InFlight      *int64 `json:"in_flight,omitempty"`
+	Dead          *int64 `json:"dead,omitempty"`
+}
+
+// statusView is the answer of status.
+type statusView struct {
+	Members    []memberView `json:"members"`
+	ShardCount uint32       `json:"shard_count"`
+	Version    uint64       `json:"version"`
+	// Owned counts the shards of each owner in the shard map.
+	Owned   map[string]int `json:"owned"`
+	Unowned int            `json:"unowned"`
+	Shards  []shardView    `json:"shards"`
+}
+
+func statusViewOf(members []client.Member, sm client.ShardMap, counts map[uint32]shardCounts) statusView {
+	v := statusView{
+		Members:    make([]memberView, len(members)),
+		ShardCount: sm.ShardCount,
+		Version:    sm.Version,
+		Owned:      make(map[string]int),
+		Shards:     make([]shardView, len(sm.Shards)),
+	}
+	for i, m := range members {
+		v.Members[i] = memberView{m.Name, m.GRPCAddr, m.GossipAddr, m.State.String(), m.ShardsOwned}
+	}
+	for i, s := range sm.Shards {
+		v.Shards[i] = shardView{Shard: s.Shard, Owner: s.Owner, OwnerGRPCAddr: s.OwnerGRPCAddr, Epoch: s.Epoch}
+		if s.Owner == "" {
+			v.Unowned++
+		} else {
+			v.Owned[s.Owner]++
+		}
+		if c, ok := counts[s.Shard]; ok {
+			v.Shards[i].Pending, v.Shards[i].InFlight, v.Shards[i].Dead = &c.Pending, &c.InFlight, &c.Dead
+		}
+	}
+	return v
+}
+
+// writeStatus writes the members, the shard map summary and, with
+// withCounts, the timer counts of every shard.
+func writeStatus(w io.Writer, v statusView, withCounts bool) error {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "MEMBER\tGRPC ADDRESS\tGOSSIP ADDRESS\tSTATE\tSHARDS OWNED")
+	for _, m := range v.Members {
+		gossip := m.GossipAddr
+		if gossip == "" {
+			gossip = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", m.Name, m.GRPCAddr, gossip, m.State, m.ShardsOwned)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+
+	fmt.Fprintf(w, "\nshards: %d (map version %d), without an owner: %d\n", v.ShardCount, v.Version, v.Unowned)
+	fmt.Fprintln(tw, "OWNER\tSHARDS")
+	for _, name := range slices.Sorted(maps.Keys(v.Owned)) {
+		fmt.Fprintf(tw, "%s\t%d\n", name, v.Owned[name])
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+
+	if !withCounts {
+		_, err := fmt.Fprintln(w, "\ntimer counts per shard: not shown (give --http-addr, a node's metrics address)")
+		return err
+	}
+	fmt.Fprintln(w)
+	var total shardCounts
+	fmt.Fprintln(tw, "SHARD\tOWNER\tEPOCH\tPENDING\tIN FLIGHT\tDEAD")
+	for _, s := range v.Shards {
+		owner := s.Owner
+		if owner == "" {
+			owner = "-"
+		}
+		if s.Pending == nil {
+			fmt.Fprintf(tw, "%d\t%s\t%d\t-\t-\t-\n", s.Shard, owner, s.Epoch)
+			continue
+		}
+		total.Pending += *s.Pending
+		total.InFlight += *s.InFlight
+		total.Dead += *s.Dead
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%d\t%d\n", s.Shard, owner, s.Epoch, *s.Pending, *s.InFlight, *s.Dead)
+	}
+	fmt.Fprintf(tw, "total\t\t\t%d\t%d\t%d\n", total.Pending, total.InFlight, total.Dead)
+	return tw.Flush()
+}
+
+func newTable(w io.Writer) *tabwriter.Writer {
+	return tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+}
