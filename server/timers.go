@@ -64,6 +64,22 @@ func fanout(parts []part, fn func(p part)) {
 	wg.Wait()
 }
 
+// onShards runs call for every part whose shard this node holds,
+// concurrently (see fanout), and fail for each item of the other parts.
+func (s *Server) onShards(parts []part, call func(sh *shard.Shard, p part), fail func(i int, err error)) {
+	fanout(parts, func(p part) {
+		sh := s.shard(p.shard)
+		if sh == nil {
+			err := unavailable(p.shard)
+			for _, i := range p.items {
+				fail(i, err)
+			}
+			return
+		}
+		call(sh, p)
+	})
+}
+
 // checkBatch fails a request whose batch field holds n items.
 func (s *Server) checkBatch(field string, n int) error {
 	switch {
@@ -108,11 +124,7 @@ func (t *timerService) Schedule(ctx context.Context, req *pb.ScheduleRequest) (*
 			}
 			continue
 		}
-		batch := make([]shard.Spec, len(p.items))
-		for j, i := range p.items {
-			batch[j] = specs[i]
-		}
-		pending[k] = sh.Submit(batch)
+		pending[k] = sh.Submit(pick(specs, p.items))
 	}
 	slab := make([]pb.ItemResult, len(in))
 	times := make([]timestamppb.Timestamp, len(in))
@@ -157,23 +169,12 @@ func (t *timerService) Reschedule(ctx context.Context, req *pb.RescheduleRequest
 		moves[i] = shard.Move{ID: it.GetId(), Due: due, Delay: delay}
 		return s.shardOf(ns, it.GetId()), true
 	})
-	fanout(parts, func(p part) {
-		sh := s.shard(p.shard)
-		if sh == nil {
-			for _, i := range p.items {
-				out[i] = itemResult(moves[i].ID, shard.Result{Err: unavailable(p.shard)})
-			}
-			return
-		}
-		batch := make([]shard.Move, len(p.items))
-		for j, i := range p.items {
-			batch[j] = moves[i]
-		}
-		res := sh.Reschedule(ctx, ns, batch)
+	s.onShards(parts, func(sh *shard.Shard, p part) {
+		res := sh.Reschedule(ctx, ns, pick(moves, p.items))
 		for j, i := range p.items {
 			out[i] = itemResult(moves[i].ID, res[j])
 		}
-	})
+	}, func(i int, err error) { out[i] = itemResult(moves[i].ID, shard.Result{Err: err}) })
 	return &pb.RescheduleResponse{Results: out}, nil
 }
 
@@ -196,24 +197,12 @@ func (t *timerService) Cancel(ctx context.Context, req *pb.CancelRequest) (*pb.C
 		}
 		return s.shardOf(ns, ids[i]), true
 	})
-	fanout(parts, func(p part) {
-		sh := s.shard(p.shard)
-		batch := make([]string, len(p.items))
+	s.onShards(parts, func(sh *shard.Shard, p part) {
+		errs := sh.Cancel(ctx, ns, pick(ids, p.items))
 		for j, i := range p.items {
-			batch[j] = ids[i]
+			out[i] = itemResult(ids[i], shard.Result{Err: errs[j]})
 		}
-		var errs []error
-		if sh != nil {
-			errs = sh.Cancel(ctx, ns, batch)
-		}
-		for j, i := range p.items {
-			err := unavailable(p.shard)
-			if sh != nil {
-				err = errs[j]
-			}
-			out[i] = itemResult(ids[i], shard.Result{Err: err})
-		}
-	})
+	}, func(i int, err error) { out[i] = itemResult(ids[i], shard.Result{Err: err}) })
 	return &pb.CancelResponse{Results: out}, nil
 }
 
@@ -431,25 +420,23 @@ func (t *timerService) ReplayDeadLetters(ctx context.Context, req *pb.ReplayDead
 		}
 		return s.shardOf(ns, ids[i]), true
 	})
-	fanout(parts, func(p part) {
-		batch := make([]string, len(p.items))
-		for j, i := range p.items {
-			batch[j] = ids[i]
-		}
-		sh := s.shard(p.shard)
-		if sh == nil {
-			for _, i := range p.items {
-				resp.Results[i] = itemResult(ids[i], shard.Result{Err: unavailable(p.shard)})
-			}
-			return
-		}
-		res, n := sh.Replay(ctx, ns, batch, topic, due, delay)
+	s.onShards(parts, func(sh *shard.Shard, p part) {
+		res, n := sh.Replay(ctx, ns, pick(ids, p.items), topic, due, delay)
 		for j, i := range p.items {
 			resp.Results[i] = itemResult(ids[i], res[j])
 		}
 		mu.Lock()
 		resp.Replayed += uint64(n)
 		mu.Unlock()
-	})
+	}, func(i int, err error) { resp.Results[i] = itemResult(ids[i], shard.Result{Err: err}) })
 	return resp, nil
+}
+
+// pick returns the elements of all at the indexes idx.
+func pick[T any](all []T, idx []int) []T {
+	out := make([]T, len(idx))
+	for j, i := range idx {
+		out[j] = all[i]
+	}
+	return out
 }

@@ -167,6 +167,17 @@ func (a *app) dial(ctx context.Context, opts ...client.Option) (*client.Client, 
 	return client.New(ctx, a.addr, opts...)
 }
 
+// connect dials the node and returns the client with ctx bounded by
+// --timeout; done closes both.
+func (a *app) connect(ctx context.Context) (*client.Client, context.Context, func(), error) {
+	cl, err := a.dial(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := a.callCtx(ctx)
+	return cl, ctx, func() { cancel(); _ = cl.Close() }, nil
+}
+
 // callCtx bounds the calls of a command by --timeout.
 func (a *app) callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	if a.timeout > 0 {
@@ -225,13 +236,11 @@ func (c *scheduleCmd) run(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
-	cl, err := a.dial(ctx)
+	cl, ctx, done, err := a.connect(ctx)
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
-	ctx, cancel := a.callCtx(ctx)
-	defer cancel()
+	defer done()
 	due, err := cl.Schedule(ctx, client.Timer{
 		Namespace: a.namespace, ID: args[0], Topic: c.topic,
 		Due: c.due, Delay: c.delay, Payload: payload, Interval: c.every,
@@ -262,13 +271,11 @@ func (c *rescheduleCmd) check(fs *flag.FlagSet, args []string) error {
 }
 
 func (c *rescheduleCmd) run(ctx context.Context, a *app, args []string) error {
-	cl, err := a.dial(ctx)
+	cl, ctx, done, err := a.connect(ctx)
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
-	ctx, cancel := a.callCtx(ctx)
-	defer cancel()
+	defer done()
 	var due time.Time
 	if c.due.IsZero() {
 		due, err = cl.RescheduleIn(ctx, a.namespace, args[0], c.delay)
@@ -292,13 +299,11 @@ func (c *cancelCmd) check(_ *flag.FlagSet, args []string) error {
 }
 
 func (c *cancelCmd) run(ctx context.Context, a *app, args []string) error {
-	cl, err := a.dial(ctx)
+	cl, ctx, done, err := a.connect(ctx)
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
-	ctx, cancel := a.callCtx(ctx)
-	defer cancel()
+	defer done()
 	res, err := cl.Cancel(ctx, a.namespace, args...)
 	if err != nil {
 		return err
@@ -345,13 +350,11 @@ func (c *getCmd) check(_ *flag.FlagSet, args []string) error {
 }
 
 func (c *getCmd) run(ctx context.Context, a *app, args []string) error {
-	cl, err := a.dial(ctx)
+	cl, ctx, done, err := a.connect(ctx)
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
-	ctx, cancel := a.callCtx(ctx)
-	defer cancel()
+	defer done()
 	t, err := cl.Get(ctx, a.namespace, args[0])
 	if err != nil {
 		return err
@@ -474,13 +477,11 @@ func (c *dlListCmd) check(_ *flag.FlagSet, args []string) error {
 }
 
 func (c *dlListCmd) run(ctx context.Context, a *app, _ []string) error {
-	cl, err := a.dial(ctx)
+	cl, ctx, done, err := a.connect(ctx)
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
-	ctx, cancel := a.callCtx(ctx)
-	defer cancel()
+	defer done()
 	var list []client.DeadLetter
 	more := false
 	for dl, err := range cl.DeadLetters(ctx, a.namespace, c.topic) {
@@ -523,13 +524,11 @@ func (c *dlReplayCmd) check(fs *flag.FlagSet, _ []string) error {
 }
 
 func (c *dlReplayCmd) run(ctx context.Context, a *app, args []string) error {
-	cl, err := a.dial(ctx)
+	cl, ctx, done, err := a.connect(ctx)
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
-	ctx, cancel := a.callCtx(ctx)
-	defer cancel()
+	defer done()
 	res, err := cl.ReplayDeadLetters(ctx, client.Replay{
 		Namespace: a.namespace, Topic: c.topic, IDs: args, Due: c.due, Delay: c.delay,
 	})
@@ -551,13 +550,11 @@ func (c *statusCmd) check(_ *flag.FlagSet, args []string) error {
 }
 
 func (c *statusCmd) run(ctx context.Context, a *app, _ []string) error {
-	cl, err := a.dial(ctx)
+	cl, ctx, done, err := a.connect(ctx)
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
-	ctx, cancel := a.callCtx(ctx)
-	defer cancel()
+	defer done()
 	members, err := cl.Members(ctx)
 	if err != nil {
 		return err
