@@ -8,8 +8,8 @@
 // It depends only on the generated contract, gRPC and protobuf; it never
 // imports the server, shard or store packages, so it speaks to a timerd
 // node exactly as a client in any other language would. A Client sends
-// every call to the node it was made for, which forwards what belongs to
-// shards it does not own.
+// every call to the node it was made for; today a single node owns every
+// shard (routing each call to its shard's owner arrives with the cluster).
 //
 // # Retries
 //
