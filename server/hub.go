@@ -98,13 +98,21 @@ type subscriber struct {
 
 	mu sync.Mutex
 	// out holds every delivery accepted and not yet acknowledged or
-	// expired, queued or sent, by id, with the time it was accepted.
-	// Invariant: len(out) <= limit, and every entry of queue is in out.
-	out map[string]time.Time
+	// expired, queued or sent, by id.
+	// Invariant: len(out) <= limit, and every entry of queue is in out
+	// (settle and expire drop from queue what they drop from out).
+	out map[string]held
 	// queue holds accepted deliveries the stream has not sent yet.
 	queue []shard.Delivery
 	// closed is set when the stream ends; offer then refuses.
 	closed bool
+}
+
+// held is a delivery a subscriber holds: when it was accepted and which
+// attempt it is.
+type held struct {
+	at      time.Time
+	attempt uint32
 }
 
 func newSubscriber(key topicKey, limit int, ackTimeout time.Duration) *subscriber {
@@ -113,7 +121,7 @@ func newSubscriber(key topicKey, limit int, ackTimeout time.Duration) *subscribe
 		limit:      limit,
 		ackTimeout: ackTimeout,
 		wake:       make(chan struct{}, 1),
-		out:        make(map[string]time.Time, limit),
+		out:        make(map[string]held, limit),
 	}
 }
 
@@ -125,7 +133,7 @@ func (s *subscriber) offer(d *shard.Delivery) bool {
 		s.mu.Unlock()
 		return false
 	}
-	s.out[d.ID] = d.Fired
+	s.out[d.ID] = held{at: d.Fired, attempt: d.Attempt}
 	s.queue = append(s.queue, *d)
 	s.mu.Unlock()
 	select {
@@ -153,7 +161,21 @@ func (s *subscriber) settle(ids []string) (refilled bool) {
 	for _, id := range ids {
 		delete(s.out, id)
 	}
+	s.dropUnheldLocked()
 	return full && len(s.out) < s.limit
+}
+
+// dropUnheldLocked removes from queue the deliveries no longer in out: an
+// acked occurrence need not be sent again, and an expired attempt has
+// been taken back by its shard. Sending them would exceed the credit.
+func (s *subscriber) dropUnheldLocked() {
+	if len(s.queue) == 0 {
+		return
+	}
+	s.queue = slices.DeleteFunc(s.queue, func(d shard.Delivery) bool {
+		h, ok := s.out[d.ID]
+		return !ok || h.attempt != d.Attempt
+	})
 }
 
 // expire frees the credit of deliveries accepted at least ackTimeout
@@ -164,21 +186,28 @@ func (s *subscriber) expire(now time.Time) (refilled bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	full := len(s.out) >= s.limit
-	for id, at := range s.out {
-		if now.Sub(at) >= s.ackTimeout {
+	for id, h := range s.out {
+		if now.Sub(h.at) >= s.ackTimeout {
 			delete(s.out, id)
 		}
 	}
+	s.dropUnheldLocked()
 	return full && len(s.out) < s.limit
 }
 
-// close refuses further deliveries and returns the ids of those not
-// acknowledged, which the caller hands back to their shards.
-func (s *subscriber) close() []string {
+// close refuses further deliveries and returns the attempts it held
+// unacknowledged, which the caller hands back to their shards. Ids no
+// shard made cannot be held: they came from a shard's Dispatch.
+func (s *subscriber) close() []shard.Attempt {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
-	ids := slices.Collect(maps.Keys(s.out))
+	out := make([]shard.Attempt, 0, len(s.out))
+	for id, h := range s.out {
+		if d, err := shard.ParseDeliveryID(id); err == nil {
+			out = append(out, shard.Attempt{ID: d, Number: h.attempt})
+		}
+	}
 	s.out, s.queue = nil, nil
-	return ids
+	return out
 }

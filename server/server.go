@@ -71,6 +71,9 @@ type Server struct {
 	// release is closed once gRPC has stopped: the supervisors then close
 	// their shards, so RPCs that were let finish found them open.
 	release chan struct{}
+	// startDone is closed when Start's work has returned; Close waits for
+	// it before undoing what Start did.
+	startDone chan struct{}
 
 	closeErrMu sync.Mutex
 	closeErrs  []error // guarded by closeErrMu: failures of the shutdown
@@ -107,13 +110,14 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		reg:     prometheus.NewRegistry(),
-		slots:   make([]atomic.Pointer[shard.Shard], cfg.Shards),
-		quit:    make(chan struct{}),
-		release: make(chan struct{}),
-		failed:  make(chan struct{}),
+		cfg:       cfg,
+		log:       cfg.Logger,
+		reg:       prometheus.NewRegistry(),
+		slots:     make([]atomic.Pointer[shard.Shard], cfg.Shards),
+		quit:      make(chan struct{}),
+		release:   make(chan struct{}),
+		startDone: make(chan struct{}),
+		failed:    make(chan struct{}),
 	}
 	s.metrics = newMetrics(s.reg, cfg.MetricNamespaces, s.shardStats)
 	s.hub = newHub(s.metrics)
@@ -138,12 +142,23 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	s.started = true
 	s.mu.Unlock()
-	if err := s.start(ctx); err != nil {
-		return errors.Join(err, s.Close(context.WithoutCancel(ctx)))
+	err := s.start(ctx)
+	close(s.startDone)
+	if err != nil {
+		// Undo, within a bound: the caller's ctx may be what failed.
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), startUndoTimeout)
+		defer cancel()
+		return errors.Join(err, s.Close(closeCtx))
 	}
 	return nil
 }
 
+// startUndoTimeout bounds the Close that undoes a failed Start.
+const startUndoTimeout = 30 * time.Second
+
+// start does Start's work. Close may run meanwhile: it closes quit and
+// waits for start to return before it undoes anything, and start stops
+// at its next step once quit is closed.
 func (s *Server) start(ctx context.Context) error {
 	var err error
 	if s.grpcLis, err = net.Listen("tcp", s.cfg.GRPCAddr); err != nil {
@@ -153,6 +168,9 @@ func (s *Server) start(ctx context.Context) error {
 		if s.httpLis, err = net.Listen("tcp", s.cfg.HTTPAddr); err != nil {
 			return fmt.Errorf("server: listen on the HTTP address %s: %w", s.cfg.HTTPAddr, err)
 		}
+	}
+	if s.quitting() {
+		return ErrClosed
 	}
 	if err := s.openStore(ctx); err != nil {
 		return err
@@ -180,6 +198,9 @@ func (s *Server) start(ctx context.Context) error {
 	s.health.SetServingStatus(pb.TimerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
+	if s.quitting() {
+		return ErrClosed
+	}
 	s.serve("gRPC", func() error { return s.grpc.Serve(s.grpcLis) })
 	if s.httpLis != nil {
 		s.http = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
@@ -207,6 +228,8 @@ func (s *Server) start(ctx context.Context) error {
 			return fmt.Errorf("server: loading shards: %w", context.Cause(ctx))
 		case <-s.failed:
 			return s.failErr
+		case <-s.quit:
+			return ErrClosed
 		}
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
@@ -427,10 +450,15 @@ func (s *Server) Close(ctx context.Context) error {
 		return s.closeErr
 	}
 	s.closed = true
+	started := s.started
 	s.closing.Add(1)
 	s.mu.Unlock()
 	defer s.closing.Done()
 
+	close(s.quit)
+	if started {
+		<-s.startDone // start stops at its next step, then undoes nothing itself
+	}
 	err := s.shutdown(ctx)
 	s.mu.Lock()
 	s.closeErr = err
@@ -440,7 +468,6 @@ func (s *Server) Close(ctx context.Context) error {
 
 func (s *Server) shutdown(ctx context.Context) error {
 	s.closeCtx = ctx
-	close(s.quit)
 	if s.health != nil {
 		s.health.Shutdown()
 	}

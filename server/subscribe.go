@@ -17,7 +17,7 @@ import (
 // sends; a second goroutine receives acks. See the package doc.
 func (t *timerService) Subscribe(stream pb.TimerService_SubscribeServer) error {
 	s := t.s
-	first, err := stream.Recv()
+	first, err := s.first(stream)
 	if errors.Is(err, io.EOF) {
 		return nil
 	}
@@ -93,6 +93,29 @@ func (t *timerService) Subscribe(stream pb.TimerService_SubscribeServer) error {
 				s.readyAll(sub.key)
 			}
 		}
+	}
+}
+
+// first reads a stream's first message, or gives up with UNAVAILABLE
+// when the server shuts down first: a client that opened a stream and
+// sent nothing must not hold up Close.
+func (s *Server) first(stream pb.TimerService_SubscribeServer) (*pb.SubscribeRequest, error) {
+	type result struct {
+		m   *pb.SubscribeRequest
+		err error
+	}
+	got := make(chan result, 1)
+	s.wg.Add(1)
+	go func() { // ends when the message comes or the stream ends
+		defer s.wg.Done()
+		m, err := stream.Recv()
+		got <- result{m, err}
+	}()
+	select {
+	case r := <-got:
+		return r.m, r.err
+	case <-s.quit:
+		return nil, status.Error(codes.Unavailable, "server is shutting down; subscribe again")
 	}
 }
 
@@ -185,14 +208,16 @@ func (s *Server) byShard(ids []string, groups map[uint32][]shard.DeliveryID) {
 	}
 }
 
-// giveBack returns unacknowledged deliveries to their shards.
-func (s *Server) giveBack(ids []string) {
-	if len(ids) == 0 {
-		return
+// giveBack returns unacknowledged delivery attempts to their shards.
+func (s *Server) giveBack(attempts []shard.Attempt) {
+	groups := make(map[uint32][]shard.Attempt)
+	for _, a := range attempts {
+		groups[a.ID.Shard] = append(groups[a.ID.Shard], a)
 	}
-	groups := make(map[uint32][]shard.DeliveryID)
-	s.byShard(ids, groups)
 	for id, g := range groups {
+		if id >= s.cfg.Shards {
+			continue
+		}
 		if sh := s.shard(id); sh != nil {
 			sh.Return(g)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/binary"
+	"fmt"
 	"sync"
 	"time"
 
@@ -91,6 +92,17 @@ func (s *Server) checkBatch(field string, n int) error {
 	return nil
 }
 
+// checkSpec checks a spec as its shard will, so that a bad item fails
+// with INVALID_ARGUMENT even while its shard is not loaded here (and
+// would otherwise get UNAVAILABLE, which clients retry).
+func (s *Server) checkSpec(sp *shard.Spec, now time.Time) error {
+	if err := s.cfg.Shard.ValidateSpec(sp); err != nil {
+		return err
+	}
+	_, err := s.cfg.Shard.ResolveDue(sp.Due, sp.Delay, now)
+	return err
+}
+
 func (s *Server) shardOf(namespace, id string) uint32 {
 	return ring.Shard(namespace, id, s.cfg.Shards)
 }
@@ -104,8 +116,12 @@ func (t *timerService) Schedule(ctx context.Context, req *pb.ScheduleRequest) (*
 	}
 	out := make([]*pb.ItemResult, len(in))
 	specs := make([]shard.Spec, len(in))
+	now := time.Now()
 	parts := s.split(len(in), func(i int) (uint32, bool) {
 		sp, err := toSpec(in[i])
+		if err == nil {
+			err = s.checkSpec(&sp, now)
+		}
 		if err != nil {
 			out[i] = itemResult(in[i].GetId(), shard.Result{Err: err})
 			return 0, false
@@ -156,9 +172,13 @@ func (t *timerService) Reschedule(ctx context.Context, req *pb.RescheduleRequest
 	}
 	out := make([]*pb.ItemResult, len(in))
 	moves := make([]shard.Move, len(in))
+	now := time.Now()
 	parts := s.split(len(in), func(i int) (uint32, bool) {
 		it := in[i]
 		due, delay, err := toWhen(it.GetDueTime(), it.GetDelay(), it.GetWhen() != nil)
+		if err == nil {
+			_, err = s.cfg.Shard.ResolveDue(due, delay, now)
+		}
 		if err == nil {
 			err = shard.ValidID(it.GetId())
 		}
@@ -277,7 +297,10 @@ func (t *timerService) ListDeadLetters(ctx context.Context, req *pb.ListDeadLett
 		if sh == nil {
 			return nil, rpcError(unavailable(at))
 		}
-		dead, more := sh.DeadLetters(ns, topic, after, size-len(resp.DeadLetters))
+		dead, more, err := sh.DeadLetters(ns, topic, after, size-len(resp.DeadLetters))
+		if err != nil {
+			return nil, rpcError(err)
+		}
 		for i := range dead {
 			resp.DeadLetters = append(resp.DeadLetters, &pb.DeadLetter{
 				Timer:           toTimer(&dead[i]),
@@ -393,22 +416,24 @@ func (t *timerService) ReplayDeadLetters(ctx context.Context, req *pb.ReplayDead
 		for i := range parts {
 			parts[i].shard = uint32(i)
 		}
-		var missing []uint32
+		var failed error // the first shard's failure; guarded by mu
 		fanout(parts, func(p part) {
-			sh := s.shard(p.shard)
-			if sh == nil {
-				mu.Lock()
-				missing = append(missing, p.shard)
-				mu.Unlock()
-				return
+			var n int
+			err := unavailable(p.shard)
+			if sh := s.shard(p.shard); sh != nil {
+				_, n, err = sh.Replay(ctx, ns, nil, topic, due, delay)
 			}
-			_, n := sh.Replay(ctx, ns, nil, topic, due, delay)
 			mu.Lock()
+			defer mu.Unlock()
 			resp.Replayed += uint64(n)
-			mu.Unlock()
+			if err != nil && failed == nil {
+				failed = err
+			}
 		})
-		if len(missing) > 0 {
-			return nil, rpcError(unavailable(missing[0]))
+		if failed != nil {
+			// Replaying again is safe: what was replayed is no longer a
+			// dead letter.
+			return nil, rpcError(fmt.Errorf("%d dead letters replayed, then: %w", resp.Replayed, failed))
 		}
 		return resp, nil
 	}
@@ -421,7 +446,7 @@ func (t *timerService) ReplayDeadLetters(ctx context.Context, req *pb.ReplayDead
 		return s.shardOf(ns, ids[i]), true
 	})
 	s.onShards(parts, func(sh *shard.Shard, p part) {
-		res, n := sh.Replay(ctx, ns, pick(ids, p.items), topic, due, delay)
+		res, n, _ := sh.Replay(ctx, ns, pick(ids, p.items), topic, due, delay) // failures are in res
 		for j, i := range p.items {
 			resp.Results[i] = itemResult(ids[i], res[j])
 		}

@@ -43,7 +43,9 @@ func (p *Submitted) Wait(ctx context.Context) []Result {
 // Submit is Schedule without the wait: it applies specs in memory,
 // submits their writes to the group commit and returns at once. A caller
 // that schedules on many shards submits to all before waiting on any, so
-// their writes share commit cycles. The timers fire only once durable.
+// their writes share commit cycles. A timer that is due may fire before
+// its write is durable; the caller is told it is scheduled only once it
+// is, and a crash before then loses it (it may have been delivered).
 func (s *Shard) Submit(specs []Spec) *Submitted {
 	res := make([]Result, len(specs))
 	commits := make([]*store.Commit, len(specs))
@@ -243,22 +245,31 @@ func (s *Shard) Ack(ids []DeliveryID) (*store.Commit, error) {
 	return c, nil
 }
 
-// Return gives back deliveries whose subscriber went away unacked: each
-// occurrence still in flight goes back to pending and is delivered again
-// at once, without waiting for its ack timeout or a backoff. The attempt
-// counts (it is written down) and one that was the last allowed makes a
-// dead letter, so a payload that crashes its consumers cannot loop for
-// ever. Other ids are ignored.
-func (s *Shard) Return(ids []DeliveryID) {
+// Attempt names one delivery attempt: the occurrence and its attempt
+// number (Delivery.Attempt).
+type Attempt struct {
+	ID     DeliveryID
+	Number uint32
+}
+
+// Return gives back delivery attempts whose subscriber went away unacked:
+// each occurrence still in flight under that very attempt goes back to
+// pending and is delivered again at once, without waiting for its ack
+// timeout or a backoff. The attempt counts (it is written down) and one
+// that was the last allowed makes a dead letter, so a payload that
+// crashes its consumers cannot loop for ever. Other attempts are ignored:
+// an attempt that timed out already and was redelivered elsewhere is not
+// this subscriber's to give back.
+func (s *Shard) Return(attempts []Attempt) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopErr != nil {
 		return
 	}
 	now := s.clock.Now().UnixMilli()
-	for i := range ids {
-		t := s.occurrenceLocked(&ids[i])
-		if t == nil || !t.inFlight {
+	for i := range attempts {
+		t := s.occurrenceLocked(&attempts[i].ID)
+		if t == nil || !t.inFlight || t.attempts != attempts[i].Number {
 			continue
 		}
 		s.timeoutLocked(t, now, 0)
@@ -285,12 +296,13 @@ func (s *Shard) Ready(namespace, topic string) {
 
 // DeadLetters returns up to limit dead letters of namespace (and of topic,
 // when not empty) with ids greater than after, in id order, and whether
-// there are more. A limit below 1 is taken as 1.
-func (s *Shard) DeadLetters(namespace, topic, after string, limit int) ([]Timer, bool) {
+// there are more. A limit below 1 is taken as 1. A stopped shard returns
+// its ErrNotOwner.
+func (s *Shard) DeadLetters(namespace, topic, after string, limit int) ([]Timer, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.stopErr != nil {
-		return nil, false
+	if err := s.stopErr; err != nil {
+		return nil, false, err
 	}
 	var hits []*timer
 	prefix := namespace + "\x00"
@@ -315,7 +327,7 @@ func (s *Shard) DeadLetters(namespace, topic, after string, limit int) ([]Timer,
 	for i, t := range hits {
 		out[i] = s.snapshotLocked(t)
 	}
-	return out, more
+	return out, more, nil
 }
 
 // Replay makes dead letters of namespace pending again with no attempts,
@@ -324,17 +336,19 @@ func (s *Shard) DeadLetters(namespace, topic, after string, limit int) ([]Timer,
 // ErrNotFound for an unknown id or one whose topic differs from a
 // non-empty topic, ErrNotDead for a timer that is not a dead letter. With
 // no ids it replays every dead letter of namespace (and topic). It returns
-// how many were replayed.
-func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topic string, due time.Time, delay time.Duration) ([]Result, int) {
+// how many were replayed, and an error when the call failed as a whole (a
+// bad due time, a stopped shard, or, with no ids, writes that did not
+// become durable); with ids, that error is also in every Result.
+func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topic string, due time.Time, delay time.Duration) ([]Result, int, error) {
 	s.mu.Lock()
 	if err := s.stopErr; err != nil {
 		s.mu.Unlock()
-		return fillErr(make([]Result, len(ids)), err), 0
+		return fillErr(make([]Result, len(ids)), err), 0, err
 	}
 	at, err := s.cfg.ResolveDue(due, delay, s.clock.Now())
 	if err != nil {
 		s.mu.Unlock()
-		return fillErr(make([]Result, len(ids)), err), 0
+		return fillErr(make([]Result, len(ids)), err), 0, err
 	}
 	var targets []*timer
 	res := make([]Result, len(ids))
@@ -370,13 +384,13 @@ func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topi
 		c := s.submitLocked()
 		s.mu.Unlock()
 		if c == nil {
-			return res, 0
+			return res, 0, nil
 		}
 		s.kickLoop()
 		if err := s.waitOne(ctx, c); err != nil {
-			return res, 0
+			return res, 0, err
 		}
-		return res, len(targets)
+		return res, len(targets), nil
 	}
 	res = s.submitAndWait(ctx, res, commits, replayed)
 	n := 0
@@ -385,7 +399,7 @@ func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topi
 			n++
 		}
 	}
-	return res, n
+	return res, n, nil
 }
 
 // lookupLocked finds a timer, checking the namespace and id first.

@@ -172,7 +172,7 @@ func TestValidation(t *testing.T) {
 		if _, err := s.Get("", "x"); !errors.Is(err, ErrInvalidNamespace) {
 			t.Errorf("Get with an empty namespace = %v", err)
 		}
-		if r, n := s.Replay(ctx, "ns", []string{"x"}, "", time.Time{}, -time.Second); n != 0 || !errors.Is(r[0].Err, ErrInvalidDue) {
+		if r, n, _ := s.Replay(ctx, "ns", []string{"x"}, "", time.Time{}, -time.Second); n != 0 || !errors.Is(r[0].Err, ErrInvalidDue) {
 			t.Errorf("Replay with a negative delay = %v, %d", r[0].Err, n)
 		}
 		after, _ := s.Get("ns", "x")
@@ -307,11 +307,11 @@ func TestRedeliveryAndDeadLetters(t *testing.T) {
 			t.Fatalf("Reschedule of a dead letter = %v, want ErrDead", r.Err)
 		}
 
-		dead, more := s.DeadLetters("ns", "", "", 10)
+		dead, more, _ := s.DeadLetters("ns", "", "", 10)
 		if len(dead) != 1 || more || dead[0].ID != "r" || dead[0].LastAttempt.IsZero() {
 			t.Fatalf("DeadLetters = %+v, %v", dead, more)
 		}
-		if dead, _ := s.DeadLetters("ns", "other-topic", "", 10); len(dead) != 0 {
+		if dead, _, _ := s.DeadLetters("ns", "other-topic", "", 10); len(dead) != 0 {
 			t.Fatalf("DeadLetters of another topic = %+v", dead)
 		}
 		// Dead letters survive a change of owner.
@@ -319,12 +319,12 @@ func TestRedeliveryAndDeadLetters(t *testing.T) {
 		s = e.open(t, 0, "b", k)
 		mustState(t, s, "r", Dead, 3)
 
-		res, n := s.Replay(ctx, "ns", []string{"r", "other", "none"}, "", time.Time{}, time.Second)
+		res, n, _ := s.Replay(ctx, "ns", []string{"r", "other", "none"}, "", time.Time{}, time.Second)
 		if n != 1 || res[0].Err != nil || !errors.Is(res[1].Err, ErrNotDead) || !errors.Is(res[2].Err, ErrNotFound) {
 			t.Fatalf("Replay = %v, %v, %v (%d)", res[0].Err, res[1].Err, res[2].Err, n)
 		}
 		mustState(t, s, "r", Pending, 0)
-		if _, n := s.Replay(ctx, "ns", []string{"r"}, "", time.Time{}, 0); n != 0 {
+		if _, n, _ := s.Replay(ctx, "ns", []string{"r"}, "", time.Time{}, 0); n != 0 {
 			t.Fatal("a replayed timer was replayed twice")
 		}
 		e.advance(s, time.Second)
@@ -353,27 +353,27 @@ func TestReplayAll(t *testing.T) {
 		e.advance(s, 0)
 		k.take(t, 5)
 		e.advance(s, cfg.AckTimeout)
-		page, more := s.DeadLetters("ns", "", "", 2)
+		page, more, _ := s.DeadLetters("ns", "", "", 2)
 		if len(page) != 2 || !more || page[0].ID != "d0" || page[1].ID != "d1" {
 			t.Fatalf("first page = %v, %v", page, more)
 		}
 		for _, limit := range []int{0, -1} { // taken as 1
-			if page, more := s.DeadLetters("ns", "", "", limit); len(page) != 1 || !more {
+			if page, more, _ := s.DeadLetters("ns", "", "", limit); len(page) != 1 || !more {
 				t.Fatalf("DeadLetters(limit %d) = %d letters, more %v", limit, len(page), more)
 			}
 		}
-		page, more = s.DeadLetters("ns", "", "d1", 10)
+		page, more, _ = s.DeadLetters("ns", "", "d1", 10)
 		if len(page) != 3 || more || page[0].ID != "d2" {
 			t.Fatalf("second page = %v, %v", page, more)
 		}
-		if _, n := s.Replay(ctx, "ns", nil, "odd", time.Time{}, 0); n != 2 {
+		if _, n, _ := s.Replay(ctx, "ns", nil, "odd", time.Time{}, 0); n != 2 {
 			t.Fatalf("Replay(topic odd) replayed %d, want 2", n)
 		}
 		e.advance(s, 0)
 		if got := ids(k.take(t, 2)); !slices.Equal(got, []string{"d1", "d3"}) {
 			t.Fatalf("replayed %v", got)
 		}
-		if _, n := s.Replay(ctx, "ns", nil, "", time.Time{}, 0); n != 3 {
+		if _, n, _ := s.Replay(ctx, "ns", nil, "", time.Time{}, 0); n != 3 {
 			t.Fatalf("Replay(all) replayed %d, want 3", n)
 		}
 	})
@@ -457,7 +457,11 @@ func TestReturn(t *testing.T) {
 		d := k.take(t, 1)[0]
 		for attempt := uint32(2); attempt <= 4; attempt++ {
 			id, _ := ParseDeliveryID(d.ID)
-			s.Return([]DeliveryID{id})
+			// An older attempt's return is not this attempt's: ignored.
+			s.Return([]Attempt{{ID: id, Number: d.Attempt - 1}})
+			s.settle()
+			k.none(t)
+			s.Return([]Attempt{{ID: id, Number: d.Attempt}})
 			s.settle()
 			if attempt > cfg.MaxAttempts {
 				k.none(t)

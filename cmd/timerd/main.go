@@ -56,6 +56,12 @@ func run(args []string, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := srv.Start(ctx); err != nil {
+		signalled := ctx.Err() != nil
+		stop() // cancels ctx too, so read it first
+		if signalled { // a signal while starting: stopped as asked
+			log.Info("signal received while starting; stopped")
+			return 0
+		}
 		fmt.Fprintf(stderr, "timerd: %v\n", err)
 		return 1
 	}
