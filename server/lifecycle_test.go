@@ -135,4 +135,3 @@ func TestInvalidItemOnUnloadedShard(t *testing.T) {
 		t.Fatalf("ReplayDeadLetters with a shard missing = %v, want Unavailable", err)
 	}
 }
-

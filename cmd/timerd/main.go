@@ -57,7 +57,7 @@ func run(args []string, stderr io.Writer) int {
 	defer stop()
 	if err := srv.Start(ctx); err != nil {
 		signalled := ctx.Err() != nil
-		stop() // cancels ctx too, so read it first
+		stop()         // cancels ctx too, so read it first
 		if signalled { // a signal while starting: stopped as asked
 			log.Info("signal received while starting; stopped")
 			return 0
