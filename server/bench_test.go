@@ -14,17 +14,21 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
+	"github.com/timerd/timerd/internal/redistest"
 	"github.com/timerd/timerd/store"
 )
 
 // benchServer starts a server with the production defaults (64 shards,
 // embedded store in a temp dir) on loopback, and a client connection.
-func benchServer(b *testing.B) (*Server, pb.TimerServiceClient) {
+func benchServer(b *testing.B, opts ...func(*Config)) (*Server, pb.TimerServiceClient) {
 	b.Helper()
 	cfg := DefaultConfig()
 	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", ""
 	cfg.DataDir = b.TempDir()
 	cfg.NodeName = "bench"
+	for _, o := range opts {
+		o(&cfg)
+	}
 	srv, err := New(cfg)
 	if err != nil {
 		b.Fatal(err)
@@ -151,6 +155,19 @@ func BenchmarkServerSchedule(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "timers/s")
 		})
 	}
+}
+
+// BenchmarkServerScheduleRedis is BenchmarkServerSchedule's batches of
+// 1,000 with the shards in Redis (a real redis-server on loopback, AOF
+// everysec). Its peer is the shard package's BenchmarkRedisPipelineRaw
+// (raw pipelined HSETs of the same records), which make bench runs in the
+// same pass.
+func BenchmarkServerScheduleRedis(b *testing.B) {
+	rs := redistest.Start(b)
+	_, c := benchServer(b, func(cfg *Config) { cfg.RedisURL = "redis://" + rs.Addr() })
+	b.ResetTimer()
+	scheduleAll(b, c, "t", b.N, 1000, 16, time.Hour)
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "timers/s")
 }
 
 // BenchmarkServerFireAck measures deliveries per second fired and

@@ -59,6 +59,7 @@ END {
 		print "node through gRPC, embedded store, same run (ratio = timerd / peer):"
 		rrow("schedule, batches of 100", "BenchmarkServerSchedule/batch=100", "BenchmarkServerSchedule/batch=100/peer=store-commit", "store commits alone")
 		rrow("schedule, batches of 1000", "BenchmarkServerSchedule/batch=1000", "BenchmarkServerSchedule/batch=1000/peer=store-commit", "store commits alone")
+		rrow("schedule, Redis, batches of 1000", "BenchmarkServerScheduleRedis", "BenchmarkRedisPipelineRaw/per-shard-batch", "raw HSET per shard batch")
 		rrow("fire+ack, 1 stream", "BenchmarkServerFireAck/streams=1", "", "")
 		rrow("fire+ack, 4 streams", "BenchmarkServerFireAck/streams=4", "", "")
 	}
