@@ -59,9 +59,12 @@ type Server struct {
 	// requests get UNAVAILABLE.
 	slots []atomic.Pointer[shard.Shard]
 	// loaded counts the non-nil slots; version counts changes to slots,
-	// for ShardMapResponse.version.
-	loaded  atomic.Int32
-	version atomic.Uint64
+	// for ShardMapResponse.version. serving is set once Start has loaded
+	// every shard: from then on the health service follows loaded.
+	loaded   atomic.Int32
+	version  atomic.Uint64
+	serving  atomic.Bool
+	healthMu sync.Mutex // serializes updateHealth
 
 	// quit is closed when Close begins: supervisors close their shards
 	// and stop, and streams end with UNAVAILABLE. closeCtx, Close's
@@ -232,10 +235,29 @@ func (s *Server) start(ctx context.Context) error {
 			return ErrClosed
 		}
 	}
-	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	s.health.SetServingStatus(pb.TimerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	s.serving.Store(true)
+	s.updateHealth()
 	s.log.Info("ready", "shards", s.cfg.Shards, "took", time.Since(began))
 	return nil
+}
+
+// updateHealth makes the gRPC health service agree with /readyz: SERVING
+// once Start has loaded every shard, and whenever every shard is loaded
+// again after one stopped.
+func (s *Server) updateHealth() {
+	if !s.serving.Load() {
+		return
+	}
+	// Read and set under one lock, or two shards changing at once could
+	// leave the older answer standing.
+	s.healthMu.Lock()
+	defer s.healthMu.Unlock()
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if s.Ready() {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	s.health.SetServingStatus("", st)
+	s.health.SetServingStatus(pb.TimerService_ServiceDesc.ServiceName, st)
 }
 
 func (s *Server) openStore(ctx context.Context) error {
@@ -326,6 +348,7 @@ func (s *Server) supervise(id uint32, sem chan struct{}, loaded chan<- struct{})
 		s.slots[id].Store(sh)
 		s.loaded.Add(1)
 		s.version.Add(1)
+		s.updateHealth()
 		if first {
 			first = false
 			loaded <- struct{}{}
@@ -342,6 +365,7 @@ func (s *Server) supervise(id uint32, sem chan struct{}, loaded chan<- struct{})
 		s.slots[id].Store(nil)
 		s.loaded.Add(-1)
 		s.version.Add(1)
+		s.updateHealth()
 		s.log.Error("shard stopped; reopening", "shard", id, "err", sh.Err())
 		_ = sh.Close(context.Background()) // stopped already: nothing to flush
 		if !s.sleep(wait) {
