@@ -108,11 +108,12 @@ type subscriber struct {
 	closed bool
 }
 
-// held is a delivery a subscriber holds: when it was accepted and which
-// attempt it is.
+// held is a delivery a subscriber holds: when it was accepted, which
+// attempt it is, and whether it still waits in the queue.
 type held struct {
 	at      time.Time
 	attempt uint32
+	queued  bool
 }
 
 func newSubscriber(key topicKey, limit int, ackTimeout time.Duration) *subscriber {
@@ -133,7 +134,7 @@ func (s *subscriber) offer(d *shard.Delivery) bool {
 		s.mu.Unlock()
 		return false
 	}
-	s.out[d.ID] = held{at: d.Fired, attempt: d.Attempt}
+	s.out[d.ID] = held{at: d.Fired, attempt: d.Attempt, queued: true}
 	s.queue = append(s.queue, *d)
 	s.mu.Unlock()
 	select {
@@ -147,6 +148,12 @@ func (s *subscriber) offer(d *shard.Delivery) bool {
 func (s *subscriber) take(buf []shard.Delivery) []shard.Delivery {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for i := range s.queue {
+		if h, ok := s.out[s.queue[i].ID]; ok && h.queued {
+			h.queued = false
+			s.out[s.queue[i].ID] = h
+		}
+	}
 	buf, s.queue = s.queue, buf[:0]
 	return buf
 }
@@ -158,10 +165,16 @@ func (s *subscriber) settle(ids []string) (refilled bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	full := len(s.out) >= s.limit
+	queued := false
 	for _, id := range ids {
-		delete(s.out, id)
+		if h, ok := s.out[id]; ok {
+			queued = queued || h.queued
+			delete(s.out, id)
+		}
 	}
-	s.dropUnheldLocked()
+	if queued {
+		s.dropUnheldLocked()
+	}
 	return full && len(s.out) < s.limit
 }
 
@@ -186,12 +199,16 @@ func (s *subscriber) expire(now time.Time) (refilled bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	full := len(s.out) >= s.limit
+	queued := false
 	for id, h := range s.out {
 		if now.Sub(h.at) >= s.ackTimeout {
+			queued = queued || h.queued
 			delete(s.out, id)
 		}
 	}
-	s.dropUnheldLocked()
+	if queued {
+		s.dropUnheldLocked()
+	}
 	return full && len(s.out) < s.limit
 }
 
