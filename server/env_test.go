@@ -193,3 +193,21 @@ func (s *stream) end() error {
 	}
 	return nil
 }
+
+// waitSubscribers waits until n streams of topic (default namespace) are
+// registered in the hub: a stream's subscription is read by the server
+// some time after the client sent it.
+func (e *env) waitSubscribers(topic string, n int) {
+	e.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		tp := (*e.srv.hub.topics.Load())[topicKey{"default", topic}]
+		if tp != nil && len(tp.subs) == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%d subscribers of %q did not register", n, topic)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -236,6 +236,7 @@ func TestCompetingConsumers(t *testing.T) {
 	const n = 200
 	s1 := e.subscribe(&pb.Subscription{Topic: "t", MaxInFlight: 1000})
 	s2 := e.subscribe(&pb.Subscription{Topic: "t", MaxInFlight: 1000})
+	e.waitSubscribers("t", 2)
 	var specs []*pb.TimerSpec
 	for i := range n {
 		specs = append(specs, spec(fmt.Sprint(i), "t", 0))
@@ -363,7 +364,7 @@ func TestUnknownAcksAreIgnored(t *testing.T) {
 func TestShutdownEndsStreamsUnavailable(t *testing.T) {
 	e := start(t, "")
 	st := e.subscribe(&pb.Subscription{Topic: "t"})
-	time.Sleep(100 * time.Millisecond) // let the server register it
+	e.waitSubscribers("t", 1)
 	closed := make(chan error, 1)
 	go func() { closed <- e.srv.Close(context.Background()) }()
 	if err := st.end(); status.Code(err) != codes.Unavailable {
