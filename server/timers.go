@@ -81,6 +81,27 @@ func (s *Server) onShards(parts []part, call func(sh *shard.Shard, p part), fail
 	})
 }
 
+// requestNamespace returns the namespace of a request ("" means the
+// default), or the INVALID_ARGUMENT that fails it.
+func requestNamespace(ns string) (string, error) {
+	ns = namespaceOr(ns)
+	if err := shard.ValidNamespace(ns); err != nil {
+		return "", invalid("namespace", "%v", err)
+	}
+	return ns, nil
+}
+
+// topicFilter checks an optional topic filter ("" matches every topic).
+func topicFilter(topic string) error {
+	if topic == "" {
+		return nil
+	}
+	if err := shard.ValidTopic(topic); err != nil {
+		return invalid("topic", "%v", err)
+	}
+	return nil
+}
+
 // checkBatch fails a request whose batch field holds n items.
 func (s *Server) checkBatch(field string, n int) error {
 	switch {
@@ -162,9 +183,9 @@ func (t *timerService) Schedule(ctx context.Context, req *pb.ScheduleRequest) (*
 // Reschedule implements pb.TimerServiceServer.
 func (t *timerService) Reschedule(ctx context.Context, req *pb.RescheduleRequest) (*pb.RescheduleResponse, error) {
 	s := t.s
-	ns := namespaceOr(req.GetNamespace())
-	if err := shard.ValidNamespace(ns); err != nil {
-		return nil, invalid("namespace", "%v", err)
+	ns, err := requestNamespace(req.GetNamespace())
+	if err != nil {
+		return nil, err
 	}
 	in := req.GetItems()
 	if err := s.checkBatch("items", len(in)); err != nil {
@@ -201,9 +222,9 @@ func (t *timerService) Reschedule(ctx context.Context, req *pb.RescheduleRequest
 // Cancel implements pb.TimerServiceServer.
 func (t *timerService) Cancel(ctx context.Context, req *pb.CancelRequest) (*pb.CancelResponse, error) {
 	s := t.s
-	ns := namespaceOr(req.GetNamespace())
-	if err := shard.ValidNamespace(ns); err != nil {
-		return nil, invalid("namespace", "%v", err)
+	ns, err := requestNamespace(req.GetNamespace())
+	if err != nil {
+		return nil, err
 	}
 	ids := req.GetIds()
 	if err := s.checkBatch("ids", len(ids)); err != nil {
@@ -228,9 +249,9 @@ func (t *timerService) Cancel(ctx context.Context, req *pb.CancelRequest) (*pb.C
 
 // Get implements pb.TimerServiceServer.
 func (t *timerService) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, error) {
-	ns := namespaceOr(req.GetNamespace())
-	if err := shard.ValidNamespace(ns); err != nil {
-		return nil, invalid("namespace", "%v", err)
+	ns, err := requestNamespace(req.GetNamespace())
+	if err != nil {
+		return nil, err
 	}
 	if err := shard.ValidID(req.GetId()); err != nil {
 		return nil, invalid("id", "%v", err)
@@ -261,15 +282,13 @@ const (
 // token says where the last page stopped.
 func (t *timerService) ListDeadLetters(ctx context.Context, req *pb.ListDeadLettersRequest) (*pb.ListDeadLettersResponse, error) {
 	s := t.s
-	ns := namespaceOr(req.GetNamespace())
-	if err := shard.ValidNamespace(ns); err != nil {
-		return nil, invalid("namespace", "%v", err)
+	ns, err := requestNamespace(req.GetNamespace())
+	if err != nil {
+		return nil, err
 	}
 	topic := req.GetTopic()
-	if topic != "" {
-		if err := shard.ValidTopic(topic); err != nil {
-			return nil, invalid("topic", "%v", err)
-		}
+	if err := topicFilter(topic); err != nil {
+		return nil, err
 	}
 	size := int(req.GetPageSize())
 	switch {
@@ -381,15 +400,13 @@ func parsePageToken(tok, ns, topic string, shards uint32) (uint32, string, error
 // ReplayDeadLetters implements pb.TimerServiceServer.
 func (t *timerService) ReplayDeadLetters(ctx context.Context, req *pb.ReplayDeadLettersRequest) (*pb.ReplayDeadLettersResponse, error) {
 	s := t.s
-	ns := namespaceOr(req.GetNamespace())
-	if err := shard.ValidNamespace(ns); err != nil {
-		return nil, invalid("namespace", "%v", err)
+	ns, err := requestNamespace(req.GetNamespace())
+	if err != nil {
+		return nil, err
 	}
 	topic := req.GetTopic()
-	if topic != "" {
-		if err := shard.ValidTopic(topic); err != nil {
-			return nil, invalid("topic", "%v", err)
-		}
+	if err := topicFilter(topic); err != nil {
+		return nil, err
 	}
 	ids := req.GetIds()
 	if len(ids) > s.cfg.MaxBatch {
