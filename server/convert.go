@@ -91,7 +91,7 @@ func code(err error) codes.Code {
 	case errors.Is(err, shard.ErrInvalidNamespace), errors.Is(err, shard.ErrInvalidID),
 		errors.Is(err, shard.ErrInvalidTopic), errors.Is(err, shard.ErrInvalidPayload),
 		errors.Is(err, shard.ErrInvalidDue), errors.Is(err, shard.ErrInvalidInterval),
-		errors.Is(err, shard.ErrInvalidDeliveryID), errors.Is(err, errInvalid):
+		errors.Is(err, shard.ErrInvalidDeliveryID):
 		return codes.InvalidArgument
 	case errors.Is(err, shard.ErrExists):
 		return codes.AlreadyExists
@@ -110,8 +110,6 @@ func code(err error) codes.Code {
 }
 
 var (
-	// errInvalid marks request-level validation errors of this package.
-	errInvalid = errors.New("invalid argument")
 	// errUnavailable marks a shard this node does not hold right now.
 	errUnavailable = errors.New("shard unavailable")
 	// errInvalidToken and errTokenFilter reject a ListDeadLetters

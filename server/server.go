@@ -69,7 +69,11 @@ type Server struct {
 	// quit is closed when Close begins: supervisors close their shards
 	// and stop, and streams end with UNAVAILABLE. closeCtx, Close's
 	// context, is set before quit is closed and read after.
-	quit     chan struct{}
+	quit <-chan struct{}
+	// quitCtx is done when quit is closed (it is quit's source), for the
+	// calls that take a context; stopQuit closes it.
+	quitCtx  context.Context
+	stopQuit context.CancelFunc
 	closeCtx context.Context
 	// release is closed once gRPC has stopped: the supervisors then close
 	// their shards, so RPCs that were let finish found them open.
@@ -117,11 +121,12 @@ func New(cfg Config) (*Server, error) {
 		log:       cfg.Logger,
 		reg:       prometheus.NewRegistry(),
 		slots:     make([]atomic.Pointer[shard.Shard], cfg.Shards),
-		quit:      make(chan struct{}),
 		release:   make(chan struct{}),
 		startDone: make(chan struct{}),
 		failed:    make(chan struct{}),
 	}
+	s.quitCtx, s.stopQuit = context.WithCancel(context.Background())
+	s.quit = s.quitCtx.Done()
 	s.metrics = newMetrics(s.reg, cfg.MetricNamespaces, s.shardStats)
 	s.hub = newHub(s.metrics)
 	return s, nil
@@ -381,16 +386,6 @@ func (s *Server) openShard(id uint32, sem chan struct{}) (*shard.Shard, error) {
 		return nil, ErrClosed
 	}
 	defer func() { <-sem }()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { // ends with this call, at the latest
-
-		select {
-		case <-s.quit:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	cfg := s.cfg.Shard
 	cfg.ID = id
 	cfg.Owner = s.cfg.NodeName
@@ -399,7 +394,7 @@ func (s *Server) openShard(id uint32, sem chan struct{}) (*shard.Shard, error) {
 	cfg.Dispatcher = s.hub
 	cfg.Events = s.metrics
 	cfg.Logger = s.log
-	return shard.Open(ctx, cfg)
+	return shard.Open(s.quitCtx, cfg) // Close cuts a load short
 }
 
 // sleep waits d, or until Close begins (then it returns false).
@@ -414,8 +409,8 @@ func (s *Server) sleep(d time.Duration) bool {
 	}
 }
 
-// shard returns the shard id when this node holds it, or an UNAVAILABLE
-// error.
+// shard returns shard id when this node holds it, or nil; callers turn
+// nil into UNAVAILABLE (see unavailable).
 func (s *Server) shard(id uint32) *shard.Shard {
 	return s.slots[id].Load()
 }
@@ -479,7 +474,7 @@ func (s *Server) Close(ctx context.Context) error {
 	s.mu.Unlock()
 	defer s.closing.Done()
 
-	close(s.quit)
+	s.stopQuit()
 	if started {
 		<-s.startDone // start stops at its next step, then undoes nothing itself
 	}

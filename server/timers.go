@@ -50,6 +50,18 @@ func (s *Server) split(n int, shardOf func(i int) (uint32, bool)) []part {
 	return parts
 }
 
+// splitIDs groups the ids of a batch of namespace by shard; an invalid
+// id fails its item in out at once and goes nowhere.
+func (s *Server) splitIDs(namespace string, ids []string, out []*pb.ItemResult) []part {
+	return s.split(len(ids), func(i int) (uint32, bool) {
+		if err := shard.ValidID(ids[i]); err != nil {
+			out[i] = itemResult(ids[i], shard.Result{Err: err})
+			return 0, false
+		}
+		return s.shardOf(namespace, ids[i]), true
+	})
+}
+
 // fanout runs fn for every part, concurrently, and returns when all are
 // done: a shard call waits for its group commit, and the parts' commits
 // should share cycles rather than follow one another.
@@ -231,13 +243,7 @@ func (t *timerService) Cancel(ctx context.Context, req *pb.CancelRequest) (*pb.C
 		return nil, err
 	}
 	out := make([]*pb.ItemResult, len(ids))
-	parts := s.split(len(ids), func(i int) (uint32, bool) {
-		if err := shard.ValidID(ids[i]); err != nil {
-			out[i] = itemResult(ids[i], shard.Result{Err: err})
-			return 0, false
-		}
-		return s.shardOf(ns, ids[i]), true
-	})
+	parts := s.splitIDs(ns, ids, out)
 	s.onShards(parts, func(sh *shard.Shard, p part) {
 		errs := sh.Cancel(ctx, ns, pick(ids, p.items))
 		for j, i := range p.items {
@@ -455,13 +461,7 @@ func (t *timerService) ReplayDeadLetters(ctx context.Context, req *pb.ReplayDead
 		return resp, nil
 	}
 	resp.Results = make([]*pb.ItemResult, len(ids))
-	parts := s.split(len(ids), func(i int) (uint32, bool) {
-		if err := shard.ValidID(ids[i]); err != nil {
-			resp.Results[i] = itemResult(ids[i], shard.Result{Err: err})
-			return 0, false
-		}
-		return s.shardOf(ns, ids[i]), true
-	})
+	parts := s.splitIDs(ns, ids, resp.Results)
 	s.onShards(parts, func(sh *shard.Shard, p part) {
 		res, n, _ := sh.Replay(ctx, ns, pick(ids, p.items), topic, due, delay) // failures are in res
 		for j, i := range p.items {

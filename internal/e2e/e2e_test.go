@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -40,14 +41,10 @@ type received struct {
 	at time.Time
 }
 
-// subscribe runs timerctl subscribe against addr and returns every
-// delivery it printed, each with the time its line was read.
-func subscribe(t *testing.T, addr string, args ...string) ([]received, outcome) {
+// startSubscribe starts cmd, a timerctl subscribe, as a child of the
+// test, and returns its stdout and its stderr as it is written.
+func startSubscribe(t *testing.T, cmd *exec.Cmd) (*exec.Cmd, io.Reader, *lockedBuffer) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
-	defer cancel()
-	args = append([]string{"--addr", addr, "subscribe"}, args...)
-	cmd := exec.CommandContext(ctx, bin.timerctl, args...)
 	cmd.Env = childEnv()
 	cmd.SysProcAttr = childAttr()
 	stderr := new(lockedBuffer)
@@ -59,6 +56,17 @@ func subscribe(t *testing.T, addr string, args ...string) ([]received, outcome) 
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	return cmd, stdout, stderr
+}
+
+// subscribe runs timerctl subscribe against addr and returns every
+// delivery it printed, each with the time its line was read.
+func subscribe(t *testing.T, addr string, args ...string) ([]received, outcome) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	args = append([]string{"--addr", addr, "subscribe"}, args...)
+	cmd, stdout, stderr := startSubscribe(t, exec.CommandContext(ctx, bin.timerctl, args...))
 	var recs []received
 	var lines strings.Builder
 	sc := bufio.NewScanner(stdout)
@@ -72,7 +80,7 @@ func subscribe(t *testing.T, addr string, args ...string) ([]received, outcome) 
 		}
 		recs = append(recs, received{d, at})
 	}
-	err = cmd.Wait()
+	err := cmd.Wait()
 	o := outcome{append([]string{"timerctl"}, args...), lines.String(), stderr.String(), 0}
 	var ee *exec.ExitError
 	switch {
@@ -137,18 +145,7 @@ func TestScheduleFireGet(t *testing.T) {
 func TestSubscribeStopsOnSignal(t *testing.T) {
 	t.Parallel()
 	n := startNode(t, t.TempDir())
-	cmd := exec.Command(bin.timerctl, "--addr", n.grpcAddr, "subscribe", "--topic", "signal")
-	cmd.Env = childEnv()
-	cmd.SysProcAttr = childAttr()
-	stderr := new(lockedBuffer)
-	cmd.Stderr = stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, stdout, stderr := startSubscribe(t, exec.Command(bin.timerctl, "--addr", n.grpcAddr, "subscribe", "--topic", "signal"))
 	exited := make(chan error, 1)
 	lines := make(chan string, 10)
 	go func() {
@@ -191,7 +188,7 @@ func TestSubscribeStopsOnSignal(t *testing.T) {
 			t.Fatalf("timerctl subscribe did not exit within %v of SIGTERM", stopTimeout)
 		}
 	}
-	err = <-exited // follows the end of its output
+	err := <-exited // follows the end of its output
 	if err != nil {
 		t.Errorf("timerctl subscribe after SIGTERM: %v, want exit code 0; stderr:\n%s", err, stderr)
 	}
