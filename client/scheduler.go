@@ -189,17 +189,9 @@ func (s *Scheduler) Add(ctx context.Context, t Timer, done func(Result)) error {
 		if s.pending < s.cfg.MaxPending {
 			break
 		}
-		if s.room == nil {
-			s.room = make(chan struct{})
+		if err := s.waitLocked(ctx, &s.room); err != nil {
+			return err
 		}
-		room := s.room
-		s.mu.Unlock()
-		select {
-		case <-room:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		s.mu.Lock()
 	}
 	s.pending++
 	b := s.cur
@@ -262,17 +254,9 @@ func (s *Scheduler) Flush(ctx context.Context) error {
 	}
 	target := s.seq
 	for s.oldestLocked() <= target {
-		if s.progress == nil {
-			s.progress = make(chan struct{})
+		if err := s.waitLocked(ctx, &s.progress); err != nil {
+			return err
 		}
-		p := s.progress
-		s.mu.Unlock()
-		select {
-		case <-p:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		s.mu.Lock()
 	}
 	s.mu.Unlock()
 	return nil
@@ -297,10 +281,7 @@ func (s *Scheduler) Close(ctx context.Context) error {
 		}
 	}
 	s.closed = true
-	if s.room != nil {
-		close(s.room)
-		s.room = nil
-	}
+	wakeLocked(&s.room)
 	s.mu.Unlock()
 
 	err := s.Flush(ctx)
@@ -373,10 +354,7 @@ func (s *Scheduler) sender(b *batch) {
 			s.sending = slices.Delete(s.sending, i, i+1)
 		}
 		s.recycleLocked(b)
-		if s.progress != nil {
-			close(s.progress)
-			s.progress = nil
-		}
+		wakeLocked(&s.progress)
 		b = nil
 		if len(s.queue) > 0 {
 			b = s.queue[0]
@@ -403,10 +381,7 @@ func (s *Scheduler) send(b *batch) {
 
 	s.mu.Lock()
 	s.pending -= n
-	if s.room != nil {
-		close(s.room)
-		s.room = nil
-	}
+	wakeLocked(&s.room)
 	s.mu.Unlock()
 
 	failed, dropped := 0, error(nil)
@@ -466,5 +441,31 @@ func (s *Scheduler) lingerLoop() {
 		if wait >= 0 {
 			t.Reset(wait)
 		}
+	}
+}
+
+// waitLocked waits, with s.mu released, until *signal (made here when
+// nil) is closed or ctx ends. It returns with s.mu held, or with ctx's
+// error and s.mu released.
+func (s *Scheduler) waitLocked(ctx context.Context, signal *chan struct{}) error {
+	if *signal == nil {
+		*signal = make(chan struct{})
+	}
+	ch := *signal
+	s.mu.Unlock()
+	select {
+	case <-ch:
+		s.mu.Lock()
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// wakeLocked wakes every waitLocked on *signal. s.mu must be held.
+func wakeLocked(signal *chan struct{}) {
+	if *signal != nil {
+		close(*signal)
+		*signal = nil
 	}
 }

@@ -123,7 +123,29 @@ func (m *metrics) series(label string) *nsMetrics {
 	}
 }
 
-func (m *metrics) countScheduled(namespace string) { m.ns(namespace).scheduled.Inc() }
+// scheduledCounter counts a response's scheduled timers by runs of one
+// namespace (a batch usually has one), so the metric is looked up and
+// added to once per run, not once per timer.
+type scheduledCounter struct {
+	m  *metrics
+	ns string
+	n  int
+}
+
+func (c *scheduledCounter) add(namespace string) {
+	if namespace != c.ns {
+		c.flush()
+		c.ns = namespace
+	}
+	c.n++
+}
+
+func (c *scheduledCounter) flush() {
+	if c.n > 0 {
+		c.m.ns(c.ns).scheduled.Add(float64(c.n))
+		c.n = 0
+	}
+}
 
 // dispatched counts a delivery the hub accepted.
 func (m *metrics) dispatched(d *shard.Delivery) {

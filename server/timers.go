@@ -175,6 +175,7 @@ func (t *timerService) Schedule(ctx context.Context, req *pb.ScheduleRequest) (*
 		}
 		pending[k] = sh.Submit(pick(specs, p.items))
 	}
+	count := scheduledCounter{m: s.metrics}
 	slab := make([]pb.ItemResult, len(in))
 	times := make([]timestamppb.Timestamp, len(in))
 	for k, p := range parts {
@@ -185,10 +186,11 @@ func (t *timerService) Schedule(ctx context.Context, req *pb.ScheduleRequest) (*
 		for j, i := range p.items {
 			out[i] = fillResult(&slab[i], &times[i], specs[i].ID, res[j])
 			if res[j].Err == nil {
-				s.metrics.countScheduled(specs[i].Namespace)
+				count.add(specs[i].Namespace)
 			}
 		}
 	}
+	count.flush()
 	return &pb.ScheduleResponse{Results: out}, nil
 }
 
