@@ -160,6 +160,7 @@ in flight and dead. Without it those counts are left out.`,
 			return c
 		},
 	},
+	benchCommand,
 }
 
 // dial returns a client of the node at --addr.

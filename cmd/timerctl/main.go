@@ -63,6 +63,10 @@ type app struct {
 	json      bool
 	namespace string
 	timeout   time.Duration
+
+	// cmdArgs are the arguments after the command name, as given (bench
+	// hands them on to the runner of a peer).
+	cmdArgs []string
 }
 
 // usageError is a mistake on the command line; it exits with code 2.
@@ -79,6 +83,12 @@ func usagef(format string, args ...any) error {
 type failedError struct{ n, of int }
 
 func (e *failedError) Error() string { return fmt.Sprintf("%d of %d items failed", e.n, e.of) }
+
+// exitCodeError is the exit code of a child process that ran a command
+// (and already reported its errors): timerctl exits with it.
+type exitCodeError struct{ code int }
+
+func (e *exitCodeError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 // main runs one command line and returns the exit code.
 func (a *app) main(ctx context.Context, args []string) int {
@@ -143,12 +153,16 @@ func (a *app) runCommand(ctx context.Context, cmd *command, args []string) int {
 		fmt.Fprintf(a.stderr, "timerctl %s: --timeout must not be negative\n", cmd.name)
 		return exitUsage
 	}
+	a.cmdArgs = args
 	err = r.run(ctx, a, pos)
 	var ue *usageError
 	var fe *failedError
+	var ce *exitCodeError
 	switch {
 	case err == nil:
 		return exitOK
+	case errors.As(err, &ce):
+		return ce.code
 	case errors.As(err, &ue):
 		fmt.Fprintf(a.stderr, "timerctl %s: %v\nRun 'timerctl %s --help' for usage.\n", cmd.name, err, cmd.name)
 		return exitUsage

@@ -1,0 +1,228 @@
+package bench
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Scenarios are the scenarios Run knows, in the order help lists them.
+var Scenarios = []string{"schedule", "fire", "mixed", "burst"}
+
+// Sentinel errors.
+var (
+	// ErrConfig wraps every error of Config.Validate.
+	ErrConfig = errors.New("bench: invalid config")
+	// ErrScenario is returned for a scenario name Run does not know.
+	ErrScenario = errors.New("bench: unknown scenario")
+	// ErrUnsupported is returned when a target cannot run a scenario, such
+	// as redis-raw (which stores but never fires) asked to fire.
+	ErrUnsupported = errors.New("bench: scenario not supported by target")
+	// errProbe fails a run whose subscription never took its probe timer.
+	errProbe = errors.New("bench: the subscription received no probe timer within 30s")
+)
+
+// Config is what a run does. A zero field takes the scenario's default,
+// listed beside it; Validate checks a Config after that.
+type Config struct {
+	// Duration bounds the load phase (default 10s). Count, when set, ends
+	// it earlier.
+	Duration time.Duration
+	// Count bounds the number of timers (0: Duration alone; burst: the
+	// size of the herd, default 100,000).
+	Count int64
+	// Rate is timers per second offered (fire default 10,000; mixed
+	// default 2,000; schedule default 0 = as fast as Concurrency callers
+	// go, open loop when set).
+	Rate float64
+	// Batches are the batch sizes, timers per Schedule call; schedule runs
+	// one phase per size, the other scenarios use the first (default
+	// 100).
+	Batches []int
+	// Concurrency is the number of calls in flight (default 16).
+	Concurrency int
+	// PayloadSize is the payload of every timer in bytes (default 64).
+	PayloadSize int
+	// Lead is how long before their due time fire and burst schedule
+	// timers (default 2s; burst: 5s, the time scheduling the herd may
+	// take).
+	Lead time.Duration
+	// Delay is the time from schedule to due: schedule (default 1h, so
+	// nothing fires during the run) and mixed (default 2s; cancels and
+	// reschedules happen halfway).
+	Delay time.Duration
+	// Drain bounds the wait for deliveries after the last due time
+	// (default 10s).
+	Drain time.Duration
+	// Cancel and Reschedule are mixed's shares of timers cancelled and
+	// moved before they fire (defaults 0.8 and 0.1, taken when both are
+	// 0).
+	Cancel, Reschedule float64
+	// Keep leaves the timers of schedule in the target instead of
+	// cancelling them after the run.
+	Keep bool
+	// Tick is how often rates are sampled (default 1s; runs shorter than
+	// 10s sample every Duration/20, at least 50ms).
+	Tick time.Duration
+	// Clock is the time source (default the wall clock); tests fake it.
+	Clock Clock
+}
+
+// DefaultConfig returns the defaults of scenario, which must be one of
+// Scenarios.
+func DefaultConfig(scenario string) Config {
+	var c Config
+	return c.WithDefaults(scenario)
+}
+
+// WithDefaults returns c with every zero field set to scenario's default.
+func (c Config) WithDefaults(scenario string) Config {
+	if c.Duration == 0 {
+		c.Duration = 10 * time.Second
+	}
+	if c.Rate == 0 {
+		switch scenario {
+		case "fire":
+			c.Rate = 10000
+		case "mixed":
+			c.Rate = 2000
+		}
+	}
+	if scenario == "burst" && c.Count == 0 {
+		c.Count = 100000
+	}
+	if len(c.Batches) == 0 {
+		c.Batches = []int{100}
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = 16
+	}
+	if c.PayloadSize == 0 {
+		c.PayloadSize = 64
+	}
+	if c.Lead == 0 {
+		c.Lead = 2 * time.Second
+		if scenario == "burst" {
+			c.Lead = 5 * time.Second
+		}
+	}
+	if c.Delay == 0 {
+		c.Delay = time.Hour
+		if scenario == "mixed" {
+			c.Delay = 2 * time.Second
+		}
+	}
+	if c.Drain == 0 {
+		c.Drain = 10 * time.Second
+	}
+	if c.Cancel == 0 && c.Reschedule == 0 && scenario == "mixed" {
+		c.Cancel, c.Reschedule = 0.8, 0.1
+	}
+	if c.Tick == 0 {
+		c.Tick = time.Second
+		if c.Duration < 10*time.Second {
+			c.Tick = max(50*time.Millisecond, c.Duration/20)
+		}
+	}
+	if c.Clock == nil {
+		c.Clock = wallClock{}
+	}
+	return c
+}
+
+// Validate reports the first bad field, by its name.
+func (c Config) Validate() error {
+	bad := func(field, format string, args ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrConfig, field, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case c.Duration <= 0:
+		return bad("Duration", "must be positive, got %v", c.Duration)
+	case c.Count < 0:
+		return bad("Count", "must not be negative, got %d", c.Count)
+	case c.Rate < 0:
+		return bad("Rate", "must not be negative, got %g", c.Rate)
+	case c.Concurrency < 1 || c.Concurrency > 4096:
+		return bad("Concurrency", "must be 1 to 4096, got %d", c.Concurrency)
+	case c.PayloadSize < 0 || c.PayloadSize > 1<<20:
+		return bad("PayloadSize", "must be 0 to 1 MiB, got %d", c.PayloadSize)
+	case c.Lead < 0:
+		return bad("Lead", "must not be negative, got %v", c.Lead)
+	case c.Delay < 0:
+		return bad("Delay", "must not be negative, got %v", c.Delay)
+	case c.Drain < 0:
+		return bad("Drain", "must not be negative, got %v", c.Drain)
+	case c.Cancel < 0 || c.Reschedule < 0 || c.Cancel+c.Reschedule > 1:
+		return bad("Cancel", "Cancel and Reschedule must be shares from 0 to 1 that add up to at most 1, got %g and %g", c.Cancel, c.Reschedule)
+	case c.Tick <= 0:
+		return bad("Tick", "must be positive, got %v", c.Tick)
+	}
+	if len(c.Batches) == 0 {
+		return bad("Batches", "at least one batch size is needed")
+	}
+	for _, b := range c.Batches {
+		if b < 1 || b > 100000 {
+			return bad("Batches", "a batch size must be 1 to 100000, got %d", b)
+		}
+	}
+	return nil
+}
+
+// AddFlags registers the flags that set c on fs, with the scenarios'
+// defaults described in their usage (a flag left unset keeps its zero,
+// which means the scenario's default).
+func (c *Config) AddFlags(fs *flag.FlagSet) {
+	fs.DurationVar(&c.Duration, "duration", 0, "how long to offer load (default 10s)")
+	fs.Int64Var(&c.Count, "count", 0, "stop after this many timers (burst: the size of the herd, default 100000)")
+	fs.Float64Var(&c.Rate, "rate", 0, "timers per second offered, open loop (fire default 10000, mixed 2000; schedule: as fast as it goes)")
+	fs.Func("batch", "timers per Schedule call; schedule takes a comma-separated list and runs each (default 100)", func(s string) error {
+		var bs []int
+		for _, f := range strings.Split(s, ",") {
+			b, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil {
+				return fmt.Errorf("batch size %q is not a number", f)
+			}
+			bs = append(bs, b)
+		}
+		c.Batches = bs
+		return nil
+	})
+	fs.IntVar(&c.Concurrency, "concurrency", 0, "calls in flight at once (default 16)")
+	fs.IntVar(&c.PayloadSize, "payload-size", 0, "payload bytes per timer (default 64)")
+	fs.DurationVar(&c.Lead, "lead", 0, "how long before their due time timers are scheduled (fire 2s, burst 5s)")
+	fs.DurationVar(&c.Delay, "delay", 0, "time from schedule to due (schedule 1h, mixed 2s)")
+	fs.DurationVar(&c.Drain, "drain", 0, "longest wait for deliveries after the last due time (default 10s)")
+	fs.Float64Var(&c.Cancel, "cancel", 0, "mixed: share of timers cancelled before due (default 0.8)")
+	fs.Float64Var(&c.Reschedule, "reschedule", 0, "mixed: share of timers moved before due (default 0.1)")
+	fs.BoolVar(&c.Keep, "keep", false, "schedule: leave the timers in place instead of cancelling them afterwards")
+	fs.DurationVar(&c.Tick, "tick", 0, "how often rates are sampled for the progress line and the plots (default 1s)")
+}
+
+// params lists c's settings that matter to scenario, for the report.
+func (c Config) params(scenario string) []Param {
+	p := func(name string, v any) Param { return Param{Name: name, Value: fmt.Sprint(v)} }
+	ps := []Param{p("duration", c.Duration)}
+	if c.Count > 0 {
+		ps = append(ps, p("count", c.Count))
+	}
+	if c.Rate > 0 {
+		ps = append(ps, p("rate", c.Rate))
+	}
+	batches := make([]string, len(c.Batches))
+	for i, b := range c.Batches {
+		batches[i] = strconv.Itoa(b)
+	}
+	ps = append(ps, p("batch", strings.Join(batches, ",")), p("concurrency", c.Concurrency), p("payload-size", c.PayloadSize))
+	switch scenario {
+	case "schedule":
+		ps = append(ps, p("delay", c.Delay))
+	case "fire", "burst":
+		ps = append(ps, p("lead", c.Lead), p("drain", c.Drain))
+	case "mixed":
+		ps = append(ps, p("delay", c.Delay), p("cancel", c.Cancel), p("reschedule", c.Reschedule), p("drain", c.Drain))
+	}
+	return ps
+}

@@ -1,0 +1,25 @@
+// Package bench is the load generator and report writer behind
+// "timerctl bench": it drives a running timerd (or a peer measured the
+// same way) through a Target and reports what an engineer sizing or
+// tuning a deployment needs.
+//
+// It owns the scenarios (schedule, fire, mixed, burst), their pacing, the
+// HDR histograms of latency and lateness, the correctness counters (early,
+// lost, stray and cancelled-but-fired deliveries) and the report: a table,
+// JSON, a Markdown and HTML report with SVG plots, and side-by-side
+// comparisons of reports.
+//
+// Invariants:
+//   - Load is open loop where a rate is asked for (Pacer): a target that
+//     stalls shows as lateness and a backlog, not as a lower offered rate.
+//   - Lateness is measured against the due time the bench asked for, on
+//     the bench's clock, when the delivery reaches the bench; a delivery
+//     before it is counted as early, never hidden in the histogram.
+//   - Every run removes the timers it leaves in the target, also when it
+//     is interrupted.
+//
+// It reaches timerd only through package client and must not touch the
+// server's internals: what it measures is what a user of the client sees.
+// Peers that need dependencies of their own (asynq) live in the separate
+// module bench/peers.
+package bench

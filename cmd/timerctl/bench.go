@@ -1,0 +1,224 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/timerd/timerd/bench"
+	"github.com/timerd/timerd/client"
+)
+
+// benchCommand is the entry of the command table for the bench suite.
+var benchCommand = &command{
+	name:    "bench",
+	args:    "SCENARIO [--peer redis-raw|asynq] [flags] | bench compare FILE...",
+	summary: "measure a node or cluster: schedule, fire, mixed or burst",
+	help: `Bench drives the timerd at --addr through the Go client and reports what it
+measured: a progress line while it runs (on stderr), then a summary table
+(or with --json the report as JSON), and with --out DIR a Markdown report,
+a self-contained HTML report and SVG plots (lateness percentiles and
+throughput over time) in DIR.
+
+Scenarios:
+  schedule  durable schedules/s and per-call latency, for each --batch size
+            (a comma-separated list) with --concurrency calls in flight;
+            the timers are due in --delay and cancelled afterwards (--keep
+            leaves them)
+  fire      timers due at a steady --rate for --duration, each scheduled
+            --lead ahead, received by a subscription: delivered and acked/s
+            and lateness (received - due) percentiles; early deliveries
+            must be 0
+  mixed     the order-timeout pattern: timers created at --rate, due
+            --delay later; halfway, --cancel of them are cancelled and
+            --reschedule moved --delay/2 later; the rest fire
+  burst     --count timers all due at one instant: time to drain and the
+            spread of lateness
+
+A run is bounded by --duration and --count, and Ctrl-C stops it with the
+results so far (marked interrupted). Every run removes the timers it leaves
+behind. Progress is a bar on a terminal, plain lines every 5s otherwise.
+
+--peer measures an alternative the same way, on --redis: redis-raw (the
+same records written with pipelined HSETs, the limit for schedule) or
+asynq (Redis-backed delayed tasks; schedule and fire). asynq lives in a
+module of its own: its runner, timerd-benchpeer, must be beside timerctl
+or on PATH (make build puts both in bin/).
+
+'timerctl bench compare FILE...' reads reports written by --json or --out
+(report.json) and prints them side by side, with the ratio of each figure
+to the first file's.
+
+Exits 1 when a check fails (early, lost, stray or cancelled-but-fired
+deliveries) or the target failed; 0 otherwise, also when interrupted.`,
+	flags: func(fs *flag.FlagSet) runner {
+		c := new(benchCmd)
+		c.cfg.AddFlags(fs)
+		fs.StringVar(&c.peer, "peer", "", "measure a peer instead of timerd: redis-raw or asynq (needs --redis)")
+		fs.StringVar(&c.redis, "redis", "", "Redis `URL` of the peer (redis://127.0.0.1:6379/0)")
+		fs.StringVar(&c.out, "out", "", "write report.md, report.html, report.json and SVG plots to `DIR`")
+		fs.IntVar(&c.maxInFlight, "max-in-flight", 0, "subscriber credits: deliveries in flight on the stream (default 1000)")
+		fs.IntVar(&c.workers, "workers", 0, "subscriber handler goroutines (default 16)")
+		return c
+	},
+}
+
+type benchCmd struct {
+	cfg         bench.Config
+	peer, redis string
+	out         string
+	maxInFlight int
+	workers     int
+}
+
+func (c *benchCmd) check(_ *flag.FlagSet, args []string) error {
+	if len(args) == 0 {
+		return usagef("missing scenario (one of %s, or compare)", strings.Join(bench.Scenarios, ", "))
+	}
+	if args[0] == "compare" {
+		if len(args) < 2 {
+			return usagef("compare needs at least one report file")
+		}
+		return nil
+	}
+	if !slices.Contains(bench.Scenarios, args[0]) {
+		return usagef("unknown scenario %q (want one of %s)", args[0], strings.Join(bench.Scenarios, ", "))
+	}
+	if len(args) > 1 {
+		return usagef("unexpected argument %q", args[1])
+	}
+	switch c.peer {
+	case "":
+		if c.redis != "" {
+			return usagef("--redis is for a --peer")
+		}
+	case "redis-raw", "asynq":
+		if c.redis == "" {
+			return usagef("--peer %s needs --redis URL", c.peer)
+		}
+	default:
+		return usagef("unknown --peer %q (want redis-raw or asynq)", c.peer)
+	}
+	if c.maxInFlight < 0 || c.workers < 0 {
+		return usagef("--max-in-flight and --workers must not be negative")
+	}
+	if err := c.cfg.WithDefaults(args[0]).Validate(); err != nil {
+		return usagef("%v", err)
+	}
+	return nil
+}
+
+func (c *benchCmd) run(ctx context.Context, a *app, args []string) error {
+	if args[0] == "compare" {
+		return compareReports(a.stdout, args[1:])
+	}
+	scenario := args[0]
+	if c.peer == "asynq" {
+		return c.runPeer(ctx, a)
+	}
+	var t bench.Target
+	switch c.peer {
+	case "redis-raw":
+		rr, err := bench.NewRedisRaw(ctx, c.redis)
+		if err != nil {
+			return err
+		}
+		t = rr
+	default:
+		logger := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		cl, err := a.dial(ctx, client.WithLogger(logger))
+		if err != nil {
+			return err
+		}
+		cctx, cancel := a.callCtx(ctx)
+		_, err = cl.Members(cctx)
+		cancel()
+		if err != nil {
+			cl.Close()
+			return fmt.Errorf("connect to %s: %w", a.addr, err)
+		}
+		ns := a.namespace
+		if ns == "" {
+			ns = "bench"
+		}
+		t = bench.NewTimerd(cl, a.addr, bench.TimerdOptions{Namespace: ns, MaxInFlight: c.maxInFlight, Workers: c.workers})
+	}
+	defer t.Close()
+	rep, err := bench.Run(ctx, scenario, t, c.cfg, bench.ProgressTo(a.stderr))
+	if err != nil {
+		return err
+	}
+	return bench.Output{JSON: a.json, Dir: c.out, Log: a.stderr}.Write(a.stdout, rep)
+}
+
+// compareReports prints the reports in files side by side, each labelled
+// by its target and file name.
+func compareReports(w io.Writer, files []string) error {
+	var reps []*bench.Report
+	var labels []string
+	for _, f := range files {
+		fh, err := os.Open(f)
+		if err != nil {
+			return err
+		}
+		rep, err := bench.ReadJSON(fh)
+		fh.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", f, err)
+		}
+		reps = append(reps, rep)
+		labels = append(labels, rep.Target+" ("+filepath.Base(strings.TrimSuffix(f, "/report.json"))+")")
+	}
+	return bench.Compare(w, labels, reps)
+}
+
+// peerBinary is the runner of the peers that live in their own module.
+const peerBinary = "timerd-benchpeer"
+
+// runPeer runs the bench of a peer kept out of timerd's module: it looks
+// for timerd-benchpeer beside this executable, then on PATH, and hands it
+// the same arguments.
+func (c *benchCmd) runPeer(ctx context.Context, a *app) error {
+	path := ""
+	if self, err := os.Executable(); err == nil {
+		if p := filepath.Join(filepath.Dir(self), peerBinary); fileExists(p) {
+			path = p
+		}
+	}
+	if path == "" {
+		p, err := exec.LookPath(peerBinary)
+		if err != nil {
+			return fmt.Errorf("--peer %s runs %s, which is neither beside timerctl nor on PATH: build it with 'make build' (or 'cd bench/peers && go build -o ../../bin/%s .')", c.peer, peerBinary, peerBinary)
+		}
+		path = p
+	}
+	cmd := exec.CommandContext(ctx, path, a.cmdArgs...)
+	if a.json {
+		cmd.Args = append(cmd.Args, "--json")
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, a.stdout, a.stderr
+	// Ctrl-C reaches the child too (same process group); let it print its
+	// partial results rather than kill it.
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	if err := cmd.Run(); err != nil {
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			return &exitCodeError{code: exit.ExitCode()}
+		}
+		return err
+	}
+	return nil
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir()
+}
