@@ -20,9 +20,12 @@ type receiver struct {
 	// run is scheduled.
 	expect atomic.Pointer[func(seq int64) time.Time]
 	// seen holds the timers delivered at least once.
-	seen      bitset
-	n         int64 // timers in the run: seq is in [0, n)
-	lat       *Latency
+	seen bitset
+	n    int64 // timers in the run: seq is in [0, n)
+	lat  *Latency
+	// sent is the target's own lateness, Fired - Due, when it reports
+	// Fired.
+	sent      *Latency
 	delivered *counter
 
 	redelivered atomic.Int64
@@ -39,7 +42,7 @@ type receiver struct {
 }
 
 func (r *run) newReceiver(n int64, delivered *counter) *receiver {
-	return &receiver{r: r, seen: newBitset(n), n: n, lat: NewLatency(), delivered: delivered,
+	return &receiver{r: r, seen: newBitset(n), n: n, lat: NewLatency(), sent: NewLatency(), delivered: delivered,
 		probeID: r.id + "-probe", probed: make(chan struct{})}
 }
 
@@ -62,6 +65,9 @@ func (v *receiver) deliver(d Delivery) {
 		return
 	}
 	v.lat.Record(now.Sub((*expect)(seq)))
+	if !d.Fired.IsZero() {
+		v.sent.Record(d.Fired.Sub(d.Due))
+	}
 	ns := now.UnixNano()
 	v.first.CompareAndSwap(0, ns)
 	for {
@@ -140,6 +146,16 @@ func (v *receiver) since(t time.Time) time.Duration {
 		return 0
 	}
 	return time.Unix(0, last).Sub(t)
+}
+
+// dists returns the lateness distributions: as received, and as the
+// target reports sending (when it does).
+func (v *receiver) dists() []Dist {
+	ds := []Dist{v.lat.Dist("lateness")}
+	if v.sent.Count() > 0 {
+		ds = append(ds, v.sent.Dist("lateness at send (target's clock)"))
+	}
+	return ds
 }
 
 // checks returns the early-delivery and stray checks of the run; missing

@@ -114,7 +114,7 @@ func (r *run) fire(ctx context.Context) {
 		Metric{Name: "delivered", Value: float64(delivered), Unit: "timers"},
 		Metric{Name: "scheduled after their due time", Value: float64(late.Load()), Unit: "timers"},
 		Metric{Name: "redeliveries", Value: float64(v.redelivered.Load()), Unit: "deliveries"})
-	r.report.Dists = append(r.report.Dists, v.lat.Dist("lateness"), lat.Dist(fmt.Sprintf("Schedule call, batch=%d", cfg.Batches[0])))
+	r.report.Dists = append(append(r.report.Dists, v.dists()...), lat.Dist(fmt.Sprintf("Schedule call, batch=%d", cfg.Batches[0])))
 	r.report.Checks = v.checks(r.missing(ctx, scheduled-delivered))
 	r.cleanup(released.Load(), v.seen.has)
 }
@@ -172,7 +172,7 @@ func (r *run) burst(ctx context.Context) {
 		Metric{Name: "first delivery after the instant", Value: first.Seconds() * 1000, Unit: "ms"},
 		Metric{Name: "scheduled after the instant", Value: float64(late.Load()), Unit: "timers"},
 		Metric{Name: "redeliveries", Value: float64(v.redelivered.Load()), Unit: "deliveries"})
-	r.report.Dists = append(r.report.Dists, v.lat.Dist("lateness"), lat.Dist(fmt.Sprintf("Schedule call, batch=%d", cfg.Batches[0])))
+	r.report.Dists = append(append(r.report.Dists, v.dists()...), lat.Dist(fmt.Sprintf("Schedule call, batch=%d", cfg.Batches[0])))
 	r.report.Checks = v.checks(r.missing(ctx, scheduled-delivered))
 	if late.Load() > 0 {
 		r.notef("%d timers were scheduled after the instant: raise --lead", late.Load())
@@ -361,7 +361,7 @@ func (r *run) mixed(ctx context.Context) {
 		Metric{Name: "moves too late (already fired and acked)", Value: float64(missedMove.Load()), Unit: "timers"},
 		Metric{Name: "mutations skipped (schedule not yet returned)", Value: float64(skipped.Load()), Unit: "timers"},
 		Metric{Name: "redeliveries", Value: float64(v.redelivered.Load()), Unit: "deliveries"})
-	r.report.Dists = append(r.report.Dists, v.lat.Dist("lateness"),
+	r.report.Dists = append(append(r.report.Dists, v.dists()...),
 		schedLat.Dist(fmt.Sprintf("Schedule call, batch=%d", cfg.Batches[0])),
 		cancelLat.Dist("Cancel call"), moveLat.Dist("Reschedule call"))
 	r.report.Checks = append(v.checks(r.missing(ctx, missing)),

@@ -59,6 +59,10 @@ type Delivery struct {
 	ID string
 	// Due is the due time the target says it fired for.
 	Due time.Time
+	// Fired is when the target says it sent the delivery, on its own
+	// clock; zero when it does not say. Fired - Due is the target's own
+	// share of the lateness, before transit and the subscriber.
+	Fired time.Time
 	// Attempt is 1 for a first delivery, more for a redelivery.
 	Attempt uint32
 }

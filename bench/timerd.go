@@ -76,7 +76,7 @@ func (t *Timerd) Schedule(ctx context.Context, timers []Timer) error {
 // is acknowledged.
 func (t *Timerd) Subscribe(ctx context.Context, topic string, fn func(Delivery)) error {
 	return t.c.Subscribe(ctx, t.opts.Namespace, topic, func(_ context.Context, d *client.Delivery) error {
-		fn(Delivery{ID: d.ID, Due: d.Due, Attempt: d.Attempt})
+		fn(Delivery{ID: d.ID, Due: d.Due, Fired: d.Fired, Attempt: d.Attempt})
 		return nil
 	}, client.WithMaxInFlight(t.opts.MaxInFlight), client.WithWorkers(t.opts.Workers))
 }
