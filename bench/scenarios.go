@@ -221,14 +221,17 @@ func (r *run) mixed(ctx context.Context) {
 	var late, lateOps, missedCancel, missedMove, skipped, released atomic.Int64
 	jobs, wait := r.scheduler(ctx, p.At, schedLat, m.counter("created"), &created, &late)
 	var wg sync.WaitGroup
+	var createdBy time.Time // when the last Schedule returned
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		defer close(jobs)
 		release(ctx, r.clock, p, n, cfg.Batches[0], cfg.Delay, min(half/4, 100*time.Millisecond), func(from, to int64) bool {
 			released.Store(to)
 			return send(ctx, jobs, span{from, to})
 		})
+		close(jobs)
+		wait()
+		createdBy = r.clock.Now()
 	}()
 	// The mutations: the timers of a span are cancelled or moved half
 	// their delay before they are due.
@@ -311,8 +314,7 @@ func (r *run) mixed(ctx context.Context) {
 	})
 	close(mut)
 	wg.Wait()
-	wait()
-	loaded := r.clock.Now()
+	loaded := r.clock.Now() // the last mutation returned too
 	m.setPhase("draining")
 	// mustFire is a timer that was created and neither cancelled nor
 	// changed too late to be sure of.
@@ -347,15 +349,19 @@ func (r *run) mixed(ctx context.Context) {
 			missing++
 		}
 	}
-	load := loaded.Sub(p.Start.Add(-cfg.Delay))
+	// Each kind of operation is rated over its own window: creations from
+	// the start, mutations from half a delay later, fires from the first
+	// due time.
+	creating := createdBy.Sub(p.Start.Add(-cfg.Delay))
+	mutating := loaded.Sub(p.Start.Add(-half))
 	c := func(name string) int64 { return m.counter(name).n.Load() }
 	r.report.Metrics = append(r.report.Metrics,
 		Metric{Name: "offered", Value: cfg.Rate, Unit: "timers/s"},
-		Metric{Name: "created", Value: perSecond(c("created"), load), Unit: "timers/s"},
-		Metric{Name: "cancelled", Value: perSecond(c("cancelled"), load), Unit: "timers/s"},
-		Metric{Name: "rescheduled", Value: perSecond(c("rescheduled"), load), Unit: "timers/s"},
+		Metric{Name: "created", Value: perSecond(c("created"), creating), Unit: "timers/s"},
+		Metric{Name: "cancelled", Value: perSecond(c("cancelled"), mutating), Unit: "timers/s"},
+		Metric{Name: "rescheduled", Value: perSecond(c("rescheduled"), mutating), Unit: "timers/s"},
 		Metric{Name: "fired and acked", Value: perSecond(c("fired"), v.since(p.Start)), Unit: "timers/s"},
-		Metric{Name: "operations", Value: perSecond(c("created")+c("cancelled")+c("rescheduled")+c("fired"), load+v.since(loaded)), Unit: "ops/s"},
+		Metric{Name: "operations", Value: perSecond(c("created")+c("cancelled")+c("rescheduled")+c("fired"), v.since(p.Start.Add(-cfg.Delay))), Unit: "ops/s"},
 		Metric{Name: "cancels and moves done after the due time", Value: float64(lateOps.Load()), Unit: "timers"},
 		Metric{Name: "cancels too late (already fired and acked)", Value: float64(missedCancel.Load()), Unit: "timers"},
 		Metric{Name: "moves too late (already fired and acked)", Value: float64(missedMove.Load()), Unit: "timers"},

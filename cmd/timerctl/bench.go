@@ -175,9 +175,24 @@ func compareReports(w io.Writer, files []string) error {
 			return fmt.Errorf("%s: %w", f, err)
 		}
 		reps = append(reps, rep)
-		labels = append(labels, rep.Target+" ("+filepath.Base(strings.TrimSuffix(f, "/report.json"))+")")
+		labels = append(labels, reportLabel(f, rep))
 	}
 	return bench.Compare(w, labels, reps)
+}
+
+// reportLabel names the report in file f for a comparison: the directory
+// --out wrote it to (or the file's name), less a trailing "-SCENARIO",
+// with the target's name when the label does not already hold it.
+func reportLabel(f string, rep *bench.Report) string {
+	name := filepath.Base(f)
+	if name == "report.json" {
+		name = filepath.Base(filepath.Dir(f))
+	}
+	name = strings.TrimSuffix(strings.TrimSuffix(name, ".json"), "-"+rep.Scenario)
+	if !strings.Contains(name, rep.Target) {
+		name = rep.Target + " (" + name + ")"
+	}
+	return name
 }
 
 // peerBinary is the runner of the peers that live in their own module.
