@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -143,8 +144,8 @@ func (c Config) Validate() error {
 		return bad("Duration", "must be positive, got %v", c.Duration)
 	case c.Count < 0:
 		return bad("Count", "must not be negative, got %d", c.Count)
-	case c.Rate < 0:
-		return bad("Rate", "must not be negative, got %g", c.Rate)
+	case !(c.Rate >= 0 && c.Rate <= math.MaxFloat64): // NaN and +Inf too
+		return bad("Rate", "must be a finite number, not negative, got %g", c.Rate)
 	case c.Concurrency < 1 || c.Concurrency > 4096:
 		return bad("Concurrency", "must be 1 to 4096, got %d", c.Concurrency)
 	case c.PayloadSize < 0 || c.PayloadSize > 1<<20:
@@ -155,7 +156,7 @@ func (c Config) Validate() error {
 		return bad("Delay", "must not be negative, got %v", c.Delay)
 	case c.Drain < 0:
 		return bad("Drain", "must not be negative, got %v", c.Drain)
-	case c.Cancel < 0 || c.Reschedule < 0 || c.Cancel+c.Reschedule > 1:
+	case !(c.Cancel >= 0 && c.Reschedule >= 0 && c.Cancel+c.Reschedule <= 1): // NaN too
 		return bad("Cancel", "Cancel and Reschedule must be shares from 0 to 1 that add up to at most 1, got %g and %g", c.Cancel, c.Reschedule)
 	case c.Tick <= 0:
 		return bad("Tick", "must be positive, got %v", c.Tick)

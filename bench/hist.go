@@ -114,8 +114,10 @@ func curve(h *hdr.Histogram, ms func(int64) float64) []Point {
 	var pts []Point
 	for k := 0; ; k++ {
 		p := 100 * (1 - math.Pow(10, -float64(k)/5))
-		// Beyond 1 - 1/n the percentile is the maximum.
-		if (100-p)/100*n < 1 {
+		// Beyond 1 - 1/n the percentile is the maximum. The margin keeps
+		// a count that is a power of ten from losing its last point to
+		// rounding (99.9 for 1,000 values).
+		if (100-p)/100*n < 1-1e-9 {
 			break
 		}
 		pts = append(pts, Point{X: p, Y: ms(h.ValueAtPercentile(p))})

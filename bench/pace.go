@@ -38,8 +38,10 @@ func (p Pacer) Owed(now time.Time) int64 {
 	if d < 0 {
 		return 0
 	}
-	n := int64(math.Floor(d.Seconds()*p.Rate)) + 1
-	// At rounds up to the ms, so the last few of n may not be due yet.
+	// floor(d*Rate)+1 events are due by now, but the product may round to
+	// just below a whole number: start one higher. At rounds up to the ms,
+	// so the last few of n may not be due yet.
+	n := int64(math.Floor(d.Seconds()*p.Rate)) + 2
 	for n > 0 && p.At(n-1).After(now) {
 		n--
 	}

@@ -375,7 +375,10 @@ func (r *run) mixed(ctx context.Context) {
 	if lateOps.Load() > 0 {
 		r.notef("%d cancels and moves returned after their timers were due: the target is overloaded at this rate", lateOps.Load())
 	}
-	r.cleanup(released.Load(), func(seq int64) bool { return v.seen.has(seq) || cancelled.has(seq) })
+	// An unsure timer may have been delivered and then revived by a late
+	// Reschedule (a new occurrence at its new time), so it is removed even
+	// if it was seen.
+	r.cleanup(released.Load(), func(seq int64) bool { return (v.seen.has(seq) && !unsure.has(seq)) || cancelled.has(seq) })
 }
 
 // missing returns n as the count of timers never delivered, or -1 (no

@@ -11,6 +11,8 @@
 #   FIRE_RATE  fire's offered rate (20000), MIXED_RATE mixed's (5000)
 #   BURST      burst's herd (100000)
 #   BATCHES    schedule's batch sizes (100,1000)
+#   DATA       the embedded store's directory (a temporary one); put it on
+#              the disk you mean to measure
 set -euo pipefail
 
 BIN=${BIN:-bin}
@@ -92,7 +94,7 @@ timerd_pass() {
 	bench "$label" burst --addr "$ADDR" --count "$BURST"
 }
 
-start_timerd embedded --data-dir "$work/data"
+start_timerd embedded --data-dir "${DATA:-$work/data}"
 timerd_pass timerd-embedded
 stop_last
 

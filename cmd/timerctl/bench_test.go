@@ -1,0 +1,232 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/timerd/timerd/bench"
+	"github.com/timerd/timerd/internal/redistest"
+)
+
+func TestBenchUsage(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"bench"}, "missing scenario (one of schedule, fire, mixed, burst, or compare)"},
+		{[]string{"bench", "nope"}, `unknown scenario "nope" (want one of schedule, fire, mixed, burst)`},
+		{[]string{"bench", "fire", "extra"}, `unexpected argument "extra"`},
+		{[]string{"bench", "compare"}, "compare needs at least one report file"},
+		{[]string{"bench", "schedule", "--peer", "redis-raw"}, "--peer redis-raw needs --redis URL"},
+		{[]string{"bench", "fire", "--peer", "asynq"}, "--peer asynq needs --redis URL"},
+		{[]string{"bench", "schedule", "--peer", "memcached", "--redis", "redis://127.0.0.1:6379/0"}, `unknown --peer "memcached" (want redis-raw or asynq)`},
+		{[]string{"bench", "schedule", "--redis", "redis://127.0.0.1:6379/0"}, "--redis is for a --peer"},
+		{[]string{"bench", "schedule", "--batch", "1,x,100"}, `batch size "x" is not a number`},
+		{[]string{"bench", "schedule", "--batch", "10,0"}, "Batches: a batch size must be 1 to 100000, got 0"},
+		{[]string{"bench", "fire", "--rate", "-5"}, "Rate: must be a finite number, not negative, got -5"},
+		{[]string{"bench", "fire", "--rate", "NaN"}, "Rate: must be a finite number"},
+		{[]string{"bench", "fire", "--duration", "-1s"}, "Duration: must be positive"},
+		{[]string{"bench", "fire", "--concurrency", "5000"}, "Concurrency: must be 1 to 4096"},
+		{[]string{"bench", "mixed", "--cancel", "0.9", "--reschedule", "0.5"}, "Cancel and Reschedule must be shares"},
+		{[]string{"bench", "burst", "--count", "-1"}, "Count: must not be negative"},
+		{[]string{"bench", "fire", "--workers", "-1"}, "--max-in-flight and --workers must not be negative"},
+		{[]string{"bench", "fire", "--no-such-flag"}, "no-such-flag"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			t.Parallel()
+			// Nothing is dialled: the address is never reached.
+			r := ctl(t, "127.0.0.1:1", tc.args...)
+			if r.code != exitUsage {
+				t.Fatalf("want exit code 2: %v", r)
+			}
+			if !strings.Contains(r.stderr, "timerctl bench: ") || !strings.Contains(r.stderr, tc.want) {
+				t.Errorf("stderr does not say %q: %v", tc.want, r)
+			}
+			if !strings.Contains(r.stderr, "Run 'timerctl bench --help' for usage.") {
+				t.Errorf("stderr does not point at the help: %v", r)
+			}
+			if r.stdout != "" {
+				t.Errorf("stdout of a usage error: %q", r.stdout)
+			}
+		})
+	}
+}
+
+func TestBenchHelp(t *testing.T) {
+	t.Parallel()
+	r := ctl(t, "127.0.0.1:1", "bench", "--help")
+	if r.code != exitOK {
+		t.Fatalf("bench --help: %v", r)
+	}
+	for _, want := range []string{"Scenarios:", "schedule", "fire", "mixed", "burst", "--peer", "--batch", "--rate", "--out", "compare", "timerd-benchpeer"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("bench --help lacks %q:\n%s", want, r.stdout)
+		}
+	}
+}
+
+// readReport reads the report JSON in file.
+func readReport(t *testing.T, file string) *bench.Report {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rep, err := bench.ReadJSON(f)
+	if err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	return rep
+}
+
+// checkReport checks a report timerctl wrote of a finished, clean run.
+func checkReport(t *testing.T, rep *bench.Report, scenario string) {
+	t.Helper()
+	if rep.Scenario != scenario || rep.Target != "timerd" || rep.Interrupted || rep.Err() != nil {
+		t.Errorf("report: scenario %q target %q interrupted %v err %v", rep.Scenario, rep.Target, rep.Interrupted, rep.Err())
+	}
+	if len(rep.Metrics) == 0 || len(rep.Dists) == 0 || len(rep.Series) == 0 || len(rep.Params) == 0 {
+		t.Errorf("report lacks figures: %+v", rep)
+	}
+}
+
+// checkDir checks that --out wrote every file of the report into dir.
+func checkDir(t *testing.T, dir string) {
+	t.Helper()
+	for _, f := range []string{"report.md", "report.html", "report.json", "latency.svg", "throughput.svg"} {
+		st, err := os.Stat(filepath.Join(dir, f))
+		if err != nil || st.Size() == 0 {
+			t.Errorf("--out: %s: %v", f, err)
+		}
+	}
+}
+
+func TestBenchRun(t *testing.T) {
+	t.Parallel()
+	addr := startServer(t, nil).GRPCAddr()
+	tmp := t.TempDir()
+	short := []string{"--tick", "50ms"}
+
+	// fire, as JSON and into a directory.
+	fireDir := filepath.Join(tmp, "fire")
+	r := mustCtl(t, addr, append([]string{"--json", "bench", "fire", "--rate", "200", "--duration", "500ms", "--lead", "300ms",
+		"--drain", "20s", "--out", fireDir}, short...)...)
+	rep, err := bench.ReadJSON(strings.NewReader(r.stdout))
+	if err != nil {
+		t.Fatalf("fire --json: %v\n%s", err, r.stdout)
+	}
+	checkReport(t, rep, "fire")
+	if len(rep.Checks) != 3 {
+		t.Errorf("fire checks: %+v", rep.Checks)
+	}
+	for _, m := range rep.Metrics {
+		if m.Name == "delivered" && m.Value != 100 {
+			t.Errorf("delivered %g of 100 timers", m.Value)
+		}
+	}
+	if !strings.Contains(r.stderr, "report written to "+filepath.Join(fireDir, "report.md")) {
+		t.Errorf("stderr does not name the report: %v", r)
+	}
+	checkDir(t, fireDir)
+	if got := readReport(t, filepath.Join(fireDir, "report.json")); got.Scenario != "fire" || len(got.Metrics) != len(rep.Metrics) {
+		t.Errorf("report.json differs from the JSON printed: %+v", got)
+	}
+
+	// schedule, twice: as JSON on stdout, and as a table with --out.
+	sched := append([]string{"bench", "schedule", "--duration", "300ms", "--count", "2000", "--batch", "10,100", "--concurrency", "4"}, short...)
+	r = mustCtl(t, addr, append(sched, "--json")...)
+	aFile := filepath.Join(tmp, "a.json")
+	if err := os.WriteFile(aFile, []byte(r.stdout), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	checkReport(t, readReport(t, aFile), "schedule")
+	schedDir := filepath.Join(tmp, "sched-b")
+	r = mustCtl(t, addr, append(sched, "--out", schedDir)...)
+	for _, want := range []string{"scheduled, batch=10", "scheduled, batch=100", "Schedule call, batch=100", "timers/s"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("schedule table lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	checkDir(t, schedDir)
+	checkReport(t, readReport(t, filepath.Join(schedDir, "report.json")), "schedule")
+
+	// compare: the schedule reports side by side with ratios, the fire
+	// report in a group of its own.
+	r = mustCtl(t, addr, "bench", "compare", aFile, filepath.Join(schedDir, "report.json"), filepath.Join(fireDir, "report.json"))
+	for _, want := range []string{"scenario schedule", "scenario fire", "timerd (a)", "timerd (sched-b)", "scheduled, batch=10", "x)"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("compare output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	// The second schedule column has a ratio on every row the first has.
+	for _, line := range strings.Split(r.stdout, "\n") {
+		if strings.HasPrefix(line, "scheduled, batch=") && !strings.HasSuffix(strings.TrimSpace(line), "x)") {
+			t.Errorf("compare row without a ratio: %q", line)
+		}
+	}
+
+	// compare of files that are not reports.
+	bad := filepath.Join(tmp, "bad.json")
+	if err := os.WriteFile(bad, []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wantFail(t, ctl(t, addr, "bench", "compare", aFile, bad), "timerctl bench:", "bad.json", "reading report JSON")
+	wantFail(t, ctl(t, addr, "bench", "compare", filepath.Join(tmp, "missing.json")), "timerctl bench:", "missing.json")
+}
+
+func TestBenchUnreachable(t *testing.T) {
+	t.Parallel()
+	r := ctl(t, "127.0.0.1:1", "--timeout", "2s", "bench", "fire", "--duration", "100ms")
+	wantFail(t, r, "timerctl bench:", "connect to 127.0.0.1:1")
+}
+
+func TestBenchRedisRaw(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t)
+	url := "redis://" + rs.Addr() + "/0"
+	r := mustCtl(t, "127.0.0.1:1", "--json", "bench", "schedule", "--peer", "redis-raw", "--redis", url,
+		"--duration", "300ms", "--count", "1000", "--batch", "100", "--tick", "50ms")
+	rep, err := bench.ReadJSON(strings.NewReader(r.stdout))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Target != "redis-raw" || rep.Addr != rs.Addr() || rep.Scenario != "schedule" || rep.Err() != nil {
+		t.Errorf("redis-raw report: %+v", rep)
+	}
+	// It leaves nothing behind.
+	if keys, err := rs.Client(t).Keys(t.Context(), "*").Result(); err != nil || len(keys) != 0 {
+		t.Errorf("keys left in Redis: %v, %v", keys, err)
+	}
+	// It stores but never fires.
+	wantFail(t, ctl(t, "127.0.0.1:1", "bench", "fire", "--peer", "redis-raw", "--redis", url), "timerctl bench:", "not supported", "redis-raw")
+	wantFail(t, ctl(t, "127.0.0.1:1", "bench", "schedule", "--peer", "redis-raw", "--redis", "redis://127.0.0.1:1/0", "--duration", "100ms"),
+		"timerctl bench:", "redis-raw: ping")
+}
+
+// TestBenchPeer runs --peer asynq, whose runner is another binary: its
+// absence is reported by name, and when it is there it gets the same
+// arguments and its exit code is timerctl's.
+func TestBenchPeer(t *testing.T) {
+	empty := t.TempDir()
+	t.Setenv("PATH", empty)
+	args := []string{"bench", "fire", "--peer", "asynq", "--redis", "redis://127.0.0.1:1/0", "--rate", "5"}
+	r := ctl(t, "127.0.0.1:1", args...)
+	wantFail(t, r, "timerctl bench:", "timerd-benchpeer", "neither beside timerctl nor on PATH", "make build")
+
+	// A stand-in runner on PATH.
+	script := "#!/bin/sh\necho \"peer $*\"\nexit 3\n"
+	if err := os.WriteFile(filepath.Join(empty, "timerd-benchpeer"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r = ctl(t, "127.0.0.1:1", append([]string{"--json"}, args...)...)
+	if r.code != 3 {
+		t.Fatalf("want the runner's exit code 3: %v", r)
+	}
+	if want := "peer fire --peer asynq --redis redis://127.0.0.1:1/0 --rate 5 --json\n"; r.stdout != want {
+		t.Errorf("runner got %q, want %q", r.stdout, want)
+	}
+}
