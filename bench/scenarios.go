@@ -74,16 +74,9 @@ func (r *run) schedule(ctx context.Context) {
 // lateness of every first delivery against the time the run asked for.
 func (r *run) fire(ctx context.Context) {
 	cfg := r.cfg
-	n := max(1, int64(cfg.Rate*cfg.Duration.Seconds()))
-	if cfg.Count > 0 {
-		n = min(n, cfg.Count)
-	}
-	m, stopMeter := r.startMeter(cfg.Lead+cfg.Duration, "scheduled", "delivered")
-	v := r.newReceiver(n, m.counter("delivered"))
-	m.setPhase("subscribing")
-	stopSub := r.subscribe(ctx, v)
-	if stopSub == nil {
-		stopMeter()
+	n := r.offered()
+	m, v, stop := r.open(ctx, n, cfg.Lead+cfg.Duration, "delivered", "scheduled", "delivered")
+	if stop == nil {
 		return
 	}
 	m.setPhase("load")
@@ -103,8 +96,7 @@ func (r *run) fire(ctx context.Context) {
 	m.setPhase("draining")
 	scheduled := m.counter("scheduled").n.Load()
 	v.drain(ctx, scheduled, p.At(n-1).Add(cfg.Drain))
-	stopSub()
-	stopMeter()
+	stop()
 
 	delivered := v.delivered.n.Load()
 	r.report.Metrics = append(r.report.Metrics,
@@ -125,12 +117,8 @@ func (r *run) fire(ctx context.Context) {
 func (r *run) burst(ctx context.Context) {
 	cfg := r.cfg
 	n := cfg.Count
-	m, stopMeter := r.startMeter(cfg.Lead, "scheduled", "delivered")
-	v := r.newReceiver(n, m.counter("delivered"))
-	m.setPhase("subscribing")
-	stopSub := r.subscribe(ctx, v)
-	if stopSub == nil {
-		stopMeter()
+	m, v, stop := r.open(ctx, n, cfg.Lead, "delivered", "scheduled", "delivered")
+	if stop == nil {
 		return
 	}
 	m.setPhase("scheduling the herd")
@@ -155,8 +143,7 @@ func (r *run) burst(ctx context.Context) {
 	m.setPhase("waiting for the instant")
 	scheduled := m.counter("scheduled").n.Load()
 	v.drain(ctx, scheduled, at.Add(cfg.Drain))
-	stopSub()
-	stopMeter()
+	stop()
 
 	delivered := v.delivered.n.Load()
 	drained := v.since(at)
@@ -188,17 +175,10 @@ func (r *run) burst(ctx context.Context) {
 func (r *run) mixed(ctx context.Context) {
 	cfg := r.cfg
 	mt := r.t.(Mutator)
-	n := max(1, int64(cfg.Rate*cfg.Duration.Seconds()))
-	if cfg.Count > 0 {
-		n = min(n, cfg.Count)
-	}
+	n := r.offered()
 	half := (cfg.Delay / 2).Truncate(time.Millisecond)
-	m, stopMeter := r.startMeter(cfg.Delay+cfg.Duration, "created", "cancelled", "rescheduled", "fired")
-	v := r.newReceiver(n, m.counter("fired"))
-	m.setPhase("subscribing")
-	stopSub := r.subscribe(ctx, v)
-	if stopSub == nil {
-		stopMeter()
+	m, v, stop := r.open(ctx, n, cfg.Delay+cfg.Duration, "fired", "created", "cancelled", "rescheduled", "fired")
+	if stop == nil {
 		return
 	}
 	m.setPhase("load")
@@ -337,8 +317,7 @@ func (r *run) mixed(ctx context.Context) {
 		return k
 	}
 	v.drainUntil(ctx, func() bool { return arrived() >= expected }, moveTo(n-1).Add(cfg.Drain))
-	stopSub()
-	stopMeter()
+	stop()
 
 	var firedCancelled, missing int64
 	for seq := range n {
@@ -379,6 +358,32 @@ func (r *run) mixed(ctx context.Context) {
 	// Reschedule (a new occurrence at its new time), so it is removed even
 	// if it was seen.
 	r.cleanup(released.Load(), func(seq int64) bool { return (v.seen.has(seq) && !unsure.has(seq)) || cancelled.has(seq) })
+}
+
+// offered is the number of timers a paced scenario offers: Rate for
+// Duration, at most Count.
+func (r *run) offered() int64 {
+	n := max(1, int64(r.cfg.Rate*r.cfg.Duration.Seconds()))
+	if r.cfg.Count > 0 {
+		n = min(n, r.cfg.Count)
+	}
+	return n
+}
+
+// open starts the meter of a scenario that fires (counters names, shown
+// over budget) and its subscription, feeding a receiver of n timers that
+// counts deliveries on the counter named delivered. stop ends both; it is
+// nil when the subscription failed, which has failed the run.
+func (r *run) open(ctx context.Context, n int64, budget time.Duration, delivered string, names ...string) (m *meter, v *receiver, stop func()) {
+	m, stopMeter := r.startMeter(budget, names...)
+	v = r.newReceiver(n, m.counter(delivered))
+	m.setPhase("subscribing")
+	stopSub := r.subscribe(ctx, v)
+	if stopSub == nil {
+		stopMeter()
+		return m, v, nil
+	}
+	return m, v, func() { stopSub(); stopMeter() }
 }
 
 // missing returns n as the count of timers never delivered, or -1 (no
