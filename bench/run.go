@@ -237,34 +237,39 @@ func send(ctx context.Context, jobs chan<- span, s span) bool {
 }
 
 // cleanup removes the timers of the run that are still in the target:
-// those in [0, n) for which keep is false. It runs after the load with a
-// context of its own, so Ctrl-C still leaves nothing behind.
+// those in [0, n) that gone does not rule out (nil: all). It runs after
+// the load with a context of its own, so Ctrl-C still leaves nothing
+// behind.
 func (r *run) cleanup(n int64, gone func(seq int64) bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	const chunk = 10000
 	ids := make([]string, 0, chunk)
-	flush := func() bool {
-		if len(ids) == 0 {
-			return true
-		}
-		err := r.t.Cleanup(ctx, r.topic, ids)
-		ids = ids[:0]
-		if err != nil {
-			r.report.Error = strings.TrimPrefix(r.report.Error+"; ", "; ") + "cleanup: " + err.Error()
-			return false
-		}
-		return true
-	}
 	for seq := int64(0); seq < n; seq++ {
 		if gone != nil && gone(seq) {
 			continue
 		}
-		if ids = append(ids, r.ID(seq)); len(ids) == chunk && !flush() {
-			return
+		if ids = append(ids, r.ID(seq)); len(ids) == chunk {
+			if !r.cleanupIDs(ids) {
+				return
+			}
+			ids = ids[:0]
 		}
 	}
-	flush()
+	r.cleanupIDs(ids)
+}
+
+// cleanupIDs removes the timers ids from the target and reports whether
+// that worked; a failure is added to the report's error.
+func (r *run) cleanupIDs(ids []string) bool {
+	if len(ids) == 0 {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := r.t.Cleanup(ctx, r.topic, ids); err != nil {
+		r.report.Error = strings.TrimPrefix(r.report.Error+"; ", "; ") + "cleanup: " + err.Error()
+		return false
+	}
+	return true
 }
 
 // rate is n per second over d, 0 for an empty d.

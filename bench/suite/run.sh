@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The short bench-suite pass of `make bench`: it starts timerd itself
 # (embedded store, then Redis), runs every scenario against each with
-# timerctl bench, measures the peers (raw pipelined Redis, asynq) on the
-# same redis-server, and prints the comparison tables.
+# timerctl bench, measures the peers (Go's time.AfterFunc in process; raw
+# pipelined Redis and asynq on the same redis-server), and prints the
+# comparison tables.
 #
 # Settings (environment):
 #   BIN        directory of timerd, timerctl and timerd-benchpeer (bin)
 #   OUT        where the reports go (bench-results/<UTC date and time>)
 #   DURATION   load phase of each run (5s)
-#   FIRE_RATE  fire's offered rate (20000), MIXED_RATE mixed's (5000)
+#   FIRE_RATE  fire's offered rate (10000), MIXED_RATE mixed's (5000)
 #   BURST      burst's herd (100000)
 #   BATCHES    schedule's batch sizes (100,1000)
 #   DATA       the embedded store's directory (a temporary one); put it on
@@ -18,7 +19,7 @@ set -euo pipefail
 BIN=${BIN:-bin}
 OUT=${OUT:-bench-results/$(date -u +%Y%m%d-%H%M%S)}
 DURATION=${DURATION:-5s}
-FIRE_RATE=${FIRE_RATE:-20000}
+FIRE_RATE=${FIRE_RATE:-10000}
 MIXED_RATE=${MIXED_RATE:-5000}
 BURST=${BURST:-100000}
 BATCHES=${BATCHES:-100,1000}
@@ -110,6 +111,11 @@ start_timerd redis --redis "$REDIS"
 timerd_pass timerd-redis
 stop_last
 
+# The floor of lateness on this machine: Go's time.AfterFunc in the
+# bench's own process.
+bench afterfunc fire --peer afterfunc --duration "$DURATION" --rate "$FIRE_RATE"
+bench afterfunc burst --peer afterfunc --count "$BURST"
+
 bench redis-raw schedule --peer redis-raw --redis "$REDIS" --duration "$DURATION" --batch "$BATCHES"
 if [ -x "$BIN/timerd-benchpeer" ]; then
 	bench asynq schedule --peer asynq --redis "$REDIS" --duration "$DURATION"
@@ -122,7 +128,7 @@ echo
 echo "== comparison (first column is the reference; reports in $OUT)"
 for scenario in schedule fire mixed burst; do
 	files=()
-	for label in timerd-embedded timerd-redis redis-raw asynq; do
+	for label in timerd-embedded timerd-redis afterfunc redis-raw asynq; do
 		f="$OUT/$label-$scenario/report.json"
 		[ -f "$f" ] && files+=("$f")
 	done

@@ -47,9 +47,11 @@ A run is bounded by --duration and --count, and Ctrl-C stops it with the
 results so far (marked interrupted). Every run removes the timers it leaves
 behind. Progress is a bar on a terminal, plain lines every 5s otherwise.
 
---peer measures an alternative the same way, on --redis: redis-raw (the
+--peer measures an alternative the same way: on --redis, redis-raw (the
 same records written with pipelined HSETs, the limit for schedule) or
-asynq (Redis-backed delayed tasks; schedule and fire). asynq lives in a
+asynq (Redis-backed delayed tasks; schedule and fire); or afterfunc, Go's
+time.AfterFunc in timerctl's own process (fire and burst), the floor of
+lateness that this machine's scheduling alone allows. asynq lives in a
 module of its own: its runner, timerd-benchpeer, must be beside timerctl
 or on PATH (make build puts both in bin/).
 
@@ -62,7 +64,7 @@ deliveries) or the target failed; 0 otherwise, also when interrupted.`,
 	flags: func(fs *flag.FlagSet) runner {
 		c := new(benchCmd)
 		c.cfg.AddFlags(fs)
-		fs.StringVar(&c.peer, "peer", "", "measure a peer instead of timerd: redis-raw or asynq (needs --redis)")
+		fs.StringVar(&c.peer, "peer", "", "measure a peer instead of timerd: redis-raw or asynq (on --redis), or afterfunc (Go's time.AfterFunc in this process)")
 		fs.StringVar(&c.redis, "redis", "", "Redis `URL` of the peer (redis://127.0.0.1:6379/0)")
 		fs.StringVar(&c.out, "out", "", "write report.md, report.html, report.json and SVG plots to `DIR`")
 		fs.IntVar(&c.maxInFlight, "max-in-flight", 0, "subscriber credits: deliveries in flight on the stream (default 1000)")
@@ -104,8 +106,12 @@ func (c *benchCmd) check(_ *flag.FlagSet, args []string) error {
 		if c.redis == "" {
 			return usagef("--peer %s needs --redis URL", c.peer)
 		}
+	case "afterfunc":
+		if c.redis != "" {
+			return usagef("--redis is for the peers on Redis, not afterfunc")
+		}
 	default:
-		return usagef("unknown --peer %q (want redis-raw or asynq)", c.peer)
+		return usagef("unknown --peer %q (want redis-raw, asynq or afterfunc)", c.peer)
 	}
 	if c.maxInFlight < 0 || c.workers < 0 {
 		return usagef("--max-in-flight and --workers must not be negative")
@@ -126,6 +132,8 @@ func (c *benchCmd) run(ctx context.Context, a *app, args []string) error {
 	}
 	var t bench.Target
 	switch c.peer {
+	case "afterfunc":
+		t = bench.NewAfterFunc()
 	case "redis-raw":
 		rr, err := bench.NewRedisRaw(ctx, c.redis)
 		if err != nil {
