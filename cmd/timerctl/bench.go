@@ -57,7 +57,7 @@ or on PATH (make build puts both in bin/).
 
 'timerctl bench compare FILE...' reads reports written by --json or --out
 (report.json) and prints them side by side, with the ratio of each figure
-to the first file's.
+to the first file's; --markdown prints Markdown tables.
 
 Exits 1 when a check fails (early, lost, stray or cancelled-but-fired
 deliveries) or the target failed; 0 otherwise, also when interrupted.`,
@@ -69,6 +69,7 @@ deliveries) or the target failed; 0 otherwise, also when interrupted.`,
 		fs.StringVar(&c.out, "out", "", "write report.md, report.html, report.json and SVG plots to `DIR`")
 		fs.IntVar(&c.maxInFlight, "max-in-flight", 0, "subscriber credits: deliveries in flight on the stream (default 1000)")
 		fs.IntVar(&c.workers, "workers", 0, "subscriber handler goroutines (default 16)")
+		fs.BoolVar(&c.markdown, "markdown", false, "compare: print a Markdown table")
 		return c
 	},
 }
@@ -79,6 +80,7 @@ type benchCmd struct {
 	out         string
 	maxInFlight int
 	workers     int
+	markdown    bool
 }
 
 func (c *benchCmd) check(_ *flag.FlagSet, args []string) error {
@@ -124,7 +126,7 @@ func (c *benchCmd) check(_ *flag.FlagSet, args []string) error {
 
 func (c *benchCmd) run(ctx context.Context, a *app, args []string) error {
 	if args[0] == "compare" {
-		return compareReports(a.stdout, args[1:])
+		return compareReports(a.stdout, args[1:], c.markdown)
 	}
 	scenario := args[0]
 	if c.peer == "asynq" {
@@ -169,7 +171,7 @@ func (c *benchCmd) run(ctx context.Context, a *app, args []string) error {
 
 // compareReports prints the reports in files side by side, each labelled
 // by its target and file name.
-func compareReports(w io.Writer, files []string) error {
+func compareReports(w io.Writer, files []string, markdown bool) error {
 	var reps []*bench.Report
 	var labels []string
 	for _, f := range files {
@@ -184,6 +186,9 @@ func compareReports(w io.Writer, files []string) error {
 		}
 		reps = append(reps, rep)
 		labels = append(labels, reportLabel(f, rep))
+	}
+	if markdown {
+		return bench.CompareMarkdown(w, labels, reps)
 	}
 	return bench.Compare(w, labels, reps)
 }
