@@ -170,6 +170,14 @@ func TestBenchRun(t *testing.T) {
 		}
 	}
 
+	// compare --markdown: the same figures as Markdown tables.
+	r = mustCtl(t, addr, "bench", "compare", "--markdown", aFile, filepath.Join(schedDir, "report.json"))
+	for _, want := range []string{"### schedule", "| scheduled, batch=10 | timers/s |", "x) |"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("compare --markdown output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+
 	// compare of files that are not reports.
 	bad := filepath.Join(tmp, "bad.json")
 	if err := os.WriteFile(bad, []byte("{"), 0o600); err != nil {
