@@ -13,6 +13,7 @@ import (
 
 	"github.com/timerd/timerd/client"
 	"github.com/timerd/timerd/internal/redistest"
+	"github.com/timerd/timerd/internal/servertest"
 	"github.com/timerd/timerd/server"
 	"github.com/timerd/timerd/shard"
 	"github.com/timerd/timerd/store"
@@ -698,23 +699,8 @@ func startTimerd(t *testing.T) (*server.Server, *client.Client) {
 	cfg := server.LocalConfig(t.TempDir())
 	prod := shard.DefaultConfig(0, "")
 	cfg.Shard.LeaseTTL, cfg.Shard.AckTimeout, cfg.Shard.OpTimeout, cfg.Shard.MaxAttempts = prod.LeaseTTL, prod.AckTimeout, prod.OpTimeout, prod.MaxAttempts
-	srv, err := server.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := srv.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := srv.Close(ctx); err != nil {
-			t.Errorf("close server: %v", err)
-		}
-	})
-	cl, err := client.New(ctx, srv.GRPCAddr())
+	srv := servertest.Start(t, cfg)
+	cl, err := client.New(context.Background(), srv.GRPCAddr())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/client"
+	"github.com/timerd/timerd/internal/servertest"
 	"github.com/timerd/timerd/server"
 )
 
@@ -33,23 +34,7 @@ func startServer(tb testing.TB, dir, addr string) *server.Server {
 	if addr != "" {
 		cfg.GRPCAddr = addr
 	}
-	srv, err := server.New(cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := srv.Start(ctx); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Close(ctx); err != nil {
-			tb.Errorf("close server: %v", err)
-		}
-	})
-	return srv
+	return servertest.Start(tb, cfg)
 }
 
 // newClient returns a client of srv, closed when the test ends.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/client"
+	"github.com/timerd/timerd/internal/servertest"
 	"github.com/timerd/timerd/server"
 )
 
@@ -26,23 +27,7 @@ func startServer(t *testing.T, change func(*server.Config)) *server.Server {
 	if change != nil {
 		change(&cfg)
 	}
-	srv, err := server.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := srv.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := srv.Close(ctx); err != nil {
-			t.Errorf("close server: %v", err)
-		}
-	})
-	return srv
+	return servertest.Start(t, cfg)
 }
 
 // result is the outcome of one timerctl command line.
