@@ -3,11 +3,7 @@ package asynqpeer
 import (
 	"context"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
 	"runtime"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -15,51 +11,15 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/timerd/timerd/bench"
+	"github.com/timerd/timerd/internal/redistest"
 )
 
-// startRedis runs a throwaway redis-server on a free loopback port and
-// returns its address. Without redis-server the test is skipped, except
-// under CI where it must not silently pass.
+// startRedis runs a throwaway redis-server on a free loopback port (the
+// project's shared helper: it fails under CI without redis-server) and
+// returns its address.
 func startRedis(t *testing.T) string {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("redis-server not found: %v", err)
-		}
-		t.Skipf("redis-server not found: %v", err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-
-	dir := t.TempDir()
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", dir)
-	cmd.Dir = dir
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start redis-server: %v", err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return addr
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("redis-server did not listen on %s: %v", addr, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return redistest.Start(t).Addr()
 }
 
 func newTarget(t *testing.T, addr string) *Target {
