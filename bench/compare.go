@@ -7,7 +7,6 @@ import (
 	"math"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 )
 
 // missingCell fills a comparison cell for a report that lacks the row.
@@ -24,6 +23,33 @@ const missingCell = "—"
 // "534k (1.71x)". A report that lacks a row shows "—". Interrupted runs
 // and failed checks are noted under the group's table.
 func Compare(w io.Writer, labels []string, reports []*Report) error {
+	return writeComparison(w, labels, reports, func(ew *errWriter, g cmpGroup) {
+		ew.printf("scenario %s\n", orDefault(g.scenario, "(unnamed)"))
+		writeTextTable(ew, g.table())
+		for _, n := range g.notes {
+			ew.printf("note: %s\n", n)
+		}
+	})
+}
+
+// CompareMarkdown writes the comparison Compare writes as Markdown, one
+// section and table per scenario, for documentation.
+func CompareMarkdown(w io.Writer, labels []string, reports []*Report) error {
+	return writeComparison(w, labels, reports, func(ew *errWriter, g cmpGroup) {
+		ew.printf("### %s\n\n", mdEscape(orDefault(g.scenario, "(unnamed)")))
+		writeMarkdownTable(ew, g.table())
+		if len(g.notes) > 0 {
+			ew.printf("\n")
+			for _, n := range g.notes {
+				ew.printf("- %s\n", mdEscape(n))
+			}
+		}
+	})
+}
+
+// writeComparison groups reports by scenario and writes each group with
+// section, a blank line between groups.
+func writeComparison(w io.Writer, labels []string, reports []*Report, section func(*errWriter, cmpGroup)) error {
 	groups, err := compareGroups(labels, reports)
 	if err != nil {
 		return err
@@ -33,16 +59,7 @@ func Compare(w io.Writer, labels []string, reports []*Report) error {
 		if i > 0 {
 			ew.printf("\n")
 		}
-		ew.printf("scenario %s\n", orDefault(g.scenario, "(unnamed)"))
-		tw := tabwriter.NewWriter(ew, 0, 0, 2, ' ', 0)
-		fmt.Fprintf(tw, "%s\n", strings.Join(append([]string{"", "unit"}, g.labels...), "\t"))
-		for _, r := range g.rows {
-			fmt.Fprintf(tw, "%s\n", strings.Join(append([]string{r.name, r.unit}, r.cells...), "\t"))
-		}
-		tw.Flush()
-		for _, n := range g.notes {
-			ew.printf("note: %s\n", n)
-		}
+		section(ew, g)
 	}
 	if ew.err != nil {
 		return fmt.Errorf("bench: writing comparison: %w", ew.err)
@@ -50,41 +67,20 @@ func Compare(w io.Writer, labels []string, reports []*Report) error {
 	return nil
 }
 
-// CompareMarkdown writes the comparison Compare writes as Markdown, one
-// section and table per scenario, for documentation.
-func CompareMarkdown(w io.Writer, labels []string, reports []*Report) error {
-	groups, err := compareGroups(labels, reports)
-	if err != nil {
-		return err
+// table is the group as a table: a column for the figure, one for its
+// unit, and one per report, with the reports' columns numbers.
+func (g cmpGroup) table() table {
+	t := table{
+		Head:  append([]string{"", "unit"}, g.labels...),
+		Right: make([]bool, 2+len(g.labels)),
 	}
-	ew := &errWriter{w: w}
-	for i, g := range groups {
-		if i > 0 {
-			ew.printf("\n")
-		}
-		ew.printf("### %s\n\n", mdEscape(orDefault(g.scenario, "(unnamed)")))
-		t := table{
-			Head:  append([]string{"", "unit"}, g.labels...),
-			Right: make([]bool, 2+len(g.labels)),
-		}
-		for j := range g.labels {
-			t.Right[2+j] = true
-		}
-		for _, r := range g.rows {
-			t.Rows = append(t.Rows, row{Cells: append([]string{r.name, r.unit}, r.cells...)})
-		}
-		writeMarkdownTable(ew, t)
-		if len(g.notes) > 0 {
-			ew.printf("\n")
-			for _, n := range g.notes {
-				ew.printf("- %s\n", mdEscape(n))
-			}
-		}
+	for j := range g.labels {
+		t.Right[2+j] = true
 	}
-	if ew.err != nil {
-		return fmt.Errorf("bench: writing comparison: %w", ew.err)
+	for _, r := range g.rows {
+		t.Rows = append(t.Rows, row{Cells: append([]string{r.name, r.unit}, r.cells...)})
 	}
-	return nil
+	return t
 }
 
 // cmpGroup is the comparison of the reports of one scenario.
