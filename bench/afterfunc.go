@@ -18,12 +18,18 @@ type AfterFunc struct {
 	// timers by id, so Cleanup can stop them.
 	subs   map[string]func(Delivery)
 	timers map[string]*time.Timer
+	// held are the deliveries of topics that had no subscription when
+	// their timers fired: like timerd, the peer keeps them for the next
+	// one rather than drop them.
+	// Invariant: a topic in subs has nothing held.
+	held map[string][]Delivery
 	// Invariant: every timer in timers is pending or being fired.
 }
 
 // NewAfterFunc returns the in-process peer.
 func NewAfterFunc() *AfterFunc {
-	return &AfterFunc{subs: make(map[string]func(Delivery)), timers: make(map[string]*time.Timer)}
+	return &AfterFunc{subs: make(map[string]func(Delivery)), timers: make(map[string]*time.Timer),
+		held: make(map[string][]Delivery)}
 }
 
 // Name implements Target.
@@ -33,7 +39,7 @@ func (a *AfterFunc) Name() string { return "afterfunc" }
 func (a *AfterFunc) Addr() string { return "in process" }
 
 // Schedule implements Target: one time.AfterFunc per timer. A timer whose
-// topic has no subscription when it fires is dropped.
+// topic has no subscription when it fires is held for the next one.
 func (a *AfterFunc) Schedule(_ context.Context, timers []Timer) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -45,6 +51,9 @@ func (a *AfterFunc) Schedule(_ context.Context, timers []Timer) error {
 			a.mu.Lock()
 			fn := a.subs[topic]
 			delete(a.timers, d.ID)
+			if fn == nil {
+				a.held[topic] = append(a.held[topic], d)
+			}
 			a.mu.Unlock()
 			if fn != nil {
 				fn(d)
@@ -58,7 +67,12 @@ func (a *AfterFunc) Schedule(_ context.Context, timers []Timer) error {
 func (a *AfterFunc) Subscribe(ctx context.Context, topic string, fn func(Delivery)) error {
 	a.mu.Lock()
 	a.subs[topic] = fn
+	held := a.held[topic]
+	delete(a.held, topic)
 	a.mu.Unlock()
+	for _, d := range held {
+		fn(d)
+	}
 	<-ctx.Done()
 	a.mu.Lock()
 	delete(a.subs, topic)
@@ -87,5 +101,6 @@ func (a *AfterFunc) Close() error {
 		t.Stop()
 		delete(a.timers, id)
 	}
+	clear(a.held)
 	return nil
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,10 +36,7 @@ type receiver struct {
 	// before any delivery.
 	first, last atomic.Int64
 
-	// probeID starts the ids of the probe timers; probes counts them, for
-	// the cleanup.
 	probeID   string
-	probes    atomic.Int64
 	probeOnce sync.Once
 	probed    chan struct{}
 }
@@ -55,7 +50,7 @@ func (v *receiver) setExpect(f func(seq int64) time.Time) { v.expect.Store(&f) }
 
 func (v *receiver) deliver(d Delivery) {
 	now := v.r.clock.Now()
-	if strings.HasPrefix(d.ID, v.probeID) {
+	if d.ID == v.probeID {
 		v.probeOnce.Do(func() { close(v.probed) })
 		return
 	}
@@ -100,41 +95,32 @@ func (r *run) subscribe(ctx context.Context, v *receiver) func() {
 			r.fail(fmt.Errorf("subscribe: %w", err))
 		}
 	}
-	// A probe goes out every second until one comes through: a target may
-	// drop a timer that fires before the subscription is in place.
+	probe := []Timer{{ID: v.probeID, Topic: r.topic, Due: r.clock.Now().Truncate(time.Millisecond), Payload: r.payload}}
+	if err := r.t.Schedule(ctx, probe); err != nil {
+		stop()
+		if ctx.Err() == nil {
+			r.fail(fmt.Errorf("schedule the probe timer: %w", err))
+		}
+		return nil
+	}
 	wait, cancelWait := context.WithTimeout(ctx, 30*time.Second)
 	defer cancelWait()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for k := 0; ; k++ {
-		probe := []Timer{{ID: v.probeID + "-" + strconv.Itoa(k), Topic: r.topic, Due: r.clock.Now().Truncate(time.Millisecond), Payload: r.payload}}
-		if err := r.t.Schedule(ctx, probe); err != nil {
-			stop()
-			if ctx.Err() == nil {
-				r.fail(fmt.Errorf("schedule the probe timer: %w", err))
-			}
-			return nil
+	select {
+	case <-v.probed:
+		return stop
+	case err := <-errc:
+		errc <- err // stop reads it, and fails the run on an error
+		stop()
+		if err == nil && ctx.Err() == nil {
+			r.fail(errors.New("subscribe: the stream ended before the probe timer came"))
 		}
-		v.probes.Add(1)
-		select {
-		case <-v.probed:
-			return stop
-		case err := <-errc:
-			errc <- err // stop reads it, and fails the run on an error
-			stop()
-			if err == nil && ctx.Err() == nil {
-				r.fail(errors.New("subscribe: the stream ended before the probe timer came"))
-			}
-			return nil
-		case <-wait.Done():
-			stop()
-			if ctx.Err() == nil {
-				r.fail(errProbe)
-			}
-			return nil
-		case <-tick.C:
+	case <-wait.Done():
+		stop()
+		if ctx.Err() == nil {
+			r.fail(errProbe)
 		}
 	}
+	return nil
 }
 
 // drain waits until want timers have been delivered, until deadline on

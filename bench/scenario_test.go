@@ -1171,3 +1171,34 @@ func TestAfterFunc(t *testing.T) {
 		t.Errorf("mixed on afterfunc: %v, want ErrUnsupported", err)
 	}
 }
+
+// TestAfterFuncHolds checks that the in-process peer keeps a timer that
+// fires before its topic has a subscription, as timerd does, and hands it
+// to the next subscription.
+func TestAfterFuncHolds(t *testing.T) {
+	a := NewAfterFunc()
+	defer a.Close()
+	if err := a.Schedule(context.Background(), []Timer{{ID: "early-bird", Topic: "t", Due: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	for { // wait until it has fired, with nobody subscribed
+		a.mu.Lock()
+		n := len(a.held["t"])
+		a.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	got := make(chan Delivery, 1)
+	go func() { _ = a.Subscribe(ctx, "t", func(d Delivery) { got <- d; cancel() }) }()
+	select {
+	case d := <-got:
+		if d.ID != "early-bird" {
+			t.Errorf("delivered %q, want early-bird", d.ID)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the held delivery never reached the subscription")
+	}
+}

@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -384,16 +383,7 @@ func (r *run) open(ctx context.Context, n int64, budget time.Duration, delivered
 		stopMeter()
 		return m, v, nil
 	}
-	return m, v, func() {
-		stopSub()
-		stopMeter()
-		// Probes after the first may not have come before the end.
-		ids := make([]string, v.probes.Load())
-		for k := range ids {
-			ids[k] = v.probeID + "-" + strconv.Itoa(k)
-		}
-		r.cleanupIDs(ids)
-	}
+	return m, v, func() { stopSub(); stopMeter() }
 }
 
 // missing returns n as the count of timers never delivered, or -1 (no
