@@ -15,8 +15,10 @@ import (
 // Schedule creates timers, one Result per spec in the same order. It is
 // idempotent: a spec whose id exists with the same spec succeeds (a
 // retry) once the existing timer is durable; with a different spec it
-// fails with ErrExists. A bad spec fails only its own Result and touches
-// no stored timer. Schedule returns once every created timer is durable,
+// fails with ErrExists. A spec whose Req made a one-shot timer that has
+// since been acked, within RetryWindow, succeeds without creating it
+// again (a retry that came after the delivery). A bad spec fails only
+// its own Result and touches no stored timer. Schedule returns once every created timer is durable,
 // or ctx ends; it copies the payloads it keeps.
 func (s *Shard) Schedule(ctx context.Context, specs []Spec) []Result {
 	return s.Submit(specs).Wait(ctx)
@@ -82,6 +84,14 @@ func (s *Shard) Submit(specs []Spec) *Submitted {
 			}
 			continue
 		}
+		if g, ok := s.retriedLocked(key, sp.Req); ok {
+			// Made, delivered and acked already. The tombstone's write
+			// follows the creation's in the shard's lane: once the last
+			// submitted writes are durable, so is everything it answers for.
+			res[i].Due = time.UnixMilli(g.due)
+			commits[i] = s.lastSub
+			continue
+		}
 		rec := store.Record{
 			Namespace: sp.Namespace,
 			ID:        sp.ID,
@@ -90,6 +100,8 @@ func (s *Shard) Submit(specs []Spec) *Submitted {
 			Delay:     -1,
 			Interval:  sp.Interval.Milliseconds(),
 			Created:   now,
+			Req:       sp.Req,
+			ReqAt:     now,
 		}
 		if sp.Due.IsZero() {
 			rec.Delay = delayMilli(sp.Delay)
@@ -102,6 +114,7 @@ func (s *Shard) Submit(specs []Spec) *Submitted {
 			res[i].Err = err
 			continue
 		}
+		delete(s.gone, key) // its record overwrites the tombstone's
 		res[i].Due = time.UnixMilli(due)
 		fresh = append(fresh, i)
 	}
@@ -113,8 +126,12 @@ func (s *Shard) Submit(specs []Spec) *Submitted {
 // move in the same order. A pending timer moves; one in flight goes back to
 // pending at the new time with no attempts, and its delivery is
 // superseded (a late ack for it is ignored). Moving a pending timer to the
-// due time it already has changes nothing. A dead letter fails with
-// ErrDead and an unknown id with ErrNotFound.
+// due time it already has changes nothing. A move whose Req is that of
+// the timer's last Schedule or Reschedule is a retry of it and changes
+// nothing either, whatever happened to the timer since: it succeeds with
+// the timer's due time, and, if the one-shot timer has been acked within
+// RetryWindow, with the due time it was delivered at. A dead letter
+// fails with ErrDead and an unknown id with ErrNotFound.
 func (s *Shard) Reschedule(ctx context.Context, namespace string, moves []Move) []Result {
 	res := make([]Result, len(moves))
 	commits := make([]*store.Commit, len(moves))
@@ -124,11 +141,18 @@ func (s *Shard) Reschedule(ctx context.Context, namespace string, moves []Move) 
 		return fillErr(res, err)
 	}
 	clockNow := s.clock.Now()
+	now := clockNow.UnixMilli()
 	var moved []int
 	for i := range moves {
 		m := &moves[i]
 		t, err := s.lookupLocked(namespace, m.ID)
 		if err != nil {
+			if g, ok := s.retriedLocked(store.Key(namespace, m.ID), m.Req); ok && errors.Is(err, ErrNotFound) {
+				// Moved, delivered and acked already; see Submit.
+				res[i].Due = time.UnixMilli(g.due)
+				commits[i] = s.lastSub
+				continue
+			}
 			res[i].Err = err
 			continue
 		}
@@ -138,20 +162,39 @@ func (s *Shard) Reschedule(ctx context.Context, namespace string, moves []Move) 
 			continue
 		}
 		switch {
+		case m.Req != 0 && t.rec.Req == m.Req && !t.dirty:
+			// A retry of the call that last moved (or made) t. Not one
+			// if t is dirty: then an earlier item of this very call set
+			// Req, and this one is the next move of the same id.
+			res[i].Due = time.UnixMilli(t.rec.Due)
+			commits[i] = t.commit
+			continue
 		case t.rec.State == store.Dead:
 			res[i].Err = fmt.Errorf("%w: namespace %q id %q: replay it instead", ErrDead, namespace, m.ID)
 			continue
 		case !t.inFlight && !t.waiting && t.rec.Due == due && t.rec.Next == due:
 			res[i].Due = time.UnixMilli(due)
-			if t.dirty {
+			switch {
+			case m.Req != 0 && t.rec.Req != m.Req:
+				// Nothing moves, but a retry that finds the timer fired
+				// must still know this call was applied.
+				t.rec.Req, t.rec.ReqAt = m.Req, now
+				s.putLocked(t)
+				moved = append(moved, i)
+			case t.dirty:
 				moved = append(moved, i) // moved earlier in this batch
-			} else {
+			default:
 				commits[i] = t.commit
 			}
 			continue
 		}
+		oldReq, oldAt := t.rec.Req, t.rec.ReqAt
+		if m.Req != 0 {
+			t.rec.Req, t.rec.ReqAt = m.Req, now // written by occurLocked
+		}
 		if err := s.occurLocked(t, due); err != nil {
 			// ResolveDue checked the horizon; the wheel's is wider.
+			t.rec.Req, t.rec.ReqAt = oldReq, oldAt
 			res[i].Err = err
 			continue
 		}
@@ -202,6 +245,8 @@ func (s *Shard) Get(namespace, id string) (Timer, error) {
 
 // Ack acknowledges deliveries: a one-shot timer is deleted, a repeating
 // one re-armed for the first due time + n * interval (n >= 1) after now.
+// A one-shot timer acked within RetryWindow of the request (with a Req)
+// that made or moved it leaves a tombstone for the rest of the window.
 // Ids of other shards, unknown ids, superseded occurrences and dead
 // letters are ignored, so acks may be repeated. An ack covers every
 // attempt of its occurrence, also one being waited for in backoff. The
@@ -225,7 +270,9 @@ func (s *Shard) Ack(ids []DeliveryID) (*store.Commit, error) {
 		}
 		if t.rec.Interval <= 0 {
 			s.removeLocked(t)
-			s.deleteLocked(t.key)
+			if !s.tombstoneLocked(t, now) {
+				s.deleteLocked(t.key)
+			}
 			continue
 		}
 		n := int64(1)

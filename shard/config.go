@@ -57,6 +57,17 @@ type Config struct {
 	MinInterval time.Duration
 	// OpTimeout bounds each lease round trip (default 5s).
 	OpTimeout time.Duration
+	// RetryWindow is how long after a Schedule or Reschedule with a
+	// request id (Spec.Req, Move.Req) a retry of it is still told apart
+	// from a new call once the one-shot timer it made has been acked
+	// (default 1m; 0 turns it off). An ack within the window writes a
+	// tombstone of the timer (about 30 B in the store, about 100 B of
+	// memory) instead of deleting it, and deletes the tombstone when the
+	// window has passed: one more write per such timer. While the timer
+	// lives, its record remembers the last request id whatever the window.
+	// It should cover the clients' retries: the Go client's end with the
+	// call's context (a Scheduler's batch timeout is 30s).
+	RetryWindow time.Duration
 }
 
 // DefaultConfig returns the production defaults documented on Config, for
@@ -77,6 +88,7 @@ func DefaultConfig(id uint32, owner string) Config {
 		MaxHorizon:  100 * 365 * 24 * time.Hour,
 		MinInterval: time.Second,
 		OpTimeout:   5 * time.Second,
+		RetryWindow: time.Minute,
 	}
 }
 
@@ -132,6 +144,8 @@ func (c Config) Validate() error {
 		return bad("MinInterval", "must be >= 1ms, got %v", c.MinInterval)
 	case c.OpTimeout <= 0 || c.OpTimeout >= c.LeaseTTL:
 		return bad("OpTimeout", "must be in (0, LeaseTTL), got %v", c.OpTimeout)
+	case c.RetryWindow < 0 || c.RetryWindow > 24*time.Hour || c.RetryWindow%time.Millisecond != 0:
+		return bad("RetryWindow", "must be a whole number of milliseconds in [0, 24h], got %v", c.RetryWindow)
 	}
 	return nil
 }

@@ -32,10 +32,13 @@
 //   - a Pending or InFlight timer that is not waiting for a subscriber is
 //     armed in the wheel exactly once: at rec.Next while pending, at its
 //     ack deadline while in flight; a waiting or Dead timer is not armed;
-//   - a Dead timer's key is in dead.
+//   - a Dead timer's key is in dead;
+//   - a key is in timers or in gone, never in both; every key in gone has
+//     an entry in goneQ with the same until.
 package shard
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -110,6 +113,13 @@ type Shard struct {
 	// whose timer is no longer waiting there are skipped.
 	waiting map[topicKey][]*timer
 	ready   map[topicKey]struct{} // topics Ready was called for
+	// gone holds the tombstones of one-shot timers acked within
+	// RetryWindow of the request that made them, by key, so that a retry
+	// of that request is answered instead of applied again; goneQ lists
+	// them in the order they may be forgotten (roughly: tombstones loaded
+	// from the store are sorted once, later ones are appended as acked).
+	gone  map[string]goneMark
+	goneQ []goneEntry
 	// seq numbers the occurrences created under epoch.
 	seq uint64
 	// validUntil is when the lease may be about to lapse: nothing is
@@ -136,6 +146,19 @@ type Shard struct {
 }
 
 type topicKey struct{ namespace, topic string }
+
+// goneMark is what a tombstone remembers of an acked timer.
+type goneMark struct {
+	req   uint64 // Record.Req of the timer
+	due   int64  // due time of the acked occurrence, unix ms
+	until int64  // when the tombstone may be forgotten, unix ms
+}
+
+// goneEntry is a tombstone in the order of forgetting.
+type goneEntry struct {
+	key   string
+	until int64 // unix ms; the entry is stale unless gone[key].until matches
+}
 
 // timer is a timer in memory.
 type timer struct {
@@ -208,6 +231,7 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 		wheel:      w,
 		timers:     make(map[string]*timer),
 		dead:       make(map[string]struct{}),
+		gone:       make(map[string]goneMark),
 		names:      make(map[string]string),
 		waiting:    make(map[topicKey][]*timer),
 		ready:      make(map[topicKey]struct{}),
@@ -229,6 +253,9 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 	if err == nil {
 		err = s.Err() // the keeper lost the lease during the load
 	}
+	s.mu.Lock()
+	slices.SortFunc(s.goneQ, func(a, b goneEntry) int { return cmp.Compare(a.until, b.until) })
+	s.mu.Unlock()
 	if err != nil {
 		close(s.stop)
 		<-s.keepDone
@@ -241,8 +268,14 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 }
 
 func (s *Shard) loadLocked(rec *store.Record) {
-	if old := s.timers[store.Key(rec.Namespace, rec.ID)]; old != nil {
+	key := store.Key(rec.Namespace, rec.ID)
+	if old := s.timers[key]; old != nil {
 		s.removeLocked(old) // a scan may repeat a key
+	}
+	delete(s.gone, key)
+	if rec.State == store.Done {
+		s.buryLocked(key, goneMark{req: rec.Req, due: rec.Due, until: rec.Next})
+		return
 	}
 	t := s.newTimerLocked(*rec)
 	t.attempts = rec.Attempts
@@ -451,6 +484,7 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 		delete(s.ready, tk)
 		budget -= s.drainLocked(tk, nowMs, budget)
 	}
+	budget -= s.forgetLocked(nowMs, budget)
 	if len(s.backlog) == 0 && budget > 0 {
 		s.fired = s.wheel.Advance(nowMs, s.fired[:0])
 		for _, f := range s.fired {
@@ -489,6 +523,9 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 	wait = min(s.validUntil.Sub(now), idleWait)
 	if next, ok := s.wheel.Next(); ok {
 		wait = min(wait, time.Duration(next-nowMs)*time.Millisecond)
+	}
+	if len(s.goneQ) > 0 {
+		wait = min(wait, time.Duration(s.goneQ[0].until-nowMs)*time.Millisecond)
 	}
 	return max(wait, 0), true
 }
@@ -637,6 +674,59 @@ func (s *Shard) keepLease(t Alarm) {
 			t.Reset(every / 4)
 		}
 	}
+}
+
+// buryLocked remembers the tombstone g of key until g.until.
+func (s *Shard) buryLocked(key string, g goneMark) {
+	s.gone[key] = g
+	s.goneQ = append(s.goneQ, goneEntry{key: key, until: g.until})
+}
+
+// tombstoneLocked replaces a one-shot timer that was just acked (and
+// removed) with its tombstone, if the request that made it may still be
+// retried: it had a request id and came less than RetryWindow ago. It
+// reports whether it did; if not, the caller deletes the record.
+func (s *Shard) tombstoneLocked(t *timer, now int64) bool {
+	w := s.cfg.RetryWindow.Milliseconds()
+	if t.rec.Req == 0 || now-t.rec.ReqAt >= w {
+		return false
+	}
+	// Next >= Due holds: an acked occurrence was due by now.
+	rec := store.Record{Namespace: t.rec.Namespace, ID: t.rec.ID, Due: t.rec.Due, Next: max(t.rec.ReqAt+w, t.rec.Due),
+		Delay: -1, State: store.Done, Req: t.rec.Req, ReqAt: t.rec.ReqAt}
+	s.ops = append(s.ops, store.Op{Key: t.key, Value: rec.AppendBinary(nil)})
+	s.buryLocked(t.key, goneMark{req: rec.Req, due: rec.Due, until: rec.Next})
+	return true
+}
+
+// retriedLocked returns the tombstone of key if req (non-zero) is a retry
+// of the request that made the timer it remembers.
+func (s *Shard) retriedLocked(key string, req uint64) (goneMark, bool) {
+	g, ok := s.gone[key]
+	return g, ok && req != 0 && g.req == req
+}
+
+// forgetLocked deletes at most limit tombstones whose time has come and
+// returns how many it deleted.
+func (s *Shard) forgetLocked(now int64, limit int) int {
+	n, i := 0, 0
+	for ; i < len(s.goneQ) && n < limit && s.goneQ[i].until <= now; i++ {
+		e := s.goneQ[i]
+		if g, ok := s.gone[e.key]; !ok || g.until != e.until {
+			continue // the id was scheduled again, or acked again since
+		}
+		delete(s.gone, e.key)
+		s.deleteLocked(e.key)
+		n++
+	}
+	if i > 0 {
+		clear(s.goneQ[:i])
+		s.goneQ = s.goneQ[i:]
+		if len(s.goneQ) == 0 {
+			s.goneQ = nil
+		}
+	}
+	return n
 }
 
 // newTimerLocked adds a timer for rec to the maps, unarmed. The id shares

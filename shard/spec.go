@@ -29,6 +29,12 @@ type Spec struct {
 	// Interval, when non-zero, repeats the timer: after an occurrence is
 	// acknowledged the next is due Interval later.
 	Interval time.Duration
+	// Req names the logical call (a hash of its request id), the same on
+	// every retry of it; 0 for none. A Schedule whose one-shot timer was
+	// acked within Config.RetryWindow of it is answered from the timer's
+	// tombstone when retried with the same Req, instead of creating the
+	// timer again.
+	Req uint64
 }
 
 // Move is one Reschedule item.
@@ -37,6 +43,10 @@ type Move struct {
 	// Due is the new due time; when zero, Delay from now.
 	Due   time.Time
 	Delay time.Duration
+	// Req names the logical call as Spec.Req does: a move of a timer
+	// whose last Schedule or Reschedule had the same Req is a retry of
+	// that call and changes nothing.
+	Req uint64
 }
 
 // State is a timer's place in its life.

@@ -19,6 +19,11 @@ const (
 	// Dead is a dead letter: it exhausted its attempts and waits for a
 	// replay or a cancel.
 	Dead State = 2
+	// Done is what remains of a one-shot timer acked soon after the
+	// request that made it (a tombstone): enough to answer a retry of
+	// that request, and nothing to fire. Its Next is when it may be
+	// forgotten; Due is the due time of the occurrence that was acked.
+	Done State = 3
 )
 
 // Record is one timer as stored. Times are unix milliseconds; durations
@@ -62,17 +67,25 @@ type Record struct {
 	// Deliveries of one occurrence share an id built from them.
 	OccEpoch uint64
 	OccSeq   uint64
+
+	// Req is the hash of the request id of the last Schedule or
+	// Reschedule that changed the timer (0: none was given), and ReqAt
+	// when it was applied (unix ms): a retry of that request is then
+	// answered without changing the timer again.
+	Req   uint64
+	ReqAt int64
 }
 
-// recordVersion is the first byte of every encoded record.
-const recordVersion = 1
+// recordVersion is the first byte of every encoded record. Version 1,
+// without Req and ReqAt, still decodes (with both zero).
+const recordVersion = 2
 
 // AppendBinary appends the encoding of r to b.
 func (r *Record) AppendBinary(b []byte) []byte {
 	// One allocation for the whole record, not one per field that
-	// outgrows the buffer: the strings and payload, plus at most 16
+	// outgrows the buffer: the strings and payload, plus at most 18
 	// varints.
-	b = slices.Grow(b, len(r.Namespace)+len(r.ID)+len(r.Topic)+len(r.Payload)+len(r.Reason)+16*binary.MaxVarintLen64)
+	b = slices.Grow(b, len(r.Namespace)+len(r.ID)+len(r.Topic)+len(r.Payload)+len(r.Reason)+18*binary.MaxVarintLen64)
 	b = append(b, recordVersion)
 	b = appendString(b, r.Namespace)
 	b = appendString(b, r.ID)
@@ -93,6 +106,8 @@ func (r *Record) AppendBinary(b []byte) []byte {
 	b = appendString(b, r.Reason)
 	b = binary.AppendUvarint(b, r.OccEpoch)
 	b = binary.AppendUvarint(b, r.OccSeq)
+	b = binary.AppendUvarint(b, r.Req)
+	b = binary.AppendVarint(b, r.ReqAt)
 	return b
 }
 
@@ -105,7 +120,8 @@ func appendString(b []byte, s string) []byte {
 // wrap ErrCorrupt.
 func (r *Record) UnmarshalBinary(data []byte) error {
 	d := decoder{b: data}
-	if v := d.byte(); v != recordVersion && d.err == nil {
+	v := d.byte()
+	if v != recordVersion && v != 1 && d.err == nil {
 		return fmt.Errorf("%w: unknown version %d", ErrCorrupt, v)
 	}
 	r.Namespace = d.string()
@@ -124,13 +140,18 @@ func (r *Record) UnmarshalBinary(data []byte) error {
 	r.Reason = d.string()
 	r.OccEpoch = d.uvarint()
 	r.OccSeq = d.uvarint()
+	r.Req, r.ReqAt = 0, 0
+	if v >= 2 {
+		r.Req = d.uvarint()
+		r.ReqAt = d.varint()
+	}
 	if d.err != nil {
 		return d.err
 	}
 	if len(d.b) != 0 {
 		return fmt.Errorf("%w: %d trailing bytes", ErrCorrupt, len(d.b))
 	}
-	if r.State != Pending && r.State != Dead {
+	if r.State != Pending && r.State != Dead && r.State != Done {
 		return fmt.Errorf("%w: unknown state %d", ErrCorrupt, r.State)
 	}
 	if attempts > math.MaxUint32 {

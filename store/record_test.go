@@ -21,13 +21,16 @@ func TestRecordRoundTrip(t *testing.T) {
 			Due: 1_700_000_000_000, Next: 1_700_000_005_000, SpecDue: 1_700_000_000_000, Delay: -1,
 			Interval: 86_400_000, Created: 1_699_000_000_000, State: Dead, Attempts: 9,
 			LastAttempt: 1_700_000_004_000, Reason: "exhausted", OccEpoch: 12, OccSeq: 99,
+			Req: 0xfeedface, ReqAt: 1_699_000_000_001,
 		}, nil},
+		{"tombstone", Record{Namespace: "n", ID: "i", Due: 5, Next: 60_005, State: Done, Req: 7, ReqAt: 4}, nil},
 		{"empty payload loads as nil", Record{ID: "x", Payload: []byte{}, State: Pending}, &Record{ID: "x", State: Pending}},
 		{"binary strings", Record{Namespace: "\xff", ID: "\x00\x01", Topic: "ü", Payload: []byte{0}, State: Pending}, nil},
 		{"extremes", Record{
 			Due: math.MinInt64, Next: math.MinInt64, SpecDue: math.MaxInt64, Delay: math.MinInt64,
 			Interval: math.MaxInt64, Created: math.MinInt64, State: Pending, Attempts: math.MaxUint32,
 			LastAttempt: math.MaxInt64, OccEpoch: math.MaxUint64, OccSeq: math.MaxUint64,
+			Req: math.MaxUint64, ReqAt: math.MinInt64,
 		}, nil},
 		{"next far after due", Record{Due: -1 << 61, Next: 1 << 62, State: Pending}, nil},
 	}
@@ -54,10 +57,10 @@ func TestRecordCorrupt(t *testing.T) {
 	good := Record{Namespace: "n", ID: "i", Topic: "t", Payload: []byte("p"), Due: 5, Next: 6, State: Pending}
 	enc := good.AppendBinary(nil)
 	dead := good
-	dead.State = 3
+	dead.State = 4
 	tests := map[string][]byte{
 		"empty":           nil,
-		"unknown version": append([]byte{2}, enc[1:]...),
+		"unknown version": append([]byte{3}, enc[1:]...),
 		"trailing byte":   append(append([]byte(nil), enc...), 0),
 		"unknown state":   dead.AppendBinary(nil),
 		"next before due": (&Record{Due: 5, Next: 4, State: Pending}).AppendBinary(nil),
@@ -102,4 +105,20 @@ func FuzzRecord(f *testing.F) {
 			t.Fatalf("round trip changed the record:\n%#v\n%#v", r, again)
 		}
 	})
+}
+
+// TestRecordVersion1 checks that records written before Req and ReqAt
+// existed still load, with both zero.
+func TestRecordVersion1(t *testing.T) {
+	rec := Record{Namespace: "n", ID: "i", Topic: "t", Payload: []byte("p"), Due: 5, Next: 6, Delay: -1, State: Pending, OccEpoch: 3, OccSeq: 4}
+	enc := rec.AppendBinary(nil)
+	// Version 2 appends Req and ReqAt, one byte each when zero.
+	v1 := append([]byte{1}, enc[1:len(enc)-2]...)
+	var got Record
+	if err := got.UnmarshalBinary(v1); err != nil {
+		t.Fatalf("UnmarshalBinary(version 1): %v", err)
+	}
+	if !reflect.DeepEqual(got, rec) {
+		t.Errorf("decoded\n%#v\nwant\n%#v", got, rec)
+	}
 }

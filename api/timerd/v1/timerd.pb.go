@@ -337,7 +337,24 @@ type ScheduleRequest struct {
 	// (server-configurable, default 10000) specs, otherwise the whole RPC fails
 	// with INVALID_ARGUMENT. Each spec carries its own namespace, so one batch
 	// may span namespaces.
-	Timers        []*TimerSpec `protobuf:"bytes,1,rep,name=timers,proto3" json:"timers,omitempty"`
+	Timers []*TimerSpec `protobuf:"bytes,1,rep,name=timers,proto3" json:"timers,omitempty"`
+	// Optional id of the logical call, so that its retries can be told
+	// from a new call: set it once per call (for example 16 random bytes,
+	// hex-encoded) and send the same value on every retry, with the same
+	// timers (a retry may carry only some of them). At most 128 bytes,
+	// otherwise the whole RPC fails with INVALID_ARGUMENT. Empty means none.
+	//
+	// The server keeps, with each timer, the request id of the last Schedule
+	// or Reschedule that created or moved it. When a one-shot timer is
+	// acknowledged within the server's retry window (server-configurable,
+	// default 1 minute) of that request, a tombstone keeps the request id
+	// for the rest of the window; a retry of the request then gets OK (with
+	// the due time of the occurrence that was delivered) and does not create
+	// the timer again. A Schedule with another request id, or none, creates
+	// the timer anew as usual. Request ids live in the stored records, so
+	// they survive a restart and a change of shard owner. The Go client sets
+	// one on every call.
+	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -377,6 +394,13 @@ func (x *ScheduleRequest) GetTimers() []*TimerSpec {
 		return x.Timers
 	}
 	return nil
+}
+
+func (x *ScheduleRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 // ScheduleResponse reports the outcome of every TimerSpec of a
@@ -517,7 +541,17 @@ type RescheduleRequest struct {
 	// Timers to move. Must hold between 1 and the server's batch limit
 	// (server-configurable, default 10000) items, otherwise the whole RPC fails
 	// with INVALID_ARGUMENT.
-	Items         []*RescheduleItem `protobuf:"bytes,2,rep,name=items,proto3" json:"items,omitempty"`
+	Items []*RescheduleItem `protobuf:"bytes,2,rep,name=items,proto3" json:"items,omitempty"`
+	// Optional id of the logical call, as ScheduleRequest.request_id: the
+	// same value on every retry. A timer whose last Schedule or Reschedule
+	// carried this request id is left as it is and its item is OK with its
+	// current due time, so a retry that arrives after the first attempt
+	// moved the timer and it fired does not start another occurrence.
+	// After a one-shot timer moved by this request is acknowledged, a retry
+	// within the server's retry window is OK (not NOT_FOUND). Items of one
+	// request that share an id are still applied in order. At most 128
+	// bytes, otherwise INVALID_ARGUMENT. Empty means none.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -564,6 +598,13 @@ func (x *RescheduleRequest) GetItems() []*RescheduleItem {
 		return x.Items
 	}
 	return nil
+}
+
+func (x *RescheduleRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 // RescheduleItem is the new due time of one timer.
@@ -2162,9 +2203,11 @@ const file_timerd_v1_timerd_proto_rawDesc = "" +
 	"\x05delay\x18\x05 \x01(\v2\x19.google.protobuf.DurationH\x00R\x05delay\x12\x18\n" +
 	"\apayload\x18\x06 \x01(\fR\apayload\x125\n" +
 	"\binterval\x18\a \x01(\v2\x19.google.protobuf.DurationR\bintervalB\x06\n" +
-	"\x04when\"?\n" +
+	"\x04when\"^\n" +
 	"\x0fScheduleRequest\x12,\n" +
-	"\x06timers\x18\x01 \x03(\v2\x14.timerd.v1.TimerSpecR\x06timers\"C\n" +
+	"\x06timers\x18\x01 \x03(\v2\x14.timerd.v1.TimerSpecR\x06timers\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"C\n" +
 	"\x10ScheduleResponse\x12/\n" +
 	"\aresults\x18\x01 \x03(\v2\x15.timerd.v1.ItemResultR\aresults\"\x81\x01\n" +
 	"\n" +
@@ -2172,10 +2215,12 @@ const file_timerd_v1_timerd_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x125\n" +
-	"\bdue_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\adueTime\"b\n" +
+	"\bdue_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\adueTime\"\x81\x01\n" +
 	"\x11RescheduleRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12/\n" +
-	"\x05items\x18\x02 \x03(\v2\x19.timerd.v1.RescheduleItemR\x05items\"\x94\x01\n" +
+	"\x05items\x18\x02 \x03(\v2\x19.timerd.v1.RescheduleItemR\x05items\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"\x94\x01\n" +
 	"\x0eRescheduleItem\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x127\n" +
 	"\bdue_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampH\x00R\adueTime\x121\n" +

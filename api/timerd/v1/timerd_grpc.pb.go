@@ -80,7 +80,10 @@ const (
 // the RPC itself fails with UNAVAILABLE or DEADLINE_EXCEEDED, some items may
 // have been applied; retrying the whole batch is safe because Schedule is an
 // idempotent create, Reschedule with a due_time is idempotent and Cancel of an
-// already cancelled timer reports NOT_FOUND.
+// already cancelled timer reports NOT_FOUND. A retry that may arrive after
+// the timer fired should carry the request_id of the first attempt
+// (ScheduleRequest.request_id, RescheduleRequest.request_id), or it may
+// create or move the timer again.
 type TimerServiceClient interface {
 	// Schedule creates timers, one per TimerSpec, and returns one ItemResult
 	// per input in the same order.
@@ -89,11 +92,16 @@ type TimerServiceClient interface {
 	// id already exists (in any TimerState) and its spec is the same, the item
 	// result is OK and nothing changes; if the spec differs, the item result
 	// is ALREADY_EXISTS and nothing changes. Specs are compared on topic,
-	// payload, interval and, when the new spec gives a due_time, on the due
-	// time. A spec given as a delay is compared without its due time, so
-	// retrying a delay-based Schedule does not move the timer. Once a timer has
-	// been cancelled, or a one-shot timer has fired and been acknowledged, its
-	// id is free and scheduling it again creates a new timer.
+	// payload, interval and on how the timer was timed: a spec given as a
+	// due_time matches a timer created with that due_time, and a spec given
+	// as a delay matches a timer created with that delay (to the
+	// millisecond), whatever due time each resolved to, so retrying a
+	// delay-based Schedule does not move the timer. A due_time never matches
+	// a timer created with a delay, nor a delay one created with a due_time.
+	// Once a timer has been cancelled, or a one-shot timer has fired and been
+	// acknowledged, its id is free and scheduling it again creates a new
+	// timer, unless the request is a retry of the one that created it (same
+	// ScheduleRequest.request_id, see there).
 	//
 	// An OK item result means the timer is durable: it is stored and survives
 	// a restart or a change of shard owner. An invalid TimerSpec fails only its
@@ -108,9 +116,13 @@ type TimerServiceClient interface {
 	// DEAD timer gives FAILED_PRECONDITION (use ReplayDeadLetters). An unknown
 	// id gives NOT_FOUND. The new due time follows the same rules as
 	// TimerSpec.when. For a repeating timer the new due time replaces the next
-	// occurrence; the interval is unchanged. Rescheduling to the same due_time
-	// is idempotent; a delay is resolved against the server's clock on every
-	// call.
+	// occurrence; the interval is unchanged. Rescheduling a PENDING timer to
+	// the due_time it already has changes nothing; a delay is resolved
+	// against the server's clock on every call. A retry of a Reschedule that
+	// was applied (same RescheduleRequest.request_id) changes nothing, even
+	// once the moved timer has fired or been acknowledged: it does not start
+	// a new occurrence (with a new delivery_id). Without a request_id, a
+	// retry that arrives after the timer fired moves it again.
 	Reschedule(ctx context.Context, in *RescheduleRequest, opts ...grpc.CallOption) (*RescheduleResponse, error)
 	// Cancel deletes timers in one namespace, whatever their state, and
 	// returns one ItemResult per id in the same order.
@@ -283,7 +295,10 @@ func (c *timerServiceClient) ReplayDeadLetters(ctx context.Context, in *ReplayDe
 // the RPC itself fails with UNAVAILABLE or DEADLINE_EXCEEDED, some items may
 // have been applied; retrying the whole batch is safe because Schedule is an
 // idempotent create, Reschedule with a due_time is idempotent and Cancel of an
-// already cancelled timer reports NOT_FOUND.
+// already cancelled timer reports NOT_FOUND. A retry that may arrive after
+// the timer fired should carry the request_id of the first attempt
+// (ScheduleRequest.request_id, RescheduleRequest.request_id), or it may
+// create or move the timer again.
 type TimerServiceServer interface {
 	// Schedule creates timers, one per TimerSpec, and returns one ItemResult
 	// per input in the same order.
@@ -292,11 +307,16 @@ type TimerServiceServer interface {
 	// id already exists (in any TimerState) and its spec is the same, the item
 	// result is OK and nothing changes; if the spec differs, the item result
 	// is ALREADY_EXISTS and nothing changes. Specs are compared on topic,
-	// payload, interval and, when the new spec gives a due_time, on the due
-	// time. A spec given as a delay is compared without its due time, so
-	// retrying a delay-based Schedule does not move the timer. Once a timer has
-	// been cancelled, or a one-shot timer has fired and been acknowledged, its
-	// id is free and scheduling it again creates a new timer.
+	// payload, interval and on how the timer was timed: a spec given as a
+	// due_time matches a timer created with that due_time, and a spec given
+	// as a delay matches a timer created with that delay (to the
+	// millisecond), whatever due time each resolved to, so retrying a
+	// delay-based Schedule does not move the timer. A due_time never matches
+	// a timer created with a delay, nor a delay one created with a due_time.
+	// Once a timer has been cancelled, or a one-shot timer has fired and been
+	// acknowledged, its id is free and scheduling it again creates a new
+	// timer, unless the request is a retry of the one that created it (same
+	// ScheduleRequest.request_id, see there).
 	//
 	// An OK item result means the timer is durable: it is stored and survives
 	// a restart or a change of shard owner. An invalid TimerSpec fails only its
@@ -311,9 +331,13 @@ type TimerServiceServer interface {
 	// DEAD timer gives FAILED_PRECONDITION (use ReplayDeadLetters). An unknown
 	// id gives NOT_FOUND. The new due time follows the same rules as
 	// TimerSpec.when. For a repeating timer the new due time replaces the next
-	// occurrence; the interval is unchanged. Rescheduling to the same due_time
-	// is idempotent; a delay is resolved against the server's clock on every
-	// call.
+	// occurrence; the interval is unchanged. Rescheduling a PENDING timer to
+	// the due_time it already has changes nothing; a delay is resolved
+	// against the server's clock on every call. A retry of a Reschedule that
+	// was applied (same RescheduleRequest.request_id) changes nothing, even
+	// once the moved timer has fired or been acknowledged: it does not start
+	// a new occurrence (with a new delivery_id). Without a request_id, a
+	// retry that arrives after the timer fired moves it again.
 	Reschedule(context.Context, *RescheduleRequest) (*RescheduleResponse, error)
 	// Cancel deletes timers in one namespace, whatever their state, and
 	// returns one ItemResult per id in the same order.
