@@ -2,8 +2,11 @@ package client
 
 import (
 	"context"
+	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -124,7 +127,10 @@ type TimerInfo struct {
 // Schedule creates one timer and returns the due time the server stored
 // for it. Scheduling an id that exists with the same spec succeeds and
 // returns the existing due time; with another spec it fails with
-// ErrExists. It is retried (see the package documentation).
+// ErrExists. It is retried (see the package documentation); a retry
+// carries the request id of the first attempt, so one that arrives after
+// the timer fired and was acked does not create it again, while a new
+// call of Schedule with the same timer does.
 func (c *Client) Schedule(ctx context.Context, t Timer) (time.Time, error) {
 	res, err := c.ScheduleBatch(ctx, []Timer{t})
 	if err != nil {
@@ -170,11 +176,15 @@ func (c *Client) ScheduleBatch(ctx context.Context, timers []Timer) ([]Result, e
 }
 
 // scheduleSpecs sends the specs of buf listed in idx (indexes into res and
-// buf.specs) with retries, filling res.
+// buf.specs) with retries, filling res. It is one logical call: every
+// attempt carries the same request id, so that the server answers a retry
+// that arrives after a timer fired and was acked without creating it
+// again.
 func (c *Client) scheduleSpecs(ctx context.Context, buf *specBuf, res []Result, idx []int) error {
 	nsOf := func(i int) string { return buf.specs[i].GetNamespace() }
+	rid := newRequestID()
 	return c.runBatch(ctx, opSchedule, res, idx, true, nsOf, func(ctx context.Context, idx []int) ([]*timerdv1.ItemResult, error) {
-		req := &timerdv1.ScheduleRequest{Timers: buf.specs}
+		req := &timerdv1.ScheduleRequest{Timers: buf.specs, RequestId: rid}
 		if len(idx) != len(buf.specs) {
 			req.Timers = make([]*timerdv1.TimerSpec, len(idx))
 			for k, i := range idx {
@@ -190,7 +200,9 @@ func (c *Client) scheduleSpecs(ctx context.Context, buf *specBuf, res []Result, 
 // absolute due time due and returns the due time the server stored. A
 // dead letter fails with ErrDead, an unknown id with ErrNotFound, and a
 // zero due with ErrInvalid (RescheduleIn with 0 means now). It is
-// retried: moving a timer to the due time it already has changes nothing.
+// retried with the request id of the first attempt, so a retry that
+// arrives after the moved timer fired changes nothing (no second
+// occurrence with a new delivery id).
 func (c *Client) Reschedule(ctx context.Context, namespace, id string, due time.Time) (time.Time, error) {
 	if due.IsZero() {
 		return time.Time{}, invalidItem(opReschedule, c.ns(namespace), id, "zero due time")
@@ -245,8 +257,9 @@ func (c *Client) RescheduleBatch(ctx context.Context, namespace string, moves []
 		return res, nil
 	}
 	nsOf := func(int) string { return ns }
+	rid := newRequestID() // the same on every attempt; see scheduleSpecs
 	err := c.runBatch(ctx, opReschedule, res, idx, true, nsOf, func(ctx context.Context, idx []int) ([]*timerdv1.ItemResult, error) {
-		req := &timerdv1.RescheduleRequest{Namespace: ns, Items: items}
+		req := &timerdv1.RescheduleRequest{Namespace: ns, Items: items, RequestId: rid}
 		if len(idx) != len(items) {
 			req.Items = make([]*timerdv1.RescheduleItem, len(idx))
 			for k, i := range idx {
@@ -402,6 +415,17 @@ func (c *Client) runBatch(ctx context.Context, op string, res []Result, idx []in
 			return nil
 		}
 	}
+}
+
+// newRequestID returns a fresh request id for one logical Schedule or
+// Reschedule call: 128 random bits in hex. math/rand/v2's generator is
+// seeded from the operating system per process, so ids of different
+// clients do not collide either.
+func newRequestID() string {
+	var b [16]byte
+	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
+	binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
+	return hex.EncodeToString(b[:])
 }
 
 // resolve returns the absolute due time of due or delay at now, or why

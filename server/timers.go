@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
@@ -136,6 +137,24 @@ func (s *Server) checkSpec(sp *shard.Spec, now time.Time) error {
 	return err
 }
 
+// maxRequestID is the longest request_id accepted, in bytes.
+const maxRequestID = 128
+
+// requestID returns the hash of a Schedule's or Reschedule's request_id
+// that shards keep with the timers it touches (0 for none), or the
+// INVALID_ARGUMENT that fails the request. A shard compares it only with
+// the hash kept for the same timer, so a false match needs two request
+// ids of one timer to collide in 64 bits.
+func requestID(id string) (uint64, error) {
+	switch {
+	case id == "":
+		return 0, nil
+	case len(id) > maxRequestID:
+		return 0, invalid("request_id", "is %d bytes long; the limit is %d", len(id), maxRequestID)
+	}
+	return max(xxhash.Sum64String(id), 1), nil // 0 means none
+}
+
 func (s *Server) shardOf(namespace, id string) uint32 {
 	return ring.Shard(namespace, id, s.cfg.Shards)
 }
@@ -145,6 +164,10 @@ func (t *timerService) Schedule(ctx context.Context, req *pb.ScheduleRequest) (*
 	s := t.s
 	in := req.GetTimers()
 	if err := s.checkBatch("timers", len(in)); err != nil {
+		return nil, err
+	}
+	rid, err := requestID(req.GetRequestId())
+	if err != nil {
 		return nil, err
 	}
 	out := make([]*pb.ItemResult, len(in))
@@ -159,6 +182,7 @@ func (t *timerService) Schedule(ctx context.Context, req *pb.ScheduleRequest) (*
 			out[i] = itemResult(in[i].GetId(), shard.Result{Err: err})
 			return 0, false
 		}
+		sp.Req = rid
 		specs[i] = sp
 		return s.shardOf(sp.Namespace, sp.ID), true
 	})
@@ -205,6 +229,10 @@ func (t *timerService) Reschedule(ctx context.Context, req *pb.RescheduleRequest
 	if err := s.checkBatch("items", len(in)); err != nil {
 		return nil, err
 	}
+	rid, err := requestID(req.GetRequestId())
+	if err != nil {
+		return nil, err
+	}
 	out := make([]*pb.ItemResult, len(in))
 	moves := make([]shard.Move, len(in))
 	now := time.Now()
@@ -221,7 +249,7 @@ func (t *timerService) Reschedule(ctx context.Context, req *pb.RescheduleRequest
 			out[i] = itemResult(it.GetId(), shard.Result{Err: err})
 			return 0, false
 		}
-		moves[i] = shard.Move{ID: it.GetId(), Due: due, Delay: delay}
+		moves[i] = shard.Move{ID: it.GetId(), Due: due, Delay: delay, Req: rid}
 		return s.shardOf(ns, it.GetId()), true
 	})
 	s.onShards(parts, func(sh *shard.Shard, p part) {

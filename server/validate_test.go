@@ -65,6 +65,11 @@ func TestBadInput(t *testing.T) {
 		{"same id, other topic", with(func(s *pb.TimerSpec) { s.Topic = "other" }), codes.AlreadyExists, "different spec"},
 		{"same id, other payload", with(func(s *pb.TimerSpec) { s.Payload = []byte("other") }), codes.AlreadyExists, "different spec"},
 		{"same id, other delay", with(func(s *pb.TimerSpec) { s.When = &pb.TimerSpec_Delay{Delay: durationpb.New(time.Minute)} }), codes.AlreadyExists, "different spec"},
+		// kept was made with a delay: a due time never matches it, not
+		// even the one it resolved to.
+		{"same id, its due time", with(func(s *pb.TimerSpec) {
+			s.When = &pb.TimerSpec_DueTime{DueTime: before.GetTimer().GetSpec().GetDueTime()}
+		}), codes.AlreadyExists, "different spec"},
 	}
 	// One batch of every bad item, beside a good one: only the bad items
 	// fail.
@@ -113,6 +118,14 @@ func TestBadInput(t *testing.T) {
 			_, err := e.timers.Reschedule(e.ctx(), &pb.RescheduleRequest{Namespace: "?", Items: moves})
 			return err
 		}, codes.InvalidArgument, "namespace"},
+		{"schedule long request id", func() error {
+			_, err := e.timers.Schedule(e.ctx(), &pb.ScheduleRequest{Timers: []*pb.TimerSpec{kept}, RequestId: strings.Repeat("r", 129)})
+			return err
+		}, codes.InvalidArgument, "request_id"},
+		{"reschedule long request id", func() error {
+			_, err := e.timers.Reschedule(e.ctx(), &pb.RescheduleRequest{Items: moves, RequestId: strings.Repeat("r", 129)})
+			return err
+		}, codes.InvalidArgument, "request_id"},
 		{"reschedule nothing", func() error {
 			_, err := e.timers.Reschedule(e.ctx(), &pb.RescheduleRequest{})
 			return err

@@ -209,13 +209,20 @@ func fillShard(b *testing.B, e *env, shard uint32, n int) {
 	}
 }
 
-func BenchmarkShardFireAckRedis(b *testing.B)    { benchFireAck(b, newRedisEnv(b)) }
-func BenchmarkShardFireAckEmbedded(b *testing.B) { benchFireAck(b, newEmbeddedEnv(b)) }
+func BenchmarkShardFireAckRedis(b *testing.B)    { benchFireAck(b, newRedisEnv(b), false) }
+func BenchmarkShardFireAckEmbedded(b *testing.B) { benchFireAck(b, newEmbeddedEnv(b), false) }
+
+// The Req variants schedule with a request id, as the Go client does, so
+// every ack within the retry window writes a tombstone, and count the
+// tombstones' deletes once the window has passed.
+func BenchmarkShardFireAckReqRedis(b *testing.B)    { benchFireAck(b, newRedisEnv(b), true) }
+func BenchmarkShardFireAckReqEmbedded(b *testing.B) { benchFireAck(b, newEmbeddedEnv(b), true) }
 
 // benchFireAck measures one shard firing b.N due timers to a subscriber
 // that acks each (in batches, as a stream's acks arrive) until every ack
-// is durable.
-func benchFireAck(b *testing.B, e *env) {
+// is durable. With req, the timers carry a request id, and the run also
+// waits until their tombstones are deleted.
+func benchFireAck(b *testing.B, e *env, req bool) {
 	// A subscriber with 4096 credits: a full queue refuses, and the
 	// consumer calls Ready as it drains.
 	k := &sink{open: true, ch: make(chan Delivery, 4096)}
@@ -225,6 +232,9 @@ func benchFireAck(b *testing.B, e *env) {
 		for i := start; i < min(start+1000, b.N); i++ {
 			sp := benchSpec("t" + strconv.Itoa(i))
 			sp.Delay = time.Millisecond
+			if req {
+				sp.Req = uint64(start/1000 + 1)
+			}
 			specs = append(specs, sp)
 		}
 		mustSchedule(b, s, specs...)
@@ -263,6 +273,17 @@ func benchFireAck(b *testing.B, e *env) {
 		}
 		acked += len(ids)
 		s.Ready("bench", "orders.timeout")
+	}
+	if req {
+		// Forget the tombstones: their deletes are the rest of the cost.
+		e.clock.Advance(s.cfg.RetryWindow)
+		s.settle()
+		for goneCount(s) > 0 {
+			s.settle()
+		}
+		s.mu.Lock()
+		last = s.lastSub
+		s.mu.Unlock()
 	}
 	if last != nil {
 		if err := last.Wait(context.Background()); err != nil {

@@ -61,8 +61,8 @@ type Config struct {
 	// request id (Spec.Req, Move.Req) a retry of it is still told apart
 	// from a new call once the one-shot timer it made has been acked
 	// (default 1m; 0 turns it off). An ack within the window writes a
-	// tombstone of the timer (about 30 B in the store, about 100 B of
-	// memory) instead of deleting it, and deletes the tombstone when the
+	// tombstone of the timer (about 40 B plus the key in the store,
+	// roughly 100 B of memory) instead of deleting it, and deletes the tombstone when the
 	// window has passed: one more write per such timer. While the timer
 	// lives, its record remembers the last request id whatever the window.
 	// It should cover the clients' retries: the Go client's end with the
