@@ -117,14 +117,17 @@ func WithAckBatch(size int, linger time.Duration) SubscribeOption {
 }
 
 // WithReconnectBackoff bounds the wait before subscribing again after the
-// stream failed: min after the first failure, doubling up to max, with
-// jitter (defaults 100ms and 5s).
+// stream failed: min after the first failure, doubling with every stream
+// that fails within 10 seconds of opening, up to max; each wait is drawn
+// between half the bound and the bound (defaults 100ms and 5s). A stream
+// that lasted 10 seconds starts the backoff over at min.
 func WithReconnectBackoff(min, max time.Duration) SubscribeOption {
 	return func(c *subscribeConfig) { c.minBackoff, c.maxBackoff = min, max }
 }
 
 // healthySession is how long a stream must have lasted for the reconnect
-// backoff to start over at its minimum.
+// backoff to start over at its minimum; shorter streams keep doubling it,
+// whether or not they delivered anything.
 const healthySession = 10 * time.Second
 
 // finalAckWait bounds how long Subscribe waits, once ctx has ended, for the
@@ -200,12 +203,20 @@ func (c *Client) Subscribe(ctx context.Context, namespace, topic string, handler
 		case err != nil && !streamTransient(err):
 			return c.rpcError(ctx, opSubscribe, s.ns, "", err)
 		}
-		if delivered || time.Since(start) >= healthySession {
+		// Only a stream that stayed up for a while proves the server
+		// healthy: one that delivers and then fails at once (a broken
+		// peer, a node that keeps losing its shards) must not bring the
+		// reconnects back to the minimum, or they would hammer it every
+		// minBackoff for ever.
+		if time.Since(start) >= healthySession {
 			backoff = cfg.minBackoff
 		}
+		// Equal jitter: wait in [backoff/2, backoff], so subscribers that
+		// lost the same server spread out, and the waits still grow.
 		wait := backoff/2 + rand.N(backoff-backoff/2+1)
 		c.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "timerd subscription ended; subscribing again",
-			slog.String("namespace", s.ns), slog.String("topic", topic), slog.Duration("backoff", wait), slog.Any("err", err))
+			slog.String("namespace", s.ns), slog.String("topic", topic), slog.Bool("delivered", delivered),
+			slog.Duration("backoff", wait), slog.Any("err", err))
 		if !sleep(ctx, wait) {
 			return nil
 		}
