@@ -52,7 +52,6 @@ func (o *oneAndDone) streams() []time.Time {
 // that starts over after every delivery reconnects about every min/2 and
 // opens far more streams than that sum allows.
 func TestSubscribeBackoffAfterDelivery(t *testing.T) {
-	ctx := testCtx(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -65,25 +64,17 @@ func TestSubscribeBackoffAfterDelivery(t *testing.T) {
 
 	const minBackoff, maxBackoff = 10 * time.Millisecond, 80 * time.Millisecond
 	c := newClient(t, l.Addr().String())
-	sctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	var handled sync.WaitGroup
-	handled.Add(1)
-	var once sync.Once
-	go func() {
-		done <- c.Subscribe(sctx, "", "t", func(context.Context, *client.Delivery) error {
-			once.Do(handled.Done)
-			return nil
-		}, client.WithReconnectBackoff(minBackoff, maxBackoff))
-	}()
-	handled.Wait()
+	var got receiver
+	stop, _ := subscribe(t, c, "", "t", func(_ context.Context, d *client.Delivery) error {
+		got.add(d)
+		return nil
+	}, client.WithReconnectBackoff(minBackoff, maxBackoff))
 	// Long enough for the backoff to reach its maximum a few times over.
-	eventually(t, "a dozen streams", func() bool { return len(fake.streams()) >= 12 })
+	eventually(t, "a dozen streams and a delivery handled", func() bool {
+		return len(fake.streams()) >= 12 && got.count() >= 1
+	})
 	time.Sleep(500 * time.Millisecond)
 	stop()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
 
 	opened := fake.streams()
 	elapsed := opened[len(opened)-1].Sub(opened[0])

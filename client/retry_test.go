@@ -38,26 +38,12 @@ func lateRetry(method string, gate func(), mu *sync.Mutex, sent *[]proto.Message
 	})
 }
 
-// deliveries records what a subscription received.
-type deliveries struct {
-	mu  sync.Mutex
-	got []client.Delivery
-}
-
-func (d *deliveries) add(x *client.Delivery) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.got = append(d.got, *x)
-}
-
-// ids returns the delivery ids received for timer id, in order.
-func (d *deliveries) ids(id string) []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+// deliveryIDs returns the delivery ids r received for timer id, in order.
+func deliveryIDs(r *receiver, id string) []string {
 	var out []string
-	for _, x := range d.got {
-		if x.ID == id {
-			out = append(out, x.DeliveryID)
+	for _, d := range r.snapshot() {
+		if d.ID == id {
+			out = append(out, d.DeliveryID)
 		}
 	}
 	return out
@@ -92,25 +78,20 @@ func TestScheduleRetryAfterAck(t *testing.T) {
 	var (
 		mu   sync.Mutex
 		sent []proto.Message
-		got  deliveries
+		got  receiver
 		c    *client.Client
 	)
 	acked := func() {
 		eventually(t, "the delivery and its ack", func() bool {
 			_, err := c.Get(ctx, "", "s1")
-			return len(got.ids("s1")) == 1 && errors.Is(err, client.ErrNotFound)
+			return len(deliveryIDs(&got, "s1")) == 1 && errors.Is(err, client.ErrNotFound)
 		})
 	}
 	c = newClient(t, srv.GRPCAddr(), retryPolicy, client.WithDialOptions(lateRetry(scheduleMethod, acked, &mu, &sent)))
-	sctx, stop := context.WithCancel(ctx)
-	defer stop()
-	subDone := make(chan error, 1)
-	go func() {
-		subDone <- c.Subscribe(sctx, "", "once", func(_ context.Context, d *client.Delivery) error {
-			got.add(d)
-			return nil
-		}, client.WithAckBatch(1, 0))
-	}()
+	subscribe(t, c, "", "once", func(_ context.Context, d *client.Delivery) error {
+		got.add(d)
+		return nil
+	}, client.WithAckBatch(1, 0))
 
 	due := time.Now().Truncate(time.Millisecond)
 	timer := client.Timer{ID: "s1", Topic: "once", Due: due}
@@ -123,7 +104,7 @@ func TestScheduleRetryAfterAck(t *testing.T) {
 	if _, err := c.Get(ctx, "", "s1"); !errors.Is(err, client.ErrNotFound) {
 		t.Fatalf("Get after the retry = %v; want ErrNotFound: the retry created the timer again", err)
 	}
-	if ids := got.ids("s1"); len(ids) != 1 {
+	if ids := deliveryIDs(&got, "s1"); len(ids) != 1 {
 		t.Fatalf("delivery ids %q; want one: the retry created the timer again", ids)
 	}
 
@@ -132,16 +113,12 @@ func TestScheduleRetryAfterAck(t *testing.T) {
 	if _, err := c.Schedule(ctx, timer); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the second timer's delivery", func() bool { return len(got.ids("s1")) == 2 })
-	if ids := got.ids("s1"); ids[0] == ids[1] {
+	eventually(t, "the second timer's delivery", func() bool { return len(deliveryIDs(&got, "s1")) == 2 })
+	if ids := deliveryIDs(&got, "s1"); ids[0] == ids[1] {
 		t.Fatalf("the new timer was delivered with the old delivery id %q", ids[0])
 	}
 	if ids := requestIDs(&mu, sent); len(ids) != 3 || ids[2] == ids[0] {
 		t.Fatalf("request ids %q; want a new one for the new call", ids)
-	}
-	stop()
-	if err := <-subDone; err != nil {
-		t.Fatal(err)
 	}
 }
 
@@ -154,28 +131,23 @@ func TestRescheduleRetryAfterDelivery(t *testing.T) {
 	var (
 		mu   sync.Mutex
 		sent []proto.Message
-		got  deliveries
+		got  receiver
 	)
 	delivered := func() {
-		eventually(t, "the first attempt's delivery", func() bool { return len(got.ids("r1")) == 1 })
+		eventually(t, "the first attempt's delivery", func() bool { return len(deliveryIDs(&got, "r1")) == 1 })
 	}
 	c := newClient(t, srv.GRPCAddr(), retryPolicy,
 		client.WithDialOptions(lateRetry("/timerd.v1.TimerService/Reschedule", delivered, &mu, &sent)))
 	if _, err := c.Schedule(ctx, client.Timer{ID: "r1", Topic: "moved", Due: farDue}); err != nil {
 		t.Fatal(err)
 	}
-	sctx, stop := context.WithCancel(ctx)
-	defer stop()
-	subDone := make(chan error, 1)
-	go func() {
-		// One credit, never acked: a new occurrence would wait as
-		// PENDING with no attempts, the old one stays IN_FLIGHT.
-		subDone <- c.Subscribe(sctx, "", "moved", func(ctx context.Context, d *client.Delivery) error {
-			got.add(d)
-			<-ctx.Done()
-			return ctx.Err()
-		}, client.WithMaxInFlight(1), client.WithAckTimeout(10*time.Minute))
-	}()
+	// One credit, never acked: a new occurrence would wait as PENDING
+	// with no attempts, the old one stays IN_FLIGHT.
+	subscribe(t, c, "", "moved", func(ctx context.Context, d *client.Delivery) error {
+		got.add(d)
+		<-ctx.Done()
+		return ctx.Err()
+	}, client.WithMaxInFlight(1), client.WithAckTimeout(10*time.Minute))
 
 	at := time.Now().Truncate(time.Millisecond)
 	if due, err := c.Reschedule(ctx, "", "r1", at); err != nil || !due.Equal(at) {
@@ -190,11 +162,7 @@ func TestRescheduleRetryAfterDelivery(t *testing.T) {
 		t.Fatalf("after the retry r1 is %v with %d attempts due %v; want the first occurrence in flight, due %v",
 			info.State, info.Attempts, info.Due, at)
 	}
-	if ids := got.ids("r1"); len(ids) != 1 {
+	if ids := deliveryIDs(&got, "r1"); len(ids) != 1 {
 		t.Fatalf("delivery ids %q; want one", ids)
-	}
-	stop()
-	if err := <-subDone; err != nil {
-		t.Fatal(err)
 	}
 }

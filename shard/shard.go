@@ -484,7 +484,9 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 		delete(s.ready, tk)
 		budget -= s.drainLocked(tk, nowMs, budget)
 	}
-	budget -= s.forgetLocked(nowMs, budget)
+	// Lapsed tombstones take at most a quarter of a step: firing on time
+	// comes first, and they are only deleted a little later.
+	budget -= s.forgetLocked(nowMs, min(budget, maxStepFires/4))
 	if len(s.backlog) == 0 && budget > 0 {
 		s.fired = s.wheel.Advance(nowMs, s.fired[:0])
 		for _, f := range s.fired {
