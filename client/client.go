@@ -23,6 +23,14 @@
 // spaced by exponential backoff with jitter (RetryPolicy).
 // ReplayDeadLetters is never retried.
 //
+// Every Schedule and Reschedule call (and every batch of a Scheduler)
+// carries a random request id, the same on all its attempts. The server
+// remembers it with the timers the call made or moved, so a retry that
+// arrives after a timer fired, or after a one-shot timer was delivered and
+// acknowledged (within the server's retry window, default 1 minute),
+// changes nothing instead of scheduling or moving the timer again, while a
+// new call with the same timer does.
+//
 // # Delays
 //
 // A Timer or Move given as a delay is turned into an absolute due time on
