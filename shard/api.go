@@ -151,7 +151,8 @@ func (s *Shard) Reschedule(ctx context.Context, namespace string, moves []Move) 
 			continue
 		}
 		if err := s.occurLocked(t, due); err != nil {
-			// ResolveDue checked the horizon; the wheel's is wider.
+			// Past the wheel's horizon, which counts from the wheel's
+			// time, not the clock's: t is left as it was.
 			res[i].Err = err
 			continue
 		}
@@ -338,7 +339,9 @@ func (s *Shard) DeadLetters(namespace, topic, after string, limit int) ([]Timer,
 // no ids it replays every dead letter of namespace (and topic). It returns
 // how many were replayed, and an error when the call failed as a whole (a
 // bad due time, a stopped shard, or, with no ids, writes that did not
-// become durable); with ids, that error is also in every Result.
+// become durable, or a due time the wheel could not hold for some); with
+// ids, that error is also in every Result. A dead letter that cannot be
+// armed stays one.
 func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topic string, due time.Time, delay time.Duration) ([]Result, int, error) {
 	s.mu.Lock()
 	if err := s.stopErr; err != nil {
@@ -377,20 +380,33 @@ func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topi
 			res[i].Due = time.UnixMilli(at)
 		}
 	}
-	for _, t := range targets {
-		_ = s.occurLocked(t, at) // within the horizon: ResolveDue checked
+	// ResolveDue checked at against the clock, but the wheel's horizon
+	// counts from where the wheel is: one left far behind the clock (a
+	// shard that could not fire while the clock jumped) refuses it. A
+	// timer it refuses stays a dead letter.
+	var armErr error
+	armed := 0
+	for j, t := range targets {
+		if err := s.occurLocked(t, at); err != nil {
+			armErr = err
+			if len(ids) > 0 {
+				res[replayed[j]] = Result{Err: err}
+			}
+			continue
+		}
+		armed++
 	}
 	if len(ids) == 0 {
 		c := s.submitLocked()
 		s.mu.Unlock()
 		if c == nil {
-			return res, 0, nil
+			return res, 0, armErr
 		}
 		s.kickLoop()
 		if err := s.waitOne(ctx, c); err != nil {
 			return res, 0, err
 		}
-		return res, len(targets), nil
+		return res, armed, armErr
 	}
 	res = s.submitAndWait(ctx, res, commits, replayed)
 	n := 0

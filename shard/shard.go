@@ -253,9 +253,11 @@ func (s *Shard) loadLocked(rec *store.Record) {
 	}
 	if err := s.armLocked(t, rec.Next); err != nil {
 		// Only a clock that jumped back decades could put a stored due
-		// time past the wheel's horizon. Keep the timer (Get and Cancel
-		// still work) rather than refuse the whole shard.
+		// time past the wheel's horizon. Keep the timer as a dead letter
+		// (listed, replayable, cancellable) rather than refuse the whole
+		// shard or keep it pending with nothing to fire it.
 		s.log.Error("stored timer not armed", "namespace", rec.Namespace, "id", rec.ID, "next", rec.Next, "err", err)
+		s.buryLocked(t, fmt.Sprintf("stored due time not armed: %v", err))
 	}
 }
 
@@ -560,8 +562,13 @@ func (s *Shard) dispatchLocked(t *timer, now int64) bool {
 	t.sent = now
 	t.inFlight = true
 	s.inFlight++
-	// The ack deadline is within the horizon: ack timeouts are short.
-	_ = s.armLocked(t, now+ackTimeout.Milliseconds())
+	if err := s.armLocked(t, now+ackTimeout.Milliseconds()); err != nil {
+		// Ack timeouts are short, so only a wheel left a whole horizon
+		// behind the clock (the clock jumped while the shard could not
+		// fire) refuses the deadline. In flight with no deadline, a lost
+		// ack would never be redelivered: keep the timer as a dead letter.
+		s.buryLocked(t, fmt.Sprintf("ack deadline not armed: %v", err))
+	}
 	return true
 }
 
@@ -578,23 +585,40 @@ func (s *Shard) deliveryID(t *timer) DeliveryID {
 // has had MaxAttempts.
 func (s *Shard) timeoutLocked(t *timer, now int64, backoff time.Duration) {
 	s.landLocked(t)
-	t.rec.Attempts = t.attempts
-	t.rec.LastAttempt = t.sent
 	if t.attempts >= s.cfg.MaxAttempts {
-		s.disarmLocked(t)
-		t.rec.State = store.Dead
-		t.rec.Next = t.rec.Due
-		t.rec.Reason = fmt.Sprintf("not acknowledged after %d attempts", t.attempts)
-		s.dead[t.key] = struct{}{}
-		s.putLocked(t)
-		if s.cfg.Events != nil {
-			s.cfg.Events.DeadLettered(t.rec.Namespace)
-		}
+		s.buryLocked(t, fmt.Sprintf("not acknowledged after %d attempts", t.attempts))
 		return
 	}
-	t.rec.Next = max(now+backoff.Milliseconds(), t.rec.Due)
-	_ = s.armLocked(t, t.rec.Next) // a backoff is minutes at most
+	next := max(now+backoff.Milliseconds(), t.rec.Due)
+	if err := s.armLocked(t, next); err != nil {
+		// A backoff past the wheel's horizon (BackoffMax allows it), or
+		// a wheel left that far behind the clock: the timer cannot be
+		// delivered again, so it is kept as a dead letter.
+		s.buryLocked(t, fmt.Sprintf("redelivery after %d attempts not armed: %v", t.attempts, err))
+		return
+	}
+	t.rec.Attempts = t.attempts
+	t.rec.LastAttempt = t.sent
+	t.rec.Next = next
 	s.putLocked(t)
+}
+
+// buryLocked makes t a dead letter for reason and writes it: it leaves
+// the wheel and any attempt in flight, keeps its attempts, and waits for a
+// replay or a cancel. t is not waiting for a subscriber.
+func (s *Shard) buryLocked(t *timer, reason string) {
+	s.disarmLocked(t)
+	s.landLocked(t)
+	t.rec.Attempts = t.attempts
+	t.rec.LastAttempt = t.sent
+	t.rec.State = store.Dead
+	t.rec.Next = t.rec.Due
+	t.rec.Reason = reason
+	s.dead[t.key] = struct{}{}
+	s.putLocked(t)
+	if s.cfg.Events != nil {
+		s.cfg.Events.DeadLettered(t.rec.Namespace)
+	}
 }
 
 // keepLease renews the lease every LeaseTTL/3. A failed renewal is
@@ -685,13 +709,15 @@ func (s *Shard) removeLocked(t *timer) {
 	s.free = append(s.free, t.slot)
 }
 
-// armLocked puts t in the wheel at due (unix ms).
+// armLocked puts t in the wheel at due (unix ms), in place of the entry
+// it had, and takes it out of the backlog. If the wheel refuses due
+// (past its horizon), t is left as it was.
 func (s *Shard) armLocked(t *timer, due int64) error {
-	s.disarmLocked(t)
 	h, err := s.wheel.Add(due, t.slot)
 	if err != nil {
 		return fmt.Errorf("due_time: %w: %w", ErrInvalidDue, err)
 	}
+	s.disarmLocked(t)
 	t.handle, t.armed = h, true
 	return nil
 }
@@ -716,13 +742,14 @@ func (s *Shard) landLocked(t *timer) {
 // occurLocked starts a new occurrence of t, due at due (unix ms), and
 // writes it: a new delivery id, no attempts, pending, armed. It is how
 // Schedule, Reschedule, an ack of a repeating timer and Replay all move a
-// timer on. If the wheel refuses due, t is left unarmed and unwritten.
+// timer on. If the wheel refuses due, t is left as it was (armed, in
+// flight, waiting or dead) and unwritten.
 func (s *Shard) occurLocked(t *timer, due int64) error {
-	s.landLocked(t)
-	t.waiting = false
 	if err := s.armLocked(t, due); err != nil {
 		return err
 	}
+	s.landLocked(t)
+	t.waiting = false
 	s.seq++
 	t.rec.OccEpoch, t.rec.OccSeq = s.epoch, s.seq
 	t.rec.Due, t.rec.Next = due, due
