@@ -288,7 +288,7 @@ func (s *Shard) Ready(namespace, topic string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	tk := topicKey{namespace, topic}
-	if len(s.waiting[tk]) == 0 {
+	if s.waiting[tk] == nil {
 		return
 	}
 	s.ready[tk] = struct{}{}

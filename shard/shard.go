@@ -32,6 +32,11 @@
 //   - a Pending or InFlight timer that is not waiting for a subscriber is
 //     armed in the wheel exactly once: at rec.Next while pending, at its
 //     ack deadline while in flight; a waiting or Dead timer is not armed;
+//   - a timer is waiting for a subscriber if and only if the entry of its
+//     current visit is in its topic's queue in waiting; a queue counts
+//     those entries (live), holds no more stale ones than live ones, and
+//     is dropped once none is live, so the queues hold at most twice the
+//     waiting timers;
 //   - a Dead timer's key is in dead.
 package shard
 
@@ -106,9 +111,10 @@ type Shard struct {
 	dead   map[string]struct{}
 	names  map[string]string // interned namespaces and topics
 	// waiting holds, per topic, due timers no subscriber could take, in
-	// the order they came due. A timer leaves its queue lazily: entries
-	// whose timer is no longer waiting there are skipped.
-	waiting map[topicKey][]*timer
+	// the order they came due. A timer cancelled or moved while it waits
+	// leaves a stale entry behind, which draining skips and compaction
+	// drops (see waitQueue).
+	waiting map[topicKey]*waitQueue
 	ready   map[topicKey]struct{} // topics Ready was called for
 	// seq numbers the occurrences created under epoch.
 	seq uint64
@@ -137,6 +143,27 @@ type Shard struct {
 
 type topicKey struct{ namespace, topic string }
 
+// waitQueue is one topic's due timers that no subscriber could take, in
+// the order they came due.
+type waitQueue struct {
+	entries []waitEntry
+	// live counts the entries whose timer still waits there.
+	// Invariant: len(entries)-live <= live, and live > 0: a queue is
+	// compacted once its stale entries outnumber the live ones, which
+	// costs O(1) amortized per stale entry, and dropped once empty.
+	live int
+}
+
+// waitEntry is one visit of a timer to its topic's queue.
+type waitEntry struct {
+	t     *timer
+	visit uint32 // t.visit when it was queued
+}
+
+// live reports whether e's timer still waits at e: it has not been
+// dispatched, cancelled or moved since, nor come back for a later visit.
+func (e waitEntry) live() bool { return e.t.waiting && e.t.visit == e.visit }
+
 // timer is a timer in memory.
 type timer struct {
 	rec  store.Record
@@ -157,7 +184,10 @@ type timer struct {
 	// attempts counts attempts of the occurrence sent so far, including
 	// one in flight; rec.Attempts is what is stored.
 	attempts uint32
-	sent     int64 // unix ms of the last attempt
+	// visit counts the timer's visits to its topic's queue, so that a
+	// stale entry from an earlier visit is told from the current one.
+	visit uint32
+	sent  int64 // unix ms of the last attempt
 	// commit reports the durability of the timer's last write.
 	commit *store.Commit
 }
@@ -209,7 +239,7 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 		timers:     make(map[string]*timer),
 		dead:       make(map[string]struct{}),
 		names:      make(map[string]string),
-		waiting:    make(map[topicKey][]*timer),
+		waiting:    make(map[topicKey]*waitQueue),
 		ready:      make(map[topicKey]struct{}),
 		validUntil: start.Add(cfg.LeaseTTL - cfg.ClockDrift),
 	}
@@ -499,10 +529,18 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 // topic when no subscriber can take it.
 func (s *Shard) deliverLocked(t *timer, now int64) {
 	tk := topicKey{t.rec.Namespace, t.rec.Topic}
-	if q := s.waiting[tk]; len(q) > 0 || !s.dispatchLocked(t, now) {
-		t.waiting = true
-		s.waiting[tk] = append(q, t)
+	q := s.waiting[tk]
+	if q == nil && s.dispatchLocked(t, now) {
+		return
 	}
+	if q == nil {
+		q = &waitQueue{}
+		s.waiting[tk] = q
+	}
+	t.waiting = true
+	t.visit++
+	q.entries = append(q.entries, waitEntry{t: t, visit: t.visit})
+	q.live++
 }
 
 // drainLocked dispatches a topic's waiting timers in order until one is
@@ -510,29 +548,67 @@ func (s *Shard) deliverLocked(t *timer, now int64) {
 // with timers left after limit stays ready.
 func (s *Shard) drainLocked(tk topicKey, now int64, limit int) int {
 	q := s.waiting[tk]
+	if q == nil {
+		return 0
+	}
 	i, sent := 0, 0
-	for ; i < len(q); i++ {
-		t := q[i]
-		if !t.waiting || s.timers[t.key] != t {
+	for ; i < len(q.entries); i++ {
+		e := q.entries[i]
+		if !e.live() {
 			continue // cancelled, rescheduled or acked while waiting
 		}
 		if sent == limit {
 			s.ready[tk] = struct{}{}
 			break
 		}
-		t.waiting = false
-		if !s.dispatchLocked(t, now) {
-			t.waiting = true
+		e.t.waiting = false
+		if !s.dispatchLocked(e.t, now) {
+			e.t.waiting = true
 			break
 		}
+		q.live--
 		sent++
 	}
-	if i == len(q) {
-		delete(s.waiting, tk)
-	} else {
-		s.waiting[tk] = slices.Delete(q, 0, i)
-	}
+	q.entries = slices.Delete(q.entries, 0, i)
+	s.tidyLocked(tk, q)
 	return sent
+}
+
+// unwaitLocked ends t's wait for a subscriber when it is cancelled or
+// moved: its entry stays in the queue, stale, until it is drained or the
+// queue is compacted.
+func (s *Shard) unwaitLocked(t *timer) {
+	if !t.waiting {
+		return
+	}
+	t.waiting = false
+	tk := topicKey{t.rec.Namespace, t.rec.Topic}
+	if q := s.waiting[tk]; q != nil {
+		q.live--
+		s.tidyLocked(tk, q)
+	}
+}
+
+// tidyLocked restores the invariant of tk's queue q after entries left it
+// or went stale: it drops a queue with no live entry and compacts one
+// whose stale entries outnumber the live ones.
+func (s *Shard) tidyLocked(tk topicKey, q *waitQueue) {
+	switch {
+	case q.live == 0:
+		delete(s.waiting, tk)
+	case len(q.entries)-q.live > q.live:
+		kept := q.entries[:0]
+		for _, e := range q.entries {
+			if e.live() {
+				kept = append(kept, e)
+			}
+		}
+		clear(q.entries[len(kept):]) // let the stale timers go
+		if cap(kept) > 4*len(kept) {
+			kept = slices.Clone(kept) // and the array of a burst
+		}
+		q.entries = kept
+	}
 }
 
 func (s *Shard) dispatchLocked(t *timer, now int64) bool {
@@ -702,7 +778,7 @@ func (s *Shard) internLocked(name string) string {
 func (s *Shard) removeLocked(t *timer) {
 	s.disarmLocked(t)
 	s.landLocked(t)
-	t.waiting = false
+	s.unwaitLocked(t)
 	delete(s.timers, t.key)
 	delete(s.dead, t.key)
 	s.slots[t.slot] = nil
@@ -749,7 +825,7 @@ func (s *Shard) occurLocked(t *timer, due int64) error {
 		return err
 	}
 	s.landLocked(t)
-	t.waiting = false
+	s.unwaitLocked(t)
 	s.seq++
 	t.rec.OccEpoch, t.rec.OccSeq = s.epoch, s.seq
 	t.rec.Due, t.rec.Next = due, due
