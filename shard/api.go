@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -298,34 +297,28 @@ func (s *Shard) Ready(namespace, topic string) {
 // DeadLetters returns up to limit dead letters of namespace (and of topic,
 // when not empty) with ids greater than after, in id order, and whether
 // there are more. A limit below 1 is taken as 1. A stopped shard returns
-// its ErrNotOwner.
+// its ErrNotOwner. A page costs O(log n + limit) for n dead letters, and
+// holds the shard's mutex only to check that the shard runs, not while it
+// is read: firing goes on meanwhile.
 func (s *Shard) DeadLetters(namespace, topic, after string, limit int) ([]Timer, bool, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.stopErr; err != nil {
+	if err := s.Err(); err != nil {
 		return nil, false, err
 	}
-	var hits []*timer
-	prefix := namespace + "\x00"
-	for key := range s.dead {
-		id, ok := strings.CutPrefix(key, prefix)
-		if !ok || id <= after {
-			continue
-		}
-		t := s.timers[key]
-		if topic != "" && t.rec.Topic != topic {
-			continue
-		}
-		hits = append(hits, t)
-	}
-	slices.SortFunc(hits, func(a, b *timer) int { return strings.Compare(a.rec.ID, b.rec.ID) })
 	limit = max(limit, 1)
+	s.deadMu.Lock()
+	defer s.deadMu.Unlock()
+	set := s.deadIdx.set(namespace, topic)
+	if set == nil {
+		return []Timer{}, false, nil
+	}
+	hits := set.appendAfter(make([]*timer, 0, min(limit, set.len)+1), after, limit+1)
 	more := len(hits) > limit
 	if more {
 		hits = hits[:limit]
 	}
 	out := make([]Timer, len(hits))
 	for i, t := range hits {
+		// Under deadMu, t is in deadIdx: its snapshot fields hold still.
 		out[i] = s.snapshotLocked(t)
 	}
 	return out, more, nil

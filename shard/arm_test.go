@@ -100,20 +100,11 @@ func TestUnarmable(t *testing.T) {
 		stores(t, func(t *testing.T, e *env) {
 			// A stored due time past the wheel's horizon, as a clock that
 			// had jumped ahead by centuries would have written.
-			epoch, err := e.st.Acquire(ctx, 0, "writer", time.Minute)
-			if err != nil {
-				t.Fatal(err)
-			}
 			far := e.clock.Now().Add(wheelLag).UnixMilli()
-			rec := store.Record{Namespace: "ns", ID: "far", Topic: "topic", Delay: -1, SpecDue: far, Due: far, Next: far,
-				State: store.Pending, OccEpoch: epoch, OccSeq: 1}
-			batches := []store.Batch{{Shard: 0, Epoch: epoch, Ops: []store.Op{{Key: store.Key("ns", "far"), Value: rec.AppendBinary(nil)}}}}
-			if err := e.st.Commit(ctx, batches); err != nil || batches[0].Err != nil {
-				t.Fatal(err, batches[0].Err)
-			}
-			if err := e.st.Release(ctx, 0, "writer", epoch); err != nil {
-				t.Fatal(err)
-			}
+			fillRecords(t, e, 0, 1, func(_ int, epoch uint64) store.Record {
+				return store.Record{Namespace: "ns", ID: "far", Topic: "topic", Delay: -1, SpecDue: far, Due: far, Next: far,
+					State: store.Pending, OccEpoch: epoch, OccSeq: 1}
+			})
 			s := e.open(t, 0, "a", newSink(true))
 			tm := mustState(t, s, "far", Dead, 0)
 			if !strings.Contains(tm.Reason, "horizon") {

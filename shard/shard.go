@@ -37,7 +37,14 @@
 //     those entries (live), holds no more stale ones than live ones, and
 //     is dropped once none is live, so the queues hold at most twice the
 //     waiting timers;
-//   - a Dead timer's key is in dead.
+//   - a Dead timer's key is in dead, and the timer in deadIdx (under
+//     deadMu as well).
+//
+// DeadLetters reads deadIdx under deadMu alone, so a page of dead letters
+// does not hold up firing. That is safe because a timer's snapshot fields
+// are not written while it is in deadIdx: they are set before it goes in
+// (buryLocked, loadLocked) and changed only after it has come out
+// (occurLocked, removeLocked).
 package shard
 
 import (
@@ -139,6 +146,12 @@ type Shard struct {
 	// settle can wait for a step that began after it was called.
 	steps   uint64
 	stepped sync.Cond
+
+	// deadMu is taken under mu to change deadIdx, and alone to read it.
+	deadMu sync.Mutex
+	// deadIdx orders the dead letters for DeadLetters. Invariant: it
+	// holds exactly the Dead timers (see the package doc).
+	deadIdx deadIndex
 }
 
 type topicKey struct{ namespace, topic string }
@@ -278,7 +291,7 @@ func (s *Shard) loadLocked(rec *store.Record) {
 	t.attempts = rec.Attempts
 	t.sent = rec.LastAttempt
 	if rec.State == store.Dead {
-		s.dead[t.key] = struct{}{}
+		s.addDeadLocked(t)
 		return
 	}
 	if err := s.armLocked(t, rec.Next); err != nil {
@@ -690,7 +703,7 @@ func (s *Shard) buryLocked(t *timer, reason string) {
 	t.rec.State = store.Dead
 	t.rec.Next = t.rec.Due
 	t.rec.Reason = reason
-	s.dead[t.key] = struct{}{}
+	s.addDeadLocked(t)
 	s.putLocked(t)
 	if s.cfg.Events != nil {
 		s.cfg.Events.DeadLettered(t.rec.Namespace)
@@ -779,8 +792,8 @@ func (s *Shard) removeLocked(t *timer) {
 	s.disarmLocked(t)
 	s.landLocked(t)
 	s.unwaitLocked(t)
+	s.dropDeadLocked(t)
 	delete(s.timers, t.key)
-	delete(s.dead, t.key)
 	s.slots[t.slot] = nil
 	s.free = append(s.free, t.slot)
 }
@@ -826,6 +839,7 @@ func (s *Shard) occurLocked(t *timer, due int64) error {
 	}
 	s.landLocked(t)
 	s.unwaitLocked(t)
+	s.dropDeadLocked(t) // before t's record changes
 	s.seq++
 	t.rec.OccEpoch, t.rec.OccSeq = s.epoch, s.seq
 	t.rec.Due, t.rec.Next = due, due
@@ -833,9 +847,28 @@ func (s *Shard) occurLocked(t *timer, due int64) error {
 	t.rec.Attempts, t.attempts = 0, 0
 	t.rec.LastAttempt, t.sent = 0, 0
 	t.rec.Reason = ""
-	delete(s.dead, t.key)
 	s.putLocked(t)
 	return nil
+}
+
+// addDeadLocked records that t, whose record is final, is a dead letter.
+func (s *Shard) addDeadLocked(t *timer) {
+	s.dead[t.key] = struct{}{}
+	s.deadMu.Lock()
+	s.deadIdx.insert(t)
+	s.deadMu.Unlock()
+}
+
+// dropDeadLocked records that t is no longer a dead letter, if it was one,
+// before its record changes.
+func (s *Shard) dropDeadLocked(t *timer) {
+	if t.rec.State != store.Dead {
+		return
+	}
+	delete(s.dead, t.key)
+	s.deadMu.Lock()
+	s.deadIdx.remove(t)
+	s.deadMu.Unlock()
 }
 
 func (s *Shard) putLocked(t *timer) {
