@@ -156,6 +156,8 @@ type timer struct {
 	dirty bool
 	// attempts counts attempts of the occurrence sent so far, including
 	// one in flight; rec.Attempts is what is stored.
+	// Invariant: while in flight, rec.Attempts == attempts-1 and
+	// rec.LastAttempt is the attempt before's (firing writes nothing).
 	attempts uint32
 	sent     int64 // unix ms of the last attempt
 	// commit reports the durability of the timer's last write.
