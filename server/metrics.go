@@ -51,8 +51,8 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats) 
 	}
 	m := &metrics{
 		scheduled:   counter("timers_scheduled_total", "Timers accepted by Schedule (idempotent retries included)."),
-		fired:       counter("timers_fired_total", "First delivery attempts of timer occurrences."),
-		redelivered: counter("timers_redelivered_total", "Delivery attempts after the first, after an ack timeout or a closed stream."),
+		fired:       counter("timers_fired_total", "First delivery attempts of timer occurrences, counted when sent."),
+		redelivered: counter("timers_redelivered_total", "Delivery attempts after the first, after an ack timeout or a closed stream, counted when sent."),
 		acked:       counter("timers_acked_total", "Occurrences ended by an ack."),
 		dead:        counter("timers_dead_lettered_total", "Timers that became dead letters."),
 		lateness: prometheus.NewHistogramVec(prometheus.HistogramOpts{
