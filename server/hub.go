@@ -130,9 +130,9 @@ type held struct {
 	attempt uint32
 	state   sendState
 	qi      int // index in queue while queued
-	// seen is set once an attempt of the occurrence was sent on the
-	// stream: from then on the stream may acknowledge it, also while a
-	// later attempt waits in the queue.
+	// seen is set once a Send of an attempt of the occurrence began on
+	// the stream: from then on the stream may acknowledge it, also while
+	// a later attempt waits in the queue.
 	seen bool
 }
 
@@ -228,13 +228,19 @@ func (s *subscriber) take(buf []shard.Delivery) []shard.Delivery {
 
 // begin reports whether d, taken, is still to be sent: it was not acked,
 // expired or replaced by a later attempt meanwhile. On true the Send that
-// follows counts as in progress from now until done.
+// follows counts as in progress from now until done, and the stream may
+// ack d from now on: the client can have it, and its ack can come in
+// before Send returns.
 func (s *subscriber) begin(d *shard.Delivery, now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	h, ok := s.out[d.ID]
 	if !ok || h.attempt != d.Attempt || h.state != taken {
 		return false
+	}
+	if !h.seen {
+		h.seen = true
+		s.out[d.ID] = h
 	}
 	s.sendStart = now
 	return true
@@ -246,7 +252,7 @@ func (s *subscriber) done(d *shard.Delivery, ok bool) {
 	defer s.mu.Unlock()
 	s.sendStart = time.Time{}
 	if h, held := s.out[d.ID]; ok && held && h.attempt == d.Attempt && h.state == taken {
-		h.state, h.seen = sent, true
+		h.state = sent
 		s.out[d.ID] = h
 	}
 }

@@ -220,3 +220,21 @@ func TestDispatchAllocs(t *testing.T) {
 		t.Fatalf("%v allocations per delivery, want 0", allocs)
 	}
 }
+
+// TestAckDuringSend: an ack that comes in while the Send of its delivery
+// has not returned yet (the client can have it by then) is taken.
+func TestAckDuringSend(t *testing.T) {
+	now := time.Now()
+	s := newSubscriber(topicKey{"default", "t"}, 10, time.Minute)
+	a := delivery("a", 1, now)
+	s.offer(a, false)
+	taken := s.take(nil)
+	s.begin(&taken[0], now)
+	if mine, notHeld, notSent, _ := s.acks([]string{a.ID}, nil); len(mine) != 1 || notHeld != 0 || notSent != 0 {
+		t.Fatalf("ack during Send = %v, not held %d, not sent %d; want it taken", mine, notHeld, notSent)
+	}
+	s.done(&taken[0], true)
+	if back := s.close(); len(back) != 0 {
+		t.Fatalf("close gave back %v after the ack", back)
+	}
+}
