@@ -71,6 +71,18 @@ func (e *env) state(ns, id string) (pb.TimerState, uint32) {
 	return got.Timer.State, got.Timer.Attempts
 }
 
+// bigSpecs returns n specs of topic t due now, ids prefix0 on, with
+// payloads of size bytes.
+func bigSpecs(prefix string, n, size int) []*pb.TimerSpec {
+	payload := bytes.Repeat([]byte("x"), size)
+	specs := make([]*pb.TimerSpec, n)
+	for i := range specs {
+		specs[i] = spec(fmt.Sprint(prefix, i), "t", 0)
+		specs[i].Payload = payload
+	}
+	return specs
+}
+
 // TestStalledSubscriberDoesNotEatRedeliveries: a subscriber that stops
 // reading does not take redeliveries while a healthy one has credit, it is
 // ended once its Send has been blocked for its ack timeout, and every
@@ -81,13 +93,7 @@ func TestStalledSubscriberDoesNotEatRedeliveries(t *testing.T) {
 	e.frozen(&pb.Subscription{Topic: "t"})
 	e.waitSubscribers("t", 2)
 	const n = 40
-	payload := bytes.Repeat([]byte("x"), 48<<10)
-	var specs []*pb.TimerSpec
-	for i := range n {
-		sp := spec(fmt.Sprint("s", i), "t", 0)
-		sp.Payload = payload
-		specs = append(specs, sp)
-	}
+	specs := bigSpecs("s", n, 48<<10)
 	e.schedule(specs...)
 	seen := map[string]bool{}
 	copies := map[string]bool{} // delivery id and attempt
@@ -130,13 +136,7 @@ func TestUnsentDeliveriesUseNoAttempt(t *testing.T) {
 	const n, rounds = 10, 4 // rounds > MaxAttempts (3)
 	// One delivery this big fills both the stream's window and the
 	// server's write quota: each stream sends one and blocks on the next.
-	payload := bytes.Repeat([]byte("x"), 200<<10)
-	var specs []*pb.TimerSpec
-	for i := range n {
-		sp := spec(fmt.Sprint("u", i), "t", 0)
-		sp.Payload = payload
-		specs = append(specs, sp)
-	}
+	specs := bigSpecs("u", n, 200<<10)
 	e.schedule(specs...)
 	sentTimes := map[string]uint32{} // by timer id
 	for round := range rounds {

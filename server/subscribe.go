@@ -51,11 +51,16 @@ func (t *timerService) Subscribe(stream pb.TimerService_SubscribeServer) error {
 		}
 		// Acks the receiver has read are applied before the rest goes
 		// back, or a handled delivery would be redelivered (or, on its
-		// last attempt, dead-lettered). The stream has ended, so the
+		// last attempt, dead-lettered). Once the stream has ended, the
 		// receiver's Recv returns at once; the bound is a safety net.
-		select {
-		case <-receiverDone:
-		case <-time.After(5 * time.Second):
+		// While the handler itself is ending it (its Send stalled), the
+		// stream is still open and the receiver is not waited for: an ack
+		// it takes after close below is ignored, and only redelivers.
+		if stream.Context().Err() != nil {
+			select {
+			case <-receiverDone:
+			case <-time.After(5 * time.Second):
+			}
 		}
 		// Redeliver at once rather than after the ack timeout.
 		s.giveBack(sub.close())
