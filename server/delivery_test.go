@@ -71,6 +71,13 @@ func (e *env) state(ns, id string) (pb.TimerState, uint32) {
 	return got.Timer.State, got.Timer.Attempts
 }
 
+// goroutinesIn counts the goroutines with fn (a function name as stack
+// traces print it) on their stacks.
+func goroutinesIn(fn string) int {
+	buf := make([]byte, 4<<20)
+	return strings.Count(string(buf[:runtime.Stack(buf, true)]), fn)
+}
+
 // bigSpecs returns n specs of topic t due now, ids prefix0 on, with
 // payloads of size bytes.
 func bigSpecs(prefix string, n, size int) []*pb.TimerSpec {
@@ -115,6 +122,10 @@ func TestStalledSubscriberDoesNotEatRedeliveries(t *testing.T) {
 		t.Fatal("every timer went to the healthy stream first: the frozen one took none")
 	}
 	e.waitSubscribers("t", 1) // the frozen stream was ended
+	waitFor(t, "the frozen stream's goroutines to end", func() bool {
+		return goroutinesIn("server.(*timerService).Subscribe(") == 1 && goroutinesIn("server.(*Server).send(") == 1 &&
+			goroutinesIn("server.(*Server).receive(") == 1
+	})
 	for _, sp := range specs {
 		waitFor(t, "the ack of "+sp.Id, func() bool {
 			_, err := e.timers.Get(e.ctx(), &pb.GetRequest{Id: sp.Id})
@@ -245,8 +256,6 @@ func TestSilentStreamIsEnded(t *testing.T) {
 		t.Fatal("the server did not end a stream that sent nothing")
 	}
 	waitFor(t, "the stream's goroutines to end", func() bool {
-		buf := make([]byte, 1<<20)
-		stacks := string(buf[:runtime.Stack(buf, true)])
-		return !strings.Contains(stacks, "server.(*timerService).Subscribe") && !strings.Contains(stacks, "server.(*Server).first")
+		return goroutinesIn("server.(*timerService).Subscribe(") == 0 && goroutinesIn("server.(*Server).first.") == 0
 	})
 }
