@@ -114,8 +114,9 @@ type subscriber struct {
 	queue []shard.Delivery
 	// lapsed and lapsedOld hold the ids whose attempt expired here at the
 	// last sweep and at the one before: a redelivery of one of them goes
-	// to another stream first, as one of an id still in out does, however
-	// the sweep and the shard's backoff fall.
+	// to another stream first, as one of an id still in out does, whether
+	// or not the sweep ran before the redelivery came (when the shard's
+	// backoff is shorter than two sweeps, as first redeliveries are).
 	lapsed, lapsedOld map[string]struct{}
 	// sendStart is when the Send in progress began; zero while the sender
 	// is not in Send.
