@@ -250,16 +250,22 @@ func (s *Shard) Ack(ids []DeliveryID) (*store.Commit, error) {
 type Attempt struct {
 	ID     DeliveryID
 	Number uint32
+	// Unsent says the attempt never left the dispatcher: its subscriber
+	// went away before sending it, so no consumer can have seen it.
+	Unsent bool
 }
 
 // Return gives back delivery attempts whose subscriber went away unacked:
 // each occurrence still in flight under that very attempt goes back to
 // pending and is delivered again at once, without waiting for its ack
-// timeout or a backoff. The attempt counts (it is written down) and one
-// that was the last allowed makes a dead letter, so a payload that
-// crashes its consumers cannot loop for ever. Other attempts are ignored:
-// an attempt that timed out already and was redelivered elsewhere is not
-// this subscriber's to give back.
+// timeout or a backoff. An attempt that was sent counts (it is written
+// down) and one that was the last allowed makes a dead letter, so a
+// payload that crashes its consumers cannot loop for ever. An Unsent one
+// does not count: the timer is as it was before it was dispatched, with
+// the attempts it had, so streams that come and go without sending
+// cannot make a dead letter of a timer no one saw. Other attempts are
+// ignored: an attempt that timed out already and was redelivered
+// elsewhere is not this subscriber's to give back.
 func (s *Shard) Return(attempts []Attempt) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -267,14 +273,26 @@ func (s *Shard) Return(attempts []Attempt) {
 		return
 	}
 	now := s.clock.Now().UnixMilli()
+	unsent := false
 	for i := range attempts {
-		t := s.occurrenceLocked(&attempts[i].ID)
-		if t == nil || !t.inFlight || t.attempts != attempts[i].Number {
+		a := &attempts[i]
+		t := s.occurrenceLocked(&a.ID)
+		if t == nil || !t.inFlight || t.attempts != a.Number {
 			continue
 		}
-		s.timeoutLocked(t, now, 0)
+		if !a.Unsent {
+			s.timeoutLocked(t, now, 0)
+			continue
+		}
+		// Dispatching wrote nothing, so the record still says what the
+		// timer was before: pending at rec.Next (passed, so it fires at
+		// once) with the attempts before this one.
+		s.landLocked(t)
+		t.attempts, t.sent = t.rec.Attempts, t.rec.LastAttempt
+		_ = s.armLocked(t, t.rec.Next) // it was armed there before it fired
+		unsent = true
 	}
-	if s.submitLocked() != nil {
+	if s.submitLocked() != nil || unsent {
 		s.kickLoop()
 	}
 }

@@ -196,6 +196,8 @@ type timer struct {
 	dirty bool
 	// attempts counts attempts of the occurrence sent so far, including
 	// one in flight; rec.Attempts is what is stored.
+	// Invariant: while in flight, rec.Attempts == attempts-1 and
+	// rec.LastAttempt is the attempt before's (firing writes nothing).
 	attempts uint32
 	// visit counts the timer's visits to its topic's queue, so that a
 	// stale entry from an earlier visit is told from the current one.
