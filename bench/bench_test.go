@@ -676,6 +676,12 @@ func TestConfigValidate(t *testing.T) {
 		{"Cancel", func(c *Config) { c.Cancel, c.Reschedule = 0.9, 0.2 }},
 		{"Tick", func(c *Config) { c.Tick = 0 }},
 		{"Tick", func(c *Config) { c.Tick = -time.Second }},
+		{"FloorRate", func(c *Config) { c.FloorRate = 0 }},
+		{"FloorRate", func(c *Config) { c.FloorRate = 100001 }},
+		{"FloorRate", func(c *Config) { c.FloorRate = math.NaN() }},
+		{"", func(c *Config) { c.FloorRate, c.StarvedP99 = 100000, time.Nanosecond }},
+		{"StarvedP99", func(c *Config) { c.StarvedP99 = 0 }},
+		{"StarvedP99", func(c *Config) { c.StarvedP99 = -time.Millisecond }},
 		{"Batches", func(c *Config) { c.Batches = nil }},
 		{"Batches", func(c *Config) { c.Batches = []int{0} }},
 		{"Batches", func(c *Config) { c.Batches = []int{100, 100001} }},
@@ -705,7 +711,8 @@ func TestConfigValidate(t *testing.T) {
 func TestConfigWithDefaults(t *testing.T) {
 	t.Parallel()
 	common := Config{Duration: 10 * time.Second, Batches: []int{100}, Concurrency: 16, PayloadSize: 64,
-		Lead: 2 * time.Second, Delay: time.Hour, Drain: 10 * time.Second, Tick: time.Second}
+		Lead: 2 * time.Second, Delay: time.Hour, Drain: 10 * time.Second, Tick: time.Second, FloorRate: 1000,
+		StarvedP99: 5 * time.Millisecond}
 	with := func(f func(*Config)) Config {
 		c := common
 		f(&c)
@@ -785,10 +792,10 @@ func TestConfigAddFlags(t *testing.T) {
 		{name: "none", want: Config{}},
 		{name: "all", args: []string{"--duration", "2s", "--count", "5", "--rate", "100.5", "--batch", "1,10,100",
 			"--concurrency", "4", "--payload-size", "10", "--lead", "1s", "--delay", "3s", "--drain", "4s",
-			"--cancel", "0.5", "--reschedule", "0.25", "--keep", "--tick", "100ms"},
+			"--cancel", "0.5", "--reschedule", "0.25", "--keep", "--tick", "100ms", "--floor-rate", "200", "--starved-p99", "2ms"},
 			want: Config{Duration: 2 * time.Second, Count: 5, Rate: 100.5, Batches: []int{1, 10, 100}, Concurrency: 4,
 				PayloadSize: 10, Lead: time.Second, Delay: 3 * time.Second, Drain: 4 * time.Second, Cancel: 0.5,
-				Reschedule: 0.25, Keep: true, Tick: 100 * time.Millisecond}},
+				Reschedule: 0.25, Keep: true, Tick: 100 * time.Millisecond, FloorRate: 200, StarvedP99: 2 * time.Millisecond}},
 		{name: "one batch", args: []string{"--batch=7"}, want: Config{Batches: []int{7}}},
 		{name: "batch with spaces", args: []string{"--batch", " 1, 2 ,3"}, want: Config{Batches: []int{1, 2, 3}}},
 		{name: "last batch wins", args: []string{"--batch", "1,2", "--batch", "3"}, want: Config{Batches: []int{3}}},
@@ -856,7 +863,8 @@ func validFields(c Config) bool {
 	ok := c.Duration > 0 && c.Count >= 0 && c.Rate >= 0 && !math.IsInf(c.Rate, 0) &&
 		c.Concurrency >= 1 && c.Concurrency <= 4096 && c.PayloadSize >= 0 && c.PayloadSize <= 1<<20 &&
 		c.Lead >= 0 && c.Delay >= 0 && c.Drain >= 0 && share(c.Cancel) && share(c.Reschedule) &&
-		c.Cancel+c.Reschedule <= 1 && c.Tick > 0 && len(c.Batches) > 0
+		c.Cancel+c.Reschedule <= 1 && c.Tick > 0 && len(c.Batches) > 0 &&
+		c.FloorRate > 0 && c.FloorRate <= 100000 && c.StarvedP99 > 0
 	for _, b := range c.Batches {
 		ok = ok && b >= 1 && b <= 100000
 	}
@@ -873,7 +881,7 @@ func FuzzConfigValidate(f *testing.F) {
 	f.Fuzz(func(t *testing.T, dur, count int64, rate float64, batch string, conc, payload int, lead, delay, drain int64, cancel, resched float64, tick int64) {
 		c := Config{Duration: time.Duration(dur), Count: count, Rate: rate, Concurrency: conc, PayloadSize: payload,
 			Lead: time.Duration(lead), Delay: time.Duration(delay), Drain: time.Duration(drain), Cancel: cancel,
-			Reschedule: resched, Tick: time.Duration(tick)}
+			Reschedule: resched, Tick: time.Duration(tick), FloorRate: 1000, StarvedP99: 5 * time.Millisecond}
 		// The batch sizes as the flag takes them.
 		fs := flag.NewFlagSet("f", flag.ContinueOnError)
 		fs.SetOutput(new(strings.Builder))

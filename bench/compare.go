@@ -161,6 +161,19 @@ func compareGroups(labels []string, reports []*Report) ([]cmpGroup, error) {
 				add(i, cmpKey{d.Name + " max", d.Unit}, d.Max)
 			}
 		}
+		// The floor of each run, measured beside it, last.
+		for i, m := range ms {
+			if f := m.r.Floor; f != nil {
+				for _, d := range f.dists() {
+					add(i, cmpKey{d.Name + " p50", d.Unit}, d.P50)
+					add(i, cmpKey{d.Name + " p99", d.Unit}, d.P99)
+					add(i, cmpKey{d.Name + " max", d.Unit}, d.Max)
+				}
+				for _, x := range f.metrics() {
+					add(i, cmpKey{x.Name, x.Unit}, x.Value)
+				}
+			}
+		}
 		for _, k := range keys {
 			row := cmpRow{name: k.name, unit: k.unit}
 			ref, hasRef := values[0][k]
@@ -180,6 +193,9 @@ func compareGroups(labels []string, reports []*Report) ([]cmpGroup, error) {
 		for _, m := range ms {
 			if m.r.Interrupted {
 				g.notes = append(g.notes, m.label+": "+interruptedNote)
+			}
+			if f := m.r.Floor; f != nil && f.Starved {
+				g.notes = append(g.notes, m.label+": "+f.verdict())
 			}
 			if bad := m.r.Failed(); len(bad) > 0 {
 				names := make([]string, len(bad))

@@ -68,6 +68,14 @@ type Config struct {
 	// Tick is how often rates are sampled (default 1s; runs shorter than
 	// 10s sample every Duration/20, at least 50ms).
 	Tick time.Duration
+	// FloorRate is the rate of the floor probe, time.AfterFunc timers per
+	// second in the bench's process beside every run (default 1,000; at
+	// most 100,000): light enough not to load the machine it measures.
+	FloorRate float64
+	// StarvedP99 is the floor's p99 lateness above which a run is marked
+	// "machine starved" (default 5ms): a quiet machine fires Go's own
+	// timers within a few ms, and a target's lateness can be no better.
+	StarvedP99 time.Duration
 	// Clock is the time source (default the wall clock); tests fake it.
 	Clock Clock
 }
@@ -128,6 +136,12 @@ func (c Config) WithDefaults(scenario string) Config {
 			c.Tick = max(50*time.Millisecond, c.Duration/20)
 		}
 	}
+	if c.FloorRate == 0 {
+		c.FloorRate = 1000
+	}
+	if c.StarvedP99 == 0 {
+		c.StarvedP99 = 5 * time.Millisecond
+	}
 	if c.Clock == nil {
 		c.Clock = wallClock{}
 	}
@@ -160,6 +174,10 @@ func (c Config) Validate() error {
 		return bad("Cancel", "Cancel and Reschedule must be shares from 0 to 1 that add up to at most 1, got %g and %g", c.Cancel, c.Reschedule)
 	case c.Tick <= 0:
 		return bad("Tick", "must be positive, got %v", c.Tick)
+	case !(c.FloorRate > 0 && c.FloorRate <= 100000): // NaN too
+		return bad("FloorRate", "must be above 0 and at most 100000 timers/s, got %g", c.FloorRate)
+	case c.StarvedP99 <= 0:
+		return bad("StarvedP99", "must be positive, got %v", c.StarvedP99)
 	}
 	if len(c.Batches) == 0 {
 		return bad("Batches", "at least one batch size is needed")
@@ -200,6 +218,8 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.Reschedule, "reschedule", 0, "mixed: share of timers moved before due (default 0.1)")
 	fs.BoolVar(&c.Keep, "keep", false, "schedule: leave the timers in place instead of cancelling them afterwards")
 	fs.DurationVar(&c.Tick, "tick", 0, "how often rates are sampled for the progress line and the plots (default 1s)")
+	fs.Float64Var(&c.FloorRate, "floor-rate", 0, "timers/s of the floor probe, Go's time.AfterFunc in this process beside every run (default 1000)")
+	fs.DurationVar(&c.StarvedP99, "starved-p99", 0, "floor p99 lateness above which a run is marked machine starved (default 5ms)")
 }
 
 // params lists c's settings that matter to scenario, for the report.

@@ -97,8 +97,12 @@ func Run(ctx context.Context, scenario string, t Target, cfg Config, prog Progre
 
 	loadCtx, stop := context.WithCancel(ctx)
 	r.stop = stop
+	// The floor probe runs beside the whole run, on the wall clock
+	// whatever cfg.Clock is: it measures the machine, not the run.
+	floor := startFloor(cfg.FloorRate)
 	body(r, loadCtx)
 	stop()
+	r.report.Floor = floor.stop(cfg.StarvedP99)
 
 	r.report.Elapsed = r.clock.Now().Sub(start).Seconds()
 	if err := r.failure(); err != nil {
