@@ -52,6 +52,9 @@ func Run(ctx context.Context, scenario string, t Target, cfg Config, prog Progre
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if len(cfg.Rates) > 1 {
+		return nil, fmt.Errorf("%w: Rates: a run takes one rate; Sweep runs fire at each of %d", ErrConfig, len(cfg.Rates))
+	}
 	var body func(*run, context.Context)
 	switch scenario {
 	case "schedule":
