@@ -66,7 +66,10 @@ or on PATH (make build puts both in bin/).
 
 'timerctl bench compare FILE...' reads reports written by --json or --out
 (report.json) and prints them side by side, with the ratio of each figure
-to the first file's; --markdown prints Markdown tables.
+to the first file's; --markdown prints Markdown tables. With --spread,
+reports that get the same label (the same directory name, as the suite's
+repetitions r1/LABEL-SCENARIO, r2/LABEL-SCENARIO do) share a column: each
+cell is the figure's median, its ratio, and [min–max] over them.
 
 Exits 1 when a check fails (early, lost, stray or cancelled-but-fired
 deliveries) or the target failed; 0 otherwise, also when interrupted. A
@@ -81,6 +84,7 @@ rate not held is what it measures.`,
 		fs.IntVar(&c.maxInFlight, "max-in-flight", 0, "subscriber credits: deliveries in flight on the stream (default 1000)")
 		fs.IntVar(&c.workers, "workers", 0, "subscriber handler goroutines (default 16)")
 		fs.BoolVar(&c.markdown, "markdown", false, "compare: print a Markdown table")
+		fs.BoolVar(&c.spread, "spread", false, "compare: reports with the same label are repetitions; show each figure's median [min–max]")
 		return c
 	},
 }
@@ -92,6 +96,7 @@ type benchCmd struct {
 	maxInFlight int
 	workers     int
 	markdown    bool
+	spread      bool
 }
 
 func (c *benchCmd) check(_ *flag.FlagSet, args []string) error {
@@ -140,7 +145,7 @@ func (c *benchCmd) check(_ *flag.FlagSet, args []string) error {
 
 func (c *benchCmd) run(ctx context.Context, a *app, args []string) error {
 	if args[0] == "compare" {
-		return compareReports(a.stdout, args[1:], c.markdown)
+		return compareReports(a.stdout, args[1:], c.markdown, c.spread)
 	}
 	scenario := args[0]
 	if c.peer == "asynq" {
@@ -192,8 +197,9 @@ func (c *benchCmd) run(ctx context.Context, a *app, args []string) error {
 }
 
 // compareReports prints the reports in files side by side, each labelled
-// by its target and file name.
-func compareReports(w io.Writer, files []string, markdown bool) error {
+// by its target and file name; with spread, reports of one label are
+// repetitions that share a column.
+func compareReports(w io.Writer, files []string, markdown, spread bool) error {
 	var reps []*bench.Report
 	var labels []string
 	for _, f := range files {
@@ -208,6 +214,9 @@ func compareReports(w io.Writer, files []string, markdown bool) error {
 		}
 		reps = append(reps, rep)
 		labels = append(labels, reportLabel(f, rep))
+	}
+	if spread {
+		return bench.CompareSpread(w, labels, reps, markdown)
 	}
 	if markdown {
 		return bench.CompareMarkdown(w, labels, reps)
