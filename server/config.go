@@ -19,6 +19,11 @@ type Config struct {
 	// HTTPAddr is the host:port of /metrics, /healthz and /readyz (default
 	// 127.0.0.1:7071). Empty disables HTTP.
 	HTTPAddr string
+	// PProf also serves Go's profiles under /debug/pprof/ on HTTPAddr
+	// (default false). They show the process's internals (goroutine
+	// stacks, the command line) and a CPU profile costs CPU while it
+	// runs, so turn it on where HTTPAddr is reachable only by operators.
+	PProf bool
 
 	// DataDir is the embedded store's directory (default ./timerd-data).
 	// It is used when RedisURL is empty.

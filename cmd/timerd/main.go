@@ -113,6 +113,7 @@ Flags:
 	)
 	fs.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "`host:port` of the gRPC API (TimerService, ClusterService, health, reflection)")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "`host:port` of /metrics, /healthz and /readyz; empty disables HTTP")
+	fs.BoolVar(&cfg.PProf, "pprof", cfg.PProf, "also serve Go's profiles under /debug/pprof/ on --http-addr (expose only to operators)")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`directory` of the embedded store (used when --redis is not set)")
 	fs.StringVar(&cfg.RedisURL, "redis", cfg.RedisURL, "Redis `URL` (redis://host:port/db) to keep the shards in, instead of the embedded store")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", cfg.RedisPrefix, "`prefix` of every Redis key")

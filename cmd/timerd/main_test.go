@@ -23,6 +23,35 @@ func TestParse(t *testing.T) {
 		t.Errorf("DataDir %q shutdown %v", cfg.DataDir, shutdown)
 	case cfg.GRPCAddr != "127.0.0.1:7070" || cfg.HTTPAddr != "127.0.0.1:7071":
 		t.Errorf("default addresses %q %q", cfg.GRPCAddr, cfg.HTTPAddr)
+	case cfg.PProf:
+		t.Error("PProf is on by default")
+	}
+}
+
+func TestParsePProf(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		env  string // TIMERD_PPROF, "" for unset
+		args []string
+		want bool
+	}{
+		{"default", "", nil, false},
+		{"flag", "", []string{"--pprof"}, true},
+		{"environment", "true", nil, true},
+		{"flag over environment", "true", []string{"--pprof=false"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.env != "" {
+				t.Setenv("TIMERD_PPROF", tc.env)
+			}
+			cfg, _, _, err := parse(tc.args, &bytes.Buffer{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.PProf != tc.want {
+				t.Errorf("PProf = %v, want %v", cfg.PProf, tc.want)
+			}
+		})
 	}
 }
 
