@@ -185,7 +185,7 @@ func BenchmarkShardLoad1M(b *testing.B) {
 
 // fillShard writes n pending timers of ~100 bytes straight to the store.
 func fillShard(b *testing.B, e *env, shard uint32, n int) {
-	epoch, err := e.st.Acquire(context.Background(), shard, "filler", time.Minute)
+	g, err := e.st.Acquire(context.Background(), shard, "filler", time.Minute)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -196,15 +196,15 @@ func fillShard(b *testing.B, e *env, shard uint32, n int) {
 		for i := start; i < min(start+per, n); i++ {
 			id := "t" + strconv.Itoa(i)
 			rec := store.Record{Namespace: "bench", ID: id, Topic: "orders.timeout", Payload: benchPayload,
-				Due: due + int64(i%3600000), Next: due + int64(i%3600000), Delay: 3600000, Created: due, State: store.Pending, OccEpoch: epoch, OccSeq: uint64(i)}
+				Due: due + int64(i%3600000), Next: due + int64(i%3600000), Delay: 3600000, Created: due, State: store.Pending, OccEpoch: g.Epoch, OccSeq: uint64(i)}
 			ops = append(ops, store.Op{Key: store.Key("bench", id), Value: rec.AppendBinary(nil)})
 		}
-		batches := []store.Batch{{Shard: shard, Epoch: epoch, Ops: ops}}
+		batches := []store.Batch{{Shard: shard, Grant: g, Ops: ops}}
 		if err := e.st.Commit(context.Background(), batches); err != nil || batches[0].Err != nil {
 			b.Fatal(err, batches[0].Err)
 		}
 	}
-	if err := e.st.Release(context.Background(), shard, "filler", epoch); err != nil {
+	if err := e.st.Release(context.Background(), shard, g); err != nil {
 		b.Fatal(err)
 	}
 }

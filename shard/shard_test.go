@@ -648,7 +648,7 @@ func TestFencing(t *testing.T) {
 		}
 		// The store refuses A's epoch outright, for every kind of write.
 		for _, op := range []store.Op{{Key: store.Key("ns", "kept")}, {Key: store.Key("ns", "a-evil"), Value: (&store.Record{Namespace: "ns", ID: "a-evil", Topic: "t", State: store.Pending}).AppendBinary(nil)}} {
-			batches := []store.Batch{{Shard: 5, Epoch: a.Epoch(), Ops: []store.Op{op}}}
+			batches := []store.Batch{{Shard: 5, Grant: a.Grant(), Ops: []store.Op{op}}}
 			if err := e.st.Commit(ctx, batches); err != nil || !errors.Is(batches[0].Err, store.ErrFenced) {
 				t.Fatalf("stale write: %v, %v", err, batches[0].Err)
 			}
@@ -902,8 +902,8 @@ type slowLoad struct {
 	pass func()
 }
 
-func (s slowLoad) Load(ctx context.Context, shard uint32, epoch uint64, fn func([]store.Record) error) error {
-	err := s.Store.Load(ctx, shard, epoch, fn)
+func (s slowLoad) Load(ctx context.Context, shard uint32, g store.Grant, fn func([]store.Record) error) error {
+	err := s.Store.Load(ctx, shard, g, fn)
 	s.pass()
 	return err
 }
