@@ -82,8 +82,8 @@ var (
 // Shard is one shard of timers owned by this node. Its methods may be
 // called concurrently.
 type Shard struct {
-	cfg   Config
-	id    uint32
+	cfg Config
+	id  uint32
 	// grant is the lease acquired by Open; every store call names it.
 	grant store.Grant
 	st    store.Store
@@ -181,6 +181,9 @@ func (t *timer) state() State {
 func Open(ctx context.Context, cfg Config) (*Shard, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ClockDrift == 0 {
+		cfg.ClockDrift = ClockDriftFor(cfg.LeaseTTL)
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
