@@ -70,6 +70,11 @@ type Config struct {
 	// (defaults 1s and 15m). A subscription that gives none gets
 	// Shard.AckTimeout.
 	MinAckTimeout, MaxAckTimeout time.Duration
+	// SubscriptionTimeout is how long a new Subscribe stream may take to
+	// send its first message, the subscription, before the server ends it
+	// with DEADLINE_EXCEEDED (default 10s): a client that opens streams
+	// and sends nothing must not hold the server's goroutines.
+	SubscriptionTimeout time.Duration
 
 	// MaxRecvMsgSize is the largest request message in bytes (default
 	// 16 MiB); a bigger one fails with RESOURCE_EXHAUSTED.
@@ -111,6 +116,7 @@ func DefaultConfig() Config {
 		MaxInFlight:          10_000,
 		MinAckTimeout:        time.Second,
 		MaxAckTimeout:        15 * time.Minute,
+		SubscriptionTimeout:  10 * time.Second,
 		MaxRecvMsgSize:       16 << 20,
 		MaxConcurrentStreams: 1024,
 		KeepaliveMinTime:     10 * time.Second,
@@ -164,6 +170,8 @@ func (c Config) Validate() error {
 		return bad("MaxAckTimeout", "must be >= MinAckTimeout=%v, got %v", c.MinAckTimeout, c.MaxAckTimeout)
 	case c.Shard.AckTimeout < c.MinAckTimeout || c.Shard.AckTimeout > c.MaxAckTimeout:
 		return bad("Shard.AckTimeout", "must be in [MinAckTimeout, MaxAckTimeout] = [%v, %v], got %v", c.MinAckTimeout, c.MaxAckTimeout, c.Shard.AckTimeout)
+	case c.SubscriptionTimeout <= 0:
+		return bad("SubscriptionTimeout", "must be > 0, got %v", c.SubscriptionTimeout)
 	case c.MaxRecvMsgSize < 1<<20:
 		return bad("MaxRecvMsgSize", "must be >= 1 MiB, got %d", c.MaxRecvMsgSize)
 	case c.MaxConcurrentStreams < 1:

@@ -17,14 +17,17 @@ const otherNamespace = "_other"
 
 // metrics is the node's Prometheus instrumentation, in its own registry.
 // Its methods may be called concurrently; the per-event ones (dispatched,
-// scheduled, Acked, DeadLettered) are called on hot paths, some under a
-// shard's lock, and do not block.
+// ignoredAcks, scheduled, Acked, DeadLettered) are called on hot paths,
+// some under a shard's lock, and do not block.
 type metrics struct {
 	scheduled, fired, redelivered, acked, dead *prometheus.CounterVec
 	lateness                                   *prometheus.HistogramVec
 	subscribers                                *prometheus.GaugeVec
 	commitSeconds, commitOps, commitBatches    prometheus.Histogram
 	commitRetries                              prometheus.Counter
+	// acksNotHeld and acksNotSent count acks ignored because the stream
+	// did not hold the delivery, or held it but had not sent it yet.
+	acksNotHeld, acksNotSent prometheus.Counter
 
 	maxNS int
 	byNS  sync.Map // namespace -> *nsMetrics, at most maxNS entries
@@ -48,8 +51,8 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats) 
 	}
 	m := &metrics{
 		scheduled:   counter("timers_scheduled_total", "Timers accepted by Schedule (idempotent retries included)."),
-		fired:       counter("timers_fired_total", "First delivery attempts of timer occurrences."),
-		redelivered: counter("timers_redelivered_total", "Delivery attempts after the first, after an ack timeout or a closed stream."),
+		fired:       counter("timers_fired_total", "First delivery attempts of timer occurrences, counted when sent."),
+		redelivered: counter("timers_redelivered_total", "Delivery attempts after the first, after an ack timeout or a closed stream, counted when sent."),
 		acked:       counter("timers_acked_total", "Occurrences ended by an ack."),
 		dead:        counter("timers_dead_lettered_total", "Timers that became dead letters."),
 		lateness: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -81,8 +84,14 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats) 
 		}),
 		maxNS: maxNS,
 	}
+	ignored := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "timerd", Name: "acks_ignored_total",
+		Help: "Acked delivery ids a stream may not acknowledge, by reason: not_held (another stream's, another namespace's, expired, repeated or unknown), not_sent (held but not sent yet).",
+	}, []string{"reason"})
+	m.acksNotHeld = ignored.WithLabelValues("not_held")
+	m.acksNotSent = ignored.WithLabelValues("not_sent")
 	reg.MustRegister(m.scheduled, m.fired, m.redelivered, m.acked, m.dead, m.lateness, m.subscribers,
-		m.commitSeconds, m.commitOps, m.commitBatches, m.commitRetries,
+		m.commitSeconds, m.commitOps, m.commitBatches, m.commitRetries, ignored,
 		shardCollector{stats},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -147,7 +156,17 @@ func (c *scheduledCounter) flush() {
 	}
 }
 
-// dispatched counts a delivery the hub accepted.
+// ignoredAcks counts acks a stream was not allowed to make.
+func (m *metrics) ignoredAcks(notHeld, notSent int) {
+	if notHeld > 0 {
+		m.acksNotHeld.Add(float64(notHeld))
+	}
+	if notSent > 0 {
+		m.acksNotSent.Add(float64(notSent))
+	}
+}
+
+// dispatched counts a delivery sent to a subscriber.
 func (m *metrics) dispatched(d *shard.Delivery) {
 	n := m.ns(d.Namespace)
 	if d.Attempt > 1 {

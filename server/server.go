@@ -141,7 +141,7 @@ func New(cfg Config) (*Server, error) {
 	s.quitCtx, s.stopQuit = context.WithCancel(context.Background())
 	s.quit = s.quitCtx.Done()
 	s.metrics = newMetrics(s.reg, cfg.MetricNamespaces, s.shardStats)
-	s.hub = newHub(s.metrics)
+	s.hub = newHub()
 	return s, nil
 }
 

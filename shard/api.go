@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -151,7 +150,8 @@ func (s *Shard) Reschedule(ctx context.Context, namespace string, moves []Move) 
 			continue
 		}
 		if err := s.occurLocked(t, due); err != nil {
-			// ResolveDue checked the horizon; the wheel's is wider.
+			// Past the wheel's horizon, which counts from the wheel's
+			// time, not the clock's: t is left as it was.
 			res[i].Err = err
 			continue
 		}
@@ -250,16 +250,22 @@ func (s *Shard) Ack(ids []DeliveryID) (*store.Commit, error) {
 type Attempt struct {
 	ID     DeliveryID
 	Number uint32
+	// Unsent says the attempt never left the dispatcher: its subscriber
+	// went away before sending it, so no consumer can have seen it.
+	Unsent bool
 }
 
 // Return gives back delivery attempts whose subscriber went away unacked:
 // each occurrence still in flight under that very attempt goes back to
 // pending and is delivered again at once, without waiting for its ack
-// timeout or a backoff. The attempt counts (it is written down) and one
-// that was the last allowed makes a dead letter, so a payload that
-// crashes its consumers cannot loop for ever. Other attempts are ignored:
-// an attempt that timed out already and was redelivered elsewhere is not
-// this subscriber's to give back.
+// timeout or a backoff. An attempt that was sent counts (it is written
+// down) and one that was the last allowed makes a dead letter, so a
+// payload that crashes its consumers cannot loop for ever. An Unsent one
+// does not count: the timer is as it was before it was dispatched, with
+// the attempts it had, so streams that come and go without sending
+// cannot make a dead letter of a timer no one saw. Other attempts are
+// ignored: an attempt that timed out already and was redelivered
+// elsewhere is not this subscriber's to give back.
 func (s *Shard) Return(attempts []Attempt) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -267,14 +273,26 @@ func (s *Shard) Return(attempts []Attempt) {
 		return
 	}
 	now := s.clock.Now().UnixMilli()
+	unsent := false
 	for i := range attempts {
-		t := s.occurrenceLocked(&attempts[i].ID)
-		if t == nil || !t.inFlight || t.attempts != attempts[i].Number {
+		a := &attempts[i]
+		t := s.occurrenceLocked(&a.ID)
+		if t == nil || !t.inFlight || t.attempts != a.Number {
 			continue
 		}
-		s.timeoutLocked(t, now, 0)
+		if !a.Unsent {
+			s.timeoutLocked(t, now, 0)
+			continue
+		}
+		// Dispatching wrote nothing, so the record still says what the
+		// timer was before: pending at rec.Next (passed, so it fires at
+		// once) with the attempts before this one.
+		s.landLocked(t)
+		t.attempts, t.sent = t.rec.Attempts, t.rec.LastAttempt
+		_ = s.armLocked(t, t.rec.Next) // it was armed there before it fired
+		unsent = true
 	}
-	if s.submitLocked() != nil {
+	if s.submitLocked() != nil || unsent {
 		s.kickLoop()
 	}
 }
@@ -287,7 +305,7 @@ func (s *Shard) Ready(namespace, topic string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	tk := topicKey{namespace, topic}
-	if len(s.waiting[tk]) == 0 {
+	if s.waiting[tk] == nil {
 		return
 	}
 	s.ready[tk] = struct{}{}
@@ -297,34 +315,28 @@ func (s *Shard) Ready(namespace, topic string) {
 // DeadLetters returns up to limit dead letters of namespace (and of topic,
 // when not empty) with ids greater than after, in id order, and whether
 // there are more. A limit below 1 is taken as 1. A stopped shard returns
-// its ErrNotOwner.
+// its ErrNotOwner. A page costs O(log n + limit) for n dead letters, and
+// holds the shard's mutex only to check that the shard runs, not while it
+// is read: firing goes on meanwhile.
 func (s *Shard) DeadLetters(namespace, topic, after string, limit int) ([]Timer, bool, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.stopErr; err != nil {
+	if err := s.Err(); err != nil {
 		return nil, false, err
 	}
-	var hits []*timer
-	prefix := namespace + "\x00"
-	for key := range s.dead {
-		id, ok := strings.CutPrefix(key, prefix)
-		if !ok || id <= after {
-			continue
-		}
-		t := s.timers[key]
-		if topic != "" && t.rec.Topic != topic {
-			continue
-		}
-		hits = append(hits, t)
-	}
-	slices.SortFunc(hits, func(a, b *timer) int { return strings.Compare(a.rec.ID, b.rec.ID) })
 	limit = max(limit, 1)
+	s.deadMu.Lock()
+	defer s.deadMu.Unlock()
+	set := s.deadIdx.set(namespace, topic)
+	if set == nil {
+		return []Timer{}, false, nil
+	}
+	hits := set.appendAfter(make([]*timer, 0, min(limit, set.len)+1), after, limit+1)
 	more := len(hits) > limit
 	if more {
 		hits = hits[:limit]
 	}
 	out := make([]Timer, len(hits))
 	for i, t := range hits {
+		// Under deadMu, t is in deadIdx: its snapshot fields hold still.
 		out[i] = s.snapshotLocked(t)
 	}
 	return out, more, nil
@@ -338,7 +350,9 @@ func (s *Shard) DeadLetters(namespace, topic, after string, limit int) ([]Timer,
 // no ids it replays every dead letter of namespace (and topic). It returns
 // how many were replayed, and an error when the call failed as a whole (a
 // bad due time, a stopped shard, or, with no ids, writes that did not
-// become durable); with ids, that error is also in every Result.
+// become durable, or a due time the wheel could not hold for some); with
+// ids, that error is also in every Result. A dead letter that cannot be
+// armed stays one.
 func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topic string, due time.Time, delay time.Duration) ([]Result, int, error) {
 	s.mu.Lock()
 	if err := s.stopErr; err != nil {
@@ -377,20 +391,33 @@ func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topi
 			res[i].Due = time.UnixMilli(at)
 		}
 	}
-	for _, t := range targets {
-		_ = s.occurLocked(t, at) // within the horizon: ResolveDue checked
+	// ResolveDue checked at against the clock, but the wheel's horizon
+	// counts from where the wheel is: one left far behind the clock (a
+	// shard that could not fire while the clock jumped) refuses it. A
+	// timer it refuses stays a dead letter.
+	var armErr error
+	armed := 0
+	for j, t := range targets {
+		if err := s.occurLocked(t, at); err != nil {
+			armErr = err
+			if len(ids) > 0 {
+				res[replayed[j]] = Result{Err: err}
+			}
+			continue
+		}
+		armed++
 	}
 	if len(ids) == 0 {
 		c := s.submitLocked()
 		s.mu.Unlock()
 		if c == nil {
-			return res, 0, nil
+			return res, 0, armErr
 		}
 		s.kickLoop()
 		if err := s.waitOne(ctx, c); err != nil {
 			return res, 0, err
 		}
-		return res, len(targets), nil
+		return res, armed, armErr
 	}
 	res = s.submitAndWait(ctx, res, commits, replayed)
 	n := 0

@@ -33,7 +33,19 @@
 //   - a Pending or InFlight timer that is not waiting for a subscriber is
 //     armed in the wheel exactly once: at rec.Next while pending, at its
 //     ack deadline while in flight; a waiting or Dead timer is not armed;
-//   - a Dead timer's key is in dead.
+//   - a timer is waiting for a subscriber if and only if the entry of its
+//     current visit is in its topic's queue in waiting; a queue counts
+//     those entries (live), holds no more stale ones than live ones, and
+//     is dropped once none is live, so the queues hold at most twice the
+//     waiting timers;
+//   - a Dead timer's key is in dead, and the timer in deadIdx (under
+//     deadMu as well).
+//
+// DeadLetters reads deadIdx under deadMu alone, so a page of dead letters
+// does not hold up firing. That is safe because a timer's snapshot fields
+// are not written while it is in deadIdx: they are set before it goes in
+// (buryLocked, loadLocked) and changed only after it has come out
+// (occurLocked, removeLocked).
 package shard
 
 import (
@@ -108,9 +120,10 @@ type Shard struct {
 	dead   map[string]struct{}
 	names  map[string]string // interned namespaces and topics
 	// waiting holds, per topic, due timers no subscriber could take, in
-	// the order they came due. A timer leaves its queue lazily: entries
-	// whose timer is no longer waiting there are skipped.
-	waiting map[topicKey][]*timer
+	// the order they came due. A timer cancelled or moved while it waits
+	// leaves a stale entry behind, which draining skips and compaction
+	// drops (see waitQueue).
+	waiting map[topicKey]*waitQueue
 	ready   map[topicKey]struct{} // topics Ready was called for
 	// seq numbers the occurrences created under epoch.
 	seq uint64
@@ -135,9 +148,36 @@ type Shard struct {
 	// settle can wait for a step that began after it was called.
 	steps   uint64
 	stepped sync.Cond
+
+	// deadMu is taken under mu to change deadIdx, and alone to read it.
+	deadMu sync.Mutex
+	// deadIdx orders the dead letters for DeadLetters. Invariant: it
+	// holds exactly the Dead timers (see the package doc).
+	deadIdx deadIndex
 }
 
 type topicKey struct{ namespace, topic string }
+
+// waitQueue is one topic's due timers that no subscriber could take, in
+// the order they came due.
+type waitQueue struct {
+	entries []waitEntry
+	// live counts the entries whose timer still waits there.
+	// Invariant: len(entries)-live <= live, and live > 0: a queue is
+	// compacted once its stale entries outnumber the live ones, which
+	// costs O(1) amortized per stale entry, and dropped once empty.
+	live int
+}
+
+// waitEntry is one visit of a timer to its topic's queue.
+type waitEntry struct {
+	t     *timer
+	visit uint32 // t.visit when it was queued
+}
+
+// live reports whether e's timer still waits at e: it has not been
+// dispatched, cancelled or moved since, nor come back for a later visit.
+func (e waitEntry) live() bool { return e.t.waiting && e.t.visit == e.visit }
 
 // timer is a timer in memory.
 type timer struct {
@@ -158,8 +198,13 @@ type timer struct {
 	dirty bool
 	// attempts counts attempts of the occurrence sent so far, including
 	// one in flight; rec.Attempts is what is stored.
+	// Invariant: while in flight, rec.Attempts == attempts-1 and
+	// rec.LastAttempt is the attempt before's (firing writes nothing).
 	attempts uint32
-	sent     int64 // unix ms of the last attempt
+	// visit counts the timer's visits to its topic's queue, so that a
+	// stale entry from an earlier visit is told from the current one.
+	visit uint32
+	sent  int64 // unix ms of the last attempt
 	// commit reports the durability of the timer's last write.
 	commit *store.Commit
 }
@@ -214,7 +259,7 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 		timers:     make(map[string]*timer),
 		dead:       make(map[string]struct{}),
 		names:      make(map[string]string),
-		waiting:    make(map[topicKey][]*timer),
+		waiting:    make(map[topicKey]*waitQueue),
 		ready:      make(map[topicKey]struct{}),
 		validUntil: start.Add(cfg.LeaseTTL - cfg.ClockDrift),
 	}
@@ -253,14 +298,16 @@ func (s *Shard) loadLocked(rec *store.Record) {
 	t.attempts = rec.Attempts
 	t.sent = rec.LastAttempt
 	if rec.State == store.Dead {
-		s.dead[t.key] = struct{}{}
+		s.addDeadLocked(t)
 		return
 	}
 	if err := s.armLocked(t, rec.Next); err != nil {
 		// Only a clock that jumped back decades could put a stored due
-		// time past the wheel's horizon. Keep the timer (Get and Cancel
-		// still work) rather than refuse the whole shard.
+		// time past the wheel's horizon. Keep the timer as a dead letter
+		// (listed, replayable, cancellable) rather than refuse the whole
+		// shard or keep it pending with nothing to fire it.
 		s.log.Error("stored timer not armed", "namespace", rec.Namespace, "id", rec.ID, "next", rec.Next, "err", err)
+		s.buryLocked(t, fmt.Sprintf("stored due time not armed: %v", err))
 	}
 }
 
@@ -505,10 +552,18 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 // topic when no subscriber can take it.
 func (s *Shard) deliverLocked(t *timer, now int64) {
 	tk := topicKey{t.rec.Namespace, t.rec.Topic}
-	if q := s.waiting[tk]; len(q) > 0 || !s.dispatchLocked(t, now) {
-		t.waiting = true
-		s.waiting[tk] = append(q, t)
+	q := s.waiting[tk]
+	if q == nil && s.dispatchLocked(t, now) {
+		return
 	}
+	if q == nil {
+		q = &waitQueue{}
+		s.waiting[tk] = q
+	}
+	t.waiting = true
+	t.visit++
+	q.entries = append(q.entries, waitEntry{t: t, visit: t.visit})
+	q.live++
 }
 
 // drainLocked dispatches a topic's waiting timers in order until one is
@@ -516,29 +571,67 @@ func (s *Shard) deliverLocked(t *timer, now int64) {
 // with timers left after limit stays ready.
 func (s *Shard) drainLocked(tk topicKey, now int64, limit int) int {
 	q := s.waiting[tk]
+	if q == nil {
+		return 0
+	}
 	i, sent := 0, 0
-	for ; i < len(q); i++ {
-		t := q[i]
-		if !t.waiting || s.timers[t.key] != t {
+	for ; i < len(q.entries); i++ {
+		e := q.entries[i]
+		if !e.live() {
 			continue // cancelled, rescheduled or acked while waiting
 		}
 		if sent == limit {
 			s.ready[tk] = struct{}{}
 			break
 		}
-		t.waiting = false
-		if !s.dispatchLocked(t, now) {
-			t.waiting = true
+		e.t.waiting = false
+		if !s.dispatchLocked(e.t, now) {
+			e.t.waiting = true
 			break
 		}
+		q.live--
 		sent++
 	}
-	if i == len(q) {
-		delete(s.waiting, tk)
-	} else {
-		s.waiting[tk] = slices.Delete(q, 0, i)
-	}
+	q.entries = slices.Delete(q.entries, 0, i)
+	s.tidyLocked(tk, q)
 	return sent
+}
+
+// unwaitLocked ends t's wait for a subscriber when it is cancelled or
+// moved: its entry stays in the queue, stale, until it is drained or the
+// queue is compacted.
+func (s *Shard) unwaitLocked(t *timer) {
+	if !t.waiting {
+		return
+	}
+	t.waiting = false
+	tk := topicKey{t.rec.Namespace, t.rec.Topic}
+	if q := s.waiting[tk]; q != nil {
+		q.live--
+		s.tidyLocked(tk, q)
+	}
+}
+
+// tidyLocked restores the invariant of tk's queue q after entries left it
+// or went stale: it drops a queue with no live entry and compacts one
+// whose stale entries outnumber the live ones.
+func (s *Shard) tidyLocked(tk topicKey, q *waitQueue) {
+	switch {
+	case q.live == 0:
+		delete(s.waiting, tk)
+	case len(q.entries)-q.live > q.live:
+		kept := q.entries[:0]
+		for _, e := range q.entries {
+			if e.live() {
+				kept = append(kept, e)
+			}
+		}
+		clear(q.entries[len(kept):]) // let the stale timers go
+		if cap(kept) > 4*len(kept) {
+			kept = slices.Clone(kept) // and the array of a burst
+		}
+		q.entries = kept
+	}
 }
 
 func (s *Shard) dispatchLocked(t *timer, now int64) bool {
@@ -568,8 +661,13 @@ func (s *Shard) dispatchLocked(t *timer, now int64) bool {
 	t.sent = now
 	t.inFlight = true
 	s.inFlight++
-	// The ack deadline is within the horizon: ack timeouts are short.
-	_ = s.armLocked(t, now+ackTimeout.Milliseconds())
+	if err := s.armLocked(t, now+ackTimeout.Milliseconds()); err != nil {
+		// Ack timeouts are short, so only a wheel left a whole horizon
+		// behind the clock (the clock jumped while the shard could not
+		// fire) refuses the deadline. In flight with no deadline, a lost
+		// ack would never be redelivered: keep the timer as a dead letter.
+		s.buryLocked(t, fmt.Sprintf("ack deadline not armed: %v", err))
+	}
 	return true
 }
 
@@ -586,23 +684,40 @@ func (s *Shard) deliveryID(t *timer) DeliveryID {
 // has had MaxAttempts.
 func (s *Shard) timeoutLocked(t *timer, now int64, backoff time.Duration) {
 	s.landLocked(t)
-	t.rec.Attempts = t.attempts
-	t.rec.LastAttempt = t.sent
 	if t.attempts >= s.cfg.MaxAttempts {
-		s.disarmLocked(t)
-		t.rec.State = store.Dead
-		t.rec.Next = t.rec.Due
-		t.rec.Reason = fmt.Sprintf("not acknowledged after %d attempts", t.attempts)
-		s.dead[t.key] = struct{}{}
-		s.putLocked(t)
-		if s.cfg.Events != nil {
-			s.cfg.Events.DeadLettered(t.rec.Namespace)
-		}
+		s.buryLocked(t, fmt.Sprintf("not acknowledged after %d attempts", t.attempts))
 		return
 	}
-	t.rec.Next = max(now+backoff.Milliseconds(), t.rec.Due)
-	_ = s.armLocked(t, t.rec.Next) // a backoff is minutes at most
+	next := max(now+backoff.Milliseconds(), t.rec.Due)
+	if err := s.armLocked(t, next); err != nil {
+		// A backoff past the wheel's horizon (BackoffMax allows it), or
+		// a wheel left that far behind the clock: the timer cannot be
+		// delivered again, so it is kept as a dead letter.
+		s.buryLocked(t, fmt.Sprintf("redelivery after %d attempts not armed: %v", t.attempts, err))
+		return
+	}
+	t.rec.Attempts = t.attempts
+	t.rec.LastAttempt = t.sent
+	t.rec.Next = next
 	s.putLocked(t)
+}
+
+// buryLocked makes t a dead letter for reason and writes it: it leaves
+// the wheel and any attempt in flight, keeps its attempts, and waits for a
+// replay or a cancel. t is not waiting for a subscriber.
+func (s *Shard) buryLocked(t *timer, reason string) {
+	s.disarmLocked(t)
+	s.landLocked(t)
+	t.rec.Attempts = t.attempts
+	t.rec.LastAttempt = t.sent
+	t.rec.State = store.Dead
+	t.rec.Next = t.rec.Due
+	t.rec.Reason = reason
+	s.addDeadLocked(t)
+	s.putLocked(t)
+	if s.cfg.Events != nil {
+		s.cfg.Events.DeadLettered(t.rec.Namespace)
+	}
 }
 
 // keepLease renews the lease every LeaseTTL/3. A failed renewal is
@@ -686,20 +801,22 @@ func (s *Shard) internLocked(name string) string {
 func (s *Shard) removeLocked(t *timer) {
 	s.disarmLocked(t)
 	s.landLocked(t)
-	t.waiting = false
+	s.unwaitLocked(t)
+	s.dropDeadLocked(t)
 	delete(s.timers, t.key)
-	delete(s.dead, t.key)
 	s.slots[t.slot] = nil
 	s.free = append(s.free, t.slot)
 }
 
-// armLocked puts t in the wheel at due (unix ms).
+// armLocked puts t in the wheel at due (unix ms), in place of the entry
+// it had, and takes it out of the backlog. If the wheel refuses due
+// (past its horizon), t is left as it was.
 func (s *Shard) armLocked(t *timer, due int64) error {
-	s.disarmLocked(t)
 	h, err := s.wheel.Add(due, t.slot)
 	if err != nil {
 		return fmt.Errorf("due_time: %w: %w", ErrInvalidDue, err)
 	}
+	s.disarmLocked(t)
 	t.handle, t.armed = h, true
 	return nil
 }
@@ -724,13 +841,15 @@ func (s *Shard) landLocked(t *timer) {
 // occurLocked starts a new occurrence of t, due at due (unix ms), and
 // writes it: a new delivery id, no attempts, pending, armed. It is how
 // Schedule, Reschedule, an ack of a repeating timer and Replay all move a
-// timer on. If the wheel refuses due, t is left unarmed and unwritten.
+// timer on. If the wheel refuses due, t is left as it was (armed, in
+// flight, waiting or dead) and unwritten.
 func (s *Shard) occurLocked(t *timer, due int64) error {
-	s.landLocked(t)
-	t.waiting = false
 	if err := s.armLocked(t, due); err != nil {
 		return err
 	}
+	s.landLocked(t)
+	s.unwaitLocked(t)
+	s.dropDeadLocked(t) // before t's record changes
 	s.seq++
 	t.rec.OccEpoch, t.rec.OccSeq = s.grant.Epoch, s.seq
 	t.rec.Due, t.rec.Next = due, due
@@ -738,9 +857,28 @@ func (s *Shard) occurLocked(t *timer, due int64) error {
 	t.rec.Attempts, t.attempts = 0, 0
 	t.rec.LastAttempt, t.sent = 0, 0
 	t.rec.Reason = ""
-	delete(s.dead, t.key)
 	s.putLocked(t)
 	return nil
+}
+
+// addDeadLocked records that t, whose record is final, is a dead letter.
+func (s *Shard) addDeadLocked(t *timer) {
+	s.dead[t.key] = struct{}{}
+	s.deadMu.Lock()
+	s.deadIdx.insert(t)
+	s.deadMu.Unlock()
+}
+
+// dropDeadLocked records that t is no longer a dead letter, if it was one,
+// before its record changes.
+func (s *Shard) dropDeadLocked(t *timer) {
+	if t.rec.State != store.Dead {
+		return
+	}
+	delete(s.dead, t.key)
+	s.deadMu.Lock()
+	s.deadIdx.remove(t)
+	s.deadMu.Unlock()
 }
 
 func (s *Shard) putLocked(t *timer) {

@@ -126,6 +126,7 @@ Flags:
 	fs.DurationVar(&cfg.Shard.AckTimeout, "ack-timeout", cfg.Shard.AckTimeout, "how long a delivery waits for its ack when the subscription does not say")
 	fs.DurationVar(&cfg.MinAckTimeout, "min-ack-timeout", cfg.MinAckTimeout, "shortest ack timeout a subscription may ask for")
 	fs.DurationVar(&cfg.MaxAckTimeout, "max-ack-timeout", cfg.MaxAckTimeout, "longest ack timeout a subscription may ask for")
+	fs.DurationVar(&cfg.SubscriptionTimeout, "subscription-timeout", cfg.SubscriptionTimeout, "how long a new Subscribe stream may take to send its subscription")
 	fs.UintVar(&attempts, "max-attempts", attempts, "delivery `attempts` of one occurrence before the timer becomes a dead letter")
 	fs.DurationVar(&cfg.Shard.BackoffMin, "backoff-min", cfg.Shard.BackoffMin, "wait before the first redelivery; doubles with each attempt")
 	fs.DurationVar(&cfg.Shard.BackoffMax, "backoff-max", cfg.Shard.BackoffMax, "longest wait before a redelivery")

@@ -1190,11 +1190,14 @@ type Ack struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Delivery ids (Delivery.delivery_id) being acknowledged. At most the
 	// server's batch limit (server-configurable, default 10000) per message,
-	// otherwise the stream ends with INVALID_ARGUMENT. Acknowledging an id
-	// that is unknown, already acknowledged, cancelled, rescheduled or
-	// dead-lettered is not an error and has no effect, so acks may safely be
+	// otherwise the stream ends with INVALID_ARGUMENT. A stream acknowledges
+	// only deliveries it was sent and still holds: not yet acknowledged, and
+	// not past their ack timeout. Acknowledging any other id (unknown, already
+	// acknowledged, cancelled, rescheduled, dead-lettered, expired, or sent on
+	// another stream) is not an error and has no effect, so acks may safely be
 	// repeated. An ack of a delivery_id covers every attempt of that
-	// occurrence, including an earlier attempt whose ack arrives late.
+	// occurrence the stream holds, including an earlier attempt whose ack
+	// arrives while a later one waits to be sent.
 	DeliveryIds   []string `protobuf:"bytes,1,rep,name=delivery_ids,json=deliveryIds,proto3" json:"delivery_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -131,7 +131,9 @@ type TimerServiceClient interface {
 	//
 	// The first request on the stream must carry a Subscription; otherwise the
 	// stream ends with INVALID_ARGUMENT, as it does if a later request carries
-	// a second Subscription. All later requests carry Acks.
+	// a second Subscription. A stream that sends no first request within the
+	// server's subscription timeout (server-configurable, default 10 seconds)
+	// ends with DEADLINE_EXCEEDED. All later requests carry Acks.
 	//
 	// The server then sends a Delivery for every due timer of that namespace
 	// and topic, never before its due time, keeping at most
@@ -149,7 +151,11 @@ type TimerServiceClient interface {
 	// until it is replayed with ReplayDeadLetters. When a stream ends, for any
 	// reason, its unacknowledged deliveries go back to PENDING and are
 	// redelivered (to any stream of the namespace and topic) without waiting
-	// for the ack timeout.
+	// for the ack timeout; a delivery the server never sent on it does not use
+	// up an attempt. A redelivery goes preferably to another stream than the
+	// one that let the earlier attempt time out. A stream that reads nothing
+	// for its ack timeout, while the server has deliveries to send it, ends
+	// with DEADLINE_EXCEEDED.
 	//
 	// An acknowledged one-shot timer is deleted. An acknowledged repeating
 	// timer is re-armed for the first due_time + n * interval (n >= 1) that is
@@ -334,7 +340,9 @@ type TimerServiceServer interface {
 	//
 	// The first request on the stream must carry a Subscription; otherwise the
 	// stream ends with INVALID_ARGUMENT, as it does if a later request carries
-	// a second Subscription. All later requests carry Acks.
+	// a second Subscription. A stream that sends no first request within the
+	// server's subscription timeout (server-configurable, default 10 seconds)
+	// ends with DEADLINE_EXCEEDED. All later requests carry Acks.
 	//
 	// The server then sends a Delivery for every due timer of that namespace
 	// and topic, never before its due time, keeping at most
@@ -352,7 +360,11 @@ type TimerServiceServer interface {
 	// until it is replayed with ReplayDeadLetters. When a stream ends, for any
 	// reason, its unacknowledged deliveries go back to PENDING and are
 	// redelivered (to any stream of the namespace and topic) without waiting
-	// for the ack timeout.
+	// for the ack timeout; a delivery the server never sent on it does not use
+	// up an attempt. A redelivery goes preferably to another stream than the
+	// one that let the earlier attempt time out. A stream that reads nothing
+	// for its ack timeout, while the server has deliveries to send it, ends
+	// with DEADLINE_EXCEEDED.
 	//
 	// An acknowledged one-shot timer is deleted. An acknowledged repeating
 	// timer is re-armed for the first due_time + n * interval (n >= 1) that is
