@@ -33,11 +33,20 @@ type Config struct {
 	RedisURL string
 	// RedisPrefix prefixes every Redis key (default "td").
 	RedisPrefix string
+	// AllowVolatileRedis lets the node start on a Redis that runs without
+	// its append-only file (appendonly no), or whose persistence settings
+	// it cannot read; default false, which refuses to start there. Such a
+	// Redis answers writes it may lose whole on a restart, so "durable"
+	// then means only "in Redis's memory" (and its RDB snapshots, if any).
+	AllowVolatileRedis bool
 
 	// NodeName names this node in shard leases and in ClusterService
-	// (default: the host name). With Redis it must be unique per node
-	// and stable across restarts, so that a restarted node takes its
-	// shards back at once.
+	// (default: the host name). With Redis it should be unique per node
+	// and stable across restarts. Each process adds a fresh incarnation
+	// to it in its leases (see Server.Owner), so a second process started
+	// with the same name never takes over a live lease of the first: it
+	// waits until the first releases its shards (a graceful stop) or
+	// their leases lapse (a crash, at most Shard.LeaseTTL).
 	NodeName string
 	// Shards is the number of shards (default 64). It is fixed when a
 	// store is first used; a node started with another count refuses to

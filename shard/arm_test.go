@@ -22,14 +22,14 @@ type heldRenewals struct {
 
 var errRenewalHeld = errors.New("renewal held by the test")
 
-func (h *heldRenewals) Renew(ctx context.Context, shard uint32, owner string, epoch uint64, ttl time.Duration) error {
+func (h *heldRenewals) Renew(ctx context.Context, shard uint32, g store.Grant, ttl time.Duration) error {
 	h.mu.Lock()
 	held := h.held
 	h.mu.Unlock()
 	if held {
 		return errRenewalHeld
 	}
-	return h.Store.Renew(ctx, shard, owner, epoch, ttl)
+	return h.Store.Renew(ctx, shard, g, ttl)
 }
 
 func (h *heldRenewals) hold(held bool) {

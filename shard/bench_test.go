@@ -196,7 +196,7 @@ func fillShard(b *testing.B, e *env, shard uint32, n int) {
 // under an epoch of its own (which rec is given).
 func fillRecords(tb testing.TB, e *env, shard uint32, n int, rec func(i int, epoch uint64) store.Record) {
 	tb.Helper()
-	epoch, err := e.st.Acquire(context.Background(), shard, "filler", time.Minute)
+	g, err := e.st.Acquire(context.Background(), shard, "filler", time.Minute)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -204,15 +204,15 @@ func fillRecords(tb testing.TB, e *env, shard uint32, n int, rec func(i int, epo
 	for start := 0; start < n; start += per {
 		ops := make([]store.Op, 0, per)
 		for i := start; i < min(start+per, n); i++ {
-			r := rec(i, epoch)
+			r := rec(i, g.Epoch)
 			ops = append(ops, store.Op{Key: store.Key(r.Namespace, r.ID), Value: r.AppendBinary(nil)})
 		}
-		batches := []store.Batch{{Shard: shard, Epoch: epoch, Ops: ops}}
+		batches := []store.Batch{{Shard: shard, Grant: g, Ops: ops}}
 		if err := e.st.Commit(context.Background(), batches); err != nil || batches[0].Err != nil {
 			tb.Fatal(err, batches[0].Err)
 		}
 	}
-	if err := e.st.Release(context.Background(), shard, "filler", epoch); err != nil {
+	if err := e.st.Release(context.Background(), shard, g); err != nil {
 		tb.Fatal(err)
 	}
 }

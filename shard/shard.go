@@ -20,8 +20,9 @@
 //     attempt in flight is not written to the store; a new owner after a
 //     crash finds the timer pending with its due time passed and delivers
 //     it again.
-//   - Fenced: every write names the shard's epoch; once a newer owner has
-//     acquired the shard, writes fail with ErrFenced and the shard stops.
+//   - Fenced: every write names the shard's Grant (epoch and lease token);
+//     once a newer owner has acquired the shard, writes fail with ErrFenced
+//     and the shard stops.
 //     The shard stops firing before its lease can have lapsed if it
 //     cannot renew it.
 //
@@ -93,9 +94,10 @@ var (
 // Shard is one shard of timers owned by this node. Its methods may be
 // called concurrently.
 type Shard struct {
-	cfg   Config
-	id    uint32
-	epoch uint64
+	cfg Config
+	id  uint32
+	// grant is the lease acquired by Open; every store call names it.
+	grant store.Grant
 	st    store.Store
 	com   *store.Committer
 	disp  Dispatcher
@@ -225,11 +227,14 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.ClockDrift == 0 {
+		cfg.ClockDrift = ClockDriftFor(cfg.LeaseTTL)
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	start := cfg.Clock.Now()
-	epoch, err := cfg.Store.Acquire(ctx, cfg.ID, cfg.Owner, cfg.LeaseTTL)
+	grant, err := cfg.Store.Acquire(ctx, cfg.ID, cfg.Owner, cfg.LeaseTTL)
 	if err != nil {
 		return nil, fmt.Errorf("shard %d: acquire: %w", cfg.ID, err)
 	}
@@ -240,12 +245,12 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 	s := &Shard{
 		cfg:        cfg,
 		id:         cfg.ID,
-		epoch:      epoch,
+		grant:      grant,
 		st:         cfg.Store,
 		com:        cfg.Committer,
 		disp:       cfg.Dispatcher,
 		clock:      cfg.Clock,
-		log:        cfg.Logger.With("shard", cfg.ID, "epoch", epoch),
+		log:        cfg.Logger.With("shard", cfg.ID, "epoch", grant.Epoch),
 		kick:       make(chan struct{}, 1),
 		stop:       make(chan struct{}),
 		loopDone:   make(chan struct{}),
@@ -263,7 +268,7 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 	// loading a big shard can take a good part of its TTL.
 	go s.keepLease(s.clock.NewAlarm(cfg.LeaseTTL / 3))
 	began := time.Now()
-	err = cfg.Store.Load(ctx, cfg.ID, epoch, func(page []store.Record) error {
+	err = cfg.Store.Load(ctx, cfg.ID, grant, func(page []store.Record) error {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		for i := range page {
@@ -310,7 +315,10 @@ func (s *Shard) loadLocked(rec *store.Record) {
 func (s *Shard) ID() uint32 { return s.id }
 
 // Epoch returns the epoch the shard was acquired under.
-func (s *Shard) Epoch() uint64 { return s.epoch }
+func (s *Shard) Epoch() uint64 { return s.grant.Epoch }
+
+// Grant returns the lease the shard was acquired under.
+func (s *Shard) Grant() store.Grant { return s.grant }
 
 // Done is closed when the shard has stopped, by Close or because it lost
 // its lease; Err then says why.
@@ -391,7 +399,7 @@ func (s *Shard) halt(why string) (last *store.Commit, ok bool, prior error) {
 func (s *Shard) releaseLease() {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.OpTimeout)
 	defer cancel()
-	if err := s.st.Release(ctx, s.id, s.cfg.Owner, s.epoch); err != nil {
+	if err := s.st.Release(ctx, s.id, s.grant); err != nil {
 		s.log.Warn("lease release failed; it will lapse", "err", err)
 	}
 }
@@ -637,7 +645,7 @@ func (s *Shard) dispatchLocked(t *timer, now int64) bool {
 		Fired:     s.clock.Now(),
 		Attempt:   t.attempts + 1,
 		Shard:     s.id,
-		Epoch:     s.epoch,
+		Epoch:     s.grant.Epoch,
 	}
 	ackTimeout, ok := s.disp.Dispatch(d)
 	if !ok {
@@ -731,7 +739,7 @@ func (s *Shard) keepLease(t Alarm) {
 		}
 		start := s.clock.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.OpTimeout)
-		err := s.st.Renew(ctx, s.id, s.cfg.Owner, s.epoch, s.cfg.LeaseTTL)
+		err := s.st.Renew(ctx, s.id, s.grant, s.cfg.LeaseTTL)
 		cancel()
 		s.mu.Lock()
 		switch {
@@ -843,7 +851,7 @@ func (s *Shard) occurLocked(t *timer, due int64) error {
 	s.unwaitLocked(t)
 	s.dropDeadLocked(t) // before t's record changes
 	s.seq++
-	t.rec.OccEpoch, t.rec.OccSeq = s.epoch, s.seq
+	t.rec.OccEpoch, t.rec.OccSeq = s.grant.Epoch, s.seq
 	t.rec.Due, t.rec.Next = due, due
 	t.rec.State = store.Pending
 	t.rec.Attempts, t.attempts = 0, 0
@@ -892,7 +900,7 @@ func (s *Shard) submitLocked() *store.Commit {
 	if len(s.ops) == 0 {
 		return nil
 	}
-	c := s.com.Submit(s.id, s.epoch, s.ops)
+	c := s.com.Submit(s.id, s.grant, s.ops)
 	s.ops = nil
 	s.lastSub = c
 	for _, t := range s.touched {

@@ -89,7 +89,7 @@ type Commit struct {
 func (c *Commit) Done() <-chan struct{} { return c.done }
 
 // Err returns the outcome once Done is closed: nil when durable, wrapping
-// ErrFenced when the store refused the shard's epoch, or wrapping ErrClosed
+// ErrFenced when the store refused the shard's Grant, or wrapping ErrClosed
 // when the Committer closed before it knew (the writes may or may not have
 // been applied).
 func (c *Commit) Err() error {
@@ -144,7 +144,7 @@ type lane struct {
 	mu sync.Mutex
 	// queue holds the batches of the next cycle in submission order.
 	// Invariant: open[shard] is the index in queue of that shard's batch
-	// still taking writes, whose epoch is the one it was opened with.
+	// still taking writes, whose Grant is the one it was opened with.
 	queue   []pendingBatch
 	open    map[uint32]int
 	closing bool
@@ -178,10 +178,10 @@ func NewCommitter(st Store, cfg CommitterConfig) (*Committer, error) {
 	return c, nil
 }
 
-// Submit queues ops, made under epoch, for shard's next batch and returns
-// the Commit that reports their outcome. The Committer takes ownership of
+// Submit queues ops, made under g, for shard's next batch and returns the
+// Commit that reports their outcome. The Committer takes ownership of
 // ops. Ops submitted for one shard reach the store in submission order.
-func (c *Committer) Submit(shard uint32, epoch uint64, ops []Op) *Commit {
+func (c *Committer) Submit(shard uint32, g Grant, ops []Op) *Commit {
 	l := c.lanes[shard%uint32(len(c.lanes))]
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -193,11 +193,11 @@ func (c *Committer) Submit(shard uint32, epoch uint64, ops []Op) *Commit {
 	i, ok := l.open[shard]
 	if ok {
 		b := &l.queue[i]
-		ok = b.Epoch == epoch && (len(b.Ops) == 0 || len(b.Ops)+len(ops) <= c.cfg.MaxBatchOps)
+		ok = b.Grant == g && (len(b.Ops) == 0 || len(b.Ops)+len(ops) <= c.cfg.MaxBatchOps)
 	}
 	if !ok {
 		l.queue = append(l.queue, pendingBatch{
-			Batch:  Batch{Shard: shard, Epoch: epoch},
+			Batch:  Batch{Shard: shard, Grant: g},
 			commit: &Commit{done: make(chan struct{})},
 		})
 		i = len(l.queue) - 1

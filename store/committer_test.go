@@ -44,7 +44,7 @@ func TestCommitterCoalesces(t *testing.T) {
 			ops.Add(int64(st.Ops))
 		}
 		c := newTestCommitter(t, s, cfg)
-		epochs := make([]uint64, shards)
+		epochs := make([]Grant, shards)
 		for sh := range epochs {
 			epochs[sh] = mustAcquire(t, s, uint32(sh), "a", longTTL)
 		}
@@ -125,7 +125,7 @@ func TestCommitterFencedBatch(t *testing.T) {
 	committerStores(t, func(t *testing.T, s Store) {
 		c := newTestCommitter(t, s, DefaultCommitterConfig())
 		stale := mustAcquire(t, s, 1, "a", longTTL)
-		mustRelease(t, s, 1, "a", stale)
+		mustRelease(t, s, 1, stale)
 		current := mustAcquire(t, s, 1, "b", longTTL)
 		good := mustAcquire(t, s, 2, "a", longTTL)
 		// An empty submission under the current epoch must not lend its

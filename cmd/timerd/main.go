@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/server"
+	"github.com/timerd/timerd/shard"
 )
 
 func main() {
@@ -117,7 +118,8 @@ Flags:
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`directory` of the embedded store (used when --redis is not set)")
 	fs.StringVar(&cfg.RedisURL, "redis", cfg.RedisURL, "Redis `URL` (redis://host:port/db) to keep the shards in, instead of the embedded store")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", cfg.RedisPrefix, "`prefix` of every Redis key")
-	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "this node's `name` in shard leases (default: the host name); unique and stable per node")
+	fs.BoolVar(&cfg.AllowVolatileRedis, "allow-volatile-redis", cfg.AllowVolatileRedis, "start on a Redis without an append-only file (appendonly no), or whose persistence cannot be read; a restart of such a Redis loses acknowledged timers")
+	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "this node's `name` in shard leases (default: the host name); unique and stable per node (each process adds its own incarnation, so a second process of one name waits for the first's leases)")
 	fs.UintVar(&shards, "shards", shards, "shard `count`; fixed when a store is first used")
 	fs.IntVar(&cfg.Shard.MaxPayload, "max-payload", cfg.Shard.MaxPayload, "largest timer payload in `bytes`")
 	fs.DurationVar(&cfg.Shard.MaxHorizon, "max-horizon", cfg.Shard.MaxHorizon, "how far ahead a timer may be due")
@@ -168,6 +170,8 @@ Flags:
 	}
 	cfg.Shards = uint32(shards)
 	cfg.Shard.MaxAttempts = uint32(attempts)
+	// The drift allowance follows the lease's TTL (shard.ClockDriftFor).
+	cfg.Shard.ClockDrift = shard.ClockDriftFor(cfg.Shard.LeaseTTL)
 	cfg.MaxInFlight = uint32(maxIn)
 	cfg.DefaultInFlight = uint32(defIn)
 	return cfg, level, shutdown, nil

@@ -10,7 +10,8 @@ import (
 func TestParse(t *testing.T) {
 	t.Setenv("TIMERD_SHARDS", "16")
 	t.Setenv("TIMERD_ACK_TIMEOUT", "5s")
-	cfg, _, shutdown, err := parse([]string{"--ack-timeout", "7s", "--data-dir", "/tmp/x", "--shutdown-timeout", "3s"}, &bytes.Buffer{})
+	t.Setenv("TIMERD_ALLOW_VOLATILE_REDIS", "true")
+	cfg, _, shutdown, err := parse([]string{"--ack-timeout", "7s", "--data-dir", "/tmp/x", "--shutdown-timeout", "3s", "--lease-ttl", "1m"}, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,6 +26,17 @@ func TestParse(t *testing.T) {
 		t.Errorf("default addresses %q %q", cfg.GRPCAddr, cfg.HTTPAddr)
 	case cfg.PProf:
 		t.Error("PProf is on by default")
+	case cfg.Shard.LeaseTTL != time.Minute || cfg.Shard.ClockDrift != 600*time.Millisecond:
+		t.Errorf("LeaseTTL %v ClockDrift %v, want 1m and 1%% of it, 600ms", cfg.Shard.LeaseTTL, cfg.Shard.ClockDrift)
+	case !cfg.AllowVolatileRedis:
+		t.Errorf("AllowVolatileRedis = false, want true from TIMERD_ALLOW_VOLATILE_REDIS")
+	}
+	if cfg, _, _, err := parse(nil, &bytes.Buffer{}); err != nil || !cfg.AllowVolatileRedis {
+		t.Errorf("AllowVolatileRedis from the environment alone: %v, %v", cfg.AllowVolatileRedis, err)
+	}
+	t.Setenv("TIMERD_ALLOW_VOLATILE_REDIS", "false")
+	if cfg, _, _, err := parse([]string{"--allow-volatile-redis"}, &bytes.Buffer{}); err != nil || !cfg.AllowVolatileRedis {
+		t.Errorf("--allow-volatile-redis over TIMERD_ALLOW_VOLATILE_REDIS=false: %v, %v", cfg.AllowVolatileRedis, err)
 	}
 }
 
