@@ -165,6 +165,9 @@ func (c Config) Validate() error {
 		return bad("KeepaliveTime", "must be > 0, got %v", c.KeepaliveTime)
 	case c.KeepaliveTimeout <= 0:
 		return bad("KeepaliveTimeout", "must be > 0, got %v", c.KeepaliveTimeout)
+	case c.Commit.MaxQueueOps < c.MaxBatch:
+		// A call reserves room for all its writes before it applies any.
+		return bad("Commit.MaxQueueOps", "must be >= MaxBatch=%d, or a full batch could never be taken; got %d", c.MaxBatch, c.Commit.MaxQueueOps)
 	case c.MetricNamespaces < 0:
 		return bad("MetricNamespaces", "must be >= 0, got %d", c.MetricNamespaces)
 	}
