@@ -237,9 +237,10 @@ func TestCommitterConfig(t *testing.T) {
 // batches of every Commit: which shard, how many writes.
 type gatedStore struct {
 	Store
-	gate    chan struct{}
-	entered chan struct{} // closed when the first Commit is held
-	once    sync.Once
+	gate     chan struct{}
+	entered  chan struct{} // closed when the first Commit is held
+	once     sync.Once
+	openOnce sync.Once
 
 	mu    sync.Mutex
 	calls [][]batchShape // guarded by mu
@@ -250,9 +251,14 @@ type batchShape struct {
 	ops   int
 }
 
+// newGatedStore wraps s. Tests defer open, so that a test that fails
+// does not leave the lane held when its committer closes.
 func newGatedStore(s Store) *gatedStore {
 	return &gatedStore{Store: s, gate: make(chan struct{}), entered: make(chan struct{})}
 }
+
+// open lets the held Commit, and every later one, through.
+func (g *gatedStore) open() { g.openOnce.Do(func() { close(g.gate) }) }
 
 func (g *gatedStore) Commit(ctx context.Context, batches []Batch) error {
 	g.once.Do(func() {
@@ -276,6 +282,7 @@ func (g *gatedStore) Commit(ctx context.Context, batches []Batch) error {
 func TestCommitterSplitsBigSubmission(t *testing.T) {
 	committerStores(t, func(t *testing.T, s Store) {
 		g := newGatedStore(s)
+		defer g.open()
 		cfg := DefaultCommitterConfig()
 		cfg.Lanes = 1
 		cfg.MaxBatchOps = 50
@@ -296,7 +303,7 @@ func TestCommitterSplitsBigSubmission(t *testing.T) {
 		for sh := 1; sh < len(epochs); sh++ {
 			small = append(small, c.Submit(uint32(sh), epochs[sh], []Op{put(rec("ns", "small"))}))
 		}
-		close(g.gate)
+		g.open()
 		for _, cm := range small {
 			if err := cm.Wait(context.Background()); err != nil {
 				t.Fatal(err)
@@ -401,6 +408,7 @@ func TestCommitterGivesUp(t *testing.T) {
 func TestCommitterOverloaded(t *testing.T) {
 	s := openTestEmbedded(t, DefaultEmbeddedConfig(t.TempDir()))
 	g := newGatedStore(s)
+	defer g.open()
 	cfg := DefaultCommitterConfig()
 	cfg.Lanes = 1
 	cfg.MaxBatchOps, cfg.MaxCycleOps, cfg.MaxQueueOps = 10, 10, 30
@@ -429,7 +437,7 @@ func TestCommitterOverloaded(t *testing.T) {
 	if q := c.Queue(); q.Refused != 1 {
 		t.Fatalf("Queue().Refused = %d, want 1", q.Refused)
 	}
-	close(g.gate)
+	g.open()
 	if err := cm.Wait(context.Background()); err != nil {
 		t.Fatal(err)
 	}
