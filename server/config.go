@@ -47,7 +47,10 @@ type Config struct {
 	// by the server.
 	Shard shard.Config
 	// Commit configures the group commit (see store.CommitterConfig); its
-	// Logger and OnCommit are set by the server.
+	// Logger and OnCommit are set by the server. Its MaxQueueOps must be
+	// at least MaxBatch, since a call reserves room for all its writes at
+	// once; its CommitTimeout also sizes the Redis client's socket
+	// timeouts (see redisTimeouts).
 	Commit store.CommitterConfig
 
 	// MaxBatch is the most items one batch RPC (or one Ack message) may
