@@ -61,7 +61,10 @@ type Config struct {
 	// by the server.
 	Shard shard.Config
 	// Commit configures the group commit (see store.CommitterConfig); its
-	// Logger and OnCommit are set by the server.
+	// Logger and OnCommit are set by the server. Its MaxQueueOps must be
+	// at least MaxBatch, since a call reserves room for all its writes at
+	// once; its CommitTimeout also sizes the Redis client's socket
+	// timeouts (see redisTimeouts).
 	Commit store.CommitterConfig
 
 	// MaxBatch is the most items one batch RPC (or one Ack message) may
@@ -187,6 +190,9 @@ func (c Config) Validate() error {
 		return bad("KeepaliveTime", "must be > 0, got %v", c.KeepaliveTime)
 	case c.KeepaliveTimeout <= 0:
 		return bad("KeepaliveTimeout", "must be > 0, got %v", c.KeepaliveTimeout)
+	case c.Commit.MaxQueueOps < c.MaxBatch:
+		// A call reserves room for all its writes before it applies any.
+		return bad("Commit.MaxQueueOps", "must be >= MaxBatch=%d, or a full batch could never be taken; got %d", c.MaxBatch, c.Commit.MaxQueueOps)
 	case c.MetricNamespaces < 0:
 		return bad("MetricNamespaces", "must be >= 0, got %d", c.MetricNamespaces)
 	}

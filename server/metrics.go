@@ -24,7 +24,7 @@ type metrics struct {
 	lateness                                   *prometheus.HistogramVec
 	subscribers                                *prometheus.GaugeVec
 	commitSeconds, commitOps, commitBatches    prometheus.Histogram
-	commitRetries                              prometheus.Counter
+	commitRetries, commitGivenUp               prometheus.Counter
 	// acksNotHeld and acksNotSent count acks ignored because the stream
 	// did not hold the delivery, or held it but had not sent it yet.
 	acksNotHeld, acksNotSent prometheus.Counter
@@ -45,7 +45,9 @@ type nsMetrics struct {
 	subscribers                                prometheus.Gauge
 }
 
-func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats) *metrics {
+// newMetrics registers the node's metrics in reg. stats reads the loaded
+// shards' counts and queue the group commit's, at scrape time.
+func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, queue func() store.QueueStats) *metrics {
 	counter := func(name, help string) *prometheus.CounterVec {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "timerd", Name: name, Help: help}, []string{"namespace"})
 	}
@@ -82,6 +84,10 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats) 
 			Namespace: "timerd", Name: "store_commit_retries_total",
 			Help: "Failed store round trips of group commits, retried.",
 		}),
+		commitGivenUp: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "store_commit_given_up_total",
+			Help: "Group commit cycles given up after the store failed for GiveUpAfter; their shards stopped to reload.",
+		}),
 		maxNS: maxNS,
 	}
 	ignored := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -91,7 +97,15 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats) 
 	m.acksNotHeld = ignored.WithLabelValues("not_held")
 	m.acksNotSent = ignored.WithLabelValues("not_sent")
 	reg.MustRegister(m.scheduled, m.fired, m.redelivered, m.acked, m.dead, m.lateness, m.subscribers,
-		m.commitSeconds, m.commitOps, m.commitBatches, m.commitRetries, ignored,
+		m.commitSeconds, m.commitOps, m.commitBatches, m.commitRetries, m.commitGivenUp, ignored,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "timerd", Name: "store_commit_queue_ops",
+			Help: "Writes the group commit holds, queued or in a round trip not yet finished.",
+		}, func() float64 { return float64(queue().Ops) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "store_commit_refused_total",
+			Help: "Calls refused at once because the group commit's queue was full (RESOURCE_EXHAUSTED).",
+		}, func() float64 { return float64(queue().Refused) }),
 		shardCollector{stats},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -185,10 +199,25 @@ func (m *metrics) DeadLettered(namespace string) { m.ns(namespace).dead.Inc() }
 
 // commit records a group commit cycle (store.CommitterConfig.OnCommit).
 func (m *metrics) commit(cs store.CommitStats) {
+	if cs.Err != nil {
+		m.commitGivenUp.Inc()
+		m.commitRetries.Add(float64(cs.Retries))
+		return
+	}
 	m.commitSeconds.Observe(cs.Latency.Seconds())
 	m.commitOps.Observe(float64(cs.Ops))
 	m.commitBatches.Observe(float64(cs.Batches))
 	m.commitRetries.Add(float64(cs.Retries))
+}
+
+// commitQueue reads the group commit's queue, or nothing before Start has
+// made it. Scrapes come through the HTTP server, which Start begins after
+// making the group commit.
+func (s *Server) commitQueue() store.QueueStats {
+	if s.com != nil {
+		return s.com.Queue()
+	}
+	return store.QueueStats{}
 }
 
 // shardStats is one loaded shard's counts, read at scrape time.

@@ -140,7 +140,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.quitCtx, s.stopQuit = context.WithCancel(context.Background())
 	s.quit = s.quitCtx.Done()
-	s.metrics = newMetrics(s.reg, cfg.MetricNamespaces, s.shardStats)
+	s.metrics = newMetrics(s.reg, cfg.MetricNamespaces, s.shardStats, s.commitQueue)
 	s.hub = newHub()
 	return s, nil
 }
@@ -307,6 +307,7 @@ func (s *Server) openStore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("server: Redis URL: %w", err)
 	}
+	redisTimeouts(opts, s.cfg.Commit)
 	s.rdb = redis.NewClient(opts)
 	if err := s.rdb.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("server: Redis at %s: %w", opts.Addr, err)
@@ -390,6 +391,25 @@ func (s *Server) checkRedisPersistence(ctx context.Context, addr string) error {
 			"redis", addr, "appendonly", "yes", "appendfsync", fsync, "source", p.source)
 	}
 	return nil
+}
+
+// redisTimeouts sizes the Redis client's socket timeouts for the group
+// commit. Its largest round trip is one cycle, at most Commit.MaxCycleOps
+// writes, which the committer allows Commit.CommitTimeout: go-redis's
+// default read timeout of 3 s would cut a long cycle short every time it
+// was retried, wedging its lane. So the read and write timeouts are at
+// least CommitTimeout (a longer one in the URL stands, and so does a
+// negative one, which means none), and the client honours the contexts'
+// deadlines, which bound every other call (a lease renewal's OpTimeout)
+// more tightly.
+func redisTimeouts(opts *redis.Options, commit store.CommitterConfig) {
+	if opts.ReadTimeout >= 0 {
+		opts.ReadTimeout = max(opts.ReadTimeout, commit.CommitTimeout)
+	}
+	if opts.WriteTimeout >= 0 {
+		opts.WriteTimeout = max(opts.WriteTimeout, commit.CommitTimeout)
+	}
+	opts.ContextTimeoutEnabled = true
 }
 
 func (s *Server) storeName() string {

@@ -514,6 +514,7 @@ func TestConfigValidate(t *testing.T) {
 		{"MaxConcurrentStreams", func(c *Config) { c.MaxConcurrentStreams = 0 }},
 		{"KeepaliveMinTime", func(c *Config) { c.KeepaliveMinTime = 0 }},
 		{"MetricNamespaces", func(c *Config) { c.MetricNamespaces = -1 }},
+		{"Commit.MaxQueueOps", func(c *Config) { c.Commit.MaxQueueOps = c.MaxBatch - 1 }},
 		{"MaxAttempts", func(c *Config) { c.Shard.MaxAttempts = 0 }},
 		{"MaxPayload", func(c *Config) { c.Shard.MaxPayload = -1 }},
 	}

@@ -22,9 +22,14 @@
 //     it again.
 //   - Fenced: every write names the shard's Grant (epoch and lease token);
 //     once a newer owner has acquired the shard, writes fail with ErrFenced
-//     and the shard stops.
-//     The shard stops firing before its lease can have lapsed if it
-//     cannot renew it.
+//     and the shard stops. The shard stops firing before its lease can
+//     have lapsed if it cannot renew it.
+//   - Never ahead of the store for long: a write that fails definitively
+//     (fenced, or given up by the group commit while the store is down)
+//     stops the shard, whose memory already holds it; the next owner, or
+//     this node's supervisor reopening it, loads what the store has. A
+//     call refused because the group commit's queue is full (wrapping
+//     store.ErrOverloaded) changes nothing.
 //
 // # Invariants
 //
@@ -481,15 +486,8 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 	if s.stopErr != nil {
 		return 0, false
 	}
-	if c := s.lastSub; c != nil {
-		select {
-		case <-c.Done():
-			if err := c.Err(); errors.Is(err, store.ErrFenced) {
-				s.loseLocked(err)
-				return 0, false
-			}
-		default:
-		}
+	if s.commitFailedLocked() {
+		return 0, false
 	}
 	now := s.clock.Now()
 	if !now.Before(s.validUntil) {
@@ -546,6 +544,29 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 		wait = min(wait, time.Duration(next-nowMs)*time.Millisecond)
 	}
 	return max(wait, 0), true
+}
+
+// commitFailedLocked stops the shard, and reports true, if its last
+// submitted writes failed (fenced, given up by the group commit, or cut
+// short by its Close). The shard's memory then holds writes the store may
+// not have; serving on could later lose or resurrect a timer, so it stops
+// like a shard that lost its lease, and its next owner loads what the
+// store has. The group commit fails every later write of an epoch after
+// one of its writes failed, so the last write's outcome covers them all.
+func (s *Shard) commitFailedLocked() bool {
+	c := s.lastSub
+	if c == nil {
+		return false
+	}
+	select {
+	case <-c.Done():
+		if err := c.Err(); err != nil {
+			s.loseLocked(err)
+			return true
+		}
+	default:
+	}
+	return false
 }
 
 // deliverLocked hands a due timer to the dispatcher, or queues it for its
@@ -742,6 +763,11 @@ func (s *Shard) keepLease(t Alarm) {
 		err := s.st.Renew(ctx, s.id, s.grant, s.cfg.LeaseTTL)
 		cancel()
 		s.mu.Lock()
+		if s.commitFailedLocked() {
+			// Found here too: an idle loop may not step for an hour.
+			s.mu.Unlock()
+			return
+		}
 		switch {
 		case err == nil:
 			s.validUntil = start.Add(s.cfg.LeaseTTL - s.cfg.ClockDrift)

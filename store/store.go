@@ -68,6 +68,14 @@ var (
 	// one the store was created with. Timers are placed by hashing modulo
 	// the count, so a store serves one count for its whole life.
 	ErrShardCount = errors.New("store: shard count differs from the stored one")
+	// ErrUnavailable means the group commit gave writes up because the
+	// store kept failing (CommitterConfig.GiveUpAfter); whether they were
+	// applied is unknown.
+	ErrUnavailable = errors.New("store: unavailable")
+	// ErrOverloaded means the group commit holds as many writes as it may
+	// (CommitterConfig.MaxQueueOps) and refused to take more. Nothing was
+	// queued.
+	ErrOverloaded = errors.New("store: group commit queue full")
 )
 
 // Store is the durable home of shards' records and leases. All methods may

@@ -138,6 +138,8 @@ Flags:
 	fs.IntVar(&cfg.MaxRecvMsgSize, "max-recv-msg-size", cfg.MaxRecvMsgSize, "largest request message in `bytes`")
 	fs.IntVar(&cfg.Commit.Lanes, "commit-lanes", cfg.Commit.Lanes, "group commit `lanes` whose round trips overlap")
 	fs.DurationVar(&cfg.Commit.Linger, "commit-linger", cfg.Commit.Linger, "how long a group commit waits for more writes before it starts (0: none)")
+	fs.DurationVar(&cfg.Commit.GiveUpAfter, "commit-give-up", cfg.Commit.GiveUpAfter, "how long a failing store is retried before writes fail with UNAVAILABLE")
+	fs.IntVar(&cfg.Commit.MaxQueueOps, "commit-max-queue", cfg.Commit.MaxQueueOps, "most `writes` a group commit lane holds; past it calls fail with RESOURCE_EXHAUSTED")
 	fs.TextVar(&level, "log-level", level, "log `level`: debug, info, warn or error")
 	fs.DurationVar(&shutdown, "shutdown-timeout", shutdown, "how long a graceful stop may take before RPCs in progress are cut")
 

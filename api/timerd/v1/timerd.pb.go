@@ -433,9 +433,10 @@ type ItemResult struct {
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// Numeric gRPC status code of the item: 0 OK, 3 INVALID_ARGUMENT,
 	// 4 DEADLINE_EXCEEDED, 5 NOT_FOUND, 6 ALREADY_EXISTS,
-	// 9 FAILED_PRECONDITION, 13 INTERNAL, 14 UNAVAILABLE. Codes 4 and 14 are
-	// transient and the item may be retried; the others are final for the
-	// same input.
+	// 8 RESOURCE_EXHAUSTED, 9 FAILED_PRECONDITION, 13 INTERNAL,
+	// 14 UNAVAILABLE. Codes 4 and 14 are transient and the item may be
+	// retried; 8 (the node's write queue is full, nothing applied) may be
+	// retried after a backoff; the others are final for the same input.
 	Code int32 `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
 	// Human-readable explanation when code is not 0; empty on success. Meant
 	// for people and logs, not for parsing.

@@ -76,7 +76,11 @@ const (
 //
 // Items that share an id within one batch are applied in request order.
 // Item codes 14 (UNAVAILABLE) and 4 (DEADLINE_EXCEEDED) are transient, for
-// example while a shard is changing owner, and the item may be retried. If
+// example while a shard is changing owner or while the store is unreachable
+// (the shard then reloads what the store has; the item's outcome is
+// unknown), and the item may be retried. Item code 8 (RESOURCE_EXHAUSTED)
+// means the node's write queue is full because the store is slow or down:
+// nothing of the item was applied, and it may be retried after a backoff. If
 // the RPC itself fails with UNAVAILABLE or DEADLINE_EXCEEDED, some items may
 // have been applied; retrying the whole batch is safe because Schedule is an
 // idempotent create, Reschedule with a due_time is idempotent and Cancel of an
@@ -285,7 +289,11 @@ func (c *timerServiceClient) ReplayDeadLetters(ctx context.Context, in *ReplayDe
 //
 // Items that share an id within one batch are applied in request order.
 // Item codes 14 (UNAVAILABLE) and 4 (DEADLINE_EXCEEDED) are transient, for
-// example while a shard is changing owner, and the item may be retried. If
+// example while a shard is changing owner or while the store is unreachable
+// (the shard then reloads what the store has; the item's outcome is
+// unknown), and the item may be retried. Item code 8 (RESOURCE_EXHAUSTED)
+// means the node's write queue is full because the store is slow or down:
+// nothing of the item was applied, and it may be retried after a backoff. If
 // the RPC itself fails with UNAVAILABLE or DEADLINE_EXCEEDED, some items may
 // have been applied; retrying the whole batch is safe because Schedule is an
 // idempotent create, Reschedule with a due_time is idempotent and Cancel of an
