@@ -49,8 +49,8 @@ bench: build ## run the Go benchmarks beside their peers and print the ratios, t
 	  awk -f tools/benchratio.awk "$$out"
 	@if [ "$(SUITE)" != 0 ]; then BIN=bin bash bench/suite/run.sh; fi
 
-fuzz: ## run each fuzz target (wheel model, configs, record and delivery-id decoders, spec and request validation, bench config and --batch) for FUZZTIME
-	for target in wheel:FuzzWheel wheel:FuzzConfig store:FuzzRecord shard:FuzzParseDeliveryID shard:FuzzValidateSpec server:FuzzSchedule bench:FuzzConfigValidate bench:FuzzBatchFlag; do \
+fuzz: ## run each fuzz target (wheel model, configs, record and delivery-id decoders, spec and request validation, bench config, --batch and --rate) for FUZZTIME
+	for target in wheel:FuzzWheel wheel:FuzzConfig store:FuzzRecord shard:FuzzParseDeliveryID shard:FuzzValidateSpec server:FuzzSchedule bench:FuzzConfigValidate bench:FuzzBatchFlag bench:FuzzRateFlag; do \
 	  $(GO) test -run '^$$' -fuzz "^$${target#*:}\$$" -fuzztime $(FUZZTIME) ./$${target%%:*}; \
 	done
 

@@ -676,6 +676,19 @@ func TestConfigValidate(t *testing.T) {
 		{"Cancel", func(c *Config) { c.Cancel, c.Reschedule = 0.9, 0.2 }},
 		{"Tick", func(c *Config) { c.Tick = 0 }},
 		{"Tick", func(c *Config) { c.Tick = -time.Second }},
+		{"FloorRate", func(c *Config) { c.FloorRate = 0 }},
+		{"FloorRate", func(c *Config) { c.FloorRate = 100001 }},
+		{"FloorRate", func(c *Config) { c.FloorRate = math.NaN() }},
+		{"", func(c *Config) { c.FloorRate, c.StarvedP99 = 100000, time.Nanosecond }},
+		{"", func(c *Config) { c.Rates, c.HeldP99 = []float64{0.5, 1e6}, time.Nanosecond }},
+		{"Rates", func(c *Config) { c.Rates = []float64{100, 0} }},
+		{"Rates", func(c *Config) { c.Rates = []float64{-1, 100} }},
+		{"Rates", func(c *Config) { c.Rates = []float64{100, math.Inf(1)} }},
+		{"Rates", func(c *Config) { c.Rates = []float64{math.NaN(), 100} }},
+		{"HeldP99", func(c *Config) { c.HeldP99 = 0 }},
+		{"HeldP99", func(c *Config) { c.HeldP99 = -time.Millisecond }},
+		{"StarvedP99", func(c *Config) { c.StarvedP99 = 0 }},
+		{"StarvedP99", func(c *Config) { c.StarvedP99 = -time.Millisecond }},
 		{"Batches", func(c *Config) { c.Batches = nil }},
 		{"Batches", func(c *Config) { c.Batches = []int{0} }},
 		{"Batches", func(c *Config) { c.Batches = []int{100, 100001} }},
@@ -705,7 +718,8 @@ func TestConfigValidate(t *testing.T) {
 func TestConfigWithDefaults(t *testing.T) {
 	t.Parallel()
 	common := Config{Duration: 10 * time.Second, Batches: []int{100}, Concurrency: 16, PayloadSize: 64,
-		Lead: 2 * time.Second, Delay: time.Hour, Drain: 10 * time.Second, Tick: time.Second}
+		Lead: 2 * time.Second, Delay: time.Hour, Drain: 10 * time.Second, Tick: time.Second, FloorRate: 1000,
+		StarvedP99: 5 * time.Millisecond, HeldP99: 10 * time.Millisecond}
 	with := func(f func(*Config)) Config {
 		c := common
 		f(&c)
@@ -785,10 +799,17 @@ func TestConfigAddFlags(t *testing.T) {
 		{name: "none", want: Config{}},
 		{name: "all", args: []string{"--duration", "2s", "--count", "5", "--rate", "100.5", "--batch", "1,10,100",
 			"--concurrency", "4", "--payload-size", "10", "--lead", "1s", "--delay", "3s", "--drain", "4s",
-			"--cancel", "0.5", "--reschedule", "0.25", "--keep", "--tick", "100ms"},
+			"--cancel", "0.5", "--reschedule", "0.25", "--keep", "--tick", "100ms", "--floor-rate", "200", "--starved-p99", "2ms",
+			"--held-p99", "20ms"},
 			want: Config{Duration: 2 * time.Second, Count: 5, Rate: 100.5, Batches: []int{1, 10, 100}, Concurrency: 4,
 				PayloadSize: 10, Lead: time.Second, Delay: 3 * time.Second, Drain: 4 * time.Second, Cancel: 0.5,
-				Reschedule: 0.25, Keep: true, Tick: 100 * time.Millisecond}},
+				Reschedule: 0.25, Keep: true, Tick: 100 * time.Millisecond, FloorRate: 200, StarvedP99: 2 * time.Millisecond,
+				HeldP99: 20 * time.Millisecond}},
+		{name: "one rate", args: []string{"--rate", "500"}, want: Config{Rate: 500}},
+		{name: "rate sweep", args: []string{"--rate", "10000, 20000,5e4"}, want: Config{Rate: 10000, Rates: []float64{10000, 20000, 50000}}},
+		{name: "last rate wins", args: []string{"--rate", "1,2", "--rate", "3"}, want: Config{Rate: 3}},
+		{name: "bad rate item", args: []string{"--rate", "100,fast"}, wantErr: `rate "fast" is not a number`},
+		{name: "empty rate item", args: []string{"--rate", "100,"}, wantErr: `rate "" is not a number`},
 		{name: "one batch", args: []string{"--batch=7"}, want: Config{Batches: []int{7}}},
 		{name: "batch with spaces", args: []string{"--batch", " 1, 2 ,3"}, want: Config{Batches: []int{1, 2, 3}}},
 		{name: "last batch wins", args: []string{"--batch", "1,2", "--batch", "3"}, want: Config{Batches: []int{3}}},
@@ -856,7 +877,11 @@ func validFields(c Config) bool {
 	ok := c.Duration > 0 && c.Count >= 0 && c.Rate >= 0 && !math.IsInf(c.Rate, 0) &&
 		c.Concurrency >= 1 && c.Concurrency <= 4096 && c.PayloadSize >= 0 && c.PayloadSize <= 1<<20 &&
 		c.Lead >= 0 && c.Delay >= 0 && c.Drain >= 0 && share(c.Cancel) && share(c.Reschedule) &&
-		c.Cancel+c.Reschedule <= 1 && c.Tick > 0 && len(c.Batches) > 0
+		c.Cancel+c.Reschedule <= 1 && c.Tick > 0 && len(c.Batches) > 0 &&
+		c.FloorRate > 0 && c.FloorRate <= 100000 && c.StarvedP99 > 0 && c.HeldP99 > 0
+	for _, r := range c.Rates {
+		ok = ok && r > 0 && !math.IsInf(r, 0)
+	}
 	for _, b := range c.Batches {
 		ok = ok && b >= 1 && b <= 100000
 	}
@@ -873,7 +898,8 @@ func FuzzConfigValidate(f *testing.F) {
 	f.Fuzz(func(t *testing.T, dur, count int64, rate float64, batch string, conc, payload int, lead, delay, drain int64, cancel, resched float64, tick int64) {
 		c := Config{Duration: time.Duration(dur), Count: count, Rate: rate, Concurrency: conc, PayloadSize: payload,
 			Lead: time.Duration(lead), Delay: time.Duration(delay), Drain: time.Duration(drain), Cancel: cancel,
-			Reschedule: resched, Tick: time.Duration(tick)}
+			Reschedule: resched, Tick: time.Duration(tick), FloorRate: 1000, StarvedP99: 5 * time.Millisecond,
+			HeldP99: 10 * time.Millisecond}
 		// The batch sizes as the flag takes them.
 		fs := flag.NewFlagSet("f", flag.ContinueOnError)
 		fs.SetOutput(new(strings.Builder))
@@ -928,6 +954,60 @@ func FuzzBatchFlag(f *testing.F) {
 		err = c.WithDefaults("schedule").Validate()
 		if inRange != (err == nil) {
 			t.Fatalf("--batch %q: Validate = %v, sizes in range: %v", s, err, inRange)
+		}
+	})
+}
+
+// FuzzRateFlag checks that --rate takes exactly a comma-separated list of
+// numbers: one sets Rate alone, more set Rates too (a sweep) with Rate the
+// first, and Validate accepts the list exactly when each is a finite rate
+// above 0.
+func FuzzRateFlag(f *testing.F) {
+	for _, s := range []string{"100", "10000,20000,50000,100000", " 1 , 2.5", "", ",", "1,,2", "x", "0", "-5", "1e3", "NaN", "Inf", "1,NaN", "1e400", "0x10", "200,500"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := parseFlags("--rate", s)
+		var want []float64
+		for _, fl := range strings.Split(s, ",") {
+			r, perr := strconv.ParseFloat(strings.TrimSpace(fl), 64)
+			if perr != nil {
+				if err == nil {
+					t.Fatalf("--rate %q parsed as %g %v, but %q is not a number", s, c.Rate, c.Rates, fl)
+				}
+				return
+			}
+			want = append(want, r)
+		}
+		if err != nil {
+			t.Fatalf("--rate %q: %v", s, err)
+		}
+		same := func(a, b float64) bool { return a == b || math.IsNaN(a) && math.IsNaN(b) }
+		if !same(c.Rate, want[0]) {
+			t.Fatalf("--rate %q: Rate = %g, want %g", s, c.Rate, want[0])
+		}
+		if len(want) == 1 && c.Rates != nil {
+			t.Fatalf("--rate %q: one rate set Rates %v", s, c.Rates)
+		}
+		if len(want) > 1 {
+			if len(c.Rates) != len(want) {
+				t.Fatalf("--rate %q: Rates = %v, want %v", s, c.Rates, want)
+			}
+			for i := range want {
+				if !same(c.Rates[i], want[i]) {
+					t.Fatalf("--rate %q: Rates = %v, want %v", s, c.Rates, want)
+				}
+			}
+		}
+		valid := !math.IsNaN(want[0]) && want[0] >= 0 && !math.IsInf(want[0], 0)
+		if len(want) > 1 {
+			for _, r := range want {
+				valid = valid && r > 0 && !math.IsInf(r, 0)
+			}
+		}
+		err = c.WithDefaults("fire").Validate()
+		if valid != (err == nil) {
+			t.Fatalf("--rate %q: Validate = %v, rates valid: %v", s, err, valid)
 		}
 	})
 }

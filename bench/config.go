@@ -39,6 +39,13 @@ type Config struct {
 	// default 2,000; schedule default 0 = as fast as Concurrency callers
 	// go, open loop when set).
 	Rate float64
+	// Rates are the rates of a sweep (Sweep), fire at each in turn; --rate
+	// with more than one value sets them, and Rate to the first. Run
+	// takes one rate and refuses more.
+	Rates []float64
+	// HeldP99 is the lateness p99 under which a sweep counts a rate as
+	// held (default 10ms, the p99 the product promises).
+	HeldP99 time.Duration
 	// Batches are the batch sizes, timers per Schedule call; schedule runs
 	// one phase per size, the other scenarios use the first (default
 	// 100).
@@ -68,6 +75,14 @@ type Config struct {
 	// Tick is how often rates are sampled (default 1s; runs shorter than
 	// 10s sample every Duration/20, at least 50ms).
 	Tick time.Duration
+	// FloorRate is the rate of the floor probe, time.AfterFunc timers per
+	// second in the bench's process beside every run (default 1,000; at
+	// most 100,000): light enough not to load the machine it measures.
+	FloorRate float64
+	// StarvedP99 is the floor's p99 lateness above which a run is marked
+	// "machine starved" (default 5ms): a quiet machine fires Go's own
+	// timers within a few ms, and a target's lateness can be no better.
+	StarvedP99 time.Duration
 	// Clock is the time source (default the wall clock); tests fake it.
 	Clock Clock
 }
@@ -128,6 +143,15 @@ func (c Config) WithDefaults(scenario string) Config {
 			c.Tick = max(50*time.Millisecond, c.Duration/20)
 		}
 	}
+	if c.HeldP99 == 0 {
+		c.HeldP99 = 10 * time.Millisecond
+	}
+	if c.FloorRate == 0 {
+		c.FloorRate = 1000
+	}
+	if c.StarvedP99 == 0 {
+		c.StarvedP99 = 5 * time.Millisecond
+	}
 	if c.Clock == nil {
 		c.Clock = wallClock{}
 	}
@@ -160,6 +184,17 @@ func (c Config) Validate() error {
 		return bad("Cancel", "Cancel and Reschedule must be shares from 0 to 1 that add up to at most 1, got %g and %g", c.Cancel, c.Reschedule)
 	case c.Tick <= 0:
 		return bad("Tick", "must be positive, got %v", c.Tick)
+	case !(c.FloorRate > 0 && c.FloorRate <= 100000): // NaN too
+		return bad("FloorRate", "must be above 0 and at most 100000 timers/s, got %g", c.FloorRate)
+	case c.StarvedP99 <= 0:
+		return bad("StarvedP99", "must be positive, got %v", c.StarvedP99)
+	case c.HeldP99 <= 0:
+		return bad("HeldP99", "must be positive, got %v", c.HeldP99)
+	}
+	for _, r := range c.Rates {
+		if !(r > 0 && r <= math.MaxFloat64) {
+			return bad("Rates", "a sweep's rate must be a finite number above 0, got %g", r)
+		}
 	}
 	if len(c.Batches) == 0 {
 		return bad("Batches", "at least one batch size is needed")
@@ -178,7 +213,22 @@ func (c Config) Validate() error {
 func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Duration, "duration", 0, "how long to offer load (default 10s)")
 	fs.Int64Var(&c.Count, "count", 0, "stop after this many timers (burst: the size of the herd, default 100000)")
-	fs.Float64Var(&c.Rate, "rate", 0, "timers per second offered, open loop (fire default 10000, mixed 2000; schedule: as fast as it goes)")
+	fs.Func("rate", "timers per second offered, open loop (fire default 10000, mixed 2000; schedule: as fast as it goes); fire takes a comma-separated list and sweeps it, a run per rate", func(s string) error {
+		var rs []float64
+		for _, f := range strings.Split(s, ",") {
+			r, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+			if err != nil {
+				return fmt.Errorf("rate %q is not a number", f)
+			}
+			rs = append(rs, r)
+		}
+		c.Rate, c.Rates = rs[0], nil
+		if len(rs) > 1 {
+			c.Rates = rs
+		}
+		return nil
+	})
+	fs.DurationVar(&c.HeldP99, "held-p99", 0, "fire with a --rate list: the lateness p99 a rate must stay under to be held (default 10ms)")
 	fs.Func("batch", "timers per Schedule call; schedule takes a comma-separated list and runs each (default 100)", func(s string) error {
 		var bs []int
 		for _, f := range strings.Split(s, ",") {
@@ -200,6 +250,8 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.Reschedule, "reschedule", 0, "mixed: share of timers moved before due (default 0.1)")
 	fs.BoolVar(&c.Keep, "keep", false, "schedule: leave the timers in place instead of cancelling them afterwards")
 	fs.DurationVar(&c.Tick, "tick", 0, "how often rates are sampled for the progress line and the plots (default 1s)")
+	fs.Float64Var(&c.FloorRate, "floor-rate", 0, "timers/s of the floor probe, Go's time.AfterFunc in this process beside every run (default 1000)")
+	fs.DurationVar(&c.StarvedP99, "starved-p99", 0, "floor p99 lateness above which a run is marked machine starved (default 5ms)")
 }
 
 // params lists c's settings that matter to scenario, for the report.

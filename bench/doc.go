@@ -3,18 +3,27 @@
 // same way) through a Target and reports what an engineer sizing or
 // tuning a deployment needs.
 //
-// It owns the scenarios (schedule, fire, mixed, burst), their pacing, the
-// HDR histograms of latency and lateness, the correctness counters (early,
-// lost, stray and cancelled-but-fired deliveries) and the report: a table,
-// JSON, a Markdown and HTML report with SVG plots, and side-by-side
-// comparisons of reports.
+// It owns the scenarios (schedule, fire, mixed, burst), the rate sweep
+// of fire (Sweep), their pacing, the HDR histograms of latency and
+// lateness, the floor measured beside every run, the correctness counters
+// (early, lost, stray and cancelled-but-fired deliveries) and the report:
+// a table, JSON, a Markdown and HTML report with SVG plots, and
+// side-by-side comparisons of reports, with the spread of repetitions.
 //
 // Invariants:
 //   - Load is open loop where a rate is asked for (Pacer): a target that
 //     stalls shows as lateness and a backlog, not as a lower offered rate.
 //   - Lateness is measured against the due time the bench asked for, on
 //     the bench's clock, when the delivery reaches the bench; a delivery
-//     before it is counted as early, never hidden in the histogram.
+//     before it is counted as early, never hidden in the histogram. It is
+//     monotonic time: due times keep the monotonic reading of the clock
+//     they come from (ceilMilli), and only the target is sent the wall
+//     clock due time, in whole ms.
+//   - Every run measures its floor at the same time (Floor: a lock-free
+//     time.AfterFunc stream in the bench's process, the Go scheduler's
+//     latency, GC pauses, CPU time, the host's load and steal) and marks
+//     itself machine starved when the floor's p99 crosses
+//     Config.StarvedP99; the floor never fails a run.
 //   - Every run removes the timers it leaves in the target, also when it
 //     is interrupted.
 //

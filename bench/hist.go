@@ -39,21 +39,24 @@ func NewLatency() *Latency {
 }
 
 // Record adds one duration.
-func (l *Latency) Record(d time.Duration) {
+func (l *Latency) Record(d time.Duration) { l.recordN(d, 1) }
+
+// recordN adds n of duration d.
+func (l *Latency) recordN(d time.Duration, n int64) {
 	us := int64(d / time.Microsecond)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
 	case d < 0:
-		l.early++
+		l.early += n
 		l.earliest = min(l.earliest, d)
 		us = 0
 	case us > latencyHighest:
-		l.over++
+		l.over += n
 		us = latencyHighest
 	}
-	// RecordValue fails only outside the range, which was clamped above.
-	_ = l.h.RecordValue(us)
+	// RecordValues fails only outside the range, which was clamped above.
+	_ = l.h.RecordValues(us, n)
 }
 
 // Count is the number of durations recorded, early ones included.

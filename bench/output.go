@@ -45,6 +45,9 @@ func WriteTable(w io.Writer, r *Report) error {
 	if r.Error != "" {
 		ew.printf("error: %s\n", r.Error)
 	}
+	if r.Floor != nil {
+		ew.printf("%s\n", r.Floor.verdict())
+	}
 	for _, l := range paramLines(r.Params, paramWidth) {
 		ew.printf("%s\n", l)
 	}
@@ -151,19 +154,40 @@ func dataTables(r *Report) []table {
 		}
 		ts = append(ts, t)
 	}
-	if len(r.Dists) > 0 {
+	// The floor's distributions go beside the target's, so that each
+	// lateness reads against what the machine allowed at the same time.
+	dists := r.Dists
+	if r.Floor != nil {
+		dists = append(slices.Clone(dists), r.Floor.dists()...)
+	}
+	if len(dists) > 0 {
 		t := table{
 			Title: "Distributions",
 			Head:  []string{"distribution", "count", "p50", "p90", "p99", "p99.9", "max", "unit"},
 			Right: []bool{false, true, true, true, true, true, true, false},
 		}
-		for _, d := range r.Dists {
+		for _, d := range dists {
 			t.Rows = append(t.Rows, row{Cells: []string{
 				d.Name, human(float64(d.Count)),
 				human(d.P50), human(d.P90), human(d.P99), human(d.P999), human(d.Max),
 				d.Unit,
 			}})
 		}
+		ts = append(ts, t)
+	}
+	if f := r.Floor; f != nil {
+		t := table{Title: "Floor", Head: []string{"floor", "value", "unit"}, Right: []bool{false, true, false}}
+		for _, m := range f.metrics() {
+			t.Rows = append(t.Rows, row{Cells: []string{m.Name, human(m.Value), m.Unit}})
+		}
+		starved := "no"
+		if f.Starved {
+			starved = "yes"
+		}
+		t.Rows = append(t.Rows, row{
+			Cells: []string{"machine starved (floor p99 above " + human(f.StarvedP99) + " ms)", starved, ""},
+			Fail:  f.Starved,
+		})
 		ts = append(ts, t)
 	}
 	if len(r.Checks) > 0 {
@@ -255,17 +279,33 @@ func finiteReport(r *Report) *Report {
 	c.Metrics = slices.DeleteFunc(slices.Clone(r.Metrics), func(m Metric) bool { return !finite(m.Value) })
 	c.Dists = slices.Clone(r.Dists)
 	for i := range c.Dists {
-		d := &c.Dists[i]
-		for _, f := range []*float64{&d.Min, &d.Mean, &d.P50, &d.P90, &d.P99, &d.P999, &d.Max} {
-			*f = finiteOrZero(*f)
-		}
-		d.Curve = finitePoints(d.Curve)
+		c.Dists[i] = finiteDist(c.Dists[i])
 	}
 	c.Series = slices.Clone(r.Series)
 	for i := range c.Series {
 		c.Series[i].Points = finitePoints(c.Series[i].Points)
 	}
+	if r.Floor != nil {
+		f := *r.Floor
+		for _, d := range []*Dist{&f.Lateness, &f.SchedLatency, &f.GCPauses} {
+			*d = finiteDist(*d)
+		}
+		for _, v := range []*float64{&f.Rate, &f.Elapsed, &f.CPUUser, &f.CPUSystem, &f.Load, &f.HostBusy, &f.Steal, &f.StarvedP99} {
+			*v = finiteOrZero(*v)
+		}
+		c.Floor = &f
+	}
 	return &c
+}
+
+// finiteDist returns d with its values that are not finite made 0 and
+// such curve points dropped.
+func finiteDist(d Dist) Dist {
+	for _, f := range []*float64{&d.Min, &d.Mean, &d.P50, &d.P90, &d.P99, &d.P999, &d.Max} {
+		*f = finiteOrZero(*f)
+	}
+	d.Curve = finitePoints(d.Curve)
+	return d
 }
 
 // WriteJSON writes r to w as indented JSON. NaN and infinite values, which
@@ -447,6 +487,13 @@ func writeMarkdown(w io.Writer, r *Report, figs []figure) error {
 	if h := hostLine(r.Host); h != "" {
 		ew.printf("\n%s\n", mdEscape(h))
 	}
+	if f := r.Floor; f != nil {
+		if f.Starved {
+			ew.printf("\n> **%s.**\n", mdEscape(f.verdict()))
+		} else {
+			ew.printf("\n%s.\n", mdEscape("Floor (this machine, during the run): "+f.verdict()))
+		}
+	}
 	ts := dataTables(r)
 	if len(r.Params) > 0 {
 		ts = append([]table{paramTable(r)}, ts...)
@@ -538,6 +585,8 @@ figure{margin:1em 0}figure svg{max-width:100%;height:auto}
 {{if .Interrupted}}<p class="warn"><strong>{{.InterruptedNote}}.</strong></p>
 {{end}}{{with .Error}}<p class="warn">Error: {{.}}</p>
 {{end}}<p>{{.Run}}{{with .Host}}<br>{{.}}{{end}}</p>
+{{with .Floor}}{{if $.Starved}}<p class="warn"><strong>{{.}}.</strong></p>{{else}}<p>Floor (this machine, during the run): {{.}}.</p>{{end}}
+{{end}}
 {{range .Tables}}{{$t := .}}<h2>{{.Title}}</h2>
 <table>
 <thead><tr>{{range .Head}}<th>{{.}}</th>{{end}}</tr></thead>
@@ -566,12 +615,18 @@ func writeHTML(w io.Writer, r *Report, figs []figure) error {
 		// trusted markup.
 		svgs[i] = template.HTML(f.svg)
 	}
+	var floor string
+	if r.Floor != nil {
+		floor = r.Floor.verdict()
+	}
 	data := struct {
-		Title, InterruptedNote, Error, Run, Host string
-		Interrupted                              bool
-		Tables                                   []table
-		Figures                                  []template.HTML
+		Title, InterruptedNote, Error, Run, Host, Floor string
+		Interrupted, Starved                            bool
+		Tables                                          []table
+		Figures                                         []template.HTML
 	}{
+		Floor:           floor,
+		Starved:         r.Floor != nil && r.Floor.Starved,
 		Title:           reportTitle(r),
 		InterruptedNote: interruptedNote,
 		Error:           r.Error,

@@ -694,3 +694,52 @@ func TestRatio(t *testing.T) {
 		}
 	}
 }
+
+// TestCompareSpread compares targets measured in turn, three times each:
+// a column per target, each cell the median with the min and max.
+func TestCompareSpread(t *testing.T) {
+	t.Parallel()
+	rep := func(target string, p99, floorP99 float64, starved bool) *Report {
+		return &Report{Scenario: "fire", Target: target,
+			Metrics: []Metric{{Name: "delivered", Value: 100, Unit: "timers"}},
+			Dists:   []Dist{{Name: "lateness", Unit: "ms", Count: 100, P50: p99 / 2, P99: p99, Max: 2 * p99}},
+			Floor: &Floor{Rate: 1000, Elapsed: 1, StarvedP99: 5, Starved: starved,
+				Lateness: Dist{Unit: "ms", Count: 1000, P50: 0.5, P99: floorP99, Max: floorP99}}}
+	}
+	// A B A B A B, as the suite runs them.
+	var labels []string
+	var reports []*Report
+	for i, p99 := range []float64{4, 8, 6} {
+		labels = append(labels, "timerd", "afterfunc")
+		reports = append(reports, rep("timerd", p99, float64(1+i), false), rep("afterfunc", p99/2, 9, i == 1))
+	}
+	var b strings.Builder
+	if err := CompareSpread(&b, labels, reports, false); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"timerd (3 runs)", "afterfunc (3 runs)",
+		// timerd's p99 4, 8, 6: median 6; afterfunc's half.
+		"lateness p99", "6 [4–8]", "3 (0.50x) [2–4]",
+		"floor: time.AfterFunc lateness p99", "2 [1–3]", "9 (4.50x) [9–9]",
+		"note: afterfunc run 2: MACHINE STARVED",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("spread lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "afterfunc run 1: MACHINE") {
+		t.Errorf("a run not starved is noted:\n%s", out)
+	}
+	b.Reset()
+	if err := CompareSpread(&b, labels, reports, true); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "| lateness p99 | ms | 6 \\[4–8\\] |") {
+		t.Errorf("markdown spread:\n%s", b.String())
+	}
+	if got := median([]float64{3, 1, 2, 10}); got != 2.5 {
+		t.Errorf("median = %g, want 2.5", got)
+	}
+}

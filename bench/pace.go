@@ -21,14 +21,26 @@ type Pacer struct {
 
 // At is when event i is due, rounded up to the millisecond: timerd keeps
 // due times in whole ms, and a bench that asked for a fraction would see
-// the rounding as lateness.
+// the rounding as lateness. It keeps Start's monotonic clock reading (see
+// ceilMilli).
 func (p Pacer) At(i int64) time.Time {
 	ns := math.Ceil(float64(i) * 1e9 / p.Rate)
-	t := p.Start.Add(time.Duration(ns))
-	if r := t.Truncate(time.Millisecond); !r.Equal(t) {
-		t = r.Add(time.Millisecond)
+	return ceilMilli(p.Start.Add(time.Duration(ns)))
+}
+
+// ceilMilli rounds t's wall clock up to the next whole millisecond, the
+// due time a target is sent. Unlike Truncate and Round it keeps t's
+// monotonic clock reading: lateness is the monotonic time from the due
+// time to the delivery, so that a step of the wall clock during a run
+// (NTP, a VM resumed) shows as neither lateness nor early deliveries.
+func ceilMilli(t time.Time) time.Time {
+	// The remainder of a time before 1970 is negative: fold it into
+	// [0, 1ms).
+	rem := time.Duration((t.UnixNano()%1e6 + 1e6) % 1e6)
+	if rem == 0 {
+		return t
 	}
-	return t
+	return t.Add(time.Millisecond - rem)
 }
 
 // Owed is the number of events due at or before now: the index of the

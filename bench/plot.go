@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -58,7 +59,12 @@ type plotLine struct {
 // width.
 func latencyPlot(r *Report) (plot, bool) {
 	var ds []Dist
-	for _, d := range r.Dists {
+	all := r.Dists
+	if r.Floor != nil {
+		// The floor's lateness, beside the target's.
+		all = append(slices.Clone(all), r.Floor.dists()[0])
+	}
+	for _, d := range all {
 		if d.Curve = finitePoints(d.Curve); len(d.Curve) > 0 {
 			ds = append(ds, d)
 		}

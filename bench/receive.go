@@ -32,8 +32,11 @@ type receiver struct {
 	// strays counts deliveries on the run's topic of ids it never
 	// scheduled.
 	strays atomic.Int64
-	// first and last are the first and last receive times, unix ns; 0
-	// before any delivery.
+	// base is when the receiver was made, on the run's clock; first and
+	// last are the first and last receive times as ns since base plus one
+	// (receivedAt turns them back), 0 before any delivery. Offsets from a
+	// reading keep the monotonic clock, as lateness does.
+	base        time.Time
 	first, last atomic.Int64
 
 	probeID   string
@@ -43,7 +46,7 @@ type receiver struct {
 
 func (r *run) newReceiver(n int64, delivered *counter) *receiver {
 	return &receiver{r: r, seen: newBitset(n), n: n, lat: NewLatency(), sent: NewLatency(), delivered: delivered,
-		probeID: r.id + "-probe", probed: make(chan struct{})}
+		base: r.clock.Now(), probeID: r.id + "-probe", probed: make(chan struct{})}
 }
 
 func (v *receiver) setExpect(f func(seq int64) time.Time) { v.expect.Store(&f) }
@@ -64,11 +67,14 @@ func (v *receiver) deliver(d Delivery) {
 		v.redelivered.Add(1)
 		return
 	}
+	// Both times have the monotonic reading of the run's clock (when it
+	// has one), so this is monotonic time: a wall clock step between the
+	// due time and now does not change it.
 	v.lat.Record(now.Sub((*expect)(seq)))
 	if !d.Fired.IsZero() {
 		v.sent.Record(d.Fired.Sub(d.Due))
 	}
-	ns := now.UnixNano()
+	ns := int64(now.Sub(v.base)) + 1
 	v.first.CompareAndSwap(0, ns)
 	for {
 		last := v.last.Load()
@@ -139,14 +145,18 @@ func (v *receiver) drainUntil(ctx context.Context, done func() bool, deadline ti
 	}
 }
 
-// span returns the time from t to the last delivery, 0 if none.
+// since returns the time from t to the last delivery, 0 if none.
 func (v *receiver) since(t time.Time) time.Duration {
 	last := v.last.Load()
 	if last == 0 {
 		return 0
 	}
-	return time.Unix(0, last).Sub(t)
+	return v.receivedAt(last).Sub(t)
 }
+
+// receivedAt is the time of a receive time stored in first or last, which
+// must not be 0.
+func (v *receiver) receivedAt(off int64) time.Time { return v.base.Add(time.Duration(off - 1)) }
 
 // dists returns the lateness distributions: as received, and as the
 // target reports sending (when it does).

@@ -36,6 +36,10 @@ type Report struct {
 	Series []Series `json:"series"`
 	// Checks are the correctness counters: each has the value it must have.
 	Checks []Check `json:"checks"`
+	// Floor is what the machine allowed during the run, measured in the
+	// bench's process at the same time; nil in reports written before it
+	// was measured.
+	Floor *Floor `json:"floor,omitempty"`
 }
 
 // Host describes where a run was measured.

@@ -52,6 +52,9 @@ func Run(ctx context.Context, scenario string, t Target, cfg Config, prog Progre
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if len(cfg.Rates) > 1 {
+		return nil, fmt.Errorf("%w: Rates: a run takes one rate; Sweep runs fire at each of %d", ErrConfig, len(cfg.Rates))
+	}
 	var body func(*run, context.Context)
 	switch scenario {
 	case "schedule":
@@ -97,8 +100,12 @@ func Run(ctx context.Context, scenario string, t Target, cfg Config, prog Progre
 
 	loadCtx, stop := context.WithCancel(ctx)
 	r.stop = stop
+	// The floor probe runs beside the whole run, on the wall clock
+	// whatever cfg.Clock is: it measures the machine, not the run.
+	floor := startFloor(cfg.FloorRate)
 	body(r, loadCtx)
 	stop()
+	r.report.Floor = floor.stop(cfg.StarvedP99)
 
 	r.report.Elapsed = r.clock.Now().Sub(start).Seconds()
 	if err := r.failure(); err != nil {

@@ -1159,10 +1159,7 @@ func TestAfterFunc(t *testing.T) {
 			if got := rep.Dists[0].Count; got != tc.want {
 				t.Errorf("lateness recorded for %d timers, want %d", got, tc.want)
 			}
-			a.mu.Lock()
-			pending := len(a.timers)
-			a.mu.Unlock()
-			if pending != 0 {
+			if pending := a.pending(); pending != 0 {
 				t.Errorf("%d timers left pending", pending)
 			}
 		})
@@ -1189,6 +1186,9 @@ func TestAfterFuncHolds(t *testing.T) {
 			break
 		}
 		time.Sleep(time.Millisecond)
+	}
+	if n := a.pending(); n != 0 {
+		t.Errorf("%d timers pending after the only one fired", n)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	got := make(chan Delivery, 1)

@@ -81,7 +81,7 @@ func (r *run) fire(ctx context.Context) {
 		return
 	}
 	m.setPhase("load")
-	p := Pacer{Start: r.clock.Now().Add(cfg.Lead).Truncate(time.Millisecond), Rate: cfg.Rate}
+	p := Pacer{Start: ceilMilli(r.clock.Now().Add(cfg.Lead)), Rate: cfg.Rate}
 	v.setExpect(p.At)
 	lat := NewLatency()
 	var late atomic.Int64
@@ -124,7 +124,7 @@ func (r *run) burst(ctx context.Context) {
 	}
 	m.setPhase("scheduling the herd")
 	start := r.clock.Now()
-	at := start.Add(cfg.Lead).Truncate(time.Millisecond)
+	at := ceilMilli(start.Add(cfg.Lead))
 	due := func(int64) time.Time { return at }
 	v.setExpect(due)
 	lat := NewLatency()
@@ -150,7 +150,7 @@ func (r *run) burst(ctx context.Context) {
 	drained := v.since(at)
 	var first time.Duration
 	if f := v.first.Load(); f != 0 {
-		first = time.Unix(0, f).Sub(at)
+		first = v.receivedAt(f).Sub(at)
 	}
 	r.report.Metrics = append(r.report.Metrics,
 		Metric{Name: "herd", Value: float64(n), Unit: "timers"},
@@ -183,7 +183,7 @@ func (r *run) mixed(ctx context.Context) {
 		return
 	}
 	m.setPhase("load")
-	p := Pacer{Start: r.clock.Now().Add(cfg.Delay).Truncate(time.Millisecond), Rate: cfg.Rate}
+	p := Pacer{Start: ceilMilli(r.clock.Now().Add(cfg.Delay)), Rate: cfg.Rate}
 	created, cancelled, moved := newBitset(n), newBitset(n), newBitset(n)
 	moveTo := func(seq int64) time.Time { return p.At(seq).Add(half) }
 	v.setExpect(func(seq int64) time.Time {

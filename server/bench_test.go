@@ -117,9 +117,9 @@ func BenchmarkServerSchedule(b *testing.B) {
 			}
 			defer st.Close()
 			const shards = 64
-			epochs := make([]uint64, shards)
-			for i := range epochs {
-				if epochs[i], err = st.Acquire(context.Background(), uint32(i), "bench", time.Hour); err != nil {
+			grants := make([]store.Grant, shards)
+			for i := range grants {
+				if grants[i], err = st.Acquire(context.Background(), uint32(i), "bench", time.Hour); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -141,7 +141,7 @@ func BenchmarkServerSchedule(b *testing.B) {
 							if len(batches) <= int(s) {
 								batches = append(batches, make([]store.Batch, int(s)+1-len(batches))...)
 							}
-							batches[s].Shard, batches[s].Epoch = s, epochs[s]
+							batches[s].Shard, batches[s].Grant = s, grants[s]
 							batches[s].Ops = append(batches[s].Ops, store.Op{Key: store.Key("default", id), Value: rec.AppendBinary(nil)})
 						}
 						if err := st.Commit(context.Background(), batches); err != nil {

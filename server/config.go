@@ -19,6 +19,11 @@ type Config struct {
 	// HTTPAddr is the host:port of /metrics, /healthz and /readyz (default
 	// 127.0.0.1:7071). Empty disables HTTP.
 	HTTPAddr string
+	// PProf also serves Go's profiles under /debug/pprof/ on HTTPAddr
+	// (default false). They show the process's internals (goroutine
+	// stacks, the command line) and a CPU profile costs CPU while it
+	// runs, so turn it on where HTTPAddr is reachable only by operators.
+	PProf bool
 
 	// DataDir is the embedded store's directory (default ./timerd-data).
 	// It is used when RedisURL is empty.
@@ -28,11 +33,20 @@ type Config struct {
 	RedisURL string
 	// RedisPrefix prefixes every Redis key (default "td").
 	RedisPrefix string
+	// AllowVolatileRedis lets the node start on a Redis that runs without
+	// its append-only file (appendonly no), or whose persistence settings
+	// it cannot read; default false, which refuses to start there. Such a
+	// Redis answers writes it may lose whole on a restart, so "durable"
+	// then means only "in Redis's memory" (and its RDB snapshots, if any).
+	AllowVolatileRedis bool
 
 	// NodeName names this node in shard leases and in ClusterService
-	// (default: the host name). With Redis it must be unique per node
-	// and stable across restarts, so that a restarted node takes its
-	// shards back at once.
+	// (default: the host name). With Redis it should be unique per node
+	// and stable across restarts. Each process adds a fresh incarnation
+	// to it in its leases (see Server.Owner), so a second process started
+	// with the same name never takes over a live lease of the first: it
+	// waits until the first releases its shards (a graceful stop) or
+	// their leases lapse (a crash, at most Shard.LeaseTTL).
 	NodeName string
 	// Shards is the number of shards (default 64). It is fixed when a
 	// store is first used; a node started with another count refuses to
@@ -47,7 +61,10 @@ type Config struct {
 	// by the server.
 	Shard shard.Config
 	// Commit configures the group commit (see store.CommitterConfig); its
-	// Logger and OnCommit are set by the server.
+	// Logger and OnCommit are set by the server. Its MaxQueueOps must be
+	// at least MaxBatch, since a call reserves room for all its writes at
+	// once; its CommitTimeout also sizes the Redis client's socket
+	// timeouts (see redisTimeouts).
 	Commit store.CommitterConfig
 
 	// MaxBatch is the most items one batch RPC (or one Ack message) may
@@ -61,6 +78,11 @@ type Config struct {
 	// (defaults 1s and 15m). A subscription that gives none gets
 	// Shard.AckTimeout.
 	MinAckTimeout, MaxAckTimeout time.Duration
+	// SubscriptionTimeout is how long a new Subscribe stream may take to
+	// send its first message, the subscription, before the server ends it
+	// with DEADLINE_EXCEEDED (default 10s): a client that opens streams
+	// and sends nothing must not hold the server's goroutines.
+	SubscriptionTimeout time.Duration
 
 	// MaxRecvMsgSize is the largest request message in bytes (default
 	// 16 MiB); a bigger one fails with RESOURCE_EXHAUSTED.
@@ -102,6 +124,7 @@ func DefaultConfig() Config {
 		MaxInFlight:          10_000,
 		MinAckTimeout:        time.Second,
 		MaxAckTimeout:        15 * time.Minute,
+		SubscriptionTimeout:  10 * time.Second,
 		MaxRecvMsgSize:       16 << 20,
 		MaxConcurrentStreams: 1024,
 		KeepaliveMinTime:     10 * time.Second,
@@ -155,6 +178,8 @@ func (c Config) Validate() error {
 		return bad("MaxAckTimeout", "must be >= MinAckTimeout=%v, got %v", c.MinAckTimeout, c.MaxAckTimeout)
 	case c.Shard.AckTimeout < c.MinAckTimeout || c.Shard.AckTimeout > c.MaxAckTimeout:
 		return bad("Shard.AckTimeout", "must be in [MinAckTimeout, MaxAckTimeout] = [%v, %v], got %v", c.MinAckTimeout, c.MaxAckTimeout, c.Shard.AckTimeout)
+	case c.SubscriptionTimeout <= 0:
+		return bad("SubscriptionTimeout", "must be > 0, got %v", c.SubscriptionTimeout)
 	case c.MaxRecvMsgSize < 1<<20:
 		return bad("MaxRecvMsgSize", "must be >= 1 MiB, got %d", c.MaxRecvMsgSize)
 	case c.MaxConcurrentStreams < 1:
@@ -165,6 +190,9 @@ func (c Config) Validate() error {
 		return bad("KeepaliveTime", "must be > 0, got %v", c.KeepaliveTime)
 	case c.KeepaliveTimeout <= 0:
 		return bad("KeepaliveTimeout", "must be > 0, got %v", c.KeepaliveTimeout)
+	case c.Commit.MaxQueueOps < c.MaxBatch:
+		// A call reserves room for all its writes before it applies any.
+		return bad("Commit.MaxQueueOps", "must be >= MaxBatch=%d, or a full batch could never be taken; got %d", c.MaxBatch, c.Commit.MaxQueueOps)
 	case c.MetricNamespaces < 0:
 		return bad("MetricNamespaces", "must be >= 0, got %d", c.MetricNamespaces)
 	}

@@ -13,6 +13,7 @@ import (
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
 	"github.com/timerd/timerd/shard"
+	"github.com/timerd/timerd/store"
 )
 
 // defaultNamespace is the namespace of a request that gives none.
@@ -99,8 +100,15 @@ func code(err error) codes.Code {
 		return codes.NotFound
 	case errors.Is(err, shard.ErrDead), errors.Is(err, shard.ErrNotDead):
 		return codes.FailedPrecondition
-	case errors.Is(err, shard.ErrNotOwner), errors.Is(err, shard.ErrFenced), errors.Is(err, errUnavailable):
+	case errors.Is(err, shard.ErrNotOwner), errors.Is(err, shard.ErrFenced), errors.Is(err, errUnavailable),
+		errors.Is(err, store.ErrUnavailable):
+		// store.ErrUnavailable: the store kept failing and the shard
+		// stopped to reload; a retry finds it reopened.
 		return codes.Unavailable
+	case errors.Is(err, store.ErrOverloaded):
+		// The group commit's queue is full (the store is slow or down):
+		// nothing was applied; retry after a backoff.
+		return codes.ResourceExhausted
 	case errors.Is(err, context.DeadlineExceeded):
 		return codes.DeadlineExceeded
 	case errors.Is(err, context.Canceled):

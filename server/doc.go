@@ -14,8 +14,10 @@
 // stream is a subscriber of one namespace and topic with a credit (its
 // max_in_flight). The hub hands a due timer to a subscriber of its topic
 // with credit, round robin, by appending it to that subscriber's queue;
-// the stream's own goroutine sends it. A shard therefore never waits on a
-// network write, and a slow subscriber only runs out of credit.
+// the stream's sender goroutine sends it. A shard therefore never waits
+// on a network write, and a slow subscriber only runs out of credit. A
+// redelivery goes first to a subscriber other than the one that let the
+// earlier attempt time out.
 //
 // # Invariants
 //
@@ -23,13 +25,18 @@
 //     exceed its credit (max_in_flight): the hub takes a unit of credit
 //     before it queues a delivery, and a unit comes back only when the
 //     delivery is acknowledged on that stream or its ack timeout has
-//     passed.
+//     passed. A redelivery to the stream that holds the earlier attempt
+//     takes that attempt's place: one entry per occurrence.
+//   - A stream acknowledges only deliveries it holds and was sent; other
+//     acks are ignored and counted.
 //   - Every delivery the hub accepted on a stream is, when the stream ends
 //     while the node keeps running, either acknowledged or handed back to
-//     its shard (Shard.Return), so it is redelivered at once.
-//   - Each gRPC stream has exactly two goroutines: the handler, which is
-//     the only one to call Send, and a receiver, the only one to call
-//     Recv. Both end when the stream ends.
+//     its shard (Shard.Return), so it is redelivered at once; one that was
+//     never sent goes back without using an attempt.
+//   - Each gRPC stream has three goroutines: the handler, which watches
+//     the stream (expiry, and ends a stream whose Send has been blocked
+//     for its ack timeout), the sender, the only one to call Send, and a
+//     receiver, the only one to call Recv. All end when the stream ends.
 //   - Goroutines the Server starts (serving loops, one supervisor per
-//     shard, stream receivers) end before Close returns.
+//     shard, stream senders and receivers) end before Close returns.
 package server

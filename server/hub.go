@@ -18,8 +18,6 @@ type topicKey struct{ namespace, topic string }
 // called concurrently from every shard; add and remove from stream
 // handlers.
 type hub struct {
-	metrics *metrics
-
 	// mu serializes add and remove, which replace topics; Dispatch only
 	// loads it and never locks.
 	mu     sync.Mutex
@@ -33,15 +31,19 @@ type topic struct {
 	next atomic.Uint32 // round robin: where the next Dispatch starts
 }
 
-func newHub(m *metrics) *hub {
-	h := &hub{metrics: m}
+func newHub() *hub {
+	h := &hub{}
 	h.topics.Store(&map[topicKey]*topic{})
 	return h
 }
 
 // Dispatch implements shard.Dispatcher. It never blocks: it takes a unit
 // of a subscriber's credit and queues the delivery for that subscriber's
-// stream.
+// stream. A redelivery goes to a subscriber that does not hold the
+// occurrence if one has credit: the one that still holds it let the
+// earlier attempt time out, and may have stopped reading. Only when none
+// can take it does it replace the stale attempt on the stream holding
+// it, in that attempt's credit.
 func (h *hub) Dispatch(d shard.Delivery) (time.Duration, bool) {
 	t := (*h.topics.Load())[topicKey{d.Namespace, d.Topic}]
 	if t == nil {
@@ -50,10 +52,15 @@ func (h *hub) Dispatch(d shard.Delivery) (time.Duration, bool) {
 	n := uint32(len(t.subs))
 	start := t.next.Add(1)
 	for i := range n {
-		sub := t.subs[(start+i)%n]
-		if sub.offer(&d) {
-			h.metrics.dispatched(&d)
+		if sub := t.subs[(start+i)%n]; sub.offer(&d, false) {
 			return sub.ackTimeout, true
+		}
+	}
+	if d.Attempt > 1 {
+		for i := range n {
+			if sub := t.subs[(start+i)%n]; sub.offer(&d, true) {
+				return sub.ackTimeout, true
+			}
 		}
 	}
 	return 0, false
@@ -88,7 +95,7 @@ func (h *hub) update(key topicKey, change func([]*subscriber) []*subscriber) {
 }
 
 // subscriber is one Subscribe stream's side of the hub. offer is called
-// by shards (under their locks), the other methods by the stream's two
+// by shards (under their locks), the other methods by the stream's
 // goroutines; all may run concurrently.
 type subscriber struct {
 	key        topicKey
@@ -98,23 +105,46 @@ type subscriber struct {
 
 	mu sync.Mutex
 	// out holds every delivery accepted and not yet acknowledged or
-	// expired, queued or sent, by id.
-	// Invariant: len(out) <= limit, and every entry of queue is in out
-	// (settle and expire drop from queue what they drop from out).
+	// expired, queued, taken by the sender or sent, by id: one entry per
+	// occurrence, for its latest attempt.
+	// Invariant: len(out) <= limit; queue holds exactly the entries of
+	// out whose state is queued, each once, at its qi, with its attempt.
 	out map[string]held
-	// queue holds accepted deliveries the stream has not sent yet.
+	// queue holds accepted deliveries the sender has not taken yet.
 	queue []shard.Delivery
+	// lapsed and lapsedOld hold the ids whose attempt expired here at the
+	// last sweep and at the one before: a redelivery of one of them goes
+	// to another stream first, as one of an id still in out does, whether
+	// or not the sweep ran before the redelivery came (when the shard's
+	// backoff is shorter than two sweeps, as first redeliveries are).
+	lapsed, lapsedOld map[string]struct{}
+	// sendStart is when the Send in progress began; zero while the sender
+	// is not in Send.
+	sendStart time.Time
 	// closed is set when the stream ends; offer then refuses.
 	closed bool
 }
 
-// held is a delivery a subscriber holds: when it was accepted, which
-// attempt it is, and whether it still waits in the queue.
+// held is a delivery a subscriber holds.
 type held struct {
-	at      time.Time
+	at      time.Time // when its shard handed it over; its ack timeout runs from then
 	attempt uint32
-	queued  bool
+	state   sendState
+	qi      int // index in queue while queued
+	// seen is set once a Send of an attempt of the occurrence began on
+	// the stream: from then on the stream may acknowledge it, also while
+	// a later attempt waits in the queue.
+	seen bool
 }
+
+// sendState is where a held delivery is on its way to the client.
+type sendState uint8
+
+const (
+	queued sendState = iota // in queue
+	taken                   // taken by the sender, not sent yet
+	sent                    // Send returned without error
+)
 
 func newSubscriber(key topicKey, limit int, ackTimeout time.Duration) *subscriber {
 	return &subscriber{
@@ -123,19 +153,57 @@ func newSubscriber(key topicKey, limit int, ackTimeout time.Duration) *subscribe
 		ackTimeout: ackTimeout,
 		wake:       make(chan struct{}, 1),
 		out:        make(map[string]held, limit),
+		lapsed:     make(map[string]struct{}),
+		lapsedOld:  make(map[string]struct{}),
 	}
 }
 
-// offer queues d if the subscriber has credit. A redelivery of an id the
-// subscriber still holds takes no more credit.
-func (s *subscriber) offer(d *shard.Delivery) bool {
+// offer queues d if the subscriber can take it. With again false it takes
+// d only when it has credit and did not let an earlier attempt of d's
+// occurrence time out (it does not hold it, and it did not lapse here
+// lately). With again true it takes only a redelivery of an occurrence
+// it let time out: one it still holds, whose place and credit d takes
+// (replacing it in the queue if it was not taken yet), or one that
+// lapsed here, if it has credit.
+func (s *subscriber) offer(d *shard.Delivery, again bool) bool {
 	s.mu.Lock()
-	if _, again := s.out[d.ID]; s.closed || (len(s.out) >= s.limit && !again) {
+	h, holds := s.out[d.ID]
+	lapsed := false
+	if !holds && d.Attempt > 1 {
+		_, lapsed = s.lapsed[d.ID]
+		if !lapsed {
+			_, lapsed = s.lapsedOld[d.ID]
+		}
+	}
+	full := len(s.out) >= s.limit
+	var ok bool
+	switch {
+	case s.closed:
+	case holds:
+		// The shard took back the attempt held here: a later one may
+		// take its place, on the last pass.
+		ok = again && d.Attempt > h.attempt
+	case lapsed:
+		ok = again && !full
+	default:
+		ok = !full
+	}
+	if !ok {
 		s.mu.Unlock()
 		return false
 	}
-	s.out[d.ID] = held{at: d.Fired, attempt: d.Attempt, queued: true}
-	s.queue = append(s.queue, *d)
+	switch {
+	case !holds:
+		h = held{qi: len(s.queue)}
+		s.queue = append(s.queue, *d)
+	case h.state == queued:
+		s.queue[h.qi] = *d
+	default:
+		h.qi = len(s.queue)
+		s.queue = append(s.queue, *d)
+	}
+	h.at, h.attempt, h.state = d.Fired, d.Attempt, queued
+	s.out[d.ID] = h
 	s.mu.Unlock()
 	select {
 	case s.wake <- struct{}{}:
@@ -145,76 +213,144 @@ func (s *subscriber) offer(d *shard.Delivery) bool {
 }
 
 // take moves the queued deliveries into buf (reset first) and returns it.
+// The sender calls begin before it sends each and done after.
 func (s *subscriber) take(buf []shard.Delivery) []shard.Delivery {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i := range s.queue {
-		if h, ok := s.out[s.queue[i].ID]; ok && h.queued {
-			h.queued = false
-			s.out[s.queue[i].ID] = h
-		}
+		id := s.queue[i].ID
+		h := s.out[id]
+		h.state = taken
+		s.out[id] = h
 	}
 	buf, s.queue = s.queue, buf[:0]
 	return buf
 }
 
-// settle frees the credit of acknowledged ids. It reports whether the
-// subscriber was out of credit before, so the caller tells the shards it
-// can take deliveries again.
-func (s *subscriber) settle(ids []string) (refilled bool) {
+// begin reports whether d, taken, is still to be sent: it was not acked,
+// expired or replaced by a later attempt meanwhile. On true the Send that
+// follows counts as in progress from now until done, and the stream may
+// ack d from now on: the client can have it, and its ack can come in
+// before Send returns.
+func (s *subscriber) begin(d *shard.Delivery, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h, ok := s.out[d.ID]
+	if !ok || h.attempt != d.Attempt || h.state != taken {
+		return false
+	}
+	if !h.seen {
+		h.seen = true
+		s.out[d.ID] = h
+	}
+	s.sendStart = now
+	return true
+}
+
+// done ends the Send that begin started; ok says whether it succeeded.
+func (s *subscriber) done(d *shard.Delivery, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sendStart = time.Time{}
+	if h, held := s.out[d.ID]; ok && held && h.attempt == d.Attempt && h.state == taken {
+		h.state = sent
+		s.out[d.ID] = h
+	}
+}
+
+// blocked returns how long the Send in progress has been blocked at now,
+// zero when none is.
+func (s *subscriber) blocked(now time.Time) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sendStart.IsZero() {
+		return 0
+	}
+	return now.Sub(s.sendStart)
+}
+
+// acks sorts the ids of an Ack message: those the stream may acknowledge
+// (it holds them and was sent an attempt of them) are appended to mine,
+// their credit freed, and returned; the others are counted in notHeld
+// (held by another stream, by none, or repeated) and notSent (held but
+// not sent yet). refilled reports whether the subscriber was out of
+// credit before, so the caller tells the shards it can take deliveries
+// again.
+func (s *subscriber) acks(ids, mine []string) (_ []string, notHeld, notSent int, refilled bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	full := len(s.out) >= s.limit
-	queued := false
+	wasQueued := false
 	for _, id := range ids {
-		if h, ok := s.out[id]; ok {
-			queued = queued || h.queued
+		h, ok := s.out[id]
+		switch {
+		case !ok:
+			notHeld++
+		case !h.seen:
+			notSent++
+		default:
+			mine = append(mine, id)
+			wasQueued = wasQueued || h.state == queued
 			delete(s.out, id)
 		}
 	}
-	if queued {
-		s.dropUnheldLocked()
+	if wasQueued {
+		s.compactLocked()
 	}
-	return full && len(s.out) < s.limit
+	return mine, notHeld, notSent, full && len(s.out) < s.limit
 }
 
-// dropUnheldLocked removes from queue the deliveries no longer in out: an
+// compactLocked removes from queue the deliveries no longer held: an
 // acked occurrence need not be sent again, and an expired attempt has
 // been taken back by its shard. Sending them would exceed the credit.
-func (s *subscriber) dropUnheldLocked() {
-	if len(s.queue) == 0 {
-		return
-	}
-	s.queue = slices.DeleteFunc(s.queue, func(d shard.Delivery) bool {
+func (s *subscriber) compactLocked() {
+	j := 0
+	for i := range s.queue {
+		d := &s.queue[i]
 		h, ok := s.out[d.ID]
-		return !ok || h.attempt != d.Attempt
-	})
+		if !ok || h.attempt != d.Attempt || h.state != queued {
+			continue
+		}
+		if i != j {
+			s.queue[j] = *d
+			h.qi = j
+			s.out[d.ID] = h
+		}
+		j++
+	}
+	clear(s.queue[j:]) // let go of the payloads
+	s.queue = s.queue[:j]
 }
 
 // expire frees the credit of deliveries accepted at least ackTimeout
 // before now: their shards have taken them back for redelivery, so
-// holding their credit would starve the stream. Like settle, it reports
+// holding their credit would starve the stream. Like acks, it reports
 // whether the subscriber was out of credit before.
 func (s *subscriber) expire(now time.Time) (refilled bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	full := len(s.out) >= s.limit
-	queued := false
+	s.lapsedOld, s.lapsed = s.lapsed, s.lapsedOld
+	clear(s.lapsed)
+	wasQueued := false
 	for id, h := range s.out {
 		if now.Sub(h.at) >= s.ackTimeout {
-			queued = queued || h.queued
+			wasQueued = wasQueued || h.state == queued
 			delete(s.out, id)
+			s.lapsed[id] = struct{}{}
 		}
 	}
-	if queued {
-		s.dropUnheldLocked()
+	if wasQueued {
+		s.compactLocked()
 	}
 	return full && len(s.out) < s.limit
 }
 
 // close refuses further deliveries and returns the attempts it held
-// unacknowledged, which the caller hands back to their shards. Ids no
-// shard made cannot be held: they came from a shard's Dispatch.
+// unacknowledged, which the caller hands back to their shards. An attempt
+// that was not sent (queued, or taken by a Send that had not returned)
+// is marked Unsent: no one saw it, so it must not count. Ids no shard
+// made cannot be held: they came from a shard's Dispatch.
 func (s *subscriber) close() []shard.Attempt {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -222,9 +358,9 @@ func (s *subscriber) close() []shard.Attempt {
 	out := make([]shard.Attempt, 0, len(s.out))
 	for id, h := range s.out {
 		if d, err := shard.ParseDeliveryID(id); err == nil {
-			out = append(out, shard.Attempt{ID: d, Number: h.attempt})
+			out = append(out, shard.Attempt{ID: d, Number: h.attempt, Unsent: h.state != sent})
 		}
 	}
-	s.out, s.queue = nil, nil
+	s.out, s.queue, s.lapsed, s.lapsedOld = nil, nil, nil, nil
 	return out
 }

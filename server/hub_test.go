@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -12,6 +13,17 @@ func delivery(id string, attempt uint32, fired time.Time) *shard.Delivery {
 	return &shard.Delivery{ID: d.String(), Namespace: "default", TimerID: id, Topic: "t", Attempt: attempt, Fired: fired}
 }
 
+// sendAll takes s's queue and sends it as the sender would.
+func sendAll(s *subscriber, now time.Time) []shard.Delivery {
+	got := s.take(nil)
+	for i := range got {
+		if s.begin(&got[i], now) {
+			s.done(&got[i], true)
+		}
+	}
+	return got
+}
+
 // TestSubscriberCredit: a subscriber takes at most its limit, an ack or an
 // expiry gives credit back, and a queued delivery that was acked or
 // expired meanwhile is not sent (it would exceed the credit).
@@ -19,30 +31,38 @@ func TestSubscriberCredit(t *testing.T) {
 	now := time.Now()
 	s := newSubscriber(topicKey{"default", "t"}, 2, time.Second)
 	a1, b1, c1 := delivery("a", 1, now), delivery("b", 1, now), delivery("c", 1, now)
-	if !s.offer(a1) || !s.offer(b1) {
+	if !s.offer(a1, false) || !s.offer(b1, false) {
 		t.Fatal("refused within the credit")
 	}
-	if s.offer(c1) {
+	if s.offer(c1, false) {
 		t.Fatal("accepted beyond the credit")
 	}
-	if got := s.take(nil); len(got) != 2 {
+	if got := sendAll(s, now); len(got) != 2 {
 		t.Fatalf("took %d, want 2", len(got))
 	}
-	// Attempt 2 of a, redelivered to the same stream, takes no more credit.
+	// Attempt 2 of a is offered to the stream holding attempt 1 only as a
+	// last resort, and then takes no more credit.
 	a2 := delivery("a", 2, now.Add(time.Second))
-	if !s.offer(a2) {
-		t.Fatal("a redelivery of a held id was refused")
+	if s.offer(a2, false) {
+		t.Fatal("a redelivery went to its holder on the first pass")
+	}
+	if !s.offer(a2, true) {
+		t.Fatal("a redelivery of a held id was refused on the last pass")
+	}
+	if s.offer(delivery("a", 2, now), true) {
+		t.Fatal("the same attempt was accepted twice")
 	}
 	// A late ack of attempt 1 covers attempt 2: the queued copy is not sent.
-	if refilled := s.settle([]string{a1.ID}); !refilled {
-		t.Fatal("an ack on a full subscriber did not report refilled")
+	mine, notHeld, notSent, refilled := s.acks([]string{a1.ID}, nil)
+	if len(mine) != 1 || notHeld != 0 || notSent != 0 || !refilled {
+		t.Fatalf("ack of a sent delivery on a full subscriber = %v %d %d %v", mine, notHeld, notSent, refilled)
 	}
 	if got := s.take(nil); len(got) != 0 {
 		t.Fatalf("sent %d acked deliveries", len(got))
 	}
 	// b expires: its credit comes back, and c (queued after) is dropped
 	// when it expires before it is sent.
-	if !s.offer(c1) {
+	if !s.offer(c1, false) {
 		t.Fatal("refused with credit back")
 	}
 	s.expire(now.Add(time.Second))
@@ -52,24 +72,169 @@ func TestSubscriberCredit(t *testing.T) {
 	if back := s.close(); len(back) != 0 {
 		t.Fatalf("close gave back %v; everything was acked or expired", back)
 	}
-	if s.offer(delivery("d", 1, now)) {
+	if s.offer(delivery("d", 1, now), false) {
 		t.Fatal("a closed subscriber accepted a delivery")
 	}
 }
 
+// TestSubscriberAcksScope: a stream may ack only what it holds and was
+// sent; the rest is counted and changes nothing.
+func TestSubscriberAcksScope(t *testing.T) {
+	now := time.Now()
+	s := newSubscriber(topicKey{"default", "t"}, 10, time.Minute)
+	a, b := delivery("a", 1, now), delivery("b", 1, now)
+	s.offer(a, false)
+	sendAll(s, now)
+	s.offer(b, false) // queued, not sent
+	foreign := delivery("z", 1, now)
+	mine, notHeld, notSent, _ := s.acks([]string{foreign.ID, b.ID, a.ID, a.ID, "garbage"}, nil)
+	if len(mine) != 1 || mine[0] != a.ID || notHeld != 3 || notSent != 1 {
+		t.Fatalf("acks = %v, not held %d, not sent %d; want [a], 3, 1", mine, notHeld, notSent)
+	}
+	if got := s.take(nil); len(got) != 1 || got[0].ID != b.ID {
+		t.Fatalf("after the acks took %v, want b still queued", got)
+	}
+}
+
 // TestSubscriberCloseGivesBackAttempts: close returns each held delivery
-// with the attempt it holds.
+// with the attempt it holds, and whether that attempt was sent.
 func TestSubscriberCloseGivesBackAttempts(t *testing.T) {
 	now := time.Now()
 	s := newSubscriber(topicKey{"default", "t"}, 10, time.Minute)
-	s.offer(delivery("a", 1, now))
-	s.offer(delivery("b", 3, now))
-	s.take(nil)
-	got := map[string]uint32{}
-	for _, a := range s.close() {
-		got[a.ID.TimerID] = a.Number
+	s.offer(delivery("a", 1, now), false)
+	sendAll(s, now)
+	s.offer(delivery("b", 3, now), false) // queued
+	s.offer(delivery("a", 2, now), true)  // a redelivery, queued
+	s.offer(delivery("c", 1, now), false) // taken, its Send in progress
+	taken := s.take(nil)
+	s.begin(&taken[len(taken)-1], now)
+	type back struct {
+		n      uint32
+		unsent bool
 	}
-	if len(got) != 2 || got["a"] != 1 || got["b"] != 3 {
-		t.Fatalf("close gave back %v, want a:1 b:3", got)
+	got := map[string]back{}
+	for _, a := range s.close() {
+		got[a.ID.TimerID] = back{a.Number, a.Unsent}
+	}
+	want := map[string]back{"a": {2, true}, "b": {3, true}, "c": {1, true}}
+	if len(got) != len(want) || got["a"] != want["a"] || got["b"] != want["b"] || got["c"] != want["c"] {
+		t.Fatalf("close gave back %v, want %v", got, want)
+	}
+	s = newSubscriber(topicKey{"default", "t"}, 10, time.Minute)
+	s.offer(delivery("a", 1, now), false)
+	sendAll(s, now)
+	if back := s.close(); len(back) != 1 || back[0].Unsent || back[0].Number != 1 {
+		t.Fatalf("close of a sent delivery gave back %+v, want attempt 1 sent", back)
+	}
+}
+
+// TestRedeliveryReplacesQueuedCopy: redeliveries of an occurrence that
+// is still queued on a stream replace the queued copy, so a stream with
+// one credit has one delivery to send, the latest attempt.
+func TestRedeliveryReplacesQueuedCopy(t *testing.T) {
+	h := newHub()
+	s := newSubscriber(topicKey{"default", "t"}, 1, time.Second)
+	h.add(s)
+	now := time.Now()
+	for attempt := uint32(1); attempt <= 3; attempt++ {
+		if _, ok := h.Dispatch(*delivery("a", attempt, now)); !ok {
+			t.Fatalf("attempt %d refused", attempt)
+		}
+	}
+	got := s.take(nil)
+	if len(got) != 1 || got[0].Attempt != 3 {
+		var attempts []uint32
+		for _, d := range got {
+			attempts = append(attempts, d.Attempt)
+		}
+		t.Fatalf("took attempts %v with one credit, want [3]", attempts)
+	}
+}
+
+// TestRedeliveryPrefersAnotherStream: a redelivery goes to a stream with
+// credit other than the one that let its earlier attempt time out,
+// whether that one still holds the attempt or its sweep dropped it
+// already; it goes back to that stream only when no other can take it.
+func TestRedeliveryPrefersAnotherStream(t *testing.T) {
+	now := time.Now()
+	for _, tc := range []struct{ swept, startAtFirst bool }{{false, false}, {false, true}, {true, false}, {true, true}} {
+		t.Run(fmt.Sprintf("swept=%v,startAtFirst=%v", tc.swept, tc.startAtFirst), func(t *testing.T) {
+			h := newHub()
+			first := newSubscriber(topicKey{"default", "t"}, 10, time.Second)
+			other := newSubscriber(topicKey{"default", "t"}, 1, time.Second)
+			h.add(first)
+			if _, ok := h.Dispatch(*delivery("a", 1, now)); !ok {
+				t.Fatal("refused")
+			}
+			sendAll(first, now)
+			h.add(other)
+			if tc.swept {
+				first.expire(now.Add(time.Second))
+			}
+			if tc.startAtFirst {
+				(*h.topics.Load())[first.key].next.Add(1)
+			}
+			if _, ok := h.Dispatch(*delivery("a", 2, now.Add(time.Second))); !ok {
+				t.Fatal("redelivery refused")
+			}
+			if got := other.take(nil); len(got) != 1 || got[0].Attempt != 2 {
+				t.Fatalf("the other stream took %v, want attempt 2", got)
+			}
+			if got := first.take(nil); len(got) != 0 {
+				t.Fatalf("the stream that let it time out took %v", got)
+			}
+			// Both streams let an attempt time out: attempt 3 goes to one
+			// of them, once.
+			if _, ok := h.Dispatch(*delivery("a", 3, now.Add(2*time.Second))); !ok {
+				t.Fatal("a redelivery no other stream could take was refused")
+			}
+			if got := append(first.take(nil), other.take(nil)...); len(got) != 1 || got[0].Attempt != 3 {
+				t.Fatalf("the streams took %v, want attempt 3 once", got)
+			}
+		})
+	}
+}
+
+// TestDispatchAllocs: a delivery's way through the hub, from Dispatch (under
+// a shard's lock) to the sender and its ack, allocates nothing once the
+// subscriber's map and queue have grown.
+func TestDispatchAllocs(t *testing.T) {
+	h := newHub()
+	s := newSubscriber(topicKey{"default", "t"}, 10, time.Minute)
+	h.add(s)
+	now := time.Now()
+	d := *delivery("a", 1, now)
+	ids := []string{d.ID}
+	var buf []shard.Delivery
+	var mine []string
+	allocs := testing.AllocsPerRun(1000, func() {
+		if _, ok := h.Dispatch(d); !ok {
+			t.Fatal("refused")
+		}
+		buf = s.take(buf)
+		s.begin(&buf[0], now)
+		s.done(&buf[0], true)
+		mine, _, _, _ = s.acks(ids, mine[:0])
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per delivery, want 0", allocs)
+	}
+}
+
+// TestAckDuringSend: an ack that comes in while the Send of its delivery
+// has not returned yet (the client can have it by then) is taken.
+func TestAckDuringSend(t *testing.T) {
+	now := time.Now()
+	s := newSubscriber(topicKey{"default", "t"}, 10, time.Minute)
+	a := delivery("a", 1, now)
+	s.offer(a, false)
+	taken := s.take(nil)
+	s.begin(&taken[0], now)
+	if mine, notHeld, notSent, _ := s.acks([]string{a.ID}, nil); len(mine) != 1 || notHeld != 0 || notSent != 0 {
+		t.Fatalf("ack during Send = %v, not held %d, not sent %d; want it taken", mine, notHeld, notSent)
+	}
+	s.done(&taken[0], true)
+	if back := s.close(); len(back) != 0 {
+		t.Fatalf("close gave back %v after the ack", back)
 	}
 }

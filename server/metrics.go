@@ -17,14 +17,17 @@ const otherNamespace = "_other"
 
 // metrics is the node's Prometheus instrumentation, in its own registry.
 // Its methods may be called concurrently; the per-event ones (dispatched,
-// scheduled, Acked, DeadLettered) are called on hot paths, some under a
-// shard's lock, and do not block.
+// ignoredAcks, scheduled, Acked, DeadLettered) are called on hot paths,
+// some under a shard's lock, and do not block.
 type metrics struct {
 	scheduled, fired, redelivered, acked, dead *prometheus.CounterVec
 	lateness                                   *prometheus.HistogramVec
 	subscribers                                *prometheus.GaugeVec
 	commitSeconds, commitOps, commitBatches    prometheus.Histogram
-	commitRetries                              prometheus.Counter
+	commitRetries, commitGivenUp               prometheus.Counter
+	// acksNotHeld and acksNotSent count acks ignored because the stream
+	// did not hold the delivery, or held it but had not sent it yet.
+	acksNotHeld, acksNotSent prometheus.Counter
 
 	maxNS int
 	byNS  sync.Map // namespace -> *nsMetrics, at most maxNS entries
@@ -42,14 +45,16 @@ type nsMetrics struct {
 	subscribers                                prometheus.Gauge
 }
 
-func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats) *metrics {
+// newMetrics registers the node's metrics in reg. stats reads the loaded
+// shards' counts and queue the group commit's, at scrape time.
+func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, queue func() store.QueueStats) *metrics {
 	counter := func(name, help string) *prometheus.CounterVec {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "timerd", Name: name, Help: help}, []string{"namespace"})
 	}
 	m := &metrics{
 		scheduled:   counter("timers_scheduled_total", "Timers accepted by Schedule (idempotent retries included)."),
-		fired:       counter("timers_fired_total", "First delivery attempts of timer occurrences."),
-		redelivered: counter("timers_redelivered_total", "Delivery attempts after the first, after an ack timeout or a closed stream."),
+		fired:       counter("timers_fired_total", "First delivery attempts of timer occurrences, counted when sent."),
+		redelivered: counter("timers_redelivered_total", "Delivery attempts after the first, after an ack timeout or a closed stream, counted when sent."),
 		acked:       counter("timers_acked_total", "Occurrences ended by an ack."),
 		dead:        counter("timers_dead_lettered_total", "Timers that became dead letters."),
 		lateness: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -79,10 +84,28 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats) 
 			Namespace: "timerd", Name: "store_commit_retries_total",
 			Help: "Failed store round trips of group commits, retried.",
 		}),
+		commitGivenUp: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "store_commit_given_up_total",
+			Help: "Group commit cycles given up after the store failed for GiveUpAfter; their shards stopped to reload.",
+		}),
 		maxNS: maxNS,
 	}
+	ignored := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "timerd", Name: "acks_ignored_total",
+		Help: "Acked delivery ids a stream may not acknowledge, by reason: not_held (another stream's, another namespace's, expired, repeated or unknown), not_sent (held but not sent yet).",
+	}, []string{"reason"})
+	m.acksNotHeld = ignored.WithLabelValues("not_held")
+	m.acksNotSent = ignored.WithLabelValues("not_sent")
 	reg.MustRegister(m.scheduled, m.fired, m.redelivered, m.acked, m.dead, m.lateness, m.subscribers,
-		m.commitSeconds, m.commitOps, m.commitBatches, m.commitRetries,
+		m.commitSeconds, m.commitOps, m.commitBatches, m.commitRetries, m.commitGivenUp, ignored,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "timerd", Name: "store_commit_queue_ops",
+			Help: "Writes the group commit holds, queued or in a round trip not yet finished.",
+		}, func() float64 { return float64(queue().Ops) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "store_commit_refused_total",
+			Help: "Calls refused at once because the group commit's queue was full (RESOURCE_EXHAUSTED).",
+		}, func() float64 { return float64(queue().Refused) }),
 		shardCollector{stats},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -147,7 +170,17 @@ func (c *scheduledCounter) flush() {
 	}
 }
 
-// dispatched counts a delivery the hub accepted.
+// ignoredAcks counts acks a stream was not allowed to make.
+func (m *metrics) ignoredAcks(notHeld, notSent int) {
+	if notHeld > 0 {
+		m.acksNotHeld.Add(float64(notHeld))
+	}
+	if notSent > 0 {
+		m.acksNotSent.Add(float64(notSent))
+	}
+}
+
+// dispatched counts a delivery sent to a subscriber.
 func (m *metrics) dispatched(d *shard.Delivery) {
 	n := m.ns(d.Namespace)
 	if d.Attempt > 1 {
@@ -166,10 +199,25 @@ func (m *metrics) DeadLettered(namespace string) { m.ns(namespace).dead.Inc() }
 
 // commit records a group commit cycle (store.CommitterConfig.OnCommit).
 func (m *metrics) commit(cs store.CommitStats) {
+	if cs.Err != nil {
+		m.commitGivenUp.Inc()
+		m.commitRetries.Add(float64(cs.Retries))
+		return
+	}
 	m.commitSeconds.Observe(cs.Latency.Seconds())
 	m.commitOps.Observe(float64(cs.Ops))
 	m.commitBatches.Observe(float64(cs.Batches))
 	m.commitRetries.Add(float64(cs.Retries))
+}
+
+// commitQueue reads the group commit's queue, or nothing before Start has
+// made it. Scrapes come through the HTTP server, which Start begins after
+// making the group commit.
+func (s *Server) commitQueue() store.QueueStats {
+	if s.com != nil {
+		return s.com.Queue()
+	}
+	return store.QueueStats{}
 }
 
 // shardStats is one loaded shard's counts, read at scrape time.

@@ -1,13 +1,17 @@
 package server
 
 import (
+	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +43,10 @@ var (
 type Server struct {
 	cfg Config
 	log *slog.Logger
+	// owner is what this process writes in its shard leases: NodeName, a
+	// slash and the incarnation, fresh for every Server, so that two
+	// processes of one name never take over each other's live leases.
+	owner string
 
 	reg     *prometheus.Registry
 	metrics *metrics
@@ -116,9 +124,14 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	inc, err := newIncarnation()
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		cfg:       cfg,
 		log:       cfg.Logger,
+		owner:     cfg.NodeName + "/" + inc,
 		reg:       prometheus.NewRegistry(),
 		slots:     make([]atomic.Pointer[shard.Shard], cfg.Shards),
 		release:   make(chan struct{}),
@@ -127,10 +140,24 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.quitCtx, s.stopQuit = context.WithCancel(context.Background())
 	s.quit = s.quitCtx.Done()
-	s.metrics = newMetrics(s.reg, cfg.MetricNamespaces, s.shardStats)
-	s.hub = newHub(s.metrics)
+	s.metrics = newMetrics(s.reg, cfg.MetricNamespaces, s.shardStats, s.commitQueue)
+	s.hub = newHub()
 	return s, nil
 }
+
+// newIncarnation returns 64 random bits in hex: a process's incarnation,
+// which no earlier or concurrent process of the same name has.
+func newIncarnation() (string, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("server: incarnation: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// Owner returns what this Server writes in its shard leases as their
+// owner: the node name and this process's incarnation.
+func (s *Server) Owner() string { return s.owner }
 
 // Start listens on both addresses, opens the store, begins serving and
 // loads every shard. It returns once every shard is loaded and the node
@@ -220,7 +247,7 @@ func (s *Server) start(ctx context.Context) error {
 		})
 	}
 	s.log.Info("serving", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(), "node", s.cfg.NodeName,
-		"shards", s.cfg.Shards, "store", s.storeName())
+		"owner", s.owner, "shards", s.cfg.Shards, "store", s.storeName())
 
 	began := time.Now()
 	loaded := make(chan struct{}, s.cfg.Shards)
@@ -280,9 +307,13 @@ func (s *Server) openStore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("server: Redis URL: %w", err)
 	}
+	redisTimeouts(opts, s.cfg.Commit)
 	s.rdb = redis.NewClient(opts)
 	if err := s.rdb.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("server: Redis at %s: %w", opts.Addr, err)
+	}
+	if err := s.checkRedisPersistence(ctx, opts.Addr); err != nil {
+		return err
 	}
 	rc := store.DefaultRedisConfig()
 	rc.Prefix = s.cfg.RedisPrefix
@@ -290,6 +321,95 @@ func (s *Server) openStore(ctx context.Context) error {
 		return fmt.Errorf("server: %w", err)
 	}
 	return nil
+}
+
+// redisPersistence is what a Redis server says of its persistence.
+type redisPersistence struct {
+	aof bool
+	// fsync is the appendfsync policy ("always", "everysec", "no"), or ""
+	// when only INFO answered, which does not tell it.
+	fsync string
+	// source is the command that answered.
+	source string
+}
+
+// readRedisPersistence asks Redis whether it keeps an append-only file:
+// CONFIG GET first, and INFO persistence where CONFIG is refused (managed
+// services often disable it), which says whether the AOF is on but not
+// its fsync policy.
+func readRedisPersistence(ctx context.Context, rdb redis.UniversalClient) (redisPersistence, error) {
+	cfg, cfgErr := rdb.ConfigGet(ctx, "append*").Result()
+	if cfgErr == nil && cfg["appendonly"] != "" {
+		return redisPersistence{aof: cfg["appendonly"] == "yes", fsync: cfg["appendfsync"], source: "CONFIG GET"}, nil
+	}
+	info, err := rdb.Info(ctx, "persistence").Result()
+	if err != nil {
+		return redisPersistence{}, errors.Join(fmt.Errorf("CONFIG GET appendonly: %w", cfgErr), fmt.Errorf("INFO persistence: %w", err))
+	}
+	for line := range strings.Lines(info) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "aof_enabled:"); ok {
+			return redisPersistence{aof: v == "1", source: "INFO persistence"}, nil
+		}
+	}
+	return redisPersistence{}, fmt.Errorf("INFO persistence has no aof_enabled field (and CONFIG GET: %v)", cfgErr)
+}
+
+// checkRedisPersistence logs what a durable write means on this Redis,
+// and refuses a Redis without an append-only file (or one that does not
+// say) unless Config.AllowVolatileRedis.
+func (s *Server) checkRedisPersistence(ctx context.Context, addr string) error {
+	p, err := readRedisPersistence(ctx, s.rdb)
+	if err != nil {
+		if !s.cfg.AllowVolatileRedis {
+			return fmt.Errorf("server: Redis at %s: cannot tell whether it keeps an append-only file (%w); "+
+				"start with --allow-volatile-redis to run without knowing", addr, err)
+		}
+		s.log.Warn("Redis persistence unknown; writes are durable only as far as its settings make them",
+			"redis", addr, "err", err)
+		return nil
+	}
+	switch {
+	case !p.aof && !s.cfg.AllowVolatileRedis:
+		return fmt.Errorf("server: Redis at %s runs without an append-only file (appendonly no, per %s), so a restart of Redis "+
+			"would lose timers it acknowledged: turn it on (appendonly yes; appendfsync always to survive a crash of its machine) "+
+			"or start with --allow-volatile-redis", addr, p.source)
+	case !p.aof:
+		s.log.Warn("Redis runs without an append-only file: durable means in Redis's memory only, "+
+			"and a restart of Redis loses what it acknowledged since its last RDB snapshot, if any",
+			"redis", addr, "appendonly", "no", "source", p.source)
+	case p.fsync == "always":
+		s.log.Info("Redis fsyncs its append-only file before it answers: durable means on Redis's disk",
+			"redis", addr, "appendonly", "yes", "appendfsync", p.fsync)
+	case p.fsync == "everysec":
+		s.log.Info("Redis fsyncs its append-only file about once a second: durable means in Redis's memory and "+
+			"on its disk within ~1 s; a crash of Redis or its machine may lose up to ~2 s of acknowledged writes",
+			"redis", addr, "appendonly", "yes", "appendfsync", p.fsync)
+	default:
+		fsync := cmp.Or(p.fsync, "unknown")
+		s.log.Warn("Redis keeps an append-only file but its fsync policy is not always or everysec (or not known): "+
+			"durable means written to Redis's AOF, which its machine's crash may lose",
+			"redis", addr, "appendonly", "yes", "appendfsync", fsync, "source", p.source)
+	}
+	return nil
+}
+
+// redisTimeouts sizes the Redis client's socket timeouts for the group
+// commit. Its largest round trip is one cycle, at most Commit.MaxCycleOps
+// writes, which the committer allows Commit.CommitTimeout: go-redis's
+// default read timeout of 3 s would cut a long cycle short every time it
+// was retried, wedging its lane. So the read and write timeouts are at
+// least CommitTimeout (a longer one in the URL stands, and so does a
+// negative one, which means none), and the client honours the contexts'
+// deadlines, which bound every other call (a lease renewal's OpTimeout)
+// more tightly.
+func redisTimeouts(opts *redis.Options, commit store.CommitterConfig) {
+	if opts.ReadTimeout >= 0 {
+		opts.ReadTimeout = max(opts.ReadTimeout, commit.CommitTimeout)
+	}
+	if opts.WriteTimeout >= 0 {
+		opts.WriteTimeout = max(opts.WriteTimeout, commit.CommitTimeout)
+	}
+	opts.ContextTimeoutEnabled = true
 }
 
 func (s *Server) storeName() string {
@@ -331,25 +451,47 @@ func (s *Server) quitting() bool {
 // fails), publishes it in its slot, and opens it again if it stops while
 // the server runs (a lost lease, a fenced write). It reports the first
 // successful open on loaded, and closes the shard on release.
+//
+// A lease held by another owner (another node, or another process of this
+// node's name) is waited out the same way: the shard is this node's once
+// the holder releases it or lets it lapse. The first failure of a streak
+// is logged as a warning, the rest at debug level, so that a node waiting
+// for its predecessor's leases does not flood the log; /readyz reports
+// the shards still missing meanwhile.
 func (s *Server) supervise(id uint32, sem chan struct{}, loaded chan<- struct{}) {
 	defer s.wg.Done()
 	first := true
-	const minWait, maxWait = 100 * time.Millisecond, 5 * time.Second
+	// maxWait keeps a node that waits for a lapsing lease within a fifth
+	// of the TTL of taking the shard.
+	minWait := 100 * time.Millisecond
+	maxWait := max(minWait, min(5*time.Second, s.cfg.Shard.LeaseTTL/5))
 	wait := minWait // doubles with every failure in a row
+	failures := 0   // in a row
 	for {
 		sh, err := s.openShard(id, sem)
 		if err != nil {
 			if s.quitting() {
 				return
 			}
-			s.log.Warn("shard open failed; retrying", "shard", id, "in", wait, "err", err)
+			level, msg := slog.LevelWarn, "shard open failed; retrying"
+			if errors.Is(err, store.ErrLeaseHeld) {
+				msg = "shard lease held by another owner; waiting until it is released or lapses"
+			}
+			if failures > 0 {
+				level = slog.LevelDebug
+			}
+			failures++
+			s.log.Log(context.Background(), level, msg, "shard", id, "owner", s.owner, "attempt", failures, "in", wait, "err", err)
 			if !s.sleep(wait) {
 				return
 			}
 			wait = min(2*wait, maxWait)
 			continue
 		}
-		wait = minWait
+		if failures > 0 {
+			s.log.Info("shard acquired", "shard", id, "epoch", sh.Epoch(), "after_attempts", failures+1)
+		}
+		wait, failures = minWait, 0
 		s.slots[id].Store(sh)
 		s.loaded.Add(1)
 		s.version.Add(1)
@@ -388,7 +530,7 @@ func (s *Server) openShard(id uint32, sem chan struct{}) (*shard.Shard, error) {
 	defer func() { <-sem }()
 	cfg := s.cfg.Shard
 	cfg.ID = id
-	cfg.Owner = s.cfg.NodeName
+	cfg.Owner = s.owner
 	cfg.Store = s.st
 	cfg.Committer = s.com
 	cfg.Dispatcher = s.hub

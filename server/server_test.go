@@ -509,10 +509,12 @@ func TestConfigValidate(t *testing.T) {
 		{"MinAckTimeout", func(c *Config) { c.MinAckTimeout = 0 }},
 		{"MaxAckTimeout", func(c *Config) { c.MaxAckTimeout = c.MinAckTimeout - 1 }},
 		{"Shard.AckTimeout", func(c *Config) { c.Shard.AckTimeout = time.Hour }},
+		{"SubscriptionTimeout", func(c *Config) { c.SubscriptionTimeout = 0 }},
 		{"MaxRecvMsgSize", func(c *Config) { c.MaxRecvMsgSize = 10 }},
 		{"MaxConcurrentStreams", func(c *Config) { c.MaxConcurrentStreams = 0 }},
 		{"KeepaliveMinTime", func(c *Config) { c.KeepaliveMinTime = 0 }},
 		{"MetricNamespaces", func(c *Config) { c.MetricNamespaces = -1 }},
+		{"Commit.MaxQueueOps", func(c *Config) { c.Commit.MaxQueueOps = c.MaxBatch - 1 }},
 		{"MaxAttempts", func(c *Config) { c.Shard.MaxAttempts = 0 }},
 		{"MaxPayload", func(c *Config) { c.Shard.MaxPayload = -1 }},
 	}

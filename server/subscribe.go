@@ -14,7 +14,9 @@ import (
 )
 
 // Subscribe implements pb.TimerServiceServer. The handler's goroutine
-// sends; a second goroutine receives acks. See the package doc.
+// watches the stream: it expires deliveries past their ack timeout and
+// ends a stream whose Send has been blocked that long. A sender goroutine
+// sends and a receiver goroutine reads acks. See the package doc.
 func (t *timerService) Subscribe(stream pb.TimerService_SubscribeServer) error {
 	s := t.s
 	first, err := s.first(stream)
@@ -33,9 +35,14 @@ func (t *timerService) Subscribe(stream pb.TimerService_SubscribeServer) error {
 	gauge.Inc()
 	received := make(chan error, 1)
 	receiverDone := make(chan struct{})
+	sent := make(chan error, 1)
+	stopSender := make(chan struct{})
 	defer func() {
 		s.hub.remove(sub)
 		gauge.Dec()
+		// A sender blocked in Send returns once the handler has returned
+		// and gRPC has ended the stream.
+		close(stopSender)
 		if s.quitting() {
 			// At shutdown the shards are about to close, and what they
 			// had in flight is delivered again when they next load.
@@ -44,11 +51,16 @@ func (t *timerService) Subscribe(stream pb.TimerService_SubscribeServer) error {
 		}
 		// Acks the receiver has read are applied before the rest goes
 		// back, or a handled delivery would be redelivered (or, on its
-		// last attempt, dead-lettered). The stream has ended, so the
+		// last attempt, dead-lettered). Once the stream has ended, the
 		// receiver's Recv returns at once; the bound is a safety net.
-		select {
-		case <-receiverDone:
-		case <-time.After(5 * time.Second):
+		// While the handler itself is ending it (its Send stalled), the
+		// stream is still open and the receiver is not waited for: an ack
+		// it takes after close below is ignored, and only redelivers.
+		if stream.Context().Err() != nil {
+			select {
+			case <-receiverDone:
+			case <-time.After(5 * time.Second):
+			}
 		}
 		// Redeliver at once rather than after the ack timeout.
 		s.giveBack(sub.close())
@@ -57,31 +69,24 @@ func (t *timerService) Subscribe(stream pb.TimerService_SubscribeServer) error {
 		"max_in_flight", sub.limit, "ack_timeout", sub.ackTimeout)
 	s.readyAll(sub.key)
 
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
 		defer close(receiverDone)
 		received <- s.receive(stream, sub)
 	}()
+	go func() {
+		defer s.wg.Done()
+		sent <- s.send(stream, sub, stopSender)
+	}()
+	// The sweep runs here, not beside the sender's Send: a client that
+	// stops reading blocks Send, and its deliveries must still expire.
 	sweep := time.NewTicker(min(max(sub.ackTimeout/4, 50*time.Millisecond), 5*time.Second))
 	defer sweep.Stop()
-	var buf []shard.Delivery
-	var (
-		delivery   pb.Delivery
-		due, fired timestamppb.Timestamp
-	)
-	msg := pb.SubscribeResponse{Delivery: &delivery}
 	for {
 		select {
-		case <-sub.wake:
-			buf = sub.take(buf)
-			for i := range buf {
-				fillDelivery(&delivery, &due, &fired, &buf[i])
-				if err := stream.Send(&msg); err != nil {
-					return err
-				}
-			}
-			clear(buf) // let go of the payloads
+		case err := <-sent:
+			return err
 		case err := <-received:
 			return err
 		case <-s.quit:
@@ -92,13 +97,58 @@ func (t *timerService) Subscribe(stream pb.TimerService_SubscribeServer) error {
 			if sub.expire(now) {
 				s.readyAll(sub.key)
 			}
+			if b := sub.blocked(now); b >= sub.ackTimeout {
+				s.log.Info("subscriber not reading; ending its stream", "namespace", sub.key.namespace,
+					"topic", sub.key.topic, "blocked", b)
+				return status.Errorf(codes.DeadlineExceeded,
+					"the stream read no delivery for %v, its ack timeout; its deliveries went back to be redelivered; subscribe again", b.Round(time.Millisecond))
+			}
 		}
 	}
 }
 
-// first reads a stream's first message, or gives up with UNAVAILABLE
-// when the server shuts down first: a client that opened a stream and
-// sent nothing must not hold up Close.
+// send sends sub's deliveries on stream until stop is closed or a Send
+// fails. It is the only goroutine that calls Send.
+func (s *Server) send(stream pb.TimerService_SubscribeServer, sub *subscriber, stop <-chan struct{}) error {
+	var buf []shard.Delivery
+	var (
+		delivery   pb.Delivery
+		due, fired timestamppb.Timestamp
+	)
+	msg := pb.SubscribeResponse{Delivery: &delivery}
+	for {
+		select {
+		case <-sub.wake:
+		case <-stop:
+			return nil
+		}
+		buf = sub.take(buf)
+		for i := range buf {
+			select {
+			case <-stop: // the stream is ending: send no more
+				return nil
+			default:
+			}
+			d := &buf[i]
+			if !sub.begin(d, time.Now()) {
+				continue // acked, expired or replaced since it was taken
+			}
+			fillDelivery(&delivery, &due, &fired, d)
+			err := stream.Send(&msg)
+			sub.done(d, err == nil)
+			if err != nil {
+				return err
+			}
+			s.metrics.dispatched(d)
+		}
+		clear(buf) // let go of the payloads
+	}
+}
+
+// first reads a stream's first message. It gives up with
+// DEADLINE_EXCEEDED after SubscriptionTimeout, and with UNAVAILABLE when
+// the server shuts down first: a client that opened a stream and sent
+// nothing must hold neither goroutines nor Close.
 func (s *Server) first(stream pb.TimerService_SubscribeServer) (*pb.SubscribeRequest, error) {
 	type result struct {
 		m   *pb.SubscribeRequest
@@ -111,9 +161,13 @@ func (s *Server) first(stream pb.TimerService_SubscribeServer) (*pb.SubscribeReq
 		m, err := stream.Recv()
 		got <- result{m, err}
 	}()
+	timeout := time.NewTimer(s.cfg.SubscriptionTimeout)
+	defer timeout.Stop()
 	select {
 	case r := <-got:
 		return r.m, r.err
+	case <-timeout.C:
+		return nil, status.Errorf(codes.DeadlineExceeded, "no subscription within %v of opening the stream: the first message must carry it", s.cfg.SubscriptionTimeout)
 	case <-s.quit:
 		return nil, status.Error(codes.Unavailable, "server is shutting down; subscribe again")
 	}
@@ -155,6 +209,7 @@ func (s *Server) subscriber(p *pb.Subscription) (*subscriber, error) {
 // its side, a status error for a message that breaks the protocol.
 func (s *Server) receive(stream pb.TimerService_SubscribeServer, sub *subscriber) error {
 	groups := make(map[uint32][]shard.DeliveryID) // reused: acks by shard
+	var mine []string                             // reused: the acks sub may make
 	for {
 		req, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -169,7 +224,7 @@ func (s *Server) receive(stream pb.TimerService_SubscribeServer, sub *subscriber
 			if len(ids) > s.cfg.MaxBatch {
 				return invalid("ack.delivery_ids", "holds %d ids; the limit is %d", len(ids), s.cfg.MaxBatch)
 			}
-			s.ack(sub, ids, groups)
+			mine = s.ack(sub, ids, mine, groups)
 		case *pb.SubscribeRequest_Subscription:
 			return invalid("subscription", "a stream carries one subscription, in its first message; later messages carry acks")
 		default:
@@ -178,10 +233,16 @@ func (s *Server) receive(stream pb.TimerService_SubscribeServer, sub *subscriber
 	}
 }
 
-// ack applies acks from sub's stream: each goes to its shard, then the
-// stream's credit is freed.
-func (s *Server) ack(sub *subscriber, ids []string, groups map[uint32][]shard.DeliveryID) {
-	s.byShard(ids, groups)
+// ack applies acks from sub's stream. Only the deliveries the stream was
+// sent and still holds are acknowledged: each goes to its shard, and
+// its credit is freed. Any other id (another stream's delivery, one of
+// another namespace, one that expired, a made-up one) is ignored and
+// counted, so a stream can neither end timers it was not given nor take
+// credit it does not have.
+func (s *Server) ack(sub *subscriber, ids []string, mine []string, groups map[uint32][]shard.DeliveryID) []string {
+	mine, notHeld, notSent, refilled := sub.acks(ids, mine[:0])
+	s.metrics.ignoredAcks(notHeld, notSent)
+	s.byShard(mine, groups)
 	for id, g := range groups {
 		if len(g) == 0 {
 			continue
@@ -191,9 +252,11 @@ func (s *Server) ack(sub *subscriber, ids []string, groups map[uint32][]shard.De
 		}
 		groups[id] = g[:0]
 	}
-	if sub.settle(ids) {
+	if refilled {
 		s.readyAll(sub.key)
 	}
+	clear(mine)
+	return mine
 }
 
 // byShard parses delivery ids into groups by shard. Ids that no shard of

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -53,6 +52,10 @@ func (s *Shard) Submit(specs []Spec) *Submitted {
 	commits := make([]*store.Commit, len(specs))
 	s.mu.Lock()
 	if err := s.stopErr; err != nil {
+		s.mu.Unlock()
+		return &Submitted{res: fillErr(res, err)}
+	}
+	if err := s.reserve(len(specs)); err != nil {
 		s.mu.Unlock()
 		return &Submitted{res: fillErr(res, err)}
 	}
@@ -118,7 +121,7 @@ func (s *Shard) Submit(specs []Spec) *Submitted {
 		res[i].Due = time.UnixMilli(due)
 		fresh = append(fresh, i)
 	}
-	s.submitUnlock(commits, fresh)
+	s.submitUnlock(commits, fresh, len(specs))
 	return &Submitted{s: s, res: res, commits: commits}
 }
 
@@ -137,6 +140,10 @@ func (s *Shard) Reschedule(ctx context.Context, namespace string, moves []Move) 
 	commits := make([]*store.Commit, len(moves))
 	s.mu.Lock()
 	if err := s.stopErr; err != nil {
+		s.mu.Unlock()
+		return fillErr(res, err)
+	}
+	if err := s.reserve(len(moves)); err != nil {
 		s.mu.Unlock()
 		return fillErr(res, err)
 	}
@@ -193,7 +200,8 @@ func (s *Shard) Reschedule(ctx context.Context, namespace string, moves []Move) 
 			t.rec.Req, t.rec.ReqAt = m.Req, now // written by occurLocked
 		}
 		if err := s.occurLocked(t, due); err != nil {
-			// ResolveDue checked the horizon; the wheel's is wider.
+			// Past the wheel's horizon, which counts from the wheel's
+			// time, not the clock's: t is left as it was.
 			t.rec.Req, t.rec.ReqAt = oldReq, oldAt
 			res[i].Err = err
 			continue
@@ -201,7 +209,7 @@ func (s *Shard) Reschedule(ctx context.Context, namespace string, moves []Move) 
 		res[i].Due = time.UnixMilli(due)
 		moved = append(moved, i)
 	}
-	return s.submitAndWait(ctx, res, commits, moved)
+	return s.submitAndWait(ctx, res, commits, moved, len(moves))
 }
 
 // Cancel deletes timers of namespace whatever their state, one error per
@@ -212,6 +220,10 @@ func (s *Shard) Cancel(ctx context.Context, namespace string, ids []string) []er
 	commits := make([]*store.Commit, len(ids))
 	s.mu.Lock()
 	if err := s.stopErr; err != nil {
+		s.mu.Unlock()
+		return errs(fillErr(res, err))
+	}
+	if err := s.reserve(len(ids)); err != nil {
 		s.mu.Unlock()
 		return errs(fillErr(res, err))
 	}
@@ -226,7 +238,7 @@ func (s *Shard) Cancel(ctx context.Context, namespace string, ids []string) []er
 		s.deleteLocked(t.key)
 		gone = append(gone, i)
 	}
-	return errs(s.submitAndWait(ctx, res, commits, gone))
+	return errs(s.submitAndWait(ctx, res, commits, gone, len(ids)))
 }
 
 // Get returns a snapshot of a timer.
@@ -297,16 +309,22 @@ func (s *Shard) Ack(ids []DeliveryID) (*store.Commit, error) {
 type Attempt struct {
 	ID     DeliveryID
 	Number uint32
+	// Unsent says the attempt never left the dispatcher: its subscriber
+	// went away before sending it, so no consumer can have seen it.
+	Unsent bool
 }
 
 // Return gives back delivery attempts whose subscriber went away unacked:
 // each occurrence still in flight under that very attempt goes back to
 // pending and is delivered again at once, without waiting for its ack
-// timeout or a backoff. The attempt counts (it is written down) and one
-// that was the last allowed makes a dead letter, so a payload that
-// crashes its consumers cannot loop for ever. Other attempts are ignored:
-// an attempt that timed out already and was redelivered elsewhere is not
-// this subscriber's to give back.
+// timeout or a backoff. An attempt that was sent counts (it is written
+// down) and one that was the last allowed makes a dead letter, so a
+// payload that crashes its consumers cannot loop for ever. An Unsent one
+// does not count: the timer is as it was before it was dispatched, with
+// the attempts it had, so streams that come and go without sending
+// cannot make a dead letter of a timer no one saw. Other attempts are
+// ignored: an attempt that timed out already and was redelivered
+// elsewhere is not this subscriber's to give back.
 func (s *Shard) Return(attempts []Attempt) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -314,14 +332,26 @@ func (s *Shard) Return(attempts []Attempt) {
 		return
 	}
 	now := s.clock.Now().UnixMilli()
+	unsent := false
 	for i := range attempts {
-		t := s.occurrenceLocked(&attempts[i].ID)
-		if t == nil || !t.inFlight || t.attempts != attempts[i].Number {
+		a := &attempts[i]
+		t := s.occurrenceLocked(&a.ID)
+		if t == nil || !t.inFlight || t.attempts != a.Number {
 			continue
 		}
-		s.timeoutLocked(t, now, 0)
+		if !a.Unsent {
+			s.timeoutLocked(t, now, 0)
+			continue
+		}
+		// Dispatching wrote nothing, so the record still says what the
+		// timer was before: pending at rec.Next (passed, so it fires at
+		// once) with the attempts before this one.
+		s.landLocked(t)
+		t.attempts, t.sent = t.rec.Attempts, t.rec.LastAttempt
+		_ = s.armLocked(t, t.rec.Next) // it was armed there before it fired
+		unsent = true
 	}
-	if s.submitLocked() != nil {
+	if s.submitLocked() != nil || unsent {
 		s.kickLoop()
 	}
 }
@@ -334,7 +364,7 @@ func (s *Shard) Ready(namespace, topic string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	tk := topicKey{namespace, topic}
-	if len(s.waiting[tk]) == 0 {
+	if s.waiting[tk] == nil {
 		return
 	}
 	s.ready[tk] = struct{}{}
@@ -344,34 +374,28 @@ func (s *Shard) Ready(namespace, topic string) {
 // DeadLetters returns up to limit dead letters of namespace (and of topic,
 // when not empty) with ids greater than after, in id order, and whether
 // there are more. A limit below 1 is taken as 1. A stopped shard returns
-// its ErrNotOwner.
+// its ErrNotOwner. A page costs O(log n + limit) for n dead letters, and
+// holds the shard's mutex only to check that the shard runs, not while it
+// is read: firing goes on meanwhile.
 func (s *Shard) DeadLetters(namespace, topic, after string, limit int) ([]Timer, bool, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.stopErr; err != nil {
+	if err := s.Err(); err != nil {
 		return nil, false, err
 	}
-	var hits []*timer
-	prefix := namespace + "\x00"
-	for key := range s.dead {
-		id, ok := strings.CutPrefix(key, prefix)
-		if !ok || id <= after {
-			continue
-		}
-		t := s.timers[key]
-		if topic != "" && t.rec.Topic != topic {
-			continue
-		}
-		hits = append(hits, t)
-	}
-	slices.SortFunc(hits, func(a, b *timer) int { return strings.Compare(a.rec.ID, b.rec.ID) })
 	limit = max(limit, 1)
+	s.deadMu.Lock()
+	defer s.deadMu.Unlock()
+	set := s.deadIdx.set(namespace, topic)
+	if set == nil {
+		return []Timer{}, false, nil
+	}
+	hits := set.appendAfter(make([]*timer, 0, min(limit, set.len)+1), after, limit+1)
 	more := len(hits) > limit
 	if more {
 		hits = hits[:limit]
 	}
 	out := make([]Timer, len(hits))
 	for i, t := range hits {
+		// Under deadMu, t is in deadIdx: its snapshot fields hold still.
 		out[i] = s.snapshotLocked(t)
 	}
 	return out, more, nil
@@ -382,10 +406,14 @@ func (s *Shard) DeadLetters(namespace, topic, after string, limit int) ([]Timer,
 // delivery id. With ids it returns one Result per id in the same order:
 // ErrNotFound for an unknown id or one whose topic differs from a
 // non-empty topic, ErrNotDead for a timer that is not a dead letter. With
-// no ids it replays every dead letter of namespace (and topic). It returns
-// how many were replayed, and an error when the call failed as a whole (a
-// bad due time, a stopped shard, or, with no ids, writes that did not
-// become durable); with ids, that error is also in every Result.
+// no ids it replays every dead letter of namespace (and topic), in pages
+// of at most replayPage, each durable before the next is made. It returns
+// how many were replayed (durably), and an error when the call failed as
+// a whole (a bad due time, a stopped shard, a full group commit or, with
+// no ids, a page whose writes did not become durable: the pages before it
+// stay replayed, or a due time the wheel could not hold for some); with
+// ids, that error is also in every Result. A dead letter that cannot be
+// armed stays one.
 func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topic string, due time.Time, delay time.Duration) ([]Result, int, error) {
 	s.mu.Lock()
 	if err := s.stopErr; err != nil {
@@ -397,17 +425,17 @@ func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topi
 		s.mu.Unlock()
 		return fillErr(make([]Result, len(ids)), err), 0, err
 	}
-	var targets []*timer
+	if len(ids) == 0 {
+		n, err := s.replayAllUnlock(ctx, namespace, topic, at)
+		return []Result{}, n, err
+	}
+	if err := s.reserve(len(ids)); err != nil {
+		s.mu.Unlock()
+		return fillErr(make([]Result, len(ids)), err), 0, err
+	}
 	res := make([]Result, len(ids))
 	commits := make([]*store.Commit, len(ids))
-	if len(ids) == 0 {
-		prefix := namespace + "\x00"
-		for key := range s.dead {
-			if t := s.timers[key]; strings.HasPrefix(key, prefix) && (topic == "" || t.rec.Topic == topic) {
-				targets = append(targets, t)
-			}
-		}
-	}
+	var targets []*timer
 	var replayed []int
 	for i, id := range ids {
 		t, err := s.lookupLocked(namespace, id)
@@ -424,22 +452,16 @@ func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topi
 			res[i].Due = time.UnixMilli(at)
 		}
 	}
-	for _, t := range targets {
-		_ = s.occurLocked(t, at) // within the horizon: ResolveDue checked
-	}
-	if len(ids) == 0 {
-		c := s.submitLocked()
-		s.mu.Unlock()
-		if c == nil {
-			return res, 0, nil
+	// ResolveDue checked at against the clock, but the wheel's horizon
+	// counts from where the wheel is: one left far behind the clock (a
+	// shard that could not fire while the clock jumped) refuses it. A
+	// timer it refuses stays a dead letter.
+	for j, t := range targets {
+		if err := s.occurLocked(t, at); err != nil {
+			res[replayed[j]] = Result{Err: err}
 		}
-		s.kickLoop()
-		if err := s.waitOne(ctx, c); err != nil {
-			return res, 0, err
-		}
-		return res, len(targets), nil
 	}
-	res = s.submitAndWait(ctx, res, commits, replayed)
+	res = s.submitAndWait(ctx, res, commits, replayed, len(ids))
 	n := 0
 	for _, i := range replayed {
 		if res[i].Err == nil {
@@ -447,6 +469,70 @@ func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topi
 		}
 	}
 	return res, n, nil
+}
+
+// replayPage bounds the dead letters one page of a Replay of a whole
+// namespace makes pending. Each page is its own submission, durable before
+// the next is made, so the call holds the shard's lock, its share of the
+// group commit's queue and its lane for a bounded time however many dead
+// letters there are.
+const replayPage = 1000
+
+// replayAllUnlock is Replay with no ids: it replays the dead letters of
+// namespace (and topic) due at at, a page at a time, and returns how many
+// it made durably pending. It is called with s.mu held and returns with it
+// released.
+func (s *Shard) replayAllUnlock(ctx context.Context, namespace, topic string, at int64) (int, error) {
+	var keys []string
+	prefix := namespace + "\x00"
+	for key := range s.dead {
+		if t := s.timers[key]; strings.HasPrefix(key, prefix) && (topic == "" || t.rec.Topic == topic) {
+			keys = append(keys, key)
+		}
+	}
+	s.mu.Unlock()
+	n := 0
+	var armErr error // the last refusal of the wheel, if any
+	for len(keys) > 0 {
+		page := keys[:min(len(keys), replayPage)]
+		keys = keys[len(page):]
+		s.mu.Lock()
+		if err := s.stopErr; err != nil {
+			s.mu.Unlock()
+			return n, err
+		}
+		if err := s.reserve(len(page)); err != nil {
+			s.mu.Unlock()
+			return n, err
+		}
+		made := 0
+		for _, key := range page {
+			// Cancelled, replayed or rescheduled since the keys were
+			// listed: no longer this call's.
+			if t := s.timers[key]; t != nil && t.rec.State == store.Dead && (topic == "" || t.rec.Topic == topic) {
+				// ResolveDue checked at against the clock, but the
+				// wheel's horizon counts from where the wheel is: a
+				// timer it refuses stays a dead letter.
+				if err := s.occurLocked(t, at); err != nil {
+					armErr = err
+					continue
+				}
+				made++
+			}
+		}
+		c := s.submitLocked()
+		s.com.Unreserve(s.id, len(page))
+		s.mu.Unlock()
+		if c == nil {
+			continue
+		}
+		s.kickLoop()
+		if err := s.waitOne(ctx, c); err != nil {
+			return n, err
+		}
+		n += made
+	}
+	return n, armErr
 }
 
 // lookupLocked finds a timer, checking the namespace and id first.
@@ -505,16 +591,19 @@ func (s *Shard) snapshotLocked(t *timer) Timer {
 // call made under mu, releases mu, wakes the loop if anything was written,
 // and waits until each item's writes are durable. written lists the items
 // whose writes were just made; commits already holds, for the others, the
-// Commit of an earlier write they depend on (an idempotent retry). It is
-// called with s.mu held and returns with it released.
-func (s *Shard) submitAndWait(ctx context.Context, res []Result, commits []*store.Commit, written []int) []Result {
-	s.submitUnlock(commits, written)
+// Commit of an earlier write they depend on (an idempotent retry);
+// reserved is the room the call reserved (see reserve), given back once
+// its writes are submitted. It is called with s.mu held and returns with
+// it released.
+func (s *Shard) submitAndWait(ctx context.Context, res []Result, commits []*store.Commit, written []int, reserved int) []Result {
+	s.submitUnlock(commits, written, reserved)
 	return s.wait(ctx, res, commits)
 }
 
 // submitUnlock is submitAndWait without the wait.
-func (s *Shard) submitUnlock(commits []*store.Commit, written []int) {
+func (s *Shard) submitUnlock(commits []*store.Commit, written []int, reserved int) {
 	c := s.submitLocked()
+	s.com.Unreserve(s.id, reserved)
 	for _, i := range written {
 		commits[i] = c
 	}
@@ -542,21 +631,46 @@ func (s *Shard) wait(ctx context.Context, res []Result, commits []*store.Commit)
 	return res
 }
 
-// waitOne waits for c, stopping the shard if the store fenced it.
+// reserve claims room in the group commit for the n writes a call may
+// make, before the call changes anything, so that a call refused because
+// the commit's queue is full (the store slow or unreachable) fails whole
+// and leaves the shard as it was. The error wraps store.ErrOverloaded.
+// submitUnlock gives the room back. Callers hold s.mu, so that the room
+// is the shard's while it applies the call.
+func (s *Shard) reserve(n int) error {
+	if err := s.com.Reserve(s.id, n); err != nil {
+		return fmt.Errorf("shard %d: %w", s.id, err)
+	}
+	return nil
+}
+
+// waitOne waits for c. A commit that failed (fenced, given up, or cut
+// short by the committer's Close) stops the shard: its memory already
+// holds the writes the store may not have, so it must not serve on; the
+// next owner (this node's supervisor, reopening it) loads what the store
+// has. An error of the store's outage wraps store.ErrUnavailable.
 func (s *Shard) waitOne(ctx context.Context, c *store.Commit) error {
-	err := c.Wait(ctx)
-	switch {
-	case err == nil:
+	if err := c.Wait(ctx); err != nil {
+		select {
+		case <-c.Done():
+		default:
+			return err // ctx ended first: the outcome is still to come
+		}
+	}
+	err := c.Err()
+	if err == nil {
 		return nil
+	}
+	s.mu.Lock()
+	s.loseLocked(err)
+	s.mu.Unlock()
+	switch {
 	case errors.Is(err, store.ErrFenced):
-		s.mu.Lock()
-		s.loseLocked(err)
-		s.mu.Unlock()
 		return fmt.Errorf("shard %d: %w", s.id, ErrFenced)
 	case errors.Is(err, store.ErrClosed):
 		return fmt.Errorf("%w: shard %d: %w", ErrNotOwner, s.id, err)
 	}
-	return err
+	return fmt.Errorf("shard %d: writes not durable; the shard stopped to reload: %w", s.id, err)
 }
 
 func fillErr(res []Result, err error) []Result {

@@ -185,27 +185,35 @@ func BenchmarkShardLoad1M(b *testing.B) {
 
 // fillShard writes n pending timers of ~100 bytes straight to the store.
 func fillShard(b *testing.B, e *env, shard uint32, n int) {
-	epoch, err := e.st.Acquire(context.Background(), shard, "filler", time.Minute)
-	if err != nil {
-		b.Fatal(err)
-	}
 	due := e.clock.Now().Add(time.Hour).UnixMilli()
+	fillRecords(b, e, shard, n, func(i int, epoch uint64) store.Record {
+		return store.Record{Namespace: "bench", ID: "t" + strconv.Itoa(i), Topic: "orders.timeout", Payload: benchPayload,
+			Due: due + int64(i%3600000), Next: due + int64(i%3600000), Delay: 3600000, Created: due, State: store.Pending, OccEpoch: epoch, OccSeq: uint64(i)}
+	})
+}
+
+// fillRecords writes the n records rec returns straight to the store,
+// under an epoch of its own (which rec is given).
+func fillRecords(tb testing.TB, e *env, shard uint32, n int, rec func(i int, epoch uint64) store.Record) {
+	tb.Helper()
+	g, err := e.st.Acquire(context.Background(), shard, "filler", time.Minute)
+	if err != nil {
+		tb.Fatal(err)
+	}
 	const per = 4096
 	for start := 0; start < n; start += per {
 		ops := make([]store.Op, 0, per)
 		for i := start; i < min(start+per, n); i++ {
-			id := "t" + strconv.Itoa(i)
-			rec := store.Record{Namespace: "bench", ID: id, Topic: "orders.timeout", Payload: benchPayload,
-				Due: due + int64(i%3600000), Next: due + int64(i%3600000), Delay: 3600000, Created: due, State: store.Pending, OccEpoch: epoch, OccSeq: uint64(i)}
-			ops = append(ops, store.Op{Key: store.Key("bench", id), Value: rec.AppendBinary(nil)})
+			r := rec(i, g.Epoch)
+			ops = append(ops, store.Op{Key: store.Key(r.Namespace, r.ID), Value: r.AppendBinary(nil)})
 		}
-		batches := []store.Batch{{Shard: shard, Epoch: epoch, Ops: ops}}
+		batches := []store.Batch{{Shard: shard, Grant: g, Ops: ops}}
 		if err := e.st.Commit(context.Background(), batches); err != nil || batches[0].Err != nil {
-			b.Fatal(err, batches[0].Err)
+			tb.Fatal(err, batches[0].Err)
 		}
 	}
-	if err := e.st.Release(context.Background(), shard, "filler", epoch); err != nil {
-		b.Fatal(err)
+	if err := e.st.Release(context.Background(), shard, g); err != nil {
+		tb.Fatal(err)
 	}
 }
 

@@ -37,8 +37,9 @@ type Config struct {
 	// it every LeaseTTL/3 and stops firing before it can have lapsed.
 	LeaseTTL time.Duration
 	// ClockDrift is how much faster the store's clock may run than the
-	// shard's over one LeaseTTL (default 1% of LeaseTTL, at least 10ms):
-	// the shard treats its lease as lapsed that much early.
+	// shard's over one LeaseTTL: the shard treats its lease as lapsed
+	// that much early. Zero means the default, ClockDriftFor(LeaseTTL):
+	// 1% of LeaseTTL, at least 10ms (100ms for the default 10s).
 	ClockDrift time.Duration
 	// AckTimeout is how long a delivery waits for its ack when the
 	// dispatcher does not say (default 30s).
@@ -70,16 +71,29 @@ type Config struct {
 	RetryWindow time.Duration
 }
 
+// ClockDriftFor returns the default ClockDrift for a lease of ttl: 1% of
+// it, at least 10ms. It allows for a store whose clock runs up to 1%
+// faster than the shard's (quartz oscillators differ by parts per
+// million, so that is a wide margin) and for the scheduling delay of the
+// renewal's reply.
+func ClockDriftFor(ttl time.Duration) time.Duration {
+	return max(ttl/100, minClockDrift)
+}
+
+// minClockDrift is the least default ClockDrift.
+const minClockDrift = 10 * time.Millisecond
+
 // DefaultConfig returns the production defaults documented on Config, for
 // shard id owned by owner. The dependencies are left to the caller.
 func DefaultConfig(id uint32, owner string) Config {
+	const ttl = 10 * time.Second
 	return Config{
 		ID:          id,
 		Owner:       owner,
 		Clock:       SystemClock{},
 		Tick:        time.Millisecond,
-		LeaseTTL:    10 * time.Second,
-		ClockDrift:  100 * time.Millisecond,
+		LeaseTTL:    ttl,
+		ClockDrift:  ClockDriftFor(ttl),
 		AckTimeout:  30 * time.Second,
 		MaxAttempts: 10,
 		BackoffMin:  time.Second,
@@ -97,7 +111,7 @@ func DefaultConfig(id uint32, owner string) Config {
 func LocalConfig(id uint32, owner string) Config {
 	c := DefaultConfig(id, owner)
 	c.LeaseTTL = 2 * time.Second
-	c.ClockDrift = 20 * time.Millisecond
+	c.ClockDrift = ClockDriftFor(c.LeaseTTL)
 	c.AckTimeout = time.Second
 	c.MaxAttempts = 3
 	c.BackoffMin = 100 * time.Millisecond

@@ -20,10 +20,16 @@
 //     attempt in flight is not written to the store; a new owner after a
 //     crash finds the timer pending with its due time passed and delivers
 //     it again.
-//   - Fenced: every write names the shard's epoch; once a newer owner has
-//     acquired the shard, writes fail with ErrFenced and the shard stops.
-//     The shard stops firing before its lease can have lapsed if it
-//     cannot renew it.
+//   - Fenced: every write names the shard's Grant (epoch and lease token);
+//     once a newer owner has acquired the shard, writes fail with ErrFenced
+//     and the shard stops. The shard stops firing before its lease can
+//     have lapsed if it cannot renew it.
+//   - Never ahead of the store for long: a write that fails definitively
+//     (fenced, or given up by the group commit while the store is down)
+//     stops the shard, whose memory already holds it; the next owner, or
+//     this node's supervisor reopening it, loads what the store has. A
+//     call refused because the group commit's queue is full (wrapping
+//     store.ErrOverloaded) changes nothing.
 //
 // # Invariants
 //
@@ -32,9 +38,21 @@
 //   - a Pending or InFlight timer that is not waiting for a subscriber is
 //     armed in the wheel exactly once: at rec.Next while pending, at its
 //     ack deadline while in flight; a waiting or Dead timer is not armed;
-//   - a Dead timer's key is in dead;
+//   - a timer is waiting for a subscriber if and only if the entry of its
+//     current visit is in its topic's queue in waiting; a queue counts
+//     those entries (live), holds no more stale ones than live ones, and
+//     is dropped once none is live, so the queues hold at most twice the
+//     waiting timers;
+//   - a Dead timer's key is in dead, and the timer in deadIdx (under
+//     deadMu as well);
 //   - a key is in timers or in gone, never in both; every key in gone has
 //     an entry in goneQ with the same until.
+//
+// DeadLetters reads deadIdx under deadMu alone, so a page of dead letters
+// does not hold up firing. That is safe because a timer's snapshot fields
+// are not written while it is in deadIdx: they are set before it goes in
+// (buryLocked, loadLocked) and changed only after it has come out
+// (occurLocked, removeLocked).
 package shard
 
 import (
@@ -84,9 +102,10 @@ var (
 // Shard is one shard of timers owned by this node. Its methods may be
 // called concurrently.
 type Shard struct {
-	cfg   Config
-	id    uint32
-	epoch uint64
+	cfg Config
+	id  uint32
+	// grant is the lease acquired by Open; every store call names it.
+	grant store.Grant
 	st    store.Store
 	com   *store.Committer
 	disp  Dispatcher
@@ -109,9 +128,10 @@ type Shard struct {
 	dead   map[string]struct{}
 	names  map[string]string // interned namespaces and topics
 	// waiting holds, per topic, due timers no subscriber could take, in
-	// the order they came due. A timer leaves its queue lazily: entries
-	// whose timer is no longer waiting there are skipped.
-	waiting map[topicKey][]*timer
+	// the order they came due. A timer cancelled or moved while it waits
+	// leaves a stale entry behind, which draining skips and compaction
+	// drops (see waitQueue).
+	waiting map[topicKey]*waitQueue
 	ready   map[topicKey]struct{} // topics Ready was called for
 	// gone holds the tombstones of one-shot timers acked within
 	// RetryWindow of the request that made them, by key, so that a retry
@@ -143,6 +163,12 @@ type Shard struct {
 	// settle can wait for a step that began after it was called.
 	steps   uint64
 	stepped sync.Cond
+
+	// deadMu is taken under mu to change deadIdx, and alone to read it.
+	deadMu sync.Mutex
+	// deadIdx orders the dead letters for DeadLetters. Invariant: it
+	// holds exactly the Dead timers (see the package doc).
+	deadIdx deadIndex
 }
 
 type topicKey struct{ namespace, topic string }
@@ -159,6 +185,27 @@ type goneEntry struct {
 	key   string
 	until int64 // unix ms; the entry is stale unless gone[key].until matches
 }
+
+// waitQueue is one topic's due timers that no subscriber could take, in
+// the order they came due.
+type waitQueue struct {
+	entries []waitEntry
+	// live counts the entries whose timer still waits there.
+	// Invariant: len(entries)-live <= live, and live > 0: a queue is
+	// compacted once its stale entries outnumber the live ones, which
+	// costs O(1) amortized per stale entry, and dropped once empty.
+	live int
+}
+
+// waitEntry is one visit of a timer to its topic's queue.
+type waitEntry struct {
+	t     *timer
+	visit uint32 // t.visit when it was queued
+}
+
+// live reports whether e's timer still waits at e: it has not been
+// dispatched, cancelled or moved since, nor come back for a later visit.
+func (e waitEntry) live() bool { return e.t.waiting && e.t.visit == e.visit }
 
 // timer is a timer in memory.
 type timer struct {
@@ -179,8 +226,13 @@ type timer struct {
 	dirty bool
 	// attempts counts attempts of the occurrence sent so far, including
 	// one in flight; rec.Attempts is what is stored.
+	// Invariant: while in flight, rec.Attempts == attempts-1 and
+	// rec.LastAttempt is the attempt before's (firing writes nothing).
 	attempts uint32
-	sent     int64 // unix ms of the last attempt
+	// visit counts the timer's visits to its topic's queue, so that a
+	// stale entry from an earlier visit is told from the current one.
+	visit uint32
+	sent  int64 // unix ms of the last attempt
 	// commit reports the durability of the timer's last write.
 	commit *store.Commit
 }
@@ -203,11 +255,14 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.ClockDrift == 0 {
+		cfg.ClockDrift = ClockDriftFor(cfg.LeaseTTL)
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	start := cfg.Clock.Now()
-	epoch, err := cfg.Store.Acquire(ctx, cfg.ID, cfg.Owner, cfg.LeaseTTL)
+	grant, err := cfg.Store.Acquire(ctx, cfg.ID, cfg.Owner, cfg.LeaseTTL)
 	if err != nil {
 		return nil, fmt.Errorf("shard %d: acquire: %w", cfg.ID, err)
 	}
@@ -218,12 +273,12 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 	s := &Shard{
 		cfg:        cfg,
 		id:         cfg.ID,
-		epoch:      epoch,
+		grant:      grant,
 		st:         cfg.Store,
 		com:        cfg.Committer,
 		disp:       cfg.Dispatcher,
 		clock:      cfg.Clock,
-		log:        cfg.Logger.With("shard", cfg.ID, "epoch", epoch),
+		log:        cfg.Logger.With("shard", cfg.ID, "epoch", grant.Epoch),
 		kick:       make(chan struct{}, 1),
 		stop:       make(chan struct{}),
 		loopDone:   make(chan struct{}),
@@ -233,7 +288,7 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 		dead:       make(map[string]struct{}),
 		gone:       make(map[string]goneMark),
 		names:      make(map[string]string),
-		waiting:    make(map[topicKey][]*timer),
+		waiting:    make(map[topicKey]*waitQueue),
 		ready:      make(map[topicKey]struct{}),
 		validUntil: start.Add(cfg.LeaseTTL - cfg.ClockDrift),
 	}
@@ -242,7 +297,7 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 	// loading a big shard can take a good part of its TTL.
 	go s.keepLease(s.clock.NewAlarm(cfg.LeaseTTL / 3))
 	began := time.Now()
-	err = cfg.Store.Load(ctx, cfg.ID, epoch, func(page []store.Record) error {
+	err = cfg.Store.Load(ctx, cfg.ID, grant, func(page []store.Record) error {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		for i := range page {
@@ -274,21 +329,23 @@ func (s *Shard) loadLocked(rec *store.Record) {
 	}
 	delete(s.gone, key)
 	if rec.State == store.Done {
-		s.buryLocked(key, goneMark{req: rec.Req, due: rec.Due, until: rec.Next})
+		s.keepGoneLocked(key, goneMark{req: rec.Req, due: rec.Due, until: rec.Next})
 		return
 	}
 	t := s.newTimerLocked(*rec)
 	t.attempts = rec.Attempts
 	t.sent = rec.LastAttempt
 	if rec.State == store.Dead {
-		s.dead[t.key] = struct{}{}
+		s.addDeadLocked(t)
 		return
 	}
 	if err := s.armLocked(t, rec.Next); err != nil {
 		// Only a clock that jumped back decades could put a stored due
-		// time past the wheel's horizon. Keep the timer (Get and Cancel
-		// still work) rather than refuse the whole shard.
+		// time past the wheel's horizon. Keep the timer as a dead letter
+		// (listed, replayable, cancellable) rather than refuse the whole
+		// shard or keep it pending with nothing to fire it.
 		s.log.Error("stored timer not armed", "namespace", rec.Namespace, "id", rec.ID, "next", rec.Next, "err", err)
+		s.buryLocked(t, fmt.Sprintf("stored due time not armed: %v", err))
 	}
 }
 
@@ -296,7 +353,10 @@ func (s *Shard) loadLocked(rec *store.Record) {
 func (s *Shard) ID() uint32 { return s.id }
 
 // Epoch returns the epoch the shard was acquired under.
-func (s *Shard) Epoch() uint64 { return s.epoch }
+func (s *Shard) Epoch() uint64 { return s.grant.Epoch }
+
+// Grant returns the lease the shard was acquired under.
+func (s *Shard) Grant() store.Grant { return s.grant }
 
 // Done is closed when the shard has stopped, by Close or because it lost
 // its lease; Err then says why.
@@ -377,7 +437,7 @@ func (s *Shard) halt(why string) (last *store.Commit, ok bool, prior error) {
 func (s *Shard) releaseLease() {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.OpTimeout)
 	defer cancel()
-	if err := s.st.Release(ctx, s.id, s.cfg.Owner, s.epoch); err != nil {
+	if err := s.st.Release(ctx, s.id, s.grant); err != nil {
 		s.log.Warn("lease release failed; it will lapse", "err", err)
 	}
 }
@@ -459,15 +519,8 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 	if s.stopErr != nil {
 		return 0, false
 	}
-	if c := s.lastSub; c != nil {
-		select {
-		case <-c.Done():
-			if err := c.Err(); errors.Is(err, store.ErrFenced) {
-				s.loseLocked(err)
-				return 0, false
-			}
-		default:
-		}
+	if s.commitFailedLocked() {
+		return 0, false
 	}
 	now := s.clock.Now()
 	if !now.Before(s.validUntil) {
@@ -532,14 +585,45 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 	return max(wait, 0), true
 }
 
+// commitFailedLocked stops the shard, and reports true, if its last
+// submitted writes failed (fenced, given up by the group commit, or cut
+// short by its Close). The shard's memory then holds writes the store may
+// not have; serving on could later lose or resurrect a timer, so it stops
+// like a shard that lost its lease, and its next owner loads what the
+// store has. The group commit fails every later write of an epoch after
+// one of its writes failed, so the last write's outcome covers them all.
+func (s *Shard) commitFailedLocked() bool {
+	c := s.lastSub
+	if c == nil {
+		return false
+	}
+	select {
+	case <-c.Done():
+		if err := c.Err(); err != nil {
+			s.loseLocked(err)
+			return true
+		}
+	default:
+	}
+	return false
+}
+
 // deliverLocked hands a due timer to the dispatcher, or queues it for its
 // topic when no subscriber can take it.
 func (s *Shard) deliverLocked(t *timer, now int64) {
 	tk := topicKey{t.rec.Namespace, t.rec.Topic}
-	if q := s.waiting[tk]; len(q) > 0 || !s.dispatchLocked(t, now) {
-		t.waiting = true
-		s.waiting[tk] = append(q, t)
+	q := s.waiting[tk]
+	if q == nil && s.dispatchLocked(t, now) {
+		return
 	}
+	if q == nil {
+		q = &waitQueue{}
+		s.waiting[tk] = q
+	}
+	t.waiting = true
+	t.visit++
+	q.entries = append(q.entries, waitEntry{t: t, visit: t.visit})
+	q.live++
 }
 
 // drainLocked dispatches a topic's waiting timers in order until one is
@@ -547,29 +631,67 @@ func (s *Shard) deliverLocked(t *timer, now int64) {
 // with timers left after limit stays ready.
 func (s *Shard) drainLocked(tk topicKey, now int64, limit int) int {
 	q := s.waiting[tk]
+	if q == nil {
+		return 0
+	}
 	i, sent := 0, 0
-	for ; i < len(q); i++ {
-		t := q[i]
-		if !t.waiting || s.timers[t.key] != t {
+	for ; i < len(q.entries); i++ {
+		e := q.entries[i]
+		if !e.live() {
 			continue // cancelled, rescheduled or acked while waiting
 		}
 		if sent == limit {
 			s.ready[tk] = struct{}{}
 			break
 		}
-		t.waiting = false
-		if !s.dispatchLocked(t, now) {
-			t.waiting = true
+		e.t.waiting = false
+		if !s.dispatchLocked(e.t, now) {
+			e.t.waiting = true
 			break
 		}
+		q.live--
 		sent++
 	}
-	if i == len(q) {
-		delete(s.waiting, tk)
-	} else {
-		s.waiting[tk] = slices.Delete(q, 0, i)
-	}
+	q.entries = slices.Delete(q.entries, 0, i)
+	s.tidyLocked(tk, q)
 	return sent
+}
+
+// unwaitLocked ends t's wait for a subscriber when it is cancelled or
+// moved: its entry stays in the queue, stale, until it is drained or the
+// queue is compacted.
+func (s *Shard) unwaitLocked(t *timer) {
+	if !t.waiting {
+		return
+	}
+	t.waiting = false
+	tk := topicKey{t.rec.Namespace, t.rec.Topic}
+	if q := s.waiting[tk]; q != nil {
+		q.live--
+		s.tidyLocked(tk, q)
+	}
+}
+
+// tidyLocked restores the invariant of tk's queue q after entries left it
+// or went stale: it drops a queue with no live entry and compacts one
+// whose stale entries outnumber the live ones.
+func (s *Shard) tidyLocked(tk topicKey, q *waitQueue) {
+	switch {
+	case q.live == 0:
+		delete(s.waiting, tk)
+	case len(q.entries)-q.live > q.live:
+		kept := q.entries[:0]
+		for _, e := range q.entries {
+			if e.live() {
+				kept = append(kept, e)
+			}
+		}
+		clear(q.entries[len(kept):]) // let the stale timers go
+		if cap(kept) > 4*len(kept) {
+			kept = slices.Clone(kept) // and the array of a burst
+		}
+		q.entries = kept
+	}
 }
 
 func (s *Shard) dispatchLocked(t *timer, now int64) bool {
@@ -583,7 +705,7 @@ func (s *Shard) dispatchLocked(t *timer, now int64) bool {
 		Fired:     s.clock.Now(),
 		Attempt:   t.attempts + 1,
 		Shard:     s.id,
-		Epoch:     s.epoch,
+		Epoch:     s.grant.Epoch,
 	}
 	ackTimeout, ok := s.disp.Dispatch(d)
 	if !ok {
@@ -599,8 +721,13 @@ func (s *Shard) dispatchLocked(t *timer, now int64) bool {
 	t.sent = now
 	t.inFlight = true
 	s.inFlight++
-	// The ack deadline is within the horizon: ack timeouts are short.
-	_ = s.armLocked(t, now+ackTimeout.Milliseconds())
+	if err := s.armLocked(t, now+ackTimeout.Milliseconds()); err != nil {
+		// Ack timeouts are short, so only a wheel left a whole horizon
+		// behind the clock (the clock jumped while the shard could not
+		// fire) refuses the deadline. In flight with no deadline, a lost
+		// ack would never be redelivered: keep the timer as a dead letter.
+		s.buryLocked(t, fmt.Sprintf("ack deadline not armed: %v", err))
+	}
 	return true
 }
 
@@ -617,23 +744,40 @@ func (s *Shard) deliveryID(t *timer) DeliveryID {
 // has had MaxAttempts.
 func (s *Shard) timeoutLocked(t *timer, now int64, backoff time.Duration) {
 	s.landLocked(t)
-	t.rec.Attempts = t.attempts
-	t.rec.LastAttempt = t.sent
 	if t.attempts >= s.cfg.MaxAttempts {
-		s.disarmLocked(t)
-		t.rec.State = store.Dead
-		t.rec.Next = t.rec.Due
-		t.rec.Reason = fmt.Sprintf("not acknowledged after %d attempts", t.attempts)
-		s.dead[t.key] = struct{}{}
-		s.putLocked(t)
-		if s.cfg.Events != nil {
-			s.cfg.Events.DeadLettered(t.rec.Namespace)
-		}
+		s.buryLocked(t, fmt.Sprintf("not acknowledged after %d attempts", t.attempts))
 		return
 	}
-	t.rec.Next = max(now+backoff.Milliseconds(), t.rec.Due)
-	_ = s.armLocked(t, t.rec.Next) // a backoff is minutes at most
+	next := max(now+backoff.Milliseconds(), t.rec.Due)
+	if err := s.armLocked(t, next); err != nil {
+		// A backoff past the wheel's horizon (BackoffMax allows it), or
+		// a wheel left that far behind the clock: the timer cannot be
+		// delivered again, so it is kept as a dead letter.
+		s.buryLocked(t, fmt.Sprintf("redelivery after %d attempts not armed: %v", t.attempts, err))
+		return
+	}
+	t.rec.Attempts = t.attempts
+	t.rec.LastAttempt = t.sent
+	t.rec.Next = next
 	s.putLocked(t)
+}
+
+// buryLocked makes t a dead letter for reason and writes it: it leaves
+// the wheel and any attempt in flight, keeps its attempts, and waits for a
+// replay or a cancel. t is not waiting for a subscriber.
+func (s *Shard) buryLocked(t *timer, reason string) {
+	s.disarmLocked(t)
+	s.landLocked(t)
+	t.rec.Attempts = t.attempts
+	t.rec.LastAttempt = t.sent
+	t.rec.State = store.Dead
+	t.rec.Next = t.rec.Due
+	t.rec.Reason = reason
+	s.addDeadLocked(t)
+	s.putLocked(t)
+	if s.cfg.Events != nil {
+		s.cfg.Events.DeadLettered(t.rec.Namespace)
+	}
 }
 
 // keepLease renews the lease every LeaseTTL/3. A failed renewal is
@@ -655,9 +799,14 @@ func (s *Shard) keepLease(t Alarm) {
 		}
 		start := s.clock.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.OpTimeout)
-		err := s.st.Renew(ctx, s.id, s.cfg.Owner, s.epoch, s.cfg.LeaseTTL)
+		err := s.st.Renew(ctx, s.id, s.grant, s.cfg.LeaseTTL)
 		cancel()
 		s.mu.Lock()
+		if s.commitFailedLocked() {
+			// Found here too: an idle loop may not step for an hour.
+			s.mu.Unlock()
+			return
+		}
 		switch {
 		case err == nil:
 			s.validUntil = start.Add(s.cfg.LeaseTTL - s.cfg.ClockDrift)
@@ -678,8 +827,8 @@ func (s *Shard) keepLease(t Alarm) {
 	}
 }
 
-// buryLocked remembers the tombstone g of key until g.until.
-func (s *Shard) buryLocked(key string, g goneMark) {
+// keepGoneLocked remembers the tombstone g of key until g.until.
+func (s *Shard) keepGoneLocked(key string, g goneMark) {
 	s.gone[key] = g
 	s.goneQ = append(s.goneQ, goneEntry{key: key, until: g.until})
 }
@@ -697,7 +846,7 @@ func (s *Shard) tombstoneLocked(t *timer, now int64) bool {
 	rec := store.Record{Namespace: t.rec.Namespace, ID: t.rec.ID, Due: t.rec.Due, Next: max(t.rec.ReqAt+w, t.rec.Due),
 		Delay: -1, State: store.Done, Req: t.rec.Req, ReqAt: t.rec.ReqAt}
 	s.ops = append(s.ops, store.Op{Key: t.key, Value: rec.AppendBinary(nil)})
-	s.buryLocked(t.key, goneMark{req: rec.Req, due: rec.Due, until: rec.Next})
+	s.keepGoneLocked(t.key, goneMark{req: rec.Req, due: rec.Due, until: rec.Next})
 	return true
 }
 
@@ -770,20 +919,22 @@ func (s *Shard) internLocked(name string) string {
 func (s *Shard) removeLocked(t *timer) {
 	s.disarmLocked(t)
 	s.landLocked(t)
-	t.waiting = false
+	s.unwaitLocked(t)
+	s.dropDeadLocked(t)
 	delete(s.timers, t.key)
-	delete(s.dead, t.key)
 	s.slots[t.slot] = nil
 	s.free = append(s.free, t.slot)
 }
 
-// armLocked puts t in the wheel at due (unix ms).
+// armLocked puts t in the wheel at due (unix ms), in place of the entry
+// it had, and takes it out of the backlog. If the wheel refuses due
+// (past its horizon), t is left as it was.
 func (s *Shard) armLocked(t *timer, due int64) error {
-	s.disarmLocked(t)
 	h, err := s.wheel.Add(due, t.slot)
 	if err != nil {
 		return fmt.Errorf("due_time: %w: %w", ErrInvalidDue, err)
 	}
+	s.disarmLocked(t)
 	t.handle, t.armed = h, true
 	return nil
 }
@@ -808,23 +959,44 @@ func (s *Shard) landLocked(t *timer) {
 // occurLocked starts a new occurrence of t, due at due (unix ms), and
 // writes it: a new delivery id, no attempts, pending, armed. It is how
 // Schedule, Reschedule, an ack of a repeating timer and Replay all move a
-// timer on. If the wheel refuses due, t is left unarmed and unwritten.
+// timer on. If the wheel refuses due, t is left as it was (armed, in
+// flight, waiting or dead) and unwritten.
 func (s *Shard) occurLocked(t *timer, due int64) error {
-	s.landLocked(t)
-	t.waiting = false
 	if err := s.armLocked(t, due); err != nil {
 		return err
 	}
+	s.landLocked(t)
+	s.unwaitLocked(t)
+	s.dropDeadLocked(t) // before t's record changes
 	s.seq++
-	t.rec.OccEpoch, t.rec.OccSeq = s.epoch, s.seq
+	t.rec.OccEpoch, t.rec.OccSeq = s.grant.Epoch, s.seq
 	t.rec.Due, t.rec.Next = due, due
 	t.rec.State = store.Pending
 	t.rec.Attempts, t.attempts = 0, 0
 	t.rec.LastAttempt, t.sent = 0, 0
 	t.rec.Reason = ""
-	delete(s.dead, t.key)
 	s.putLocked(t)
 	return nil
+}
+
+// addDeadLocked records that t, whose record is final, is a dead letter.
+func (s *Shard) addDeadLocked(t *timer) {
+	s.dead[t.key] = struct{}{}
+	s.deadMu.Lock()
+	s.deadIdx.insert(t)
+	s.deadMu.Unlock()
+}
+
+// dropDeadLocked records that t is no longer a dead letter, if it was one,
+// before its record changes.
+func (s *Shard) dropDeadLocked(t *timer) {
+	if t.rec.State != store.Dead {
+		return
+	}
+	delete(s.dead, t.key)
+	s.deadMu.Lock()
+	s.deadIdx.remove(t)
+	s.deadMu.Unlock()
 }
 
 func (s *Shard) putLocked(t *timer) {
@@ -846,7 +1018,7 @@ func (s *Shard) submitLocked() *store.Commit {
 	if len(s.ops) == 0 {
 		return nil
 	}
-	c := s.com.Submit(s.id, s.epoch, s.ops)
+	c := s.com.Submit(s.id, s.grant, s.ops)
 	s.ops = nil
 	s.lastSub = c
 	for _, t := range s.touched {

@@ -648,7 +648,7 @@ func TestFencing(t *testing.T) {
 		}
 		// The store refuses A's epoch outright, for every kind of write.
 		for _, op := range []store.Op{{Key: store.Key("ns", "kept")}, {Key: store.Key("ns", "a-evil"), Value: (&store.Record{Namespace: "ns", ID: "a-evil", Topic: "t", State: store.Pending}).AppendBinary(nil)}} {
-			batches := []store.Batch{{Shard: 5, Epoch: a.Epoch(), Ops: []store.Op{op}}}
+			batches := []store.Batch{{Shard: 5, Grant: a.Grant(), Ops: []store.Op{op}}}
 			if err := e.st.Commit(ctx, batches); err != nil || !errors.Is(batches[0].Err, store.ErrFenced) {
 				t.Fatalf("stale write: %v, %v", err, batches[0].Err)
 			}
@@ -677,28 +677,60 @@ func mustAckIgnored(t testing.TB, s *Shard, d Delivery) {
 }
 
 // TestStopsFiringWithoutLease: a shard that cannot renew its lease fires
-// what is due before the lease it last confirmed may lapse, and nothing
-// from then on.
+// what is due before the lease it last confirmed may lapse, less the
+// allowance for clock drift, and nothing from then on. A zero ClockDrift
+// means the default for the TTL.
 func TestStopsFiringWithoutLease(t *testing.T) {
-	e := newRedisEnv(t)
-	k := newSink(true)
-	cfg := e.config(0, "a", k)
-	start := e.clock.Now()
-	s := e.openConfig(t, cfg)
-	validUntil := start.Add(cfg.LeaseTTL - cfg.ClockDrift) // from Open's reading of the clock
-	mustSchedule(t, s,
-		Spec{Namespace: "ns", ID: "before", Topic: "topic", Due: validUntil.Add(-time.Millisecond)},
-		Spec{Namespace: "ns", ID: "after", Topic: "topic", Due: validUntil})
-	e.redis.Kill(t)
-	e.advance(s, validUntil.Add(-time.Millisecond).Sub(e.clock.Now()))
-	if d := k.take(t, 1)[0]; d.TimerID != "before" {
-		t.Fatalf("got %q, want the timer due before the lease may lapse", d.TimerID)
+	tests := []struct {
+		name  string
+		drift time.Duration                         // Config.ClockDrift
+		want  func(ttl time.Duration) time.Duration // the allowance the shard must make
+	}{
+		{"configured", 150 * time.Millisecond, func(time.Duration) time.Duration { return 150 * time.Millisecond }},
+		{"zero: 1% of the TTL", 0, func(ttl time.Duration) time.Duration { return ttl / 100 }},
 	}
-	e.advance(s, time.Millisecond)
-	k.none(t)
-	e.advance(s, cfg.LeaseTTL)
-	k.none(t)
-	mustState(t, s, "after", Pending, 0)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newRedisEnv(t)
+			k := newSink(true)
+			cfg := e.config(0, "a", k)
+			cfg.ClockDrift = tt.drift
+			start := e.clock.Now()
+			s := e.openConfig(t, cfg)
+			validUntil := start.Add(cfg.LeaseTTL - tt.want(cfg.LeaseTTL)) // from Open's reading of the clock
+			mustSchedule(t, s,
+				Spec{Namespace: "ns", ID: "before", Topic: "topic", Due: validUntil.Add(-time.Millisecond)},
+				Spec{Namespace: "ns", ID: "after", Topic: "topic", Due: validUntil})
+			e.redis.Kill(t)
+			e.advance(s, validUntil.Add(-time.Millisecond).Sub(e.clock.Now()))
+			if d := k.take(t, 1)[0]; d.TimerID != "before" {
+				t.Fatalf("got %q, want the timer due before the lease may lapse", d.TimerID)
+			}
+			e.advance(s, time.Millisecond)
+			k.none(t)
+			e.advance(s, cfg.LeaseTTL)
+			k.none(t)
+			mustState(t, s, "after", Pending, 0)
+		})
+	}
+}
+
+func TestClockDriftFor(t *testing.T) {
+	for _, tt := range []struct{ ttl, want time.Duration }{
+		{10 * time.Second, 100 * time.Millisecond},
+		{2 * time.Second, 20 * time.Millisecond},
+		{time.Minute, 600 * time.Millisecond},
+		{100 * time.Millisecond, 10 * time.Millisecond}, // the floor
+	} {
+		if got := ClockDriftFor(tt.ttl); got != tt.want {
+			t.Errorf("ClockDriftFor(%v) = %v, want %v", tt.ttl, got, tt.want)
+		}
+	}
+	for name, c := range map[string]Config{"DefaultConfig": DefaultConfig(0, "a"), "LocalConfig": LocalConfig(0, "a")} {
+		if c.ClockDrift != ClockDriftFor(c.LeaseTTL) {
+			t.Errorf("%s: ClockDrift %v for LeaseTTL %v, want ClockDriftFor's %v", name, c.ClockDrift, c.LeaseTTL, ClockDriftFor(c.LeaseTTL))
+		}
+	}
 }
 
 // TestConcurrent drives every call from many goroutines while the clock
@@ -902,8 +934,8 @@ type slowLoad struct {
 	pass func()
 }
 
-func (s slowLoad) Load(ctx context.Context, shard uint32, epoch uint64, fn func([]store.Record) error) error {
-	err := s.Store.Load(ctx, shard, epoch, fn)
+func (s slowLoad) Load(ctx context.Context, shard uint32, g store.Grant, fn func([]store.Record) error) error {
+	err := s.Store.Load(ctx, shard, g, fn)
 	s.pass()
 	return err
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,22 +21,45 @@ type CommitterConfig struct {
 	// A shard always uses the same lane, so its writes stay in order.
 	Lanes int
 	// MaxBatchOps caps the writes of one shard in one Batch (default
-	// 4096); more are cut into further batches of the same cycle, which
-	// the store applies in order. It bounds how long one script holds a
+	// 4096): a submission with more is cut into pieces of at most
+	// MaxBatchOps, and a cycle carries at most one batch of each shard, so
+	// a big submission takes one piece per cycle while the other shards
+	// of its lane ride every cycle. It bounds how long one script holds a
 	// Redis server's only thread.
 	MaxBatchOps int
+	// MaxCycleOps caps the writes of one cycle, that is of one round
+	// trip (default 16384, at least MaxBatchOps); batches that do not fit
+	// wait for the next cycle. It bounds the largest round trip the
+	// Committer sends, which CommitTimeout (and a Redis client's socket
+	// timeouts) must cover.
+	MaxCycleOps int
+	// MaxQueueOps caps the writes a lane holds, queued or in a cycle not
+	// yet finished, plus those reserved (default 262144, at least
+	// MaxCycleOps). Reserve fails with ErrOverloaded beyond it, so while
+	// the store is slow or unreachable callers are refused at once
+	// instead of queuing without bound. Submit itself never refuses: its
+	// writes are already applied in the caller's memory.
+	MaxQueueOps int
 	// CommitTimeout bounds one Store.Commit round trip (default 10s).
 	CommitTimeout time.Duration
+	// GiveUpAfter bounds how long a lane retries a store that keeps
+	// failing (default 10s). Once its round trips have failed for that
+	// long in a row, counted across cycles from the first failed attempt,
+	// a cycle is given up after its own next failed attempt: its writers'
+	// Commits fail with ErrUnavailable (the writes may or may not have
+	// been applied), and the lane goes on with the next cycle. A writer
+	// therefore learns its outcome within about GiveUpAfter plus two
+	// CommitTimeouts of submitting.
+	GiveUpAfter time.Duration
 	// RetryMin and RetryMax bound the backoff between attempts of a cycle
-	// whose round trip failed (defaults 5ms and 1s). A cycle is retried
-	// until it succeeds or the Committer closes: every write is
-	// idempotent, and a shard that cannot reach its store loses its lease,
-	// which fences what is still queued.
+	// whose round trip failed (defaults 5ms and 1s). Every write is
+	// idempotent, so a retried round trip that had been applied changes
+	// nothing.
 	RetryMin, RetryMax time.Duration
 	// Logger receives failed round trips. Default: discard.
 	Logger *slog.Logger
 	// OnCommit, if set, is called from the Committer's goroutine after
-	// every cycle, for metrics. It must not block.
+	// every cycle, durable or given up, for metrics. It must not block.
 	OnCommit func(CommitStats)
 }
 
@@ -43,8 +67,11 @@ type CommitterConfig struct {
 type CommitStats struct {
 	Batches int           // shard batches in the cycle
 	Ops     int           // writes in the cycle
-	Latency time.Duration // from the cycle's start to durable, retries included
-	Retries int           // failed round trips before the one that succeeded
+	Latency time.Duration // from the cycle's start to its outcome, retries included
+	Retries int           // failed round trips before the last one
+	// Err is nil when the cycle is durable; it wraps ErrUnavailable when
+	// the cycle was given up.
+	Err error
 }
 
 // DefaultCommitterConfig returns the defaults documented on CommitterConfig.
@@ -52,7 +79,10 @@ func DefaultCommitterConfig() CommitterConfig {
 	return CommitterConfig{
 		Lanes:         2,
 		MaxBatchOps:   4096,
+		MaxCycleOps:   16384,
+		MaxQueueOps:   262144,
 		CommitTimeout: 10 * time.Second,
+		GiveUpAfter:   10 * time.Second,
 		RetryMin:      5 * time.Millisecond,
 		RetryMax:      time.Second,
 	}
@@ -67,8 +97,14 @@ func (c CommitterConfig) Validate() error {
 		return fmt.Errorf("%w: Lanes must be in [1, 64], got %d", ErrInvalidConfig, c.Lanes)
 	case c.MaxBatchOps < 1:
 		return fmt.Errorf("%w: MaxBatchOps must be >= 1, got %d", ErrInvalidConfig, c.MaxBatchOps)
+	case c.MaxCycleOps < c.MaxBatchOps:
+		return fmt.Errorf("%w: MaxCycleOps must be >= MaxBatchOps=%d, got %d", ErrInvalidConfig, c.MaxBatchOps, c.MaxCycleOps)
+	case c.MaxQueueOps < c.MaxCycleOps:
+		return fmt.Errorf("%w: MaxQueueOps must be >= MaxCycleOps=%d, got %d", ErrInvalidConfig, c.MaxCycleOps, c.MaxQueueOps)
 	case c.CommitTimeout <= 0:
 		return fmt.Errorf("%w: CommitTimeout must be > 0, got %v", ErrInvalidConfig, c.CommitTimeout)
+	case c.GiveUpAfter <= 0:
+		return fmt.Errorf("%w: GiveUpAfter must be > 0, got %v", ErrInvalidConfig, c.GiveUpAfter)
 	case c.RetryMin <= 0:
 		return fmt.Errorf("%w: RetryMin must be > 0, got %v", ErrInvalidConfig, c.RetryMin)
 	case c.RetryMax < c.RetryMin:
@@ -89,9 +125,12 @@ type Commit struct {
 func (c *Commit) Done() <-chan struct{} { return c.done }
 
 // Err returns the outcome once Done is closed: nil when durable, wrapping
-// ErrFenced when the store refused the shard's epoch, or wrapping ErrClosed
-// when the Committer closed before it knew (the writes may or may not have
-// been applied).
+// ErrFenced when the store refused the shard's Grant, wrapping
+// ErrUnavailable when the store kept failing and the Committer gave the
+// writes up, or wrapping ErrClosed when the Committer closed before it
+// knew. In the last two cases the writes may or may not have been applied,
+// and the shard's later writes under the same Grant fail alike (see
+// Committer).
 func (c *Commit) Err() error {
 	<-c.done
 	return c.err
@@ -124,8 +163,22 @@ func (c *Commit) finish(err error) {
 // another gathers and encodes its next cycle, which keeps a store with one
 // thread (Redis) busy.
 //
-// Submit may be called concurrently from many goroutines; Close may be
-// called concurrently with Submit and more than once.
+// A cycle is bounded: at most one batch (MaxBatchOps writes) of each shard
+// and MaxCycleOps writes in all, so no submission, however big, holds its
+// lane for more than one bounded round trip at a time. A round trip that
+// fails is retried until the lane's store has failed for GiveUpAfter; the
+// cycle is then given up (ErrUnavailable) and the lane moves on.
+//
+// Invariant: the writes of a shard under one Grant that the store applied
+// are a prefix of those submitted. Once a cycle is given up, a later batch
+// of any shard it carried, under the same Grant, is failed unsent with the
+// same error: applying it without the earlier one could, say, leave a
+// cancelled timer in the store. The shard must acquire a new Grant (reopen,
+// reloading what the store has) to write again.
+//
+// Submit, Reserve and Unreserve may be called concurrently from many
+// goroutines; Close may be called concurrently with them and more than
+// once.
 type Committer struct {
 	st    Store
 	cfg   CommitterConfig
@@ -134,24 +187,53 @@ type Committer struct {
 	quit  chan struct{} // closed by Close
 	wg    sync.WaitGroup
 	once  sync.Once
+	// refused counts the Reserve calls that failed with ErrOverloaded.
+	refused atomic.Uint64
 }
 
 // lane commits the writes of the shards routed to it, one cycle at a time.
 type lane struct {
 	c    *Committer
+	id   int
 	wake chan struct{} // cap 1: something was submitted
 
+	// load is the writes the lane holds (queued, or in a cycle not yet
+	// finished) plus those reserved; held is the same without the
+	// reservations. Both count ops. Reserve checks load against
+	// MaxQueueOps without taking mu.
+	load, held atomic.Int64
+
 	mu sync.Mutex
-	// queue holds the batches of the next cycle in submission order.
-	// Invariant: open[shard] is the index in queue of that shard's batch
-	// still taking writes, whose epoch is the one it was opened with.
+	// queue holds the batches of the next cycles in submission order.
+	// Invariant: open[shard] is the index in queue of that shard's last
+	// batch, the one still taking writes; queued is the writes in queue;
+	// split is set when some shard has more than one batch in queue.
 	queue   []pendingBatch
 	open    map[uint32]int
+	queued  int
+	split   bool
 	closing bool
+
+	// The fields below are owned by run.
+	//
 	// abandoned is set when a cycle was given up at Close: later cycles
 	// are failed with it rather than committed, since committing them
 	// could apply a shard's later writes without its earlier ones.
 	abandoned error
+	// failed holds, per shard, the Grant and error of its last cycle
+	// given up (see Committer).
+	failed map[uint32]failure
+	// downSince is when the lane's first failed round trip in a row
+	// began; zero while the store answers.
+	downSince time.Time
+	// seen is the shards of the cycle being taken (takeLocked).
+	seen map[uint32]struct{}
+}
+
+// failure is a cycle given up for a shard's Grant.
+type failure struct {
+	grant Grant
+	err   error
 }
 
 type pendingBatch struct {
@@ -169,8 +251,13 @@ func NewCommitter(st Store, cfg CommitterConfig) (*Committer, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := &Committer{st: st, cfg: cfg, log: log, quit: make(chan struct{})}
-	for range cfg.Lanes {
-		l := &lane{c: c, wake: make(chan struct{}, 1), open: make(map[uint32]int)}
+	for i := range cfg.Lanes {
+		l := &lane{
+			c: c, id: i, wake: make(chan struct{}, 1),
+			open:   make(map[uint32]int),
+			failed: make(map[uint32]failure),
+			seen:   make(map[uint32]struct{}),
+		}
 		c.lanes = append(c.lanes, l)
 		c.wg.Add(1)
 		go l.run()
@@ -178,11 +265,17 @@ func NewCommitter(st Store, cfg CommitterConfig) (*Committer, error) {
 	return c, nil
 }
 
-// Submit queues ops, made under epoch, for shard's next batch and returns
-// the Commit that reports their outcome. The Committer takes ownership of
-// ops. Ops submitted for one shard reach the store in submission order.
-func (c *Committer) Submit(shard uint32, epoch uint64, ops []Op) *Commit {
-	l := c.lanes[shard%uint32(len(c.lanes))]
+func (c *Committer) lane(shard uint32) *lane {
+	return c.lanes[shard%uint32(len(c.lanes))]
+}
+
+// Submit queues ops, made under g, for shard's next batches and returns
+// the Commit that reports their outcome: it is done once every one of
+// them is. The Committer takes ownership of ops. Ops submitted for one
+// shard reach the store in submission order; more than MaxBatchOps are
+// cut into pieces that ride successive cycles.
+func (c *Committer) Submit(shard uint32, g Grant, ops []Op) *Commit {
+	l := c.lane(shard)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closing {
@@ -190,30 +283,98 @@ func (c *Committer) Submit(shard uint32, epoch uint64, ops []Op) *Commit {
 		cm.finish(ErrClosed)
 		return cm
 	}
-	i, ok := l.open[shard]
-	if ok {
-		b := &l.queue[i]
-		ok = b.Epoch == epoch && (len(b.Ops) == 0 || len(b.Ops)+len(ops) <= c.cfg.MaxBatchOps)
+	n := len(ops)
+	i, had := l.open[shard]
+	var b *pendingBatch
+	if had && l.queue[i].Grant == g {
+		b = &l.queue[i]
 	}
-	if !ok {
-		l.queue = append(l.queue, pendingBatch{
-			Batch:  Batch{Shard: shard, Epoch: epoch},
-			commit: &Commit{done: make(chan struct{})},
-		})
-		i = len(l.queue) - 1
-		l.open[shard] = i
+	for {
+		if b == nil || (len(ops) > 0 && len(b.Ops) >= c.cfg.MaxBatchOps) {
+			b = l.appendLocked(shard, g, had)
+			had = true
+		}
+		k := min(len(ops), c.cfg.MaxBatchOps-len(b.Ops))
+		switch {
+		case b.Ops != nil:
+			b.Ops = append(b.Ops, ops[:k]...)
+		case k == len(ops):
+			b.Ops = ops
+		default:
+			// A piece: capped, so that appending to it copies rather
+			// than overwrite the next piece.
+			b.Ops = ops[:k:k]
+		}
+		ops = ops[k:]
+		if len(ops) == 0 {
+			break
+		}
 	}
-	b := &l.queue[i]
-	if b.Ops == nil {
-		b.Ops = ops
-	} else {
-		b.Ops = append(b.Ops, ops...)
-	}
+	l.queued += n
+	l.held.Add(int64(n))
+	l.load.Add(int64(n))
 	select {
 	case l.wake <- struct{}{}:
 	default:
 	}
 	return b.commit
+}
+
+// appendLocked opens a new batch for shard at the end of the queue; had
+// says whether the shard has a batch in the queue already.
+func (l *lane) appendLocked(shard uint32, g Grant, had bool) *pendingBatch {
+	if had {
+		l.split = true
+	}
+	l.queue = append(l.queue, pendingBatch{
+		Batch:  Batch{Shard: shard, Grant: g},
+		commit: &Commit{done: make(chan struct{})},
+	})
+	i := len(l.queue) - 1
+	l.open[shard] = i
+	return &l.queue[i]
+}
+
+// Reserve claims room for ops writes of shard in its lane, or fails at once
+// with ErrOverloaded when the lane holds MaxQueueOps writes already
+// (queued, in flight and reserved). A caller that applies writes in memory
+// before it submits them reserves first, so that a refusal leaves it
+// unchanged, and gives the room back with Unreserve once it has submitted
+// them (Submit counts them itself) or given up.
+func (c *Committer) Reserve(shard uint32, ops int) error {
+	l := c.lane(shard)
+	if l.load.Add(int64(ops)) <= int64(c.cfg.MaxQueueOps) {
+		return nil
+	}
+	l.load.Add(-int64(ops))
+	c.refused.Add(1)
+	return fmt.Errorf("%w: lane %d of the group commit holds %d writes; %d more would pass its limit of %d",
+		ErrOverloaded, l.id, l.held.Load(), ops, c.cfg.MaxQueueOps)
+}
+
+// Unreserve gives back room that Reserve claimed.
+func (c *Committer) Unreserve(shard uint32, ops int) {
+	c.lane(shard).load.Add(-int64(ops))
+}
+
+// QueueStats is a snapshot of what the Committer holds.
+type QueueStats struct {
+	// Ops is the writes submitted and not yet finished (durable, fenced
+	// or given up), over all lanes.
+	Ops int
+	// Refused counts the Reserve calls refused with ErrOverloaded since
+	// the Committer started.
+	Refused uint64
+}
+
+// Queue returns a snapshot of what the Committer holds.
+func (c *Committer) Queue() QueueStats {
+	var st QueueStats
+	for _, l := range c.lanes {
+		st.Ops += int(l.held.Load())
+	}
+	st.Refused = c.refused.Load()
+	return st
 }
 
 // Close commits what was submitted before it, fails later submissions with
@@ -249,12 +410,9 @@ func (l *lane) run() {
 			case <-c.quit:
 			}
 		}
-		// Double buffering: the queue takes the spare array while the
-		// cycle is committed, and the cycle's array becomes the spare.
 		l.mu.Lock()
-		cycle := l.queue
-		l.queue = spare[:0]
-		clear(l.open)
+		cycle, ops := l.takeLocked(spare[:0])
+		more := len(l.queue) > 0
 		closing := l.closing
 		l.mu.Unlock()
 		switch {
@@ -264,25 +422,80 @@ func (l *lane) run() {
 				cycle[i].commit.finish(l.abandoned)
 			}
 		default:
-			l.abandoned = c.commit(cycle)
+			l.abandoned = l.commit(cycle)
 		}
+		l.held.Add(-int64(ops))
+		l.load.Add(-int64(ops))
 		clear(cycle) // drop references to the ops
 		spare = cycle
-		if closing {
-			l.mu.Lock()
-			empty := len(l.queue) == 0
-			l.mu.Unlock()
-			if empty {
-				return
+		switch {
+		case more:
+			// What did not fit is the next cycle, whether or not more
+			// is submitted.
+			select {
+			case l.wake <- struct{}{}:
+			default:
 			}
+		case closing:
+			return
 		}
 	}
 }
 
-// commit makes one cycle durable, retrying failed round trips. It returns
-// the error it gave the cycle's writers if it gave the cycle up (only
-// once Close has been called).
-func (c *Committer) commit(cycle []pendingBatch) error {
+// takeLocked moves the next cycle from the queue to cycle, which it
+// returns with the number of writes it holds. In the common case the
+// whole queue fits and the arrays are swapped (double buffering: the
+// queue takes cycle's array while the cycle is committed). Otherwise it
+// takes, in queue order, each shard's first batch while the cycle has
+// room; the rest stay queued, in order.
+func (l *lane) takeLocked(cycle []pendingBatch) ([]pendingBatch, int) {
+	maxOps := l.c.cfg.MaxCycleOps
+	if !l.split && l.queued <= maxOps {
+		taken, ops := l.queue, l.queued
+		l.queue = cycle
+		l.queued = 0
+		clear(l.open)
+		return taken, ops
+	}
+	clear(l.seen)
+	rest := l.queue[:0] // compacted in place: it never passes the reads
+	ops := 0
+	for _, b := range l.queue {
+		_, dup := l.seen[b.Shard]
+		// A shard that did not get in keeps its later batches out too.
+		l.seen[b.Shard] = struct{}{}
+		if dup || (len(cycle) > 0 && ops+len(b.Ops) > maxOps) {
+			rest = append(rest, b)
+			continue
+		}
+		cycle = append(cycle, b)
+		ops += len(b.Ops)
+	}
+	clear(l.queue[len(rest):])
+	l.queue = rest
+	clear(l.open)
+	l.queued, l.split = 0, false
+	for i := range rest {
+		if _, had := l.open[rest[i].Shard]; had {
+			l.split = true
+		}
+		l.open[rest[i].Shard] = i
+		l.queued += len(rest[i].Ops)
+	}
+	return cycle, ops
+}
+
+// commit makes one cycle durable, retrying failed round trips, or gives it
+// up (see Committer). It returns the error it gave the cycle's writers if
+// it gave the cycle up because the Committer is closing.
+func (l *lane) commit(cycle []pendingBatch) error {
+	c := l.c
+	if len(l.failed) > 0 {
+		cycle = l.dropFailed(cycle)
+		if len(cycle) == 0 {
+			return nil
+		}
+	}
 	batches := make([]Batch, len(cycle))
 	ops := 0
 	for i := range cycle {
@@ -293,11 +506,16 @@ func (c *Committer) commit(cycle []pendingBatch) error {
 	backoff := c.cfg.RetryMin
 	retries := 0
 	for {
+		began := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.CommitTimeout)
 		err := c.st.Commit(ctx, batches)
 		cancel()
 		if err == nil {
+			l.downSince = time.Time{}
 			break
+		}
+		if l.downSince.IsZero() {
+			l.downSince = began
 		}
 		if errors.Is(err, ErrClosed) || c.closing() {
 			c.log.Error("group commit abandoned", "batches", len(batches), "ops", ops, "err", err)
@@ -307,12 +525,29 @@ func (c *Committer) commit(cycle []pendingBatch) error {
 			}
 			return err
 		}
+		down := time.Since(l.downSince)
+		if down >= c.cfg.GiveUpAfter {
+			c.log.Error("group commit given up", "batches", len(batches), "ops", ops, "retries", retries, "down", down, "err", err)
+			err = fmt.Errorf("%w: the store has failed for %v; outcome of the commit unknown: %w",
+				ErrUnavailable, down.Round(time.Millisecond), err)
+			for i := range cycle {
+				l.failed[cycle[i].Shard] = failure{cycle[i].Grant, err}
+				cycle[i].commit.finish(err)
+			}
+			if c.cfg.OnCommit != nil {
+				c.cfg.OnCommit(CommitStats{Batches: len(batches), Ops: ops, Latency: time.Since(start), Retries: retries, Err: err})
+			}
+			return nil
+		}
 		retries++
-		c.log.Warn("group commit failed; retrying", "batches", len(batches), "ops", ops, "retry", retries, "backoff", backoff, "err", err)
+		wait := min(backoff, c.cfg.GiveUpAfter-down)
+		c.log.Warn("group commit failed; retrying", "batches", len(batches), "ops", ops, "retry", retries, "backoff", wait, "err", err)
+		t := time.NewTimer(wait)
 		select {
-		case <-time.After(backoff):
+		case <-t.C:
 		case <-c.quit:
 		}
+		t.Stop()
 		backoff = min(2*backoff, c.cfg.RetryMax)
 	}
 	for i := range cycle {
@@ -322,6 +557,27 @@ func (c *Committer) commit(cycle []pendingBatch) error {
 		c.cfg.OnCommit(CommitStats{Batches: len(batches), Ops: ops, Latency: time.Since(start), Retries: retries})
 	}
 	return nil
+}
+
+// dropFailed fails, unsent, the batches of cycle whose shard had a cycle
+// given up under the same Grant, and returns the others. A shard that
+// comes back under another Grant is forgotten.
+func (l *lane) dropFailed(cycle []pendingBatch) []pendingBatch {
+	keep := cycle[:0]
+	for _, b := range cycle {
+		f, ok := l.failed[b.Shard]
+		switch {
+		case !ok:
+		case f.grant == b.Grant:
+			b.commit.finish(f.err)
+			continue
+		default:
+			delete(l.failed, b.Shard)
+		}
+		keep = append(keep, b)
+	}
+	clear(cycle[len(keep):])
+	return keep
 }
 
 func (c *Committer) closing() bool {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/timerd/timerd/internal/redistest"
 )
@@ -44,7 +45,7 @@ func TestCommitterCoalesces(t *testing.T) {
 			ops.Add(int64(st.Ops))
 		}
 		c := newTestCommitter(t, s, cfg)
-		epochs := make([]uint64, shards)
+		epochs := make([]Grant, shards)
 		for sh := range epochs {
 			epochs[sh] = mustAcquire(t, s, uint32(sh), "a", longTTL)
 		}
@@ -125,7 +126,7 @@ func TestCommitterFencedBatch(t *testing.T) {
 	committerStores(t, func(t *testing.T, s Store) {
 		c := newTestCommitter(t, s, DefaultCommitterConfig())
 		stale := mustAcquire(t, s, 1, "a", longTTL)
-		mustRelease(t, s, 1, "a", stale)
+		mustRelease(t, s, 1, stale)
 		current := mustAcquire(t, s, 1, "b", longTTL)
 		good := mustAcquire(t, s, 2, "a", longTTL)
 		// An empty submission under the current epoch must not lend its
@@ -209,7 +210,10 @@ func TestCommitterConfig(t *testing.T) {
 		{"Linger", func(c *CommitterConfig) { c.Linger = -1 }},
 		{"Lanes", func(c *CommitterConfig) { c.Lanes = 0 }},
 		{"MaxBatchOps", func(c *CommitterConfig) { c.MaxBatchOps = 0 }},
+		{"MaxCycleOps", func(c *CommitterConfig) { c.MaxCycleOps = c.MaxBatchOps - 1 }},
+		{"MaxQueueOps", func(c *CommitterConfig) { c.MaxQueueOps = c.MaxCycleOps - 1 }},
 		{"CommitTimeout", func(c *CommitterConfig) { c.CommitTimeout = 0 }},
+		{"GiveUpAfter", func(c *CommitterConfig) { c.GiveUpAfter = 0 }},
 		{"RetryMin", func(c *CommitterConfig) { c.RetryMin = 0 }},
 		{"RetryMax", func(c *CommitterConfig) { c.RetryMax = c.RetryMin / 2 }},
 	}
@@ -226,5 +230,224 @@ func TestCommitterConfig(t *testing.T) {
 		if _, err := NewCommitter(nil, cfg); err == nil {
 			t.Errorf("%s: NewCommitter accepted the config", tc.field)
 		}
+	}
+}
+
+// gatedStore holds the first Commit until gate is closed and records the
+// batches of every Commit: which shard, how many writes.
+type gatedStore struct {
+	Store
+	gate     chan struct{}
+	entered  chan struct{} // closed when the first Commit is held
+	once     sync.Once
+	openOnce sync.Once
+
+	mu    sync.Mutex
+	calls [][]batchShape // guarded by mu
+}
+
+type batchShape struct {
+	shard uint32
+	ops   int
+}
+
+// newGatedStore wraps s. Tests defer open, so that a test that fails
+// does not leave the lane held when its committer closes.
+func newGatedStore(s Store) *gatedStore {
+	return &gatedStore{Store: s, gate: make(chan struct{}), entered: make(chan struct{})}
+}
+
+// open lets the held Commit, and every later one, through.
+func (g *gatedStore) open() { g.openOnce.Do(func() { close(g.gate) }) }
+
+func (g *gatedStore) Commit(ctx context.Context, batches []Batch) error {
+	g.once.Do(func() {
+		close(g.entered)
+		<-g.gate
+	})
+	shape := make([]batchShape, len(batches))
+	for i, b := range batches {
+		shape[i] = batchShape{b.Shard, len(b.Ops)}
+	}
+	g.mu.Lock()
+	g.calls = append(g.calls, shape)
+	g.mu.Unlock()
+	return g.Store.Commit(ctx, batches)
+}
+
+// TestCommitterSplitsBigSubmission: a submission of ten times MaxBatchOps
+// is committed in pieces of at most MaxBatchOps, in round trips of at most
+// MaxCycleOps, and the submissions of other shards of the lane ride the
+// first round trips rather than wait for the last piece.
+func TestCommitterSplitsBigSubmission(t *testing.T) {
+	committerStores(t, func(t *testing.T, s Store) {
+		g := newGatedStore(s)
+		defer g.open()
+		cfg := DefaultCommitterConfig()
+		cfg.Lanes = 1
+		cfg.MaxBatchOps = 50
+		cfg.MaxCycleOps = 100
+		c := newTestCommitter(t, g, cfg)
+		const big = 10 * 50
+		epochs := make([]Grant, 4)
+		for sh := range epochs {
+			epochs[sh] = mustAcquire(t, s, uint32(sh), "a", longTTL)
+		}
+		ops := make([]Op, big)
+		for i := range ops {
+			ops[i] = put(rec("ns", fmt.Sprintf("big%03d", i)))
+		}
+		bigCommit := c.Submit(0, epochs[0], ops)
+		<-g.entered // the first round trip is held: the rest queue behind it
+		var small []*Commit
+		for sh := 1; sh < len(epochs); sh++ {
+			small = append(small, c.Submit(uint32(sh), epochs[sh], []Op{put(rec("ns", "small"))}))
+		}
+		g.open()
+		for _, cm := range small {
+			if err := cm.Wait(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := bigCommit.Wait(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if got := loadAll(t, s, 0, epochs[0]); len(got) != big {
+			t.Fatalf("%d of the big submission's writes stored once its Commit was done, want %d", len(got), big)
+		}
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		lastBig, lastSmall, pieces := -1, -1, 0
+		for i, call := range g.calls {
+			total := 0
+			for _, b := range call {
+				total += b.ops
+				if b.ops > cfg.MaxBatchOps {
+					t.Errorf("round trip %d: shard %d batch of %d writes, MaxBatchOps is %d", i, b.shard, b.ops, cfg.MaxBatchOps)
+				}
+				if b.shard == 0 {
+					lastBig = i
+					pieces++
+				} else {
+					lastSmall = i
+				}
+			}
+			if total > cfg.MaxCycleOps {
+				t.Errorf("round trip %d carried %d writes, MaxCycleOps is %d", i, total, cfg.MaxCycleOps)
+			}
+		}
+		if pieces < big/cfg.MaxBatchOps {
+			t.Errorf("the big submission went in %d batches, want at least %d", pieces, big/cfg.MaxBatchOps)
+		}
+		if lastSmall >= lastBig {
+			t.Errorf("the other shards' writes went in round trip %d, not before the big submission's last (%d)", lastSmall, lastBig)
+		}
+		t.Logf("%d round trips, big submission in %d pieces", len(g.calls), pieces)
+	})
+}
+
+// TestCommitterGivesUp: while the store is down, a cycle is retried for
+// GiveUpAfter and then its writers fail with ErrUnavailable, as do the
+// shard's later writes under the same epoch; once the store is back the
+// lane commits again, for other shards and for the shard under a new
+// epoch.
+func TestCommitterGivesUp(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newTestRedis(t, srv.Client(t), "td", 1000)
+	cfg := DefaultCommitterConfig()
+	cfg.Lanes = 1
+	cfg.GiveUpAfter = 300 * time.Millisecond
+	cfg.CommitTimeout = time.Second
+	cfg.RetryMax = 50 * time.Millisecond
+	var gaveUp atomic.Int64
+	cfg.OnCommit = func(st CommitStats) {
+		if errors.Is(st.Err, ErrUnavailable) {
+			gaveUp.Add(1)
+		}
+	}
+	c := newTestCommitter(t, s, cfg)
+	e0 := mustAcquire(t, s, 0, "a", longTTL)
+	e1 := mustAcquire(t, s, 1, "a", longTTL)
+	srv.Kill(t)
+	// The bound is the test's, far above GiveUpAfter: without giving up
+	// the commit would wait for ever.
+	bound := func() context.Context {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		t.Cleanup(cancel)
+		return ctx
+	}
+	lost := c.Submit(0, e0, []Op{put(rec("ns", "lost"))})
+	if err := lost.Wait(bound()); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("commit with the store down: %v, want ErrUnavailable", err)
+	}
+	srv.Restart(t)
+	// The shard's later write under the same epoch would land without
+	// the earlier one: it is failed unsent.
+	if err := c.Submit(0, e0, []Op{put(rec("ns", "later"))}).Wait(bound()); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("later write under the failed epoch: %v, want ErrUnavailable", err)
+	}
+	if err := c.Submit(1, e1, []Op{put(rec("ns", "other"))}).Wait(bound()); err != nil {
+		t.Fatalf("another shard after the store came back: %v", err)
+	}
+	e0b := mustAcquire(t, s, 0, "a", longTTL)
+	if err := c.Submit(0, e0b, []Op{put(rec("ns", "again"))}).Wait(bound()); err != nil {
+		t.Fatalf("the shard under a new epoch: %v", err)
+	}
+	got := loadAll(t, s, 0, e0b)
+	if _, ok := got[Key("ns", "later")]; ok || len(got) > 2 {
+		t.Fatalf("shard 0 holds %v; the write after the given-up one must not land", got)
+	}
+	if gaveUp.Load() == 0 {
+		t.Fatal("OnCommit never reported a cycle given up")
+	}
+}
+
+// TestCommitterOverloaded: Reserve refuses at once with ErrOverloaded
+// while the lane holds MaxQueueOps writes, counts the refusal, and admits
+// again once the writes are durable.
+func TestCommitterOverloaded(t *testing.T) {
+	s := openTestEmbedded(t, DefaultEmbeddedConfig(t.TempDir()))
+	g := newGatedStore(s)
+	defer g.open()
+	cfg := DefaultCommitterConfig()
+	cfg.Lanes = 1
+	cfg.MaxBatchOps, cfg.MaxCycleOps, cfg.MaxQueueOps = 10, 10, 30
+	c := newTestCommitter(t, g, cfg)
+	e := mustAcquire(t, s, 0, "a", longTTL)
+	var ops []Op
+	for i := range 25 {
+		ops = append(ops, put(rec("ns", fmt.Sprint(i))))
+	}
+	if err := c.Reserve(0, len(ops)); err != nil {
+		t.Fatal(err)
+	}
+	cm := c.Submit(0, e, ops)
+	c.Unreserve(0, len(ops))
+	<-g.entered
+	if q := c.Queue(); q.Ops != 25 {
+		t.Fatalf("Queue().Ops = %d, want 25", q.Ops)
+	}
+	if err := c.Reserve(0, 5); err != nil {
+		t.Fatalf("Reserve within the limit: %v", err)
+	}
+	if err := c.Reserve(0, 1); !errors.Is(err, ErrOverloaded) {
+		t.Fatalf("Reserve past the limit: %v, want ErrOverloaded", err)
+	}
+	c.Unreserve(0, 5)
+	if q := c.Queue(); q.Refused != 1 {
+		t.Fatalf("Queue().Refused = %d, want 1", q.Refused)
+	}
+	g.open()
+	if err := cm.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// The lane counts the cycle out just after its outcome.
+	for deadline := time.Now().Add(10 * time.Second); c.Queue().Ops != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Queue().Ops = %d after the commit, want 0", c.Queue().Ops)
+		}
+	}
+	if err := c.Reserve(0, cfg.MaxQueueOps); err != nil {
+		t.Fatalf("Reserve once the queue drained: %v", err)
 	}
 }

@@ -34,6 +34,9 @@ import (
 //     they keep growing across restarts. The in-memory copy in epochs is
 //     changed only after that write succeeded, so it never runs ahead of
 //     the disk.
+//   - Tokens live only in memory (tokens): a reopened store knows none, so
+//     no Grant handed out before the reopen is current; the next Acquire
+//     makes one that is.
 //   - Leases live only in memory: one process owns the directory, so the
 //     owners that compete for a lease are all inside it (for example two
 //     shard instances in a test). A restart drops every lease, which is
@@ -66,6 +69,10 @@ type Embedded struct {
 	// epochs is the current epoch of every shard ever acquired, mirroring
 	// the 'e' keys on disk. A missing shard has epoch 0.
 	epochs map[uint32]uint64
+	// tokens is the token of each shard's current epoch, for the shards
+	// acquired since the store was opened. Invariant: a Grant is current
+	// iff its epoch is epochs[shard] and its token tokens[shard].
+	tokens map[uint32]Token
 	// leases holds the lease of every shard acquired and not released; an
 	// entry whose expiry has passed is a lapsed lease.
 	leases map[uint32]embeddedLease
@@ -76,7 +83,7 @@ var _ Store = (*Embedded)(nil)
 // embeddedLease is a lease held in memory.
 type embeddedLease struct {
 	owner   string
-	epoch   uint64
+	grant   Grant
 	expires time.Time // by EmbeddedConfig.Now
 }
 
@@ -181,6 +188,7 @@ func OpenEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		db:     db,
 		lock:   lock,
 		epochs: map[uint32]uint64{},
+		tokens: map[uint32]Token{},
 		leases: map[uint32]embeddedLease{},
 	}
 	if err := e.readEpochs(); err != nil {
@@ -254,36 +262,47 @@ func (e *Embedded) leaseLocked(shard uint32, now time.Time) (embeddedLease, bool
 
 // Acquire implements Store. The new epoch is on disk (synced) before it
 // is returned.
-func (e *Embedded) Acquire(ctx context.Context, shard uint32, owner string, ttl time.Duration) (uint64, error) {
+func (e *Embedded) Acquire(ctx context.Context, shard uint32, owner string, ttl time.Duration) (Grant, error) {
 	if err := ctx.Err(); err != nil {
-		return 0, err
+		return Grant{}, err
 	}
 	if owner == "" {
-		return 0, fmt.Errorf("store: acquire shard %d: empty owner", shard)
+		return Grant{}, fmt.Errorf("store: acquire shard %d: empty owner", shard)
 	}
 	if ttl <= 0 {
-		return 0, fmt.Errorf("store: acquire shard %d: lease ttl %v is not positive", shard, ttl)
+		return Grant{}, fmt.Errorf("store: acquire shard %d: lease ttl %v is not positive", shard, ttl)
+	}
+	token, err := newToken()
+	if err != nil {
+		return Grant{}, err
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err := e.checkLocked(); err != nil {
-		return 0, err
+		return Grant{}, err
 	}
 	now := e.cfg.Now()
 	if l, ok := e.leaseLocked(shard, now); ok && l.owner != owner {
-		return 0, fmt.Errorf("%w: shard %d: held by %q under epoch %d for another %v", ErrLeaseHeld, shard, l.owner, l.epoch, l.expires.Sub(now))
+		return Grant{}, fmt.Errorf("%w: shard %d: held by %q under epoch %d for another %v", ErrLeaseHeld, shard, l.owner, l.grant.Epoch, l.expires.Sub(now))
 	}
-	next := e.epochs[shard] + 1
-	if err := e.db.Set(epochKey(shard), binary.BigEndian.AppendUint64(nil, next), pebble.Sync); err != nil {
-		return 0, fmt.Errorf("store: acquire shard %d: persist epoch %d: %w", shard, next, err)
+	g := Grant{Epoch: e.epochs[shard] + 1, Token: token}
+	if err := e.db.Set(epochKey(shard), binary.BigEndian.AppendUint64(nil, g.Epoch), pebble.Sync); err != nil {
+		return Grant{}, fmt.Errorf("store: acquire shard %d: persist epoch %d: %w", shard, g.Epoch, err)
 	}
-	e.epochs[shard] = next
-	e.leases[shard] = embeddedLease{owner: owner, epoch: next, expires: now.Add(ttl)}
-	return next, nil
+	e.epochs[shard] = g.Epoch
+	e.tokens[shard] = g.Token
+	e.leases[shard] = embeddedLease{owner: owner, grant: g, expires: now.Add(ttl)}
+	return g, nil
+}
+
+// currentLocked reports whether g is shard's current Grant. mu must be
+// held.
+func (e *Embedded) currentLocked(shard uint32, g Grant) bool {
+	return g.valid() && g.Epoch == e.epochs[shard] && g.Token == e.tokens[shard]
 }
 
 // Renew implements Store.
-func (e *Embedded) Renew(ctx context.Context, shard uint32, owner string, epoch uint64, ttl time.Duration) error {
+func (e *Embedded) Renew(ctx context.Context, shard uint32, g Grant, ttl time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -297,14 +316,12 @@ func (e *Embedded) Renew(ctx context.Context, shard uint32, owner string, epoch 
 	}
 	now := e.cfg.Now()
 	l, ok := e.leaseLocked(shard, now)
-	// l.epoch is always the current epoch (Acquire sets both), so
-	// matching it is matching the shard's epoch.
-	if !ok || l.owner != owner || l.epoch != epoch {
+	if !ok || l.grant != g || !e.currentLocked(shard, g) {
 		held := "the lease has lapsed"
 		if ok {
-			held = fmt.Sprintf("held by %q under epoch %d", l.owner, l.epoch)
+			held = fmt.Sprintf("held by %q under epoch %d", l.owner, l.grant.Epoch)
 		}
-		return fmt.Errorf("%w: shard %d: renew by %q under epoch %d; current epoch %d, %s", ErrFenced, shard, owner, epoch, e.epochs[shard], held)
+		return fmt.Errorf("%w: shard %d: renew under %v; current epoch %d, %s", ErrFenced, shard, g, e.epochs[shard], held)
 	}
 	l.expires = now.Add(ttl)
 	e.leases[shard] = l
@@ -313,7 +330,7 @@ func (e *Embedded) Renew(ctx context.Context, shard uint32, owner string, epoch 
 
 // Release implements Store. The epoch stays: the next owner's Acquire
 // moves it on.
-func (e *Embedded) Release(ctx context.Context, shard uint32, owner string, epoch uint64) error {
+func (e *Embedded) Release(ctx context.Context, shard uint32, g Grant) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -322,7 +339,7 @@ func (e *Embedded) Release(ctx context.Context, shard uint32, owner string, epoc
 	if err := e.checkLocked(); err != nil {
 		return err
 	}
-	if l, ok := e.leases[shard]; ok && l.owner == owner && l.epoch == epoch {
+	if l, ok := e.leases[shard]; ok && l.grant == g {
 		delete(e.leases, shard)
 	}
 	return nil
@@ -362,8 +379,8 @@ func (e *Embedded) Commit(ctx context.Context, batches []Batch) error {
 	var key []byte
 	for i := range batches {
 		b := &batches[i]
-		if cur := e.epochs[b.Shard]; cur != b.Epoch || b.Epoch == 0 {
-			b.Err = fmt.Errorf("%w: shard %d: commit under epoch %d; current epoch %d", ErrFenced, b.Shard, b.Epoch, cur)
+		if !e.currentLocked(b.Shard, b.Grant) {
+			b.Err = fmt.Errorf("%w: shard %d: commit under %v; current epoch %d", ErrFenced, b.Shard, b.Grant, e.epochs[b.Shard])
 			continue
 		}
 		// Pebble gives each entry of a batch its own sequence number, in
@@ -387,7 +404,7 @@ func (e *Embedded) Commit(ctx context.Context, batches []Batch) error {
 		}
 	}
 	for i := range batches {
-		if b := &batches[i]; b.Epoch != 0 && b.Epoch == e.epochs[b.Shard] {
+		if b := &batches[i]; e.currentLocked(b.Shard, b.Grant) {
 			b.Err = nil
 		}
 	}
@@ -397,11 +414,11 @@ func (e *Embedded) Commit(ctx context.Context, batches []Batch) error {
 // Load implements Store. It reads a consistent snapshot of the shard as of
 // the call, in key order, and stops with ErrFenced if the shard's epoch
 // moves on (or ErrClosed if the store closes) between two pages.
-func (e *Embedded) Load(ctx context.Context, shard uint32, epoch uint64, fn func(page []Record) error) error {
+func (e *Embedded) Load(ctx context.Context, shard uint32, g Grant, fn func(page []Record) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	it, err := e.startLoad(shard, epoch)
+	it, err := e.startLoad(shard, g)
 	if err != nil {
 		return err
 	}
@@ -419,7 +436,7 @@ func (e *Embedded) Load(ctx context.Context, shard uint32, epoch uint64, fn func
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		return e.loadCheck(shard, epoch)
+		return e.loadCheck(shard, g)
 	}
 	for it.First(); it.Valid(); it.Next() {
 		v, err := it.ValueAndErr()
@@ -453,10 +470,10 @@ func (e *Embedded) Load(ctx context.Context, shard uint32, epoch uint64, fn func
 // startLoad checks the epoch and opens an iterator over the shard,
 // registering it in e.loads. The caller closes the iterator and calls
 // e.loads.Done.
-func (e *Embedded) startLoad(shard uint32, epoch uint64) (*pebble.Iterator, error) {
+func (e *Embedded) startLoad(shard uint32, g Grant) (*pebble.Iterator, error) {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
-	if err := e.loadCheckLocked(shard, epoch); err != nil {
+	if err := e.loadCheckLocked(shard, g); err != nil {
 		return nil, err
 	}
 	lower, upper := shardBounds(shard)
@@ -468,20 +485,20 @@ func (e *Embedded) startLoad(shard uint32, epoch uint64) (*pebble.Iterator, erro
 	return it, nil
 }
 
-func (e *Embedded) loadCheck(shard uint32, epoch uint64) error {
+func (e *Embedded) loadCheck(shard uint32, g Grant) error {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
-	return e.loadCheckLocked(shard, epoch)
+	return e.loadCheckLocked(shard, g)
 }
 
 // loadCheckLocked returns ErrClosed or ErrFenced if a Load may not go
 // on. mu must be held.
-func (e *Embedded) loadCheckLocked(shard uint32, epoch uint64) error {
+func (e *Embedded) loadCheckLocked(shard uint32, g Grant) error {
 	if err := e.checkLocked(); err != nil {
 		return err
 	}
-	if cur := e.epochs[shard]; cur != epoch || epoch == 0 {
-		return fmt.Errorf("%w: shard %d: load under epoch %d; current epoch %d", ErrFenced, shard, epoch, cur)
+	if !e.currentLocked(shard, g) {
+		return fmt.Errorf("%w: shard %d: load under %v; current epoch %d", ErrFenced, shard, g, e.epochs[shard])
 	}
 	return nil
 }

@@ -145,7 +145,7 @@ func TestEmbeddedEpochsSurviveReopen(t *testing.T) {
 	dir := t.TempDir()
 	clock := newFakeClock()
 	s := openClocked(t, dir, clock)
-	var last uint64
+	var last Grant
 	for range 3 {
 		last = mustAcquire(t, s, 1, "a", time.Hour)
 	}
@@ -155,19 +155,25 @@ func TestEmbeddedEpochsSurviveReopen(t *testing.T) {
 	}
 
 	s = openClocked(t, dir, clock)
-	if l := mustLease(t, s, 1); l != (Lease{Epoch: last}) {
-		t.Fatalf("Lease after reopen = %+v, want %+v", l, Lease{Epoch: last})
+	if l := mustLease(t, s, 1); l != (Lease{Epoch: last.Epoch}) {
+		t.Fatalf("Lease after reopen = %+v, want %+v", l, Lease{Epoch: last.Epoch})
 	}
-	if l := mustLease(t, s, math.MaxUint32); l != (Lease{Epoch: other}) {
-		t.Fatalf("Lease of the last shard after reopen = %+v, want %+v", l, Lease{Epoch: other})
+	if l := mustLease(t, s, math.MaxUint32); l != (Lease{Epoch: other.Epoch}) {
+		t.Fatalf("Lease of the last shard after reopen = %+v, want %+v", l, Lease{Epoch: other.Epoch})
+	}
+	// The tokens died with the process: a grant from before is current
+	// no more, though its epoch still is.
+	b := []Batch{{Shard: 1, Grant: last, Ops: []Op{put(rec("n", "ghost"))}}}
+	if err := s.Commit(t.Context(), b); err != nil || !errors.Is(b[0].Err, ErrFenced) {
+		t.Fatalf("Commit after reopen under the grant from before: %v, %v; want ErrFenced", err, b[0].Err)
 	}
 	if l := mustLease(t, s, 2); l != (Lease{}) {
 		t.Fatalf("Lease of a shard never acquired = %+v, want the zero Lease", l)
 	}
 	// Another owner takes the shard at once: the old lease died with the
 	// process.
-	if e := mustAcquire(t, s, 1, "b", time.Hour); e != last+1 {
-		t.Fatalf("epoch after reopen = %d, want %d", e, last+1)
+	if e := mustAcquire(t, s, 1, "b", time.Hour); e.Epoch != last.Epoch+1 {
+		t.Fatalf("epoch after reopen = %d, want %d", e.Epoch, last.Epoch+1)
 	}
 }
 
@@ -184,10 +190,10 @@ func TestEmbeddedLeaseClock(t *testing.T) {
 		t.Fatalf("Acquire by b while a holds: %v, want ErrLeaseHeld naming a", err)
 	}
 	clock.Advance(9 * time.Second)
-	if l := mustLease(t, s, 0); l != (Lease{Owner: "a", Epoch: e1, TTL: time.Second}) {
+	if l := mustLease(t, s, 0); l != (Lease{Owner: "a", Epoch: e1.Epoch, TTL: time.Second}) {
 		t.Fatalf("Lease 9s into a 10s lease = %+v", l)
 	}
-	if err := s.Renew(ctx, 0, "a", e1, ttl); err != nil {
+	if err := s.Renew(ctx, 0, e1, ttl); err != nil {
 		t.Fatalf("Renew: %v", err)
 	}
 	clock.Advance(9 * time.Second) // 18s after Acquire: alive only thanks to Renew
@@ -195,37 +201,34 @@ func TestEmbeddedLeaseClock(t *testing.T) {
 		t.Fatalf("Acquire by b of a renewed lease: %v, want ErrLeaseHeld", err)
 	}
 	clock.Advance(time.Second) // expiry is exclusive: the lease lapses at exactly its ttl
-	if l := mustLease(t, s, 0); l != (Lease{Epoch: e1}) {
-		t.Fatalf("Lease after the lapse = %+v, want %+v", l, Lease{Epoch: e1})
+	if l := mustLease(t, s, 0); l != (Lease{Epoch: e1.Epoch}) {
+		t.Fatalf("Lease after the lapse = %+v, want %+v", l, Lease{Epoch: e1.Epoch})
 	}
-	err := s.Renew(ctx, 0, "a", e1, ttl)
+	err := s.Renew(ctx, 0, e1, ttl)
 	if !errors.Is(err, ErrFenced) || !strings.Contains(err.Error(), "lapsed") {
 		t.Fatalf("Renew of a lapsed lease: %v, want ErrFenced saying it lapsed", err)
 	}
 
 	e2 := mustAcquire(t, s, 0, "b", ttl)
-	if e2 <= e1 {
-		t.Fatalf("b's epoch %d, want > %d", e2, e1)
+	if e2.Epoch <= e1.Epoch {
+		t.Fatalf("b's epoch %d, want > %d", e2.Epoch, e1.Epoch)
 	}
-	mustRelease(t, s, 0, "a", e1) // stale: a no-op
-	if l := mustLease(t, s, 0); l != (Lease{Owner: "b", Epoch: e2, TTL: ttl}) {
+	mustRelease(t, s, 0, e1) // stale: a no-op
+	if l := mustLease(t, s, 0); l != (Lease{Owner: "b", Epoch: e2.Epoch, TTL: ttl}) {
 		t.Fatalf("Lease after a's stale release = %+v", l)
 	}
 	e3 := mustAcquire(t, s, 0, "b", ttl) // same owner: a new epoch
-	if e3 <= e2 {
-		t.Fatalf("b's re-acquire: epoch %d, want > %d", e3, e2)
+	if e3.Epoch <= e2.Epoch {
+		t.Fatalf("b's re-acquire: epoch %d, want > %d", e3.Epoch, e2.Epoch)
 	}
-	for _, c := range []struct {
-		owner string
-		epoch uint64
-	}{{"b", e2}, {"b", e3 + 1}, {"a", e3}} {
-		if err := s.Renew(ctx, 0, c.owner, c.epoch, ttl); !errors.Is(err, ErrFenced) {
-			t.Errorf("Renew by %s under %d (b holds %d): %v, want ErrFenced", c.owner, c.epoch, e3, err)
+	for _, g := range append([]namedGrant{{"b's superseded grant", e2}}, forgedGrants(e3)...) {
+		if err := s.Renew(ctx, 0, g.grant, ttl); !errors.Is(err, ErrFenced) {
+			t.Errorf("Renew under %s (b holds epoch %d): %v, want ErrFenced", g.name, e3.Epoch, err)
 		}
 	}
-	mustRelease(t, s, 0, "b", e3)
-	if e4 := mustAcquire(t, s, 0, "a", ttl); e4 <= e3 { // at once, no wait
-		t.Fatalf("a's acquire after b's release: epoch %d, want > %d", e4, e3)
+	mustRelease(t, s, 0, e3)
+	if e4 := mustAcquire(t, s, 0, "a", ttl); e4.Epoch <= e3.Epoch { // at once, no wait
+		t.Fatalf("a's acquire after b's release: epoch %d, want > %d", e4.Epoch, e3.Epoch)
 	}
 	for _, ttl := range []time.Duration{0, -time.Second} {
 		if _, err := s.Acquire(ctx, 5, "a", ttl); err == nil {
@@ -252,12 +255,12 @@ func TestEmbeddedFencing(t *testing.T) {
 
 	k1, k2 := rec("n", "k1"), rec("n", "k2")
 	eA := mustAcquire(t, s, shard, "a", ttl)
-	mustCommit(t, s, Batch{Shard: shard, Epoch: eA, Ops: []Op{put(k1), put(k2)}})
+	mustCommit(t, s, Batch{Shard: shard, Grant: eA, Ops: []Op{put(k1), put(k2)}})
 	clock.Advance(ttl)
 	eB := mustAcquire(t, s, shard, "b", ttl)
 	k1b, k3b := k1, rec("n", "k3")
 	k1b.Topic = "b"
-	mustCommit(t, s, Batch{Shard: shard, Epoch: eB, Ops: []Op{put(k1b), del(k2), put(k3b)}})
+	mustCommit(t, s, Batch{Shard: shard, Grant: eB, Ops: []Op{put(k1b), del(k2), put(k3b)}})
 	want := recordMap(k1b, k3b)
 
 	k1a, k2a := k1, k2
@@ -271,20 +274,20 @@ func TestEmbeddedFencing(t *testing.T) {
 		{"delete", []Op{del(k3b)}},
 		{"resurrect", []Op{put(k2a)}},
 	}
-	try := func(s *Embedded) {
+	try := func(s *Embedded, eB Grant) {
 		t.Helper()
 		eC := mustAcquire(t, s, shard+1, "c", longTTL)
 		for _, tt := range attempts {
 			k5 := rec("n", "k5")
 			batches := []Batch{
-				{Shard: shard, Epoch: eA, Ops: tt.ops},
-				{Shard: shard + 1, Epoch: eC, Ops: []Op{put(k5)}},
+				{Shard: shard, Grant: eA, Ops: tt.ops},
+				{Shard: shard + 1, Grant: eC, Ops: []Op{put(k5)}},
 			}
 			if err := s.Commit(ctx, batches); err != nil {
 				t.Fatalf("A's commit (%s): %v", tt.name, err)
 			}
 			err := batches[0].Err
-			msg := fmt.Sprintf("shard %d: commit under epoch %d; current epoch %d", shard, eA, eB)
+			msg := fmt.Sprintf("shard %d: commit under epoch %d; current epoch %d", shard, eA.Epoch, eB.Epoch)
 			if !errors.Is(err, ErrFenced) || !strings.Contains(err.Error(), msg) {
 				t.Errorf("A's commit (%s): Err %v, want ErrFenced saying %q", tt.name, err, msg)
 			}
@@ -299,12 +302,14 @@ func TestEmbeddedFencing(t *testing.T) {
 			t.Errorf("A's Load: %v, want ErrFenced", err)
 		}
 	}
-	try(s)
+	try(s, eB)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
+	// B, restarted with the store, acquires the shard again; A's writes
+	// stay refused.
 	s = openClocked(t, dir, clock)
-	try(s)
+	try(s, mustAcquire(t, s, shard, "b", ttl))
 }
 
 // TestEmbeddedDurableAfterReopen commits to several shards, the first and
@@ -320,7 +325,7 @@ func TestEmbeddedDurableAfterReopen(t *testing.T) {
 	for _, sh := range shards {
 		e := mustAcquire(t, s, sh, "a", time.Hour)
 		want[sh] = map[string]Record{}
-		b := Batch{Shard: sh, Epoch: e}
+		b := Batch{Shard: sh, Grant: e}
 		for i := range 50 {
 			r := rec("n", fmt.Sprintf("%d-%d", sh, i))
 			b.Ops = append(b.Ops, put(r))
@@ -370,8 +375,8 @@ func TestEmbeddedDirInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	s = openTestEmbedded(t, DefaultEmbeddedConfig(dir))
-	if l := mustLease(t, s, 0); l.Epoch != e {
-		t.Fatalf("epoch after reopen: %d, want %d", l.Epoch, e)
+	if l := mustLease(t, s, 0); l.Epoch != e.Epoch {
+		t.Fatalf("epoch after reopen: %d, want %d", l.Epoch, e.Epoch)
 	}
 }
 
@@ -402,7 +407,7 @@ func TestEmbeddedCloseDuringLoad(t *testing.T) {
 	for i := range 100 {
 		ops = append(ops, put(rec("n", strconv.Itoa(i))))
 	}
-	mustCommit(t, s, Batch{Shard: 0, Epoch: e, Ops: ops})
+	mustCommit(t, s, Batch{Shard: 0, Grant: e, Ops: ops})
 
 	closed := make(chan error, 1)
 	pages := 0
@@ -445,7 +450,7 @@ func TestEmbeddedLoadStops(t *testing.T) {
 	for i := range 100 {
 		ops = append(ops, put(rec("n", strconv.Itoa(i))))
 	}
-	mustCommit(t, s, Batch{Shard: 0, Epoch: e, Ops: ops})
+	mustCommit(t, s, Batch{Shard: 0, Grant: e, Ops: ops})
 
 	ctx, cancel := context.WithCancel(t.Context())
 	pages := 0
@@ -526,7 +531,7 @@ func BenchmarkEmbeddedCommit(b *testing.B) {
 	i := 0
 	batches := make([]Batch, 1)
 	for b.Loop() {
-		batches[0] = Batch{Shard: 0, Epoch: e, Ops: ops[i%sets]}
+		batches[0] = Batch{Shard: 0, Grant: e, Ops: ops[i%sets]}
 		i++
 		if err := s.Commit(ctx, batches); err != nil || batches[0].Err != nil {
 			b.Fatal(err, batches[0].Err)
@@ -552,7 +557,7 @@ func BenchmarkEmbeddedLoad(b *testing.B) {
 	}
 	r := rand.New(rand.NewPCG(1, 2))
 	for done := 0; done < n; done += 10_000 {
-		batches := []Batch{{Shard: 0, Epoch: e, Ops: benchRecords(r, min(10_000, n-done))}}
+		batches := []Batch{{Shard: 0, Grant: e, Ops: benchRecords(r, min(10_000, n-done))}}
 		if err := s.Commit(ctx, batches); err != nil || batches[0].Err != nil {
 			b.Fatal(err, batches[0].Err)
 		}

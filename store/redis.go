@@ -23,9 +23,24 @@ import (
 // lives in one Cluster slot and its Lua scripts may touch all its keys:
 //
 //	<prefix>:{s<shard>}:r      HASH   field Key(namespace, id), value an encoded Record
-//	<prefix>:{s<shard>}:epoch  STRING the shard's epoch counter (INCR by Acquire)
-//	<prefix>:{s<shard>}:lease  STRING "<epoch>:<owner>" of the holder, with a PX ttl
+//	<prefix>:{s<shard>}:epoch  STRING the current Grant, "<epoch>:<token>" (token in hex)
+//	<prefix>:{s<shard>}:lease  STRING "<epoch>:<token>:<owner>" of the holder, with a PX ttl
 //
+// # Epochs that survive a forgetful Redis
+//
+// Redis acknowledges a write before it is durable unless it runs with
+// appendfsync always, and a replica promoted by a failover may lack the
+// master's last writes. An Acquire it forgot would hand the next owner an
+// epoch it had handed out before. Two things keep that harmless. Every
+// script fences on the whole Grant, and the token is random (crypto/rand),
+// so no restart can repeat it. And the acquire script makes the new epoch
+// max(counter + 1, Redis's TIME in ms): after a restart from an older
+// state the counter is behind, but the clock is not, so the next epoch is
+// still above every epoch handed out before, as long as Redis's clock
+// (after a restart, or the new master's after a failover) has not fallen
+// behind the epochs it handed out; epochs run ahead of it only by the
+// acquires of one shard within one millisecond. Epochs stay below 2^53,
+// so Lua's doubles hold them exactly.
 // There is deliberately no sorted set of due times: the owning shard loads
 // every record into its in-memory timing wheel, which is the due-time
 // index, so a ZSET would double the cost of every write for an index that
@@ -34,8 +49,8 @@ import (
 // # Invariants
 //
 // Every write (commit, acquire, renew, release) is one Lua script that
-// checks the shard's epoch or lease value first and changes nothing when
-// the check fails; Redis runs a script atomically, so the check and the
+// checks the shard's current Grant or lease value first and changes
+// nothing when the check fails; Redis runs a script atomically, so the check and the
 // writes cannot interleave with another owner's. Scripts are sent by
 // EVALSHA and loaded again after a NOSCRIPT reply (a restarted server, a
 // SCRIPT FLUSH). The client belongs to the caller: Close only marks the
@@ -126,15 +141,16 @@ const (
 )
 
 // commitScript applies one Batch. KEYS[1] is the epoch key, KEYS[2] the
-// records hash. ARGV[1] is the batch's epoch; then come runs of ops, each
-// a kind ("p" put or "d" delete), a count n, and n field-value pairs (put)
+// records hash. ARGV[1] is the batch's Grant as "<epoch>:<token>", which
+// must be the epoch key's value exactly; then come runs of ops, each a
+// kind ("p" put or "d" delete), a count n, and n field-value pairs (put)
 // or n fields (delete), in the batch's order. Runs are applied in order,
 // each in calls of at most 1,000 ops (2,000 values to unpack): Lua's
-// unpack fails beyond ~8,000 values. Epochs are compared as decimal
-// strings, exactly: Lua's numbers are doubles.
+// unpack fails beyond ~8,000 values. The zero Grant never matches: no
+// stored Grant has epoch 0 or the zero token.
 const commitScript = `
 local cur = redis.call('GET', KEYS[1]) or '0'
-if cur ~= ARGV[1] or cur == '0' then
+if cur ~= ARGV[1] then
   return redis.error_reply('FENCED ' .. cur)
 end
 local h = KEYS[2]
@@ -164,44 +180,58 @@ return 0
 `
 
 // acquireScript takes the lease. KEYS[1] is the lease key, KEYS[2] the
-// epoch key; ARGV[1] the owner, ARGV[2] the ttl in ms. The same owner may
-// take it again (and gets a new epoch); another owner gets HELD.
+// epoch key; ARGV[1] the owner, ARGV[2] the ttl in ms, ARGV[3] the new
+// token. The same owner may take it again (and gets a new Grant); another
+// owner gets HELD. The new epoch is max(counter + 1, TIME in ms), returned
+// as a decimal string. A lease value of another layout (an older version's)
+// names no owner and so is held until it lapses. The epoch key's value is
+// read by its leading digits, so an older version's plain counter counts.
+// TIME makes the script non-deterministic; Redis 5 and later replicate a
+// script's effects, not the script, and replicate_commands asks older
+// ones to.
 const acquireScript = `
+if redis.replicate_commands then redis.replicate_commands() end
 local v = redis.call('GET', KEYS[1])
 if v then
-  local sep = string.find(v, ':', 1, true) or 0
-  if string.sub(v, sep + 1) ~= ARGV[1] then
+  local owner = string.match(v, '^%d+:' .. string.rep('%x', 32) .. ':(.*)$')
+  if owner ~= ARGV[1] then
     return redis.error_reply('HELD ' .. redis.call('PTTL', KEYS[1]) .. ' ' .. v)
   end
 end
-local e = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], string.format('%d', e) .. ':' .. ARGV[1], 'PX', ARGV[2])
+local cur = tonumber(string.match(redis.call('GET', KEYS[2]) or '', '^%d+') or '0')
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local e = string.format('%d', math.max(cur + 1, ms))
+redis.call('SET', KEYS[2], e .. ':' .. ARGV[3])
+redis.call('SET', KEYS[1], e .. ':' .. ARGV[3] .. ':' .. ARGV[1], 'PX', ARGV[2])
 return e
 `
 
 // renewScript extends the lease. KEYS[1] is the lease key, KEYS[2] the
-// epoch key; ARGV[1] the lease value "<epoch>:<owner>", ARGV[2] the ttl in
-// ms.
+// epoch key; ARGV[1] the Grant "<epoch>:<token>", ARGV[2] the ttl in ms.
+// Both the lease and the epoch key must name the Grant.
 const renewScript = `
 local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then
+local cur = redis.call('GET', KEYS[2]) or '0'
+if v and cur == ARGV[1] and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ':' then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end
-return redis.error_reply('FENCED ' .. (redis.call('GET', KEYS[2]) or '0') .. ' ' .. (v or ''))
+return redis.error_reply('FENCED ' .. cur .. ' ' .. (v or ''))
 `
 
-// releaseScript deletes the lease if it is still ARGV[1] ("<epoch>:<owner>").
-// KEYS[1] is the lease key.
+// releaseScript deletes the lease if it is still held under ARGV[1]
+// ("<epoch>:<token>"). KEYS[1] is the lease key.
 const releaseScript = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ':' then
   redis.call('DEL', KEYS[1])
 end
 return 0
 `
 
 // leaseScript reads the lease value (or ""), its remaining ms (0 when
-// there is none) and the epoch counter (or "0") at one instant. KEYS[1] is
+// there is none) and the epoch key (or "0") at one instant. KEYS[1] is
 // the lease key, KEYS[2] the epoch key.
 const leaseScript = `
 local v = redis.call('GET', KEYS[1]) or ''
@@ -225,13 +255,32 @@ func ttlMillis(ttl time.Duration) (int64, error) {
 	return int64((ttl + time.Millisecond - 1) / time.Millisecond), nil
 }
 
-func leaseValue(owner string, epoch uint64) string {
-	return strconv.FormatUint(epoch, 10) + ":" + owner
+// grantValue renders g as the epoch key holds it: "<epoch>:<token>".
+func grantValue(g Grant) string {
+	return strconv.FormatUint(g.Epoch, 10) + ":" + g.Token.String()
 }
 
-// parseLeaseValue splits "<epoch>:<owner>".
+// parseEpoch reads the epoch of an epoch key's value: its leading digits
+// ("<epoch>:<token>", or an older version's plain counter).
+func parseEpoch(v string) (uint64, error) {
+	e, _, _ := strings.Cut(v, ":")
+	return strconv.ParseUint(e, 10, 64)
+}
+
+// epochOf renders the epoch of an epoch key's value for an error message,
+// leaving the current holder's token out.
+func epochOf(v string) string {
+	e, _, _ := strings.Cut(v, ":")
+	return e
+}
+
+// parseLeaseValue splits "<epoch>:<token>:<owner>".
 func parseLeaseValue(v string) (owner string, epoch uint64, ok bool) {
-	e, owner, ok := strings.Cut(v, ":")
+	e, rest, ok := strings.Cut(v, ":")
+	if !ok {
+		return "", 0, false
+	}
+	_, owner, ok = strings.Cut(rest, ":")
 	if !ok {
 		return "", 0, false
 	}
@@ -239,7 +288,8 @@ func parseLeaseValue(v string) (owner string, epoch uint64, ok bool) {
 	return owner, epoch, err == nil
 }
 
-// describeLease renders a lease value for an error message.
+// describeLease renders a lease value for an error message, without its
+// token.
 func describeLease(v string) string {
 	if v == "" {
 		return "the lease has lapsed"
@@ -247,7 +297,7 @@ func describeLease(v string) string {
 	if owner, epoch, ok := parseLeaseValue(v); ok {
 		return fmt.Sprintf("held by %q under epoch %d", owner, epoch)
 	}
-	return fmt.Sprintf("lease value %q", v)
+	return fmt.Sprintf("held under a lease value of another layout, %q", v)
 }
 
 // replyBody returns the text after prefix when err is a Redis error reply
@@ -278,35 +328,40 @@ func (r *Redis) eval(ctx context.Context, s *redis.Script, keys []string, args .
 }
 
 // Acquire implements Store.
-func (r *Redis) Acquire(ctx context.Context, shard uint32, owner string, ttl time.Duration) (uint64, error) {
+func (r *Redis) Acquire(ctx context.Context, shard uint32, owner string, ttl time.Duration) (Grant, error) {
 	if r.closed.Load() {
-		return 0, ErrClosed
+		return Grant{}, ErrClosed
 	}
 	if owner == "" {
-		return 0, fmt.Errorf("store: acquire shard %d: empty owner", shard)
+		return Grant{}, fmt.Errorf("store: acquire shard %d: empty owner", shard)
 	}
 	ms, err := ttlMillis(ttl)
 	if err != nil {
-		return 0, err
+		return Grant{}, err
 	}
-	res, err := r.eval(ctx, r.acquire, []string{r.key(shard, "lease"), r.key(shard, "epoch")}, owner, ms)
+	token, err := newToken()
+	if err != nil {
+		return Grant{}, err
+	}
+	res, err := r.eval(ctx, r.acquire, []string{r.key(shard, "lease"), r.key(shard, "epoch")}, owner, ms, token.String())
 	if body, ok := replyBody(err, heldReply); ok {
 		pttl, v, _ := strings.Cut(body, " ")
 		left, _ := strconv.ParseInt(pttl, 10, 64)
-		return 0, fmt.Errorf("%w: shard %d: %s for another %d ms", ErrLeaseHeld, shard, describeLease(v), left)
+		return Grant{}, fmt.Errorf("%w: shard %d: %s for another %d ms", ErrLeaseHeld, shard, describeLease(v), left)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("store: acquire shard %d: %w", shard, err)
+		return Grant{}, fmt.Errorf("store: acquire shard %d: %w", shard, err)
 	}
-	epoch, ok := res.(int64)
-	if !ok || epoch <= 0 {
-		return 0, fmt.Errorf("store: acquire shard %d: unexpected reply %v", shard, res)
+	e, _ := res.(string)
+	epoch, err := strconv.ParseUint(e, 10, 64)
+	if err != nil || epoch == 0 {
+		return Grant{}, fmt.Errorf("store: acquire shard %d: unexpected reply %v", shard, res)
 	}
-	return uint64(epoch), nil
+	return Grant{Epoch: epoch, Token: token}, nil
 }
 
 // Renew implements Store.
-func (r *Redis) Renew(ctx context.Context, shard uint32, owner string, epoch uint64, ttl time.Duration) error {
+func (r *Redis) Renew(ctx context.Context, shard uint32, g Grant, ttl time.Duration) error {
 	if r.closed.Load() {
 		return ErrClosed
 	}
@@ -314,10 +369,10 @@ func (r *Redis) Renew(ctx context.Context, shard uint32, owner string, epoch uin
 	if err != nil {
 		return err
 	}
-	_, err = r.eval(ctx, r.renew, []string{r.key(shard, "lease"), r.key(shard, "epoch")}, leaseValue(owner, epoch), ms)
+	_, err = r.eval(ctx, r.renew, []string{r.key(shard, "lease"), r.key(shard, "epoch")}, grantValue(g), ms)
 	if body, ok := replyBody(err, fencedReply); ok {
 		cur, v, _ := strings.Cut(body, " ")
-		return fmt.Errorf("%w: shard %d: renew by %q under epoch %d; current epoch %s, %s", ErrFenced, shard, owner, epoch, cur, describeLease(v))
+		return fmt.Errorf("%w: shard %d: renew under %v; current epoch %s, %s", ErrFenced, shard, g, epochOf(cur), describeLease(v))
 	}
 	if err != nil {
 		return fmt.Errorf("store: renew shard %d: %w", shard, err)
@@ -326,11 +381,11 @@ func (r *Redis) Renew(ctx context.Context, shard uint32, owner string, epoch uin
 }
 
 // Release implements Store.
-func (r *Redis) Release(ctx context.Context, shard uint32, owner string, epoch uint64) error {
+func (r *Redis) Release(ctx context.Context, shard uint32, g Grant) error {
 	if r.closed.Load() {
 		return ErrClosed
 	}
-	if _, err := r.eval(ctx, r.release, []string{r.key(shard, "lease")}, leaseValue(owner, epoch)); err != nil {
+	if _, err := r.eval(ctx, r.release, []string{r.key(shard, "lease")}, grantValue(g)); err != nil {
 		return fmt.Errorf("store: release shard %d: %w", shard, err)
 	}
 	return nil
@@ -352,7 +407,7 @@ func (r *Redis) Lease(ctx context.Context, shard uint32) (Lease, error) {
 	v, _ := vals[0].(string)
 	pttl, _ := vals[1].(int64)
 	cur, _ := vals[2].(string)
-	epoch, err := strconv.ParseUint(cur, 10, 64)
+	epoch, err := parseEpoch(cur)
 	if err != nil {
 		return Lease{}, fmt.Errorf("store: lease of shard %d: bad epoch %q: %w", shard, cur, err)
 	}
@@ -438,8 +493,7 @@ func (r *Redis) commitOnce(ctx context.Context, batches []Batch, which []int, cm
 			continue
 		}
 		if body, ok := replyBody(err, fencedReply); ok {
-			cur, _, _ := strings.Cut(body, " ")
-			b.Err = fmt.Errorf("%w: shard %d: commit under epoch %d; current epoch %s", ErrFenced, b.Shard, b.Epoch, cur)
+			b.Err = fmt.Errorf("%w: shard %d: commit under %v; current epoch %s", ErrFenced, b.Shard, b.Grant, epochOf(body))
 			continue
 		}
 		if isNoScript(err) {
@@ -454,7 +508,7 @@ func (r *Redis) commitOnce(ctx context.Context, batches []Batch, which []int, cm
 // commitArgs returns the whole EVALSHA command of one batch, in the layout
 // commitScript reads, built in one exactly sized slice.
 func (r *Redis) commitArgs(sha string, b *Batch) []any {
-	n := 6 // evalsha, sha, numkeys, epoch key, hash key, epoch
+	n := 6 // evalsha, sha, numkeys, epoch key, hash key, grant
 	for j := 0; j < len(b.Ops); {
 		k := runEnd(b.Ops, j)
 		n += 2 + k - j // kind, count, fields
@@ -464,7 +518,7 @@ func (r *Redis) commitArgs(sha string, b *Batch) []any {
 		j = k
 	}
 	args := make([]any, 0, n)
-	args = append(args, "evalsha", sha, 2, r.key(b.Shard, "epoch"), r.key(b.Shard, "r"), b.Epoch)
+	args = append(args, "evalsha", sha, 2, r.key(b.Shard, "epoch"), r.key(b.Shard, "r"), grantValue(b.Grant))
 	for j := 0; j < len(b.Ops); {
 		k := runEnd(b.Ops, j)
 		if b.Ops[j].Value != nil {
@@ -494,11 +548,11 @@ func runEnd(ops []Op, j int) int {
 	return k
 }
 
-// Load implements Store: it checks the epoch, then walks the records hash
-// with HSCAN, PageSize records at a time. The epoch is checked once, at
+// Load implements Store: it checks the Grant, then walks the records hash
+// with HSCAN, PageSize records at a time. The Grant is checked once, at
 // the start: a Load that races a change of owner may complete, but the
 // loader's writes are fenced from then on.
-func (r *Redis) Load(ctx context.Context, shard uint32, epoch uint64, fn func(page []Record) error) error {
+func (r *Redis) Load(ctx context.Context, shard uint32, g Grant, fn func(page []Record) error) error {
 	if r.closed.Load() {
 		return ErrClosed
 	}
@@ -509,8 +563,8 @@ func (r *Redis) Load(ctx context.Context, shard uint32, epoch uint64, fn func(pa
 	if err != nil {
 		return fmt.Errorf("store: load shard %d: read epoch: %w", shard, err)
 	}
-	if epoch == 0 || cur != strconv.FormatUint(epoch, 10) {
-		return fmt.Errorf("%w: shard %d: load under epoch %d; current epoch %s", ErrFenced, shard, epoch, cur)
+	if !g.valid() || cur != grantValue(g) {
+		return fmt.Errorf("%w: shard %d: load under %v; current epoch %s", ErrFenced, shard, g, epochOf(cur))
 	}
 	// A helper goroutine fetches the next page while this one decodes the
 	// last: Redis's time to scan and the decoding here then overlap

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -65,7 +67,7 @@ func TestRedisCluster(t *testing.T) {
 		s := newTestRedis(t, client, "tag", suitePageSize)
 		for shard := range uint32(5) {
 			e := mustAcquire(t, s, shard, "node-a", longTTL)
-			mustCommit(t, s, Batch{Shard: shard, Epoch: e, Ops: []Op{put(rec("n", "1"))}})
+			mustCommit(t, s, Batch{Shard: shard, Grant: e, Ops: []Op{put(rec("n", "1"))}})
 		}
 		keys, err := client.Keys(ctx, "tag:*").Result() // every master: one node here
 		if err != nil {
@@ -149,28 +151,28 @@ func TestRedisErrors(t *testing.T) {
 
 	e1 := mustAcquire(t, s, 3, "node-a", longTTL)
 	e2 := mustAcquire(t, s, 3, "node-a", longTTL)
-	b := []Batch{{Shard: 3, Epoch: e1, Ops: []Op{put(rec("n", "1"))}}}
+	b := []Batch{{Shard: 3, Grant: e1, Ops: []Op{put(rec("n", "1"))}}}
 	if err := s.Commit(ctx, b); err != nil {
 		t.Fatalf("Commit: %v", err)
 	}
-	want := fmt.Sprintf("shard 3: commit under epoch %d; current epoch %d", e1, e2)
+	want := fmt.Sprintf("shard 3: commit under epoch %d; current epoch %d", e1.Epoch, e2.Epoch)
 	if !errors.Is(b[0].Err, ErrFenced) || !strings.Contains(b[0].Err.Error(), want) {
 		t.Errorf("stale commit: %v, want ErrFenced saying %q", b[0].Err, want)
 	}
-	err := s.Renew(ctx, 3, "node-a", e1, longTTL)
-	want = fmt.Sprintf("shard 3: renew by \"node-a\" under epoch %d; current epoch %d, held by \"node-a\" under epoch %d", e1, e2, e2)
+	err := s.Renew(ctx, 3, e1, longTTL)
+	want = fmt.Sprintf("shard 3: renew under epoch %d; current epoch %d, held by \"node-a\" under epoch %d", e1.Epoch, e2.Epoch, e2.Epoch)
 	if !errors.Is(err, ErrFenced) || !strings.Contains(err.Error(), want) {
 		t.Errorf("stale renew: %v, want ErrFenced saying %q", err, want)
 	}
 	_, err = s.Acquire(ctx, 3, "node-b", longTTL)
-	want = fmt.Sprintf("shard 3: held by \"node-a\" under epoch %d for another", e2)
+	want = fmt.Sprintf("shard 3: held by \"node-a\" under epoch %d for another", e2.Epoch)
 	if !errors.Is(err, ErrLeaseHeld) || !strings.Contains(err.Error(), want) {
 		t.Errorf("acquire of a held lease: %v, want ErrLeaseHeld saying %q", err, want)
 	}
 
 	canceled, cancel := context.WithCancel(ctx)
 	cancel()
-	b = []Batch{{Shard: 3, Epoch: e2, Ops: []Op{put(rec("n", "1"))}}}
+	b = []Batch{{Shard: 3, Grant: e2, Ops: []Op{put(rec("n", "1"))}}}
 	if err := s.Commit(canceled, b); !errors.Is(err, context.Canceled) {
 		t.Errorf("Commit with a canceled context: %v, want context.Canceled", err)
 	}
@@ -187,7 +189,7 @@ func TestRedisLoadCanceled(t *testing.T) {
 	for i := range 1000 {
 		ops = append(ops, put(rec("n", strconv.Itoa(i))))
 	}
-	mustCommit(t, s, Batch{Shard: 1, Epoch: e, Ops: ops})
+	mustCommit(t, s, Batch{Shard: 1, Grant: e, Ops: ops})
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	err := s.Load(ctx, 1, e, func([]Record) error { cancel(); return nil })
@@ -203,7 +205,7 @@ func TestRedisCorruptRecord(t *testing.T) {
 	client := srv.Client(t)
 	s := newTestRedis(t, client, "td", suitePageSize)
 	e := mustAcquire(t, s, 1, "node-a", longTTL)
-	mustCommit(t, s, Batch{Shard: 1, Epoch: e, Ops: []Op{put(rec("n", "good"))}})
+	mustCommit(t, s, Batch{Shard: 1, Grant: e, Ops: []Op{put(rec("n", "good"))}})
 	if err := client.HSet(t.Context(), s.key(1, "r"), Key("n", "bad"), "\x01garbage").Err(); err != nil {
 		t.Fatalf("HSET: %v", err)
 	}
@@ -229,29 +231,29 @@ func TestRedisScriptFlush(t *testing.T) {
 	flush()
 	e := mustAcquire(t, s, 1, "node-a", longTTL)
 	flush()
-	mustCommit(t, s, Batch{Shard: 1, Epoch: e, Ops: []Op{put(rec("n", "1"))}})
+	mustCommit(t, s, Batch{Shard: 1, Grant: e, Ops: []Op{put(rec("n", "1"))}})
 	flush()
 	// Several batches in one pipeline, all meeting NOSCRIPT.
 	e2 := mustAcquire(t, s, 2, "node-a", longTTL)
 	flush()
 	b := []Batch{
-		{Shard: 1, Epoch: e, Ops: []Op{put(rec("n", "2"))}},
-		{Shard: 2, Epoch: e2, Ops: []Op{put(rec("n", "1"))}},
-		{Shard: 2, Epoch: e2 - 1, Ops: []Op{put(rec("n", "stale"))}},
+		{Shard: 1, Grant: e, Ops: []Op{put(rec("n", "2"))}},
+		{Shard: 2, Grant: e2, Ops: []Op{put(rec("n", "1"))}},
+		{Shard: 2, Grant: Grant{Epoch: e2.Epoch - 1, Token: e2.Token}, Ops: []Op{put(rec("n", "stale"))}},
 	}
 	if err := s.Commit(ctx, b); err != nil || b[0].Err != nil || b[1].Err != nil || !errors.Is(b[2].Err, ErrFenced) {
 		t.Fatalf("Commit after SCRIPT FLUSH: %v; batch errors %v, %v, %v", err, b[0].Err, b[1].Err, b[2].Err)
 	}
 	flush()
-	if err := s.Renew(ctx, 1, "node-a", e, longTTL); err != nil {
+	if err := s.Renew(ctx, 1, e, longTTL); err != nil {
 		t.Fatalf("Renew after SCRIPT FLUSH: %v", err)
 	}
 	flush()
-	if l := mustLease(t, s, 1); l.Owner != "node-a" || l.Epoch != e {
+	if l := mustLease(t, s, 1); l.Owner != "node-a" || l.Epoch != e.Epoch {
 		t.Fatalf("Lease after SCRIPT FLUSH = %+v", l)
 	}
 	flush()
-	mustRelease(t, s, 1, "node-a", e)
+	mustRelease(t, s, 1, e)
 	if got := loadAll(t, s, 1, e); len(got) != 2 {
 		t.Fatalf("shard 1 holds %d records, want 2", len(got))
 	}
@@ -286,13 +288,13 @@ func TestRedisNoScriptKeepsOrder(t *testing.T) {
 	s := newTestRedis(t, client, "td", suitePageSize)
 	e := mustAcquire(t, s, 1, "node-a", longTTL)
 	e2 := mustAcquire(t, s, 2, "node-a", longTTL)
-	mustCommit(t, s, Batch{Shard: 1, Epoch: e}) // loads the script
+	mustCommit(t, s, Batch{Shard: 1, Grant: e}) // loads the script
 	client.AddHook(&breakFirstSHA{})
 	k, other := rec("n", "k"), rec("n", "other")
 	b := []Batch{
-		{Shard: 1, Epoch: e, Ops: []Op{put(k)}},
-		{Shard: 2, Epoch: e2, Ops: []Op{put(other)}},
-		{Shard: 1, Epoch: e, Ops: []Op{del(k)}},
+		{Shard: 1, Grant: e, Ops: []Op{put(k)}},
+		{Shard: 2, Grant: e2, Ops: []Op{put(other)}},
+		{Shard: 1, Grant: e, Ops: []Op{del(k)}},
 	}
 	if err := s.Commit(t.Context(), b); err != nil || b[0].Err != nil || b[1].Err != nil || b[2].Err != nil {
 		t.Fatalf("Commit: %v; batch errors %v, %v, %v", err, b[0].Err, b[1].Err, b[2].Err)
@@ -302,6 +304,112 @@ func TestRedisNoScriptKeepsOrder(t *testing.T) {
 	}
 	if got := loadAll(t, s, 2, e2); len(got) != 1 {
 		t.Fatalf("shard 2 holds %d records, want 1", len(got))
+	}
+}
+
+// TestRedisLostAcquire: Redis forgets an Acquire after answering it (a
+// restart from an everysec AOF, a failover to a replica that lacked it)
+// and hands the next owner the epoch it had handed to the first. The
+// first owner's writes must still be refused: the token fences them.
+func TestRedisLostAcquire(t *testing.T) {
+	srv := redistest.Start(t)
+	client := srv.Client(t)
+	s := newTestRedis(t, client, "td", suitePageSize)
+	ctx := t.Context()
+	epochKey, leaseKey := s.key(0, "epoch"), s.key(0, "lease")
+	// An epoch counter far ahead of Redis's clock, so that the acquire
+	// after the loss repeats A's epoch rather than take one from the
+	// clock, and only the token is left to tell A from B.
+	if err := client.Set(ctx, epochKey, 1<<50, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	before, err := client.Get(ctx, epochKey).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := mustAcquire(t, s, 0, "node-a", longTTL)
+	mine := rec("n", "a")
+	mustCommit(t, s, Batch{Shard: 0, Grant: a, Ops: []Op{put(mine)}})
+	// Redis loses A's acquire (the lease with it), not A's records.
+	if err := client.Set(ctx, epochKey, before, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Del(ctx, leaseKey).Err(); err != nil {
+		t.Fatal(err)
+	}
+	b := mustAcquire(t, s, 0, "node-b", longTTL)
+	if b.Epoch != a.Epoch {
+		t.Fatalf("B's epoch %d, want A's %d again (the premise of the test)", b.Epoch, a.Epoch)
+	}
+	theirs := rec("n", "a")
+	theirs.Topic = "b"
+	mustCommit(t, s, Batch{Shard: 0, Grant: b, Ops: []Op{put(theirs)}})
+
+	stale := mine
+	stale.Topic = "stale"
+	bs := []Batch{{Shard: 0, Grant: a, Ops: []Op{put(stale), del(rec("n", "b"))}}}
+	if err := s.Commit(ctx, bs); err != nil {
+		t.Fatalf("A's commit: %v", err)
+	}
+	if !errors.Is(bs[0].Err, ErrFenced) {
+		t.Errorf("A's commit under B's epoch: Err %v, want ErrFenced", bs[0].Err)
+	}
+	if err := s.Renew(ctx, 0, a, longTTL); !errors.Is(err, ErrFenced) {
+		t.Errorf("A's renew: %v, want ErrFenced", err)
+	}
+	if err := s.Load(ctx, 0, a, func([]Record) error { return nil }); !errors.Is(err, ErrFenced) {
+		t.Errorf("A's load: %v, want ErrFenced", err)
+	}
+	mustRelease(t, s, 0, a)
+	if got := loadAll(t, s, 0, b); !reflect.DeepEqual(got, recordMap(theirs)) {
+		t.Fatalf("B's records after A's writes: %v, want %v", got, theirs)
+	}
+	if l := mustLease(t, s, 0); l.Owner != "node-b" || l.Epoch != b.Epoch {
+		t.Fatalf("Lease = %+v, want node-b's under epoch %d", l, b.Epoch)
+	}
+}
+
+// TestRedisEpochsSurviveOlderState kills redis-server with SIGKILL and
+// restarts it from an AOF older than the epochs it had handed out (what a
+// crash with appendfsync everysec, or a failover to a lagging replica,
+// does): the next Acquire still gets an epoch above all of them.
+func TestRedisEpochsSurviveOlderState(t *testing.T) {
+	srv := redistest.Start(t)
+	client := srv.Client(t)
+	s := newTestRedis(t, client, "td", suitePageSize)
+	old := mustAcquire(t, s, 0, "node-a", longTTL)
+
+	// Keep the AOF as it is now; Stop flushes it.
+	srv.Stop(t)
+	aof := filepath.Join(srv.Dir(), "appendonlydir")
+	saved := filepath.Join(t.TempDir(), "appendonlydir")
+	if err := os.CopyFS(saved, os.DirFS(aof)); err != nil {
+		t.Fatalf("save the AOF: %v", err)
+	}
+	srv.Restart(t)
+	var last Grant
+	for range 5 {
+		last = mustAcquire(t, s, 0, "node-a", longTTL)
+	}
+	srv.Kill(t)
+	if err := os.RemoveAll(aof); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.CopyFS(aof, os.DirFS(saved)); err != nil {
+		t.Fatalf("restore the older AOF: %v", err)
+	}
+	srv.Restart(t)
+
+	if l := mustLease(t, s, 0); l.Epoch != old.Epoch {
+		t.Fatalf("epoch after the restart from the older AOF = %d, want the older %d (the premise of the test)", l.Epoch, old.Epoch)
+	}
+	next := mustAcquire(t, s, 0, "node-a", longTTL)
+	if next.Epoch <= last.Epoch {
+		t.Fatalf("epoch after the restart %d, want above %d, the last handed out before it", next.Epoch, last.Epoch)
+	}
+	bs := []Batch{{Shard: 0, Grant: last, Ops: []Op{put(rec("n", "stale"))}}}
+	if err := s.Commit(t.Context(), bs); err != nil || !errors.Is(bs[0].Err, ErrFenced) {
+		t.Fatalf("commit under the grant Redis forgot: %v, %v; want ErrFenced", err, bs[0].Err)
 	}
 }
 
@@ -322,7 +430,7 @@ func TestRedisKillRestart(t *testing.T) {
 	t.Cleanup(func() { _ = client.Close() })
 	s := newTestRedis(t, client, "td", 1000)
 	ctx := t.Context()
-	epochs := make([]uint64, shards)
+	epochs := make([]Grant, shards)
 	for i := range epochs {
 		epochs[i] = mustAcquire(t, s, uint32(i), "node-a", longTTL)
 	}
@@ -342,7 +450,7 @@ func TestRedisKillRestart(t *testing.T) {
 		for c := 0; ; c++ {
 			batches := make([]Batch, shards)
 			for sh := range batches {
-				batches[sh] = Batch{Shard: uint32(sh), Epoch: epochs[sh]}
+				batches[sh] = Batch{Shard: uint32(sh), Grant: epochs[sh]}
 				for i := range perCommit {
 					r := rec("n", fmt.Sprintf("c%d-%d", c, i))
 					batches[sh].Ops = append(batches[sh].Ops, put(r))
@@ -389,7 +497,7 @@ func TestRedisKillRestart(t *testing.T) {
 	wg.Wait() // the writer stops after its third failure
 	t.Logf("%d commits acknowledged before the kill, %d failed after it", commits, failures)
 
-	b := []Batch{{Shard: 0, Epoch: epochs[0], Ops: []Op{put(rec("n", "while-down"))}}}
+	b := []Batch{{Shard: 0, Grant: epochs[0], Ops: []Op{put(rec("n", "while-down"))}}}
 	if err := s.Commit(ctx, b); err == nil {
 		t.Fatalf("Commit while redis-server is down succeeded (batch err %v)", b[0].Err)
 	}
@@ -404,16 +512,16 @@ func TestRedisKillRestart(t *testing.T) {
 		}
 	}
 	// The lease and epoch survived too, and the store works again.
-	if l := mustLease(t, s, 0); l.Owner != "node-a" || l.Epoch != epochs[0] {
-		t.Fatalf("Lease after restart = %+v, want node-a under epoch %d", l, epochs[0])
+	if l := mustLease(t, s, 0); l.Owner != "node-a" || l.Epoch != epochs[0].Epoch {
+		t.Fatalf("Lease after restart = %+v, want node-a under epoch %d", l, epochs[0].Epoch)
 	}
 	after := rec("n", "after-restart")
-	mustCommit(t, s, Batch{Shard: 0, Epoch: epochs[0], Ops: []Op{put(after)}})
+	mustCommit(t, s, Batch{Shard: 0, Grant: epochs[0], Ops: []Op{put(after)}})
 	if got := loadAll(t, s, 0, epochs[0]); !reflect.DeepEqual(got[Key("n", "after-restart")], after) {
 		t.Fatal("commit after restart not loaded")
 	}
-	if e := mustAcquire(t, s, 1, "node-a", longTTL); e <= epochs[1] {
-		t.Fatalf("epoch after restart %d, want > %d", e, epochs[1])
+	if e := mustAcquire(t, s, 1, "node-a", longTTL); e.Epoch <= epochs[1].Epoch {
+		t.Fatalf("epoch after restart %d, want > %d", e.Epoch, epochs[1].Epoch)
 	}
 }
 
@@ -435,7 +543,7 @@ func BenchmarkRedisLoad(b *testing.B) {
 	for start := 0; start < n; start += 16_000 {
 		batches := make([]Batch, 0, 16)
 		for j := start; j < min(start+16_000, n); j += 1000 {
-			bt := Batch{Shard: 0, Epoch: e}
+			bt := Batch{Shard: 0, Grant: e}
 			for i := j; i < min(j+1000, n); i++ {
 				bt.Ops = append(bt.Ops, put(rec("bench", strconv.Itoa(i))))
 			}
@@ -518,7 +626,7 @@ func benchCommit(b *testing.B, newKeys, fenced bool) {
 	client := srv.Client(b)
 	ctx := b.Context()
 	s := newTestRedis(b, client, "bench", DefaultRedisConfig().PageSize)
-	epochs := make([]uint64, shards)
+	epochs := make([]Grant, shards)
 	for sh := range epochs {
 		e, err := s.Acquire(ctx, uint32(sh), "bench", time.Hour)
 		if err != nil {
@@ -557,7 +665,7 @@ func benchCommit(b *testing.B, newKeys, fenced bool) {
 		iter++
 		if fenced {
 			for sh := range batches {
-				batches[sh] = Batch{Shard: uint32(sh), Epoch: epochs[sh], Ops: set[sh]}
+				batches[sh] = Batch{Shard: uint32(sh), Grant: epochs[sh], Ops: set[sh]}
 			}
 			if err := s.Commit(ctx, batches); err != nil {
 				b.Fatal(err)

@@ -45,6 +45,7 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 		{"LongRuns", suiteLongRuns},
 		{"StaleBatchAmongShards", suiteStaleBatch},
 		{"Fencing", suiteFencing},
+		{"ForgedGrant", suiteForgedGrant},
 		{"LoadStaleEpoch", suiteLoadStale},
 		{"LoadPages", suiteLoadPages},
 		{"LoadStopsOnError", suiteLoadStops},
@@ -63,17 +64,20 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 
 func suiteAcquireEpochsIncrease(t *testing.T, s Store) {
 	e1 := mustAcquire(t, s, 0, "node-a", longTTL)
-	if e1 == 0 {
-		t.Fatal("first Acquire returned epoch 0")
+	if e1.Epoch == 0 || e1.Token == (Token{}) {
+		t.Fatalf("first Acquire returned %+v, with epoch 0 or the zero token", e1)
 	}
-	mustRelease(t, s, 0, "node-a", e1)
+	mustRelease(t, s, 0, e1)
 	e2 := mustAcquire(t, s, 0, "node-b", longTTL)
-	mustRelease(t, s, 0, "node-b", e2)
+	mustRelease(t, s, 0, e2)
 	e3 := mustAcquire(t, s, 0, "node-a", longTTL)
-	if e1 >= e2 || e2 >= e3 {
-		t.Fatalf("epochs %d, %d, %d do not increase", e1, e2, e3)
+	if e1.Epoch >= e2.Epoch || e2.Epoch >= e3.Epoch {
+		t.Fatalf("epochs %d, %d, %d do not increase", e1.Epoch, e2.Epoch, e3.Epoch)
 	}
-	if l := mustLease(t, s, 0); l.Owner != "node-a" || l.Epoch != e3 {
+	if e1.Token == e2.Token || e2.Token == e3.Token || e1.Token == e3.Token {
+		t.Fatalf("two Acquires share a token: %v, %v, %v", e1.Token, e2.Token, e3.Token)
+	}
+	if l := mustLease(t, s, 0); l.Owner != "node-a" || l.Epoch != e3.Epoch {
 		t.Fatalf("Lease = %+v, want node-a under epoch %d", l, e3)
 	}
 }
@@ -88,7 +92,7 @@ func suiteAcquireHeld(t *testing.T, s Store) {
 		t.Errorf("ErrLeaseHeld %q does not name the holder node-a", err)
 	}
 	// The refusal changed nothing, the epoch included.
-	if l := mustLease(t, s, 1); l.Owner != "node-a" || l.Epoch != e {
+	if l := mustLease(t, s, 1); l.Owner != "node-a" || l.Epoch != e.Epoch {
 		t.Fatalf("Lease after a refused Acquire = %+v, want node-a under epoch %d", l, e)
 	}
 }
@@ -96,16 +100,16 @@ func suiteAcquireHeld(t *testing.T, s Store) {
 func suiteReacquireSameOwner(t *testing.T, s Store) {
 	e1 := mustAcquire(t, s, 2, "node-a", longTTL)
 	e2 := mustAcquire(t, s, 2, "node-a", longTTL)
-	if e2 <= e1 {
-		t.Fatalf("re-acquire by the same owner: epoch %d, want > %d", e2, e1)
+	if e2.Epoch <= e1.Epoch {
+		t.Fatalf("re-acquire by the same owner: epoch %d, want > %d", e2.Epoch, e1.Epoch)
 	}
-	if err := s.Renew(t.Context(), 2, "node-a", e1, longTTL); !errors.Is(err, ErrFenced) {
-		t.Fatalf("Renew under the superseded epoch: %v, want ErrFenced", err)
+	if err := s.Renew(t.Context(), 2, e1, longTTL); !errors.Is(err, ErrFenced) {
+		t.Fatalf("Renew under the superseded grant: %v, want ErrFenced", err)
 	}
-	if err := s.Renew(t.Context(), 2, "node-a", e2, longTTL); err != nil {
-		t.Fatalf("Renew under the new epoch: %v", err)
+	if err := s.Renew(t.Context(), 2, e2, longTTL); err != nil {
+		t.Fatalf("Renew under the new grant: %v", err)
 	}
-	if l := mustLease(t, s, 2); l.Owner != "node-a" || l.Epoch != e2 {
+	if l := mustLease(t, s, 2); l.Owner != "node-a" || l.Epoch != e2.Epoch {
 		t.Fatalf("Lease = %+v, want node-a under epoch %d", l, e2)
 	}
 }
@@ -113,65 +117,64 @@ func suiteReacquireSameOwner(t *testing.T, s Store) {
 func suiteRenew(t *testing.T, s Store) {
 	ctx := t.Context()
 	e := mustAcquire(t, s, 3, "node-a", shortTTL)
-	if err := s.Renew(ctx, 3, "node-a", e, longTTL); err != nil {
+	if err := s.Renew(ctx, 3, e, longTTL); err != nil {
 		t.Fatalf("Renew: %v", err)
 	}
 	// Renewed to a minute: far more than the short ttl it was taken with.
-	if l := mustLease(t, s, 3); l.Owner != "node-a" || l.Epoch != e || l.TTL <= longTTL/2 || l.TTL > longTTL {
-		t.Fatalf("Lease after Renew = %+v, want node-a, epoch %d, ttl in (%v, %v]", l, e, longTTL/2, longTTL)
+	if l := mustLease(t, s, 3); l.Owner != "node-a" || l.Epoch != e.Epoch || l.TTL <= longTTL/2 || l.TTL > longTTL {
+		t.Fatalf("Lease after Renew = %+v, want node-a, epoch %d, ttl in (%v, %v]", l, e.Epoch, longTTL/2, longTTL)
 	}
-	for _, c := range []struct {
-		owner string
-		epoch uint64
-	}{{"node-a", e - 1}, {"node-a", e + 1}, {"node-b", e}} {
-		if err := s.Renew(ctx, 3, c.owner, c.epoch, longTTL); !errors.Is(err, ErrFenced) {
-			t.Errorf("Renew by %s under epoch %d (lease is node-a's under %d): %v, want ErrFenced", c.owner, c.epoch, e, err)
+	for _, g := range forgedGrants(e) {
+		if err := s.Renew(ctx, 3, g.grant, longTTL); !errors.Is(err, ErrFenced) {
+			t.Errorf("Renew under %s (lease is node-a's): %v, want ErrFenced", g.name, err)
 		}
 	}
-	if l := mustLease(t, s, 3); l.Owner != "node-a" || l.Epoch != e {
-		t.Fatalf("Lease after refused renewals = %+v, want node-a under epoch %d", l, e)
+	if l := mustLease(t, s, 3); l.Owner != "node-a" || l.Epoch != e.Epoch {
+		t.Fatalf("Lease after refused renewals = %+v, want node-a under epoch %d", l, e.Epoch)
 	}
 }
 
 func suiteRenewAfterLapse(t *testing.T, s Store) {
 	e := mustAcquire(t, s, 4, "node-a", shortTTL)
 	waitLapsed(t, s, 4)
-	if err := s.Renew(t.Context(), 4, "node-a", e, longTTL); !errors.Is(err, ErrFenced) {
+	if err := s.Renew(t.Context(), 4, e, longTTL); !errors.Is(err, ErrFenced) {
 		t.Fatalf("Renew after the lease lapsed: %v, want ErrFenced", err)
 	}
-	if l := mustLease(t, s, 4); l != (Lease{Epoch: e}) {
-		t.Fatalf("Lease after a lapse and a refused Renew = %+v, want %+v", l, Lease{Epoch: e})
+	if l := mustLease(t, s, 4); l != (Lease{Epoch: e.Epoch}) {
+		t.Fatalf("Lease after a lapse and a refused Renew = %+v, want %+v", l, Lease{Epoch: e.Epoch})
 	}
 }
 
 func suiteReleaseThenAcquire(t *testing.T, s Store) {
 	e1 := mustAcquire(t, s, 5, "node-a", longTTL)
-	mustRelease(t, s, 5, "node-a", e1)
-	if l := mustLease(t, s, 5); l != (Lease{Epoch: e1}) {
-		t.Fatalf("Lease after Release = %+v, want %+v", l, Lease{Epoch: e1})
+	mustRelease(t, s, 5, e1)
+	if l := mustLease(t, s, 5); l != (Lease{Epoch: e1.Epoch}) {
+		t.Fatalf("Lease after Release = %+v, want %+v", l, Lease{Epoch: e1.Epoch})
 	}
 	e2 := mustAcquire(t, s, 5, "node-b", longTTL) // at once: no wait for the ttl
-	if e2 <= e1 {
-		t.Fatalf("epoch after release and acquire by another owner = %d, want > %d", e2, e1)
+	if e2.Epoch <= e1.Epoch {
+		t.Fatalf("epoch after release and acquire by another owner = %d, want > %d", e2.Epoch, e1.Epoch)
 	}
 }
 
 func suiteReleaseStale(t *testing.T, s Store) {
 	e1 := mustAcquire(t, s, 6, "node-a", longTTL)
 	e2 := mustAcquire(t, s, 6, "node-a", longTTL)
-	mustRelease(t, s, 6, "node-a", e1) // superseded epoch
-	mustRelease(t, s, 6, "node-b", e2) // not the holder
-	if l := mustLease(t, s, 6); l.Owner != "node-a" || l.Epoch != e2 {
-		t.Fatalf("Lease after stale releases = %+v, want node-a under epoch %d", l, e2)
+	mustRelease(t, s, 6, e1) // superseded grant
+	for _, g := range forgedGrants(e2) {
+		mustRelease(t, s, 6, g.grant)
+	}
+	if l := mustLease(t, s, 6); l.Owner != "node-a" || l.Epoch != e2.Epoch {
+		t.Fatalf("Lease after stale releases = %+v, want node-a under epoch %d", l, e2.Epoch)
 	}
 
 	// A lapsed lease whose shard has moved on.
 	ea := mustAcquire(t, s, 7, "node-a", shortTTL)
 	waitLapsed(t, s, 7)
 	eb := mustAcquire(t, s, 7, "node-b", longTTL)
-	mustRelease(t, s, 7, "node-a", ea)
-	if l := mustLease(t, s, 7); l.Owner != "node-b" || l.Epoch != eb {
-		t.Fatalf("Lease after the old owner's release = %+v, want node-b under epoch %d", l, eb)
+	mustRelease(t, s, 7, ea)
+	if l := mustLease(t, s, 7); l.Owner != "node-b" || l.Epoch != eb.Epoch {
+		t.Fatalf("Lease after the old owner's release = %+v, want node-b under epoch %d", l, eb.Epoch)
 	}
 }
 
@@ -181,12 +184,12 @@ func suiteLeaseSnapshot(t *testing.T, s Store) {
 	}
 	e := mustAcquire(t, s, 8, "node-a", longTTL)
 	l := mustLease(t, s, 8)
-	if l.Owner != "node-a" || l.Epoch != e || l.TTL <= 0 || l.TTL > longTTL {
-		t.Fatalf("Lease = %+v, want node-a, epoch %d, ttl in (0, %v]", l, e, longTTL)
+	if l.Owner != "node-a" || l.Epoch != e.Epoch || l.TTL <= 0 || l.TTL > longTTL {
+		t.Fatalf("Lease = %+v, want node-a, epoch %d, ttl in (0, %v]", l, e.Epoch, longTTL)
 	}
-	mustRelease(t, s, 8, "node-a", e)
-	if l := mustLease(t, s, 8); l != (Lease{Epoch: e}) {
-		t.Fatalf("Lease after Release = %+v, want %+v", l, Lease{Epoch: e})
+	mustRelease(t, s, 8, e)
+	if l := mustLease(t, s, 8); l != (Lease{Epoch: e.Epoch}) {
+		t.Fatalf("Lease after Release = %+v, want %+v", l, Lease{Epoch: e.Epoch})
 	}
 }
 
@@ -247,7 +250,7 @@ func suiteRoundTrip(t *testing.T, s Store) {
 		ops = append(ops, put(tt.rec))
 		want[Key(tt.rec.Namespace, tt.rec.ID)] = w
 	}
-	mustCommit(t, s, Batch{Shard: 9, Epoch: e, Ops: ops})
+	mustCommit(t, s, Batch{Shard: 9, Grant: e, Ops: ops})
 	got := loadAll(t, s, 9, e)
 	for _, tt := range tests {
 		k := Key(tt.rec.Namespace, tt.rec.ID)
@@ -279,7 +282,7 @@ func suiteOpsInOrder(t *testing.T, s Store) {
 	for i, tt := range tests {
 		shard := uint32(10 + i)
 		e := mustAcquire(t, s, shard, "node-a", longTTL)
-		mustCommit(t, s, Batch{Shard: shard, Epoch: e, Ops: tt.ops})
+		mustCommit(t, s, Batch{Shard: shard, Grant: e, Ops: tt.ops})
 		got := loadAll(t, s, shard, e)
 		want := map[string]Record{}
 		for _, r := range tt.want {
@@ -319,7 +322,7 @@ func suiteLongRuns(t *testing.T, s Store) {
 		apply(put(r), r)
 	}
 	apply(del(rec("n", "8999")), Record{})
-	mustCommit(t, s, Batch{Shard: 20, Epoch: e, Ops: ops})
+	mustCommit(t, s, Batch{Shard: 20, Grant: e, Ops: ops})
 	if got := loadAll(t, s, 20, e); !reflect.DeepEqual(got, model) {
 		t.Fatalf("loaded %d records, want the %d of the model (or they differ)", len(got), len(model))
 	}
@@ -330,14 +333,14 @@ func suiteStaleBatch(t *testing.T, s Store) {
 	e2old := mustAcquire(t, s, 22, "node-a", longTTL)
 	e3 := mustAcquire(t, s, 23, "node-a", longTTL)
 	x, y, z, w := rec("n", "x"), rec("n", "y"), rec("n", "z"), rec("n", "w")
-	mustCommit(t, s, Batch{Shard: 22, Epoch: e2old, Ops: []Op{put(x)}})
+	mustCommit(t, s, Batch{Shard: 22, Grant: e2old, Ops: []Op{put(x)}})
 	e2 := mustAcquire(t, s, 22, "node-a", longTTL) // e2old is stale now
 
 	placeholder := errors.New("not set by Commit")
 	batches := []Batch{
-		{Shard: 21, Epoch: e1, Ops: []Op{put(y)}, Err: placeholder},
-		{Shard: 22, Epoch: e2old, Ops: []Op{put(z), del(x)}, Err: placeholder},
-		{Shard: 23, Epoch: e3, Ops: []Op{put(w)}, Err: placeholder},
+		{Shard: 21, Grant: e1, Ops: []Op{put(y)}, Err: placeholder},
+		{Shard: 22, Grant: e2old, Ops: []Op{put(z), del(x)}, Err: placeholder},
+		{Shard: 23, Grant: e3, Ops: []Op{put(w)}, Err: placeholder},
 	}
 	if err := s.Commit(t.Context(), batches); err != nil {
 		t.Fatalf("Commit: %v", err)
@@ -350,10 +353,10 @@ func suiteStaleBatch(t *testing.T, s Store) {
 	}
 	for _, c := range []struct {
 		shard uint32
-		epoch uint64
+		grant Grant
 		want  []Record
 	}{{21, e1, []Record{y}}, {22, e2, []Record{x}}, {23, e3, []Record{w}}} {
-		if got := loadAll(t, s, c.shard, c.epoch); !reflect.DeepEqual(got, recordMap(c.want...)) {
+		if got := loadAll(t, s, c.shard, c.grant); !reflect.DeepEqual(got, recordMap(c.want...)) {
 			t.Errorf("shard %d: loaded %v, want %v", c.shard, got, c.want)
 		}
 	}
@@ -367,12 +370,12 @@ func suiteFencing(t *testing.T, s Store) {
 	const shard = 24
 	k1a, k2a := rec("n", "k1"), rec("n", "k2")
 	eA := mustAcquire(t, s, shard, "node-a", shortTTL)
-	mustCommit(t, s, Batch{Shard: shard, Epoch: eA, Ops: []Op{put(k1a), put(k2a)}})
+	mustCommit(t, s, Batch{Shard: shard, Grant: eA, Ops: []Op{put(k1a), put(k2a)}})
 
 	waitLapsed(t, s, shard)
 	eB := mustAcquire(t, s, shard, "node-b", longTTL)
-	if eB <= eA {
-		t.Fatalf("B's epoch %d, want > A's %d", eB, eA)
+	if eB.Epoch <= eA.Epoch {
+		t.Fatalf("B's epoch %d, want > A's %d", eB.Epoch, eA.Epoch)
 	}
 	// B finds what A had made durable.
 	if got := loadAll(t, s, shard, eB); !reflect.DeepEqual(got, recordMap(k1a, k2a)) {
@@ -380,7 +383,7 @@ func suiteFencing(t *testing.T, s Store) {
 	}
 	k1b, k3b := rec("n", "k1"), rec("n", "k3")
 	k1b.Topic, k3b.Topic = "b", "b"
-	mustCommit(t, s, Batch{Shard: shard, Epoch: eB, Ops: []Op{put(k1b), del(k2a), put(k3b)}})
+	mustCommit(t, s, Batch{Shard: shard, Grant: eB, Ops: []Op{put(k1b), del(k2a), put(k3b)}})
 	want := recordMap(k1b, k3b)
 
 	k4a := rec("n", "k4")
@@ -398,7 +401,7 @@ func suiteFencing(t *testing.T, s Store) {
 		{"resurrect a deleted key", []Op{put(k2a2)}},
 		{"all at once", []Op{put(k4a), put(k1a2), del(k3b), put(k2a2), del(k1a)}},
 	} {
-		b := []Batch{{Shard: shard, Epoch: eA, Ops: tt.ops}}
+		b := []Batch{{Shard: shard, Grant: eA, Ops: tt.ops}}
 		if err := s.Commit(ctx, b); err != nil {
 			t.Fatalf("A's commit (%s): %v", tt.name, err)
 		}
@@ -409,10 +412,10 @@ func suiteFencing(t *testing.T, s Store) {
 	if err := s.Load(ctx, shard, eA, func([]Record) error { return nil }); !errors.Is(err, ErrFenced) {
 		t.Errorf("A's Load: %v, want ErrFenced", err)
 	}
-	if err := s.Renew(ctx, shard, "node-a", eA, longTTL); !errors.Is(err, ErrFenced) {
+	if err := s.Renew(ctx, shard, eA, longTTL); !errors.Is(err, ErrFenced) {
 		t.Errorf("A's Renew: %v, want ErrFenced", err)
 	}
-	mustRelease(t, s, shard, "node-a", eA)
+	mustRelease(t, s, shard, eA)
 	if _, err := s.Acquire(ctx, shard, "node-a", longTTL); !errors.Is(err, ErrLeaseHeld) {
 		t.Errorf("A's Acquire: %v, want ErrLeaseHeld", err)
 	}
@@ -420,22 +423,77 @@ func suiteFencing(t *testing.T, s Store) {
 	if got := loadAll(t, s, shard, eB); !reflect.DeepEqual(got, want) {
 		t.Fatalf("B's records after A's attempts: %v, want %v", got, want)
 	}
-	if l := mustLease(t, s, shard); l.Owner != "node-b" || l.Epoch != eB {
-		t.Fatalf("Lease = %+v, want node-b under epoch %d", l, eB)
+	if l := mustLease(t, s, shard); l.Owner != "node-b" || l.Epoch != eB.Epoch {
+		t.Fatalf("Lease = %+v, want node-b under epoch %d", l, eB.Epoch)
+	}
+}
+
+// namedGrant is a Grant a test case names.
+type namedGrant struct {
+	name  string
+	grant Grant
+}
+
+// forgedGrants returns grants that differ from g, the current one, in
+// its epoch or its token: every one of them must be refused.
+func forgedGrants(g Grant) []namedGrant {
+	other := g.Token
+	other[0] ^= 0xff
+	return []namedGrant{
+		{"the epoch before", Grant{Epoch: g.Epoch - 1, Token: g.Token}},
+		{"the epoch after", Grant{Epoch: g.Epoch + 1, Token: g.Token}},
+		{"another token", Grant{Epoch: g.Epoch, Token: other}},
+		{"no token", Grant{Epoch: g.Epoch}},
+	}
+}
+
+// suiteForgedGrant: a write that names the shard's current epoch but not
+// its token (an owner that was handed the same epoch by a store that
+// forgot an Acquire) is refused like a stale one, and changes nothing.
+func suiteForgedGrant(t *testing.T, s Store) {
+	ctx := t.Context()
+	const shard = 28
+	g := mustAcquire(t, s, shard, "node-a", longTTL)
+	kept := rec("n", "kept")
+	mustCommit(t, s, Batch{Shard: shard, Grant: g, Ops: []Op{put(kept)}})
+	evil := rec("n", "kept")
+	evil.Topic = "forged"
+	for _, f := range forgedGrants(g) {
+		b := []Batch{{Shard: shard, Grant: f.grant, Ops: []Op{put(evil), put(rec("n", "new")), del(rec("n", "kept"))}}}
+		if err := s.Commit(ctx, b); err != nil {
+			t.Fatalf("Commit under %s: %v", f.name, err)
+		}
+		if !errors.Is(b[0].Err, ErrFenced) {
+			t.Errorf("Commit under %s: Err %v, want ErrFenced", f.name, b[0].Err)
+		}
+		if err := s.Load(ctx, shard, f.grant, func([]Record) error { return nil }); !errors.Is(err, ErrFenced) {
+			t.Errorf("Load under %s: %v, want ErrFenced", f.name, err)
+		}
+		if err := s.Renew(ctx, shard, f.grant, longTTL); !errors.Is(err, ErrFenced) {
+			t.Errorf("Renew under %s: %v, want ErrFenced", f.name, err)
+		}
+		mustRelease(t, s, shard, f.grant)
+	}
+	if got := loadAll(t, s, shard, g); !reflect.DeepEqual(got, recordMap(kept)) {
+		t.Fatalf("records after forged writes: %v, want only %v", got, kept)
+	}
+	if l := mustLease(t, s, shard); l.Owner != "node-a" || l.Epoch != g.Epoch {
+		t.Fatalf("Lease after forged calls = %+v, want node-a under epoch %d", l, g.Epoch)
 	}
 }
 
 func suiteLoadStale(t *testing.T, s Store) {
 	ctx := t.Context()
 	none := func([]Record) error { return nil }
-	if err := s.Load(ctx, 25, 5, none); !errors.Is(err, ErrFenced) {
+	if err := s.Load(ctx, 25, Grant{Epoch: 5, Token: Token{1}}, none); !errors.Is(err, ErrFenced) {
 		t.Errorf("Load of a shard never acquired under epoch 5: %v, want ErrFenced", err)
 	}
 	e1 := mustAcquire(t, s, 25, "node-a", longTTL)
 	e2 := mustAcquire(t, s, 25, "node-a", longTTL)
-	for _, e := range []uint64{e1, e2 + 1} {
-		if err := s.Load(ctx, 25, e, none); !errors.Is(err, ErrFenced) {
-			t.Errorf("Load under epoch %d (current %d): %v, want ErrFenced", e, e2, err)
+	stale := []namedGrant{{"the superseded grant", e1}}
+	for _, g := range append(stale, forgedGrants(e2)...) {
+		if err := s.Load(ctx, 25, g.grant, none); !errors.Is(err, ErrFenced) {
+			t.Errorf("Load under %s (current epoch %d): %v, want ErrFenced", g.name, e2.Epoch, err)
 		}
 	}
 	calls := 0
@@ -456,7 +514,7 @@ func suiteLoadPages(t *testing.T, s Store) {
 		want[Key(r.Namespace, r.ID)] = r
 		batch = append(batch, put(r))
 		if len(batch) == 500 {
-			mustCommit(t, s, Batch{Shard: 26, Epoch: e, Ops: batch})
+			mustCommit(t, s, Batch{Shard: 26, Grant: e, Ops: batch})
 			batch = nil
 		}
 	}
@@ -490,7 +548,7 @@ func suiteLoadStops(t *testing.T, s Store) {
 	for i := range 100 {
 		ops = append(ops, put(rec("n", fmt.Sprint(i))))
 	}
-	mustCommit(t, s, Batch{Shard: 27, Epoch: e, Ops: ops})
+	mustCommit(t, s, Batch{Shard: 27, Grant: e, Ops: ops})
 	stop := errors.New("stop")
 	calls := 0
 	err := s.Load(t.Context(), 27, e, func([]Record) error { calls++; return stop })
@@ -508,7 +566,7 @@ func suiteConcurrent(t *testing.T, s Store) {
 		commits = 10
 		perOp   = 50
 	)
-	epochs := make([]uint64, writers)
+	epochs := make([]Grant, writers)
 	for w := range writers {
 		epochs[w] = mustAcquire(t, s, uint32(30+w), "node-a", longTTL)
 	}
@@ -522,7 +580,7 @@ func suiteConcurrent(t *testing.T, s Store) {
 				for i := range perOp {
 					ops = append(ops, put(rec("n", fmt.Sprint(c*perOp+i))))
 				}
-				b := []Batch{{Shard: shard, Epoch: epochs[w], Ops: ops}}
+				b := []Batch{{Shard: shard, Grant: epochs[w], Ops: ops}}
 				if err := s.Commit(t.Context(), b); err != nil || b[0].Err != nil {
 					errs <- fmt.Errorf("shard %d commit %d: %v, %v", shard, c, err, b[0].Err)
 					return
@@ -566,10 +624,10 @@ func suiteClose(t *testing.T, s Store) {
 	_, errLease := s.Lease(ctx, 40)
 	for name, err := range map[string]error{
 		"Acquire": errAcquire,
-		"Renew":   s.Renew(ctx, 40, "node-a", e, longTTL),
-		"Release": s.Release(ctx, 40, "node-a", e),
+		"Renew":   s.Renew(ctx, 40, e, longTTL),
+		"Release": s.Release(ctx, 40, e),
 		"Lease":   errLease,
-		"Commit":  s.Commit(ctx, []Batch{{Shard: 40, Epoch: e, Ops: []Op{put(rec("n", "1"))}}}),
+		"Commit":  s.Commit(ctx, []Batch{{Shard: 40, Grant: e, Ops: []Op{put(rec("n", "1"))}}}),
 		"Load":    s.Load(ctx, 40, e, func([]Record) error { return nil }),
 	} {
 		if !errors.Is(err, ErrClosed) {
@@ -600,7 +658,7 @@ func recordMap(rs ...Record) map[string]Record {
 	return m
 }
 
-func mustAcquire(t *testing.T, s Store, shard uint32, owner string, ttl time.Duration) uint64 {
+func mustAcquire(t *testing.T, s Store, shard uint32, owner string, ttl time.Duration) Grant {
 	t.Helper()
 	e, err := s.Acquire(t.Context(), shard, owner, ttl)
 	if err != nil {
@@ -609,10 +667,10 @@ func mustAcquire(t *testing.T, s Store, shard uint32, owner string, ttl time.Dur
 	return e
 }
 
-func mustRelease(t *testing.T, s Store, shard uint32, owner string, epoch uint64) {
+func mustRelease(t *testing.T, s Store, shard uint32, g Grant) {
 	t.Helper()
-	if err := s.Release(t.Context(), shard, owner, epoch); err != nil {
-		t.Fatalf("Release(shard %d, %s, epoch %d): %v", shard, owner, epoch, err)
+	if err := s.Release(t.Context(), shard, g); err != nil {
+		t.Fatalf("Release(shard %d, %v): %v", shard, g, err)
 	}
 }
 
@@ -639,10 +697,10 @@ func mustCommit(t *testing.T, s Store, b Batch) {
 
 // loadAll loads a shard into a map by key, checking that a record passed
 // twice is the same record both times.
-func loadAll(t *testing.T, s Store, shard uint32, epoch uint64) map[string]Record {
+func loadAll(t *testing.T, s Store, shard uint32, g Grant) map[string]Record {
 	t.Helper()
 	got := map[string]Record{}
-	err := s.Load(t.Context(), shard, epoch, func(page []Record) error {
+	err := s.Load(t.Context(), shard, g, func(page []Record) error {
 		for _, r := range page {
 			k := Key(r.Namespace, r.ID)
 			if prev, ok := got[k]; ok && !reflect.DeepEqual(prev, r) {
@@ -653,7 +711,7 @@ func loadAll(t *testing.T, s Store, shard uint32, epoch uint64) map[string]Recor
 		return nil
 	})
 	if err != nil {
-		t.Fatalf("Load(shard %d, epoch %d): %v", shard, epoch, err)
+		t.Fatalf("Load(shard %d, %v): %v", shard, g, err)
 	}
 	return got
 }
@@ -673,11 +731,11 @@ func waitLapsed(t *testing.T, s Store, shard uint32) {
 // suiteEpochZero: epoch 0 is never current, so a writer that never
 // acquired the shard (or forgot to set the epoch) is refused.
 func suiteEpochZero(t *testing.T, s Store) {
-	bs := []Batch{{Shard: 9, Epoch: 0, Ops: []Op{put(rec("ns", "orphan"))}}}
+	bs := []Batch{{Shard: 9, Ops: []Op{put(rec("ns", "orphan"))}}}
 	if err := s.Commit(t.Context(), bs); err != nil || !errors.Is(bs[0].Err, ErrFenced) {
 		t.Fatalf("Commit under epoch 0 = %v, %v; want ErrFenced", err, bs[0].Err)
 	}
-	if err := s.Load(t.Context(), 9, 0, func([]Record) error { return nil }); !errors.Is(err, ErrFenced) {
+	if err := s.Load(t.Context(), 9, Grant{}, func([]Record) error { return nil }); !errors.Is(err, ErrFenced) {
 		t.Fatalf("Load under epoch 0 = %v, want ErrFenced", err)
 	}
 	e := mustAcquire(t, s, 9, "a", longTTL)

@@ -79,6 +79,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer t.Close()
+	output := bench.Output{JSON: asJSON, Dir: out, Log: stderr}
+	if len(cfg.Rates) > 1 && scenario == "fire" { // a sweep, as timerctl runs it
+		s, err := bench.Sweep(ctx, t, cfg, bench.ProgressTo(stderr))
+		if err != nil {
+			fmt.Fprintf(stderr, "timerd-benchpeer: %v\n", err)
+			return 2
+		}
+		if err := output.WriteSweep(stdout, s); err != nil {
+			fmt.Fprintf(stderr, "timerd-benchpeer: %v\n", err)
+			return 1
+		}
+		return 0
+	}
 	rep, err := bench.Run(ctx, scenario, t, cfg, bench.ProgressTo(stderr))
 	switch {
 	case errors.Is(err, bench.ErrConfig), errors.Is(err, bench.ErrScenario), errors.Is(err, bench.ErrUnsupported):
@@ -88,7 +101,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "timerd-benchpeer: %v\n", err)
 		return 1
 	}
-	if err := (bench.Output{JSON: asJSON, Dir: out, Log: stderr}).Write(stdout, rep); err != nil {
+	if err := output.Write(stdout, rep); err != nil {
 		fmt.Fprintf(stderr, "timerd-benchpeer: %v\n", err)
 		return 1
 	}

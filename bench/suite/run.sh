@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# The short bench-suite pass of `make bench`: it starts timerd itself
-# (embedded store, then Redis), runs every scenario against each with
-# timerctl bench, measures the peers (Go's time.AfterFunc in process; raw
-# pipelined Redis and asynq on the same redis-server), and prints the
-# comparison tables.
+# The bench-suite pass of `make bench`: it starts redis-server and two
+# timerd nodes (one on the embedded store, one on that Redis), then runs
+# every scenario against each target in turn, interleaved (for each
+# scenario: timerd-embedded, timerd-redis, then the peers: Go's
+# time.AfterFunc in process, raw pipelined Redis and asynq on the same
+# redis-server), and does that REPS times over, so that every target is
+# measured at each moment the machine goes through, not one target while
+# it is quiet and the next while it is busy. Every run measures its floor
+# at the same time. It prints, per scenario, each figure's median,
+# min and max over the repetitions of each target.
 #
 # Settings (environment):
 #   BIN        directory of timerd, timerctl and timerd-benchpeer (bin)
-#   OUT        where the reports go (bench-results/<UTC date and time>)
+#   OUT        where the reports go (bench-results/<UTC date and time>);
+#              repetition N's are in OUT/rN/TARGET-SCENARIO
+#   REPS       repetitions of the whole round (3, at least 1)
 #   DURATION   load phase of each run (5s)
 #   FIRE_RATE  fire's offered rate (10000), MIXED_RATE mixed's (5000)
 #   BURST      burst's herd (100000)
@@ -18,6 +25,7 @@ set -euo pipefail
 
 BIN=${BIN:-bin}
 OUT=${OUT:-bench-results/$(date -u +%Y%m%d-%H%M%S)}
+REPS=${REPS:-3}
 DURATION=${DURATION:-5s}
 FIRE_RATE=${FIRE_RATE:-10000}
 MIXED_RATE=${MIXED_RATE:-5000}
@@ -25,6 +33,7 @@ BURST=${BURST:-100000}
 BATCHES=${BATCHES:-100,1000}
 
 command -v redis-server >/dev/null || { echo "bench suite: redis-server is missing (apt-get install -y redis-server)" >&2; exit 1; }
+[[ $REPS =~ ^[1-9][0-9]*$ ]] || { echo "bench suite: REPS must be a whole number of at least 1, got '$REPS'" >&2; exit 1; }
 mkdir -p "$OUT"
 work=$(mktemp -d)
 pids=()
@@ -73,31 +82,14 @@ start_timerd() {
 	exit 1
 }
 
-stop_last() {
-	local i=$((${#pids[@]} - 1))
-	kill "${pids[$i]}" && wait "${pids[$i]}" 2>/dev/null || true
-	unset "pids[$i]"
-}
-
-# bench LABEL SCENARIO [FLAGS...]: one run, its report in $OUT/LABEL-SCENARIO.
-# A failed check is reported, not fatal: the table shows it.
+# bench REP LABEL SCENARIO [FLAGS...]: one run, its report in
+# $OUT/rREP/LABEL-SCENARIO. A failed check is reported, not fatal: the
+# table shows it.
 bench() {
-	local label=$1 scenario=$2; shift 2
-	echo "== $scenario on $label"
-	"$BIN/timerctl" --timeout 30s bench "$scenario" --out "$OUT/$label-$scenario" "$@" || echo "(exit $?)"
+	local rep=$1 label=$2 scenario=$3; shift 3
+	echo "== $scenario on $label (repetition $rep of $REPS)"
+	"$BIN/timerctl" --timeout 30s bench "$scenario" --out "$OUT/r$rep/$label-$scenario" "$@" || echo "(exit $?)"
 }
-
-timerd_pass() {
-	local label=$1
-	bench "$label" schedule --addr "$ADDR" --duration "$DURATION" --batch "$BATCHES"
-	bench "$label" fire --addr "$ADDR" --duration "$DURATION" --rate "$FIRE_RATE"
-	bench "$label" mixed --addr "$ADDR" --duration "$DURATION" --rate "$MIXED_RATE"
-	bench "$label" burst --addr "$ADDR" --count "$BURST"
-}
-
-start_timerd embedded --data-dir "${DATA:-$work/data}"
-timerd_pass timerd-embedded
-stop_last
 
 rport=$(free_port)
 mkdir -p "$work/redis"
@@ -107,30 +99,56 @@ pids+=($!)
 REDIS=redis://127.0.0.1:$rport/0
 for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
+# Both nodes stay up for the whole suite, so that the targets can take
+# turns; the one not measured is idle.
+start_timerd embedded --data-dir "${DATA:-$work/data}"
+EMBEDDED=$ADDR
 start_timerd redis --redis "$REDIS"
-timerd_pass timerd-redis
-stop_last
-
-# The floor of lateness on this machine: Go's time.AfterFunc in the
-# bench's own process.
-bench afterfunc fire --peer afterfunc --duration "$DURATION" --rate "$FIRE_RATE"
-bench afterfunc burst --peer afterfunc --count "$BURST"
-
-bench redis-raw schedule --peer redis-raw --redis "$REDIS" --duration "$DURATION" --batch "$BATCHES"
+ONREDIS=$ADDR
+asynq=0
 if [ -x "$BIN/timerd-benchpeer" ]; then
-	bench asynq schedule --peer asynq --redis "$REDIS" --duration "$DURATION"
-	bench asynq fire --peer asynq --redis "$REDIS" --duration "$DURATION" --rate "$FIRE_RATE" --drain 15s
+	asynq=1
 else
 	echo "bench suite: $BIN/timerd-benchpeer is missing, asynq left out (make build)" >&2
 fi
 
+for rep in $(seq "$REPS"); do
+	for scenario in schedule fire mixed burst; do
+		case $scenario in
+		schedule)
+			bench "$rep" timerd-embedded schedule --addr "$EMBEDDED" --duration "$DURATION" --batch "$BATCHES"
+			bench "$rep" timerd-redis schedule --addr "$ONREDIS" --duration "$DURATION" --batch "$BATCHES"
+			bench "$rep" redis-raw schedule --peer redis-raw --redis "$REDIS" --duration "$DURATION" --batch "$BATCHES"
+			[ $asynq = 1 ] && bench "$rep" asynq schedule --peer asynq --redis "$REDIS" --duration "$DURATION"
+			;;
+		fire)
+			bench "$rep" timerd-embedded fire --addr "$EMBEDDED" --duration "$DURATION" --rate "$FIRE_RATE"
+			bench "$rep" timerd-redis fire --addr "$ONREDIS" --duration "$DURATION" --rate "$FIRE_RATE"
+			bench "$rep" afterfunc fire --peer afterfunc --duration "$DURATION" --rate "$FIRE_RATE"
+			[ $asynq = 1 ] && bench "$rep" asynq fire --peer asynq --redis "$REDIS" --duration "$DURATION" --rate "$FIRE_RATE" --drain 15s
+			;;
+		mixed)
+			bench "$rep" timerd-embedded mixed --addr "$EMBEDDED" --duration "$DURATION" --rate "$MIXED_RATE"
+			bench "$rep" timerd-redis mixed --addr "$ONREDIS" --duration "$DURATION" --rate "$MIXED_RATE"
+			;;
+		burst)
+			bench "$rep" timerd-embedded burst --addr "$EMBEDDED" --count "$BURST"
+			bench "$rep" timerd-redis burst --addr "$ONREDIS" --count "$BURST"
+			bench "$rep" afterfunc burst --peer afterfunc --count "$BURST"
+			;;
+		esac
+	done
+done
+
 echo
-echo "== comparison (first column is the reference; reports in $OUT)"
+echo "== comparison over $REPS repetitions: median (ratio to the first column's median) [min–max]; reports in $OUT"
 for scenario in schedule fire mixed burst; do
 	files=()
-	for label in timerd-embedded timerd-redis afterfunc redis-raw asynq; do
-		f="$OUT/$label-$scenario/report.json"
-		[ -f "$f" ] && files+=("$f")
+	for rep in $(seq "$REPS"); do
+		for label in timerd-embedded timerd-redis afterfunc redis-raw asynq; do
+			f="$OUT/r$rep/$label-$scenario/report.json"
+			[ -f "$f" ] && files+=("$f")
+		done
 	done
-	[ ${#files[@]} -gt 0 ] && "$BIN/timerctl" bench compare "${files[@]}"
+	[ ${#files[@]} -gt 0 ] && "$BIN/timerctl" bench compare --spread "${files[@]}"
 done

@@ -36,7 +36,9 @@ Scenarios:
   fire      timers due at a steady --rate for --duration, each scheduled
             --lead ahead, received by a subscription: delivered and acked/s
             and lateness (received - due) percentiles; early deliveries
-            must be 0
+            must be 0. A list of rates (--rate 10000,20000,50000) sweeps
+            them, a run per rate, and reports the highest rate held:
+            lateness p99 under --held-p99 (10ms), nothing early, none lost
   mixed     the order-timeout pattern: timers created at --rate, due
             --delay later; halfway, --cancel of them are cancelled and
             --reschedule moved --delay/2 later; the rest fire
@@ -46,6 +48,13 @@ Scenarios:
 A run is bounded by --duration and --count, and Ctrl-C stops it with the
 results so far (marked interrupted). Every run removes the timers it leaves
 behind. Progress is a bar on a terminal, plain lines every 5s otherwise.
+
+Every run also measures its floor at the same time: --floor-rate (1000)
+time.AfterFunc timers/s in timerctl's own process, the Go scheduler's
+latency, GC pauses, timerctl's CPU time and the host's load, busy share
+and steal. The report shows it beside the target's figures, and marks a
+run whose floor p99 lateness is above --starved-p99 (5ms) MACHINE STARVED:
+its lateness then says more about the machine than about the target.
 
 --peer measures an alternative the same way: on --redis, redis-raw (the
 same records written with pipelined HSETs, the limit for schedule) or
@@ -57,10 +66,15 @@ or on PATH (make build puts both in bin/).
 
 'timerctl bench compare FILE...' reads reports written by --json or --out
 (report.json) and prints them side by side, with the ratio of each figure
-to the first file's; --markdown prints Markdown tables.
+to the first file's; --markdown prints Markdown tables. With --spread,
+reports that get the same label (the same directory name, as the suite's
+repetitions r1/LABEL-SCENARIO, r2/LABEL-SCENARIO do) share a column: each
+cell is the figure's median, its ratio, and [min–max] over them.
 
 Exits 1 when a check fails (early, lost, stray or cancelled-but-fired
-deliveries) or the target failed; 0 otherwise, also when interrupted.`,
+deliveries) or the target failed; 0 otherwise, also when interrupted. A
+sweep exits 1 only for early or stray deliveries or a failed target: a
+rate not held is what it measures.`,
 	flags: func(fs *flag.FlagSet) runner {
 		c := new(benchCmd)
 		c.cfg.AddFlags(fs)
@@ -70,6 +84,7 @@ deliveries) or the target failed; 0 otherwise, also when interrupted.`,
 		fs.IntVar(&c.maxInFlight, "max-in-flight", 0, "subscriber credits: deliveries in flight on the stream (default 1000)")
 		fs.IntVar(&c.workers, "workers", 0, "subscriber handler goroutines (default 16)")
 		fs.BoolVar(&c.markdown, "markdown", false, "compare: print a Markdown table")
+		fs.BoolVar(&c.spread, "spread", false, "compare: reports with the same label are repetitions; show each figure's median [min–max]")
 		return c
 	},
 }
@@ -81,6 +96,7 @@ type benchCmd struct {
 	maxInFlight int
 	workers     int
 	markdown    bool
+	spread      bool
 }
 
 func (c *benchCmd) check(_ *flag.FlagSet, args []string) error {
@@ -115,6 +131,9 @@ func (c *benchCmd) check(_ *flag.FlagSet, args []string) error {
 	default:
 		return usagef("unknown --peer %q (want redis-raw, asynq or afterfunc)", c.peer)
 	}
+	if len(c.cfg.Rates) > 1 && args[0] != "fire" {
+		return usagef("--rate takes a list of rates (a sweep) only for fire")
+	}
 	if c.maxInFlight < 0 || c.workers < 0 {
 		return usagef("--max-in-flight and --workers must not be negative")
 	}
@@ -126,7 +145,7 @@ func (c *benchCmd) check(_ *flag.FlagSet, args []string) error {
 
 func (c *benchCmd) run(ctx context.Context, a *app, args []string) error {
 	if args[0] == "compare" {
-		return compareReports(a.stdout, args[1:], c.markdown)
+		return compareReports(a.stdout, args[1:], c.markdown, c.spread)
 	}
 	scenario := args[0]
 	if c.peer == "asynq" {
@@ -162,16 +181,25 @@ func (c *benchCmd) run(ctx context.Context, a *app, args []string) error {
 		t = bench.NewTimerd(cl, a.addr, bench.TimerdOptions{Namespace: ns, MaxInFlight: c.maxInFlight, Workers: c.workers})
 	}
 	defer t.Close()
+	out := bench.Output{JSON: a.json, Dir: c.out, Log: a.stderr}
+	if len(c.cfg.Rates) > 1 {
+		s, err := bench.Sweep(ctx, t, c.cfg, bench.ProgressTo(a.stderr))
+		if err != nil {
+			return err
+		}
+		return out.WriteSweep(a.stdout, s)
+	}
 	rep, err := bench.Run(ctx, scenario, t, c.cfg, bench.ProgressTo(a.stderr))
 	if err != nil {
 		return err
 	}
-	return bench.Output{JSON: a.json, Dir: c.out, Log: a.stderr}.Write(a.stdout, rep)
+	return out.Write(a.stdout, rep)
 }
 
 // compareReports prints the reports in files side by side, each labelled
-// by its target and file name.
-func compareReports(w io.Writer, files []string, markdown bool) error {
+// by its target and file name; with spread, reports of one label are
+// repetitions that share a column.
+func compareReports(w io.Writer, files []string, markdown, spread bool) error {
 	var reps []*bench.Report
 	var labels []string
 	for _, f := range files {
@@ -186,6 +214,9 @@ func compareReports(w io.Writer, files []string, markdown bool) error {
 		}
 		reps = append(reps, rep)
 		labels = append(labels, reportLabel(f, rep))
+	}
+	if spread {
+		return bench.CompareSpread(w, labels, reps, markdown)
 	}
 	if markdown {
 		return bench.CompareMarkdown(w, labels, reps)

@@ -35,6 +35,12 @@ func TestBenchUsage(t *testing.T) {
 		{[]string{"bench", "burst", "--count", "-1"}, "Count: must not be negative"},
 		{[]string{"bench", "fire", "--workers", "-1"}, "--max-in-flight and --workers must not be negative"},
 		{[]string{"bench", "fire", "--no-such-flag"}, "no-such-flag"},
+		{[]string{"bench", "schedule", "--rate", "100,200"}, "--rate takes a list of rates (a sweep) only for fire"},
+		{[]string{"bench", "fire", "--rate", "100,x"}, `rate "x" is not a number`},
+		{[]string{"bench", "fire", "--rate", "100,0"}, "Rates: a sweep's rate must be a finite number above 0, got 0"},
+		{[]string{"bench", "fire", "--rate", "100,200", "--held-p99", "-1ms"}, "HeldP99: must be positive"},
+		{[]string{"bench", "fire", "--starved-p99", "-1ms"}, "StarvedP99: must be positive"},
+		{[]string{"bench", "fire", "--floor-rate", "200000"}, "FloorRate: must be above 0 and at most 100000"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			t.Parallel()
@@ -237,5 +243,43 @@ func TestBenchPeer(t *testing.T) {
 	}
 	if want := "peer fire --peer asynq --redis redis://127.0.0.1:1/0 --rate 5 --json\n"; r.stdout != want {
 		t.Errorf("runner got %q, want %q", r.stdout, want)
+	}
+}
+
+// TestBenchSweep runs a --rate sweep end to end against an in-process
+// node: a progress line as each rate starts and ends, a row per rate with
+// its floor, the verdict, and the files of --out.
+func TestBenchSweep(t *testing.T) {
+	t.Parallel()
+	addr := startServer(t, nil).GRPCAddr()
+	dir := filepath.Join(t.TempDir(), "sweep")
+	// A bound of a minute: the test checks the sweep, not this machine.
+	r := mustCtl(t, addr, "bench", "fire", "--rate", "200,500", "--duration", "1s", "--lead", "300ms", "--drain", "20s",
+		"--tick", "50ms", "--held-p99", "1m", "--out", dir)
+	for _, want := range []string{"sweep 1/2: fire at 200/s for 1s", "sweep 1/2: 200/s held: lateness p50", "sweep 2/2: fire at 500/s",
+		"sweep 2/2: 500/s held", "; floor p99 ", "sweep written to " + filepath.Join(dir, "sweep.md")} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
+		}
+	}
+	for _, want := range []string{"sweep of fire on timerd at " + addr, "floor p99 ms", "highest rate held (lateness p99 < 60k ms, nothing early, none lost): 500/s"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	for _, f := range []string{"sweep.json", "sweep.md", "rate-200/report.json", "rate-500/report.json"} {
+		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() == 0 {
+			t.Errorf("--out: %s: %v", f, err)
+		}
+	}
+	rep := readReport(t, filepath.Join(dir, "rate-500", "report.json"))
+	checkReport(t, rep, "fire")
+	if rep.Floor == nil || rep.Floor.Lateness.Count == 0 {
+		t.Errorf("the 500/s step has no floor: %+v", rep.Floor)
+	}
+	for _, m := range rep.Metrics {
+		if m.Name == "delivered" && m.Value != 500 {
+			t.Errorf("delivered %g of 500 timers at 500/s", m.Value)
+		}
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/server"
+	"github.com/timerd/timerd/shard"
 )
 
 func main() {
@@ -113,10 +114,12 @@ Flags:
 	)
 	fs.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "`host:port` of the gRPC API (TimerService, ClusterService, health, reflection)")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "`host:port` of /metrics, /healthz and /readyz; empty disables HTTP")
+	fs.BoolVar(&cfg.PProf, "pprof", cfg.PProf, "also serve Go's profiles under /debug/pprof/ on --http-addr (expose only to operators)")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`directory` of the embedded store (used when --redis is not set)")
 	fs.StringVar(&cfg.RedisURL, "redis", cfg.RedisURL, "Redis `URL` (redis://host:port/db) to keep the shards in, instead of the embedded store")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", cfg.RedisPrefix, "`prefix` of every Redis key")
-	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "this node's `name` in shard leases (default: the host name); unique and stable per node")
+	fs.BoolVar(&cfg.AllowVolatileRedis, "allow-volatile-redis", cfg.AllowVolatileRedis, "start on a Redis without an append-only file (appendonly no), or whose persistence cannot be read; a restart of such a Redis loses acknowledged timers")
+	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "this node's `name` in shard leases (default: the host name); unique and stable per node (each process adds its own incarnation, so a second process of one name waits for the first's leases)")
 	fs.UintVar(&shards, "shards", shards, "shard `count`; fixed when a store is first used")
 	fs.IntVar(&cfg.Shard.MaxPayload, "max-payload", cfg.Shard.MaxPayload, "largest timer payload in `bytes`")
 	fs.DurationVar(&cfg.Shard.MaxHorizon, "max-horizon", cfg.Shard.MaxHorizon, "how far ahead a timer may be due")
@@ -124,6 +127,7 @@ Flags:
 	fs.DurationVar(&cfg.Shard.AckTimeout, "ack-timeout", cfg.Shard.AckTimeout, "how long a delivery waits for its ack when the subscription does not say")
 	fs.DurationVar(&cfg.MinAckTimeout, "min-ack-timeout", cfg.MinAckTimeout, "shortest ack timeout a subscription may ask for")
 	fs.DurationVar(&cfg.MaxAckTimeout, "max-ack-timeout", cfg.MaxAckTimeout, "longest ack timeout a subscription may ask for")
+	fs.DurationVar(&cfg.SubscriptionTimeout, "subscription-timeout", cfg.SubscriptionTimeout, "how long a new Subscribe stream may take to send its subscription")
 	fs.UintVar(&attempts, "max-attempts", attempts, "delivery `attempts` of one occurrence before the timer becomes a dead letter")
 	fs.DurationVar(&cfg.Shard.BackoffMin, "backoff-min", cfg.Shard.BackoffMin, "wait before the first redelivery; doubles with each attempt")
 	fs.DurationVar(&cfg.Shard.BackoffMax, "backoff-max", cfg.Shard.BackoffMax, "longest wait before a redelivery")
@@ -134,6 +138,8 @@ Flags:
 	fs.IntVar(&cfg.MaxRecvMsgSize, "max-recv-msg-size", cfg.MaxRecvMsgSize, "largest request message in `bytes`")
 	fs.IntVar(&cfg.Commit.Lanes, "commit-lanes", cfg.Commit.Lanes, "group commit `lanes` whose round trips overlap")
 	fs.DurationVar(&cfg.Commit.Linger, "commit-linger", cfg.Commit.Linger, "how long a group commit waits for more writes before it starts (0: none)")
+	fs.DurationVar(&cfg.Commit.GiveUpAfter, "commit-give-up", cfg.Commit.GiveUpAfter, "how long a failing store is retried before writes fail with UNAVAILABLE")
+	fs.IntVar(&cfg.Commit.MaxQueueOps, "commit-max-queue", cfg.Commit.MaxQueueOps, "most `writes` a group commit lane holds; past it calls fail with RESOURCE_EXHAUSTED")
 	fs.TextVar(&level, "log-level", level, "log `level`: debug, info, warn or error")
 	fs.DurationVar(&shutdown, "shutdown-timeout", shutdown, "how long a graceful stop may take before RPCs in progress are cut")
 
@@ -166,6 +172,8 @@ Flags:
 	}
 	cfg.Shards = uint32(shards)
 	cfg.Shard.MaxAttempts = uint32(attempts)
+	// The drift allowance follows the lease's TTL (shard.ClockDriftFor).
+	cfg.Shard.ClockDrift = shard.ClockDriftFor(cfg.Shard.LeaseTTL)
 	cfg.MaxInFlight = uint32(maxIn)
 	cfg.DefaultInFlight = uint32(defIn)
 	return cfg, level, shutdown, nil

@@ -10,7 +10,8 @@ import (
 func TestParse(t *testing.T) {
 	t.Setenv("TIMERD_SHARDS", "16")
 	t.Setenv("TIMERD_ACK_TIMEOUT", "5s")
-	cfg, _, shutdown, err := parse([]string{"--ack-timeout", "7s", "--data-dir", "/tmp/x", "--shutdown-timeout", "3s"}, &bytes.Buffer{})
+	t.Setenv("TIMERD_ALLOW_VOLATILE_REDIS", "true")
+	cfg, _, shutdown, err := parse([]string{"--ack-timeout", "7s", "--data-dir", "/tmp/x", "--shutdown-timeout", "3s", "--lease-ttl", "1m"}, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,6 +24,46 @@ func TestParse(t *testing.T) {
 		t.Errorf("DataDir %q shutdown %v", cfg.DataDir, shutdown)
 	case cfg.GRPCAddr != "127.0.0.1:7070" || cfg.HTTPAddr != "127.0.0.1:7071":
 		t.Errorf("default addresses %q %q", cfg.GRPCAddr, cfg.HTTPAddr)
+	case cfg.PProf:
+		t.Error("PProf is on by default")
+	case cfg.Shard.LeaseTTL != time.Minute || cfg.Shard.ClockDrift != 600*time.Millisecond:
+		t.Errorf("LeaseTTL %v ClockDrift %v, want 1m and 1%% of it, 600ms", cfg.Shard.LeaseTTL, cfg.Shard.ClockDrift)
+	case !cfg.AllowVolatileRedis:
+		t.Errorf("AllowVolatileRedis = false, want true from TIMERD_ALLOW_VOLATILE_REDIS")
+	}
+	if cfg, _, _, err := parse(nil, &bytes.Buffer{}); err != nil || !cfg.AllowVolatileRedis {
+		t.Errorf("AllowVolatileRedis from the environment alone: %v, %v", cfg.AllowVolatileRedis, err)
+	}
+	t.Setenv("TIMERD_ALLOW_VOLATILE_REDIS", "false")
+	if cfg, _, _, err := parse([]string{"--allow-volatile-redis"}, &bytes.Buffer{}); err != nil || !cfg.AllowVolatileRedis {
+		t.Errorf("--allow-volatile-redis over TIMERD_ALLOW_VOLATILE_REDIS=false: %v, %v", cfg.AllowVolatileRedis, err)
+	}
+}
+
+func TestParsePProf(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		env  string // TIMERD_PPROF, "" for unset
+		args []string
+		want bool
+	}{
+		{"default", "", nil, false},
+		{"flag", "", []string{"--pprof"}, true},
+		{"environment", "true", nil, true},
+		{"flag over environment", "true", []string{"--pprof=false"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.env != "" {
+				t.Setenv("TIMERD_PPROF", tc.env)
+			}
+			cfg, _, _, err := parse(tc.args, &bytes.Buffer{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.PProf != tc.want {
+				t.Errorf("PProf = %v, want %v", cfg.PProf, tc.want)
+			}
+		})
 	}
 }
 

@@ -73,7 +73,8 @@ type Server struct {
 	port    int
 	busPort int // cluster bus port; 0 when not a cluster node
 	cluster bool
-	fsync   string // appendfsync policy; "" means everysec
+	fsync   string   // appendfsync policy; "" means everysec
+	extra   []string // further arguments, after the defaults
 
 	mu   sync.Mutex
 	proc *process // nil when the server is not running
@@ -109,6 +110,14 @@ type Option func(*Server)
 // every acknowledged write survives a crash of the server.
 func AppendFsync(policy string) Option {
 	return func(s *Server) { s.fsync = policy }
+}
+
+// Args adds arguments to redis-server's command line after the defaults,
+// so they override them (Redis applies the last of a directive): for
+// example Args("--appendonly", "no") for a server without an AOF, which
+// then loses everything on Kill or Stop.
+func Args(args ...string) Option {
+	return func(s *Server) { s.extra = append(s.extra, args...) }
 }
 
 // Start starts a standalone redis-server on a free port of 127.0.0.1 and
@@ -304,6 +313,7 @@ func (s *Server) launch() error {
 			"--cluster-port", strconv.Itoa(s.busPort),
 		)
 	}
+	args = append(args, s.extra...)
 	cmd := exec.Command(s.bin, args...)
 	cmd.Dir = s.dir
 	cmd.SysProcAttr = sysProcAttr()

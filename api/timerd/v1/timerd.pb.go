@@ -457,9 +457,10 @@ type ItemResult struct {
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// Numeric gRPC status code of the item: 0 OK, 3 INVALID_ARGUMENT,
 	// 4 DEADLINE_EXCEEDED, 5 NOT_FOUND, 6 ALREADY_EXISTS,
-	// 9 FAILED_PRECONDITION, 13 INTERNAL, 14 UNAVAILABLE. Codes 4 and 14 are
-	// transient and the item may be retried; the others are final for the
-	// same input.
+	// 8 RESOURCE_EXHAUSTED, 9 FAILED_PRECONDITION, 13 INTERNAL,
+	// 14 UNAVAILABLE. Codes 4 and 14 are transient and the item may be
+	// retried; 8 (the node's write queue is full, nothing applied) may be
+	// retried after a backoff; the others are final for the same input.
 	Code int32 `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
 	// Human-readable explanation when code is not 0; empty on success. Meant
 	// for people and logs, not for parsing.
@@ -1231,11 +1232,14 @@ type Ack struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Delivery ids (Delivery.delivery_id) being acknowledged. At most the
 	// server's batch limit (server-configurable, default 10000) per message,
-	// otherwise the stream ends with INVALID_ARGUMENT. Acknowledging an id
-	// that is unknown, already acknowledged, cancelled, rescheduled or
-	// dead-lettered is not an error and has no effect, so acks may safely be
+	// otherwise the stream ends with INVALID_ARGUMENT. A stream acknowledges
+	// only deliveries it was sent and still holds: not yet acknowledged, and
+	// not past their ack timeout. Acknowledging any other id (unknown, already
+	// acknowledged, cancelled, rescheduled, dead-lettered, expired, or sent on
+	// another stream) is not an error and has no effect, so acks may safely be
 	// repeated. An ack of a delivery_id covers every attempt of that
-	// occurrence, including an earlier attempt whose ack arrives late.
+	// occurrence the stream holds, including an earlier attempt whose ack
+	// arrives while a later one waits to be sent.
 	DeliveryIds   []string `protobuf:"bytes,1,rep,name=delivery_ids,json=deliveryIds,proto3" json:"delivery_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

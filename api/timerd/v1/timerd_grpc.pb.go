@@ -76,7 +76,11 @@ const (
 //
 // Items that share an id within one batch are applied in request order.
 // Item codes 14 (UNAVAILABLE) and 4 (DEADLINE_EXCEEDED) are transient, for
-// example while a shard is changing owner, and the item may be retried. If
+// example while a shard is changing owner or while the store is unreachable
+// (the shard then reloads what the store has; the item's outcome is
+// unknown), and the item may be retried. Item code 8 (RESOURCE_EXHAUSTED)
+// means the node's write queue is full because the store is slow or down:
+// nothing of the item was applied, and it may be retried after a backoff. If
 // the RPC itself fails with UNAVAILABLE or DEADLINE_EXCEEDED, some items may
 // have been applied; retrying the whole batch is safe because Schedule is an
 // idempotent create, Reschedule with a due_time is idempotent and Cancel of an
@@ -143,7 +147,9 @@ type TimerServiceClient interface {
 	//
 	// The first request on the stream must carry a Subscription; otherwise the
 	// stream ends with INVALID_ARGUMENT, as it does if a later request carries
-	// a second Subscription. All later requests carry Acks.
+	// a second Subscription. A stream that sends no first request within the
+	// server's subscription timeout (server-configurable, default 10 seconds)
+	// ends with DEADLINE_EXCEEDED. All later requests carry Acks.
 	//
 	// The server then sends a Delivery for every due timer of that namespace
 	// and topic, never before its due time, keeping at most
@@ -161,7 +167,11 @@ type TimerServiceClient interface {
 	// until it is replayed with ReplayDeadLetters. When a stream ends, for any
 	// reason, its unacknowledged deliveries go back to PENDING and are
 	// redelivered (to any stream of the namespace and topic) without waiting
-	// for the ack timeout.
+	// for the ack timeout; a delivery the server never sent on it does not use
+	// up an attempt. A redelivery goes preferably to another stream than the
+	// one that let the earlier attempt time out. A stream that reads nothing
+	// for its ack timeout, while the server has deliveries to send it, ends
+	// with DEADLINE_EXCEEDED.
 	//
 	// An acknowledged one-shot timer is deleted. An acknowledged repeating
 	// timer is re-armed for the first due_time + n * interval (n >= 1) that is
@@ -291,7 +301,11 @@ func (c *timerServiceClient) ReplayDeadLetters(ctx context.Context, in *ReplayDe
 //
 // Items that share an id within one batch are applied in request order.
 // Item codes 14 (UNAVAILABLE) and 4 (DEADLINE_EXCEEDED) are transient, for
-// example while a shard is changing owner, and the item may be retried. If
+// example while a shard is changing owner or while the store is unreachable
+// (the shard then reloads what the store has; the item's outcome is
+// unknown), and the item may be retried. Item code 8 (RESOURCE_EXHAUSTED)
+// means the node's write queue is full because the store is slow or down:
+// nothing of the item was applied, and it may be retried after a backoff. If
 // the RPC itself fails with UNAVAILABLE or DEADLINE_EXCEEDED, some items may
 // have been applied; retrying the whole batch is safe because Schedule is an
 // idempotent create, Reschedule with a due_time is idempotent and Cancel of an
@@ -358,7 +372,9 @@ type TimerServiceServer interface {
 	//
 	// The first request on the stream must carry a Subscription; otherwise the
 	// stream ends with INVALID_ARGUMENT, as it does if a later request carries
-	// a second Subscription. All later requests carry Acks.
+	// a second Subscription. A stream that sends no first request within the
+	// server's subscription timeout (server-configurable, default 10 seconds)
+	// ends with DEADLINE_EXCEEDED. All later requests carry Acks.
 	//
 	// The server then sends a Delivery for every due timer of that namespace
 	// and topic, never before its due time, keeping at most
@@ -376,7 +392,11 @@ type TimerServiceServer interface {
 	// until it is replayed with ReplayDeadLetters. When a stream ends, for any
 	// reason, its unacknowledged deliveries go back to PENDING and are
 	// redelivered (to any stream of the namespace and topic) without waiting
-	// for the ack timeout.
+	// for the ack timeout; a delivery the server never sent on it does not use
+	// up an attempt. A redelivery goes preferably to another stream than the
+	// one that let the earlier attempt time out. A stream that reads nothing
+	// for its ack timeout, while the server has deliveries to send it, ends
+	// with DEADLINE_EXCEEDED.
 	//
 	// An acknowledged one-shot timer is deleted. An acknowledged repeating
 	// timer is re-armed for the first due_time + n * interval (n >= 1) that is
