@@ -88,7 +88,7 @@ func (s *Shard) Submit(specs []Spec) *Submitted {
 			continue
 		}
 		if g, ok := s.retriedLocked(key, sp.Req); ok {
-			// Made, delivered and acked already. The tombstone's write
+			// Made, delivered and acked already. The ack's delete
 			// follows the creation's in the shard's lane: once the last
 			// submitted writes are durable, so is everything it answers for.
 			res[i].Due = time.UnixMilli(g.due)
@@ -117,7 +117,7 @@ func (s *Shard) Submit(specs []Spec) *Submitted {
 			res[i].Err = err
 			continue
 		}
-		delete(s.gone, key) // its record overwrites the tombstone's
+		delete(s.gone, key) // a new call: the timer replaces the tombstone
 		res[i].Due = time.UnixMilli(due)
 		fresh = append(fresh, i)
 	}
@@ -282,9 +282,8 @@ func (s *Shard) Ack(ids []DeliveryID) (*store.Commit, error) {
 		}
 		if t.rec.Interval <= 0 {
 			s.removeLocked(t)
-			if !s.tombstoneLocked(t, now) {
-				s.deleteLocked(t.key)
-			}
+			s.deleteLocked(t.key)
+			s.tombstoneLocked(t, now)
 			continue
 		}
 		n := int64(1)

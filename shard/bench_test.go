@@ -221,15 +221,15 @@ func BenchmarkShardFireAckRedis(b *testing.B)    { benchFireAck(b, newRedisEnv(b
 func BenchmarkShardFireAckEmbedded(b *testing.B) { benchFireAck(b, newEmbeddedEnv(b), false) }
 
 // The Req variants schedule with a request id, as the Go client does, so
-// every ack within the retry window writes a tombstone, and count the
-// tombstones' deletes once the window has passed.
+// every ack within the retry window leaves a tombstone in memory, and the
+// run includes forgetting them once the window has passed.
 func BenchmarkShardFireAckReqRedis(b *testing.B)    { benchFireAck(b, newRedisEnv(b), true) }
 func BenchmarkShardFireAckReqEmbedded(b *testing.B) { benchFireAck(b, newEmbeddedEnv(b), true) }
 
 // benchFireAck measures one shard firing b.N due timers to a subscriber
 // that acks each (in batches, as a stream's acks arrive) until every ack
 // is durable. With req, the timers carry a request id, and the run also
-// waits until their tombstones are deleted.
+// waits until their tombstones are forgotten.
 func benchFireAck(b *testing.B, e *env, req bool) {
 	// A subscriber with 4096 credits: a full queue refuses, and the
 	// consumer calls Ready as it drains.
@@ -283,7 +283,7 @@ func benchFireAck(b *testing.B, e *env, req bool) {
 		s.Ready("bench", "orders.timeout")
 	}
 	if req {
-		// Forget the tombstones: their deletes are the rest of the cost.
+		// Forget the tombstones: the rest of their cost.
 		e.clock.Advance(s.cfg.RetryWindow)
 		s.settle()
 		for goneCount(s) > 0 {

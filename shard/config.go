@@ -61,11 +61,11 @@ type Config struct {
 	// RetryWindow is how long after a Schedule or Reschedule with a
 	// request id (Spec.Req, Move.Req) a retry of it is still told apart
 	// from a new call once the one-shot timer it made has been acked
-	// (default 1m; 0 turns it off). An ack within the window writes a
-	// tombstone of the timer (about 40 B plus the key in the store,
-	// roughly 100 B of memory) instead of deleting it, and deletes the tombstone when the
-	// window has passed: one more write per such timer. While the timer
-	// lives, its record remembers the last request id whatever the window.
+	// (default 1m; 0 turns it off). An ack within the window leaves a
+	// tombstone of the timer in memory (roughly 100 B with its key) until
+	// the window has passed; it writes nothing, and a new owner of the
+	// shard starts without tombstones. While the timer lives, its record
+	// remembers the last request id whatever the window.
 	// It should cover the clients' retries: the Go client's end with the
 	// call's context (a Scheduler's batch timeout is 30s).
 	RetryWindow time.Duration

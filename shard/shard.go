@@ -56,7 +56,6 @@
 package shard
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -136,8 +135,9 @@ type Shard struct {
 	// gone holds the tombstones of one-shot timers acked within
 	// RetryWindow of the request that made them, by key, so that a retry
 	// of that request is answered instead of applied again; goneQ lists
-	// them in the order they may be forgotten (roughly: tombstones loaded
-	// from the store are sorted once, later ones are appended as acked).
+	// them in the order they may be forgotten (the order they were acked
+	// in, since every tombstone lives for the same window). Tombstones
+	// live in memory only: a new owner starts without them (see Ack).
 	gone  map[string]goneMark
 	goneQ []goneEntry
 	// seq numbers the occurrences created under epoch.
@@ -308,9 +308,6 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 	if err == nil {
 		err = s.Err() // the keeper lost the lease during the load
 	}
-	s.mu.Lock()
-	slices.SortFunc(s.goneQ, func(a, b goneEntry) int { return cmp.Compare(a.until, b.until) })
-	s.mu.Unlock()
 	if err != nil {
 		close(s.stop)
 		<-s.keepDone
@@ -326,11 +323,6 @@ func (s *Shard) loadLocked(rec *store.Record) {
 	key := store.Key(rec.Namespace, rec.ID)
 	if old := s.timers[key]; old != nil {
 		s.removeLocked(old) // a scan may repeat a key
-	}
-	delete(s.gone, key)
-	if rec.State == store.Done {
-		s.keepGoneLocked(key, goneMark{req: rec.Req, due: rec.Due, until: rec.Next})
-		return
 	}
 	t := s.newTimerLocked(*rec)
 	t.attempts = rec.Attempts
@@ -833,21 +825,18 @@ func (s *Shard) keepGoneLocked(key string, g goneMark) {
 	s.goneQ = append(s.goneQ, goneEntry{key: key, until: g.until})
 }
 
-// tombstoneLocked replaces a one-shot timer that was just acked (and
-// removed) with its tombstone, if the request that made it may still be
-// retried: it had a request id and came less than RetryWindow ago. It
-// reports whether it did; if not, the caller deletes the record.
-func (s *Shard) tombstoneLocked(t *timer, now int64) bool {
-	w := s.cfg.RetryWindow.Milliseconds()
-	if t.rec.Req == 0 || now-t.rec.ReqAt >= w {
-		return false
+// tombstoneLocked leaves a tombstone in memory for a one-shot timer that
+// was just acked (and removed), if the request that made it may still be
+// retried: it had a request id and came less than RetryWindow ago. The
+// tombstone writes nothing: the ack deletes the record as it would
+// without one, so a short timer's ack costs one write, not a put now and
+// a delete when the window ends.
+func (s *Shard) tombstoneLocked(t *timer, now int64) {
+	until := t.rec.ReqAt + s.cfg.RetryWindow.Milliseconds()
+	if t.rec.Req == 0 || now >= until {
+		return
 	}
-	// Next >= Due holds: an acked occurrence was due by now.
-	rec := store.Record{Namespace: t.rec.Namespace, ID: t.rec.ID, Due: t.rec.Due, Next: max(t.rec.ReqAt+w, t.rec.Due),
-		Delay: -1, State: store.Done, Req: t.rec.Req, ReqAt: t.rec.ReqAt}
-	s.ops = append(s.ops, store.Op{Key: t.key, Value: rec.AppendBinary(nil)})
-	s.keepGoneLocked(t.key, goneMark{req: rec.Req, due: rec.Due, until: rec.Next})
-	return true
+	s.keepGoneLocked(t.key, goneMark{req: t.rec.Req, due: t.rec.Due, until: until})
 }
 
 // retriedLocked returns the tombstone of key if req (non-zero) is a retry
@@ -857,8 +846,8 @@ func (s *Shard) retriedLocked(key string, req uint64) (goneMark, bool) {
 	return g, ok && req != 0 && g.req == req
 }
 
-// forgetLocked deletes at most limit tombstones whose time has come and
-// returns how many it deleted.
+// forgetLocked drops at most limit tombstones whose time has come and
+// returns how many it dropped.
 func (s *Shard) forgetLocked(now int64, limit int) int {
 	n, i := 0, 0
 	for ; i < len(s.goneQ) && n < limit && s.goneQ[i].until <= now; i++ {
@@ -867,7 +856,6 @@ func (s *Shard) forgetLocked(now int64, limit int) int {
 			continue // the id was scheduled again, or acked again since
 		}
 		delete(s.gone, e.key)
-		s.deleteLocked(e.key)
 		n++
 	}
 	if i > 0 {

@@ -32,8 +32,8 @@ type Spec struct {
 	// Req names the logical call (a hash of its request id), the same on
 	// every retry of it; 0 for none. A Schedule whose one-shot timer was
 	// acked within Config.RetryWindow of it is answered from the timer's
-	// tombstone when retried with the same Req, instead of creating the
-	// timer again.
+	// tombstone (in the owner's memory) when retried with the same Req,
+	// instead of creating the timer again.
 	Req uint64
 }
 

@@ -19,11 +19,6 @@ const (
 	// Dead is a dead letter: it exhausted its attempts and waits for a
 	// replay or a cancel.
 	Dead State = 2
-	// Done is what remains of a one-shot timer acked soon after the
-	// request that made it (a tombstone): enough to answer a retry of
-	// that request, and nothing to fire. Its Next is when it may be
-	// forgotten; Due is the due time of the occurrence that was acked.
-	Done State = 3
 )
 
 // Record is one timer as stored. Times are unix milliseconds; durations
@@ -151,7 +146,7 @@ func (r *Record) UnmarshalBinary(data []byte) error {
 	if len(d.b) != 0 {
 		return fmt.Errorf("%w: %d trailing bytes", ErrCorrupt, len(d.b))
 	}
-	if r.State != Pending && r.State != Dead && r.State != Done {
+	if r.State != Pending && r.State != Dead {
 		return fmt.Errorf("%w: unknown state %d", ErrCorrupt, r.State)
 	}
 	if attempts > math.MaxUint32 {

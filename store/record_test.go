@@ -23,7 +23,6 @@ func TestRecordRoundTrip(t *testing.T) {
 			LastAttempt: 1_700_000_004_000, Reason: "exhausted", OccEpoch: 12, OccSeq: 99,
 			Req: 0xfeedface, ReqAt: 1_699_000_000_001,
 		}, nil},
-		{"tombstone", Record{Namespace: "n", ID: "i", Due: 5, Next: 60_005, State: Done, Req: 7, ReqAt: 4}, nil},
 		{"empty payload loads as nil", Record{ID: "x", Payload: []byte{}, State: Pending}, &Record{ID: "x", State: Pending}},
 		{"binary strings", Record{Namespace: "\xff", ID: "\x00\x01", Topic: "ü", Payload: []byte{0}, State: Pending}, nil},
 		{"extremes", Record{

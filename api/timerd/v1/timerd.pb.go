@@ -347,13 +347,16 @@ type ScheduleRequest struct {
 	// The server keeps, with each timer, the request id of the last Schedule
 	// or Reschedule that created or moved it. When a one-shot timer is
 	// acknowledged within the server's retry window (server-configurable,
-	// default 1 minute) of that request, a tombstone keeps the request id
-	// for the rest of the window; a retry of the request then gets OK (with
-	// the due time of the occurrence that was delivered) and does not create
-	// the timer again. A Schedule with another request id, or none, creates
-	// the timer anew as usual. Request ids live in the stored records, so
-	// they survive a restart and a change of shard owner. The Go client sets
-	// one on every call.
+	// default 1 minute) of that request, the owner keeps a tombstone with
+	// the request id in memory for the rest of the window; a retry of the
+	// request then gets OK (with the due time of the occurrence that was
+	// delivered) and does not create the timer again. A Schedule with
+	// another request id, or none, creates the timer anew as usual. The
+	// request id of a live timer is stored with it, so a retried Reschedule
+	// is recognized by any owner; a tombstone is not, so a Schedule retried
+	// after its timer was acked and its shard then changed owner creates it
+	// again (a duplicate around a failure, as at-least-once delivery
+	// allows). The Go client sets one on every call.
 	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
