@@ -411,7 +411,7 @@ func (l *lane) run() {
 			}
 		}
 		l.mu.Lock()
-		cycle, ops := l.takeLocked(spare[:0])
+		cycle, _ := l.takeLocked(spare[:0])
 		more := len(l.queue) > 0
 		closing := l.closing
 		l.mu.Unlock()
@@ -419,13 +419,11 @@ func (l *lane) run() {
 		case len(cycle) == 0:
 		case l.abandoned != nil:
 			for i := range cycle {
-				cycle[i].commit.finish(l.abandoned)
+				l.done(&cycle[i], l.abandoned)
 			}
 		default:
 			l.abandoned = l.commit(cycle)
 		}
-		l.held.Add(-int64(ops))
-		l.load.Add(-int64(ops))
 		clear(cycle) // drop references to the ops
 		spare = cycle
 		switch {
@@ -521,7 +519,7 @@ func (l *lane) commit(cycle []pendingBatch) error {
 			c.log.Error("group commit abandoned", "batches", len(batches), "ops", ops, "err", err)
 			err = fmt.Errorf("%w: outcome of the commit unknown: %w", ErrClosed, err)
 			for i := range cycle {
-				cycle[i].commit.finish(err)
+				l.done(&cycle[i], err)
 			}
 			return err
 		}
@@ -532,7 +530,7 @@ func (l *lane) commit(cycle []pendingBatch) error {
 				ErrUnavailable, down.Round(time.Millisecond), err)
 			for i := range cycle {
 				l.failed[cycle[i].Shard] = failure{cycle[i].Grant, err}
-				cycle[i].commit.finish(err)
+				l.done(&cycle[i], err)
 			}
 			if c.cfg.OnCommit != nil {
 				c.cfg.OnCommit(CommitStats{Batches: len(batches), Ops: ops, Latency: time.Since(start), Retries: retries, Err: err})
@@ -551,12 +549,22 @@ func (l *lane) commit(cycle []pendingBatch) error {
 		backoff = min(2*backoff, c.cfg.RetryMax)
 	}
 	for i := range cycle {
-		cycle[i].commit.finish(batches[i].Err)
+		l.done(&cycle[i], batches[i].Err)
 	}
 	if c.cfg.OnCommit != nil {
 		c.cfg.OnCommit(CommitStats{Batches: len(batches), Ops: ops, Latency: time.Since(start), Retries: retries})
 	}
 	return nil
+}
+
+// done ends b with err: its writes leave the lane's counts first, so that
+// a submitter woken by its Commit finds the room they took free again
+// (a shard replaying page after page reserves its next page at once).
+func (l *lane) done(b *pendingBatch, err error) {
+	n := int64(len(b.Ops))
+	l.held.Add(-n)
+	l.load.Add(-n)
+	b.commit.finish(err)
 }
 
 // dropFailed fails, unsent, the batches of cycle whose shard had a cycle
@@ -569,7 +577,7 @@ func (l *lane) dropFailed(cycle []pendingBatch) []pendingBatch {
 		switch {
 		case !ok:
 		case f.grant == b.Grant:
-			b.commit.finish(f.err)
+			l.done(&b, f.err)
 			continue
 		default:
 			delete(l.failed, b.Shard)
