@@ -31,8 +31,8 @@ build: ## compile every package and put timerd, timerctl and timerd-benchpeer in
 	$(GO) build -o bin/ ./cmd/...
 	cd $(PEERS) && $(GO) build -o ../../bin/timerd-benchpeer .
 
-run: ## run timerd on the embedded store in ./timerd-data (gRPC 127.0.0.1:7070, HTTP 127.0.0.1:7071)
-	$(GO) run ./cmd/timerd
+run: build ## build, then run bin/timerd on the embedded store in ./timerd-data (gRPC 127.0.0.1:7070, HTTP 127.0.0.1:7071)
+	bin/timerd
 
 test: ## run every test once (the peers' module too), then the race detector on packages that own goroutines
 	$(GO) test -count=1 ./...
