@@ -114,6 +114,64 @@ func (TimerState) EnumDescriptor() ([]byte, []int) {
 	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{0}
 }
 
+// NodeState is where a node is in its life as a shard owner, as it
+// announces itself in its membership gossip.
+type NodeState int32
+
+const (
+	// Not known (a single node without membership reports ACTIVE).
+	NodeState_NODE_STATE_UNSPECIFIED NodeState = 0
+	// The node has joined the gossip but takes no shards yet.
+	NodeState_NODE_STATE_JOINING NodeState = 1
+	// The node takes the shards the ring assigns to it.
+	NodeState_NODE_STATE_ACTIVE NodeState = 2
+	// The node hands its shards over and is about to leave.
+	NodeState_NODE_STATE_LEAVING NodeState = 3
+)
+
+// Enum value maps for NodeState.
+var (
+	NodeState_name = map[int32]string{
+		0: "NODE_STATE_UNSPECIFIED",
+		1: "NODE_STATE_JOINING",
+		2: "NODE_STATE_ACTIVE",
+		3: "NODE_STATE_LEAVING",
+	}
+	NodeState_value = map[string]int32{
+		"NODE_STATE_UNSPECIFIED": 0,
+		"NODE_STATE_JOINING":     1,
+		"NODE_STATE_ACTIVE":      2,
+		"NODE_STATE_LEAVING":     3,
+	}
+)
+
+func (x NodeState) Enum() *NodeState {
+	p := new(NodeState)
+	*p = x
+	return p
+}
+
+func (x NodeState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (NodeState) Descriptor() protoreflect.EnumDescriptor {
+	return file_timerd_v1_timerd_proto_enumTypes[1].Descriptor()
+}
+
+func (NodeState) Type() protoreflect.EnumType {
+	return &file_timerd_v1_timerd_proto_enumTypes[1]
+}
+
+func (x NodeState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use NodeState.Descriptor instead.
+func (NodeState) EnumDescriptor() ([]byte, []int) {
+	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{1}
+}
+
 // MemberState is the membership state of a node.
 type MemberState int32
 
@@ -161,11 +219,11 @@ func (x MemberState) String() string {
 }
 
 func (MemberState) Descriptor() protoreflect.EnumDescriptor {
-	return file_timerd_v1_timerd_proto_enumTypes[1].Descriptor()
+	return file_timerd_v1_timerd_proto_enumTypes[2].Descriptor()
 }
 
 func (MemberState) Type() protoreflect.EnumType {
-	return &file_timerd_v1_timerd_proto_enumTypes[1]
+	return &file_timerd_v1_timerd_proto_enumTypes[2]
 }
 
 func (x MemberState) Number() protoreflect.EnumNumber {
@@ -174,7 +232,71 @@ func (x MemberState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use MemberState.Descriptor instead.
 func (MemberState) EnumDescriptor() ([]byte, []int) {
-	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{1}
+	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{2}
+}
+
+// ShardState is what a node is doing with a shard it owns or is taking.
+type ShardState int32
+
+const (
+	// Not known: the owner did not answer.
+	ShardState_SHARD_STATE_UNSPECIFIED ShardState = 0
+	// No node holds the shard's lease: it is moving or its owner died and
+	// its lease has not lapsed yet.
+	ShardState_SHARD_STATE_UNOWNED ShardState = 1
+	// The owner holds the lease and is loading the shard's timers; its
+	// requests get UNAVAILABLE until it serves.
+	ShardState_SHARD_STATE_LOADING ShardState = 2
+	// The owner serves the shard: it takes requests and fires its timers.
+	ShardState_SHARD_STATE_SERVING ShardState = 3
+	// The owner is handing the shard over: it flushes its writes, stops
+	// firing and releases the lease.
+	ShardState_SHARD_STATE_RELEASING ShardState = 4
+)
+
+// Enum value maps for ShardState.
+var (
+	ShardState_name = map[int32]string{
+		0: "SHARD_STATE_UNSPECIFIED",
+		1: "SHARD_STATE_UNOWNED",
+		2: "SHARD_STATE_LOADING",
+		3: "SHARD_STATE_SERVING",
+		4: "SHARD_STATE_RELEASING",
+	}
+	ShardState_value = map[string]int32{
+		"SHARD_STATE_UNSPECIFIED": 0,
+		"SHARD_STATE_UNOWNED":     1,
+		"SHARD_STATE_LOADING":     2,
+		"SHARD_STATE_SERVING":     3,
+		"SHARD_STATE_RELEASING":   4,
+	}
+)
+
+func (x ShardState) Enum() *ShardState {
+	p := new(ShardState)
+	*p = x
+	return p
+}
+
+func (x ShardState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ShardState) Descriptor() protoreflect.EnumDescriptor {
+	return file_timerd_v1_timerd_proto_enumTypes[3].Descriptor()
+}
+
+func (ShardState) Type() protoreflect.EnumType {
+	return &file_timerd_v1_timerd_proto_enumTypes[3]
+}
+
+func (x ShardState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ShardState.Descriptor instead.
+func (ShardState) EnumDescriptor() ([]byte, []int) {
+	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{3}
 }
 
 // TimerSpec is everything a client says about a timer: where it lives, when
@@ -1946,7 +2068,14 @@ type Member struct {
 	// Membership state of the node as seen by the answering node.
 	State MemberState `protobuf:"varint,4,opt,name=state,proto3,enum=timerd.v1.MemberState" json:"state,omitempty"`
 	// Number of shards the node currently owns.
-	ShardsOwned   uint32 `protobuf:"varint,5,opt,name=shards_owned,json=shardsOwned,proto3" json:"shards_owned,omitempty"`
+	ShardsOwned uint32 `protobuf:"varint,5,opt,name=shards_owned,json=shardsOwned,proto3" json:"shards_owned,omitempty"`
+	// The incarnation of the node's process: fresh at every start, so a
+	// restarted node (same name) is told apart from its predecessor.
+	Incarnation string `protobuf:"bytes,6,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	// Where the node is in its life as a shard owner: a JOINING node owns
+	// no shards yet, an ACTIVE one is given shards by the ring, a LEAVING
+	// one is handing its shards over before it exits.
+	NodeState     NodeState `protobuf:"varint,7,opt,name=node_state,json=nodeState,proto3,enum=timerd.v1.NodeState" json:"node_state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2016,9 +2145,27 @@ func (x *Member) GetShardsOwned() uint32 {
 	return 0
 }
 
-// ShardMapRequest asks for the shard map. It has no fields.
+func (x *Member) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
+func (x *Member) GetNodeState() NodeState {
+	if x != nil {
+		return x.NodeState
+	}
+	return NodeState_NODE_STATE_UNSPECIFIED
+}
+
+// ShardMapRequest asks for the shard map.
 type ShardMapRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Answer from the answering node's own knowledge only: its own shards'
+	// states and counts, without asking its peers for theirs. Nodes set it
+	// when they gather the map from each other; clients leave it unset.
+	Local         bool `protobuf:"varint,1,opt,name=local,proto3" json:"local,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2051,6 +2198,13 @@ func (x *ShardMapRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ShardMapRequest.ProtoReflect.Descriptor instead.
 func (*ShardMapRequest) Descriptor() ([]byte, []int) {
 	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ShardMapRequest) GetLocal() bool {
+	if x != nil {
+		return x.Local
+	}
+	return false
 }
 
 // ShardMapResponse is the shard map as seen by the answering node.
@@ -2134,7 +2288,18 @@ type ShardOwner struct {
 	// Fencing epoch of the current lease on the shard. It only grows; every
 	// new lease gets a higher epoch, and writes from an older epoch are
 	// rejected. For an unowned shard it is the epoch of the last lease.
-	Epoch         uint64 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Epoch uint64 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// What the owner is doing with the shard. UNOWNED when owner is empty.
+	State ShardState `protobuf:"varint,5,opt,name=state,proto3,enum=timerd.v1.ShardState" json:"state,omitempty"`
+	// Timers the shard holds, all states counted (dead letters included),
+	// and of those the ones in flight and the dead letters. Zero when the
+	// owner did not answer (see state) or the shard has no owner.
+	Timers   uint64 `protobuf:"varint,6,opt,name=timers,proto3" json:"timers,omitempty"`
+	InFlight uint64 `protobuf:"varint,7,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	Dead     uint64 `protobuf:"varint,8,opt,name=dead,proto3" json:"dead,omitempty"`
+	// Name of the node the ring assigns the shard to. It differs from owner
+	// while the shard moves; empty when no active member is known.
+	Assigned      string `protobuf:"bytes,9,opt,name=assigned,proto3" json:"assigned,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2195,6 +2360,41 @@ func (x *ShardOwner) GetEpoch() uint64 {
 		return x.Epoch
 	}
 	return 0
+}
+
+func (x *ShardOwner) GetState() ShardState {
+	if x != nil {
+		return x.State
+	}
+	return ShardState_SHARD_STATE_UNSPECIFIED
+}
+
+func (x *ShardOwner) GetTimers() uint64 {
+	if x != nil {
+		return x.Timers
+	}
+	return 0
+}
+
+func (x *ShardOwner) GetInFlight() uint64 {
+	if x != nil {
+		return x.InFlight
+	}
+	return 0
+}
+
+func (x *ShardOwner) GetDead() uint64 {
+	if x != nil {
+		return x.Dead
+	}
+	return 0
+}
+
+func (x *ShardOwner) GetAssigned() string {
+	if x != nil {
+		return x.Assigned
+	}
+	return ""
 }
 
 var File_timerd_v1_timerd_proto protoreflect.FileDescriptor
@@ -2306,38 +2506,59 @@ const file_timerd_v1_timerd_proto_rawDesc = "" +
 	"\breplayed\x18\x02 \x01(\x04R\breplayed\"\x10\n" +
 	"\x0eMembersRequest\">\n" +
 	"\x0fMembersResponse\x12+\n" +
-	"\amembers\x18\x01 \x03(\v2\x11.timerd.v1.MemberR\amembers\"\xab\x01\n" +
+	"\amembers\x18\x01 \x03(\v2\x11.timerd.v1.MemberR\amembers\"\x82\x02\n" +
 	"\x06Member\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12\x1f\n" +
 	"\vgossip_addr\x18\x03 \x01(\tR\n" +
 	"gossipAddr\x12,\n" +
 	"\x05state\x18\x04 \x01(\x0e2\x16.timerd.v1.MemberStateR\x05state\x12!\n" +
-	"\fshards_owned\x18\x05 \x01(\rR\vshardsOwned\"\x11\n" +
-	"\x0fShardMapRequest\"|\n" +
+	"\fshards_owned\x18\x05 \x01(\rR\vshardsOwned\x12 \n" +
+	"\vincarnation\x18\x06 \x01(\tR\vincarnation\x123\n" +
+	"\n" +
+	"node_state\x18\a \x01(\x0e2\x14.timerd.v1.NodeStateR\tnodeState\"'\n" +
+	"\x0fShardMapRequest\x12\x14\n" +
+	"\x05local\x18\x01 \x01(\bR\x05local\"|\n" +
 	"\x10ShardMapResponse\x12\x1f\n" +
 	"\vshard_count\x18\x01 \x01(\rR\n" +
 	"shardCount\x12-\n" +
 	"\x06shards\x18\x02 \x03(\v2\x15.timerd.v1.ShardOwnerR\x06shards\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\x04R\aversion\"v\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\"\x88\x02\n" +
 	"\n" +
 	"ShardOwner\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\tR\x05owner\x12&\n" +
 	"\x0fowner_grpc_addr\x18\x03 \x01(\tR\rownerGrpcAddr\x12\x14\n" +
-	"\x05epoch\x18\x04 \x01(\x04R\x05epoch*s\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12+\n" +
+	"\x05state\x18\x05 \x01(\x0e2\x15.timerd.v1.ShardStateR\x05state\x12\x16\n" +
+	"\x06timers\x18\x06 \x01(\x04R\x06timers\x12\x1b\n" +
+	"\tin_flight\x18\a \x01(\x04R\binFlight\x12\x12\n" +
+	"\x04dead\x18\b \x01(\x04R\x04dead\x12\x1a\n" +
+	"\bassigned\x18\t \x01(\tR\bassigned*s\n" +
 	"\n" +
 	"TimerState\x12\x1b\n" +
 	"\x17TIMER_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13TIMER_STATE_PENDING\x10\x01\x12\x19\n" +
 	"\x15TIMER_STATE_IN_FLIGHT\x10\x02\x12\x14\n" +
-	"\x10TIMER_STATE_DEAD\x10\x03*\x8b\x01\n" +
+	"\x10TIMER_STATE_DEAD\x10\x03*n\n" +
+	"\tNodeState\x12\x1a\n" +
+	"\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12NODE_STATE_JOINING\x10\x01\x12\x15\n" +
+	"\x11NODE_STATE_ACTIVE\x10\x02\x12\x16\n" +
+	"\x12NODE_STATE_LEAVING\x10\x03*\x8b\x01\n" +
 	"\vMemberState\x12\x1c\n" +
 	"\x18MEMBER_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12MEMBER_STATE_ALIVE\x10\x01\x12\x18\n" +
 	"\x14MEMBER_STATE_SUSPECT\x10\x02\x12\x15\n" +
 	"\x11MEMBER_STATE_DEAD\x10\x03\x12\x15\n" +
-	"\x11MEMBER_STATE_LEFT\x10\x042\x99\x04\n" +
+	"\x11MEMBER_STATE_LEFT\x10\x04*\x8f\x01\n" +
+	"\n" +
+	"ShardState\x12\x1b\n" +
+	"\x17SHARD_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13SHARD_STATE_UNOWNED\x10\x01\x12\x17\n" +
+	"\x13SHARD_STATE_LOADING\x10\x02\x12\x17\n" +
+	"\x13SHARD_STATE_SERVING\x10\x03\x12\x19\n" +
+	"\x15SHARD_STATE_RELEASING\x10\x042\x99\x04\n" +
 	"\fTimerService\x12C\n" +
 	"\bSchedule\x12\x1a.timerd.v1.ScheduleRequest\x1a\x1b.timerd.v1.ScheduleResponse\x12I\n" +
 	"\n" +
@@ -2363,96 +2584,100 @@ func file_timerd_v1_timerd_proto_rawDescGZIP() []byte {
 	return file_timerd_v1_timerd_proto_rawDescData
 }
 
-var file_timerd_v1_timerd_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_timerd_v1_timerd_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_timerd_v1_timerd_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_timerd_v1_timerd_proto_goTypes = []any{
 	(TimerState)(0),                   // 0: timerd.v1.TimerState
-	(MemberState)(0),                  // 1: timerd.v1.MemberState
-	(*TimerSpec)(nil),                 // 2: timerd.v1.TimerSpec
-	(*ScheduleRequest)(nil),           // 3: timerd.v1.ScheduleRequest
-	(*ScheduleResponse)(nil),          // 4: timerd.v1.ScheduleResponse
-	(*ItemResult)(nil),                // 5: timerd.v1.ItemResult
-	(*RescheduleRequest)(nil),         // 6: timerd.v1.RescheduleRequest
-	(*RescheduleItem)(nil),            // 7: timerd.v1.RescheduleItem
-	(*RescheduleResponse)(nil),        // 8: timerd.v1.RescheduleResponse
-	(*CancelRequest)(nil),             // 9: timerd.v1.CancelRequest
-	(*CancelResponse)(nil),            // 10: timerd.v1.CancelResponse
-	(*GetRequest)(nil),                // 11: timerd.v1.GetRequest
-	(*GetResponse)(nil),               // 12: timerd.v1.GetResponse
-	(*Timer)(nil),                     // 13: timerd.v1.Timer
-	(*SubscribeRequest)(nil),          // 14: timerd.v1.SubscribeRequest
-	(*Subscription)(nil),              // 15: timerd.v1.Subscription
-	(*Ack)(nil),                       // 16: timerd.v1.Ack
-	(*SubscribeResponse)(nil),         // 17: timerd.v1.SubscribeResponse
-	(*Delivery)(nil),                  // 18: timerd.v1.Delivery
-	(*ListDeadLettersRequest)(nil),    // 19: timerd.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil),   // 20: timerd.v1.ListDeadLettersResponse
-	(*DeadLetter)(nil),                // 21: timerd.v1.DeadLetter
-	(*ReplayDeadLettersRequest)(nil),  // 22: timerd.v1.ReplayDeadLettersRequest
-	(*ReplayDeadLettersResponse)(nil), // 23: timerd.v1.ReplayDeadLettersResponse
-	(*MembersRequest)(nil),            // 24: timerd.v1.MembersRequest
-	(*MembersResponse)(nil),           // 25: timerd.v1.MembersResponse
-	(*Member)(nil),                    // 26: timerd.v1.Member
-	(*ShardMapRequest)(nil),           // 27: timerd.v1.ShardMapRequest
-	(*ShardMapResponse)(nil),          // 28: timerd.v1.ShardMapResponse
-	(*ShardOwner)(nil),                // 29: timerd.v1.ShardOwner
-	(*timestamppb.Timestamp)(nil),     // 30: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 31: google.protobuf.Duration
+	(NodeState)(0),                    // 1: timerd.v1.NodeState
+	(MemberState)(0),                  // 2: timerd.v1.MemberState
+	(ShardState)(0),                   // 3: timerd.v1.ShardState
+	(*TimerSpec)(nil),                 // 4: timerd.v1.TimerSpec
+	(*ScheduleRequest)(nil),           // 5: timerd.v1.ScheduleRequest
+	(*ScheduleResponse)(nil),          // 6: timerd.v1.ScheduleResponse
+	(*ItemResult)(nil),                // 7: timerd.v1.ItemResult
+	(*RescheduleRequest)(nil),         // 8: timerd.v1.RescheduleRequest
+	(*RescheduleItem)(nil),            // 9: timerd.v1.RescheduleItem
+	(*RescheduleResponse)(nil),        // 10: timerd.v1.RescheduleResponse
+	(*CancelRequest)(nil),             // 11: timerd.v1.CancelRequest
+	(*CancelResponse)(nil),            // 12: timerd.v1.CancelResponse
+	(*GetRequest)(nil),                // 13: timerd.v1.GetRequest
+	(*GetResponse)(nil),               // 14: timerd.v1.GetResponse
+	(*Timer)(nil),                     // 15: timerd.v1.Timer
+	(*SubscribeRequest)(nil),          // 16: timerd.v1.SubscribeRequest
+	(*Subscription)(nil),              // 17: timerd.v1.Subscription
+	(*Ack)(nil),                       // 18: timerd.v1.Ack
+	(*SubscribeResponse)(nil),         // 19: timerd.v1.SubscribeResponse
+	(*Delivery)(nil),                  // 20: timerd.v1.Delivery
+	(*ListDeadLettersRequest)(nil),    // 21: timerd.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),   // 22: timerd.v1.ListDeadLettersResponse
+	(*DeadLetter)(nil),                // 23: timerd.v1.DeadLetter
+	(*ReplayDeadLettersRequest)(nil),  // 24: timerd.v1.ReplayDeadLettersRequest
+	(*ReplayDeadLettersResponse)(nil), // 25: timerd.v1.ReplayDeadLettersResponse
+	(*MembersRequest)(nil),            // 26: timerd.v1.MembersRequest
+	(*MembersResponse)(nil),           // 27: timerd.v1.MembersResponse
+	(*Member)(nil),                    // 28: timerd.v1.Member
+	(*ShardMapRequest)(nil),           // 29: timerd.v1.ShardMapRequest
+	(*ShardMapResponse)(nil),          // 30: timerd.v1.ShardMapResponse
+	(*ShardOwner)(nil),                // 31: timerd.v1.ShardOwner
+	(*timestamppb.Timestamp)(nil),     // 32: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 33: google.protobuf.Duration
 }
 var file_timerd_v1_timerd_proto_depIdxs = []int32{
-	30, // 0: timerd.v1.TimerSpec.due_time:type_name -> google.protobuf.Timestamp
-	31, // 1: timerd.v1.TimerSpec.delay:type_name -> google.protobuf.Duration
-	31, // 2: timerd.v1.TimerSpec.interval:type_name -> google.protobuf.Duration
-	2,  // 3: timerd.v1.ScheduleRequest.timers:type_name -> timerd.v1.TimerSpec
-	5,  // 4: timerd.v1.ScheduleResponse.results:type_name -> timerd.v1.ItemResult
-	30, // 5: timerd.v1.ItemResult.due_time:type_name -> google.protobuf.Timestamp
-	7,  // 6: timerd.v1.RescheduleRequest.items:type_name -> timerd.v1.RescheduleItem
-	30, // 7: timerd.v1.RescheduleItem.due_time:type_name -> google.protobuf.Timestamp
-	31, // 8: timerd.v1.RescheduleItem.delay:type_name -> google.protobuf.Duration
-	5,  // 9: timerd.v1.RescheduleResponse.results:type_name -> timerd.v1.ItemResult
-	5,  // 10: timerd.v1.CancelResponse.results:type_name -> timerd.v1.ItemResult
-	13, // 11: timerd.v1.GetResponse.timer:type_name -> timerd.v1.Timer
-	2,  // 12: timerd.v1.Timer.spec:type_name -> timerd.v1.TimerSpec
+	32, // 0: timerd.v1.TimerSpec.due_time:type_name -> google.protobuf.Timestamp
+	33, // 1: timerd.v1.TimerSpec.delay:type_name -> google.protobuf.Duration
+	33, // 2: timerd.v1.TimerSpec.interval:type_name -> google.protobuf.Duration
+	4,  // 3: timerd.v1.ScheduleRequest.timers:type_name -> timerd.v1.TimerSpec
+	7,  // 4: timerd.v1.ScheduleResponse.results:type_name -> timerd.v1.ItemResult
+	32, // 5: timerd.v1.ItemResult.due_time:type_name -> google.protobuf.Timestamp
+	9,  // 6: timerd.v1.RescheduleRequest.items:type_name -> timerd.v1.RescheduleItem
+	32, // 7: timerd.v1.RescheduleItem.due_time:type_name -> google.protobuf.Timestamp
+	33, // 8: timerd.v1.RescheduleItem.delay:type_name -> google.protobuf.Duration
+	7,  // 9: timerd.v1.RescheduleResponse.results:type_name -> timerd.v1.ItemResult
+	7,  // 10: timerd.v1.CancelResponse.results:type_name -> timerd.v1.ItemResult
+	15, // 11: timerd.v1.GetResponse.timer:type_name -> timerd.v1.Timer
+	4,  // 12: timerd.v1.Timer.spec:type_name -> timerd.v1.TimerSpec
 	0,  // 13: timerd.v1.Timer.state:type_name -> timerd.v1.TimerState
-	30, // 14: timerd.v1.Timer.created_time:type_name -> google.protobuf.Timestamp
-	15, // 15: timerd.v1.SubscribeRequest.subscription:type_name -> timerd.v1.Subscription
-	16, // 16: timerd.v1.SubscribeRequest.ack:type_name -> timerd.v1.Ack
-	31, // 17: timerd.v1.Subscription.ack_timeout:type_name -> google.protobuf.Duration
-	18, // 18: timerd.v1.SubscribeResponse.delivery:type_name -> timerd.v1.Delivery
-	30, // 19: timerd.v1.Delivery.due_time:type_name -> google.protobuf.Timestamp
-	30, // 20: timerd.v1.Delivery.fired_time:type_name -> google.protobuf.Timestamp
-	21, // 21: timerd.v1.ListDeadLettersResponse.dead_letters:type_name -> timerd.v1.DeadLetter
-	13, // 22: timerd.v1.DeadLetter.timer:type_name -> timerd.v1.Timer
-	30, // 23: timerd.v1.DeadLetter.last_attempt_time:type_name -> google.protobuf.Timestamp
-	30, // 24: timerd.v1.ReplayDeadLettersRequest.due_time:type_name -> google.protobuf.Timestamp
-	31, // 25: timerd.v1.ReplayDeadLettersRequest.delay:type_name -> google.protobuf.Duration
-	5,  // 26: timerd.v1.ReplayDeadLettersResponse.results:type_name -> timerd.v1.ItemResult
-	26, // 27: timerd.v1.MembersResponse.members:type_name -> timerd.v1.Member
-	1,  // 28: timerd.v1.Member.state:type_name -> timerd.v1.MemberState
-	29, // 29: timerd.v1.ShardMapResponse.shards:type_name -> timerd.v1.ShardOwner
-	3,  // 30: timerd.v1.TimerService.Schedule:input_type -> timerd.v1.ScheduleRequest
-	6,  // 31: timerd.v1.TimerService.Reschedule:input_type -> timerd.v1.RescheduleRequest
-	9,  // 32: timerd.v1.TimerService.Cancel:input_type -> timerd.v1.CancelRequest
-	11, // 33: timerd.v1.TimerService.Get:input_type -> timerd.v1.GetRequest
-	14, // 34: timerd.v1.TimerService.Subscribe:input_type -> timerd.v1.SubscribeRequest
-	19, // 35: timerd.v1.TimerService.ListDeadLetters:input_type -> timerd.v1.ListDeadLettersRequest
-	22, // 36: timerd.v1.TimerService.ReplayDeadLetters:input_type -> timerd.v1.ReplayDeadLettersRequest
-	24, // 37: timerd.v1.ClusterService.Members:input_type -> timerd.v1.MembersRequest
-	27, // 38: timerd.v1.ClusterService.ShardMap:input_type -> timerd.v1.ShardMapRequest
-	4,  // 39: timerd.v1.TimerService.Schedule:output_type -> timerd.v1.ScheduleResponse
-	8,  // 40: timerd.v1.TimerService.Reschedule:output_type -> timerd.v1.RescheduleResponse
-	10, // 41: timerd.v1.TimerService.Cancel:output_type -> timerd.v1.CancelResponse
-	12, // 42: timerd.v1.TimerService.Get:output_type -> timerd.v1.GetResponse
-	17, // 43: timerd.v1.TimerService.Subscribe:output_type -> timerd.v1.SubscribeResponse
-	20, // 44: timerd.v1.TimerService.ListDeadLetters:output_type -> timerd.v1.ListDeadLettersResponse
-	23, // 45: timerd.v1.TimerService.ReplayDeadLetters:output_type -> timerd.v1.ReplayDeadLettersResponse
-	25, // 46: timerd.v1.ClusterService.Members:output_type -> timerd.v1.MembersResponse
-	28, // 47: timerd.v1.ClusterService.ShardMap:output_type -> timerd.v1.ShardMapResponse
-	39, // [39:48] is the sub-list for method output_type
-	30, // [30:39] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	32, // 14: timerd.v1.Timer.created_time:type_name -> google.protobuf.Timestamp
+	17, // 15: timerd.v1.SubscribeRequest.subscription:type_name -> timerd.v1.Subscription
+	18, // 16: timerd.v1.SubscribeRequest.ack:type_name -> timerd.v1.Ack
+	33, // 17: timerd.v1.Subscription.ack_timeout:type_name -> google.protobuf.Duration
+	20, // 18: timerd.v1.SubscribeResponse.delivery:type_name -> timerd.v1.Delivery
+	32, // 19: timerd.v1.Delivery.due_time:type_name -> google.protobuf.Timestamp
+	32, // 20: timerd.v1.Delivery.fired_time:type_name -> google.protobuf.Timestamp
+	23, // 21: timerd.v1.ListDeadLettersResponse.dead_letters:type_name -> timerd.v1.DeadLetter
+	15, // 22: timerd.v1.DeadLetter.timer:type_name -> timerd.v1.Timer
+	32, // 23: timerd.v1.DeadLetter.last_attempt_time:type_name -> google.protobuf.Timestamp
+	32, // 24: timerd.v1.ReplayDeadLettersRequest.due_time:type_name -> google.protobuf.Timestamp
+	33, // 25: timerd.v1.ReplayDeadLettersRequest.delay:type_name -> google.protobuf.Duration
+	7,  // 26: timerd.v1.ReplayDeadLettersResponse.results:type_name -> timerd.v1.ItemResult
+	28, // 27: timerd.v1.MembersResponse.members:type_name -> timerd.v1.Member
+	2,  // 28: timerd.v1.Member.state:type_name -> timerd.v1.MemberState
+	1,  // 29: timerd.v1.Member.node_state:type_name -> timerd.v1.NodeState
+	31, // 30: timerd.v1.ShardMapResponse.shards:type_name -> timerd.v1.ShardOwner
+	3,  // 31: timerd.v1.ShardOwner.state:type_name -> timerd.v1.ShardState
+	5,  // 32: timerd.v1.TimerService.Schedule:input_type -> timerd.v1.ScheduleRequest
+	8,  // 33: timerd.v1.TimerService.Reschedule:input_type -> timerd.v1.RescheduleRequest
+	11, // 34: timerd.v1.TimerService.Cancel:input_type -> timerd.v1.CancelRequest
+	13, // 35: timerd.v1.TimerService.Get:input_type -> timerd.v1.GetRequest
+	16, // 36: timerd.v1.TimerService.Subscribe:input_type -> timerd.v1.SubscribeRequest
+	21, // 37: timerd.v1.TimerService.ListDeadLetters:input_type -> timerd.v1.ListDeadLettersRequest
+	24, // 38: timerd.v1.TimerService.ReplayDeadLetters:input_type -> timerd.v1.ReplayDeadLettersRequest
+	26, // 39: timerd.v1.ClusterService.Members:input_type -> timerd.v1.MembersRequest
+	29, // 40: timerd.v1.ClusterService.ShardMap:input_type -> timerd.v1.ShardMapRequest
+	6,  // 41: timerd.v1.TimerService.Schedule:output_type -> timerd.v1.ScheduleResponse
+	10, // 42: timerd.v1.TimerService.Reschedule:output_type -> timerd.v1.RescheduleResponse
+	12, // 43: timerd.v1.TimerService.Cancel:output_type -> timerd.v1.CancelResponse
+	14, // 44: timerd.v1.TimerService.Get:output_type -> timerd.v1.GetResponse
+	19, // 45: timerd.v1.TimerService.Subscribe:output_type -> timerd.v1.SubscribeResponse
+	22, // 46: timerd.v1.TimerService.ListDeadLetters:output_type -> timerd.v1.ListDeadLettersResponse
+	25, // 47: timerd.v1.TimerService.ReplayDeadLetters:output_type -> timerd.v1.ReplayDeadLettersResponse
+	27, // 48: timerd.v1.ClusterService.Members:output_type -> timerd.v1.MembersResponse
+	30, // 49: timerd.v1.ClusterService.ShardMap:output_type -> timerd.v1.ShardMapResponse
+	41, // [41:50] is the sub-list for method output_type
+	32, // [32:41] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_timerd_v1_timerd_proto_init() }
@@ -2481,7 +2706,7 @@ func file_timerd_v1_timerd_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_timerd_v1_timerd_proto_rawDesc), len(file_timerd_v1_timerd_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      4,
 			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   2,
