@@ -7,7 +7,7 @@ GO        ?= go
 TOOLS     := $(GO) tool -modfile=tools/go.mod
 # Packages that own goroutines run their tests again under the race
 # detector. The wheel, ring and api packages start none.
-RACE_PKGS ?= ./store/ ./shard/ ./server/ ./client/ ./bench/ ./cmd/... ./internal/redistest/
+RACE_PKGS ?= ./store/ ./shard/ ./node/ ./server/ ./client/ ./bench/ ./cmd/... ./internal/redistest/
 # The bench peers that need dependencies of their own (asynq) are a module
 # of their own.
 PEERS     := bench/peers

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
+	"github.com/timerd/timerd/node"
 )
 
 // clusterService implements pb.ClusterServiceServer for a single node:
@@ -20,7 +21,7 @@ func (c *clusterService) Members(context.Context, *pb.MembersRequest) (*pb.Membe
 		Name:        s.cfg.NodeName,
 		GrpcAddr:    s.GRPCAddr(),
 		State:       pb.MemberState_MEMBER_STATE_ALIVE,
-		ShardsOwned: uint32(s.loaded.Load()),
+		ShardsOwned: uint32(serving(s.node)),
 	}}}, nil
 }
 
@@ -30,17 +31,23 @@ func (c *clusterService) ShardMap(ctx context.Context, _ *pb.ShardMapRequest) (*
 	s := c.s
 	resp := &pb.ShardMapResponse{
 		ShardCount: s.cfg.Shards,
-		Shards:     make([]*pb.ShardOwner, len(s.slots)),
-		Version:    s.version.Load(),
+		Shards:     make([]*pb.ShardOwner, s.cfg.Shards),
+		Version:    s.node.Version(),
 	}
-	for i := range s.slots {
+	for i := range resp.Shards {
 		o := &pb.ShardOwner{Shard: uint32(i)}
-		if sh := s.slots[i].Load(); sh != nil {
+		if sh := s.node.Shard(uint32(i)); sh != nil {
 			o.Owner, o.OwnerGrpcAddr, o.Epoch = s.cfg.NodeName, s.GRPCAddr(), sh.Epoch()
-		} else if l, err := s.st.Lease(ctx, uint32(i)); err == nil {
+		} else if l, err := s.node.Store().Lease(ctx, uint32(i)); err == nil {
 			o.Epoch = l.Epoch
 		}
 		resp.Shards[i] = o
 	}
 	return resp, nil
+}
+
+// serving returns how many shards n serves.
+func serving(n *node.Node) int {
+	_, k := n.Counts()
+	return k
 }

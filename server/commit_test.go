@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -91,7 +90,7 @@ func TestStoreOutageResourceExhausted(t *testing.T) {
 		}
 		held <- err
 	}()
-	waitFor(t, "the held call's writes to be queued", func() bool { return e.srv.com.Queue().Ops >= 60 })
+	waitFor(t, "the held call's writes to be queued", func() bool { return e.srv.node.Committer().Queue().Ops >= 60 })
 	// e.ctx bounds the call: not refused, it would wait for Redis.
 	resp, err := e.timers.Schedule(e.ctx(), &pb.ScheduleRequest{Timers: specs("refused", 10)})
 	if err != nil {
@@ -126,30 +125,5 @@ func TestStoreOutageResourceExhausted(t *testing.T) {
 	}
 	if _, err := e2.timers.Get(e2.ctx(), &pb.GetRequest{Id: "held59"}); err != nil {
 		t.Fatalf("Get of a queued timer: %v", err)
-	}
-}
-
-// TestRedisTimeouts: the Redis client's socket timeouts cover the group
-// commit's CommitTimeout; a longer one, or none, given in the URL stands.
-func TestRedisTimeouts(t *testing.T) {
-	commit := DefaultConfig().Commit
-	tests := []struct {
-		url        string
-		read, writ time.Duration
-	}{
-		{"redis://127.0.0.1:1", commit.CommitTimeout, commit.CommitTimeout},
-		{"redis://127.0.0.1:1?read_timeout=1s&write_timeout=2s", commit.CommitTimeout, commit.CommitTimeout},
-		{"redis://127.0.0.1:1?read_timeout=1m&write_timeout=-1", time.Minute, -1},
-	}
-	for _, tt := range tests {
-		opts, err := redis.ParseURL(tt.url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		redisTimeouts(opts, commit)
-		if opts.ReadTimeout != tt.read || opts.WriteTimeout != tt.writ || !opts.ContextTimeoutEnabled {
-			t.Errorf("%s: read %v, write %v, context deadlines %v; want %v, %v, true",
-				tt.url, opts.ReadTimeout, opts.WriteTimeout, opts.ContextTimeoutEnabled, tt.read, tt.writ)
-		}
 	}
 }

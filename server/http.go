@@ -32,7 +32,7 @@ func (s *Server) httpHandler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		loaded, total := s.loaded.Load(), len(s.slots)
+		total, loaded := s.node.Counts()
 		if !s.Ready() {
 			http.Error(w, fmt.Sprintf("not ready: %d of %d shards loaded", loaded, total), http.StatusServiceUnavailable)
 			return

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
+	"github.com/timerd/timerd/node"
 )
 
 // TestCloseDuringStart: Close while shards are still loading stops Start
@@ -108,8 +109,15 @@ func TestReturnLeavesOtherStreamsAttempt(t *testing.T) {
 func TestInvalidItemOnUnloadedShard(t *testing.T) {
 	e := start(t, "")
 	id := e.srv.shardOf("default", "x")
-	held := e.srv.slots[id].Swap(nil)
-	defer e.srv.slots[id].Store(held)
+	var others []uint32
+	for i := range e.cfg.Shards {
+		if i != id {
+			others = append(others, i)
+		}
+	}
+	e.srv.node.Hold(others)
+	defer e.srv.node.HoldAll()
+	waitFor(t, "the shard to be released", func() bool { return e.srv.node.Status(id).State == node.Absent })
 	bad := spec("x", "a/b", 0)
 	far := spec("x", "t", 200*365*24*time.Hour)
 	resp, err := e.timers.Schedule(e.ctx(), &pb.ScheduleRequest{Timers: []*pb.TimerSpec{bad, far, spec("x", "t", 0)}})

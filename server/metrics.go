@@ -3,6 +3,7 @@ package server
 import (
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -28,6 +29,15 @@ type metrics struct {
 	// acksNotHeld and acksNotSent count acks ignored because the stream
 	// did not hold the delivery, or held it but had not sent it yet.
 	acksNotHeld, acksNotSent prometheus.Counter
+	// shardsAcquired, shardsReleased and shardsLost count the moves of
+	// shards onto and off this node; shardLoad and shardTakeover time
+	// them: the load alone, and from being told to hold a shard until
+	// serving it (the previous owner's release or lapse included).
+	shardsAcquired, shardsReleased, shardsLost prometheus.Counter
+	shardLoad, shardTakeover, shardRelease     prometheus.Histogram
+	// forwarded counts the items and requests this node sent on to the
+	// shards' owners.
+	forwardedItems, forwardedCalls *prometheus.CounterVec
 
 	maxNS int
 	byNS  sync.Map // namespace -> *nsMetrics, at most maxNS entries
@@ -88,6 +98,41 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 			Namespace: "timerd", Name: "store_commit_given_up_total",
 			Help: "Group commit cycles given up after the store failed for GiveUpAfter; their shards stopped to reload.",
 		}),
+		shardsAcquired: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "shards_acquired_total",
+			Help: "Shards this node acquired and loaded (at start, on a join, a leave or a peer's death).",
+		}),
+		shardsReleased: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "shards_released_total",
+			Help: "Shards this node flushed and released (handed over, or at shutdown).",
+		}),
+		shardsLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "shards_lost_total",
+			Help: "Shards that stopped on their own (lease lost, write fenced or given up) and were reopened.",
+		}),
+		shardLoad: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "timerd", Name: "shard_load_seconds",
+			Help:    "Time to acquire a shard's lease and load its timers.",
+			Buckets: prometheus.ExponentialBuckets(.001, 2, 16),
+		}),
+		shardTakeover: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "timerd", Name: "shard_takeover_seconds",
+			Help:    "Time from being told to hold a shard until serving it: waiting for the previous owner's release or lapse, then the load.",
+			Buckets: prometheus.ExponentialBuckets(.001, 2, 16),
+		}),
+		shardRelease: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "timerd", Name: "shard_release_seconds",
+			Help:    "Time to hand a shard over: flush its writes, stop firing, release its lease.",
+			Buckets: prometheus.ExponentialBuckets(.001, 2, 16),
+		}),
+		forwardedItems: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "forwarded_items_total",
+			Help: "Items of requests this node forwarded to the node that owns their shard, by method.",
+		}, []string{"method"}),
+		forwardedCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "forwarded_requests_total",
+			Help: "Requests this node sent to peers on a caller's behalf, by method and outcome code.",
+		}, []string{"method", "code"}),
 		maxNS: maxNS,
 	}
 	ignored := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -98,6 +143,8 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 	m.acksNotSent = ignored.WithLabelValues("not_sent")
 	reg.MustRegister(m.scheduled, m.fired, m.redelivered, m.acked, m.dead, m.lateness, m.subscribers,
 		m.commitSeconds, m.commitOps, m.commitBatches, m.commitRetries, m.commitGivenUp, ignored,
+		m.shardsAcquired, m.shardsReleased, m.shardsLost, m.shardLoad, m.shardTakeover, m.shardRelease,
+		m.forwardedItems, m.forwardedCalls,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: "timerd", Name: "store_commit_queue_ops",
 			Help: "Writes the group commit holds, queued or in a round trip not yet finished.",
@@ -197,6 +244,22 @@ func (m *metrics) Acked(namespace string) { m.ns(namespace).acked.Inc() }
 // DeadLettered implements shard.Events.
 func (m *metrics) DeadLettered(namespace string) { m.ns(namespace).dead.Inc() }
 
+// Acquired implements node.Observer.
+func (m *metrics) Acquired(_ uint32, _ uint64, loaded, waited time.Duration) {
+	m.shardsAcquired.Inc()
+	m.shardLoad.Observe(loaded.Seconds())
+	m.shardTakeover.Observe(waited.Seconds())
+}
+
+// Released implements node.Observer.
+func (m *metrics) Released(_ uint32, _ uint64, took time.Duration) {
+	m.shardsReleased.Inc()
+	m.shardRelease.Observe(took.Seconds())
+}
+
+// Lost implements node.Observer.
+func (m *metrics) Lost(uint32, error) { m.shardsLost.Inc() }
+
 // commit records a group commit cycle (store.CommitterConfig.OnCommit).
 func (m *metrics) commit(cs store.CommitStats) {
 	if cs.Err != nil {
@@ -214,8 +277,8 @@ func (m *metrics) commit(cs store.CommitStats) {
 // made it. Scrapes come through the HTTP server, which Start begins after
 // making the group commit.
 func (s *Server) commitQueue() store.QueueStats {
-	if s.com != nil {
-		return s.com.Queue()
+	if com := s.node.Committer(); com != nil {
+		return com.Queue()
 	}
 	return store.QueueStats{}
 }
@@ -229,9 +292,9 @@ type shardStats struct {
 // shardStats reads the counts of every shard this node holds.
 func (s *Server) shardStats() []shardStats {
 	var out []shardStats
-	for i := range s.slots {
-		if sh := s.slots[i].Load(); sh != nil {
-			out = append(out, shardStats{uint32(i), sh.Stats()})
+	for i := range s.node.Shards() {
+		if sh := s.node.Shard(i); sh != nil {
+			out = append(out, shardStats{i, sh.Stats()})
 		}
 	}
 	return out

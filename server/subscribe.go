@@ -290,8 +290,8 @@ func (s *Server) giveBack(attempts []shard.Attempt) {
 // readyAll tells every shard that a subscriber of key can take
 // deliveries.
 func (s *Server) readyAll(key topicKey) {
-	for i := range s.slots {
-		if sh := s.slots[i].Load(); sh != nil {
+	for i := range s.node.Shards() {
+		if sh := s.node.Shard(i); sh != nil {
 			sh.Ready(key.namespace, key.topic)
 		}
 	}

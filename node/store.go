@@ -1,0 +1,137 @@
+package node
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/timerd/timerd/store"
+)
+
+// openStore opens the embedded store in Config.DataDir, or, when
+// Config.RedisURL is set, connects to Redis, checks its persistence and
+// opens the Redis store there.
+func (n *Node) openStore(ctx context.Context) error {
+	if n.cfg.RedisURL == "" {
+		ec := store.DefaultEmbeddedConfig(n.cfg.DataDir)
+		ec.Logger = n.log
+		st, err := store.OpenEmbedded(ec)
+		if err != nil {
+			return fmt.Errorf("node: data dir: %w", err)
+		}
+		n.st = st
+		return nil
+	}
+	opts, err := redis.ParseURL(n.cfg.RedisURL)
+	if err != nil {
+		return fmt.Errorf("node: Redis URL: %w", err)
+	}
+	RedisTimeouts(opts, n.cfg.Commit)
+	n.rdb = redis.NewClient(opts)
+	if err := n.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("node: Redis at %s: %w", opts.Addr, err)
+	}
+	if err := checkRedisPersistence(ctx, n.rdb, opts.Addr, n.cfg.AllowVolatileRedis, n.log); err != nil {
+		return err
+	}
+	rc := store.DefaultRedisConfig()
+	rc.Prefix = n.cfg.RedisPrefix
+	if n.st, err = store.NewRedis(n.rdb, rc); err != nil {
+		return fmt.Errorf("node: %w", err)
+	}
+	return nil
+}
+
+// redisPersistence is what a Redis server says of its persistence.
+type redisPersistence struct {
+	aof bool
+	// fsync is the appendfsync policy ("always", "everysec", "no"), or ""
+	// when only INFO answered, which does not tell it.
+	fsync string
+	// source is the command that answered.
+	source string
+}
+
+// readRedisPersistence asks Redis whether it keeps an append-only file:
+// CONFIG GET first, and INFO persistence where CONFIG is refused (managed
+// services often disable it), which says whether the AOF is on but not
+// its fsync policy.
+func readRedisPersistence(ctx context.Context, rdb redis.UniversalClient) (redisPersistence, error) {
+	cfg, cfgErr := rdb.ConfigGet(ctx, "append*").Result()
+	if cfgErr == nil && cfg["appendonly"] != "" {
+		return redisPersistence{aof: cfg["appendonly"] == "yes", fsync: cfg["appendfsync"], source: "CONFIG GET"}, nil
+	}
+	info, err := rdb.Info(ctx, "persistence").Result()
+	if err != nil {
+		return redisPersistence{}, errors.Join(fmt.Errorf("CONFIG GET appendonly: %w", cfgErr), fmt.Errorf("INFO persistence: %w", err))
+	}
+	for line := range strings.Lines(info) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "aof_enabled:"); ok {
+			return redisPersistence{aof: v == "1", source: "INFO persistence"}, nil
+		}
+	}
+	return redisPersistence{}, fmt.Errorf("INFO persistence has no aof_enabled field (and CONFIG GET: %v)", cfgErr)
+}
+
+// checkRedisPersistence logs what a durable write means on this Redis,
+// and refuses a Redis without an append-only file (or one that does not
+// say) unless allowVolatile.
+func checkRedisPersistence(ctx context.Context, rdb redis.UniversalClient, addr string, allowVolatile bool, log *slog.Logger) error {
+	p, err := readRedisPersistence(ctx, rdb)
+	if err != nil {
+		if !allowVolatile {
+			return fmt.Errorf("node: Redis at %s: cannot tell whether it keeps an append-only file (%w); "+
+				"start with --allow-volatile-redis to run without knowing", addr, err)
+		}
+		log.Warn("Redis persistence unknown; writes are durable only as far as its settings make them",
+			"redis", addr, "err", err)
+		return nil
+	}
+	switch {
+	case !p.aof && !allowVolatile:
+		return fmt.Errorf("node: Redis at %s runs without an append-only file (appendonly no, per %s), so a restart of Redis "+
+			"would lose timers it acknowledged: turn it on (appendonly yes; appendfsync always to survive a crash of its machine) "+
+			"or start with --allow-volatile-redis", addr, p.source)
+	case !p.aof:
+		log.Warn("Redis runs without an append-only file: durable means in Redis's memory only, "+
+			"and a restart of Redis loses what it acknowledged since its last RDB snapshot, if any",
+			"redis", addr, "appendonly", "no", "source", p.source)
+	case p.fsync == "always":
+		log.Info("Redis fsyncs its append-only file before it answers: durable means on Redis's disk",
+			"redis", addr, "appendonly", "yes", "appendfsync", p.fsync)
+	case p.fsync == "everysec":
+		log.Info("Redis fsyncs its append-only file about once a second: durable means in Redis's memory and "+
+			"on its disk within ~1 s; a crash of Redis or its machine may lose up to ~2 s of acknowledged writes",
+			"redis", addr, "appendonly", "yes", "appendfsync", p.fsync)
+	default:
+		fsync := cmp.Or(p.fsync, "unknown")
+		log.Warn("Redis keeps an append-only file but its fsync policy is not always or everysec (or not known): "+
+			"durable means written to Redis's AOF, which its machine's crash may lose",
+			"redis", addr, "appendonly", "yes", "appendfsync", fsync, "source", p.source)
+	}
+	return nil
+}
+
+// RedisTimeouts sizes the Redis client's socket timeouts for the group
+// commit. Its largest round trip is one cycle, at most Commit.MaxCycleOps
+// writes, which the committer allows Commit.CommitTimeout: go-redis's
+// default read timeout of 3 s would cut a long cycle short every time it
+// was retried, wedging its lane. So the read and write timeouts are at
+// least CommitTimeout (a longer one in the URL stands, and so does a
+// negative one, which means none), and the client honours the contexts'
+// deadlines, which bound every other call (a lease renewal's OpTimeout)
+// more tightly.
+func RedisTimeouts(opts *redis.Options, commit store.CommitterConfig) {
+	if opts.ReadTimeout >= 0 {
+		opts.ReadTimeout = max(opts.ReadTimeout, commit.CommitTimeout)
+	}
+	if opts.WriteTimeout >= 0 {
+		opts.WriteTimeout = max(opts.WriteTimeout, commit.CommitTimeout)
+	}
+	opts.ContextTimeoutEnabled = true
+}
