@@ -195,4 +195,3 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
-
