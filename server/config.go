@@ -99,6 +99,9 @@ type Config struct {
 	// goodbye gets its deliveries back within these two.
 	KeepaliveMinTime, KeepaliveTime, KeepaliveTimeout time.Duration
 
+	// ForwardTimeout bounds a request this node forwards to the owner of
+	// a shard when its caller set no deadline (default 30s).
+	ForwardTimeout time.Duration
 	// MetricNamespaces caps how many namespaces get their own metric
 	// series (default 1,000); the rest are counted under "_other", so a
 	// flood of tenants cannot flood the metrics.
@@ -131,6 +134,7 @@ func DefaultConfig() Config {
 		KeepaliveTime:        60 * time.Second,
 		KeepaliveTimeout:     20 * time.Second,
 		MetricNamespaces:     1000,
+		ForwardTimeout:       30 * time.Second,
 	}
 }
 
@@ -164,6 +168,8 @@ func (c Config) Validate() error {
 		return bad("RedisPrefix", "must be set")
 	case c.Shards < 1 || c.Shards > maxShards:
 		return bad("Shards", "must be in [1, %d], got %d", maxShards, c.Shards)
+	case c.ForwardTimeout <= 0:
+		return bad("ForwardTimeout", "must be positive, got %v", c.ForwardTimeout)
 	case c.LoadParallelism < 1:
 		return bad("LoadParallelism", "must be >= 1, got %d", c.LoadParallelism)
 	case c.MaxBatch < 1:

@@ -86,6 +86,9 @@ func toWhen(due *timestamppb.Timestamp, delay *durationpb.Duration, set bool) (t
 
 // code maps an error of package shard (or of a context) to its gRPC code.
 func code(err error) codes.Code {
+	if st, ok := status.FromError(err); ok && err != nil {
+		return st.Code() // a peer's answer, forwarded
+	}
 	switch {
 	case err == nil:
 		return codes.OK

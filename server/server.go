@@ -61,6 +61,8 @@ type Server struct {
 	// set by New and never change.
 	node   *node.Node
 	router router
+	// peers are the connections to the nodes this one forwards to.
+	peers *peers
 
 	// serving is set once Start has loaded its shards: from then on the
 	// health service follows Ready.
@@ -142,6 +144,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.router = localRouter{s.node}
+	s.peers = newPeers(cfg.ForwardTimeout)
 	return s, nil
 }
 
@@ -446,6 +449,7 @@ func (s *Server) shutdown(ctx context.Context) error {
 		errs = append(errs, s.httpLis.Close())
 	}
 	s.wg.Wait()
+	s.peers.close()
 	// The shards close last, so that the RPCs let finish above found them
 	// open: each flushes its writes and releases its lease.
 	errs = append(errs, s.node.Close(ctx))

@@ -5,10 +5,16 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
@@ -78,20 +84,31 @@ func fanout(parts []part, fn func(p part)) {
 	wg.Wait()
 }
 
-// onShards runs call for every part whose shard this node holds,
-// concurrently (see fanout), and fail for each item of the other parts.
-func (s *Server) onShards(parts []part, call func(sh *shard.Shard, p part), fail func(i int, err error)) {
-	fanout(parts, func(p part) {
-		sh := s.shard(p.shard)
-		if sh == nil {
-			err := unavailable(p.shard)
-			for _, i := range p.items {
-				fail(i, err)
-			}
-			return
+// onShards runs call for every part whose shard this node serves,
+// concurrently (see fanout), sends the items whose shard a peer serves
+// to that peer with send, and fails the items of the other parts.
+func (s *Server) onShards(ctx context.Context, method string, parts []part, call func(sh *shard.Shard, p part),
+	send func(ctx context.Context, c pb.TimerServiceClient, items []int) ([]*pb.ItemResult, error),
+	set func(i int, r *pb.ItemResult), fail func(i int, err error)) {
+	pl := s.place(ctx, parts)
+	for _, p := range pl.down {
+		err := notServed(ctx, p.shard)
+		for _, i := range p.items {
+			fail(i, err)
 		}
-		call(sh, p)
-	})
+	}
+	var wg sync.WaitGroup
+	if len(pl.remote) > 0 {
+		wg.Go(func() { s.forward(ctx, method, pl.remote, send, set, fail) })
+	}
+	local := make([]part, len(pl.local))
+	byShard := make(map[uint32]*shard.Shard, len(pl.local))
+	for k, lp := range pl.local {
+		local[k] = lp.part
+		byShard[lp.shard] = lp.sh
+	}
+	fanout(local, func(p part) { call(byShard[p.shard], p) })
+	wg.Wait()
 }
 
 // requestNamespace returns the namespace of a request ("" means the
@@ -187,25 +204,38 @@ func (t *timerService) Schedule(ctx context.Context, req *pb.ScheduleRequest) (*
 		return s.shardOf(sp.Namespace, sp.ID), true
 	})
 	// Submit to every shard first, then wait: the shards' writes then
-	// share group commit cycles, with no goroutine per shard.
-	pending := make([]*shard.Submitted, len(parts))
-	for k, p := range parts {
-		sh := s.shard(p.shard)
-		if sh == nil {
-			for _, i := range p.items {
-				out[i] = itemResult(specs[i].ID, shard.Result{Err: unavailable(p.shard)})
-			}
-			continue
+	// share group commit cycles, with no goroutine per shard. The items
+	// that peers serve go to them meanwhile.
+	pl := s.place(ctx, parts)
+	for _, p := range pl.down {
+		err := notServed(ctx, p.shard)
+		for _, i := range p.items {
+			out[i] = itemResult(specs[i].ID, shard.Result{Err: err})
 		}
-		pending[k] = sh.Submit(pick(specs, p.items))
 	}
+	var forwarded sync.WaitGroup
+	if len(pl.remote) > 0 {
+		forwarded.Go(func() {
+			s.forward(ctx, "Schedule", pl.remote,
+				func(ctx context.Context, c pb.TimerServiceClient, items []int) ([]*pb.ItemResult, error) {
+					resp, err := c.Schedule(ctx, &pb.ScheduleRequest{Timers: pick(in, items), RequestId: req.GetRequestId()})
+					return resp.GetResults(), err
+				},
+				func(i int, r *pb.ItemResult) { out[i] = r },
+				func(i int, err error) { out[i] = itemResult(specs[i].ID, shard.Result{Err: err}) })
+		})
+	}
+	parts = make([]part, len(pl.local))
+	pending := make([]*shard.Submitted, len(pl.local))
+	for k, lp := range pl.local {
+		parts[k] = lp.part
+		pending[k] = lp.sh.Submit(pick(specs, lp.items))
+	}
+	defer forwarded.Wait()
 	count := scheduledCounter{m: s.metrics}
 	slab := make([]pb.ItemResult, len(in))
 	times := make([]timestamppb.Timestamp, len(in))
 	for k, p := range parts {
-		if pending[k] == nil {
-			continue
-		}
 		res := pending[k].Wait(ctx)
 		for j, i := range p.items {
 			out[i] = fillResult(&slab[i], &times[i], specs[i].ID, res[j])
@@ -252,12 +282,16 @@ func (t *timerService) Reschedule(ctx context.Context, req *pb.RescheduleRequest
 		moves[i] = shard.Move{ID: it.GetId(), Due: due, Delay: delay, Req: rid}
 		return s.shardOf(ns, it.GetId()), true
 	})
-	s.onShards(parts, func(sh *shard.Shard, p part) {
+	s.onShards(ctx, "Reschedule", parts, func(sh *shard.Shard, p part) {
 		res := sh.Reschedule(ctx, ns, pick(moves, p.items))
 		for j, i := range p.items {
 			out[i] = itemResult(moves[i].ID, res[j])
 		}
-	}, func(i int, err error) { out[i] = itemResult(moves[i].ID, shard.Result{Err: err}) })
+	}, func(ctx context.Context, c pb.TimerServiceClient, items []int) ([]*pb.ItemResult, error) {
+		resp, err := c.Reschedule(ctx, &pb.RescheduleRequest{Namespace: ns, Items: pick(in, items), RequestId: req.GetRequestId()})
+		return resp.GetResults(), err
+	}, func(i int, r *pb.ItemResult) { out[i] = r },
+		func(i int, err error) { out[i] = itemResult(moves[i].ID, shard.Result{Err: err}) })
 	return &pb.RescheduleResponse{Results: out}, nil
 }
 
@@ -274,12 +308,16 @@ func (t *timerService) Cancel(ctx context.Context, req *pb.CancelRequest) (*pb.C
 	}
 	out := make([]*pb.ItemResult, len(ids))
 	parts := s.splitIDs(ns, ids, out)
-	s.onShards(parts, func(sh *shard.Shard, p part) {
+	s.onShards(ctx, "Cancel", parts, func(sh *shard.Shard, p part) {
 		errs := sh.Cancel(ctx, ns, pick(ids, p.items))
 		for j, i := range p.items {
 			out[i] = itemResult(ids[i], shard.Result{Err: errs[j]})
 		}
-	}, func(i int, err error) { out[i] = itemResult(ids[i], shard.Result{Err: err}) })
+	}, func(ctx context.Context, c pb.TimerServiceClient, items []int) ([]*pb.ItemResult, error) {
+		resp, err := c.Cancel(ctx, &pb.CancelRequest{Namespace: ns, Ids: pick(ids, items)})
+		return resp.GetResults(), err
+	}, func(i int, r *pb.ItemResult) { out[i] = r },
+		func(i int, err error) { out[i] = itemResult(ids[i], shard.Result{Err: err}) })
 	return &pb.CancelResponse{Results: out}, nil
 }
 
@@ -292,12 +330,18 @@ func (t *timerService) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResp
 	if err := shard.ValidID(req.GetId()); err != nil {
 		return nil, invalid("id", "%v", err)
 	}
-	id := t.s.shardOf(ns, req.GetId())
-	sh := t.s.shard(id)
-	if sh == nil {
-		return nil, rpcError(unavailable(id))
+	s := t.s
+	id := s.shardOf(ns, req.GetId())
+	r := s.router.route(id)
+	if r.sh == nil {
+		if r.peer == "" || isForwarded(ctx) {
+			return nil, rpcError(notServed(ctx, id))
+		}
+		return forwardOne(ctx, s, "Get", r.peer, func(ctx context.Context, c pb.TimerServiceClient) (*pb.GetResponse, error) {
+			return c.Get(ctx, req)
+		})
 	}
-	tm, err := sh.Get(ns, req.GetId())
+	tm, err := r.sh.Get(ns, req.GetId())
 	if err != nil {
 		return nil, rpcError(err)
 	}
@@ -344,14 +388,40 @@ func (t *timerService) ListDeadLetters(ctx context.Context, req *pb.ListDeadLett
 	}
 	resp := &pb.ListDeadLettersResponse{}
 	bytes := 0
-	for ; at < s.cfg.Shards; at, after = at+1, "" {
+	first := at // a forwarded walk serves from here while this node has the shards
+	for at < s.cfg.Shards {
 		if err := ctx.Err(); err != nil {
 			return nil, rpcError(err)
 		}
-		sh := s.shard(at)
-		if sh == nil {
-			return nil, rpcError(unavailable(at))
+		r := s.router.route(at)
+		if r.sh == nil {
+			switch {
+			case isForwarded(ctx) && at > first:
+				// The caller asks the next shard's owner itself.
+				resp.NextPageToken = pageToken(at, after, ns, topic)
+				return resp, nil
+			case r.peer == "" || isForwarded(ctx):
+				return nil, rpcError(notServed(ctx, at))
+			}
+			next, err := s.listRemote(ctx, r.peer, req, at, after, size-len(resp.DeadLetters), resp)
+			if err != nil {
+				return nil, err
+			}
+			if next == "" {
+				return resp, nil // the peer walked to the last shard
+			}
+			nat, nafter, err := parsePageToken(next, ns, topic, s.cfg.Shards)
+			if err != nil || nat < at || nat == at && len(resp.DeadLetters) == 0 {
+				return nil, status.Errorf(codes.Unavailable, "dead letters of shard %d: its owner %s did not walk on (token %q): retry", at, r.peer, next)
+			}
+			if len(resp.DeadLetters) >= size {
+				resp.NextPageToken = next
+				return resp, nil
+			}
+			at, after = nat, nafter
+			continue
 		}
+		sh := r.sh
 		dead, more, err := sh.DeadLetters(ns, topic, after, size-len(resp.DeadLetters))
 		if err != nil {
 			return nil, rpcError(err)
@@ -376,8 +446,26 @@ func (t *timerService) ListDeadLetters(ctx context.Context, req *pb.ListDeadLett
 			resp.NextPageToken = pageToken(at+1, "", ns, topic)
 			return resp, nil
 		}
+		at, after = at+1, ""
 	}
 	return resp, nil
+}
+
+// listRemote asks the peer at addr for dead letters from shard at (after
+// id after), at most size of them, and appends them to resp. It returns
+// the peer's next page token: "" when the peer walked to the last shard.
+func (s *Server) listRemote(ctx context.Context, addr string, req *pb.ListDeadLettersRequest, at uint32, after string, size int, resp *pb.ListDeadLettersResponse) (string, error) {
+	fr := proto.CloneOf(req)
+	fr.PageToken = pageToken(at, after, namespaceOr(req.GetNamespace()), req.GetTopic())
+	fr.PageSize = int32(size)
+	got, err := forwardOne(ctx, s, "ListDeadLetters", addr, func(ctx context.Context, c pb.TimerServiceClient) (*pb.ListDeadLettersResponse, error) {
+		return c.ListDeadLetters(ctx, fr)
+	})
+	if err != nil {
+		return "", err
+	}
+	resp.DeadLetters = append(resp.DeadLetters, got.GetDeadLetters()...)
+	return got.GetNextPageToken(), nil
 }
 
 func optionalTime(t time.Time) *timestamppb.Timestamp {
@@ -465,34 +553,11 @@ func (t *timerService) ReplayDeadLetters(ctx context.Context, req *pb.ReplayDead
 	resp := &pb.ReplayDeadLettersResponse{}
 	var mu sync.Mutex // guards resp.Replayed
 	if len(ids) == 0 {
-		parts := make([]part, s.cfg.Shards)
-		for i := range parts {
-			parts[i].shard = uint32(i)
-		}
-		var failed error // the first shard's failure; guarded by mu
-		fanout(parts, func(p part) {
-			var n int
-			err := unavailable(p.shard)
-			if sh := s.shard(p.shard); sh != nil {
-				_, n, err = sh.Replay(ctx, ns, nil, topic, due, delay)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			resp.Replayed += uint64(n)
-			if err != nil && failed == nil {
-				failed = err
-			}
-		})
-		if failed != nil {
-			// Replaying again is safe: what was replayed is no longer a
-			// dead letter.
-			return nil, rpcError(fmt.Errorf("%d dead letters replayed, then: %w", resp.Replayed, failed))
-		}
-		return resp, nil
+		return s.replayAll(ctx, req, ns, topic, due, delay)
 	}
 	resp.Results = make([]*pb.ItemResult, len(ids))
 	parts := s.splitIDs(ns, ids, resp.Results)
-	s.onShards(parts, func(sh *shard.Shard, p part) {
+	s.onShards(ctx, "ReplayDeadLetters", parts, func(sh *shard.Shard, p part) {
 		res, n, _ := sh.Replay(ctx, ns, pick(ids, p.items), topic, due, delay) // failures are in res
 		for j, i := range p.items {
 			resp.Results[i] = itemResult(ids[i], res[j])
@@ -500,7 +565,96 @@ func (t *timerService) ReplayDeadLetters(ctx context.Context, req *pb.ReplayDead
 		mu.Lock()
 		resp.Replayed += uint64(n)
 		mu.Unlock()
-	}, func(i int, err error) { resp.Results[i] = itemResult(ids[i], shard.Result{Err: err}) })
+	}, func(ctx context.Context, c pb.TimerServiceClient, items []int) ([]*pb.ItemResult, error) {
+		fr := proto.CloneOf(req)
+		fr.Ids = pick(ids, items)
+		r, err := c.ReplayDeadLetters(ctx, fr)
+		if err == nil {
+			mu.Lock()
+			resp.Replayed += r.GetReplayed()
+			mu.Unlock()
+		}
+		return r.GetResults(), err
+	}, func(i int, r *pb.ItemResult) { resp.Results[i] = r },
+		func(i int, err error) { resp.Results[i] = itemResult(ids[i], shard.Result{Err: err}) })
+	return resp, nil
+}
+
+// replayAll replays every dead letter of namespace (and topic, if set):
+// on each shard this node serves, and through one forwarded call per
+// peer for the shards the peers serve. A request a peer forwarded names
+// the shards to replay here.
+func (s *Server) replayAll(ctx context.Context, req *pb.ReplayDeadLettersRequest, ns, topic string, due time.Time, delay time.Duration) (*pb.ReplayDeadLettersResponse, error) {
+	var shards []uint32
+	if isForwarded(ctx) {
+		md, _ := metadata.FromIncomingContext(ctx)
+		for _, v := range md.Get(forwardShardsKey) {
+			for f := range strings.SplitSeq(v, ",") {
+				id, err := strconv.ParseUint(f, 10, 32)
+				if err != nil || id >= uint64(s.cfg.Shards) {
+					return nil, status.Errorf(codes.InvalidArgument, "%s: bad shard %q", forwardShardsKey, f)
+				}
+				shards = append(shards, uint32(id))
+			}
+		}
+	} else {
+		for i := range s.cfg.Shards {
+			shards = append(shards, i)
+		}
+	}
+	parts := make([]part, len(shards))
+	for i, id := range shards {
+		parts[i].shard = id
+	}
+	pl := s.place(ctx, parts)
+	resp := &pb.ReplayDeadLettersResponse{}
+	var mu sync.Mutex // guards resp.Replayed and failed
+	var failed error  // the first shard's failure
+	record := func(n uint64, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		resp.Replayed += n
+		if err != nil && failed == nil {
+			failed = err
+		}
+	}
+	for _, p := range pl.down {
+		record(0, notServed(ctx, p.shard))
+	}
+	byPeer := make(map[string][]string)
+	for _, p := range parts {
+		if r := s.router.route(p.shard); r.sh == nil && r.peer != "" {
+			byPeer[r.peer] = append(byPeer[r.peer], strconv.FormatUint(uint64(p.shard), 10))
+		}
+	}
+	var wg sync.WaitGroup
+	if !isForwarded(ctx) {
+		for addr, list := range byPeer {
+			wg.Go(func() {
+				r, err := forwardOne(ctx, s, "ReplayDeadLetters", addr, func(ctx context.Context, c pb.TimerServiceClient) (*pb.ReplayDeadLettersResponse, error) {
+					ctx = metadata.AppendToOutgoingContext(ctx, forwardShardsKey, strings.Join(list, ","))
+					return c.ReplayDeadLetters(ctx, req)
+				})
+				record(r.GetReplayed(), err)
+			})
+		}
+	}
+	local := make([]part, len(pl.local))
+	byShard := make(map[uint32]*shard.Shard, len(pl.local))
+	for k, lp := range pl.local {
+		local[k] = lp.part
+		byShard[lp.shard] = lp.sh
+	}
+	fanout(local, func(p part) {
+		_, n, err := byShard[p.shard].Replay(ctx, ns, nil, topic, due, delay)
+		record(uint64(n), err)
+	})
+	wg.Wait()
+	if failed != nil {
+		// Replaying again is safe: what was replayed is no longer a dead
+		// letter.
+		return nil, rpcError(fmt.Errorf("%d dead letters replayed, then: %w", resp.Replayed, failed))
+	}
 	return resp, nil
 }
 
