@@ -199,6 +199,9 @@ type Node struct {
 	stopCut context.CancelFunc
 	wg      sync.WaitGroup // the supervisors
 
+	// abandon makes the supervisors stop their shards as a crash would
+	// (see Abandon) instead of releasing them.
+	abandon atomic.Bool
 	// version counts changes of any slot's state.
 	version atomic.Uint64
 
@@ -464,6 +467,11 @@ func (n *Node) supervise(id uint32) {
 // calls at once, then flushes, stops firing and releases the lease.
 func (n *Node) release(id uint32, sh *shard.Shard) {
 	n.setState(id, Releasing, nil)
+	if n.abandon.Load() {
+		sh.Abandon()
+		n.setState(id, Absent, nil)
+		return
+	}
 	began := time.Now()
 	ctx, cancel := context.WithTimeout(n.cut, n.cfg.ReleaseTimeout)
 	defer cancel()
@@ -599,6 +607,12 @@ func (n *Node) WaitSettled(ctx context.Context) error {
 		}
 	}
 }
+
+// Abandon makes Close stop the shards as a crash of the process would:
+// without flushing their writes or releasing their leases, so that their
+// next owners wait for the leases to lapse. It is for fault injection;
+// call it before Close.
+func (n *Node) Abandon() { n.abandon.Store(true) }
 
 // Close releases every shard (flushing its writes within ctx), then
 // closes the group commit and the store. Shards whose flush ctx cuts

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/timerd/timerd/cluster"
 	"github.com/timerd/timerd/shard"
 	"github.com/timerd/timerd/store"
 )
@@ -99,6 +100,18 @@ type Config struct {
 	// goodbye gets its deliveries back within these two.
 	KeepaliveMinTime, KeepaliveTime, KeepaliveTimeout time.Duration
 
+	// Cluster, when set, makes the node a member of a cluster, which
+	// needs RedisURL (the store the members share): it gossips on
+	// Cluster.BindAddr, joins Cluster.Seeds and holds the shards the ring
+	// assigns to it, and requests for other shards are forwarded to
+	// their owners. Its NodeName, Incarnation, Shards, GRPCAddr and Logger
+	// are set by the server. Nil (the default): a single node that holds
+	// every shard.
+	Cluster *cluster.Config
+	// AdvertiseAddr is the gRPC host:port that peers and clients reach
+	// this node at, announced to the cluster (default: the address
+	// GRPCAddr listens on, which must then be reachable by the peers).
+	AdvertiseAddr string
 	// ForwardTimeout bounds a request this node forwards to the owner of
 	// a shard when its caller set no deadline (default 30s).
 	ForwardTimeout time.Duration
@@ -168,6 +181,8 @@ func (c Config) Validate() error {
 		return bad("RedisPrefix", "must be set")
 	case c.Shards < 1 || c.Shards > maxShards:
 		return bad("Shards", "must be in [1, %d], got %d", maxShards, c.Shards)
+	case c.Cluster != nil && c.RedisURL == "":
+		return bad("Cluster", "needs RedisURL: the members share their shards through Redis")
 	case c.ForwardTimeout <= 0:
 		return bad("ForwardTimeout", "must be positive, got %v", c.ForwardTimeout)
 	case c.LoadParallelism < 1:

@@ -59,20 +59,29 @@ func newPeers(timeout time.Duration) *peers {
 
 // timers returns a TimerService client for the peer at addr.
 func (p *peers) timers(addr string) (pb.TimerServiceClient, error) {
+	c, err := p.conn(addr)
+	if err != nil {
+		return nil, err
+	}
+	return pb.NewTimerServiceClient(c), nil
+}
+
+// conn returns the connection to the peer at addr, made on first use.
+func (p *peers) conn(addr string) (*grpc.ClientConn, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		return nil, ErrClosed
 	}
 	if c := p.conns[addr]; c != nil {
-		return pb.NewTimerServiceClient(c), nil
+		return c, nil
 	}
 	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, fmt.Errorf("server: peer %s: %w", addr, err)
 	}
 	p.conns[addr] = c
-	return pb.NewTimerServiceClient(c), nil
+	return c, nil
 }
 
 // keep closes the connections to every address not in addrs: members

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
+	"github.com/timerd/timerd/cluster"
 	"github.com/timerd/timerd/node"
 )
 
@@ -63,6 +64,18 @@ type Server struct {
 	router router
 	// peers are the connections to the nodes this one forwards to.
 	peers *peers
+
+	// member is this node's membership when Config.Cluster is set, nil
+	// for a single node; set by Start. view is the membership view the
+	// node last acted on (see followMembers). leaving is set, and
+	// handover closed, when a graceful Close begins to hand the shards
+	// over.
+	// killed makes Close stop as a crash would (see Kill).
+	killed   atomic.Bool
+	member   *cluster.Cluster
+	view     atomic.Pointer[cluster.View]
+	leaving  atomic.Bool
+	handover chan struct{}
 
 	// serving is set once Start has loaded its shards: from then on the
 	// health service follows Ready.
@@ -144,6 +157,10 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.router = localRouter{s.node}
+	if cfg.Cluster != nil {
+		s.router = clusterRouter{n: s.node, self: cfg.NodeName, view: &s.view}
+	}
+	s.handover = make(chan struct{})
 	s.peers = newPeers(cfg.ForwardTimeout)
 	return s, nil
 }
@@ -213,6 +230,11 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.node.Open(ctx); err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
+	if s.cfg.Cluster != nil {
+		if err := s.newMember(); err != nil {
+			return err
+		}
+	}
 
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(s.cfg.MaxRecvMsgSize),
@@ -245,7 +267,13 @@ func (s *Server) start(ctx context.Context) error {
 
 	began := time.Now()
 	s.watch()
-	s.node.HoldAll()
+	if s.cfg.Cluster != nil {
+		if err := s.joinCluster(ctx); err != nil {
+			return err
+		}
+	} else {
+		s.node.HoldAll()
+	}
 	if err := s.waitSettled(ctx); err != nil {
 		return err
 	}
@@ -361,6 +389,15 @@ func (s *Server) GRPCAddr() string {
 	return s.grpcLis.Addr().String()
 }
 
+// GossipAddr returns the address of the node's membership gossip, or ""
+// for a single node or before Start.
+func (s *Server) GossipAddr() string {
+	if s.member == nil {
+		return ""
+	}
+	return s.member.GossipAddr()
+}
+
 // HTTPAddr returns the address of the HTTP endpoints, or "" when there is
 // none.
 func (s *Server) HTTPAddr() string {
@@ -373,7 +410,7 @@ func (s *Server) HTTPAddr() string {
 // Ready reports whether the server serves every shard it should hold.
 func (s *Server) Ready() bool {
 	wanted, serving := s.node.Counts()
-	return !s.quitting() && wanted > 0 && serving == wanted
+	return s.serving.Load() && !s.quitting() && !s.leaving.Load() && serving == wanted
 }
 
 // Done is closed when the server stops serving on its own (a listener
@@ -412,11 +449,17 @@ func (s *Server) Close(ctx context.Context) error {
 	s.mu.Unlock()
 	defer s.closing.Done()
 
+	var errs []error
+	if s.serving.Load() && !s.killed.Load() && s.member != nil {
+		// Started, and a cluster member: hand the shards over while
+		// requests are still served and forwarded.
+		errs = append(errs, s.handOver(ctx))
+	}
 	s.stopQuit()
 	if started {
 		<-s.startDone // start stops at its next step, then undoes nothing itself
 	}
-	err := s.shutdown(ctx)
+	err := errors.Join(append(errs, s.shutdown(ctx))...)
 	s.mu.Lock()
 	s.closeErr = err
 	s.mu.Unlock()
@@ -428,6 +471,15 @@ func (s *Server) shutdown(ctx context.Context) error {
 		s.health.Shutdown()
 	}
 	var errs []error
+	if s.killed.Load() {
+		if s.member != nil {
+			errs = append(errs, s.member.Close()) // no leave: the peers find the node dead
+		}
+		if s.grpc != nil {
+			s.grpc.Stop()
+		}
+		s.node.Abandon()
+	}
 	if s.grpc != nil {
 		stopped := make(chan struct{})
 		go func() {
@@ -450,9 +502,24 @@ func (s *Server) shutdown(ctx context.Context) error {
 	}
 	s.wg.Wait()
 	s.peers.close()
+	if s.member != nil {
+		errs = append(errs, s.member.Close()) // no-op after a leave
+	}
 	// The shards close last, so that the RPCs let finish above found them
 	// open: each flushes its writes and releases its lease.
 	errs = append(errs, s.node.Close(ctx))
 	s.log.Info("stopped")
 	return errors.Join(errs...)
+}
+
+// Kill stops the node as a crash of its process would, for fault
+// injection in tests: it leaves the gossip without a goodbye, cuts every
+// RPC and stream, and stops its shards without flushing their writes or
+// releasing their leases, so that their next owners wait for the leases
+// to lapse. It returns once everything the node started has stopped.
+func (s *Server) Kill() error {
+	s.killed.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return s.Close(ctx)
 }

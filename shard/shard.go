@@ -403,6 +403,14 @@ func (s *Shard) Close(ctx context.Context) error {
 // lease, as a process that died would.
 func (s *Shard) crash() { s.halt("crashed") }
 
+// Abandon stops the shard as a crash of its process would: it stops
+// firing and taking calls, and neither waits for its writes in the group
+// commit nor releases its lease, which the next owner waits out. It is
+// for fault injection (a node's tests kill it in-process); a node that
+// hands a shard over calls Close. Abandon and Close may each be called
+// after the other; the second does nothing.
+func (s *Shard) Abandon() { s.crash() }
+
 // halt stops the shard's goroutines, once: ok is false if it had already
 // been halted. Unless the shard had stopped already (prior says why), it
 // records that it stopped because it was closed or crashed (why). last is

@@ -1,0 +1,270 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/timerd/timerd/api/timerd/v1"
+	"github.com/timerd/timerd/internal/clustertest"
+)
+
+// scheduler schedules timers through one node, as a plain gRPC client
+// would: items that come back UNAVAILABLE (their shard is moving) are
+// sent again until they succeed. due records every acknowledged timer.
+type scheduler struct {
+	t     *testing.T
+	tc    pb.TimerServiceClient
+	topic string
+
+	mu  sync.Mutex
+	due map[string]time.Time // guarded by mu
+}
+
+func newScheduler(t *testing.T, addr, topic string) *scheduler {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &scheduler{t: t, tc: pb.NewTimerServiceClient(conn), topic: topic, due: make(map[string]time.Time)}
+}
+
+// schedule schedules the timers prefix-0 .. prefix-(n-1), due spread
+// evenly over [from, from+over), in batches of 1,000, and returns once
+// every one is acknowledged (or fails the test after a minute).
+func (s *scheduler) schedule(prefix string, n int, from time.Time, over time.Duration) {
+	s.t.Helper()
+	const batch = 1000
+	for start := 0; start < n; start += batch {
+		var items []*pb.TimerSpec
+		for i := start; i < min(n, start+batch); i++ {
+			due := from.Add(over * time.Duration(i) / time.Duration(n))
+			items = append(items, &pb.TimerSpec{
+				Id: fmt.Sprintf("%s-%d", prefix, i), Topic: s.topic,
+				When: &pb.TimerSpec_DueTime{DueTime: timestamppb.New(due)},
+			})
+		}
+		s.send(items)
+	}
+}
+
+// send schedules items, retrying the ones whose shard was unavailable.
+func (s *scheduler) send(items []*pb.TimerSpec) {
+	s.t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for len(items) > 0 {
+		if time.Now().After(deadline) {
+			s.t.Fatalf("%d timers not acknowledged within a minute", len(items))
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		resp, err := s.tc.Schedule(ctx, &pb.ScheduleRequest{Timers: items})
+		cancel()
+		if err != nil {
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		var again []*pb.TimerSpec
+		s.mu.Lock()
+		for i, r := range resp.GetResults() {
+			switch codes.Code(r.GetCode()) {
+			case codes.OK:
+				s.due[items[i].GetId()] = items[i].GetDueTime().AsTime()
+			case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted:
+				again = append(again, items[i])
+			default:
+				s.mu.Unlock()
+				s.t.Fatalf("schedule %s: %v %s", items[i].GetId(), codes.Code(r.GetCode()), r.GetMessage())
+			}
+		}
+		s.mu.Unlock()
+		if len(again) > 0 {
+			time.Sleep(50 * time.Millisecond)
+		}
+		items = again
+	}
+}
+
+func (s *scheduler) acknowledged() map[string]time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]time.Time, len(s.due))
+	for k, v := range s.due {
+		out[k] = v
+	}
+	return out
+}
+
+// check waits for every acknowledged timer and fails on any loss, early
+// or unexpected delivery.
+func check(t *testing.T, col *clustertest.Collector, due map[string]time.Time, wait time.Duration) clustertest.Verdict {
+	t.Helper()
+	col.Wait(due, wait)
+	v := col.Check(due)
+	t.Logf("%d timers: %v", len(due), v)
+	if !v.OK() {
+		t.Fatalf("verdict: %v", v)
+	}
+	return v
+}
+
+// TestClusterDeliversEverything: 100,000 timers scheduled through one
+// node of three (most of them forwarded to their owners) are each
+// delivered, none early, to subscribers on every node.
+func TestClusterDeliversEverything(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 3-node cluster with 100,000 timers")
+	}
+	c := clustertest.Start(t, 3)
+	col := c.Collect("default", "all")
+	s := newScheduler(t, c.Node(0).GRPCAddr(), "all")
+	s.schedule("t", 100_000, time.Now().Add(2*time.Second), 5*time.Second)
+	v := check(t, col, s.acknowledged(), 60*time.Second)
+	if v.Duplicates > 0 {
+		t.Errorf("%d duplicates without any failure", v.Duplicates)
+	}
+}
+
+// TestClusterJoinUnderLoad: a fourth node joins while timers are
+// scheduled and firing; shards move to it, and nothing is lost or early.
+func TestClusterJoinUnderLoad(t *testing.T) {
+	c := clustertest.Start(t, 3)
+	col := c.Collect("default", "join")
+	s := newScheduler(t, c.Node(0).GRPCAddr(), "join")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 20 {
+			s.schedule(fmt.Sprintf("b%d", i), 1000, time.Now().Add(500*time.Millisecond), 3*time.Second)
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	time.Sleep(700 * time.Millisecond)
+	n := c.Add()
+	col.Follow(n.GRPCAddr())
+	<-done
+	c.WaitStable()
+	check(t, col, s.acknowledged(), 60*time.Second)
+}
+
+// TestClusterGracefulLeave: a node that leaves hands its shards over;
+// its timers fire on the others, none lost or early, and none later than
+// the handover allows.
+func TestClusterGracefulLeave(t *testing.T) {
+	c := clustertest.Start(t, 3)
+	col := c.Collect("default", "leave")
+	s := newScheduler(t, c.Node(0).GRPCAddr(), "leave")
+	s.schedule("t", 10_000, time.Now().Add(time.Second), 4*time.Second)
+	time.Sleep(1500 * time.Millisecond)
+	began := time.Now()
+	c.Leave(2)
+	took := time.Since(began)
+	c.WaitStable()
+	v := check(t, col, s.acknowledged(), 30*time.Second)
+	t.Logf("the leave took %v; the latest first delivery was %v late", took, v.MaxLate)
+	if v.MaxLate > took+5*time.Second {
+		t.Errorf("a timer was %v late, beyond the %v handover and 5s of slack", v.MaxLate, took)
+	}
+}
+
+// TestClusterKilledNode: a node stopped hard (no leave, no release, no
+// flush) loses none of its acknowledged timers: once its leases lapse
+// its shards' new owners fire them, none early.
+func TestClusterKilledNode(t *testing.T) {
+	c := clustertest.Start(t, 3)
+	col := c.Collect("default", "kill")
+	s := newScheduler(t, c.Node(0).GRPCAddr(), "kill")
+	s.schedule("t", 10_000, time.Now().Add(time.Second), 4*time.Second)
+	time.Sleep(1500 * time.Millisecond)
+	c.Kill(1)
+	c.WaitStable()
+	check(t, col, s.acknowledged(), 30*time.Second)
+}
+
+// TestClusterForwards: every request sent to a node that does not own
+// the timer's shard is served by the owner.
+func TestClusterForwards(t *testing.T) {
+	c := clustertest.Start(t, 3)
+	conn, err := grpc.NewClient(c.Node(1).GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	tc := pb.NewTimerServiceClient(conn)
+	ctx := context.Background()
+	var specs []*pb.TimerSpec
+	var ids []string
+	for i := range 200 {
+		id := fmt.Sprint("f", i)
+		ids = append(ids, id)
+		specs = append(specs, &pb.TimerSpec{Id: id, Topic: "f", When: &pb.TimerSpec_DueTime{DueTime: timestamppb.New(time.Now().Add(time.Hour))}})
+	}
+	specs = append(specs, &pb.TimerSpec{Id: "bad", Topic: "a/b"}) // a bad item stays in place
+	resp, err := tc.Schedule(ctx, &pb.ScheduleRequest{Timers: specs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range resp.GetResults() {
+		want := codes.OK
+		if i == len(specs)-1 {
+			want = codes.InvalidArgument
+		}
+		if r.GetId() != specs[i].GetId() || codes.Code(r.GetCode()) != want {
+			t.Fatalf("result %d = %v, want %s %v", i, r, specs[i].GetId(), want)
+		}
+	}
+	shards := map[uint32]bool{}
+	for _, id := range ids {
+		g, err := tc.Get(ctx, &pb.GetRequest{Id: id})
+		if err != nil {
+			t.Fatalf("Get %s through a node: %v", id, err)
+		}
+		shards[g.GetTimer().GetShard()] = true
+	}
+	rr, err := tc.Reschedule(ctx, &pb.RescheduleRequest{Items: []*pb.RescheduleItem{{Id: ids[0], When: &pb.RescheduleItem_DueTime{DueTime: timestamppb.New(time.Now().Add(2 * time.Hour))}}}})
+	if err != nil || codes.Code(rr.GetResults()[0].GetCode()) != codes.OK {
+		t.Fatalf("Reschedule through a node: %v, %v", rr, err)
+	}
+	cr, err := tc.Cancel(ctx, &pb.CancelRequest{Ids: append(ids, "never")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range cr.GetResults() {
+		want := codes.OK
+		if i == len(ids) {
+			want = codes.NotFound
+		}
+		if codes.Code(r.GetCode()) != want {
+			t.Fatalf("cancel %d = %v, want %v", i, r, want)
+		}
+	}
+	if _, err := tc.Get(ctx, &pb.GetRequest{Id: ids[0]}); codes.Code(statusCode(err)) != codes.NotFound {
+		t.Fatalf("Get after Cancel = %v, want NOT_FOUND", err)
+	}
+	t.Logf("200 timers on %d shards, through one node of three", len(shards))
+	// The map from any node is the whole cluster's.
+	sm, err := pb.NewClusterServiceClient(conn).ShardMap(ctx, &pb.ShardMapRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	owners := map[string]int{}
+	for _, o := range sm.GetShards() {
+		if o.GetState() != pb.ShardState_SHARD_STATE_SERVING || o.GetOwner() != o.GetAssigned() || o.GetEpoch() == 0 {
+			t.Errorf("shard %d: %v", o.GetShard(), o)
+		}
+		owners[o.GetOwner()]++
+	}
+	if len(owners) != 3 {
+		t.Errorf("shard owners %v, want the 3 nodes", owners)
+	}
+}
+
+func statusCode(err error) codes.Code { return status.Code(err) }
