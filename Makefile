@@ -7,7 +7,7 @@ GO        ?= go
 TOOLS     := $(GO) tool -modfile=tools/go.mod
 # Packages that own goroutines run their tests again under the race
 # detector. The wheel, ring and api packages start none.
-RACE_PKGS ?= ./store/ ./shard/ ./node/ ./server/ ./client/ ./bench/ ./cmd/... ./internal/redistest/
+RACE_PKGS ?= ./store/ ./shard/ ./node/ ./cluster/ ./server/ ./client/ ./bench/ ./cmd/... ./internal/redistest/ ./internal/clustertest/
 # The bench peers that need dependencies of their own (asynq) are a module
 # of their own.
 PEERS     := bench/peers
@@ -49,8 +49,8 @@ bench: build ## run the Go benchmarks beside their peers and print the ratios, t
 	  awk -f tools/benchratio.awk "$$out"
 	@if [ "$(SUITE)" != 0 ]; then BIN=bin bash bench/suite/run.sh; fi
 
-fuzz: ## run each fuzz target (wheel model, configs, record and delivery-id decoders, spec and request validation, bench config, --batch and --rate) for FUZZTIME
-	for target in wheel:FuzzWheel wheel:FuzzConfig store:FuzzRecord shard:FuzzParseDeliveryID shard:FuzzValidateSpec server:FuzzSchedule bench:FuzzConfigValidate bench:FuzzBatchFlag bench:FuzzRateFlag; do \
+fuzz: ## run each fuzz target (wheel model, configs, record, delivery-id and member-meta decoders, spec and request validation, bench config, --batch and --rate) for FUZZTIME
+	for target in wheel:FuzzWheel wheel:FuzzConfig store:FuzzRecord cluster:FuzzDecodeMeta shard:FuzzParseDeliveryID shard:FuzzValidateSpec server:FuzzSchedule bench:FuzzConfigValidate bench:FuzzBatchFlag bench:FuzzRateFlag; do \
 	  $(GO) test -run '^$$' -fuzz "^$${target#*:}\$$" -fuzztime $(FUZZTIME) ./$${target%%:*}; \
 	done
 
