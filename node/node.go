@@ -216,6 +216,11 @@ type Node struct {
 	changed chan struct{}
 	// opened and closed are guarded by mu.
 	opened, closed bool
+	// steady is set once the node first served exactly what it was told
+	// to hold: the shards it gains or loses after that are moves, logged
+	// one by one, while the first load is summed up by the caller.
+	// Guarded by mu.
+	steady bool
 }
 
 // slot is one shard's place in the node.
@@ -373,7 +378,21 @@ func (n *Node) setState(id uint32, st State, sh *shard.Shard) {
 	}
 	sl.state = st
 	sl.serving.Store(sh)
+	if !n.steady && n.settledLocked() {
+		n.steady = true
+	}
 	n.notifyLocked()
+}
+
+// moveLevel is the level of the logs of a shard acquired or released:
+// info for a move, debug during the first load.
+func (n *Node) moveLevel() slog.Level {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.steady {
+		return slog.LevelInfo
+	}
+	return slog.LevelDebug
 }
 
 // current returns whether slot id is wanted, and the context that ends
@@ -441,7 +460,8 @@ func (n *Node) supervise(id uint32) {
 		n.mu.Lock()
 		waited := time.Since(n.slots[id].since)
 		n.mu.Unlock()
-		n.log.Debug("shard acquired", "shard", id, "epoch", sh.Epoch(), "load", loaded, "waited", waited, "attempts", failures+1)
+		n.log.Log(context.Background(), n.moveLevel(), "shard acquired", "shard", id, "epoch", sh.Epoch(),
+			"timers", sh.Stats().Timers, "load", loaded, "waited", waited, "attempts", failures+1)
 		if o := n.cfg.Observer; o != nil {
 			o.Acquired(id, sh.Epoch(), loaded, waited)
 		}
@@ -479,7 +499,7 @@ func (n *Node) release(id uint32, sh *shard.Shard) {
 		n.log.Warn("shard release failed; its lease lapses on its own", "shard", id, "epoch", sh.Epoch(), "err", err)
 	}
 	took := time.Since(began)
-	n.log.Debug("shard released", "shard", id, "epoch", sh.Epoch(), "took", took)
+	n.log.Debug("shard released", "shard", id, "epoch", sh.Epoch(), "took", took) // its next owner logs the move
 	if o := n.cfg.Observer; o != nil {
 		o.Released(id, sh.Epoch(), took)
 	}

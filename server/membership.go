@@ -92,6 +92,7 @@ func (s *Server) followMembers() {
 	c := s.member
 	for {
 		v := c.View()
+		s.logMoves(s.view.Load(), &v)
 		s.view.Store(&v)
 		if s.leaving.Load() {
 			s.node.Hold(nil)
@@ -136,4 +137,31 @@ func (s *Server) handOver(ctx context.Context) error {
 	}
 	s.log.Info("cluster: left", "handed_over", held, "took", time.Since(began))
 	return errors.Join(errs...)
+}
+
+// logMoves logs how a new view moves shards onto or off this node: one
+// line per change of view at info, and each shard, with where it comes
+// from or goes to, at debug.
+func (s *Server) logMoves(old, cur *cluster.View) {
+	if old == nil || len(old.Owners) != len(cur.Owners) {
+		return
+	}
+	self := s.cfg.NodeName
+	gained, lost := 0, 0
+	for id, to := range cur.Owners {
+		from := old.Owners[id]
+		switch {
+		case from == to:
+			continue
+		case to == self:
+			gained++
+			s.log.Debug("cluster: shard moves here", "shard", id, "from", from)
+		case from == self:
+			lost++
+			s.log.Debug("cluster: shard moves away", "shard", id, "to", to)
+		}
+	}
+	if gained+lost > 0 {
+		s.log.Info("cluster: the ring moved shards", "gained", gained, "lost", lost, "members", len(cur.Members), "view", cur.Version)
+	}
 }

@@ -33,13 +33,16 @@ type Config struct {
 	// Tick is the timing wheel's resolution (default 1ms): a timer fires
 	// at most one tick late.
 	Tick time.Duration
-	// LeaseTTL is the lease's time to live (default 10s). The shard renews
-	// it every LeaseTTL/3 and stops firing before it can have lapsed.
+	// LeaseTTL is the lease's time to live (default 3s). The shard renews
+	// it every LeaseTTL/3 and stops firing before it can have lapsed. It
+	// bounds how long a dead owner's shards go unserved: their next owner
+	// acquires them once the lease lapses, so a shorter TTL fails over
+	// faster and costs more renewals (one per shard every LeaseTTL/3).
 	LeaseTTL time.Duration
 	// ClockDrift is how much faster the store's clock may run than the
 	// shard's over one LeaseTTL: the shard treats its lease as lapsed
 	// that much early. Zero means the default, ClockDriftFor(LeaseTTL):
-	// 1% of LeaseTTL, at least 10ms (100ms for the default 10s).
+	// 1% of LeaseTTL, at least 10ms (30ms for the default 3s).
 	ClockDrift time.Duration
 	// AckTimeout is how long a delivery waits for its ack when the
 	// dispatcher does not say (default 30s).
@@ -56,7 +59,8 @@ type Config struct {
 	MaxHorizon time.Duration
 	// MinInterval is the shortest repeat interval (default 1s).
 	MinInterval time.Duration
-	// OpTimeout bounds each lease round trip (default 5s).
+	// OpTimeout bounds each lease round trip (default 1s, a renewal
+	// period of the default TTL); it must be below LeaseTTL.
 	OpTimeout time.Duration
 	// RetryWindow is how long after a Schedule or Reschedule with a
 	// request id (Spec.Req, Move.Req) a retry of it is still told apart
@@ -86,7 +90,7 @@ const minClockDrift = 10 * time.Millisecond
 // DefaultConfig returns the production defaults documented on Config, for
 // shard id owned by owner. The dependencies are left to the caller.
 func DefaultConfig(id uint32, owner string) Config {
-	const ttl = 10 * time.Second
+	const ttl = 3 * time.Second
 	return Config{
 		ID:          id,
 		Owner:       owner,
@@ -101,7 +105,7 @@ func DefaultConfig(id uint32, owner string) Config {
 		MaxPayload:  64 << 10,
 		MaxHorizon:  100 * 365 * 24 * time.Hour,
 		MinInterval: time.Second,
-		OpTimeout:   5 * time.Second,
+		OpTimeout:   time.Second,
 		RetryWindow: time.Minute,
 	}
 }

@@ -314,7 +314,7 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 		s.releaseLease()
 		return nil, fmt.Errorf("shard %d: load: %w", cfg.ID, err)
 	}
-	s.log.Info("shard loaded", "timers", len(s.timers), "dead", len(s.dead), "took", time.Since(began))
+	s.log.Debug("shard loaded", "timers", len(s.timers), "dead", len(s.dead), "took", time.Since(began))
 	go s.run(s.clock.NewAlarm(idleWait))
 	return s, nil
 }

@@ -2,11 +2,15 @@
 //
 // With no flags it serves gRPC on 127.0.0.1:7070 and metrics on
 // 127.0.0.1:7071, with its timers in an embedded store in ./timerd-data.
+// With --redis and --join (or --gossip-addr) it is a member of a cluster
+// whose nodes share that Redis: it gossips with the others and holds the
+// shards the ring assigns to it.
 // Every flag has a TIMERD_* environment variable (the flag's name in
 // upper case with dashes as underscores); a flag given on the command
 // line wins over the environment. It stops gracefully on SIGINT or
-// SIGTERM: it stops taking requests, flushes, releases its shards and
-// exits 0.
+// SIGTERM: a cluster member first hands its shards over to the others
+// and leaves the cluster; then it stops taking requests, flushes,
+// releases what it still holds and exits 0.
 //
 // This package only parses flags; the node is package server.
 package main
@@ -24,6 +28,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/timerd/timerd/cluster"
 	"github.com/timerd/timerd/server"
 	"github.com/timerd/timerd/shard"
 )
@@ -95,6 +100,8 @@ func parse(args []string, stderr io.Writer) (server.Config, slog.Level, time.Dur
 timerd is a timer service node. Clients schedule timers over gRPC and
 subscribers receive each one when it is due: at least once, never early.
 With no flags it runs one node on an embedded store in ./timerd-data.
+With --redis and --join (or --gossip-addr) it is a member of a cluster
+that shares that Redis.
 
 Every flag can also be set by an environment variable: TIMERD_ and the
 flag's name in upper case, dashes as underscores (--grpc-addr is
@@ -111,6 +118,8 @@ Flags:
 		maxIn    = uint(cfg.MaxInFlight)
 		defIn    = uint(cfg.DefaultInFlight)
 		attempts = uint(cfg.Shard.MaxAttempts)
+		cc       = cluster.DefaultConfig()
+		join     string
 	)
 	fs.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "`host:port` of the gRPC API (TimerService, ClusterService, health, reflection)")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "`host:port` of /metrics, /healthz and /readyz; empty disables HTTP")
@@ -120,7 +129,12 @@ Flags:
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", cfg.RedisPrefix, "`prefix` of every Redis key")
 	fs.BoolVar(&cfg.AllowVolatileRedis, "allow-volatile-redis", cfg.AllowVolatileRedis, "start on a Redis without an append-only file (appendonly no), or whose persistence cannot be read; a restart of such a Redis loses acknowledged timers")
 	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "this node's `name` in shard leases (default: the host name); unique and stable per node (each process adds its own incarnation, so a second process of one name waits for the first's leases)")
-	fs.UintVar(&shards, "shards", shards, "shard `count`; fixed when a store is first used")
+	fs.UintVar(&shards, "shards", shards, "shard `count`; fixed when a store is first used (default 64 for a single node, 1024 for a cluster)")
+	fs.StringVar(&join, "join", join, "gossip addresses (`host:port,...`) of cluster members to join; with --redis, makes this node a cluster member (its own address may be in the list)")
+	fs.StringVar(&cc.BindAddr, "gossip-addr", cc.BindAddr, "`host:port` (an IP) of this node's membership gossip, TCP and UDP; set, it makes the node a cluster member")
+	fs.StringVar(&cc.AdvertiseAddr, "gossip-advertise-addr", cc.AdvertiseAddr, "`host:port` (an IP) peers reach the gossip at (default: --gossip-addr)")
+	fs.StringVar(&cfg.AdvertiseAddr, "advertise-addr", cfg.AdvertiseAddr, "`host:port` peers and clients reach this node's gRPC at (default: --grpc-addr)")
+	fs.DurationVar(&cc.RejoinInterval, "rejoin-interval", cc.RejoinInterval, "how often a cluster member joins the --join members again, which heals a long partition")
 	fs.IntVar(&cfg.Shard.MaxPayload, "max-payload", cfg.Shard.MaxPayload, "largest timer payload in `bytes`")
 	fs.DurationVar(&cfg.Shard.MaxHorizon, "max-horizon", cfg.Shard.MaxHorizon, "how far ahead a timer may be due")
 	fs.DurationVar(&cfg.Shard.MinInterval, "min-interval", cfg.Shard.MinInterval, "shortest repeat interval")
@@ -158,6 +172,29 @@ Flags:
 	}
 	if err := fs.Parse(args); err != nil {
 		return cfg, level, shutdown, errPrinted{err} // fs printed it, and the usage
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for _, name := range []string{"join", "gossip-addr"} {
+		if _, ok := os.LookupEnv("TIMERD_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))); ok {
+			set[name] = true
+		}
+	}
+	if join != "" || set["gossip-addr"] {
+		if cfg.RedisURL == "" {
+			return cfg, level, shutdown, errors.New("--join and --gossip-addr make a cluster member, which needs --redis: the members share their shards through Redis")
+		}
+		for a := range strings.SplitSeq(join, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				cc.Seeds = append(cc.Seeds, a)
+			}
+		}
+		cfg.Cluster = &cc
+		if !set["shards"] {
+			if _, ok := os.LookupEnv("TIMERD_SHARDS"); !ok {
+				shards = 1024
+			}
+		}
 	}
 	if fs.NArg() > 0 {
 		return cfg, level, shutdown, fmt.Errorf("unexpected argument %q (timerd takes flags only; see --help)", fs.Arg(0))
