@@ -1,0 +1,390 @@
+package chaos
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/timerd/timerd/api/timerd/v1"
+)
+
+const (
+	// readyTimeout bounds the wait for a started timerd to log msg=ready.
+	readyTimeout = 60 * time.Second
+	// stableTimeout bounds the wait for every shard to be served by
+	// exactly one node, as every node sees it.
+	stableTimeout = 60 * time.Second
+	// logTailLines is how much of a node's log a failing test shows.
+	logTailLines = 40
+)
+
+// buildTimerd builds ./cmd/timerd into dir and returns the binary's path.
+func buildTimerd(t *testing.T, dir string) string {
+	t.Helper()
+	goCmd, err := goCommand()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "timerd")
+	out, err := exec.Command(goCmd, "build", "-o", path, "github.com/timerd/timerd/cmd/timerd").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s build -o %s ./cmd/timerd: %v\n%s", goCmd, path, err, out)
+	}
+	return path
+}
+
+// goCommand finds the go command: on PATH, or in $GOROOT/bin.
+func goCommand() (string, error) {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p, nil
+	}
+	if root := os.Getenv("GOROOT"); root != "" {
+		p := filepath.Join(root, "bin", "go")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", errors.New("the go command is neither on PATH nor in $GOROOT/bin; it is needed to build timerd")
+}
+
+// freeGossipAddr returns a 127.0.0.1 address whose port is free for both
+// TCP and UDP (memberlist binds both), as far as the kernel says now.
+func freeGossipAddr() (string, error) {
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		addr := l.Addr().String()
+		u, err := net.ListenPacket("udp", addr)
+		l.Close()
+		if err != nil {
+			continue // the UDP port is taken: try another
+		}
+		u.Close()
+		return addr, nil
+	}
+	return "", errors.New("no port free for both TCP and UDP on 127.0.0.1 after 20 tries")
+}
+
+// childEnv is the environment of a started timerd: the test's, without
+// TIMERD_* variables, so that only the flags the test gives count.
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "TIMERD_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// node is one timerd process.
+type node struct {
+	name       string
+	gossipAddr string
+	grpcAddr   string // the gRPC address it bound, from its log
+	args       []string
+	logPath    string
+	cmd        *exec.Cmd
+
+	ready  chan struct{} // closed when it logs msg=ready
+	exited chan struct{} // closed once it has exited and its log is read
+	mu     sync.Mutex
+	state  *os.ProcessState // set before exited is closed
+}
+
+// startNode starts timerd with args (plus free gRPC and HTTP ports) in a
+// process group of its own, its log in logPath, and returns once it logs
+// the gRPC address it serves; ready closes when it logs msg=ready. The
+// test's cleanup kills its process group.
+func startNode(t *testing.T, bin, name, gossipAddr, logPath string, args []string) *node {
+	t.Helper()
+	args = append([]string{"--node-name", name, "--gossip-addr", gossipAddr,
+		"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}, args...)
+	n := &node{name: name, gossipAddr: gossipAddr, args: args, logPath: logPath,
+		ready: make(chan struct{}), exited: make(chan struct{})}
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = filepath.Dir(logPath)
+	cmd.Env = childEnv()
+	cmd.SysProcAttr = procAttr()
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	n.cmd = cmd
+	t.Cleanup(n.kill)
+
+	serving := make(chan string, 1)
+	go func() {
+		defer close(n.exited)
+		defer logFile.Close()
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+		sawReady := false
+		for sc.Scan() {
+			line := sc.Text()
+			fmt.Fprintln(logFile, line)
+			f := logFields(line)
+			switch {
+			case f["msg"] == "serving":
+				select {
+				case serving <- f["grpc"]:
+				default:
+				}
+			case f["msg"] == "ready" && !sawReady:
+				sawReady = true
+				close(n.ready)
+			}
+		}
+		_, _ = io.Copy(logFile, stderr)
+		_ = cmd.Wait() // after every read from the pipe, as Wait requires
+		n.mu.Lock()
+		n.state = cmd.ProcessState
+		n.mu.Unlock()
+	}()
+
+	select {
+	case n.grpcAddr = <-serving:
+	case <-n.exited:
+		t.Fatalf("%s exited before serving (%v):\n%s", name, n.exitState(), n.logTail())
+	case <-time.After(readyTimeout):
+		t.Fatalf("%s did not log msg=serving within %v:\n%s", name, readyTimeout, n.logTail())
+	}
+	if !strings.HasPrefix(n.grpcAddr, "127.0.0.1:") {
+		t.Fatalf("%s logged grpc=%q, want a loopback address", name, n.grpcAddr)
+	}
+	return n
+}
+
+// waitReady waits until the node logs msg=ready.
+func (n *node) waitReady(t *testing.T) {
+	t.Helper()
+	select {
+	case <-n.ready:
+	case <-n.exited:
+		t.Fatalf("%s exited before it was ready (%v):\n%s", n.name, n.exitState(), n.logTail())
+	case <-time.After(readyTimeout):
+		t.Fatalf("%s did not log msg=ready within %v:\n%s", n.name, readyTimeout, n.logTail())
+	}
+}
+
+// kill9 sends SIGKILL to the node's process, as kill -9 does, and waits
+// for it to exit.
+func (n *node) kill9() error {
+	if err := killGroup(n.cmd.Process.Pid); err != nil {
+		return err
+	}
+	select {
+	case <-n.exited:
+		return nil
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("%s still running 10s after SIGKILL", n.name)
+	}
+}
+
+// kill kills the node's process group, if it still runs, and waits for
+// it.
+func (n *node) kill() {
+	select {
+	case <-n.exited:
+		return
+	default:
+	}
+	_ = killGroup(n.cmd.Process.Pid)
+	select {
+	case <-n.exited:
+	case <-time.After(10 * time.Second):
+	}
+}
+
+// running reports whether the process has not exited.
+func (n *node) running() bool {
+	select {
+	case <-n.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+func (n *node) exitState() *os.ProcessState {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.state
+}
+
+// logTail returns the last lines of the node's log.
+func (n *node) logTail() string {
+	b, err := os.ReadFile(n.logPath)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > logTailLines {
+		lines = lines[len(lines)-logTailLines:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// logFields splits a log/slog text line into its key=value fields.
+// Quoted values are unquoted; a value with spaces in it is only partly
+// read, which is fine for the unquoted fields looked at here.
+func logFields(line string) map[string]string {
+	f := make(map[string]string)
+	for _, kv := range strings.Fields(line) {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			f[k] = strings.Trim(v, `"`)
+		}
+	}
+	return f
+}
+
+// dial opens a client connection to addr; it connects lazily.
+func dial(t *testing.T, addr string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// shardOwner is one shard's owner and epoch in a ShardMap answer.
+type shardOwner struct {
+	owner string
+	epoch uint64
+}
+
+// waitStable waits until every node sees all of them as active members
+// and every shard served by exactly one of them, the one the ring
+// assigns it to, and returns that shard map.
+func waitStable(t *testing.T, nodes []*node, conns []*grpc.ClientConn) []shardOwner {
+	t.Helper()
+	deadline := time.Now().Add(stableTimeout)
+	var why string
+	for time.Now().Before(deadline) {
+		var owners []shardOwner
+		if owners, why = unstable(nodes, conns); why == "" {
+			return owners
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, n := range nodes {
+		t.Logf("%s log tail:\n%s", n.name, n.logTail())
+	}
+	t.Fatalf("cluster not stable within %v: %s", stableTimeout, why)
+	return nil
+}
+
+// unstable returns the shard map when the cluster is stable, or says why
+// it is not.
+func unstable(nodes []*node, conns []*grpc.ClientConn) ([]shardOwner, string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var owners []shardOwner
+	for i, conn := range conns {
+		cs := pb.NewClusterServiceClient(conn)
+		mr, err := cs.Members(ctx, &pb.MembersRequest{})
+		if err != nil {
+			return nil, fmt.Sprintf("%s: Members: %v", nodes[i].name, err)
+		}
+		active := 0
+		for _, m := range mr.GetMembers() {
+			if m.GetState() == pb.MemberState_MEMBER_STATE_ALIVE && m.GetNodeState() == pb.NodeState_NODE_STATE_ACTIVE {
+				active++
+			}
+		}
+		if active != len(nodes) {
+			return nil, fmt.Sprintf("%s sees %d active members of %d", nodes[i].name, active, len(nodes))
+		}
+		sm, err := cs.ShardMap(ctx, &pb.ShardMapRequest{})
+		if err != nil {
+			return nil, fmt.Sprintf("%s: ShardMap: %v", nodes[i].name, err)
+		}
+		got := make([]shardOwner, sm.GetShardCount())
+		entries := 0
+		for _, o := range sm.GetShards() {
+			if o.GetState() != pb.ShardState_SHARD_STATE_SERVING || o.GetOwner() == "" || o.GetOwner() != o.GetAssigned() {
+				return nil, fmt.Sprintf("%s: shard %d is %v on %q, assigned to %q", nodes[i].name,
+					o.GetShard(), o.GetState(), o.GetOwner(), o.GetAssigned())
+			}
+			if o.GetShard() >= sm.GetShardCount() {
+				return nil, fmt.Sprintf("%s: ShardMap has shard %d of %d", nodes[i].name, o.GetShard(), sm.GetShardCount())
+			}
+			got[o.GetShard()] = shardOwner{o.GetOwner(), o.GetEpoch()}
+			entries++
+		}
+		if entries != int(sm.GetShardCount()) || entries != shardCount {
+			return nil, fmt.Sprintf("%s: ShardMap has %d entries for %d shards, want %d", nodes[i].name, entries, sm.GetShardCount(), shardCount)
+		}
+		for s := range owners { // the previous node's map
+			if owners[s] != got[s] {
+				return nil, fmt.Sprintf("shard %d: %s says %v, another node %v", s, nodes[i].name, got[s], owners[s])
+			}
+		}
+		owners = got
+	}
+	return owners, ""
+}
+
+// shardMap asks the node behind conn for the whole shard map.
+func shardMap(ctx context.Context, conn *grpc.ClientConn) ([]shardOwner, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	sm, err := pb.NewClusterServiceClient(conn).ShardMap(ctx, &pb.ShardMapRequest{})
+	if err != nil {
+		return nil, err
+	}
+	owners := make([]shardOwner, sm.GetShardCount())
+	for _, o := range sm.GetShards() {
+		if o.GetShard() >= sm.GetShardCount() {
+			return nil, fmt.Errorf("ShardMap has shard %d of %d", o.GetShard(), sm.GetShardCount())
+		}
+		owners[o.GetShard()] = shardOwner{o.GetOwner(), o.GetEpoch()}
+	}
+	return owners, nil
+}
+
+// redisURL is the --redis flag for a server at addr.
+func redisURL(addr string) string { return "redis://" + addr }
+
+// itoa formats n with thousands separators, for the printed figures.
+func itoa(n int) string {
+	s := strconv.Itoa(n)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}

@@ -1,0 +1,22 @@
+//go:build !linux
+
+package chaos
+
+import (
+	"os"
+	"syscall"
+)
+
+// procAttr has nothing to add outside Linux: the processes rely on the
+// tests' cleanups alone.
+func procAttr() *syscall.SysProcAttr { return nil }
+
+// killGroup kills the process pid, which outside Linux has no group of
+// its own.
+func killGroup(pid int) error {
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return err
+	}
+	return p.Kill()
+}
