@@ -7,7 +7,9 @@ GO        ?= go
 TOOLS     := $(GO) tool -modfile=tools/go.mod
 # Packages that own goroutines run their tests again under the race
 # detector. The wheel, ring and api packages start none.
-RACE_PKGS ?= ./store/ ./shard/ ./node/ ./cluster/ ./server/ ./client/ ./bench/ ./cmd/... ./internal/redistest/ ./internal/clustertest/
+# The chaos package's fault test is skipped without TIMERD_CHAOS=1, so it
+# costs only its build here.
+RACE_PKGS ?= ./store/ ./shard/ ./node/ ./cluster/ ./server/ ./client/ ./bench/ ./cmd/... ./internal/redistest/ ./internal/clustertest/ ./chaos/
 # The bench peers that need dependencies of their own (asynq) are a module
 # of their own.
 PEERS     := bench/peers
@@ -21,7 +23,7 @@ COUNT     ?= 1
 FUZZTIME  ?= 30s
 SUITE     ?= 1
 
-.PHONY: help build run test race bench fuzz lint proto proto-check tidy clean
+.PHONY: help build run test chaos race bench fuzz lint proto proto-check tidy clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,6 +40,9 @@ test: ## run every test once (the peers' module too), then the race detector on 
 	$(GO) test -count=1 ./...
 	cd $(PEERS) && $(GO) test -count=1 ./...
 	@if [ -n "$(RACE_PKGS)" ]; then $(GO) test -race -count=1 $(RACE_PKGS); fi
+
+chaos: ## the fault test: a redis-server and three timerd processes, one killed with SIGKILL midway through 50,000 timers; prints the verdict and the failover figures (TIMERD_CHAOS_SEED=n replays a run)
+	TIMERD_CHAOS=1 $(GO) test -count=1 -timeout 10m -v ./chaos/
 
 bench: build ## run the Go benchmarks beside their peers and print the ratios, then the bench-suite pass against a timerd it starts (BENCH, BENCHTIME, DURABLE_N, COUNT; SUITE=0 skips the suite)
 	@out="$$(mktemp)"; trap 'rm -f "$$out"' EXIT; \
