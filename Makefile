@@ -8,8 +8,9 @@ TOOLS     := $(GO) tool -modfile=tools/go.mod
 # Packages that own goroutines run their tests again under the race
 # detector. The wheel, ring and api packages start none.
 RACE_PKGS ?= ./store/ ./shard/ ./node/ ./cluster/ ./server/ ./client/ ./bench/ ./cmd/... ./internal/redistest/ ./internal/clustertest/
-# The bench peers that need dependencies of their own (asynq) are a module
-# of their own.
+# The bench peers that need dependencies timerctl must not link (asynq;
+# redis-raw, which encodes records with timerd's store) are a module of
+# their own.
 PEERS     := bench/peers
 BENCH     ?= .
 # The shard benchmarks (which start their own redis-server) run a fixed
