@@ -10,8 +10,9 @@ TOOLS     := $(GO) tool -modfile=tools/go.mod
 # The chaos package's fault test is skipped without TIMERD_CHAOS=1, so it
 # costs only its build here.
 RACE_PKGS ?= ./store/ ./shard/ ./node/ ./cluster/ ./server/ ./client/ ./bench/ ./cmd/... ./internal/redistest/ ./internal/clustertest/ ./chaos/
-# The bench peers that need dependencies of their own (asynq) are a module
-# of their own.
+# The bench peers that need dependencies timerctl must not link (asynq;
+# redis-raw, which encodes records with timerd's store) are a module of
+# their own.
 PEERS     := bench/peers
 BENCH     ?= .
 # The shard benchmarks (which start their own redis-server) run a fixed

@@ -29,6 +29,7 @@
 //
 // It reaches timerd only through package client and must not touch the
 // server's internals: what it measures is what a user of the client sees.
-// Peers that need dependencies of their own (asynq) live in the separate
-// module bench/peers.
+// Peers that need dependencies of their own live in the separate module
+// bench/peers: asynq, and redis-raw, which encodes timerd's records with
+// package store (and so would link go-redis and Pebble into timerctl).
 package bench

@@ -216,6 +216,39 @@ type Member struct {
 	State MemberState
 	// ShardsOwned is the number of shards the node owns.
 	ShardsOwned uint32
+	// Incarnation tells apart the processes that have run under Name: it
+	// is new at every start of the node.
+	Incarnation string
+	// NodeState is where the node is in its life as a shard owner.
+	NodeState NodeState
+}
+
+// NodeState is where a node is in its life as a shard owner.
+type NodeState int
+
+// The states of a node as a shard owner.
+const (
+	// NodeUnknown is a state this client does not know.
+	NodeUnknown NodeState = iota
+	// NodeJoining has joined the cluster but takes no shards yet.
+	NodeJoining
+	// NodeActive takes the shards the ring assigns to it.
+	NodeActive
+	// NodeLeaving hands its shards over before it exits.
+	NodeLeaving
+)
+
+// String returns "joining", "active", "leaving" or "unknown".
+func (s NodeState) String() string {
+	switch s {
+	case NodeJoining:
+		return "joining"
+	case NodeActive:
+		return "active"
+	case NodeLeaving:
+		return "leaving"
+	}
+	return "unknown"
 }
 
 // Members lists the nodes the answering node knows, itself included. It is
@@ -236,6 +269,15 @@ func (c *Client) Members(ctx context.Context) ([]Member, error) {
 			GRPCAddr:    m.GetGrpcAddr(),
 			GossipAddr:  m.GetGossipAddr(),
 			ShardsOwned: m.GetShardsOwned(),
+			Incarnation: m.GetIncarnation(),
+		}
+		switch m.GetNodeState() {
+		case timerdv1.NodeState_NODE_STATE_JOINING:
+			out[i].NodeState = NodeJoining
+		case timerdv1.NodeState_NODE_STATE_ACTIVE:
+			out[i].NodeState = NodeActive
+		case timerdv1.NodeState_NODE_STATE_LEAVING:
+			out[i].NodeState = NodeLeaving
 		}
 		switch m.GetState() {
 		case timerdv1.MemberState_MEMBER_STATE_ALIVE:
@@ -261,6 +303,54 @@ type ShardOwner struct {
 	OwnerGRPCAddr string
 	// Epoch is the fencing epoch of the shard's current (or last) lease.
 	Epoch uint64
+	// State is what the owner is doing with the shard; ShardUnowned
+	// without an owner.
+	State ShardState
+	// Timers is how many timers the shard holds, dead letters included;
+	// InFlight and Dead are how many of those wait for their ack and are
+	// dead letters. All three are zero when the owner did not answer (State
+	// ShardUnknown) or there is no owner.
+	Timers, InFlight, Dead uint64
+	// Assigned names the node the ring assigns the shard to; it differs
+	// from Owner while the shard moves, and is empty when the answering
+	// node knows no active member.
+	Assigned string
+}
+
+// ShardState is what a node is doing with a shard.
+type ShardState int
+
+// The states of a shard.
+const (
+	// ShardUnknown: the owner did not answer, or the state is one this
+	// client does not know.
+	ShardUnknown ShardState = iota
+	// ShardUnowned: no node holds the shard's lease (it is moving, or its
+	// owner died and the lease has not lapsed yet).
+	ShardUnowned
+	// ShardLoading: the owner holds the lease and loads the shard's timers;
+	// its requests fail with ErrUnavailable until it serves.
+	ShardLoading
+	// ShardServing: the owner takes requests and fires the shard's timers.
+	ShardServing
+	// ShardReleasing: the owner hands the shard over.
+	ShardReleasing
+)
+
+// String returns "unowned", "loading", "serving", "releasing" or
+// "unknown".
+func (s ShardState) String() string {
+	switch s {
+	case ShardUnowned:
+		return "unowned"
+	case ShardLoading:
+		return "loading"
+	case ShardServing:
+		return "serving"
+	case ShardReleasing:
+		return "releasing"
+	}
+	return "unknown"
 }
 
 // ShardMap is the shard map as one node sees it.
@@ -274,8 +364,8 @@ type ShardMap struct {
 	Version uint64
 }
 
-// ShardMap returns the shard count and every shard's owner and epoch as
-// the answering node sees them. It is retried.
+// ShardMap returns the shard count and every shard's owner, epoch, state
+// and timer counts as the answering node sees them. It is retried.
 func (c *Client) ShardMap(ctx context.Context) (ShardMap, error) {
 	var resp *timerdv1.ShardMapResponse
 	err := c.do(ctx, opShardMap, "", "", func(ctx context.Context) (err error) {
@@ -291,7 +381,26 @@ func (c *Client) ShardMap(ctx context.Context) (ShardMap, error) {
 		Version:    resp.GetVersion(),
 	}
 	for i, s := range resp.GetShards() {
-		m.Shards[i] = ShardOwner{Shard: s.GetShard(), Owner: s.GetOwner(), OwnerGRPCAddr: s.GetOwnerGrpcAddr(), Epoch: s.GetEpoch()}
+		m.Shards[i] = ShardOwner{
+			Shard:         s.GetShard(),
+			Owner:         s.GetOwner(),
+			OwnerGRPCAddr: s.GetOwnerGrpcAddr(),
+			Epoch:         s.GetEpoch(),
+			Timers:        s.GetTimers(),
+			InFlight:      s.GetInFlight(),
+			Dead:          s.GetDead(),
+			Assigned:      s.GetAssigned(),
+		}
+		switch s.GetState() {
+		case timerdv1.ShardState_SHARD_STATE_UNOWNED:
+			m.Shards[i].State = ShardUnowned
+		case timerdv1.ShardState_SHARD_STATE_LOADING:
+			m.Shards[i].State = ShardLoading
+		case timerdv1.ShardState_SHARD_STATE_SERVING:
+			m.Shards[i].State = ShardServing
+		case timerdv1.ShardState_SHARD_STATE_RELEASING:
+			m.Shards[i].State = ShardReleasing
+		}
 	}
 	return m, nil
 }

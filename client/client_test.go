@@ -971,3 +971,39 @@ func BenchmarkScheduler(b *testing.B) {
 		b.Fatalf("%d timers failed", failed.Load())
 	}
 }
+
+// TestClusterStatus checks that Members and ShardMap carry the node's
+// incarnation and state and every shard's state, assignment and counts.
+func TestClusterStatus(t *testing.T) {
+	ctx := testCtx(t)
+	srv := startServer(t, t.TempDir(), "")
+	c := newClient(t, srv.GRPCAddr())
+	for _, id := range []string{"a", "b", "c"} {
+		if _, err := c.Schedule(ctx, client.Timer{ID: id, Topic: "t", Due: farDue}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	members, err := c.Members(ctx)
+	if err != nil || len(members) != 1 {
+		t.Fatalf("Members = %+v, %v", members, err)
+	}
+	if m := members[0]; srv.Owner() != m.Name+"/"+m.Incarnation || m.NodeState != client.NodeActive || m.NodeState.String() != "active" {
+		t.Errorf("member %+v, owner %q", m, srv.Owner())
+	}
+
+	m, err := c.ShardMap(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var timers uint64
+	for _, s := range m.Shards {
+		if s.State != client.ShardServing || s.State.String() != "serving" || s.Assigned != "local" || s.InFlight != 0 || s.Dead != 0 {
+			t.Errorf("shard %+v", s)
+		}
+		timers += s.Timers
+	}
+	if timers != 3 {
+		t.Errorf("timers in the shard map: %d, want 3", timers)
+	}
+}

@@ -1,11 +1,19 @@
-// Package ring places timers on shards: a timer's shard is a pure function
-// of its namespace, its id and the deployment's shard count, so every node
-// and every client computes the same placement without asking anyone.
+// Package ring places timers on shards and shards on nodes.
+//
+// A timer's shard is a pure function of its namespace, its id and the
+// deployment's shard count (Shard), so every node and every client
+// computes the same placement without asking anyone. The node that
+// should own a shard is a pure function of the shard count and the set of
+// cluster members (Owners), so every node that sees the same membership
+// computes the same map.
+//
+// The ring says who SHOULD own a shard; the shard's lease in the store
+// (an epoch and a token that fence every write) decides who DOES. Nodes
+// that briefly disagree about the membership may both want a shard, but
+// only the lease holder serves it.
 //
 // The package is pure and deterministic: it does no I/O, reads no clock,
-// keeps no state and imports nothing of timerd's. Which node owns a shard
-// is decided elsewhere (by leases in the store); this package only says
-// which shard a timer belongs to.
+// starts no goroutines, keeps no state and imports nothing of timerd's.
 package ring
 
 import "github.com/cespare/xxhash/v2"

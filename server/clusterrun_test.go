@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
@@ -268,3 +269,80 @@ func TestClusterForwards(t *testing.T) {
 }
 
 func statusCode(err error) codes.Code { return status.Code(err) }
+
+// TestClusterDeadLetters: dead letters of every shard are listed, page
+// by page, and replayed, through any one node.
+func TestClusterDeadLetters(t *testing.T) {
+	c := clustertest.Start(t, 3)
+	s := newScheduler(t, c.Node(0).GRPCAddr(), "dl")
+	const n = 60
+	s.schedule("d", n, time.Now(), time.Millisecond)
+	// A subscriber on every node that takes every delivery and never
+	// acks: each timer becomes a dead letter after its attempts.
+	var wg sync.WaitGroup
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { cancel(); wg.Wait() }()
+	for _, addr := range c.Addrs() {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		st, err := pb.NewTimerServiceClient(conn).Subscribe(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sub := &pb.Subscription{Topic: "dl", MaxInFlight: 1000, AckTimeout: durationpb.New(time.Second)}
+		if err := st.Send(&pb.SubscribeRequest{Kind: &pb.SubscribeRequest_Subscription{Subscription: sub}}); err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			for {
+				if _, err := st.Recv(); err != nil {
+					return
+				}
+			}
+		})
+	}
+	conn, err := grpc.NewClient(c.Node(1).GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	tc := pb.NewTimerServiceClient(conn)
+	list := func() map[string]bool {
+		seen := map[string]bool{}
+		tok := ""
+		for pages := 0; ; pages++ {
+			resp, err := tc.ListDeadLetters(context.Background(), &pb.ListDeadLettersRequest{Topic: "dl", PageSize: 7, PageToken: tok})
+			if err != nil {
+				t.Fatalf("ListDeadLetters page %d: %v", pages, err)
+			}
+			for _, d := range resp.GetDeadLetters() {
+				if seen[d.GetTimer().GetSpec().GetId()] {
+					t.Fatalf("%s listed twice", d.GetTimer().GetSpec().GetId())
+				}
+				seen[d.GetTimer().GetSpec().GetId()] = true
+			}
+			if tok = resp.GetNextPageToken(); tok == "" {
+				return seen
+			}
+		}
+	}
+	deadline := time.Now().Add(45 * time.Second)
+	for len(list()) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d timers are dead letters after 45s", len(list()), n)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	cancel() // no subscribers: what is replayed waits
+	wg.Wait()
+	rr, err := pb.NewTimerServiceClient(conn).ReplayDeadLetters(context.Background(), &pb.ReplayDeadLettersRequest{Topic: "dl"})
+	if err != nil || rr.GetReplayed() != n {
+		t.Fatalf("ReplayDeadLetters of the namespace through one node = %v, %v; want %d replayed", rr, err, n)
+	}
+	if left := list(); len(left) != 0 {
+		t.Fatalf("%d dead letters left after the replay", len(left))
+	}
+}

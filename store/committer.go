@@ -59,7 +59,9 @@ type CommitterConfig struct {
 	// Logger receives failed round trips. Default: discard.
 	Logger *slog.Logger
 	// OnCommit, if set, is called from the Committer's goroutine after
-	// every cycle, durable or given up, for metrics. It must not block.
+	// every cycle, durable or given up, for metrics, before the cycle's
+	// writers learn its outcome: a writer woken by its Commit finds its
+	// cycle counted. It must not block.
 	OnCommit func(CommitStats)
 }
 
@@ -528,12 +530,12 @@ func (l *lane) commit(cycle []pendingBatch) error {
 			c.log.Error("group commit given up", "batches", len(batches), "ops", ops, "retries", retries, "down", down, "err", err)
 			err = fmt.Errorf("%w: the store has failed for %v; outcome of the commit unknown: %w",
 				ErrUnavailable, down.Round(time.Millisecond), err)
+			if c.cfg.OnCommit != nil {
+				c.cfg.OnCommit(CommitStats{Batches: len(batches), Ops: ops, Latency: time.Since(start), Retries: retries, Err: err})
+			}
 			for i := range cycle {
 				l.failed[cycle[i].Shard] = failure{cycle[i].Grant, err}
 				l.done(&cycle[i], err)
-			}
-			if c.cfg.OnCommit != nil {
-				c.cfg.OnCommit(CommitStats{Batches: len(batches), Ops: ops, Latency: time.Since(start), Retries: retries, Err: err})
 			}
 			return nil
 		}
@@ -548,11 +550,11 @@ func (l *lane) commit(cycle []pendingBatch) error {
 		t.Stop()
 		backoff = min(2*backoff, c.cfg.RetryMax)
 	}
-	for i := range cycle {
-		l.done(&cycle[i], batches[i].Err)
-	}
 	if c.cfg.OnCommit != nil {
 		c.cfg.OnCommit(CommitStats{Batches: len(batches), Ops: ops, Latency: time.Since(start), Retries: retries})
+	}
+	for i := range cycle {
+		l.done(&cycle[i], batches[i].Err)
 	}
 	return nil
 }

@@ -1,10 +1,11 @@
 // Command timerd-benchpeer runs the bench suite against the peers that
-// need dependencies timerd's own module does not take (asynq), with the
-// same scenarios, flags and reports as "timerctl bench". timerctl runs it
-// for "timerctl bench SCENARIO --peer asynq"; it can also be run on its
-// own:
+// need dependencies timerctl must not link (asynq; redis-raw, which
+// encodes timerd's records with its store package and so takes go-redis
+// and Pebble), with the same scenarios, flags and reports as "timerctl
+// bench". timerctl runs it for "timerctl bench SCENARIO --peer asynq" and
+// "--peer redis-raw"; it can also be run on its own:
 //
-//	timerd-benchpeer SCENARIO --peer asynq --redis redis://127.0.0.1:6379/0 [bench flags] [--json]
+//	timerd-benchpeer SCENARIO --peer asynq|redis-raw --redis redis://127.0.0.1:6379/0 [bench flags] [--json]
 package main
 
 import (
@@ -19,6 +20,7 @@ import (
 
 	"github.com/timerd/timerd/bench"
 	asynqpeer "github.com/timerd/timerd/bench/peers/asynq"
+	"github.com/timerd/timerd/bench/peers/redisraw"
 )
 
 func main() {
@@ -41,12 +43,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		poll                 = fs.Duration("asynq-poll", 0, "asynq's delayed-task check interval (0: asynq's default, 5s)")
 	)
 	cfg.AddFlags(fs)
-	fs.StringVar(&peer, "peer", "asynq", "the peer to measure: asynq")
+	fs.StringVar(&peer, "peer", "asynq", "the peer to measure: asynq or redis-raw")
 	fs.StringVar(&redisURL, "redis", "", "Redis `URL` of the peer (required)")
 	fs.StringVar(&out, "out", "", "write the report and plots to `DIR`")
 	fs.BoolVar(&asJSON, "json", false, "print the report as JSON")
-	fs.IntVar(&maxInFlight, "max-in-flight", 0, "ignored: asynq has no credits")
-	fs.IntVar(&workers, "workers", 0, "asynq server concurrency (default 16)")
+	fs.IntVar(&maxInFlight, "max-in-flight", 0, "ignored: neither peer has credits")
+	fs.IntVar(&workers, "workers", 0, "asynq server concurrency (default 16); ignored by redis-raw")
 
 	// The scenario may come before or after the flags.
 	var scenario string
@@ -66,14 +68,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case scenario == "":
 		fmt.Fprintln(stderr, "timerd-benchpeer: missing scenario")
 		return 2
-	case peer != "asynq":
-		fmt.Fprintf(stderr, "timerd-benchpeer: unknown --peer %q (this runner has asynq)\n", peer)
+	case peer != "asynq" && peer != "redis-raw":
+		fmt.Fprintf(stderr, "timerd-benchpeer: unknown --peer %q (this runner has asynq and redis-raw)\n", peer)
 		return 2
 	case redisURL == "":
-		fmt.Fprintln(stderr, "timerd-benchpeer: --peer asynq needs --redis URL")
+		fmt.Fprintf(stderr, "timerd-benchpeer: --peer %s needs --redis URL\n", peer)
 		return 2
 	}
-	t, err := asynqpeer.New(ctx, redisURL, asynqpeer.Options{Workers: workers, DelayedTaskCheckInterval: *poll})
+	var t bench.Target
+	var err error
+	if peer == "redis-raw" {
+		t, err = redisraw.New(ctx, redisURL)
+	} else {
+		t, err = asynqpeer.New(ctx, redisURL, asynqpeer.Options{Workers: workers, DelayedTaskCheckInterval: *poll})
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "timerd-benchpeer: %v\n", err)
 		return 1

@@ -105,11 +105,12 @@ start_timerd embedded --data-dir "${DATA:-$work/data}"
 EMBEDDED=$ADDR
 start_timerd redis --redis "$REDIS"
 ONREDIS=$ADDR
-asynq=0
+# redis-raw and asynq run in timerd-benchpeer (the module bench/peers).
+peers=0
 if [ -x "$BIN/timerd-benchpeer" ]; then
-	asynq=1
+	peers=1
 else
-	echo "bench suite: $BIN/timerd-benchpeer is missing, asynq left out (make build)" >&2
+	echo "bench suite: $BIN/timerd-benchpeer is missing, redis-raw and asynq left out (make build)" >&2
 fi
 
 for rep in $(seq "$REPS"); do
@@ -118,14 +119,14 @@ for rep in $(seq "$REPS"); do
 		schedule)
 			bench "$rep" timerd-embedded schedule --addr "$EMBEDDED" --duration "$DURATION" --batch "$BATCHES"
 			bench "$rep" timerd-redis schedule --addr "$ONREDIS" --duration "$DURATION" --batch "$BATCHES"
-			bench "$rep" redis-raw schedule --peer redis-raw --redis "$REDIS" --duration "$DURATION" --batch "$BATCHES"
-			[ $asynq = 1 ] && bench "$rep" asynq schedule --peer asynq --redis "$REDIS" --duration "$DURATION"
+			[ $peers = 1 ] && bench "$rep" redis-raw schedule --peer redis-raw --redis "$REDIS" --duration "$DURATION" --batch "$BATCHES"
+			[ $peers = 1 ] && bench "$rep" asynq schedule --peer asynq --redis "$REDIS" --duration "$DURATION"
 			;;
 		fire)
 			bench "$rep" timerd-embedded fire --addr "$EMBEDDED" --duration "$DURATION" --rate "$FIRE_RATE"
 			bench "$rep" timerd-redis fire --addr "$ONREDIS" --duration "$DURATION" --rate "$FIRE_RATE"
 			bench "$rep" afterfunc fire --peer afterfunc --duration "$DURATION" --rate "$FIRE_RATE"
-			[ $asynq = 1 ] && bench "$rep" asynq fire --peer asynq --redis "$REDIS" --duration "$DURATION" --rate "$FIRE_RATE" --drain 15s
+			[ $peers = 1 ] && bench "$rep" asynq fire --peer asynq --redis "$REDIS" --duration "$DURATION" --rate "$FIRE_RATE" --drain 15s
 			;;
 		mixed)
 			bench "$rep" timerd-embedded mixed --addr "$EMBEDDED" --duration "$DURATION" --rate "$MIXED_RATE"

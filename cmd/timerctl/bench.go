@@ -60,9 +60,9 @@ its lateness then says more about the machine than about the target.
 same records written with pipelined HSETs, the limit for schedule) or
 asynq (Redis-backed delayed tasks; schedule and fire); or afterfunc, Go's
 time.AfterFunc in timerctl's own process (fire and burst), the floor of
-lateness that this machine's scheduling alone allows. asynq lives in a
-module of its own: its runner, timerd-benchpeer, must be beside timerctl
-or on PATH (make build puts both in bin/).
+lateness that this machine's scheduling alone allows. redis-raw and asynq
+live in a module of their own: their runner, timerd-benchpeer, must be
+beside timerctl or on PATH (make build puts both in bin/).
 
 'timerctl bench compare FILE...' reads reports written by --json or --out
 (report.json) and prints them side by side, with the ratio of each figure
@@ -148,19 +148,13 @@ func (c *benchCmd) run(ctx context.Context, a *app, args []string) error {
 		return compareReports(a.stdout, args[1:], c.markdown, c.spread)
 	}
 	scenario := args[0]
-	if c.peer == "asynq" {
+	if c.peer == "redis-raw" || c.peer == "asynq" {
 		return c.runPeer(ctx, a)
 	}
 	var t bench.Target
 	switch c.peer {
 	case "afterfunc":
 		t = bench.NewAfterFunc()
-	case "redis-raw":
-		rr, err := bench.NewRedisRaw(ctx, c.redis)
-		if err != nil {
-			return err
-		}
-		t = rr
 	default:
 		logger := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 		cl, err := a.dial(ctx, client.WithLogger(logger))
@@ -239,7 +233,8 @@ func reportLabel(f string, rep *bench.Report) string {
 	return name
 }
 
-// peerBinary is the runner of the peers that live in their own module.
+// peerBinary is the runner of the peers that live in their own module
+// (bench/peers): redis-raw and asynq.
 const peerBinary = "timerd-benchpeer"
 
 // runPeer runs the bench of a peer kept out of timerd's module: it looks

@@ -1,13 +1,15 @@
 package main
 
 import (
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/timerd/timerd/bench"
-	"github.com/timerd/timerd/internal/redistest"
 )
 
 func TestBenchUsage(t *testing.T) {
@@ -199,50 +201,66 @@ func TestBenchUnreachable(t *testing.T) {
 	wantFail(t, r, "timerctl bench:", "connect to 127.0.0.1:1")
 }
 
-func TestBenchRedisRaw(t *testing.T) {
-	t.Parallel()
-	rs := redistest.Start(t)
-	url := "redis://" + rs.Addr() + "/0"
-	r := mustCtl(t, "127.0.0.1:1", "--json", "bench", "schedule", "--peer", "redis-raw", "--redis", url,
-		"--duration", "300ms", "--count", "1000", "--batch", "100", "--tick", "50ms")
-	rep, err := bench.ReadJSON(strings.NewReader(r.stdout))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rep.Target != "redis-raw" || rep.Addr != rs.Addr() || rep.Scenario != "schedule" || rep.Err() != nil {
-		t.Errorf("redis-raw report: %+v", rep)
-	}
-	// It leaves nothing behind.
-	if keys, err := rs.Client(t).Keys(t.Context(), "*").Result(); err != nil || len(keys) != 0 {
-		t.Errorf("keys left in Redis: %v, %v", keys, err)
-	}
-	// It stores but never fires.
-	wantFail(t, ctl(t, "127.0.0.1:1", "bench", "fire", "--peer", "redis-raw", "--redis", url), "timerctl bench:", "not supported", "redis-raw")
-	wantFail(t, ctl(t, "127.0.0.1:1", "bench", "schedule", "--peer", "redis-raw", "--redis", "redis://127.0.0.1:1/0", "--duration", "100ms"),
-		"timerctl bench:", "redis-raw: ping")
-}
-
-// TestBenchPeer runs --peer asynq, whose runner is another binary: its
-// absence is reported by name, and when it is there it gets the same
-// arguments and its exit code is timerctl's.
+// TestBenchPeer runs --peer redis-raw and --peer asynq, whose runner is
+// another binary: its absence is reported by name, and when it is there
+// it gets the same arguments and its exit code is timerctl's.
 func TestBenchPeer(t *testing.T) {
 	empty := t.TempDir()
 	t.Setenv("PATH", empty)
-	args := []string{"bench", "fire", "--peer", "asynq", "--redis", "redis://127.0.0.1:1/0", "--rate", "5"}
-	r := ctl(t, "127.0.0.1:1", args...)
-	wantFail(t, r, "timerctl bench:", "timerd-benchpeer", "neither beside timerctl nor on PATH", "make build")
+	for _, peer := range []string{"redis-raw", "asynq"} {
+		args := []string{"bench", "schedule", "--peer", peer, "--redis", "redis://127.0.0.1:1/0", "--batch", "5"}
+		r := ctl(t, "127.0.0.1:1", args...)
+		wantFail(t, r, "timerctl bench:", "--peer "+peer+" runs timerd-benchpeer", "neither beside timerctl nor on PATH", "make build")
+	}
 
 	// A stand-in runner on PATH.
 	script := "#!/bin/sh\necho \"peer $*\"\nexit 3\n"
 	if err := os.WriteFile(filepath.Join(empty, "timerd-benchpeer"), []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	r = ctl(t, "127.0.0.1:1", append([]string{"--json"}, args...)...)
-	if r.code != 3 {
-		t.Fatalf("want the runner's exit code 3: %v", r)
+	for _, peer := range []string{"redis-raw", "asynq"} {
+		args := []string{"bench", "schedule", "--peer", peer, "--redis", "redis://127.0.0.1:1/0", "--batch", "5"}
+		r := ctl(t, "127.0.0.1:1", append([]string{"--json"}, args...)...)
+		if r.code != 3 {
+			t.Fatalf("want the runner's exit code 3: %v", r)
+		}
+		if want := "peer schedule --peer " + peer + " --redis redis://127.0.0.1:1/0 --batch 5 --json\n"; r.stdout != want {
+			t.Errorf("runner got %q, want %q", r.stdout, want)
+		}
 	}
-	if want := "peer fire --peer asynq --redis redis://127.0.0.1:1/0 --rate 5 --json\n"; r.stdout != want {
-		t.Errorf("runner got %q, want %q", r.stdout, want)
+}
+
+// TestNoStoreInTimerctl checks that timerctl links neither timerd's store
+// nor what it needs (Pebble, go-redis), nor a peer's library: peers that
+// need them run in timerd-benchpeer, the runner of the module bench/peers.
+func TestNoStoreInTimerctl(t *testing.T) {
+	t.Parallel()
+	goCmd, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("the go command is needed to list timerctl's dependencies: %v", err)
+	}
+	out, err := exec.Command(goCmd, "list", "-deps", ".").Output()
+	if err != nil {
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			t.Fatalf("go list -deps: %v\n%s", err, exit.Stderr)
+		}
+		t.Fatalf("go list -deps: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	if !slices.Contains(deps, "github.com/timerd/timerd/client") {
+		t.Fatalf("go list -deps . does not list the client; is it listing timerctl?\n%s", out)
+	}
+	var bad []string
+	for _, dep := range deps {
+		for _, banned := range []string{"github.com/cockroachdb/pebble", "github.com/redis/go-redis", "github.com/timerd/timerd/store", "github.com/hibiken/asynq"} {
+			if dep == banned || strings.HasPrefix(dep, banned+"/") {
+				bad = append(bad, dep)
+			}
+		}
+	}
+	if len(bad) > 0 {
+		t.Errorf("timerctl depends on %d packages it must not link:\n%s", len(bad), strings.Join(bad, "\n"))
 	}
 }
 

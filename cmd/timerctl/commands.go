@@ -145,20 +145,20 @@ NotFound; exit 1 if any failed); without, every dead letter of the namespace
 	},
 	{
 		name:    "status",
-		args:    "[--http-addr HOST:PORT]",
 		summary: "show the cluster's members and shard map",
-		help: `Status shows the members of the cluster (name, gRPC address, state, shards
-owned) and a summary of the shard map (shard count, shards owned per node,
-shards without an owner) as the node at --addr sees them.
+		help: `Status shows the members of the cluster (name, gRPC and gossip address,
+membership state, node state, shards owned), a summary of the shard map
+(shard count, shards owned per node, shards without an owner) and a table
+of every shard: its owner, epoch, state (unowned, loading, serving,
+releasing, or unknown when its owner did not answer), and how many timers
+it holds, of them how many are in flight and how many are dead letters,
+all as the node at --addr sees them. Counts of a shard that is not loaded
+show as "-".
 
-With --http-addr, the metrics address of a node (its /metrics endpoint),
-it also shows for every shard that node holds how many timers are pending,
-in flight and dead. Without it those counts are left out.`,
-		flags: func(fs *flag.FlagSet) runner {
-			c := new(statusCmd)
-			fs.StringVar(&c.httpAddr, "http-addr", "", "`host:port` of a node's HTTP metrics, to show timer counts per shard")
-			return c
-		},
+With --json prints {"members":[...],"shard_count","version","owned",
+"unowned","shards":[{"shard","owner","owner_grpc_addr","epoch","state",
+"assigned","timers","in_flight","dead"}]}.`,
+		flags: func(*flag.FlagSet) runner { return new(statusCmd) },
 	},
 	benchCommand,
 }
@@ -539,9 +539,7 @@ func (c *dlReplayCmd) run(ctx context.Context, a *app, args []string) error {
 	return a.results("dead-letters replay", "replayed", res.Results, res.Replayed, true)
 }
 
-type statusCmd struct {
-	httpAddr string
-}
+type statusCmd struct{}
 
 func (c *statusCmd) check(_ *flag.FlagSet, args []string) error {
 	if len(args) > 0 {
@@ -564,22 +562,9 @@ func (c *statusCmd) run(ctx context.Context, a *app, _ []string) error {
 	if err != nil {
 		return err
 	}
-	var counts map[uint32]shardCounts
-	var countsErr error
-	if c.httpAddr != "" {
-		counts, countsErr = fetchShardCounts(ctx, c.httpAddr)
-	}
-	v := statusViewOf(members, sm, counts)
+	v := statusViewOf(members, sm)
 	if a.json {
-		err = writeJSON(a.stdout, v)
-	} else {
-		err = writeStatus(a.stdout, v, c.httpAddr != "" && countsErr == nil)
+		return writeJSON(a.stdout, v)
 	}
-	if err != nil {
-		return err
-	}
-	if countsErr != nil {
-		return fmt.Errorf("timer counts from --http-addr %s: %w", c.httpAddr, countsErr)
-	}
-	return nil
+	return writeStatus(a.stdout, v)
 }

@@ -218,7 +218,7 @@ func (a *app) printGroupUsage(w io.Writer, c *command) {
 
 // printCommandUsage prints the help of one command.
 func (a *app) printCommandUsage(w io.Writer, c *command, fs *flag.FlagSet) {
-	fmt.Fprintf(w, "Usage: timerctl %s %s\n\n%s\n", c.name, c.args, c.help)
+	fmt.Fprintf(w, "Usage: %s\n\n%s\n", strings.TrimSpace("timerctl "+c.name+" "+c.args), c.help)
 	var own bool
 	fs.VisitAll(func(f *flag.Flag) { own = own || !globalFlags[f.Name] })
 	if own {

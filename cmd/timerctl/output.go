@@ -320,19 +320,29 @@ type memberView struct {
 	GRPCAddr    string `json:"grpc_addr"`
 	GossipAddr  string `json:"gossip_addr,omitempty"`
 	State       string `json:"state"`
+	NodeState   string `json:"node_state"`
+	Incarnation string `json:"incarnation,omitempty"`
 	ShardsOwned uint32 `json:"shards_owned"`
 }
 
-// shardView is one shard of the shard map in JSON. The counts are set
-// only when status read them from a node's metrics.
+// shardView is one shard of the shard map in JSON, with the counts its
+// owner reported in the shard map (zero when it reported none).
 type shardView struct {
 	Shard         uint32 `json:"shard"`
 	Owner         string `json:"owner"`
 	OwnerGRPCAddr string `json:"owner_grpc_addr,omitempty"`
 	Epoch         uint64 `json:"epoch"`
-	Pending       *int64 `json:"pending,omitempty"`
-	InFlight      *int64 `json:"in_flight,omitempty"`
-	Dead          *int64 `json:"dead,omitempty"`
+	State         string `json:"state"`
+	Assigned      string `json:"assigned,omitempty"`
+	Timers        uint64 `json:"timers"`
+	InFlight      uint64 `json:"in_flight"`
+	Dead          uint64 `json:"dead"`
+}
+
+// counted tells whether the owner of the shard has its timers loaded, so
+// that its counts mean what they say.
+func (s shardView) counted() bool {
+	return s.State == client.ShardServing.String() || s.State == client.ShardReleasing.String()
 }
 
 // statusView is the answer of status.
@@ -346,7 +356,7 @@ type statusView struct {
 	Shards  []shardView    `json:"shards"`
 }
 
-func statusViewOf(members []client.Member, sm client.ShardMap, counts map[uint32]shardCounts) statusView {
+func statusViewOf(members []client.Member, sm client.ShardMap) statusView {
 	v := statusView{
 		Members:    make([]memberView, len(members)),
 		ShardCount: sm.ShardCount,
@@ -355,33 +365,44 @@ func statusViewOf(members []client.Member, sm client.ShardMap, counts map[uint32
 		Shards:     make([]shardView, len(sm.Shards)),
 	}
 	for i, m := range members {
-		v.Members[i] = memberView{m.Name, m.GRPCAddr, m.GossipAddr, m.State.String(), m.ShardsOwned}
+		v.Members[i] = memberView{
+			Name:        m.Name,
+			GRPCAddr:    m.GRPCAddr,
+			GossipAddr:  m.GossipAddr,
+			State:       m.State.String(),
+			NodeState:   m.NodeState.String(),
+			Incarnation: m.Incarnation,
+			ShardsOwned: m.ShardsOwned,
+		}
 	}
 	for i, s := range sm.Shards {
-		v.Shards[i] = shardView{Shard: s.Shard, Owner: s.Owner, OwnerGRPCAddr: s.OwnerGRPCAddr, Epoch: s.Epoch}
+		v.Shards[i] = shardView{
+			Shard:         s.Shard,
+			Owner:         s.Owner,
+			OwnerGRPCAddr: s.OwnerGRPCAddr,
+			Epoch:         s.Epoch,
+			State:         s.State.String(),
+			Assigned:      s.Assigned,
+			Timers:        s.Timers,
+			InFlight:      s.InFlight,
+			Dead:          s.Dead,
+		}
 		if s.Owner == "" {
 			v.Unowned++
 		} else {
 			v.Owned[s.Owner]++
 		}
-		if c, ok := counts[s.Shard]; ok {
-			v.Shards[i].Pending, v.Shards[i].InFlight, v.Shards[i].Dead = &c.Pending, &c.InFlight, &c.Dead
-		}
 	}
 	return v
 }
 
-// writeStatus writes the members, the shard map summary and, with
-// withCounts, the timer counts of every shard.
-func writeStatus(w io.Writer, v statusView, withCounts bool) error {
+// writeStatus writes the members, the shard map summary and every shard
+// with its timer counts.
+func writeStatus(w io.Writer, v statusView) error {
 	tw := newTable(w)
-	fmt.Fprintln(tw, "MEMBER\tGRPC ADDRESS\tGOSSIP ADDRESS\tSTATE\tSHARDS OWNED")
+	fmt.Fprintln(tw, "MEMBER\tGRPC ADDRESS\tGOSSIP ADDRESS\tSTATE\tNODE STATE\tSHARDS OWNED")
 	for _, m := range v.Members {
-		gossip := m.GossipAddr
-		if gossip == "" {
-			gossip = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", m.Name, m.GRPCAddr, gossip, m.State, m.ShardsOwned)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", m.Name, m.GRPCAddr, orDash(m.GossipAddr), m.State, m.NodeState, m.ShardsOwned)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -396,29 +417,27 @@ func writeStatus(w io.Writer, v statusView, withCounts bool) error {
 		return err
 	}
 
-	if !withCounts {
-		_, err := fmt.Fprintln(w, "\ntimer counts per shard: not shown (give --http-addr, a node's metrics address)")
-		return err
-	}
 	fmt.Fprintln(w)
-	var total shardCounts
-	fmt.Fprintln(tw, "SHARD\tOWNER\tEPOCH\tPENDING\tIN FLIGHT\tDEAD")
+	var timers, inFlight, dead uint64
+	fmt.Fprintln(tw, "SHARD\tOWNER\tEPOCH\tSTATE\tTIMERS\tIN FLIGHT\tDEAD")
 	for _, s := range v.Shards {
-		owner := s.Owner
-		if owner == "" {
-			owner = "-"
-		}
-		if s.Pending == nil {
-			fmt.Fprintf(tw, "%d\t%s\t%d\t-\t-\t-\n", s.Shard, owner, s.Epoch)
+		if !s.counted() {
+			fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t-\t-\t-\n", s.Shard, orDash(s.Owner), s.Epoch, s.State)
 			continue
 		}
-		total.Pending += *s.Pending
-		total.InFlight += *s.InFlight
-		total.Dead += *s.Dead
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%d\t%d\n", s.Shard, owner, s.Epoch, *s.Pending, *s.InFlight, *s.Dead)
+		timers, inFlight, dead = timers+s.Timers, inFlight+s.InFlight, dead+s.Dead
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%d\t%d\t%d\n", s.Shard, orDash(s.Owner), s.Epoch, s.State, s.Timers, s.InFlight, s.Dead)
 	}
-	fmt.Fprintf(tw, "total\t\t\t%d\t%d\t%d\n", total.Pending, total.InFlight, total.Dead)
+	fmt.Fprintf(tw, "total\t\t\t\t%d\t%d\t%d\n", timers, inFlight, dead)
 	return tw.Flush()
+}
+
+// orDash returns s, or "-" when s is empty.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func newTable(w io.Writer) *tabwriter.Writer {

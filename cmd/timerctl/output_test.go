@@ -230,109 +230,57 @@ x   orders  3         2030-01-02T15:03:05.000Z  2030-01-02T15:03:55.000Z (10s ag
 
 func TestStatusOutput(t *testing.T) {
 	members := []client.Member{
-		{Name: "n1", GRPCAddr: "10.0.0.1:7070", GossipAddr: "10.0.0.1:7946", State: client.MemberAlive, ShardsOwned: 2},
-		{Name: "n2", GRPCAddr: "10.0.0.2:7070", State: client.MemberSuspect, ShardsOwned: 1},
+		{Name: "n1", GRPCAddr: "10.0.0.1:7070", GossipAddr: "10.0.0.1:7946", State: client.MemberAlive, ShardsOwned: 2,
+			Incarnation: "00c0ffee", NodeState: client.NodeActive},
+		{Name: "n2", GRPCAddr: "10.0.0.2:7070", State: client.MemberSuspect, ShardsOwned: 1, NodeState: client.NodeLeaving},
 	}
-	sm := client.ShardMap{ShardCount: 4, Version: 12, Shards: []client.ShardOwner{
-		{Shard: 0, Owner: "n1", OwnerGRPCAddr: "10.0.0.1:7070", Epoch: 3},
-		{Shard: 1, Owner: "n2", OwnerGRPCAddr: "10.0.0.2:7070", Epoch: 1},
-		{Shard: 2, Owner: "n1", OwnerGRPCAddr: "10.0.0.1:7070", Epoch: 2},
-		{Shard: 3, Epoch: 5},
+	sm := client.ShardMap{ShardCount: 5, Version: 12, Shards: []client.ShardOwner{
+		{Shard: 0, Owner: "n1", OwnerGRPCAddr: "10.0.0.1:7070", Epoch: 3, State: client.ShardServing, Assigned: "n1", Timers: 13, InFlight: 2, Dead: 1},
+		{Shard: 1, Owner: "n2", OwnerGRPCAddr: "10.0.0.2:7070", Epoch: 1, Assigned: "n1"},
+		{Shard: 2, Owner: "n1", OwnerGRPCAddr: "10.0.0.1:7070", Epoch: 2, State: client.ShardReleasing, Assigned: "n2", Timers: 5},
+		{Shard: 3, Epoch: 5, State: client.ShardUnowned, Assigned: "n2"},
+		{Shard: 4, Owner: "n1", OwnerGRPCAddr: "10.0.0.1:7070", Epoch: 6, State: client.ShardLoading, Assigned: "n1"},
 	}}
-	counts := map[uint32]shardCounts{0: {Pending: 10, InFlight: 2, Dead: 1}, 2: {Pending: 5}}
 
-	v := statusViewOf(members, sm, counts)
+	v := statusViewOf(members, sm)
 	var b bytes.Buffer
-	if err := writeStatus(&b, v, true); err != nil {
+	if err := writeStatus(&b, v); err != nil {
 		t.Fatal(err)
 	}
-	want := `MEMBER  GRPC ADDRESS   GOSSIP ADDRESS  STATE    SHARDS OWNED
-n1      10.0.0.1:7070  10.0.0.1:7946   alive    2
-n2      10.0.0.2:7070  -               suspect  1
+	want := `MEMBER  GRPC ADDRESS   GOSSIP ADDRESS  STATE    NODE STATE  SHARDS OWNED
+n1      10.0.0.1:7070  10.0.0.1:7946   alive    active      2
+n2      10.0.0.2:7070  -               suspect  leaving     1
 
-shards: 4 (map version 12), without an owner: 1
+shards: 5 (map version 12), without an owner: 1
 OWNER  SHARDS
-n1     2
+n1     3
 n2     1
 
-SHARD  OWNER  EPOCH  PENDING  IN FLIGHT  DEAD
-0      n1     3      10       2          1
-1      n2     1      -        -          -
-2      n1     2      5        0          0
-3      -      5      -        -          -
-total                15       2          1
+SHARD  OWNER  EPOCH  STATE      TIMERS  IN FLIGHT  DEAD
+0      n1     3      serving    13      2          1
+1      n2     1      unknown    -       -          -
+2      n1     2      releasing  5       0          0
+3      -      5      unowned    -       -          -
+4      n1     6      loading    -       -          -
+total                           18      2          1
 `
 	if b.String() != want {
-		t.Errorf("with counts, got:\n%s\nwant:\n%s", b.String(), want)
-	}
-
-	b.Reset()
-	if err := writeStatus(&b, statusViewOf(members, sm, nil), false); err != nil {
-		t.Fatal(err)
-	}
-	if got := b.String(); !strings.Contains(got, "not shown (give --http-addr") || strings.Contains(got, "PENDING") {
-		t.Errorf("without counts, got:\n%s", got)
+		t.Errorf("got:\n%s\nwant:\n%s", b.String(), want)
 	}
 
 	b.Reset()
 	if err := writeJSON(&b, v); err != nil {
 		t.Fatal(err)
 	}
-	wantJSON := `{"members":[{"name":"n1","grpc_addr":"10.0.0.1:7070","gossip_addr":"10.0.0.1:7946","state":"alive","shards_owned":2},` +
-		`{"name":"n2","grpc_addr":"10.0.0.2:7070","state":"suspect","shards_owned":1}],"shard_count":4,"version":12,` +
-		`"owned":{"n1":2,"n2":1},"unowned":1,"shards":[` +
-		`{"shard":0,"owner":"n1","owner_grpc_addr":"10.0.0.1:7070","epoch":3,"pending":10,"in_flight":2,"dead":1},` +
-		`{"shard":1,"owner":"n2","owner_grpc_addr":"10.0.0.2:7070","epoch":1},` +
-		`{"shard":2,"owner":"n1","owner_grpc_addr":"10.0.0.1:7070","epoch":2,"pending":5,"in_flight":0,"dead":0},` +
-		`{"shard":3,"owner":"","epoch":5}]}` + "\n"
+	wantJSON := `{"members":[{"name":"n1","grpc_addr":"10.0.0.1:7070","gossip_addr":"10.0.0.1:7946","state":"alive","node_state":"active","incarnation":"00c0ffee","shards_owned":2},` +
+		`{"name":"n2","grpc_addr":"10.0.0.2:7070","state":"suspect","node_state":"leaving","shards_owned":1}],"shard_count":5,"version":12,` +
+		`"owned":{"n1":3,"n2":1},"unowned":1,"shards":[` +
+		`{"shard":0,"owner":"n1","owner_grpc_addr":"10.0.0.1:7070","epoch":3,"state":"serving","assigned":"n1","timers":13,"in_flight":2,"dead":1},` +
+		`{"shard":1,"owner":"n2","owner_grpc_addr":"10.0.0.2:7070","epoch":1,"state":"unknown","assigned":"n1","timers":0,"in_flight":0,"dead":0},` +
+		`{"shard":2,"owner":"n1","owner_grpc_addr":"10.0.0.1:7070","epoch":2,"state":"releasing","assigned":"n2","timers":5,"in_flight":0,"dead":0},` +
+		`{"shard":3,"owner":"","epoch":5,"state":"unowned","assigned":"n2","timers":0,"in_flight":0,"dead":0},` +
+		`{"shard":4,"owner":"n1","owner_grpc_addr":"10.0.0.1:7070","epoch":6,"state":"loading","assigned":"n1","timers":0,"in_flight":0,"dead":0}]}` + "\n"
 	if b.String() != wantJSON {
 		t.Errorf("JSON, got:\n%s\nwant:\n%s", b.String(), wantJSON)
-	}
-}
-
-func TestParseShardCounts(t *testing.T) {
-	const exposition = `# HELP timerd_shard_timers Timers held by a loaded shard, by state.
-# TYPE timerd_shard_timers gauge
-timerd_shard_timers{shard="0",state="dead"} 1
-timerd_shard_timers{shard="0",state="in_flight"} 2
-timerd_shard_timers{shard="0",state="pending"} 30
-timerd_shard_timers{state="pending",shard="12"} 4e+06
-timerd_shard_timers{shard="12",state="future"} 9
-timerd_shards_loaded 2
-timerd_timers_fired_total{namespace="default"} 5
-`
-	got, err := parseShardCounts(strings.NewReader(exposition))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[uint32]shardCounts{0: {Pending: 30, InFlight: 2, Dead: 1}, 12: {Pending: 4_000_000}}
-	if len(got) != len(want) || got[0] != want[0] || got[12] != want[12] {
-		t.Errorf("counts = %v, want %v", got, want)
-	}
-
-	bad := []struct{ name, text, wantErr string }{
-		{"no samples", "timerd_shards_loaded 2\n", "no timerd_shard_timers samples"},
-		{"bad shard", `timerd_shard_timers{shard="x",state="pending"} 1` + "\n", "bad shard label"},
-		{"unterminated", `timerd_shard_timers{shard="1` + "\n", "unterminated label value"},
-		{"no value", `timerd_shard_timers{shard="1",state="pending"}` + "\n", "missing value"},
-		{"bad value", `timerd_shard_timers{shard="1",state="pending"} many` + "\n", `bad value "many"`},
-	}
-	for _, tt := range bad {
-		t.Run(tt.name, func(t *testing.T) {
-			_, err := parseShardCounts(strings.NewReader(tt.text))
-			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Errorf("err = %v, want %q", err, tt.wantErr)
-			}
-		})
-	}
-}
-
-func TestParseSampleEscapes(t *testing.T) {
-	labels, v, err := parseSample(`a="x\"y",b="l\\n",c="1\n2"} 7 1700000000000`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if labels["a"] != `x"y` || labels["b"] != `l\n` || labels["c"] != "1\n2" || v != 7 {
-		t.Errorf("labels = %q, value = %d", labels, v)
 	}
 }

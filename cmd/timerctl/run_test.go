@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -410,55 +411,95 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
+// TestRunStatus checks status against a node with timers in every state:
+// the timer counts it shows are those of the node's shard map.
 func TestRunStatus(t *testing.T) {
 	t.Parallel()
-	srv := startServer(t, nil)
+	srv := startServer(t, func(c *server.Config) { c.Shard.MaxAttempts = 1 })
 	addr := srv.GRPCAddr()
-	mustCtl(t, addr, "schedule", "x", "--topic", "t", "--in", "1h")
-	mustCtl(t, addr, "schedule", "y", "--topic", "t", "--in", "1h")
+	for _, id := range []string{"x", "y", "z"} {
+		mustCtl(t, addr, "schedule", id, "--topic", "later", "--in", "1h")
+	}
+	mustCtl(t, addr, "schedule", "d", "--topic", "dl", "--in", "0s")
+	deadLetter(t, addr, "dl", "d")
+	mustCtl(t, addr, "schedule", "h", "--topic", "held", "--in", "0s")
+	holdInFlight(t, addr, "held")
+
+	// Where each timer lives, and so what every shard should count.
+	type counts struct{ timers, inFlight, dead uint64 }
+	want := make(map[uint32]counts)
+	for id, c := range map[string]counts{"x": {1, 0, 0}, "y": {1, 0, 0}, "z": {1, 0, 0}, "d": {1, 0, 1}, "h": {1, 1, 0}} {
+		tv := decode[timerView](t, mustCtl(t, addr, "get", id, "--json").stdout)
+		w := want[tv.Shard]
+		want[tv.Shard] = counts{w.timers + c.timers, w.inFlight + c.inFlight, w.dead + c.dead}
+	}
 
 	r := mustCtl(t, addr, "status")
-	for _, want := range []string{
-		"MEMBER  GRPC ADDRESS", "local   " + addr, "alive  4\n",
+	for _, line := range []string{
+		"MEMBER  GRPC ADDRESS",
 		"shards: 4 (map version ", "without an owner: 0\n", "OWNER  SHARDS\nlocal  4\n",
-		"timer counts per shard: not shown",
+		"SHARD  OWNER  EPOCH  STATE    TIMERS  IN FLIGHT  DEAD\n",
 	} {
-		if !strings.Contains(r.stdout, want) {
-			t.Errorf("status lacks %q:\n%s", want, r.stdout)
+		if !strings.Contains(r.stdout, line) {
+			t.Errorf("status lacks %q:\n%s", line, r.stdout)
 		}
 	}
-
-	r = mustCtl(t, addr, "status", "--http-addr", srv.HTTPAddr())
-	if !strings.Contains(r.stdout, "SHARD  OWNER  EPOCH  PENDING  IN FLIGHT  DEAD\n") || !strings.Contains(r.stdout, "\ntotal ") {
-		t.Errorf("status --http-addr:\n%s", r.stdout)
+	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
+	if fields := strings.Fields(lines[1]); !slices.Equal(fields, []string{"local", addr, "-", "alive", "active", "4"}) {
+		t.Errorf("member line %q:\n%s", fields, r.stdout)
 	}
-	v := decode[statusView](t, mustCtl(t, addr, "status", "--json", "--http-addr", "http://"+srv.HTTPAddr()+"/metrics").stdout)
-	if len(v.Members) != 1 || v.Members[0].Name != "local" || v.Members[0].GRPCAddr != addr || v.Members[0].State != "alive" || v.Members[0].ShardsOwned != 4 {
-		t.Errorf("members: %+v", v.Members)
+	if fields := strings.Fields(lines[len(lines)-1]); !slices.Equal(fields, []string{"total", "5", "1", "1"}) {
+		t.Errorf("total line %q:\n%s", fields, r.stdout)
+	}
+
+	v := decode[statusView](t, mustCtl(t, addr, "status", "--json").stdout)
+	if len(v.Members) != 1 {
+		t.Fatalf("members: %+v", v.Members)
+	}
+	if m := v.Members[0]; m.Name != "local" || m.GRPCAddr != addr || m.State != "alive" || m.NodeState != "active" ||
+		m.ShardsOwned != 4 || srv.Owner() != "local/"+m.Incarnation {
+		t.Errorf("member: %+v (owner %s)", m, srv.Owner())
 	}
 	if v.ShardCount != 4 || len(v.Shards) != 4 || v.Owned["local"] != 4 || v.Unowned != 0 {
 		t.Errorf("shard map: %+v", v)
 	}
-	var pending int64
 	for _, s := range v.Shards {
-		if s.Pending == nil || s.Owner != "local" || s.Epoch == 0 {
-			t.Fatalf("shard: %+v", s)
+		if s.Owner != "local" || s.Assigned != "local" || s.State != "serving" || s.Epoch == 0 {
+			t.Errorf("shard: %+v", s)
 		}
-		pending += *s.Pending
+		if got := (counts{s.Timers, s.InFlight, s.Dead}); got != want[s.Shard] {
+			t.Errorf("shard %d counts %+v, want %+v", s.Shard, got, want[s.Shard])
+		}
 	}
-	if pending != 2 {
-		t.Errorf("pending timers = %d, want 2", pending)
-	}
-	if v := decode[statusView](t, mustCtl(t, addr, "status", "--json").stdout); v.Shards[0].Pending != nil {
-		t.Errorf("counts without --http-addr: %+v", v.Shards[0])
-	}
+}
 
-	// Counts that cannot be read: the rest is shown, and it is a failure.
-	r = ctl(t, addr, "status", "--http-addr", "127.0.0.1:1")
-	wantFail(t, r, "timer counts from --http-addr 127.0.0.1:1")
-	if !strings.Contains(r.stdout, "MEMBER") {
-		t.Errorf("status with bad --http-addr: %v", r)
+// holdInFlight subscribes to topic and holds the first delivery it
+// receives unacknowledged until the test ends.
+func holdInFlight(t *testing.T, addr, topic string) {
+	t.Helper()
+	c, err := client.New(context.Background(), addr)
+	if err != nil {
+		t.Fatal(err)
 	}
-	// The gRPC address is not a metrics address.
-	wantFail(t, ctl(t, addr, "status", "--http-addr", addr), "timer counts from --http-addr")
+	ctx, cancel := context.WithCancel(context.Background())
+	got := make(chan struct{}, 1)
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		_ = c.Subscribe(ctx, "", topic, func(ctx context.Context, _ *client.Delivery) error {
+			got <- struct{}{}
+			<-ctx.Done()
+			return ctx.Err()
+		}, client.WithAckTimeout(time.Minute))
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-ended
+		_ = c.Close()
+	})
+	select {
+	case <-got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no delivery to hold within 10s")
+	}
 }

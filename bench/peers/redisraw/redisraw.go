@@ -1,4 +1,9 @@
-package bench
+// Package redisraw drives Redis with plain pipelined HSETs of timerd's own
+// records as a bench.Target: the limit timerd's durable schedule on Redis
+// is measured against. It lives in the module bench/peers because it
+// encodes its records with timerd's store package (and so links go-redis
+// and Pebble), which package bench, and timerctl with it, must not.
+package redisraw
 
 import (
 	"context"
@@ -8,21 +13,22 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/timerd/timerd/bench"
 	"github.com/timerd/timerd/ring"
 	"github.com/timerd/timerd/store"
 )
 
-// rawShards is the number of hashes RedisRaw spreads records over, as a
+// rawShards is the number of hashes Target spreads records over, as a
 // timerd node spreads them over its shards (the default count).
 const rawShards = 64
 
-// RedisRaw is the limit timerd's durable schedule is measured against:
+// Target is the limit timerd's durable schedule is measured against:
 // the same records timerd stores, written to Redis with plain pipelined
 // HSETs (one per shard hash per call, as timerd's group commit groups
 // them) and none of timerd's fencing, validation or RPC. It only stores:
 // it is a peer for the schedule scenario. Its methods may be called
 // concurrently.
-type RedisRaw struct {
+type Target struct {
 	rdb  *redis.Client
 	addr string
 	// prefix starts every key; the run's topic is added to it so that
@@ -33,9 +39,9 @@ type RedisRaw struct {
 	closeErr  error
 }
 
-// NewRedisRaw connects to the Redis at url (redis://host:port/db) and
-// checks that it answers.
-func NewRedisRaw(ctx context.Context, url string) (*RedisRaw, error) {
+// New connects to the Redis at url (redis://host:port/db) and checks that
+// it answers.
+func New(ctx context.Context, url string) (*Target, error) {
 	opts, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("redis-raw: %w", err)
@@ -45,22 +51,22 @@ func NewRedisRaw(ctx context.Context, url string) (*RedisRaw, error) {
 		rdb.Close()
 		return nil, fmt.Errorf("redis-raw: ping %s: %w", opts.Addr, err)
 	}
-	return &RedisRaw{rdb: rdb, addr: opts.Addr, prefix: "timerd-bench"}, nil
+	return &Target{rdb: rdb, addr: opts.Addr, prefix: "timerd-bench"}, nil
 }
 
-// Name implements Target.
-func (r *RedisRaw) Name() string { return "redis-raw" }
+// Name implements bench.Target.
+func (r *Target) Name() string { return "redis-raw" }
 
-// Addr implements Target.
-func (r *RedisRaw) Addr() string { return r.addr }
+// Addr implements bench.Target.
+func (r *Target) Addr() string { return r.addr }
 
-func (r *RedisRaw) key(topic string, shard uint32) string {
+func (r *Target) key(topic string, shard uint32) string {
 	return fmt.Sprintf("%s:%s:{s%d}:r", r.prefix, topic, shard)
 }
 
-// Schedule implements Target: the timers' records, encoded as timerd
+// Schedule implements bench.Target: the timers' records, encoded as timerd
 // encodes them, go out as one HSET per shard hash in one pipeline.
-func (r *RedisRaw) Schedule(ctx context.Context, timers []Timer) error {
+func (r *Target) Schedule(ctx context.Context, timers []bench.Timer) error {
 	const ns = "bench"
 	args := make(map[uint32][]any)
 	now := time.Now().UnixMilli()
@@ -86,8 +92,8 @@ func (r *RedisRaw) Schedule(ctx context.Context, timers []Timer) error {
 	return nil
 }
 
-// Cleanup implements Target by deleting the run's hashes.
-func (r *RedisRaw) Cleanup(ctx context.Context, topic string, _ []string) error {
+// Cleanup implements bench.Target by deleting the run's hashes.
+func (r *Target) Cleanup(ctx context.Context, topic string, _ []string) error {
 	keys := make([]string, rawShards)
 	for sh := range keys {
 		keys[sh] = r.key(topic, uint32(sh))
@@ -98,8 +104,8 @@ func (r *RedisRaw) Cleanup(ctx context.Context, topic string, _ []string) error 
 	return nil
 }
 
-// Close implements Target.
-func (r *RedisRaw) Close() error {
+// Close implements bench.Target.
+func (r *Target) Close() error {
 	r.closeOnce.Do(func() { r.closeErr = r.rdb.Close() })
 	return r.closeErr
 }
