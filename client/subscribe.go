@@ -317,7 +317,7 @@ func (s *subscriber) session(ctx context.Context) (delivered bool, err error) {
 	// The stream outlives ctx by the time it takes to send the last acks.
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	stream, err := s.c.timers.Subscribe(sctx)
+	stream, err := s.c.topo.seeds[0].timers.Subscribe(sctx)
 	if err != nil {
 		return false, err
 	}
