@@ -103,6 +103,10 @@ type view struct {
 	// route has, per shard, the node its items are sent to; nil sends
 	// them to home, which forwards them.
 	route []*conn
+	// slot has, per shard, the index in targets of the node its items
+	// are sent to (route[shard], or home), for split.
+	slot    []uint16
+	targets []*conn
 	// members are the nodes that may hold shards (joining, active or
 	// leaving), one conn each; the seeds while no map is known.
 	members []*conn
@@ -468,6 +472,18 @@ func (t *topology) install(k *conn, members []*timerdv1.Member, sm *timerdv1.Sha
 	if len(sm.GetShards()) != int(v.shards) {
 		v.settled = false
 	}
+	v.slot = make([]uint16, v.shards)
+	for s, r := range v.route {
+		if r == nil {
+			r = v.home
+		}
+		j := slices.Index(v.targets, r)
+		if j < 0 {
+			j = len(v.targets)
+			v.targets = append(v.targets, r)
+		}
+		v.slot[s] = uint16(j)
+	}
 	t.cur.Store(v)
 
 	keep := make(map[*conn]bool, len(v.members)+1)
@@ -539,26 +555,15 @@ func (t *topology) split(idx []int, key func(i int) (ns, id string)) []part {
 	for try := 0; ; try++ {
 		v := t.view()
 		var parts []part
-		if v.shards == 0 || try >= 3 {
-			home := v.home
-			if try >= 3 {
-				home = t.seeds[0] // never retired before close
-			}
-			parts = []part{{k: home, idx: idx}}
-		} else {
-			for _, i := range idx {
-				ns, id := key(i)
-				k := v.route[ring.Shard(ns, id, v.shards)]
-				if k == nil {
-					k = v.home
-				}
-				j := slices.IndexFunc(parts, func(p part) bool { return p.k == k })
-				if j < 0 {
-					j = len(parts)
-					parts = append(parts, part{k: k, idx: make([]int, 0, len(idx))})
-				}
-				parts[j].idx = append(parts[j].idx, i)
-			}
+		switch {
+		case try >= 3:
+			parts = []part{{k: t.seeds[0], idx: idx}} // never retired before close
+		case v.shards == 0:
+			parts = []part{{k: v.home, idx: idx}}
+		case len(v.targets) == 1: // a single node
+			parts = []part{{k: v.targets[0], idx: idx}}
+		default:
+			parts = v.group(idx, key)
 		}
 		held := 0
 		for _, p := range parts {
@@ -577,6 +582,38 @@ func (t *topology) split(idx []int, key func(i int) (ns, id string)) []part {
 			return nil // closed
 		}
 	}
+}
+
+// group splits idx by the target of each item's shard, into parts that
+// share one backing array, each in the order of idx.
+func (v *view) group(idx []int, key func(i int) (ns, id string)) []part {
+	slots := make([]uint16, len(idx))
+	var counts [16]int
+	count := counts[:]
+	if len(v.targets) > len(counts) {
+		count = make([]int, len(v.targets))
+	}
+	for n, i := range idx {
+		ns, id := key(i)
+		j := v.slot[ring.Shard(ns, id, v.shards)]
+		slots[n] = j
+		count[j]++
+	}
+	all := make([]int, 0, len(idx))
+	parts := make([]part, 0, len(v.targets))
+	at := make([]int, len(v.targets)) // the part of each target, plus one
+	for j, n := range count[:len(v.targets)] {
+		if n > 0 {
+			parts = append(parts, part{k: v.targets[j], idx: all[len(all) : len(all) : len(all)+n]})
+			all = all[:len(all)+n]
+			at[j] = len(parts)
+		}
+	}
+	for n, i := range idx {
+		p := &parts[at[slots[n]]-1]
+		p.idx = append(p.idx, i)
+	}
+	return parts
 }
 
 // pick returns the node for a call about one timer (key: its namespace
