@@ -267,7 +267,9 @@ func TestClusterSubscribeFollowsMembers(t *testing.T) {
 	c := newClient(t, cl.Node(0).GRPCAddr(), client.WithRefreshInterval(200*time.Millisecond),
 		client.WithRetry(client.RetryPolicy{MaxAttempts: 30, MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond}))
 	rec := newRecorder()
-	subscribe(t, c, "", "follow", rec.handle, client.WithWorkers(8), client.WithMaxInFlight(500))
+	// An ack timeout well above any ack latency on a loaded machine: a
+	// duplicate then means a lost ack, not a slow one.
+	subscribe(t, c, "", "follow", rec.handle, client.WithWorkers(8), client.WithMaxInFlight(500), client.WithAckTimeout(5*time.Second))
 	acksIgnored := func() float64 { return metricSum(t, cl, "timerd_acks_ignored_total") }
 
 	// Three nodes: every timer of every shard.
