@@ -142,14 +142,16 @@ func (c *Client) Schedule(ctx context.Context, t Timer) (time.Time, error) {
 	return res[0].Due, res[0].Err
 }
 
-// ScheduleBatch creates timers in one RPC and returns one Result per timer
-// in the same order; each item succeeds or fails on its own. It is
-// retried: the whole RPC on a transient failure, otherwise only the items
-// that failed transiently. The error is non-nil only when the RPC failed
-// as a whole (after retries); the items it carried then hold the same
-// error. An empty batch sends nothing. The server limits a batch to its
-// batch limit (default 10000 timers) and gRPC's message size (default
-// 4 MiB); a Scheduler splits larger volumes.
+// ScheduleBatch creates timers in one RPC per node that owns some of them
+// (one RPC against a single node) and returns one Result per timer in the
+// same order; each item succeeds or fails on its own. It is retried: a
+// whole RPC on a transient failure, otherwise only the items that failed
+// transiently, each retry sent where the client's shard map then says.
+// The error is non-nil only when an RPC failed as a whole (after
+// retries); the items it carried then hold the same error, and those of
+// the other nodes their own results. An empty batch sends nothing. The
+// server limits a batch to its batch limit (default 10000 timers) and
+// gRPC's message size (default 4 MiB); a Scheduler splits larger volumes.
 func (c *Client) ScheduleBatch(ctx context.Context, timers []Timer) ([]Result, error) {
 	res := make([]Result, len(timers))
 	if len(timers) == 0 {
@@ -230,8 +232,8 @@ func (c *Client) rescheduleOne(ctx context.Context, namespace string, m Move) (t
 }
 
 // RescheduleBatch moves timers of namespace (empty: the client's) in one
-// RPC and returns one Result per move in the same order. Retries and the
-// error are as for ScheduleBatch.
+// RPC per owning node and returns one Result per move in the same order.
+// Retries and the error are as for ScheduleBatch.
 func (c *Client) RescheduleBatch(ctx context.Context, namespace string, moves []Move) ([]Result, error) {
 	ns := c.ns(namespace)
 	res := make([]Result, len(moves))
