@@ -3,6 +3,7 @@ package client_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -136,10 +137,26 @@ func TestClusterRoutesToOwners(t *testing.T) {
 			t.Fatalf("item %d: reschedule %+v, cancel %+v", i, res[i], res2[i])
 		}
 	}
+	// A replay of named timers goes to their owners: these are pending,
+	// not dead letters, or unknown.
+	replay := []string{timers[1].ID, "never-scheduled", timers[2].ID, timers[3].ID}
+	rr, err := c.ReplayDeadLetters(ctx, client.Replay{IDs: replay})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range rr.Results {
+		want := client.ErrNotDead
+		if i == 1 {
+			want = client.ErrNotFound
+		}
+		if r.ID != replay[i] || !errors.Is(r.Err, want) {
+			t.Fatalf("replay item %d = %+v; want %s: %v", i, r, replay[i], want)
+		}
+	}
 	if fw := metricSum(t, cl, forwardedMetric); fw != 0 {
 		t.Fatalf("the nodes forwarded %v items of the client's calls; want 0", fw)
 	}
-	t.Logf("%d timers on %d shards of 3 nodes scheduled in %v through a client given one seed; 100 Gets, %d moves and %d cancels; 0 forwarded",
+	t.Logf("%d timers on %d shards of 3 nodes scheduled in %v through a client given one seed; 100 Gets, %d moves, %d cancels, a replay; 0 forwarded",
 		n, len(shards), took, len(moves), len(ids))
 
 	// The same through one node over plain gRPC: about two thirds are
