@@ -3,8 +3,11 @@ package client
 import (
 	"context"
 	"iter"
+	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	timerdv1 "github.com/timerd/timerd/api/timerd/v1"
@@ -44,8 +47,8 @@ func (c *Client) ListDeadLetters(ctx context.Context, namespace, topic string, p
 	}
 	req := &timerdv1.ListDeadLettersRequest{Namespace: ns, Topic: topic, PageSize: int32(pageSize), PageToken: pageToken}
 	var resp *timerdv1.ListDeadLettersResponse
-	err := c.do(ctx, opList, "", "", func(ctx context.Context) (err error) {
-		resp, err = c.timers.ListDeadLetters(ctx, req)
+	err := c.do(ctx, opList, "", "", nil, func(ctx context.Context, k *conn) (err error) {
+		resp, err = k.timers.ListDeadLetters(ctx, req)
 		return err
 	})
 	if err != nil {
@@ -120,10 +123,12 @@ type ReplayResult struct {
 }
 
 // ReplayDeadLetters moves dead letters back to pending so they are
-// delivered again, with attempts reset and a new delivery id. It is not
-// retried: a repeated replay would report the timers the first one moved
-// as ErrNotDead. The error is non-nil only when the RPC failed as a whole
-// (and then every item holds it too).
+// delivered again, with attempts reset and a new delivery id. Named
+// dead letters are sent to the nodes that own them, in one RPC per node;
+// a replay of a whole namespace goes to one node, which asks the others.
+// It is not retried: a repeated replay would report the timers the first
+// one moved as ErrNotDead. The error is non-nil only when an RPC failed as
+// a whole, and then the items it carried hold it too.
 func (c *Client) ReplayDeadLetters(ctx context.Context, r Replay) (ReplayResult, error) {
 	ns := c.ns(r.Namespace)
 	req := &timerdv1.ReplayDeadLettersRequest{Namespace: ns, Ids: r.IDs, Topic: r.Topic}
@@ -144,28 +149,47 @@ func (c *Client) ReplayDeadLetters(ctx context.Context, r Replay) (ReplayResult,
 		idx[i] = i
 	}
 	if len(r.IDs) == 0 {
-		err := c.runBatchless(ctx, opReplay, ns, func(ctx context.Context) error {
-			resp, err := c.timers.ReplayDeadLetters(ctx, req)
+		err := c.runBatchless(ctx, opReplay, ns, func(ctx context.Context, k *conn) error {
+			resp, err := k.timers.ReplayDeadLetters(ctx, req)
 			out.Replayed = resp.GetReplayed()
 			return err
 		})
 		return out, err
 	}
 	nsOf := func(int) string { return ns }
-	err := c.runBatch(ctx, opReplay, out.Results, idx, false, nsOf, func(ctx context.Context, _ []int) ([]*timerdv1.ItemResult, error) {
-		resp, err := c.timers.ReplayDeadLetters(ctx, req)
-		out.Replayed = resp.GetReplayed()
+	var replayed atomic.Uint64
+	err := c.runBatch(ctx, opReplay, out.Results, idx, false, nsOf, func(ctx context.Context, k *conn, idx []int) ([]*timerdv1.ItemResult, error) {
+		part := req
+		if len(idx) != len(r.IDs) {
+			part = &timerdv1.ReplayDeadLettersRequest{Namespace: ns, Topic: r.Topic, When: req.When, Ids: make([]string, len(idx))}
+			for j, i := range idx {
+				part.Ids[j] = r.IDs[i]
+			}
+		}
+		resp, err := k.timers.ReplayDeadLetters(ctx, part)
+		replayed.Add(resp.GetReplayed())
 		return resp.GetResults(), err
 	})
+	out.Replayed = replayed.Load()
 	return out, err
 }
 
-// runBatchless runs one unary RPC without retries.
-func (c *Client) runBatchless(ctx context.Context, op, ns string, call func(context.Context) error) error {
+// runBatchless runs one unary RPC without retries, on the home node.
+func (c *Client) runBatchless(ctx context.Context, op, ns string, call func(context.Context, *conn) error) error {
 	if c.closed.Load() {
 		return closedErr(op)
 	}
-	if err := call(ctx); err != nil {
+	c.topo.awaitFirst(ctx)
+	k := c.topo.pick(nil)
+	if k == nil {
+		return closedErr(op)
+	}
+	err := call(ctx, k)
+	k.release()
+	if err != nil {
+		if status.Code(err) == codes.Unavailable {
+			c.topo.refresh()
+		}
 		return c.rpcError(ctx, op, ns, "", err)
 	}
 	return nil
@@ -251,12 +275,13 @@ func (s NodeState) String() string {
 	return "unknown"
 }
 
-// Members lists the nodes the answering node knows, itself included. It is
+// Members lists the nodes the answering node knows, itself included: the
+// node that last answered the client's own polls, at first a seed. It is
 // retried.
 func (c *Client) Members(ctx context.Context) ([]Member, error) {
 	var resp *timerdv1.MembersResponse
-	err := c.do(ctx, opMembers, "", "", func(ctx context.Context) (err error) {
-		resp, err = c.cluster.Members(ctx, &timerdv1.MembersRequest{})
+	err := c.do(ctx, opMembers, "", "", nil, func(ctx context.Context, k *conn) (err error) {
+		resp, err = k.cluster.Members(ctx, &timerdv1.MembersRequest{})
 		return err
 	})
 	if err != nil {
@@ -365,11 +390,12 @@ type ShardMap struct {
 }
 
 // ShardMap returns the shard count and every shard's owner, epoch, state
-// and timer counts as the answering node sees them. It is retried.
+// and timer counts as the answering node sees them (the node Members
+// asks). It is retried.
 func (c *Client) ShardMap(ctx context.Context) (ShardMap, error) {
 	var resp *timerdv1.ShardMapResponse
-	err := c.do(ctx, opShardMap, "", "", func(ctx context.Context) (err error) {
-		resp, err = c.cluster.ShardMap(ctx, &timerdv1.ShardMapRequest{})
+	err := c.do(ctx, opShardMap, "", "", nil, func(ctx context.Context, k *conn) (err error) {
+		resp, err = k.cluster.ShardMap(ctx, &timerdv1.ShardMapRequest{})
 		return err
 	})
 	if err != nil {

@@ -1,15 +1,41 @@
 // Package client is the Go client of timerd. It owns the client side of
 // the public gRPC contract (api/timerd/v1): turning plain Go values into
 // requests and answers back into plain Go values, mapping gRPC status codes
-// to the package's errors, retrying what is safe to retry, batching high
-// volumes of schedules (Scheduler) and consuming deliveries with bounded
-// concurrency and batched acks (Client.Subscribe).
+// to the package's errors, retrying what is safe to retry, routing every
+// call to the node that owns its timers, batching high volumes of
+// schedules (Scheduler) and consuming deliveries from every node with
+// bounded concurrency and batched acks (Client.Subscribe).
 //
-// It depends only on the generated contract, gRPC and protobuf; it never
-// imports the server, shard or store packages, so it speaks to a timerd
-// node exactly as a client in any other language would. A Client sends
-// every call to the node it was made for; today a single node owns every
-// shard (routing each call to its shard's owner arrives with the cluster).
+// It depends only on the generated contract, the shard function of
+// package ring, gRPC and protobuf; it never imports the server, shard or
+// store packages, so it speaks to timerd exactly as a client in any other
+// language would.
+//
+// # Routing
+//
+// A Client is made with the address of one node or of several (seeds). In
+// the background it asks a seed, or any member it knows, for the cluster's
+// members (ClusterService.Members) and shard map (ClusterService.ShardMap),
+// keeps one connection per member, and sends each timer's items straight
+// to the node that owns the timer's shard (ring.Shard of its namespace and
+// id): the parts of a batch that belong to different nodes go in one RPC
+// per node, concurrently, and the results keep the caller's order. A shard
+// without an owner goes to the node the ring assigns it to; a shard whose
+// node is not known, and every call that concerns no single timer
+// (ListDeadLetters, a ReplayDeadLetters of a whole namespace, Members,
+// ShardMap), goes to the node that last answered for the map, which
+// forwards what it does not own. A single node is a cluster of one member
+// that owns every shard: every call goes to it, at the address the client
+// was given.
+//
+// The client polls the membership every WithRefreshInterval (default 1s)
+// and fetches the shard map again when the membership changed, while
+// shards move, and when a call or an item comes back UNAVAILABLE (its
+// shard moved, or its node died): such fetches are made one at a time and
+// at most one per 100ms, however many calls ask, and the retries of those
+// calls wait for the new map and go where it says. When the node asked
+// does not answer, the others the client knows are asked, then the seeds;
+// until a map is known, calls go to a seed.
 //
 // # Retries
 //
@@ -24,12 +50,12 @@
 // ReplayDeadLetters is never retried.
 //
 // Every Schedule and Reschedule call (and every batch of a Scheduler)
-// carries a random request id, the same on all its attempts. The server
-// remembers it with the timers the call made or moved, so a retry that
-// arrives after a timer fired, or after a one-shot timer was delivered and
-// acknowledged (within the server's retry window, default 1 minute),
-// changes nothing instead of scheduling or moving the timer again, while a
-// new call with the same timer does.
+// carries a random request id, the same on all its attempts and on every
+// node its parts go to. The server remembers it with the timers the call
+// made or moved, so a retry that arrives after a timer fired, or after a
+// one-shot timer was delivered and acknowledged (within the server's retry
+// window, default 1 minute), changes nothing instead of scheduling or
+// moving the timer again, while a new call with the same timer does.
 //
 // # Delays
 //
@@ -53,13 +79,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
@@ -112,17 +138,16 @@ var (
 // WithNamespace sets another.
 const DefaultNamespace = "default"
 
-// Client is a connection to a timerd node. Its methods may be called
-// concurrently from any number of goroutines. Close releases it.
+// Client is a connection to a timerd cluster (or single node): one gRPC
+// connection per member, and the shard map that says which member owns
+// which timers. Its methods may be called concurrently from any number of
+// goroutines. Close releases it.
 type Client struct {
-	conn    *grpc.ClientConn
-	timers  timerdv1.TimerServiceClient
-	cluster timerdv1.ClusterServiceClient
-	cfg     config
+	topo *topology
+	cfg  config
 
 	closed    atomic.Bool
 	closeOnce sync.Once
-	closeErr  error
 }
 
 // RetryPolicy bounds the retries of the calls that are safe to retry. The
@@ -169,6 +194,7 @@ type config struct {
 	creds     credentials.TransportCredentials
 	dialOpts  []grpc.DialOption
 	waitReady bool
+	refresh   time.Duration
 }
 
 func defaultConfig() config {
@@ -181,7 +207,8 @@ func defaultConfig() config {
 			Timeout:             10 * time.Second,
 			PermitWithoutStream: false,
 		},
-		creds: insecure.NewCredentials(),
+		creds:   insecure.NewCredentials(),
+		refresh: DefaultRefreshInterval,
 	}
 }
 
@@ -197,6 +224,8 @@ func (c *config) validate() error {
 		return badConfig("WithKeepalive", "Timeout must be > 0, got %v", c.keepalive.Timeout)
 	case c.creds == nil:
 		return badConfig("WithTransportCredentials", "must not be nil")
+	case c.refresh < 10*time.Millisecond || c.refresh > time.Hour:
+		return badConfig("WithRefreshInterval", "must be in [10ms, 1h], got %v", c.refresh)
 	}
 	return c.retry.Validate()
 }
@@ -216,43 +245,67 @@ func WithNamespace(ns string) Option { return func(c *config) { c.namespace = ns
 // Default DefaultRetryPolicy().
 func WithRetry(p RetryPolicy) Option { return func(c *config) { c.retry = p } }
 
-// WithKeepalive sets the connection's keepalive pings. Default: a ping
+// WithKeepalive sets the connections' keepalive pings. Default: a ping
 // after 30s without activity, 10s to answer it, and no pings while no call
 // or stream is open. Time must be at least MinKeepaliveTime.
 func WithKeepalive(p keepalive.ClientParameters) Option {
 	return func(c *config) { c.keepalive = p }
 }
 
-// WithTransportCredentials sets the connection's transport security, for
-// example credentials.NewTLS. Default: insecure (plaintext), which suits
-// loopback and private networks.
+// WithTransportCredentials sets the transport security of the
+// connections (to the seeds and to every member), for example
+// credentials.NewTLS. Default: insecure (plaintext), which suits loopback
+// and private networks.
 func WithTransportCredentials(creds credentials.TransportCredentials) Option {
 	return func(c *config) { c.creds = creds }
 }
 
 // WithDialOptions adds gRPC dial options, applied after the client's own
-// (credentials, keepalive), so they may override them. Default: none.
+// (credentials, keepalive), so they may override them, to every
+// connection: the seeds' and the members'. Default: none.
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(c *config) { c.dialOpts = append(c.dialOpts, opts...) }
 }
 
-// WithWaitConnected makes New connect at once and wait, within its
-// context, until the connection is ready, so that an unreachable address
-// is reported by New. Default: New does not connect; the first call does.
+// WithWaitConnected makes New wait, within its context, until the
+// connection to a seed is ready, so that an unreachable address is
+// reported by New. Default: New returns at once; it connects in the
+// background, where it fetches the cluster's shard map.
 func WithWaitConnected() Option { return func(c *config) { c.waitReady = true } }
+
+// DefaultRefreshInterval is how often a Client polls the cluster's
+// membership unless WithRefreshInterval says otherwise.
+const DefaultRefreshInterval = time.Second
+
+// WithRefreshInterval sets how often the client asks a node for the
+// cluster's membership, in the background, to learn of nodes that join
+// or leave (it then fetches the shard map too, and Subscribe follows the
+// new members). Default DefaultRefreshInterval (1s); it must be in
+// [10ms, 1h]. Calls that meet a moved shard make the client fetch the map
+// at once, whatever the interval.
+func WithRefreshInterval(d time.Duration) Option { return func(c *config) { c.refresh = d } }
 
 // connectBackoff spaces the attempts to reconnect a lost connection:
 // quicker than gRPC's default (1s growing to 2m), so that a restarted node
 // is found again within seconds.
 var connectBackoff = backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second}
 
-// New returns a Client for the timerd node at addr (host:port, or any
-// target grpc.NewClient accepts). ctx bounds New itself; it matters only
-// with WithWaitConnected. The options' defaults are documented on each
-// Option. A lost connection is dialled again after 100ms, then at growing
-// intervals up to 5s (grpc.WithConnectParams in WithDialOptions changes
-// that). New fails with an error wrapping ErrInvalidConfig for a bad
-// option.
+// New returns a Client of the timerd cluster or node at addr: the gRPC
+// address of one node (host:port, or any target grpc.NewClient accepts),
+// or the addresses of several nodes separated by commas
+// ("10.0.0.1:7070,10.0.0.2:7070"), the seeds the client learns the
+// cluster from; a target that contains a comma cannot be given. ctx
+// bounds New itself; it matters only with WithWaitConnected. The options'
+// defaults are documented on each Option.
+//
+// New returns at once, and in the background connects to a seed, fetches
+// the members and the shard map, and connects to every member (at the
+// gRPC address it advertises; the connections are made with the same
+// options as the seeds'). Calls made before the first map is known wait
+// for it, within their context. A lost connection is dialled again after
+// 100ms, then at growing intervals up to 5s (grpc.WithConnectParams in
+// WithDialOptions changes that). New fails with an error wrapping
+// ErrInvalidConfig for a bad option or an empty address.
 func New(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	cfg := defaultConfig()
 	for _, o := range opts {
@@ -261,70 +314,58 @@ func New(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	if addr == "" {
-		return nil, badConfig("addr", "must not be empty")
+	var seeds []string
+	for a := range strings.SplitSeq(addr, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			seeds = append(seeds, a)
+		}
+	}
+	if len(seeds) == 0 {
+		return nil, badConfig("addr", "must name at least one node, got %q", addr)
 	}
 	dial := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(cfg.creds),
 		grpc.WithKeepaliveParams(cfg.keepalive),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: connectBackoff, MinConnectTimeout: 5 * time.Second}),
 	}, cfg.dialOpts...)
-	conn, err := grpc.NewClient(addr, dial...)
+	topo, err := newTopology(seeds, dial, cfg.refresh, cfg.logger)
 	if err != nil {
-		return nil, fmt.Errorf("client: connect to %s: %w", addr, err)
+		return nil, err
 	}
-	c := &Client{
-		conn:    conn,
-		timers:  timerdv1.NewTimerServiceClient(conn),
-		cluster: timerdv1.NewClusterServiceClient(conn),
-		cfg:     cfg,
-	}
+	c := &Client{topo: topo, cfg: cfg}
 	if cfg.waitReady {
-		if err := c.waitReady(ctx); err != nil {
-			_ = conn.Close()
+		if err := topo.waitReady(ctx); err != nil {
+			_ = c.Close()
 			return nil, fmt.Errorf("client: connect to %s: %w", addr, err)
 		}
 	}
 	return c, nil
 }
 
-// waitReady connects and waits until the connection is ready or ctx ends.
-func (c *Client) waitReady(ctx context.Context) error {
-	c.conn.Connect()
-	for {
-		s := c.conn.GetState()
-		if s == connectivity.Ready {
-			return nil
-		}
-		if !c.conn.WaitForStateChange(ctx, s) {
-			return fmt.Errorf("connection %s: %w", s, ctx.Err())
-		}
-	}
-}
-
-// Close closes the connection. Calls in progress fail, Subscribe returns
-// ErrClosed, and later calls fail with ErrClosed. Close does not flush
-// Schedulers: close them first. It is safe to call Close more than once;
-// later calls return what the first returned.
+// Close stops the background polling and closes every connection. Calls
+// in progress fail, Subscribe returns ErrClosed, and later calls fail with
+// ErrClosed. Close does not flush Schedulers: close them first. It
+// returns nil; it is safe to call more than once.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		c.closed.Store(true)
-		c.closeErr = c.conn.Close()
+		c.topo.close()
 	})
-	return c.closeErr
+	return nil
 }
 
 // Namespace returns the namespace used by requests that name none.
 func (c *Client) Namespace() string { return c.cfg.namespace }
 
-// TimerService returns the generated client of the connection's
-// TimerService, for what this package does not cover. It retries nothing
-// and maps no errors.
-func (c *Client) TimerService() timerdv1.TimerServiceClient { return c.timers }
+// TimerService returns the generated TimerService client of the
+// connection to the first seed, for what this package does not cover. It
+// retries nothing, maps no errors and routes nothing: the node forwards
+// what it does not own.
+func (c *Client) TimerService() timerdv1.TimerServiceClient { return c.topo.seeds[0].timers }
 
-// ClusterService returns the generated client of the connection's
-// ClusterService. It retries nothing and maps no errors.
-func (c *Client) ClusterService() timerdv1.ClusterServiceClient { return c.cluster }
+// ClusterService returns the generated ClusterService client of the
+// connection to the first seed. It retries nothing and maps no errors.
+func (c *Client) ClusterService() timerdv1.ClusterServiceClient { return c.topo.seeds[0].cluster }
 
 // ns returns namespace, or the client's default when it is empty.
 func (c *Client) ns(namespace string) string {

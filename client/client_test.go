@@ -264,12 +264,22 @@ func TestItemRetry(t *testing.T) {
 	}
 }
 
-// countCalls returns a dial option that counts the unary RPCs made and
-// fails those of method with code.
+// testCall marks the context of the calls a test counts.
+type testCall struct{}
+
+// counted returns ctx marked as the context of a test's own calls.
+func counted(ctx context.Context) context.Context { return context.WithValue(ctx, testCall{}, true) }
+
+// countCalls returns a dial option that fails the unary RPCs of method
+// with code, and counts those made with a counted context: the client's
+// own polls of the cluster (Members, ShardMap) fail alike but are not
+// counted.
 func countCalls(n *atomic.Int32, method string, code codes.Code) grpc.DialOption {
 	return grpc.WithChainUnaryInterceptor(func(ctx context.Context, m string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		n.Add(1)
 		if m == method {
+			if ctx.Value(testCall{}) != nil {
+				n.Add(1)
+			}
 			return status.Error(code, "injected")
 		}
 		return invoker(ctx, m, req, reply, cc, opts...)
@@ -277,7 +287,7 @@ func countCalls(n *atomic.Int32, method string, code codes.Code) grpc.DialOption
 }
 
 func TestRetries(t *testing.T) {
-	ctx := testCtx(t)
+	ctx := counted(testCtx(t))
 	srv := startServer(t, t.TempDir(), "")
 	policy := client.WithRetry(client.RetryPolicy{MaxAttempts: 3, MinBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond})
 
@@ -867,7 +877,8 @@ func TestDeadLetters(t *testing.T) {
 }
 
 // TestGoroutinesStop checks that a Scheduler's and a subscription's
-// goroutines are gone once Close and Subscribe have returned.
+// goroutines are gone once Close and Subscribe have returned, and the
+// client's own once it is closed.
 func TestGoroutinesStop(t *testing.T) {
 	ctx := testCtx(t)
 	srv := startServer(t, t.TempDir(), "")
@@ -891,10 +902,18 @@ func TestGoroutinesStop(t *testing.T) {
 	}
 	eventually(t, "the deliveries", func() bool { return r.count() >= 100 })
 	stop()
-	eventually(t, "the package's goroutines to stop", func() bool {
+	stacks := func() string {
 		buf := make([]byte, 1<<20)
-		stacks := string(buf[:runtime.Stack(buf, true)])
-		return !strings.Contains(stacks, "timerd/client.(*")
+		return string(buf[:runtime.Stack(buf, true)])
+	}
+	eventually(t, "the Scheduler's and the subscription's goroutines to stop", func() bool {
+		s := stacks()
+		return !strings.Contains(s, "timerd/client.(*Scheduler)") && !strings.Contains(s, "timerd/client.(*subscriber)") &&
+			!strings.Contains(s, "timerd/client.(*session)") && !strings.Contains(s, "timerd/client.(*Client).Subscribe")
+	})
+	c.Close()
+	eventually(t, "the package's goroutines to stop", func() bool {
+		return !strings.Contains(stacks(), "timerd/client.(*")
 	})
 }
 

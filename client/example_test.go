@@ -34,6 +34,31 @@ func ExampleNew() {
 	// Output: local alive
 }
 
+// A client of a cluster is given a few of its nodes; it finds the others
+// and sends each timer to the node that owns it. (This example has no
+// cluster to run against, so it is compiled, not run.)
+func ExampleNew_cluster() {
+	ctx := context.Background()
+	c, err := client.New(ctx, "10.0.0.1:7070,10.0.0.2:7070,10.0.0.3:7070",
+		client.WithRefreshInterval(2*time.Second))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	if _, err := c.Schedule(ctx, client.Timer{ID: "order-42", Topic: "orders", Delay: time.Hour}); err != nil {
+		log.Fatal(err)
+	}
+	// The deliveries of every node, whichever joins or leaves.
+	err = c.Subscribe(ctx, "", "orders", func(ctx context.Context, d *client.Delivery) error {
+		fmt.Println("due:", d.ID)
+		return nil
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
 func ExampleClient_Schedule() {
 	ctx := context.Background()
 	c, err := client.New(ctx, serverAddr())

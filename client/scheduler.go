@@ -11,8 +11,10 @@ import (
 // SchedulerConfig configures a Scheduler. A zero field takes its default;
 // DefaultSchedulerConfig returns them all.
 type SchedulerConfig struct {
-	// MaxBatch is the most timers in one ScheduleBatch RPC (default 1000).
-	// It must not exceed the server's batch limit (default 10000).
+	// MaxBatch is the most timers in one batch, one ScheduleBatch call
+	// (default 1000). It must not exceed the server's batch limit (default
+	// 10000). Against a cluster a batch is split into one RPC per node
+	// that owns some of its timers.
 	MaxBatch int
 	// MaxBatchBytes bounds the estimated encoded size of one batch (default
 	// 2 MiB), to stay below gRPC's maximum message size (default 4 MiB on
@@ -22,8 +24,7 @@ type SchedulerConfig struct {
 	// before it is sent (default 5ms). A negative value sends a batch as
 	// soon as its first timer is in.
 	Linger time.Duration
-	// MaxInFlight is the most ScheduleBatch RPCs under way at once
-	// (default 4).
+	// MaxInFlight is the most batches under way at once (default 4).
 	MaxInFlight int
 	// MaxPending is the most timers added and not yet answered (default
 	// 4 * MaxBatch * MaxInFlight); Add blocks while it is reached.
@@ -91,9 +92,9 @@ func (c SchedulerConfig) Validate() error {
 
 // Scheduler schedules high volumes of timers asynchronously: Add puts a
 // timer into the current batch and returns; the batch is sent as one
-// ScheduleBatch RPC (with the client's retries) once it holds MaxBatch
-// timers or MaxBatchBytes, or Linger after its first timer, with at most
-// MaxInFlight RPCs under way. Add blocks while MaxPending timers are
+// ScheduleBatch call (with the client's routing and retries) once it holds
+// MaxBatch timers or MaxBatchBytes, or Linger after its first timer, with
+// at most MaxInFlight batches under way. Add blocks while MaxPending timers are
 // unanswered. Each timer's outcome goes to the done function given to Add.
 //
 // Its methods may be called concurrently. Its goroutines are one that
@@ -129,7 +130,7 @@ type Scheduler struct {
 	closeErr error
 }
 
-// batch is one ScheduleBatch RPC in the making.
+// batch is one ScheduleBatch call in the making.
 type batch struct {
 	seq      uint64
 	deadline time.Time // when it is sealed if it is not full by then

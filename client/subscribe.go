@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -139,23 +140,36 @@ const finalAckWait = 5 * time.Second
 // the same namespace and topic, in this process or others, share the
 // deliveries.
 //
-// Handlers run on WithWorkers goroutines with a context derived from ctx,
-// which ends when ctx does (or Subscribe returns for another reason). The delivery of a handler that returns nil is
-// acknowledged; acks are batched (WithAckBatch). A handler's error only
-// leaves its delivery unacknowledged.
+// A node delivers the due timers of the shards it owns, so Subscribe
+// opens one stream to every member of the cluster that may own shards
+// (joining, active or leaving) and follows the membership: a node that
+// joins gets a stream, and the stream of a node that left ends. Each
+// delivery is acknowledged on the stream that carried it. Each stream has
+// its own handlers and credit: WithWorkers, WithMaxInFlight and
+// WithAckBatch apply per stream, so a cluster of n nodes runs up to n
+// times WithWorkers handlers at once and holds up to n times
+// WithMaxInFlight unacknowledged deliveries. Against a single node there
+// is one stream.
 //
-// When the stream ends with a transient error (UNAVAILABLE, for example
-// while the server restarts or hands over shards), Subscribe subscribes
-// again after a backoff (WithReconnectBackoff). The deliveries of the
-// ended stream that were not acknowledged are delivered again by the
-// server, possibly while their handlers are still running; their late acks
-// are dropped.
+// Handlers run with a context derived from ctx, which ends when ctx does
+// (or Subscribe returns for another reason). The delivery of a handler
+// that returns nil is acknowledged; acks are batched (WithAckBatch). A
+// handler's error only leaves its delivery unacknowledged.
+//
+// When a stream ends with a transient error (UNAVAILABLE, for example
+// while its node restarts or hands over shards), Subscribe opens it again
+// after a backoff (WithReconnectBackoff), for as long as the node is a
+// member. The deliveries of the ended stream that were not acknowledged
+// are delivered again by the server, possibly while their handlers are
+// still running; their late acks are dropped. When a node leaves, its
+// stream ends as when ctx ends: its handlers under way finish and their
+// acks are sent.
 //
 // Subscribe returns nil once ctx has ended, after the handlers under way
 // have returned and the acks of those that succeeded have been sent. It
 // returns early with an error only when it cannot go on: an error wrapping
 // ErrClosed when the client is closed, ErrInvalidConfig for a bad option,
-// or an *Error for a permanent refusal by the server (ErrInvalid for a bad
+// or an *Error for a permanent refusal by a node (ErrInvalid for a bad
 // namespace, topic, credit or ack timeout; ErrDenied; ...).
 func (c *Client) Subscribe(ctx context.Context, namespace, topic string, handler Handler, opts ...SubscribeOption) error {
 	cfg := defaultSubscribeConfig()
@@ -168,26 +182,85 @@ func (c *Client) Subscribe(ctx context.Context, namespace, topic string, handler
 	if handler == nil {
 		return badConfig("handler", "must not be nil")
 	}
+	if c.closed.Load() {
+		return closedErr(opSubscribe)
+	}
+	if !c.topo.awaitFirst(ctx) {
+		return nil
+	}
 	hctx, hcancel := context.WithCancel(ctx)
-	s := &subscriber{
-		c:       c,
-		cfg:     cfg,
-		ns:      c.ns(namespace),
-		topic:   topic,
-		handler: handler,
-		hctx:    hctx,
-		work:    make(chan job, cfg.maxInFlight),
-		stop:    make(chan struct{}),
+	defer hcancel()
+	ns := c.ns(namespace)
+	failed := make(chan error, 1)
+	type stream struct{ cancel context.CancelFunc }
+	streams := make(map[*conn]stream)
+	var wg sync.WaitGroup
+	// end ends every stream and waits for them.
+	end := func() {
+		for _, st := range streams {
+			st.cancel()
+		}
+		wg.Wait()
 	}
-	s.workers.Add(cfg.workers)
-	for range cfg.workers {
-		go s.worker()
+	for {
+		members, changed := c.topo.membersChanged()
+		for _, k := range members {
+			if _, ok := streams[k]; ok || !k.hold() {
+				continue // a conn that cannot be held is gone: a new view follows
+			}
+			mctx, mcancel := context.WithCancel(ctx)
+			streams[k] = stream{mcancel}
+			s := &subscriber{
+				c:       c,
+				node:    k,
+				cfg:     cfg,
+				ns:      ns,
+				topic:   topic,
+				handler: handler,
+				hctx:    hctx,
+				work:    make(chan job, cfg.maxInFlight),
+				stop:    make(chan struct{}),
+			}
+			wg.Go(func() {
+				defer k.release()
+				defer mcancel()
+				s.start()
+				if err := s.run(mctx); err != nil {
+					select {
+					case failed <- err:
+					default:
+					}
+				}
+				s.stopWorkers()
+			})
+		}
+		for k, st := range streams {
+			if !slices.Contains(members, k) {
+				st.cancel() // the node left: end its stream as if ctx had ended
+				delete(streams, k)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			end()
+			return nil
+		case err := <-failed:
+			hcancel()
+			end()
+			return err
+		case <-changed:
+		case <-c.topo.stop:
+			hcancel()
+			end()
+			return closedErr(opSubscribe)
+		}
 	}
-	defer func() {
-		hcancel()
-		s.stopWorkers()
-	}()
+}
 
+// run keeps the stream to s's node open, reconnecting with backoff, until
+// ctx ends (then it returns nil) or it cannot go on.
+func (s *subscriber) run(ctx context.Context) error {
+	c, cfg := s.c, s.cfg
 	backoff := cfg.minBackoff
 	for {
 		if c.closed.Load() {
@@ -215,8 +288,8 @@ func (c *Client) Subscribe(ctx context.Context, namespace, topic string, handler
 		// lost the same server spread out, and the waits still grow.
 		wait := backoff/2 + rand.N(backoff-backoff/2+1)
 		c.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "timerd subscription ended; subscribing again",
-			slog.String("namespace", s.ns), slog.String("topic", topic), slog.Bool("delivered", delivered),
-			slog.Duration("backoff", wait), slog.Any("err", err))
+			slog.String("node", s.node.addr), slog.String("namespace", s.ns), slog.String("topic", s.topic),
+			slog.Bool("delivered", delivered), slog.Duration("backoff", wait), slog.Any("err", err))
 		if !sleep(ctx, wait) {
 			return nil
 		}
@@ -239,10 +312,12 @@ func streamTransient(err error) bool {
 	return false
 }
 
-// subscriber is one call of Subscribe: its workers, shared by the streams
-// it opens one after the other.
+// subscriber is the part of one call of Subscribe that concerns one
+// node: the streams it opens to the node one after the other, and the
+// workers they share.
 type subscriber struct {
 	c       *Client
+	node    *conn
 	cfg     subscribeConfig
 	ns      string
 	topic   string
@@ -259,6 +334,14 @@ type subscriber struct {
 type job struct {
 	sess *session
 	d    *Delivery
+}
+
+// start starts the workers.
+func (s *subscriber) start() {
+	s.workers.Add(s.cfg.workers)
+	for range s.cfg.workers {
+		go s.worker()
+	}
 }
 
 // stopWorkers stops the workers and waits for their handlers to return.
@@ -317,7 +400,7 @@ func (s *subscriber) session(ctx context.Context) (delivered bool, err error) {
 	// The stream outlives ctx by the time it takes to send the last acks.
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	stream, err := s.c.timers.Subscribe(sctx)
+	stream, err := s.node.timers.Subscribe(sctx)
 	if err != nil {
 		return false, err
 	}

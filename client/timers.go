@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -139,14 +142,16 @@ func (c *Client) Schedule(ctx context.Context, t Timer) (time.Time, error) {
 	return res[0].Due, res[0].Err
 }
 
-// ScheduleBatch creates timers in one RPC and returns one Result per timer
-// in the same order; each item succeeds or fails on its own. It is
-// retried: the whole RPC on a transient failure, otherwise only the items
-// that failed transiently. The error is non-nil only when the RPC failed
-// as a whole (after retries); the items it carried then hold the same
-// error. An empty batch sends nothing. The server limits a batch to its
-// batch limit (default 10000 timers) and gRPC's message size (default
-// 4 MiB); a Scheduler splits larger volumes.
+// ScheduleBatch creates timers in one RPC per node that owns some of them
+// (one RPC against a single node) and returns one Result per timer in the
+// same order; each item succeeds or fails on its own. It is retried: a
+// whole RPC on a transient failure, otherwise only the items that failed
+// transiently, each retry sent where the client's shard map then says.
+// The error is non-nil only when an RPC failed as a whole (after
+// retries); the items it carried then hold the same error, and those of
+// the other nodes their own results. An empty batch sends nothing. The
+// server limits a batch to its batch limit (default 10000 timers) and
+// gRPC's message size (default 4 MiB); a Scheduler splits larger volumes.
 func (c *Client) ScheduleBatch(ctx context.Context, timers []Timer) ([]Result, error) {
 	res := make([]Result, len(timers))
 	if len(timers) == 0 {
@@ -183,15 +188,15 @@ func (c *Client) ScheduleBatch(ctx context.Context, timers []Timer) ([]Result, e
 func (c *Client) scheduleSpecs(ctx context.Context, buf *specBuf, res []Result, idx []int) error {
 	nsOf := func(i int) string { return buf.specs[i].GetNamespace() }
 	rid := newRequestID()
-	return c.runBatch(ctx, opSchedule, res, idx, true, nsOf, func(ctx context.Context, idx []int) ([]*timerdv1.ItemResult, error) {
+	return c.runBatch(ctx, opSchedule, res, idx, true, nsOf, func(ctx context.Context, k *conn, idx []int) ([]*timerdv1.ItemResult, error) {
 		req := &timerdv1.ScheduleRequest{Timers: buf.specs, RequestId: rid}
 		if len(idx) != len(buf.specs) {
 			req.Timers = make([]*timerdv1.TimerSpec, len(idx))
-			for k, i := range idx {
-				req.Timers[k] = buf.specs[i]
+			for j, i := range idx {
+				req.Timers[j] = buf.specs[i]
 			}
 		}
-		resp, err := c.timers.Schedule(ctx, req)
+		resp, err := k.timers.Schedule(ctx, req)
 		return resp.GetResults(), err
 	})
 }
@@ -227,8 +232,8 @@ func (c *Client) rescheduleOne(ctx context.Context, namespace string, m Move) (t
 }
 
 // RescheduleBatch moves timers of namespace (empty: the client's) in one
-// RPC and returns one Result per move in the same order. Retries and the
-// error are as for ScheduleBatch.
+// RPC per owning node and returns one Result per move in the same order.
+// Retries and the error are as for ScheduleBatch.
 func (c *Client) RescheduleBatch(ctx context.Context, namespace string, moves []Move) ([]Result, error) {
 	ns := c.ns(namespace)
 	res := make([]Result, len(moves))
@@ -258,15 +263,15 @@ func (c *Client) RescheduleBatch(ctx context.Context, namespace string, moves []
 	}
 	nsOf := func(int) string { return ns }
 	rid := newRequestID() // the same on every attempt; see scheduleSpecs
-	err := c.runBatch(ctx, opReschedule, res, idx, true, nsOf, func(ctx context.Context, idx []int) ([]*timerdv1.ItemResult, error) {
+	err := c.runBatch(ctx, opReschedule, res, idx, true, nsOf, func(ctx context.Context, k *conn, idx []int) ([]*timerdv1.ItemResult, error) {
 		req := &timerdv1.RescheduleRequest{Namespace: ns, Items: items, RequestId: rid}
 		if len(idx) != len(items) {
 			req.Items = make([]*timerdv1.RescheduleItem, len(idx))
-			for k, i := range idx {
-				req.Items[k] = items[i]
+			for j, i := range idx {
+				req.Items[j] = items[i]
 			}
 		}
-		resp, err := c.timers.Reschedule(ctx, req)
+		resp, err := k.timers.Reschedule(ctx, req)
 		return resp.GetResults(), err
 	})
 	return res, err
@@ -290,28 +295,29 @@ func (c *Client) Cancel(ctx context.Context, namespace string, ids ...string) ([
 		idx[i] = i
 	}
 	nsOf := func(int) string { return ns }
-	err := c.runBatch(ctx, opCancel, res, idx, true, nsOf, func(ctx context.Context, idx []int) ([]*timerdv1.ItemResult, error) {
+	err := c.runBatch(ctx, opCancel, res, idx, true, nsOf, func(ctx context.Context, k *conn, idx []int) ([]*timerdv1.ItemResult, error) {
 		req := &timerdv1.CancelRequest{Namespace: ns, Ids: ids}
 		if len(idx) != len(ids) {
 			req.Ids = make([]string, len(idx))
-			for k, i := range idx {
-				req.Ids[k] = ids[i]
+			for j, i := range idx {
+				req.Ids[j] = ids[i]
 			}
 		}
-		resp, err := c.timers.Cancel(ctx, req)
+		resp, err := k.timers.Cancel(ctx, req)
 		return resp.GetResults(), err
 	})
 	return res, err
 }
 
-// Get returns the timer id of namespace (empty: the client's). A timer
-// that does not exist gives an error wrapping ErrNotFound whose gRPC
-// status (status.FromError) is the server's NOT_FOUND. It is retried.
+// Get returns the timer id of namespace (empty: the client's), asking the
+// node that owns it. A timer that does not exist gives an error wrapping
+// ErrNotFound whose gRPC status (status.FromError) is the server's
+// NOT_FOUND. It is retried.
 func (c *Client) Get(ctx context.Context, namespace, id string) (TimerInfo, error) {
 	ns := c.ns(namespace)
 	var resp *timerdv1.GetResponse
-	err := c.do(ctx, opGet, ns, id, func(ctx context.Context) (err error) {
-		resp, err = c.timers.Get(ctx, &timerdv1.GetRequest{Namespace: ns, Id: id})
+	err := c.do(ctx, opGet, ns, id, &[2]string{ns, id}, func(ctx context.Context, k *conn) (err error) {
+		resp, err = k.timers.Get(ctx, &timerdv1.GetRequest{Namespace: ns, Id: id})
 		return err
 	})
 	if err != nil {
@@ -323,97 +329,172 @@ func (c *Client) Get(ctx context.Context, namespace, id string) (TimerInfo, erro
 	return timerInfo(resp.GetTimer()), nil
 }
 
-// do runs one unary RPC with the client's retries.
-func (c *Client) do(ctx context.Context, op, ns, id string, call func(context.Context) error) error {
+// do runs one unary RPC with the client's retries, on the node that owns
+// the timer key names (namespace and id), or on the home node when key is
+// nil. Each attempt asks the current view where to go; an UNAVAILABLE
+// answer makes the next attempt wait for a fresh shard map.
+func (c *Client) do(ctx context.Context, op, ns, id string, key *[2]string, call func(context.Context, *conn) error) error {
 	if c.closed.Load() {
 		return closedErr(op)
 	}
+	c.topo.awaitFirst(ctx)
 	for attempt := 1; ; attempt++ {
-		err := call(ctx)
+		k := c.topo.pick(key)
+		if k == nil {
+			return closedErr(op)
+		}
+		err := call(ctx, k)
+		k.release()
 		if err == nil {
 			return nil
+		}
+		var refreshed <-chan struct{}
+		if status.Code(err) == codes.Unavailable {
+			refreshed = c.topo.refresh()
 		}
 		if attempt >= c.cfg.retry.MaxAttempts || !c.retryableRPC(ctx, err) {
 			return c.rpcError(ctx, op, ns, id, err)
 		}
 		d := c.cfg.retry.backoff(attempt)
 		c.cfg.logger.LogAttrs(ctx, slog.LevelDebug, "timerd call failed; retrying",
-			slog.String("op", op), slog.Int("attempt", attempt), slog.Duration("backoff", d), slog.Any("err", err))
-		if !sleep(ctx, d) {
+			slog.String("op", op), slog.String("node", k.addr), slog.Int("attempt", attempt), slog.Duration("backoff", d), slog.Any("err", err))
+		if !sleep(ctx, d) || !c.topo.await(ctx, refreshed) {
 			return c.rpcError(ctx, op, ns, id, err)
 		}
 	}
 }
 
-// runBatch sends the items of res listed in idx (ascending indexes) with
-// call, which must return one ItemResult per index it is given, in order.
-// With retry, a transient RPC failure resends everything and a transient
-// item code resends that item, within the retry policy. It fills res and
-// returns the RPC's error when one failed as a whole.
+// runBatch sends the items of res listed in idx (ascending indexes) to
+// the nodes that own them: item i is the timer nsOf(i)/res[i].ID, and the
+// items of each node go in one call, the calls to different nodes
+// concurrently. call sends the items idx to the node k and must return
+// one ItemResult per index, in order. With retry, the items of a call
+// that failed transiently as a whole and the items whose own code is
+// transient are sent again, within the retry policy, wherever the
+// current view then routes them: when any came back UNAVAILABLE, a view
+// made from a fresh shard map. It fills res and returns the error of a
+// call that failed as a whole, whose items hold it too; nil when no call
+// did.
 func (c *Client) runBatch(ctx context.Context, op string, res []Result, idx []int, retry bool,
-	nsOf func(int) string, call func(context.Context, []int) ([]*timerdv1.ItemResult, error)) error {
-	if c.closed.Load() {
+	nsOf func(int) string, call func(context.Context, *conn, []int) ([]*timerdv1.ItemResult, error)) error {
+	closed := func(idx []int) error {
 		err := closedErr(op)
 		for _, i := range idx {
 			res[i].Err = err
 		}
 		return err
 	}
+	if c.closed.Load() {
+		return closed(idx)
+	}
 	maxAttempts := 1
 	if retry {
 		maxAttempts = c.cfg.retry.MaxAttempts
 	}
+	c.topo.awaitFirst(ctx)
+	key := func(i int) (string, string) { return nsOf(i), res[i].ID }
+	// lost are the calls of an attempt that failed as a whole and whose
+	// items are sent again.
+	type lost struct {
+		err error
+		idx []int
+	}
+	var failed error
 	for attempt := 1; ; attempt++ {
+		parts := c.topo.split(idx, key)
+		if parts == nil {
+			return closed(idx)
+		}
 		for _, i := range idx {
 			res[i].Attempts++
 		}
-		items, err := call(ctx, idx)
-		if err == nil && len(items) != len(idx) {
-			err = &Error{Op: op, Code: codes.Internal, kind: ErrInternal,
-				Message: fmt.Sprintf("%d results for %d items", len(items), len(idx))}
-			attempt = maxAttempts // a broken answer is not retried
+		items := make([][]*timerdv1.ItemResult, len(parts))
+		errs := make([]error, len(parts))
+		send := func(p int) {
+			items[p], errs[p] = call(ctx, parts[p].k, parts[p].idx)
+			parts[p].k.release()
 		}
-		if err != nil {
-			if attempt < maxAttempts && c.retryableRPC(ctx, err) {
-				d := c.cfg.retry.backoff(attempt)
-				c.cfg.logger.LogAttrs(ctx, slog.LevelDebug, "timerd batch failed; retrying",
-					slog.String("op", op), slog.Int("items", len(idx)), slog.Int("attempt", attempt), slog.Duration("backoff", d), slog.Any("err", err))
-				if sleep(ctx, d) {
+		if len(parts) == 1 {
+			send(0)
+		} else {
+			var wg sync.WaitGroup
+			for p := range parts {
+				wg.Go(func() { send(p) })
+			}
+			wg.Wait()
+		}
+		var (
+			again  []int
+			losses []lost
+			moved  bool
+		)
+		for p, pt := range parts {
+			err, final := errs[p], attempt >= maxAttempts
+			if err == nil && len(items[p]) != len(pt.idx) {
+				err = &Error{Op: op, Code: codes.Internal, kind: ErrInternal,
+					Message: fmt.Sprintf("%s answered %d results for %d items", pt.k.addr, len(items[p]), len(pt.idx))}
+				final = true // a broken answer is not retried
+			}
+			if err != nil {
+				moved = moved || status.Code(err) == codes.Unavailable
+				if !final && c.retryableRPC(ctx, err) {
+					c.cfg.logger.LogAttrs(ctx, slog.LevelDebug, "timerd batch failed; retrying",
+						slog.String("op", op), slog.String("node", pt.k.addr), slog.Int("items", len(pt.idx)), slog.Int("attempt", attempt), slog.Any("err", err))
+					again = append(again, pt.idx...)
+					losses = append(losses, lost{err, pt.idx})
 					continue
 				}
-			}
-			err = c.rpcError(ctx, op, "", "", err)
-			for _, i := range idx {
-				res[i].Err = err
-				res[i].Due = time.Time{}
-			}
-			return err
-		}
-		again := idx[:0] // filtered in place: call is done with idx
-		for k, it := range items {
-			i := idx[k]
-			code := codes.Code(it.GetCode())
-			if code == codes.OK {
-				res[i].Err = nil
-				res[i].Due = toTime(it.GetDueTime())
+				err = c.rpcError(ctx, op, "", "", err)
+				for _, i := range pt.idx {
+					res[i].Err = err
+					res[i].Due = time.Time{}
+				}
+				failed = err
 				continue
 			}
-			res[i].Due = time.Time{}
-			res[i].Err = itemError(op, nsOf(i), res[i].ID, code, it.GetMessage())
-			if attempt < maxAttempts && transient(code) {
-				again = append(again, i)
+			for j, it := range items[p] {
+				i := pt.idx[j]
+				code := codes.Code(it.GetCode())
+				if code == codes.OK {
+					res[i].Err = nil
+					res[i].Due = toTime(it.GetDueTime())
+					continue
+				}
+				res[i].Due = time.Time{}
+				res[i].Err = itemError(op, nsOf(i), res[i].ID, code, it.GetMessage())
+				moved = moved || code == codes.Unavailable
+				if !final && transient(code) {
+					again = append(again, i)
+				}
 			}
+		}
+		var refreshed <-chan struct{}
+		if moved {
+			refreshed = c.topo.refresh() // for the retries, and for the calls to come
 		}
 		if len(again) == 0 {
-			return nil
+			return failed
+		}
+		if len(parts) > 1 {
+			slices.Sort(again) // each node's items in request order
+		}
+		if !sleep(ctx, c.cfg.retry.backoff(attempt)) || !c.topo.await(ctx, refreshed) {
+			// The caller gave up: its context's error joins the items'.
+			for _, i := range again {
+				if e, ok := res[i].Err.(*Error); ok {
+					e.ctxErr = ctx.Err()
+				}
+			}
+			for _, l := range losses {
+				err := c.rpcError(ctx, op, "", "", l.err)
+				for _, i := range l.idx {
+					res[i].Err = err
+				}
+				failed = err
+			}
+			return failed
 		}
 		idx = again
-		if !sleep(ctx, c.cfg.retry.backoff(attempt)) {
-			for _, i := range idx {
-				res[i].Err.(*Error).ctxErr = ctx.Err()
-			}
-			return nil
-		}
 	}
 }
 
