@@ -277,7 +277,7 @@ func owners(t *testing.T, ctx context.Context, c *client.Client) map[uint32]stri
 // timers of every shard of a 3-node cluster, none early, and goes on when
 // a fourth node joins (it subscribes to it) and when a node is killed.
 // Acks go back to the node that delivered: no node ignores an ack, and
-// duplicates come only from the shards of the killed node.
+// duplicates come only from the shards that moved.
 func TestClusterSubscribeFollowsMembers(t *testing.T) {
 	cl := clustertest.Start(t, 3)
 	ctx := testCtx(t)
@@ -361,9 +361,14 @@ func TestClusterSubscribeFollowsMembers(t *testing.T) {
 	scheduleAll(t, ctx, c, after)
 	rec.wait(t, after, 20*time.Second)
 	killDups, late := rec.check(t, dying)
+	// The killed node's shards move, and so may a few of the survivors'
+	// (the ring rebalances the members that remain): a shard handed over
+	// with deliveries in flight delivers them again. A shard that stayed
+	// where it was delivers nothing twice.
+	settled := owners(t, ctx, c)
 	for s, n := range killDups {
-		if before[s] != "node-1" {
-			t.Errorf("%d duplicates on shard %d of %s, which lived", n, s, before[s])
+		if before[s] != "node-1" && before[s] == settled[s] {
+			t.Errorf("%d duplicates on shard %d, which stayed on %s", n, s, before[s])
 		}
 	}
 	if d, _ := rec.check(t, after); len(d) > 0 {
