@@ -20,6 +20,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
+
+	"github.com/timerd/timerd/internal/binary"
 )
 
 const (
@@ -35,30 +37,11 @@ const (
 // buildTimerd builds ./cmd/timerd into dir and returns the binary's path.
 func buildTimerd(t *testing.T, dir string) string {
 	t.Helper()
-	goCmd, err := goCommand()
+	paths, err := binary.Build(dir, "timerd")
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dir, "timerd")
-	out, err := exec.Command(goCmd, "build", "-o", path, "github.com/timerd/timerd/cmd/timerd").CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s build -o %s ./cmd/timerd: %v\n%s", goCmd, path, err, out)
-	}
-	return path
-}
-
-// goCommand finds the go command: on PATH, or in $GOROOT/bin.
-func goCommand() (string, error) {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p, nil
-	}
-	if root := os.Getenv("GOROOT"); root != "" {
-		p := filepath.Join(root, "bin", "go")
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", errors.New("the go command is neither on PATH nor in $GOROOT/bin; it is needed to build timerd")
+	return paths[0]
 }
 
 // freeGossipAddr returns a 127.0.0.1 address whose port is free for both

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/timerd/timerd/internal/binary"
 )
 
 // findGRPCurl returns the path of grpcurl, on PATH or in
@@ -19,7 +21,7 @@ func findGRPCurl(t *testing.T) string {
 	if p, err := exec.LookPath("grpcurl"); err == nil {
 		return p
 	}
-	if goCmd, err := goCommand(); err == nil {
+	if goCmd, err := binary.GoCommand(); err == nil {
 		if out, err := exec.Command(goCmd, "env", "GOPATH").Output(); err == nil {
 			for _, dir := range filepath.SplitList(strings.TrimSpace(string(out))) {
 				p := filepath.Join(dir, "bin", "grpcurl")

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/timerd/timerd/internal/binary"
 )
 
 const (
@@ -41,37 +43,13 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	goCmd, err := goCommand()
+	paths, err := binary.Build(dir, "timerd", "timerctl")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 		return 1
 	}
-	for _, b := range []struct {
-		path *string
-		name string
-	}{{&bin.timerd, "timerd"}, {&bin.timerctl, "timerctl"}} {
-		*b.path = filepath.Join(dir, b.name)
-		cmd := exec.Command(goCmd, "build", "-o", *b.path, "github.com/timerd/timerd/cmd/"+b.name)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "e2e: %s build -o %s ./cmd/%s failed: %v\n%s", goCmd, *b.path, b.name, err, out)
-			return 1
-		}
-	}
+	bin.timerd, bin.timerctl = paths[0], paths[1]
 	return m.Run()
-}
-
-// goCommand finds the go command: on PATH, or in $GOROOT/bin.
-func goCommand() (string, error) {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p, nil
-	}
-	if root := os.Getenv("GOROOT"); root != "" {
-		p := filepath.Join(root, "bin", "go")
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", errors.New("the go command is neither on PATH nor in $GOROOT/bin; it is needed to build timerd and timerctl")
 }
 
 // childEnv is the environment of the started binaries: the test's,
