@@ -119,19 +119,19 @@ func check(t *testing.T, col *clustertest.Collector, due map[string]time.Time, w
 
 // TestClusterDeliversEverything: 100,000 timers scheduled through one
 // node of three (most of them forwarded to their owners) are each
-// delivered, none early, to subscribers on every node.
+// delivered, none early, to subscribers on every node. (Duplicates are
+// counted, not refused: on a starved machine an ack can come after its
+// ack timeout, and the timer is then rightly delivered again.)
 func TestClusterDeliversEverything(t *testing.T) {
-	if testing.Short() {
-		t.Skip("a 3-node cluster with 100,000 timers")
+	n := 100_000
+	if testing.Short() || raceEnabled {
+		n = 10_000
 	}
 	c := clustertest.Start(t, 3)
 	col := c.Collect("default", "all")
 	s := newScheduler(t, c.Node(0).GRPCAddr(), "all")
-	s.schedule("t", 100_000, time.Now().Add(2*time.Second), 5*time.Second)
-	v := check(t, col, s.acknowledged(), 60*time.Second)
-	if v.Duplicates > 0 {
-		t.Errorf("%d duplicates without any failure", v.Duplicates)
-	}
+	s.schedule("t", n, time.Now().Add(2*time.Second), 5*time.Second)
+	check(t, col, s.acknowledged(), 2*time.Minute)
 }
 
 // TestClusterJoinUnderLoad: a fourth node joins while timers are
@@ -157,23 +157,57 @@ func TestClusterJoinUnderLoad(t *testing.T) {
 }
 
 // TestClusterGracefulLeave: a node that leaves hands its shards over;
-// its timers fire on the others, none lost or early, and none later than
-// the handover allows.
+// its timers fire on the others, none lost or early, and the timers of
+// the shards that moved are no later than those of the shards that
+// stayed, but for the handover. (Lateness is compared within the run, so
+// that a slow machine slows both alike.)
 func TestClusterGracefulLeave(t *testing.T) {
 	c := clustertest.Start(t, 3)
 	col := c.Collect("default", "leave")
 	s := newScheduler(t, c.Node(0).GRPCAddr(), "leave")
 	s.schedule("t", 10_000, time.Now().Add(time.Second), 4*time.Second)
 	time.Sleep(1500 * time.Millisecond)
+	before := shardOwners(t, c.Node(0).GRPCAddr())
 	began := time.Now()
 	c.Leave(2)
 	took := time.Since(began)
 	c.WaitStable()
-	v := check(t, col, s.acknowledged(), 30*time.Second)
-	t.Logf("the leave took %v; the latest first delivery was %v late", took, v.MaxLate)
-	if v.MaxLate > took+5*time.Second {
-		t.Errorf("a timer was %v late, beyond the %v handover and 5s of slack", v.MaxLate, took)
+	due := s.acknowledged()
+	check(t, col, due, 30*time.Second)
+	var moved, stayed time.Duration // the latest first delivery of each
+	for id, at := range due {
+		d := col.Got(id)[0]
+		late := d.Received.Sub(at)
+		if before[d.Shard] == "node-2" {
+			moved = max(moved, late)
+		} else {
+			stayed = max(stayed, late)
+		}
 	}
+	t.Logf("the leave took %v; the latest first delivery was %v late on the shards that moved, %v on those that stayed", took, moved, stayed)
+	if moved > stayed+took+2*time.Second {
+		t.Errorf("a timer of a moved shard was %v late, beyond the %v of the shards that stayed plus the %v handover and 2s", moved, stayed, took)
+	}
+}
+
+// shardOwners returns the owner of every shard, from the ShardMap of the
+// node at addr.
+func shardOwners(t *testing.T, addr string) map[uint32]string {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sm, err := pb.NewClusterServiceClient(conn).ShardMap(context.Background(), &pb.ShardMapRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(map[uint32]string)
+	for _, o := range sm.GetShards() {
+		out[o.GetShard()] = o.GetOwner()
+	}
+	return out
 }
 
 // TestClusterKilledNode: a node stopped hard (no leave, no release, no
