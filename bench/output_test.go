@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -458,33 +459,197 @@ func TestPlotsNonFiniteAndSinglePoint(t *testing.T) {
 func TestLatencyPlotAxis(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
+		count int64
 		curve []Point
 		want  []string // the X tick labels
 	}{
-		{"to p99.9 and max", []Point{{0, 1}, {90, 2}, {99, 3}, {99.9, 4}, {100, 5}}, []string{"0%", "90%", "99%", "99.9%", "99.99%"}},
-		{"to p99.99", []Point{{0, 1}, {99.99, 4}}, []string{"0%", "90%", "99%", "99.9%", "99.99%"}},
-		{"to p90", []Point{{0, 1}, {90, 4}}, []string{"0%", "90%"}},
-		{"median only", []Point{{50, 1}}, []string{"0%", "90%"}},
-		{"beyond the cap", []Point{{0, 1}, {99.99999999, 4}, {100, 5}}, []string{"0%", "90%", "99%", "99.9%", "99.99%", "99.999%", "99.9999%"}},
+		// Without a count, the curve goes as far as its finest
+		// percentile, where the maximum ends it.
+		{"to p99.9 and max", 0, []Point{{0, 1}, {90, 2}, {99, 3}, {99.9, 4}, {100, 5}}, []string{"0%", "90%", "99%", "99.9%"}},
+		{"to p99.99", 0, []Point{{0, 1}, {99.99, 4}}, []string{"0%", "90%", "99%", "99.9%", "99.99%"}},
+		{"to p90", 0, []Point{{0, 1}, {90, 4}}, []string{"0%", "90%"}},
+		{"median only", 0, []Point{{50, 1}}, []string{"0%", "90%"}},
+		{"beyond the cap", 0, []Point{{0, 1}, {99.99999999, 4}, {100, 5}}, []string{"0%", "90%", "99%", "99.9%", "99.99%", "99.999%", "99.9999%"}},
+		// With one, up to 1 - 1/n.
+		{"100 values", 100, []Point{{0, 1}, {90, 2}, {99, 3}, {100, 5}}, []string{"0%", "90%", "99%"}},
+		{"1,000 values", 1000, []Point{{0, 1}, {90, 2}, {99, 3}, {99.9, 4}, {100, 5}}, []string{"0%", "90%", "99%", "99.9%"}},
+		{"300 values", 300, []Point{{0, 1}, {90, 2}, {99, 3}, {100, 5}}, []string{"0%", "90%", "99%", "99.9%"}},
+		{"10,000 values", 10000, []Point{{0, 1}, {99.99, 4}, {100, 5}}, []string{"0%", "90%", "99%", "99.9%", "99.99%"}},
+		{"curve beyond its count", 100, []Point{{0, 1}, {99, 3}, {99.9, 4}, {99.99, 4.5}, {100, 5}}, []string{"0%", "90%", "99%"}},
+		{"one value", 1, []Point{{0, 5}, {100, 5}}, []string{"0%", "90%"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, ok := latencyPlot(&Report{Dists: []Dist{{Name: "d", Unit: "ms", Curve: tc.curve}}})
+			p, ok := latencyPlot(&Report{Dists: []Dist{{Name: "d", Unit: "ms", Count: tc.count, Curve: tc.curve}}})
 			if !ok {
 				t.Fatal("no plot")
 			}
+			if len(p.panels) != 1 {
+				t.Fatalf("%d panels, want 1", len(p.panels))
+			}
+			pn := p.panels[0]
 			var got []string
-			for _, tk := range p.x.ticks {
+			for _, tk := range pn.x.ticks {
 				got = append(got, tk.label)
 			}
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("ticks %q, want %q", got, tc.want)
 			}
-			for _, pt := range p.lines[0].pts {
-				if pt.X < p.x.lo || pt.X > p.x.hi || pt.Y < p.y.lo || pt.Y > p.y.hi {
-					t.Errorf("point %v outside the axes [%v,%v]×[%v,%v]", pt, p.x.lo, p.x.hi, p.y.lo, p.y.hi)
+			for _, pt := range pn.lines[0].pts {
+				if pt.X < pn.x.lo || pt.X > pn.x.hi || pt.Y < pn.y.lo || pt.Y > pn.y.hi {
+					t.Errorf("point %v outside the axes [%v,%v]×[%v,%v]", pt, pn.x.lo, pn.x.hi, pn.y.lo, pn.y.hi)
 				}
 			}
+			pts := pn.lines[0].pts
+			if tc.count > 0 {
+				limit := math.Log10(float64(tc.count))
+				for _, pt := range pts {
+					if pt.X > limit+1e-9 {
+						t.Errorf("point %v beyond the percentile 1 - 1/%d (%v on the axis)", pt, tc.count, limit)
+					}
+				}
+			}
+			// The maximum ends the curve.
+			if last, max := pts[len(pts)-1], tc.curve[len(tc.curve)-1]; max.X == 100 && last.Y != max.Y {
+				t.Errorf("the curve ends at %v, want the maximum %v", last, max.Y)
+			}
 		})
+	}
+}
+
+// TestLatencyPlotSupportedPercentiles plots real histograms: Schedule
+// calls of 100 values and lateness of 10,000. Each gets a panel of its
+// own, and each curve stops at the percentile 1 - 1/n its count
+// supports, in the plot and in the SVG.
+func TestLatencyPlotSupportedPercentiles(t *testing.T) {
+	calls, late := NewLatency(), NewLatency()
+	for i := 1; i <= 100; i++ {
+		calls.Record(time.Duration(i) * 10 * time.Microsecond)
+	}
+	for i := 1; i <= 10000; i++ {
+		late.Record(time.Duration(i) * time.Millisecond)
+	}
+	r := &Report{Dists: []Dist{late.Dist("lateness"), calls.Dist("Schedule call, batch=1")}}
+	p, ok := latencyPlot(r)
+	if !ok {
+		t.Fatal("no plot")
+	}
+	for i, want := range []struct {
+		title, line, lastTick string
+		decades               float64
+	}{
+		{latePanel, "lateness", "99.99%", 4},
+		{callPanel, "Schedule call, batch=1", "99%", 2},
+	} {
+		if i >= len(p.panels) {
+			t.Fatalf("%d panels, want 2", len(p.panels))
+		}
+		pn := p.panels[i]
+		if pn.title != want.title || len(pn.lines) != 1 || pn.lines[0].label != want.line {
+			t.Errorf("panel %d: %q with %d lines, want %q with %q alone", i, pn.title, len(pn.lines), want.title, want.line)
+			continue
+		}
+		if got := pn.x.ticks[len(pn.x.ticks)-1].label; got != want.lastTick {
+			t.Errorf("%s: the axis ends at %s, want %s", pn.title, got, want.lastTick)
+		}
+		pts := pn.lines[0].pts
+		for _, pt := range pts {
+			if pt.X > want.decades+1e-9 {
+				t.Errorf("%s: point %v beyond %s", pn.title, pt, want.lastTick)
+			}
+		}
+		if last := pts[len(pts)-1]; math.Abs(last.X-want.decades) > 1e-9 {
+			t.Errorf("%s: the curve ends at %v, want at %s", pn.title, last, want.lastTick)
+		}
+	}
+	if n := len(p.panels); n != 2 {
+		t.Errorf("%d panels, want 2", n)
+	}
+
+	// In the SVG of the 100 calls alone, no point of the curve is right
+	// of the 99% tick, and there is no finer tick.
+	p, _ = latencyPlot(&Report{Dists: []Dist{calls.Dist("Schedule call, batch=1")}})
+	var b bytes.Buffer
+	if err := p.writeSVG(&b); err != nil {
+		t.Fatal(err)
+	}
+	doc := b.String()
+	m := regexp.MustCompile(`<text x="([\d.]+)" y="[\d.]+">99%</text>`).FindStringSubmatch(doc)
+	if m == nil {
+		t.Fatalf("no 99%% tick label in\n%s", doc)
+	}
+	tick99, _ := strconv.ParseFloat(m[1], 64)
+	if strings.Contains(doc, "99.9%") {
+		t.Errorf("the SVG of 100 values has a tick past 99%%:\n%s", doc)
+	}
+	lines := regexp.MustCompile(`<polyline [^>]*points="([^"]*)"`).FindAllStringSubmatch(doc, -1)
+	if len(lines) != 1 {
+		t.Fatalf("%d polylines, want 1", len(lines))
+	}
+	for _, xy := range strings.Fields(lines[0][1]) {
+		x, _ := strconv.ParseFloat(strings.SplitN(xy, ",", 2)[0], 64)
+		if x > tick99 {
+			t.Errorf("point %s is right of the 99%% tick at x=%v", xy, tick99)
+		}
+	}
+}
+
+func TestThroughputPlotSmooths(t *testing.T) {
+	// Samples every 250 ms, whose counts alternate between 0 and 1,000
+	// (rates 0 and 4,000/s): a steady 2,000/s, sampled in steps.
+	var spiky []Point
+	for i := 1; i <= 40; i++ {
+		y := 0.0
+		if i%2 == 0 {
+			y = 4000
+		}
+		spiky = append(spiky, Point{X: float64(i) * 0.25, Y: y})
+	}
+	// Samples every second: 0/s for 10 s, then 1,000/s for 10 s.
+	var step []Point
+	for i := 1; i <= 20; i++ {
+		y := 0.0
+		if i > 10 {
+			y = 1000
+		}
+		step = append(step, Point{X: float64(i), Y: y})
+	}
+
+	p, ok := throughputPlot(&Report{Series: []Series{{Name: "fired", Unit: "timers/s", Points: spiky}}})
+	if !ok {
+		t.Fatal("no plot")
+	}
+	pts := p.panels[0].lines[0].pts
+	if len(pts) != len(spiky) {
+		t.Fatalf("%d points, want one per sample (%d)", len(pts), len(spiky))
+	}
+	for _, pt := range pts {
+		if math.Abs(pt.Y-2000) > 1e-6 {
+			t.Errorf("point %v, want a rate of 2,000/s", pt)
+		}
+	}
+	if !strings.Contains(p.panels[0].title, "the rate over the 1 s around it") {
+		t.Errorf("panel title %q does not give the 1 s window", p.panels[0].title)
+	}
+
+	// A 3 s window (3 ticks): a point whose window lies within one regime
+	// has that regime's rate, and the step is still there.
+	pts = smoothRate(step, smoothingWindow([]Series{{Points: step}}))
+	for _, pt := range pts {
+		switch {
+		case pt.X <= 8.5 && pt.Y != 0:
+			t.Errorf("point %v, want 0/s before the step", pt)
+		case pt.X >= 11.5 && math.Abs(pt.Y-1000) > 1e-9:
+			t.Errorf("point %v, want 1,000/s after the step", pt)
+		case pt.Y < 0 || pt.Y > 1000:
+			t.Errorf("point %v outside the rates of the series", pt)
+		}
+	}
+
+	// Samples that do not move forward are dropped; a run shorter than
+	// the window averages over the whole run.
+	pts = smoothRate([]Point{{0.5, 100}, {0.5, 9999}, {1, 300}}, 3)
+	if want := []Point{{0.5, 200}, {1, 200}}; !reflect.DeepEqual(pts, want) {
+		t.Errorf("smoothRate = %v, want %v", pts, want)
 	}
 }
 

@@ -10,46 +10,98 @@ import (
 	"strings"
 )
 
-// Plot geometry, in SVG user units. The legend goes below the plot area,
-// one row per line, so that it never hides a curve.
+// Plot geometry, in SVG user units. A plot is one or more panels stacked
+// under its title, each with its own axes and its legend below it, one
+// row per line, so that the legend never hides a curve.
 const (
 	plotWidth    = 800.0
-	plotHeight   = 440.0 // without the legend
+	titleBand    = 40.0 // the plot's title, once at the top
+	panelHead    = 24.0 // a panel's own title, above its plot area
+	areaHeight   = 336.0
 	marginLeft   = 76.0
 	marginRight  = 44.0 // room for the last X tick label
-	marginTop    = 44.0
-	marginBottom = 60.0
+	marginBottom = 60.0 // X tick labels and the axis title
 	legendRow    = 20.0
+	legendPad    = 8.0
 )
 
 // maxDecades bounds the percentile axis at 99.9999%: finer percentiles
 // are noise for any run the bench can make.
 const maxDecades = 6
 
-// plot is a line chart, in data coordinates, ready to be written as SVG.
+// plot is a chart of one or more panels, in data coordinates, ready to be
+// written as SVG.
 type plot struct {
-	title string
+	title  string
+	panels []panel
+}
+
+// panel is one chart of a plot: its own axes and the lines on them.
+type panel struct {
+	title string // may be empty
 	x, y  axis
 	lines []plotLine
 }
 
-// axis is one axis of a plot: the range it spans and where its ticks go.
+// axis is one axis of a panel: the range it spans and where its ticks go.
 type axis struct {
 	title  string
 	lo, hi float64
 	ticks  []tick
 }
 
-// tick is one labelled tick of an axis, with a gridline across the plot.
+// tick is one labelled tick of an axis, with a gridline across the panel.
 type tick struct {
 	v     float64
 	label string
 }
 
-// plotLine is one curve of a plot.
+// plotLine is one curve of a panel. style numbers its colour and dash
+// pattern, unique within the plot, so that no two lines of a plot look
+// alike even on different panels.
 type plotLine struct {
 	label string
 	pts   []Point
+	style int
+	// markLast marks the last point with a dot: the maximum that ends a
+	// percentile curve, which is otherwise a step that may fall on the
+	// panel's edge.
+	markLast bool
+}
+
+// Latency panels. Call latency (request to response) and lateness (due
+// time to delivery) are different quantities, often orders of magnitude
+// apart, so they are drawn on panels of their own.
+const (
+	latePanel = "Lateness: delivered after the due time"
+	callPanel = "Call latency: request to response"
+)
+
+// latencyPanelOf names the panel of the distribution called name.
+func latencyPanelOf(name string) string {
+	if strings.Contains(name, "lateness") {
+		return latePanel
+	}
+	return callPanel
+}
+
+// supportedDecades is how far along the HDR scale (see hdrX) the curve of
+// d may go: up to the percentile 1 - 1/n of its n values, the last one
+// below which a value lies. Beyond it the curve would only be the maximum
+// stretched over percentiles that n values cannot tell apart: 100 values
+// say nothing of the 99.9th percentile. A distribution whose count is not
+// known (0) goes as far as its finest percentile other than the maximum.
+func supportedDecades(d Dist) float64 {
+	if d.Count > 0 {
+		return math.Min(snapDecade(math.Log10(float64(d.Count))), maxDecades)
+	}
+	var finest float64
+	for _, p := range d.Curve {
+		if x, ok := hdrX(p.X); ok {
+			finest = math.Max(finest, x)
+		}
+	}
+	return finest
 }
 
 // latencyPlot returns the percentile plot of r's distributions, and false
@@ -57,66 +109,76 @@ type plotLine struct {
 // histogram scale: log10(1/(1-p)), so that 90%, 99%, 99.9%... are evenly
 // spaced and the tail, where latency problems live, gets most of the
 // width.
+//
+// Lateness and call latency are on panels of their own, each with its own
+// axes. A distribution of n values is drawn up to the percentile 1 - 1/n
+// and no further (supportedDecades); its maximum, which every percentile
+// beyond that is, ends its curve there as a step. A panel's percentile
+// axis ends at the first labelled percentile (90%, 99%, 99.9%...) at or
+// past the end of its longest curve.
 func latencyPlot(r *Report) (plot, bool) {
-	var ds []Dist
 	all := r.Dists
 	if r.Floor != nil {
 		// The floor's lateness, beside the target's.
 		all = append(slices.Clone(all), r.Floor.dists()[0])
 	}
+	p := plot{title: "Latency by percentile" + about(r)}
+	var ds [][]Dist // by panel, in the order of p.panels
 	for _, d := range all {
-		if d.Curve = finitePoints(d.Curve); len(d.Curve) > 0 {
-			ds = append(ds, d)
+		if d.Curve = finitePoints(d.Curve); len(d.Curve) == 0 {
+			continue
 		}
+		name := latencyPanelOf(d.Name)
+		i := slices.IndexFunc(p.panels, func(pn panel) bool { return pn.title == name })
+		if i < 0 {
+			i = len(p.panels)
+			p.panels = append(p.panels, panel{title: name})
+			ds = append(ds, nil)
+		}
+		ds[i] = append(ds[i], d)
 	}
-	if len(ds) == 0 {
+	if len(p.panels) == 0 {
 		return plot{}, false
 	}
-
-	// The 100th percentile (the maximum) is infinitely far right on this
-	// scale; draw it one decade past the finest percentile measured.
-	var finest float64
-	hasMax := false
-	for _, d := range ds {
-		for _, p := range d.Curve {
-			if x, ok := hdrX(p.X); ok {
-				finest = math.Max(finest, x)
-			} else {
-				hasMax = true
+	style := 0
+	for i := range p.panels {
+		pn := &p.panels[i]
+		yUnit, perLine := commonUnit(len(ds[i]), func(j int) string { return ds[i][j].Unit })
+		ys := []float64{0}
+		var end float64
+		for _, d := range ds[i] {
+			l := plotLine{label: d.Name, style: style}
+			style++
+			if perLine {
+				l.label += " (" + d.Unit + ")"
 			}
-		}
-	}
-	// The slack keeps float error (1-0.9 is not 0.1) from adding a decade.
-	end := math.Max(1, math.Ceil(finest-1e-9))
-	if hasMax && end-finest < 0.25 {
-		end++
-	}
-	end = math.Min(end, maxDecades)
-
-	yUnit, perLine := commonUnit(len(ds), func(i int) string { return ds[i].Unit })
-	p := plot{title: "Latency by percentile" + about(r)}
-	ys := []float64{0}
-	for _, d := range ds {
-		l := plotLine{label: d.Name}
-		if perLine {
-			l.label += " (" + d.Unit + ")"
-		}
-		for _, pt := range d.Curve {
-			x, ok := hdrX(pt.X)
-			if !ok || x > end {
-				x = end
+			last := supportedDecades(d)
+			end = math.Max(end, last)
+			for _, pt := range d.Curve {
+				x, ok := hdrX(pt.X)
+				switch {
+				case !ok: // the maximum
+					x = last
+					l.markLast = true
+				case x > last+1e-9:
+					continue
+				case x > last:
+					x = last
+				}
+				l.pts = append(l.pts, Point{X: x, Y: pt.Y})
+				ys = append(ys, pt.Y)
 			}
-			l.pts = append(l.pts, Point{X: x, Y: pt.Y})
-			ys = append(ys, pt.Y)
+			pn.lines = append(pn.lines, l)
 		}
-		p.lines = append(p.lines, l)
+		// The slack keeps float error (1-0.9 is not 0.1) from adding a
+		// decade.
+		end = math.Min(math.Max(1, math.Ceil(end-1e-9)), maxDecades)
+		pn.x = axis{title: "percentile", lo: 0, hi: end}
+		for k := 0; k <= int(end); k++ {
+			pn.x.ticks = append(pn.x.ticks, tick{v: float64(k), label: percentileLabel(k)})
+		}
+		pn.y = valueAxis("latency", yUnit, ys, 6)
 	}
-
-	p.x = axis{title: "percentile", lo: 0, hi: end}
-	for k := 0; k <= int(end); k++ {
-		p.x.ticks = append(p.x.ticks, tick{v: float64(k), label: percentileLabel(k)})
-	}
-	p.y = valueAxis("latency", yUnit, ys, 6)
 	return p, true
 }
 
@@ -127,7 +189,16 @@ func hdrX(pct float64) (float64, bool) {
 	if q <= 0 {
 		return 0, false
 	}
-	return math.Min(-math.Log10(q), maxDecades), true
+	return math.Min(snapDecade(-math.Log10(q)), maxDecades), true
+}
+
+// snapDecade returns x, or the whole number of decades float error moved
+// it off (1-0.999 is not 0.001, and log10(1000) is not quite 3).
+func snapDecade(x float64) float64 {
+	if r := math.Round(x); math.Abs(x-r) < 1e-9 {
+		return r
+	}
+	return x
 }
 
 // percentileLabel names the percentile k decades along the HDR scale:
@@ -146,6 +217,16 @@ func percentileLabel(k int) string {
 
 // throughputPlot returns the plot of r's series over time, and false when
 // no series has a point to draw.
+//
+// A series holds the rate over each sampling tick, and a count that moves
+// in steps (a batch, a wheel tick's worth of timers firing together)
+// falls now in one tick, now in the next: at a tick of a second or less
+// that draws as spikes of the sampling, not of the target. The plot
+// therefore draws, at each sample, the rate over a window of
+// smoothingWindow around it (count in the window over its length, from
+// the counts the ticks add up to), so a rate that holds for less than the
+// window is averaged out and one that holds for longer is drawn as it is.
+// The report's JSON keeps the rate of every tick.
 func throughputPlot(r *Report) (plot, bool) {
 	var ss []Series
 	for _, s := range r.Series {
@@ -156,23 +237,91 @@ func throughputPlot(r *Report) (plot, bool) {
 	if len(ss) == 0 {
 		return plot{}, false
 	}
+	w := smoothingWindow(ss)
 	yUnit, perLine := commonUnit(len(ss), func(i int) string { return ss[i].Unit })
-	p := plot{title: "Throughput" + about(r)}
+	pn := panel{title: "each point: the rate over the " + human(w) + " s around it"}
 	xs, ys := []float64{0}, []float64{0}
-	for _, s := range ss {
-		l := plotLine{label: s.Name, pts: s.Points}
+	for i, s := range ss {
+		l := plotLine{label: s.Name, pts: smoothRate(s.Points, w), style: i}
 		if perLine {
 			l.label += " (" + s.Unit + ")"
 		}
-		for _, pt := range s.Points {
+		for _, pt := range l.pts {
 			xs = append(xs, pt.X)
 			ys = append(ys, pt.Y)
 		}
-		p.lines = append(p.lines, l)
+		pn.lines = append(pn.lines, l)
 	}
-	p.x = valueAxis("time since start", "s", xs, 8)
-	p.y = valueAxis("rate", yUnit, ys, 6)
-	return p, true
+	pn.x = valueAxis("time since start", "s", xs, 8)
+	pn.y = valueAxis("rate", yUnit, ys, 6)
+	return plot{title: "Throughput" + about(r), panels: []panel{pn}}, true
+}
+
+// smoothingWindow returns the window, in seconds, throughputPlot averages
+// rates over: three sampling ticks (the median interval between the
+// samples of ss), and at least a second.
+func smoothingWindow(ss []Series) float64 {
+	var dts []float64
+	for _, s := range ss {
+		prev := 0.0
+		for _, p := range s.Points {
+			if p.X > prev {
+				dts = append(dts, p.X-prev)
+				prev = p.X
+			}
+		}
+	}
+	if len(dts) == 0 {
+		return 1
+	}
+	slices.Sort(dts)
+	return math.Max(1, 3*dts[len(dts)/2])
+}
+
+// smoothRate returns, at each sample of pts, the rate over the window of
+// w seconds centred on it, moved inside the run where it would stick out
+// of it, so that every point averages a whole window when the run is at
+// least that long. A point of pts is the rate over the time since the
+// point before it (since 0 for the first one), the way the meter samples;
+// within that time the count is taken to grow evenly. Points that do not
+// move forward in time are dropped.
+func smoothRate(pts []Point, w float64) []Point {
+	// The count at the time of each sample: t[i], c[i].
+	t, c := []float64{0}, []float64{0}
+	for _, p := range pts {
+		last := t[len(t)-1]
+		if p.X <= last {
+			continue
+		}
+		t = append(t, p.X)
+		c = append(c, c[len(c)-1]+p.Y*(p.X-last))
+	}
+	end := t[len(t)-1]
+	count := func(at float64) float64 {
+		i, found := slices.BinarySearch(t, at)
+		switch {
+		case found:
+			return c[i]
+		case i == 0:
+			return 0
+		case i == len(t):
+			return c[len(c)-1]
+		}
+		f := (at - t[i-1]) / (t[i] - t[i-1])
+		return c[i-1] + f*(c[i]-c[i-1])
+	}
+	out := make([]Point, 0, len(t)-1)
+	for _, x := range t[1:] {
+		a, b := x-w/2, x+w/2
+		if a < 0 {
+			a, b = 0, math.Min(w, end)
+		}
+		if b > end {
+			a, b = math.Max(0, end-w), end
+		}
+		out = append(out, Point{X: x, Y: (count(b) - count(a)) / (b - a)})
+	}
+	return out
 }
 
 // about names the run a plot is of, for its title.
@@ -281,7 +430,7 @@ func niceStep(raw float64) (mant float64, exp int) {
 	return 1, exp + 1
 }
 
-// colour returns the colour of the i-th line: a palette of distinct,
+// colour returns the colour of style i: a palette of distinct,
 // colour-blind friendly hues (Tableau 10).
 func colour(i int) string {
 	colours := [...]string{
@@ -291,8 +440,8 @@ func colour(i int) string {
 	return colours[i%len(colours)]
 }
 
-// dashes returns the dash pattern of the i-th line: solid until the
-// palette runs out, then dashed so that lines of the same colour differ.
+// dashes returns the dash pattern of style i: solid until the palette runs
+// out, then dashed so that lines of the same colour differ.
 func dashes(i int) string {
 	if (i/10)%2 == 1 {
 		return ` stroke-dasharray="8 4"`
@@ -300,15 +449,19 @@ func dashes(i int) string {
 	return ""
 }
 
+// height is the height of pn in the SVG: its title, its plot area, its
+// axis labels and its legend.
+func (pn *panel) height() float64 {
+	return panelHead + areaHeight + marginBottom + legendRow*float64(len(pn.lines)) + legendPad
+}
+
 // writeSVG writes p as a standalone SVG document. It has no XML prolog so
 // that the same bytes can be inlined in HTML.
 func (p *plot) writeSVG(w io.Writer) error {
-	left, right := marginLeft, plotWidth-marginRight
-	top, bottom := marginTop, plotHeight-marginBottom
-	height := plotHeight + legendRow*float64(len(p.lines)) + 8
-	sx := func(v float64) float64 { return left + (v-p.x.lo)/(p.x.hi-p.x.lo)*(right-left) }
-	sy := func(v float64) float64 { return bottom - (v-p.y.lo)/(p.y.hi-p.y.lo)*(bottom-top) }
-
+	height := titleBand
+	for i := range p.panels {
+		height += p.panels[i].height()
+	}
 	ew := &errWriter{w: w}
 	ew.printf(`<svg xmlns="http://www.w3.org/2000/svg" width="%s" height="%s" viewBox="0 0 %s %s" font-family="sans-serif" font-size="12">`+"\n",
 		num(plotWidth), num(height), num(plotWidth), num(height))
@@ -316,65 +469,87 @@ func (p *plot) writeSVG(w io.Writer) error {
 	ew.printf(`<rect width="100%%" height="100%%" fill="#ffffff"/>` + "\n")
 	ew.printf(`<text x="%s" y="26" text-anchor="middle" font-size="16" font-weight="bold">%s</text>`+"\n",
 		num(plotWidth/2), esc(p.title))
+	y := titleBand
+	for i := range p.panels {
+		p.panels[i].writeSVG(ew, y)
+		y += p.panels[i].height()
+	}
+	ew.printf("</svg>\n")
+	if ew.err != nil {
+		return fmt.Errorf("bench: writing plot: %w", ew.err)
+	}
+	return nil
+}
+
+// writeSVG writes pn as a group of SVG elements whose top is at y0.
+func (pn *panel) writeSVG(ew *errWriter, y0 float64) {
+	left, right := marginLeft, plotWidth-marginRight
+	top := y0 + panelHead
+	bottom := top + areaHeight
+	sx := func(v float64) float64 { return left + (v-pn.x.lo)/(pn.x.hi-pn.x.lo)*(right-left) }
+	sy := func(v float64) float64 { return bottom - (v-pn.y.lo)/(pn.y.hi-pn.y.lo)*(bottom-top) }
+
+	ew.printf("<g>\n")
+	if pn.title != "" {
+		ew.printf(`<text x="%s" y="%s" font-size="13" font-style="italic" fill="#333333">%s</text>`+"\n",
+			num(left), num(top-8), esc(pn.title))
+	}
 
 	// Gridlines and tick labels.
 	ew.printf(`<g stroke="#e4e4e4" stroke-width="1">` + "\n")
-	for _, t := range p.x.ticks {
+	for _, t := range pn.x.ticks {
 		ew.printf(`<line x1="%s" y1="%s" x2="%s" y2="%s"/>`+"\n", num(sx(t.v)), num(top), num(sx(t.v)), num(bottom))
 	}
-	for _, t := range p.y.ticks {
+	for _, t := range pn.y.ticks {
 		ew.printf(`<line x1="%s" y1="%s" x2="%s" y2="%s"/>`+"\n", num(left), num(sy(t.v)), num(right), num(sy(t.v)))
 	}
 	ew.printf("</g>\n")
 	ew.printf(`<rect x="%s" y="%s" width="%s" height="%s" fill="none" stroke="#666666"/>`+"\n",
 		num(left), num(top), num(right-left), num(bottom-top))
 	ew.printf(`<g fill="#333333" text-anchor="middle">` + "\n")
-	for _, t := range p.x.ticks {
+	for _, t := range pn.x.ticks {
 		ew.printf(`<text x="%s" y="%s">%s</text>`+"\n", num(sx(t.v)), num(bottom+18), esc(t.label))
 	}
 	ew.printf("</g>\n")
 	ew.printf(`<g fill="#333333" text-anchor="end">` + "\n")
-	for _, t := range p.y.ticks {
+	for _, t := range pn.y.ticks {
 		ew.printf(`<text x="%s" y="%s">%s</text>`+"\n", num(left-8), num(sy(t.v)+4), esc(t.label))
 	}
 	ew.printf("</g>\n")
 
 	// Axis titles.
 	ew.printf(`<text x="%s" y="%s" text-anchor="middle" font-size="13">%s</text>`+"\n",
-		num((left+right)/2), num(bottom+44), esc(p.x.title))
+		num((left+right)/2), num(bottom+44), esc(pn.x.title))
 	ew.printf(`<text transform="translate(18 %s) rotate(-90)" text-anchor="middle" font-size="13">%s</text>`+"\n",
-		num((top+bottom)/2), esc(p.y.title))
+		num((top+bottom)/2), esc(pn.y.title))
 
 	// Lines, with their name as a tooltip.
 	ew.printf(`<g fill="none" stroke-width="2" stroke-linejoin="round" stroke-linecap="round">` + "\n")
-	for i, l := range p.lines {
+	for _, l := range pn.lines {
 		pts := make([]string, len(l.pts))
 		for j, pt := range l.pts {
 			pts[j] = num(sx(pt.X)) + "," + num(sy(pt.Y))
 		}
 		ew.printf(`<polyline stroke="%s"%s points="%s"><title>%s</title></polyline>`+"\n",
-			colour(i), dashes(i), strings.Join(pts, " "), esc(l.label))
+			colour(l.style), dashes(l.style), strings.Join(pts, " "), esc(l.label))
 		// A single point draws no polyline; mark it so it is seen.
-		if len(l.pts) == 1 {
-			ew.printf(`<circle cx="%s" cy="%s" r="4" fill="%s" stroke="none"/>`+"\n",
-				num(sx(l.pts[0].X)), num(sy(l.pts[0].Y)), colour(i))
+		if len(l.pts) == 1 || l.markLast && len(l.pts) > 0 {
+			pt := l.pts[len(l.pts)-1]
+			ew.printf(`<circle cx="%s" cy="%s" r="4" fill="%s" stroke="none"><title>%s</title></circle>`+"\n",
+				num(sx(pt.X)), num(sy(pt.Y)), colour(l.style), esc(l.label))
 		}
 	}
 	ew.printf("</g>\n")
 
-	// Legend, below the plot.
+	// Legend, below the panel.
 	ew.printf(`<g font-size="12">` + "\n")
-	for i, l := range p.lines {
-		y := plotHeight + legendRow*float64(i) + 6
+	for i, l := range pn.lines {
+		y := bottom + marginBottom + legendRow*float64(i) + 6
 		ew.printf(`<line x1="%s" y1="%s" x2="%s" y2="%s" stroke="%s" stroke-width="3"%s/>`+"\n",
-			num(left), num(y), num(left+28), num(y), colour(i), dashes(i))
+			num(left), num(y), num(left+28), num(y), colour(l.style), dashes(l.style))
 		ew.printf(`<text x="%s" y="%s">%s</text>`+"\n", num(left+36), num(y+4), esc(l.label))
 	}
-	ew.printf("</g>\n</svg>\n")
-	if ew.err != nil {
-		return fmt.Errorf("bench: writing plot: %w", ew.err)
-	}
-	return nil
+	ew.printf("</g>\n</g>\n")
 }
 
 // num formats an SVG coordinate to a tenth of a unit. Anything not finite

@@ -11,5 +11,8 @@
 //
 // The grpcurl test looks for grpcurl on PATH and in $(go env GOPATH)/bin;
 // it is skipped when grpcurl is missing, unless CI is set (CI=true),
-// where it fails: the CI script installs it.
+// where it fails: the CI script installs it. So is the test of the
+// Node.js client in examples/node, which needs node and npm on PATH: it
+// installs the example's pinned packages with npm ci (from npm's cache
+// when they are there) and runs the example against a started node.
 package e2e
