@@ -22,10 +22,12 @@ const otherNamespace = "_other"
 // some under a shard's lock, and do not block.
 type metrics struct {
 	scheduled, fired, redelivered, acked, dead *prometheus.CounterVec
-	lateness                                   *prometheus.HistogramVec
-	subscribers                                *prometheus.GaugeVec
-	commitSeconds, commitOps, commitBatches    prometheus.Histogram
-	commitRetries, commitGivenUp               prometheus.Counter
+	// lateness and wait split the first attempts: those dispatched when
+	// they came due, and those that waited for a subscriber first.
+	lateness, wait                          *prometheus.HistogramVec
+	subscribers                             *prometheus.GaugeVec
+	commitSeconds, commitOps, commitBatches prometheus.Histogram
+	commitRetries, commitGivenUp            prometheus.Counter
 	// acksNotHeld and acksNotSent count acks ignored because the stream
 	// did not hold the delivery, or held it but had not sent it yet.
 	acksNotHeld, acksNotSent prometheus.Counter
@@ -51,7 +53,7 @@ type metrics struct {
 // nsMetrics is the series of one namespace, resolved once.
 type nsMetrics struct {
 	scheduled, fired, redelivered, acked, dead prometheus.Counter
-	lateness                                   prometheus.Observer
+	lateness, wait                             prometheus.Observer
 	subscribers                                prometheus.Gauge
 }
 
@@ -69,8 +71,13 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 		dead:        counter("timers_dead_lettered_total", "Timers that became dead letters."),
 		lateness: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "timerd", Name: "fire_lateness_seconds",
-			Help:    "Fired time minus due time of first delivery attempts.",
+			Help:    "Fired time minus due time of first delivery attempts a subscriber could take when they came due (not those that waited for one: see timerd_fire_wait_seconds).",
 			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"namespace"}),
+		wait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "timerd", Name: "fire_wait_seconds",
+			Help:    "Fired time minus due time of first delivery attempts that came due while no subscriber of their topic could take them (none connected, or none with credit), and waited for one.",
+			Buckets: []float64{.01, .1, 1, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600},
 		}, []string{"namespace"}),
 		subscribers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "timerd", Name: "subscribers", Help: "Subscribe streams connected.",
@@ -141,7 +148,7 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 	}, []string{"reason"})
 	m.acksNotHeld = ignored.WithLabelValues("not_held")
 	m.acksNotSent = ignored.WithLabelValues("not_sent")
-	reg.MustRegister(m.scheduled, m.fired, m.redelivered, m.acked, m.dead, m.lateness, m.subscribers,
+	reg.MustRegister(m.scheduled, m.fired, m.redelivered, m.acked, m.dead, m.lateness, m.wait, m.subscribers,
 		m.commitSeconds, m.commitOps, m.commitBatches, m.commitRetries, m.commitGivenUp, ignored,
 		m.shardsAcquired, m.shardsReleased, m.shardsLost, m.shardLoad, m.shardTakeover, m.shardRelease,
 		m.forwardedItems, m.forwardedCalls,
@@ -189,6 +196,7 @@ func (m *metrics) series(label string) *nsMetrics {
 		acked:       m.acked.WithLabelValues(label),
 		dead:        m.dead.WithLabelValues(label),
 		lateness:    m.lateness.WithLabelValues(label),
+		wait:        m.wait.WithLabelValues(label),
 		subscribers: m.subscribers.WithLabelValues(label),
 	}
 }
@@ -227,7 +235,10 @@ func (m *metrics) ignoredAcks(notHeld, notSent int) {
 	}
 }
 
-// dispatched counts a delivery sent to a subscriber.
+// dispatched counts a delivery sent to a subscriber. The lateness of a
+// first attempt goes to one of two histograms: the time it waited for a
+// subscriber is the consumers' doing, and would hide how late the node
+// fires.
 func (m *metrics) dispatched(d *shard.Delivery) {
 	n := m.ns(d.Namespace)
 	if d.Attempt > 1 {
@@ -235,7 +246,12 @@ func (m *metrics) dispatched(d *shard.Delivery) {
 		return
 	}
 	n.fired.Inc()
-	n.lateness.Observe(d.Fired.Sub(d.Due).Seconds())
+	late := d.Fired.Sub(d.Due).Seconds()
+	if d.Waited {
+		n.wait.Observe(late)
+		return
+	}
+	n.lateness.Observe(late)
 }
 
 // Acked implements shard.Events.

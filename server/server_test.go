@@ -410,22 +410,44 @@ func TestHealthReflectionAndHTTP(t *testing.T) {
 	}
 }
 
+// TestMetricsCountDeliveries: a timer that came due with no subscriber
+// and waited for one is counted in timerd_fire_wait_seconds, and one
+// that a subscriber took when it came due in timerd_fire_lateness_seconds:
+// a consumer that connects late does not make the node look late.
 func TestMetricsCountDeliveries(t *testing.T) {
 	e := start(t, "")
-	e.schedule(spec("a", "t", 0))
+	e.schedule(spec("waited", "t", 0))
+	time.Sleep(200 * time.Millisecond) // due, with no subscriber
 	st := e.subscribe(&pb.Subscription{Topic: "t"})
-	st.ack(st.next())
-	waitFor(t, "fired, acked and lateness to be counted", func() bool {
-		resp, err := http.Get("http://" + e.srv.HTTPAddr() + "/metrics")
-		if err != nil {
-			return false
+	if d := st.next(); d.Id != "waited" {
+		t.Fatalf("got %q, want waited", d.Id)
+	} else {
+		st.ack(d)
+	}
+	// The subscriber is there now: the next timer is dispatched when due.
+	e.schedule(spec("on-time", "t", 0))
+	if d := st.next(); d.Id != "on-time" {
+		t.Fatalf("got %q, want on-time", d.Id)
+	} else {
+		st.ack(d)
+	}
+	want := []string{
+		`timerd_timers_fired_total{namespace="default"} 2`,
+		`timerd_timers_acked_total{namespace="default"} 2`,
+		`timerd_fire_lateness_seconds_count{namespace="default"} 1`,
+		`timerd_fire_wait_seconds_count{namespace="default"} 1`,
+		// The wait was at least the 200 ms slept: above the 0.1 s bucket.
+		`timerd_fire_wait_seconds_bucket{namespace="default",le="0.1"} 0`,
+		`timerd_subscribers{namespace="default"} 1`,
+	}
+	waitFor(t, "fired, acked, lateness and wait to be counted", func() bool {
+		body := e.metricsText()
+		for _, w := range want {
+			if !strings.Contains(body, w) {
+				return false
+			}
 		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		return strings.Contains(string(body), `timerd_timers_fired_total{namespace="default"} 1`) &&
-			strings.Contains(string(body), `timerd_timers_acked_total{namespace="default"} 1`) &&
-			strings.Contains(string(body), `timerd_fire_lateness_seconds_count{namespace="default"} 1`) &&
-			strings.Contains(string(body), `timerd_subscribers{namespace="default"} 1`)
+		return true
 	})
 }
 
