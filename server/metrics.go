@@ -13,8 +13,9 @@ import (
 )
 
 // otherNamespace labels the series of namespaces past
-// Config.MetricNamespaces.
-const otherNamespace = "_other"
+// Config.MetricNamespaces. No namespace can be named so (parentheses are
+// not allowed in one), so a tenant's series never mix with the overflow.
+const otherNamespace = "(other)"
 
 // metrics is the node's Prometheus instrumentation, in its own registry.
 // Its methods may be called concurrently; the per-event ones (dispatched,
@@ -41,6 +42,9 @@ type metrics struct {
 	// shards' owners.
 	forwardedItems, forwardedCalls *prometheus.CounterVec
 
+	// maxNS caps the namespaces that get series of their own: the label
+	// comes from clients. Every namespace-labelled metric is reached
+	// through ns, which applies the cap.
 	maxNS int
 	byNS  sync.Map // namespace -> *nsMetrics, at most maxNS entries
 
@@ -166,7 +170,8 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 	return m
 }
 
-// ns returns the series of namespace.
+// ns returns the series of namespace: its own among the first maxNS
+// namespaces seen since the start, the shared otherNamespace ones after.
 func (m *metrics) ns(namespace string) *nsMetrics {
 	if v, ok := m.byNS.Load(namespace); ok {
 		return v.(*nsMetrics)

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
+	"github.com/timerd/timerd/shard"
 	"github.com/timerd/timerd/store"
 )
 
@@ -449,6 +450,57 @@ func TestMetricsCountDeliveries(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// TestMetricNamespacesCap: past Config.MetricNamespaces, namespaces share
+// the series labelled "(other)", in every namespace-labelled metric; a
+// client's namespace that looks like an overflow label keeps its own.
+func TestMetricNamespacesCap(t *testing.T) {
+	e := start(t, "", func(c *Config) { c.MetricNamespaces = 2 })
+	inNS := func(ns, id string) *pb.TimerSpec {
+		s := spec(id, "t", 0)
+		s.Namespace = ns
+		return s
+	}
+	// One call each: the first two namespaces seen get series.
+	e.schedule(inNS("_other", "a"))
+	e.schedule(inNS("b", "b"))
+	e.schedule(inNS("c", "c1"), inNS("c", "c2"), inNS("d", "d"))
+	for _, ns := range []string{"_other", "b", "c", "d"} {
+		st := e.subscribe(&pb.Subscription{Namespace: ns, Topic: "t"})
+		d := st.next()
+		st.ack(d)
+		if ns == "c" {
+			st.ack(st.next())
+		}
+	}
+	want := []string{
+		`timerd_timers_scheduled_total{namespace="_other"} 1`,
+		`timerd_timers_scheduled_total{namespace="b"} 1`,
+		`timerd_timers_scheduled_total{namespace="(other)"} 3`,
+		`timerd_timers_fired_total{namespace="(other)"} 3`,
+		`timerd_timers_acked_total{namespace="(other)"} 3`,
+		`timerd_fire_wait_seconds_count{namespace="(other)"} 3`,
+		`timerd_subscribers{namespace="(other)"} 2`,
+	}
+	waitFor(t, "the overflow namespaces to be counted together", func() bool {
+		body := e.metricsText()
+		for _, w := range want {
+			if !strings.Contains(body, w) {
+				return false
+			}
+		}
+		return true
+	})
+	body := e.metricsText()
+	for _, ns := range []string{"c", "d"} {
+		if l := fmt.Sprintf(`namespace=%q`, ns); strings.Contains(body, l) {
+			t.Errorf("/metrics has a series with %s, past the cap of 2", l)
+		}
+	}
+	if shard.ValidNamespace(otherNamespace) == nil {
+		t.Errorf("%q is a valid namespace: a tenant's series could mix with the overflow", otherNamespace)
+	}
 }
 
 func TestClusterServiceSingleNode(t *testing.T) {
