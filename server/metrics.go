@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -41,6 +42,9 @@ type metrics struct {
 	// forwarded counts the items and requests this node sent on to the
 	// shards' owners.
 	forwardedItems, forwardedCalls *prometheus.CounterVec
+	// grpc counts the node's gRPC calls and messages and times them, by
+	// service, method and code; its interceptors go on the gRPC server.
+	grpc *grpcprom.ServerMetrics
 
 	// maxNS caps the namespaces that get series of their own: the label
 	// comes from clients. Every namespace-labelled metric is reached
@@ -144,6 +148,8 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 			Namespace: "timerd", Name: "forwarded_requests_total",
 			Help: "Requests this node sent to peers on a caller's behalf, by method and outcome code.",
 		}, []string{"method", "code"}),
+		grpc: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
+			grpcprom.WithHistogramBuckets(prometheus.ExponentialBuckets(.0001, 2, 18)))),
 		maxNS: maxNS,
 	}
 	ignored := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -155,7 +161,7 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 	reg.MustRegister(m.scheduled, m.fired, m.redelivered, m.acked, m.dead, m.lateness, m.wait, m.subscribers,
 		m.commitSeconds, m.commitOps, m.commitBatches, m.commitRetries, m.commitGivenUp, ignored,
 		m.shardsAcquired, m.shardsReleased, m.shardsLost, m.shardLoad, m.shardTakeover, m.shardRelease,
-		m.forwardedItems, m.forwardedCalls,
+		m.forwardedItems, m.forwardedCalls, m.grpc,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: "timerd", Name: "store_commit_queue_ops",
 			Help: "Writes the group commit holds, queued or in a round trip not yet finished.",
@@ -321,30 +327,39 @@ func (s *Server) shardStats() []shardStats {
 	return out
 }
 
-// shardCollector reports the timers of each loaded shard by state, and
-// how many shards are loaded, when scraped.
+// shardCollector reports the timers of each loaded shard by state, their
+// sums over the node, and how many shards are loaded, when scraped.
 type shardCollector struct{ stats func() []shardStats }
 
 var (
 	shardTimersDesc = prometheus.NewDesc("timerd_shard_timers",
 		"Timers held by a loaded shard, by state.", []string{"shard", "state"}, nil)
+	timersDesc = prometheus.NewDesc("timerd_timers",
+		"Timers held by this node's loaded shards, by state: the sums of timerd_shard_timers.", []string{"state"}, nil)
 	shardsLoadedDesc = prometheus.NewDesc("timerd_shards_loaded",
 		"Shards this node holds and has loaded.", nil, nil)
 )
 
 func (c shardCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- shardTimersDesc
+	ch <- timersDesc
 	ch <- shardsLoadedDesc
 }
 
 func (c shardCollector) Collect(ch chan<- prometheus.Metric) {
 	all := c.stats()
+	var pending, inFlight, dead float64
 	for _, st := range all {
 		id := strconv.FormatUint(uint64(st.id), 10)
-		pending := st.stats.Timers - st.stats.InFlight - st.stats.Dead
-		ch <- prometheus.MustNewConstMetric(shardTimersDesc, prometheus.GaugeValue, float64(pending), id, "pending")
-		ch <- prometheus.MustNewConstMetric(shardTimersDesc, prometheus.GaugeValue, float64(st.stats.InFlight), id, "in_flight")
-		ch <- prometheus.MustNewConstMetric(shardTimersDesc, prometheus.GaugeValue, float64(st.stats.Dead), id, "dead")
+		p := float64(st.stats.Timers - st.stats.InFlight - st.stats.Dead)
+		f, d := float64(st.stats.InFlight), float64(st.stats.Dead)
+		ch <- prometheus.MustNewConstMetric(shardTimersDesc, prometheus.GaugeValue, p, id, "pending")
+		ch <- prometheus.MustNewConstMetric(shardTimersDesc, prometheus.GaugeValue, f, id, "in_flight")
+		ch <- prometheus.MustNewConstMetric(shardTimersDesc, prometheus.GaugeValue, d, id, "dead")
+		pending, inFlight, dead = pending+p, inFlight+f, dead+d
 	}
+	ch <- prometheus.MustNewConstMetric(timersDesc, prometheus.GaugeValue, pending, "pending")
+	ch <- prometheus.MustNewConstMetric(timersDesc, prometheus.GaugeValue, inFlight, "in_flight")
+	ch <- prometheus.MustNewConstMetric(timersDesc, prometheus.GaugeValue, dead, "dead")
 	ch <- prometheus.MustNewConstMetric(shardsLoadedDesc, prometheus.GaugeValue, float64(len(all)))
 }

@@ -411,6 +411,29 @@ func TestHealthReflectionAndHTTP(t *testing.T) {
 	}
 }
 
+// TestGRPCMetrics: every call is counted by method and code and timed,
+// and the node's timers are summed by state.
+func TestGRPCMetrics(t *testing.T) {
+	e := start(t, "")
+	e.schedule(spec("a", "t", time.Hour))
+	if _, err := e.timers.Get(e.ctx(), &pb.GetRequest{Id: "nope"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("Get = %v, want NotFound", err)
+	}
+	body := e.metricsText()
+	for _, want := range []string{
+		`grpc_server_started_total{grpc_method="Schedule",grpc_service="timerd.v1.TimerService",grpc_type="unary"} 1`,
+		`grpc_server_handled_total{grpc_code="OK",grpc_method="Schedule",grpc_service="timerd.v1.TimerService",grpc_type="unary"} 1`,
+		`grpc_server_handled_total{grpc_code="NotFound",grpc_method="Get",grpc_service="timerd.v1.TimerService",grpc_type="unary"} 1`,
+		`grpc_server_handling_seconds_count{grpc_method="Get",grpc_service="timerd.v1.TimerService",grpc_type="unary"} 1`,
+		`timerd_timers{state="pending"} 1`,
+		`timerd_timers{state="in_flight"} 0`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
 // TestMetricsCountDeliveries: a timer that came due with no subscriber
 // and waited for one is counted in timerd_fire_wait_seconds, and one
 // that a subscriber took when it came due in timerd_fire_lateness_seconds:
