@@ -56,10 +56,13 @@ func toSpec(p *pb.TimerSpec) (shard.Spec, error) {
 
 // toWhen translates the when oneof of a TimerSpec, RescheduleItem or
 // ReplayDeadLettersRequest: exactly one of due and delay is set (set
-// says whether either is). A zero due time means "use delay". Errors wrap
+// says whether either is), and delay is not bothWhen (the request carried
+// both, see wireCodec). A zero due time means "use delay". Errors wrap
 // shard.ErrInvalidDue and name the field.
 func toWhen(due *timestamppb.Timestamp, delay *durationpb.Duration, set bool) (time.Time, time.Duration, error) {
 	switch {
+	case delay == bothWhen:
+		return time.Time{}, 0, fmt.Errorf("when: %w: due_time and delay are both set; set one", shard.ErrInvalidDue)
 	case due != nil:
 		if err := due.CheckValid(); err != nil {
 			return time.Time{}, 0, fmt.Errorf("due_time: %w: %v", shard.ErrInvalidDue, err)

@@ -315,8 +315,12 @@ type TimerSpec struct {
 	// including empty, fails the item with INVALID_ARGUMENT.
 	Topic string `protobuf:"bytes,3,opt,name=topic,proto3" json:"topic,omitempty"`
 	// When the timer is due. Exactly one of due_time and delay must be set;
-	// a spec with neither fails the item with INVALID_ARGUMENT (on the wire,
-	// if both are present the last one wins). The resulting due time may be in
+	// a spec with neither fails the item with INVALID_ARGUMENT, and so does
+	// one that carries both on the wire. (A protobuf decoder keeps only the
+	// last field of a oneof, so setting both through a generated message
+	// sends one; but a client that sets both fields of a plain object, as
+	// JavaScript's may, encodes both in field-number order, and the server
+	// refuses that rather than take delay.) The resulting due time may be in
 	// the past, in which case the timer fires at once, but it must not be
 	// later than now plus the server's maximum horizon (server-configurable,
 	// default 100 years), or the item fails with INVALID_ARGUMENT.
@@ -740,9 +744,9 @@ type RescheduleItem struct {
 	// INVALID_ARGUMENT; an unknown id gives NOT_FOUND.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// New due time, with the same rules as TimerSpec.when: exactly one of
-	// due_time and delay must be set (neither gives INVALID_ARGUMENT), a past
-	// due time fires at once and a due time beyond the server's maximum
-	// horizon gives INVALID_ARGUMENT.
+	// due_time and delay must be set (neither, or both on the wire, gives
+	// INVALID_ARGUMENT), a past due time fires at once and a due time beyond
+	// the server's maximum horizon gives INVALID_ARGUMENT.
 	//
 	// Types that are valid to be assigned to When:
 	//
@@ -1807,8 +1811,8 @@ type ReplayDeadLettersRequest struct {
 	// match [A-Za-z0-9._-]{1,128}, or the RPC fails with INVALID_ARGUMENT.
 	Topic string `protobuf:"bytes,3,opt,name=topic,proto3" json:"topic,omitempty"`
 	// When the replayed timers become due. Neither set means now. Both follow
-	// the TimerSpec.when rules, but a bad value fails the whole RPC with
-	// INVALID_ARGUMENT.
+	// the TimerSpec.when rules, but a bad value, or both fields on the wire,
+	// fails the whole RPC with INVALID_ARGUMENT.
 	//
 	// Types that are valid to be assigned to When:
 	//
