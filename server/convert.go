@@ -30,11 +30,15 @@ func namespaceOr(ns string) string {
 // at once either way, and the store keeps unix milliseconds.
 var epoch = time.Unix(0, 0)
 
-// toSpec translates a TimerSpec. Its errors wrap shard's ErrInvalid…
+// toSpec translates a TimerSpec of a request whose namespace is ns (the
+// spec's own when it gives one). Its errors wrap shard's ErrInvalid…
 // errors and name the field.
-func toSpec(p *pb.TimerSpec) (shard.Spec, error) {
+func toSpec(p *pb.TimerSpec, ns string) (shard.Spec, error) {
+	if p.GetNamespace() != "" {
+		ns = p.GetNamespace()
+	}
 	sp := shard.Spec{
-		Namespace: namespaceOr(p.GetNamespace()),
+		Namespace: ns,
 		ID:        p.GetId(),
 		Topic:     p.GetTopic(),
 		Payload:   p.GetPayload(),

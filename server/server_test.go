@@ -411,6 +411,49 @@ func TestHealthReflectionAndHTTP(t *testing.T) {
 	}
 }
 
+// TestScheduleRequestNamespace: ScheduleRequest.namespace is the
+// namespace of the specs that give none, as the namespace of a
+// RescheduleRequest or CancelRequest is for its items; a spec's own wins.
+func TestScheduleRequestNamespace(t *testing.T) {
+	e := start(t, "")
+	own := spec("b", "t", time.Hour)
+	own.Namespace = "tenant-b"
+	req := &pb.ScheduleRequest{Namespace: "tenant-a", Timers: []*pb.TimerSpec{spec("a", "t", time.Hour), own}}
+	for range 2 { // and a retry of it is idempotent
+		resp, err := e.timers.Schedule(e.ctx(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range resp.Results {
+			if r.Code != 0 {
+				t.Fatalf("%s: %d %s", r.Id, r.Code, r.Message)
+			}
+		}
+	}
+	for _, c := range []struct {
+		ns, id string
+		want   codes.Code
+	}{
+		{"tenant-a", "a", codes.OK},
+		{"", "a", codes.NotFound},
+		{"tenant-b", "b", codes.OK},
+		{"tenant-a", "b", codes.NotFound},
+	} {
+		g, err := e.timers.Get(e.ctx(), &pb.GetRequest{Namespace: c.ns, Id: c.id})
+		if status.Code(err) != c.want || err == nil && g.Timer.Spec.Namespace != c.ns {
+			t.Errorf("Get %q/%s = %v, %v; want %v", c.ns, c.id, g, err, c.want)
+		}
+	}
+	// The same namespace on the request names them in the other calls.
+	if r, err := e.timers.Cancel(e.ctx(), &pb.CancelRequest{Namespace: "tenant-a", Ids: []string{"a"}}); err != nil || r.Results[0].Code != 0 {
+		t.Fatalf("Cancel tenant-a/a = %v, %v", r, err)
+	}
+	_, err := e.timers.Schedule(e.ctx(), &pb.ScheduleRequest{Namespace: "no spaces", Timers: []*pb.TimerSpec{own}})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "namespace") {
+		t.Fatalf("Schedule with a bad request namespace = %v, want INVALID_ARGUMENT", err)
+	}
+}
+
 // TestGRPCMetrics: every call is counted by method and code and timed,
 // and the node's timers are summed by state.
 func TestGRPCMetrics(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
+	"github.com/timerd/timerd/shard"
 )
 
 // TestBadInput sends every kind of bad input and checks the code and the
@@ -211,6 +212,7 @@ func FuzzSchedule(f *testing.F) {
 		{Timers: []*pb.TimerSpec{spec("a", "t", time.Second)}},
 		{Timers: []*pb.TimerSpec{{Namespace: "n", Id: "b", Topic: "t", When: &pb.TimerSpec_DueTime{DueTime: timestamppb.Now()}, Interval: durationpb.New(time.Minute)}}},
 		{Timers: []*pb.TimerSpec{{Id: "c", Topic: "t"}, {Id: "", Topic: "?"}}},
+		{Namespace: "r", Timers: []*pb.TimerSpec{spec("d", "t", time.Second), {Namespace: "n", Id: "e", Topic: "t", When: &pb.TimerSpec_DueTime{DueTime: timestamppb.Now()}}}},
 	} {
 		b, _ := proto.Marshal(req)
 		f.Add(b)
@@ -236,7 +238,8 @@ func FuzzSchedule(f *testing.F) {
 		}
 		resp, err := svc.Schedule(context.Background(), &req)
 		if err != nil {
-			if n := len(req.Timers); status.Code(err) != codes.InvalidArgument || (n > 0 && n <= cfg.MaxBatch) {
+			if n := len(req.Timers); status.Code(err) != codes.InvalidArgument ||
+				(n > 0 && n <= cfg.MaxBatch && shard.ValidNamespace(namespaceOr(req.Namespace)) == nil) {
 				t.Fatalf("Schedule of %d timers failed as a whole: %v", n, err)
 			}
 			return
@@ -252,7 +255,11 @@ func FuzzSchedule(f *testing.F) {
 			if r.Code != 0 {
 				continue
 			}
-			got, err := svc.Get(context.Background(), &pb.GetRequest{Namespace: sp.GetNamespace(), Id: sp.GetId()})
+			ns := sp.GetNamespace()
+			if ns == "" {
+				ns = req.GetNamespace()
+			}
+			got, err := svc.Get(context.Background(), &pb.GetRequest{Namespace: ns, Id: sp.GetId()})
 			if err != nil {
 				t.Fatalf("item %d OK but Get: %v", i, err)
 			}

@@ -70,9 +70,9 @@ const (
 // INVALID_ARGUMENT only when the request itself is malformed: it has no
 // items, it has more items than the server's batch limit (server-configurable,
 // default 10000), or a request-level field such as the namespace of a
-// RescheduleRequest or CancelRequest is invalid. A batch whose encoded size
-// exceeds the gRPC maximum receive message size is rejected by gRPC with
-// RESOURCE_EXHAUSTED.
+// ScheduleRequest, RescheduleRequest or CancelRequest is invalid. A batch
+// whose encoded size exceeds the gRPC maximum receive message size is
+// rejected by gRPC with RESOURCE_EXHAUSTED.
 //
 // Items that share an id within one batch are applied in request order.
 // Item codes 14 (UNAVAILABLE) and 4 (DEADLINE_EXCEEDED) are transient, for
@@ -295,9 +295,9 @@ func (c *timerServiceClient) ReplayDeadLetters(ctx context.Context, in *ReplayDe
 // INVALID_ARGUMENT only when the request itself is malformed: it has no
 // items, it has more items than the server's batch limit (server-configurable,
 // default 10000), or a request-level field such as the namespace of a
-// RescheduleRequest or CancelRequest is invalid. A batch whose encoded size
-// exceeds the gRPC maximum receive message size is rejected by gRPC with
-// RESOURCE_EXHAUSTED.
+// ScheduleRequest, RescheduleRequest or CancelRequest is invalid. A batch
+// whose encoded size exceeds the gRPC maximum receive message size is
+// rejected by gRPC with RESOURCE_EXHAUSTED.
 //
 // Items that share an id within one batch are applied in request order.
 // Item codes 14 (UNAVAILABLE) and 4 (DEADLINE_EXCEEDED) are transient, for
