@@ -256,6 +256,26 @@ func TestClusterForwards(t *testing.T) {
 			t.Fatalf("result %d = %v, want %s %v", i, r, specs[i].GetId(), want)
 		}
 	}
+	// Specs that give no namespace are in the request's, also on the
+	// nodes the items are forwarded to.
+	var inTenant []*pb.TimerSpec
+	for i := range 50 {
+		inTenant = append(inTenant, &pb.TimerSpec{Id: fmt.Sprint("n", i), Topic: "f", When: &pb.TimerSpec_Delay{Delay: durationpb.New(time.Hour)}})
+	}
+	if resp, err := tc.Schedule(ctx, &pb.ScheduleRequest{Namespace: "tenant", Timers: inTenant}); err != nil {
+		t.Fatal(err)
+	} else {
+		for i, r := range resp.GetResults() {
+			if r.GetCode() != 0 {
+				t.Fatalf("tenant item %d = %v", i, r)
+			}
+		}
+	}
+	for _, sp := range inTenant {
+		if _, err := tc.Get(ctx, &pb.GetRequest{Namespace: "tenant", Id: sp.GetId()}); err != nil {
+			t.Fatalf("Get tenant/%s: %v", sp.GetId(), err)
+		}
+	}
 	shards := map[uint32]bool{}
 	for _, id := range ids {
 		g, err := tc.Get(ctx, &pb.GetRequest{Id: id})

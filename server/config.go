@@ -116,8 +116,10 @@ type Config struct {
 	// a shard when its caller set no deadline (default 30s).
 	ForwardTimeout time.Duration
 	// MetricNamespaces caps how many namespaces get their own metric
-	// series (default 1,000); the rest are counted under "_other", so a
-	// flood of tenants cannot flood the metrics.
+	// series (default 1,000): the first ones seen since the start keep
+	// theirs, and the rest are counted under the label "(other)", which
+	// no namespace can have, so a flood of tenants cannot flood the
+	// metrics. 0 counts every namespace under "(other)".
 	MetricNamespaces int
 
 	// Logger receives the server's events. Default: discard.

@@ -30,11 +30,15 @@ func namespaceOr(ns string) string {
 // at once either way, and the store keeps unix milliseconds.
 var epoch = time.Unix(0, 0)
 
-// toSpec translates a TimerSpec. Its errors wrap shard's ErrInvalid…
+// toSpec translates a TimerSpec of a request whose namespace is ns (the
+// spec's own when it gives one). Its errors wrap shard's ErrInvalid…
 // errors and name the field.
-func toSpec(p *pb.TimerSpec) (shard.Spec, error) {
+func toSpec(p *pb.TimerSpec, ns string) (shard.Spec, error) {
+	if p.GetNamespace() != "" {
+		ns = p.GetNamespace()
+	}
 	sp := shard.Spec{
-		Namespace: namespaceOr(p.GetNamespace()),
+		Namespace: ns,
 		ID:        p.GetId(),
 		Topic:     p.GetTopic(),
 		Payload:   p.GetPayload(),
@@ -56,10 +60,13 @@ func toSpec(p *pb.TimerSpec) (shard.Spec, error) {
 
 // toWhen translates the when oneof of a TimerSpec, RescheduleItem or
 // ReplayDeadLettersRequest: exactly one of due and delay is set (set
-// says whether either is). A zero due time means "use delay". Errors wrap
+// says whether either is), and delay is not bothWhen (the request carried
+// both, see wireCodec). A zero due time means "use delay". Errors wrap
 // shard.ErrInvalidDue and name the field.
 func toWhen(due *timestamppb.Timestamp, delay *durationpb.Duration, set bool) (time.Time, time.Duration, error) {
 	switch {
+	case delay == bothWhen:
+		return time.Time{}, 0, fmt.Errorf("when: %w: due_time and delay are both set; set one", shard.ErrInvalidDue)
 	case due != nil:
 		if err := due.CheckValid(); err != nil {
 			return time.Time{}, 0, fmt.Errorf("due_time: %w: %v", shard.ErrInvalidDue, err)

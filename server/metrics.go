@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -13,8 +14,9 @@ import (
 )
 
 // otherNamespace labels the series of namespaces past
-// Config.MetricNamespaces.
-const otherNamespace = "_other"
+// Config.MetricNamespaces. No namespace can be named so (parentheses are
+// not allowed in one), so a tenant's series never mix with the overflow.
+const otherNamespace = "(other)"
 
 // metrics is the node's Prometheus instrumentation, in its own registry.
 // Its methods may be called concurrently; the per-event ones (dispatched,
@@ -22,10 +24,12 @@ const otherNamespace = "_other"
 // some under a shard's lock, and do not block.
 type metrics struct {
 	scheduled, fired, redelivered, acked, dead *prometheus.CounterVec
-	lateness                                   *prometheus.HistogramVec
-	subscribers                                *prometheus.GaugeVec
-	commitSeconds, commitOps, commitBatches    prometheus.Histogram
-	commitRetries, commitGivenUp               prometheus.Counter
+	// lateness and wait split the first attempts: those dispatched when
+	// they came due, and those that waited for a subscriber first.
+	lateness, wait                          *prometheus.HistogramVec
+	subscribers                             *prometheus.GaugeVec
+	commitSeconds, commitOps, commitBatches prometheus.Histogram
+	commitRetries, commitGivenUp            prometheus.Counter
 	// acksNotHeld and acksNotSent count acks ignored because the stream
 	// did not hold the delivery, or held it but had not sent it yet.
 	acksNotHeld, acksNotSent prometheus.Counter
@@ -38,7 +42,13 @@ type metrics struct {
 	// forwarded counts the items and requests this node sent on to the
 	// shards' owners.
 	forwardedItems, forwardedCalls *prometheus.CounterVec
+	// grpc counts the node's gRPC calls and messages and times them, by
+	// service, method and code; its interceptors go on the gRPC server.
+	grpc *grpcprom.ServerMetrics
 
+	// maxNS caps the namespaces that get series of their own: the label
+	// comes from clients. Every namespace-labelled metric is reached
+	// through ns, which applies the cap.
 	maxNS int
 	byNS  sync.Map // namespace -> *nsMetrics, at most maxNS entries
 
@@ -51,7 +61,7 @@ type metrics struct {
 // nsMetrics is the series of one namespace, resolved once.
 type nsMetrics struct {
 	scheduled, fired, redelivered, acked, dead prometheus.Counter
-	lateness                                   prometheus.Observer
+	lateness, wait                             prometheus.Observer
 	subscribers                                prometheus.Gauge
 }
 
@@ -69,8 +79,13 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 		dead:        counter("timers_dead_lettered_total", "Timers that became dead letters."),
 		lateness: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "timerd", Name: "fire_lateness_seconds",
-			Help:    "Fired time minus due time of first delivery attempts.",
+			Help:    "Fired time minus due time of first delivery attempts a subscriber could take when they came due (not those that waited for one: see timerd_fire_wait_seconds).",
 			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"namespace"}),
+		wait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "timerd", Name: "fire_wait_seconds",
+			Help:    "Fired time minus due time of first delivery attempts that came due while no subscriber of their topic could take them (none connected, or none with credit), and waited for one.",
+			Buckets: []float64{.01, .1, 1, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600},
 		}, []string{"namespace"}),
 		subscribers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "timerd", Name: "subscribers", Help: "Subscribe streams connected.",
@@ -133,6 +148,8 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 			Namespace: "timerd", Name: "forwarded_requests_total",
 			Help: "Requests this node sent to peers on a caller's behalf, by method and outcome code.",
 		}, []string{"method", "code"}),
+		grpc: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
+			grpcprom.WithHistogramBuckets(prometheus.ExponentialBuckets(.0001, 2, 18)))),
 		maxNS: maxNS,
 	}
 	ignored := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -141,10 +158,10 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 	}, []string{"reason"})
 	m.acksNotHeld = ignored.WithLabelValues("not_held")
 	m.acksNotSent = ignored.WithLabelValues("not_sent")
-	reg.MustRegister(m.scheduled, m.fired, m.redelivered, m.acked, m.dead, m.lateness, m.subscribers,
+	reg.MustRegister(m.scheduled, m.fired, m.redelivered, m.acked, m.dead, m.lateness, m.wait, m.subscribers,
 		m.commitSeconds, m.commitOps, m.commitBatches, m.commitRetries, m.commitGivenUp, ignored,
 		m.shardsAcquired, m.shardsReleased, m.shardsLost, m.shardLoad, m.shardTakeover, m.shardRelease,
-		m.forwardedItems, m.forwardedCalls,
+		m.forwardedItems, m.forwardedCalls, m.grpc,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: "timerd", Name: "store_commit_queue_ops",
 			Help: "Writes the group commit holds, queued or in a round trip not yet finished.",
@@ -159,7 +176,8 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 	return m
 }
 
-// ns returns the series of namespace.
+// ns returns the series of namespace: its own among the first maxNS
+// namespaces seen since the start, the shared otherNamespace ones after.
 func (m *metrics) ns(namespace string) *nsMetrics {
 	if v, ok := m.byNS.Load(namespace); ok {
 		return v.(*nsMetrics)
@@ -189,6 +207,7 @@ func (m *metrics) series(label string) *nsMetrics {
 		acked:       m.acked.WithLabelValues(label),
 		dead:        m.dead.WithLabelValues(label),
 		lateness:    m.lateness.WithLabelValues(label),
+		wait:        m.wait.WithLabelValues(label),
 		subscribers: m.subscribers.WithLabelValues(label),
 	}
 }
@@ -227,7 +246,10 @@ func (m *metrics) ignoredAcks(notHeld, notSent int) {
 	}
 }
 
-// dispatched counts a delivery sent to a subscriber.
+// dispatched counts a delivery sent to a subscriber. The lateness of a
+// first attempt goes to one of two histograms: the time it waited for a
+// subscriber is the consumers' doing, and would hide how late the node
+// fires.
 func (m *metrics) dispatched(d *shard.Delivery) {
 	n := m.ns(d.Namespace)
 	if d.Attempt > 1 {
@@ -235,7 +257,12 @@ func (m *metrics) dispatched(d *shard.Delivery) {
 		return
 	}
 	n.fired.Inc()
-	n.lateness.Observe(d.Fired.Sub(d.Due).Seconds())
+	late := d.Fired.Sub(d.Due).Seconds()
+	if d.Waited {
+		n.wait.Observe(late)
+		return
+	}
+	n.lateness.Observe(late)
 }
 
 // Acked implements shard.Events.
@@ -300,30 +327,39 @@ func (s *Server) shardStats() []shardStats {
 	return out
 }
 
-// shardCollector reports the timers of each loaded shard by state, and
-// how many shards are loaded, when scraped.
+// shardCollector reports the timers of each loaded shard by state, their
+// sums over the node, and how many shards are loaded, when scraped.
 type shardCollector struct{ stats func() []shardStats }
 
 var (
 	shardTimersDesc = prometheus.NewDesc("timerd_shard_timers",
 		"Timers held by a loaded shard, by state.", []string{"shard", "state"}, nil)
+	timersDesc = prometheus.NewDesc("timerd_timers",
+		"Timers held by this node's loaded shards, by state: the sums of timerd_shard_timers.", []string{"state"}, nil)
 	shardsLoadedDesc = prometheus.NewDesc("timerd_shards_loaded",
 		"Shards this node holds and has loaded.", nil, nil)
 )
 
 func (c shardCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- shardTimersDesc
+	ch <- timersDesc
 	ch <- shardsLoadedDesc
 }
 
 func (c shardCollector) Collect(ch chan<- prometheus.Metric) {
 	all := c.stats()
+	var pending, inFlight, dead float64
 	for _, st := range all {
 		id := strconv.FormatUint(uint64(st.id), 10)
-		pending := st.stats.Timers - st.stats.InFlight - st.stats.Dead
-		ch <- prometheus.MustNewConstMetric(shardTimersDesc, prometheus.GaugeValue, float64(pending), id, "pending")
-		ch <- prometheus.MustNewConstMetric(shardTimersDesc, prometheus.GaugeValue, float64(st.stats.InFlight), id, "in_flight")
-		ch <- prometheus.MustNewConstMetric(shardTimersDesc, prometheus.GaugeValue, float64(st.stats.Dead), id, "dead")
+		p := float64(st.stats.Timers - st.stats.InFlight - st.stats.Dead)
+		f, d := float64(st.stats.InFlight), float64(st.stats.Dead)
+		ch <- prometheus.MustNewConstMetric(shardTimersDesc, prometheus.GaugeValue, p, id, "pending")
+		ch <- prometheus.MustNewConstMetric(shardTimersDesc, prometheus.GaugeValue, f, id, "in_flight")
+		ch <- prometheus.MustNewConstMetric(shardTimersDesc, prometheus.GaugeValue, d, id, "dead")
+		pending, inFlight, dead = pending+p, inFlight+f, dead+d
 	}
+	ch <- prometheus.MustNewConstMetric(timersDesc, prometheus.GaugeValue, pending, "pending")
+	ch <- prometheus.MustNewConstMetric(timersDesc, prometheus.GaugeValue, inFlight, "in_flight")
+	ch <- prometheus.MustNewConstMetric(timersDesc, prometheus.GaugeValue, dead, "dead")
 	ch <- prometheus.MustNewConstMetric(shardsLoadedDesc, prometheus.GaugeValue, float64(len(all)))
 }

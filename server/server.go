@@ -241,6 +241,9 @@ func (s *Server) start(ctx context.Context) error {
 		grpc.MaxConcurrentStreams(s.cfg.MaxConcurrentStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: s.cfg.KeepaliveMinTime}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepaliveTime, Timeout: s.cfg.KeepaliveTimeout}),
+		grpc.ForceServerCodecV2(newWireCodec()),
+		grpc.ChainUnaryInterceptor(s.metrics.grpc.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(s.metrics.grpc.StreamServerInterceptor()),
 	)
 	pb.RegisterTimerServiceServer(s.grpc, &timerService{s: s})
 	pb.RegisterClusterServiceServer(s.grpc, &clusterService{s: s})

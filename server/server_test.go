@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
+	"github.com/timerd/timerd/shard"
 	"github.com/timerd/timerd/store"
 )
 
@@ -410,23 +411,162 @@ func TestHealthReflectionAndHTTP(t *testing.T) {
 	}
 }
 
+// TestScheduleRequestNamespace: ScheduleRequest.namespace is the
+// namespace of the specs that give none, as the namespace of a
+// RescheduleRequest or CancelRequest is for its items; a spec's own wins.
+func TestScheduleRequestNamespace(t *testing.T) {
+	e := start(t, "")
+	own := spec("b", "t", time.Hour)
+	own.Namespace = "tenant-b"
+	req := &pb.ScheduleRequest{Namespace: "tenant-a", Timers: []*pb.TimerSpec{spec("a", "t", time.Hour), own}}
+	for range 2 { // and a retry of it is idempotent
+		resp, err := e.timers.Schedule(e.ctx(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range resp.Results {
+			if r.Code != 0 {
+				t.Fatalf("%s: %d %s", r.Id, r.Code, r.Message)
+			}
+		}
+	}
+	for _, c := range []struct {
+		ns, id string
+		want   codes.Code
+	}{
+		{"tenant-a", "a", codes.OK},
+		{"", "a", codes.NotFound},
+		{"tenant-b", "b", codes.OK},
+		{"tenant-a", "b", codes.NotFound},
+	} {
+		g, err := e.timers.Get(e.ctx(), &pb.GetRequest{Namespace: c.ns, Id: c.id})
+		if status.Code(err) != c.want || err == nil && g.Timer.Spec.Namespace != c.ns {
+			t.Errorf("Get %q/%s = %v, %v; want %v", c.ns, c.id, g, err, c.want)
+		}
+	}
+	// The same namespace on the request names them in the other calls.
+	if r, err := e.timers.Cancel(e.ctx(), &pb.CancelRequest{Namespace: "tenant-a", Ids: []string{"a"}}); err != nil || r.Results[0].Code != 0 {
+		t.Fatalf("Cancel tenant-a/a = %v, %v", r, err)
+	}
+	_, err := e.timers.Schedule(e.ctx(), &pb.ScheduleRequest{Namespace: "no spaces", Timers: []*pb.TimerSpec{own}})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "namespace") {
+		t.Fatalf("Schedule with a bad request namespace = %v, want INVALID_ARGUMENT", err)
+	}
+}
+
+// TestGRPCMetrics: every call is counted by method and code and timed,
+// and the node's timers are summed by state.
+func TestGRPCMetrics(t *testing.T) {
+	e := start(t, "")
+	e.schedule(spec("a", "t", time.Hour))
+	if _, err := e.timers.Get(e.ctx(), &pb.GetRequest{Id: "nope"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("Get = %v, want NotFound", err)
+	}
+	body := e.metricsText()
+	for _, want := range []string{
+		`grpc_server_started_total{grpc_method="Schedule",grpc_service="timerd.v1.TimerService",grpc_type="unary"} 1`,
+		`grpc_server_handled_total{grpc_code="OK",grpc_method="Schedule",grpc_service="timerd.v1.TimerService",grpc_type="unary"} 1`,
+		`grpc_server_handled_total{grpc_code="NotFound",grpc_method="Get",grpc_service="timerd.v1.TimerService",grpc_type="unary"} 1`,
+		`grpc_server_handling_seconds_count{grpc_method="Get",grpc_service="timerd.v1.TimerService",grpc_type="unary"} 1`,
+		`timerd_timers{state="pending"} 1`,
+		`timerd_timers{state="in_flight"} 0`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+// TestMetricsCountDeliveries: a timer that came due with no subscriber
+// and waited for one is counted in timerd_fire_wait_seconds, and one
+// that a subscriber took when it came due in timerd_fire_lateness_seconds:
+// a consumer that connects late does not make the node look late.
 func TestMetricsCountDeliveries(t *testing.T) {
 	e := start(t, "")
-	e.schedule(spec("a", "t", 0))
+	e.schedule(spec("waited", "t", 0))
+	time.Sleep(200 * time.Millisecond) // due, with no subscriber
 	st := e.subscribe(&pb.Subscription{Topic: "t"})
-	st.ack(st.next())
-	waitFor(t, "fired, acked and lateness to be counted", func() bool {
-		resp, err := http.Get("http://" + e.srv.HTTPAddr() + "/metrics")
-		if err != nil {
-			return false
+	if d := st.next(); d.Id != "waited" {
+		t.Fatalf("got %q, want waited", d.Id)
+	} else {
+		st.ack(d)
+	}
+	// The subscriber is there now: the next timer is dispatched when due.
+	e.schedule(spec("on-time", "t", 0))
+	if d := st.next(); d.Id != "on-time" {
+		t.Fatalf("got %q, want on-time", d.Id)
+	} else {
+		st.ack(d)
+	}
+	want := []string{
+		`timerd_timers_fired_total{namespace="default"} 2`,
+		`timerd_timers_acked_total{namespace="default"} 2`,
+		`timerd_fire_lateness_seconds_count{namespace="default"} 1`,
+		`timerd_fire_wait_seconds_count{namespace="default"} 1`,
+		// The wait was at least the 200 ms slept: above the 0.1 s bucket.
+		`timerd_fire_wait_seconds_bucket{namespace="default",le="0.1"} 0`,
+		`timerd_subscribers{namespace="default"} 1`,
+	}
+	waitFor(t, "fired, acked, lateness and wait to be counted", func() bool {
+		body := e.metricsText()
+		for _, w := range want {
+			if !strings.Contains(body, w) {
+				return false
+			}
 		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		return strings.Contains(string(body), `timerd_timers_fired_total{namespace="default"} 1`) &&
-			strings.Contains(string(body), `timerd_timers_acked_total{namespace="default"} 1`) &&
-			strings.Contains(string(body), `timerd_fire_lateness_seconds_count{namespace="default"} 1`) &&
-			strings.Contains(string(body), `timerd_subscribers{namespace="default"} 1`)
+		return true
 	})
+}
+
+// TestMetricNamespacesCap: past Config.MetricNamespaces, namespaces share
+// the series labelled "(other)", in every namespace-labelled metric; a
+// client's namespace that looks like an overflow label keeps its own.
+func TestMetricNamespacesCap(t *testing.T) {
+	e := start(t, "", func(c *Config) { c.MetricNamespaces = 2 })
+	inNS := func(ns, id string) *pb.TimerSpec {
+		s := spec(id, "t", 0)
+		s.Namespace = ns
+		return s
+	}
+	// One call each: the first two namespaces seen get series.
+	e.schedule(inNS("_other", "a"))
+	e.schedule(inNS("b", "b"))
+	e.schedule(inNS("c", "c1"), inNS("c", "c2"), inNS("d", "d"))
+	for _, ns := range []string{"_other", "b", "c", "d"} {
+		st := e.subscribe(&pb.Subscription{Namespace: ns, Topic: "t"})
+		d := st.next()
+		st.ack(d)
+		if ns == "c" {
+			st.ack(st.next())
+		}
+	}
+	want := []string{
+		`timerd_timers_scheduled_total{namespace="_other"} 1`,
+		`timerd_timers_scheduled_total{namespace="b"} 1`,
+		`timerd_timers_scheduled_total{namespace="(other)"} 3`,
+		`timerd_timers_fired_total{namespace="(other)"} 3`,
+		`timerd_timers_acked_total{namespace="(other)"} 3`,
+		`timerd_fire_wait_seconds_count{namespace="(other)"} 3`,
+		`timerd_subscribers{namespace="(other)"} 2`,
+	}
+	waitFor(t, "the overflow namespaces to be counted together", func() bool {
+		body := e.metricsText()
+		for _, w := range want {
+			if !strings.Contains(body, w) {
+				return false
+			}
+		}
+		return true
+	})
+	body := e.metricsText()
+	for _, ns := range []string{"c", "d"} {
+		if l := fmt.Sprintf(`namespace=%q`, ns); strings.Contains(body, l) {
+			t.Errorf("/metrics has a series with %s, past the cap of 2", l)
+		}
+	}
+	if shard.ValidNamespace(otherNamespace) == nil {
+		t.Errorf("%q is a valid namespace: a tenant's series could mix with the overflow", otherNamespace)
+	}
 }
 
 func TestClusterServiceSingleNode(t *testing.T) {

@@ -179,6 +179,10 @@ func (s *Server) shardOf(namespace, id string) uint32 {
 // Schedule implements pb.TimerServiceServer.
 func (t *timerService) Schedule(ctx context.Context, req *pb.ScheduleRequest) (*pb.ScheduleResponse, error) {
 	s := t.s
+	ns, err := requestNamespace(req.GetNamespace())
+	if err != nil {
+		return nil, err
+	}
 	in := req.GetTimers()
 	if err := s.checkBatch("timers", len(in)); err != nil {
 		return nil, err
@@ -191,7 +195,7 @@ func (t *timerService) Schedule(ctx context.Context, req *pb.ScheduleRequest) (*
 	specs := make([]shard.Spec, len(in))
 	now := time.Now()
 	parts := s.split(len(in), func(i int) (uint32, bool) {
-		sp, err := toSpec(in[i])
+		sp, err := toSpec(in[i], ns)
 		if err == nil {
 			err = s.checkSpec(&sp, now)
 		}
@@ -218,7 +222,7 @@ func (t *timerService) Schedule(ctx context.Context, req *pb.ScheduleRequest) (*
 		forwarded.Go(func() {
 			s.forward(ctx, "Schedule", pl.remote,
 				func(ctx context.Context, c pb.TimerServiceClient, items []int) ([]*pb.ItemResult, error) {
-					resp, err := c.Schedule(ctx, &pb.ScheduleRequest{Timers: pick(in, items), RequestId: req.GetRequestId()})
+					resp, err := c.Schedule(ctx, &pb.ScheduleRequest{Namespace: req.GetNamespace(), Timers: pick(in, items), RequestId: req.GetRequestId()})
 					return resp.GetResults(), err
 				},
 				func(i int, r *pb.ItemResult) { out[i] = r },

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
+	"github.com/timerd/timerd/shard"
 )
 
 // TestBadInput sends every kind of bad input and checks the code and the
@@ -203,6 +204,61 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
+// TestScheduleRetryDelay: a Schedule retried with the same spec matches
+// the timer it made, however much later; a spec given as a delay is the
+// same spec only with the same delay (to the millisecond, rounded up),
+// because a client retrying sends its request again as it was. A
+// different delay asks for a different due time, and gets ALREADY_EXISTS
+// even when it would resolve to the first one's.
+func TestScheduleRetryDelay(t *testing.T) {
+	e := start(t, "")
+	due := timestamppb.New(time.Now().Add(time.Hour).Truncate(time.Millisecond))
+	byDelay := func(id string, d time.Duration) *pb.TimerSpec { return spec(id, "t", d) }
+	byDue := func(id string, ts *timestamppb.Timestamp) *pb.TimerSpec {
+		return &pb.TimerSpec{Id: id, Topic: "t", When: &pb.TimerSpec_DueTime{DueTime: ts}, Payload: []byte("p-" + id)}
+	}
+	cases := []struct {
+		name         string
+		first, retry *pb.TimerSpec
+		want         codes.Code
+	}{
+		{"same delay", byDelay("a", 30*time.Second), byDelay("a", 30*time.Second), codes.OK},
+		{"31s after 30s", byDelay("b", 30*time.Second), byDelay("b", 31*time.Second), codes.AlreadyExists},
+		{"29s after 30s", byDelay("c", 30*time.Second), byDelay("c", 29*time.Second), codes.AlreadyExists},
+		{"delays within one millisecond", byDelay("d", 30*time.Second+100*time.Microsecond), byDelay("d", 30*time.Second+900*time.Microsecond), codes.OK},
+		{"delays a millisecond apart", byDelay("e", 30*time.Second), byDelay("e", 30*time.Second+time.Millisecond), codes.AlreadyExists},
+		{"same due time", byDue("f", due), byDue("f", due), codes.OK},
+		{"other due time", byDue("g", due), byDue("g", timestamppb.New(due.AsTime().Add(time.Millisecond))), codes.AlreadyExists},
+		{"a delay after a due time", byDue("h", due), byDelay("h", time.Hour), codes.AlreadyExists},
+	}
+	firsts := make([]*pb.TimerSpec, len(cases))
+	for i, c := range cases {
+		firsts[i] = c.first
+	}
+	res := e.schedule(firsts...)
+	time.Sleep(1100 * time.Millisecond) // the retries come a second later
+	retries := make([]*pb.TimerSpec, len(cases))
+	for i, c := range cases {
+		retries[i] = c.retry
+	}
+	resp, err := e.timers.Schedule(e.ctx(), &pb.ScheduleRequest{Timers: retries})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range cases {
+		r := resp.Results[i]
+		if codes.Code(r.Code) != c.want {
+			t.Errorf("%s: %v %q, want %v", c.name, codes.Code(r.Code), r.Message, c.want)
+			continue
+		}
+		// A retry that matches changes nothing: the timer keeps the due
+		// time its first call resolved.
+		if c.want == codes.OK && !r.DueTime.AsTime().Equal(res[i].DueTime.AsTime()) {
+			t.Errorf("%s: the retry moved the timer from %v to %v", c.name, res[i].DueTime.AsTime(), r.DueTime.AsTime())
+		}
+	}
+}
+
 // FuzzSchedule sends arbitrary ScheduleRequests (decoded from fuzzed
 // bytes) to a real server's handler: every item gets a result, codes are
 // ones the contract names, and an OK item is stored as asked.
@@ -211,6 +267,7 @@ func FuzzSchedule(f *testing.F) {
 		{Timers: []*pb.TimerSpec{spec("a", "t", time.Second)}},
 		{Timers: []*pb.TimerSpec{{Namespace: "n", Id: "b", Topic: "t", When: &pb.TimerSpec_DueTime{DueTime: timestamppb.Now()}, Interval: durationpb.New(time.Minute)}}},
 		{Timers: []*pb.TimerSpec{{Id: "c", Topic: "t"}, {Id: "", Topic: "?"}}},
+		{Namespace: "r", Timers: []*pb.TimerSpec{spec("d", "t", time.Second), {Namespace: "n", Id: "e", Topic: "t", When: &pb.TimerSpec_DueTime{DueTime: timestamppb.Now()}}}},
 	} {
 		b, _ := proto.Marshal(req)
 		f.Add(b)
@@ -236,7 +293,8 @@ func FuzzSchedule(f *testing.F) {
 		}
 		resp, err := svc.Schedule(context.Background(), &req)
 		if err != nil {
-			if n := len(req.Timers); status.Code(err) != codes.InvalidArgument || (n > 0 && n <= cfg.MaxBatch) {
+			if n := len(req.Timers); status.Code(err) != codes.InvalidArgument ||
+				(n > 0 && n <= cfg.MaxBatch && shard.ValidNamespace(namespaceOr(req.Namespace)) == nil) {
 				t.Fatalf("Schedule of %d timers failed as a whole: %v", n, err)
 			}
 			return
@@ -252,7 +310,11 @@ func FuzzSchedule(f *testing.F) {
 			if r.Code != 0 {
 				continue
 			}
-			got, err := svc.Get(context.Background(), &pb.GetRequest{Namespace: sp.GetNamespace(), Id: sp.GetId()})
+			ns := sp.GetNamespace()
+			if ns == "" {
+				ns = req.GetNamespace()
+			}
+			got, err := svc.Get(context.Background(), &pb.GetRequest{Namespace: ns, Id: sp.GetId()})
 			if err != nil {
 				t.Fatalf("item %d OK but Get: %v", i, err)
 			}

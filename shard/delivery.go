@@ -24,6 +24,11 @@ type Delivery struct {
 	Attempt uint32
 	Shard   uint32
 	Epoch   uint64
+	// Waited is set when this attempt was due earlier and waited in the
+	// shard for a subscriber of its topic (none was connected, or none
+	// had credit): Fired - Due then measures that wait, not how late the
+	// shard fired.
+	Waited bool
 }
 
 // Dispatcher hands due timers to subscribers; the server implements it

@@ -613,7 +613,7 @@ func (s *Shard) commitFailedLocked() bool {
 func (s *Shard) deliverLocked(t *timer, now int64) {
 	tk := topicKey{t.rec.Namespace, t.rec.Topic}
 	q := s.waiting[tk]
-	if q == nil && s.dispatchLocked(t, now) {
+	if q == nil && s.dispatchLocked(t, now, false) {
 		return
 	}
 	if q == nil {
@@ -645,7 +645,7 @@ func (s *Shard) drainLocked(tk topicKey, now int64, limit int) int {
 			break
 		}
 		e.t.waiting = false
-		if !s.dispatchLocked(e.t, now) {
+		if !s.dispatchLocked(e.t, now, true) {
 			e.t.waiting = true
 			break
 		}
@@ -694,7 +694,9 @@ func (s *Shard) tidyLocked(tk topicKey, q *waitQueue) {
 	}
 }
 
-func (s *Shard) dispatchLocked(t *timer, now int64) bool {
+// dispatchLocked offers t's next attempt to the dispatcher; waited says
+// it comes from its topic's waiting queue.
+func (s *Shard) dispatchLocked(t *timer, now int64, waited bool) bool {
 	d := Delivery{
 		ID:        s.deliveryID(t).String(),
 		Namespace: t.rec.Namespace,
@@ -706,6 +708,7 @@ func (s *Shard) dispatchLocked(t *timer, now int64) bool {
 		Attempt:   t.attempts + 1,
 		Shard:     s.id,
 		Epoch:     s.grant.Epoch,
+		Waited:    waited,
 	}
 	ackTimeout, ok := s.disp.Dispatch(d)
 	if !ok {

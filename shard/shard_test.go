@@ -64,7 +64,7 @@ func TestScheduleFireAck(t *testing.T) {
 func deliveryEqual(a, b Delivery) bool {
 	return a.ID == b.ID && a.Namespace == b.Namespace && a.TimerID == b.TimerID && a.Topic == b.Topic &&
 		bytes.Equal(a.Payload, b.Payload) && a.Due.Equal(b.Due) && a.Fired.Equal(b.Fired) &&
-		a.Attempt == b.Attempt && a.Shard == b.Shard && a.Epoch == b.Epoch
+		a.Attempt == b.Attempt && a.Shard == b.Shard && a.Epoch == b.Epoch && a.Waited == b.Waited
 }
 
 func TestScheduleIdempotent(t *testing.T) {
@@ -399,6 +399,16 @@ func TestNoSubscriberWaits(t *testing.T) {
 		got := k.take(t, 2)
 		if got[0].TimerID != "a" || got[1].TimerID != "c" || got[0].Attempt != 1 {
 			t.Fatalf("after Ready got %q, %q", got[0].TimerID, got[1].TimerID)
+		}
+		// They say they waited, so their lateness is not counted as the
+		// shard's; a timer that comes due with a subscriber there did not.
+		if !got[0].Waited || !got[1].Waited {
+			t.Fatalf("timers that waited for a subscriber: Waited = %v, %v", got[0].Waited, got[1].Waited)
+		}
+		mustSchedule(t, s, spec("d", time.Second))
+		e.advance(s, time.Second)
+		if d := k.take(t, 1)[0]; d.TimerID != "d" || d.Waited {
+			t.Fatalf("a timer due with a subscriber there: %q Waited = %v", d.TimerID, d.Waited)
 		}
 		k.none(t)
 	})

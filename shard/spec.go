@@ -195,8 +195,9 @@ func delayMilli(d time.Duration) int64 {
 }
 
 // sameSpec reports whether a retried Schedule asks for what rec holds. A
-// spec given as a delay is compared by its delay, not the due time it
-// resolved to, since a retry arrives later.
+// spec given as a delay is compared by its delay in whole milliseconds,
+// not the due time it resolved to, since a retry arrives later: another
+// delay is another spec, even one that would resolve to the same time.
 func sameSpec(rec *store.Record, spec *Spec) bool {
 	if rec.Topic != spec.Topic || rec.Interval != spec.Interval.Milliseconds() || string(rec.Payload) != string(spec.Payload) {
 		return false

@@ -194,4 +194,8 @@ func readmeMetrics(t *testing.T, n *node, words []string) {
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), words[5]) {
 		t.Errorf("GET %s: %s, and its body has no %q", path, resp.Status, words[5])
 	}
+	// The line shows the timer the quick start scheduled, pending.
+	if pending := `timerd_timers{state="pending"} 1`; words[5] == "timerd_timers" && !strings.Contains(string(body), pending) {
+		t.Errorf("GET %s: its body has no %s", path, pending)
+	}
 }

@@ -304,7 +304,8 @@ func (ShardState) EnumDescriptor() ([]byte, []int) {
 type TimerSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Namespace of the timer. Matches [A-Za-z0-9._-]{1,64}; empty means
-	// "default". Any other value fails the item with INVALID_ARGUMENT.
+	// the request's (ScheduleRequest.namespace, itself "default" when
+	// empty). Any other value fails the item with INVALID_ARGUMENT.
 	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	// Id of the timer, unique within its namespace. 1 to 256 bytes of UTF-8;
 	// empty or longer ids fail the item with INVALID_ARGUMENT. Together with
@@ -315,8 +316,12 @@ type TimerSpec struct {
 	// including empty, fails the item with INVALID_ARGUMENT.
 	Topic string `protobuf:"bytes,3,opt,name=topic,proto3" json:"topic,omitempty"`
 	// When the timer is due. Exactly one of due_time and delay must be set;
-	// a spec with neither fails the item with INVALID_ARGUMENT (on the wire,
-	// if both are present the last one wins). The resulting due time may be in
+	// a spec with neither fails the item with INVALID_ARGUMENT, and so does
+	// one that carries both on the wire. (A protobuf decoder keeps only the
+	// last field of a oneof, so setting both through a generated message
+	// sends one; but a client that sets both fields of a plain object, as
+	// JavaScript's may, encodes both in field-number order, and the server
+	// refuses that rather than take delay.) The resulting due time may be in
 	// the past, in which case the timer fires at once, but it must not be
 	// later than now plus the server's maximum horizon (server-configurable,
 	// default 100 years), or the item fails with INVALID_ARGUMENT.
@@ -457,8 +462,9 @@ type ScheduleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Timers to create. Must hold between 1 and the server's batch limit
 	// (server-configurable, default 10000) specs, otherwise the whole RPC fails
-	// with INVALID_ARGUMENT. Each spec carries its own namespace, so one batch
-	// may span namespaces.
+	// with INVALID_ARGUMENT. A spec may carry its own namespace, so one batch
+	// may span namespaces; a spec that gives none is in the request's
+	// namespace.
 	Timers []*TimerSpec `protobuf:"bytes,1,rep,name=timers,proto3" json:"timers,omitempty"`
 	// Optional id of the logical call, so that its retries can be told
 	// from a new call: set it once per call (for example 16 random bytes,
@@ -479,7 +485,22 @@ type ScheduleRequest struct {
 	// after its timer was acked and its shard then changed owner creates it
 	// again (a duplicate around a failure, as at-least-once delivery
 	// allows). The Go client sets one on every call.
-	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	RequestId string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Namespace of the specs whose own TimerSpec.namespace is empty, as
+	// RescheduleRequest.namespace and CancelRequest.namespace are for their
+	// items: a client that works in one namespace sets it on the request in
+	// every call. A spec's own namespace, when given, wins. Matches
+	// [A-Za-z0-9._-]{1,64}; empty means "default". Any other value fails
+	// the whole RPC with INVALID_ARGUMENT.
+	//
+	// Why a spec may carry a namespace and the items of the other batch
+	// calls may not: a TimerSpec is a whole timer (Timer.spec gives it back
+	// as stored), and Schedule may create timers of several namespaces in
+	// one batch, for example a scheduler that batches for many tenants.
+	// Reschedule, Cancel and ReplayDeadLetters act on existing timers that
+	// a client names by id within one namespace, as Get and ListDeadLetters
+	// do.
+	Namespace     string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -524,6 +545,13 @@ func (x *ScheduleRequest) GetTimers() []*TimerSpec {
 func (x *ScheduleRequest) GetRequestId() string {
 	if x != nil {
 		return x.RequestId
+	}
+	return ""
+}
+
+func (x *ScheduleRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
 	}
 	return ""
 }
@@ -740,9 +768,9 @@ type RescheduleItem struct {
 	// INVALID_ARGUMENT; an unknown id gives NOT_FOUND.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// New due time, with the same rules as TimerSpec.when: exactly one of
-	// due_time and delay must be set (neither gives INVALID_ARGUMENT), a past
-	// due time fires at once and a due time beyond the server's maximum
-	// horizon gives INVALID_ARGUMENT.
+	// due_time and delay must be set (neither, or both on the wire, gives
+	// INVALID_ARGUMENT), a past due time fires at once and a due time beyond
+	// the server's maximum horizon gives INVALID_ARGUMENT.
 	//
 	// Types that are valid to be assigned to When:
 	//
@@ -1807,8 +1835,8 @@ type ReplayDeadLettersRequest struct {
 	// match [A-Za-z0-9._-]{1,128}, or the RPC fails with INVALID_ARGUMENT.
 	Topic string `protobuf:"bytes,3,opt,name=topic,proto3" json:"topic,omitempty"`
 	// When the replayed timers become due. Neither set means now. Both follow
-	// the TimerSpec.when rules, but a bad value fails the whole RPC with
-	// INVALID_ARGUMENT.
+	// the TimerSpec.when rules, but a bad value, or both fields on the wire,
+	// fails the whole RPC with INVALID_ARGUMENT.
 	//
 	// Types that are valid to be assigned to When:
 	//
@@ -2410,11 +2438,12 @@ const file_timerd_v1_timerd_proto_rawDesc = "" +
 	"\x05delay\x18\x05 \x01(\v2\x19.google.protobuf.DurationH\x00R\x05delay\x12\x18\n" +
 	"\apayload\x18\x06 \x01(\fR\apayload\x125\n" +
 	"\binterval\x18\a \x01(\v2\x19.google.protobuf.DurationR\bintervalB\x06\n" +
-	"\x04when\"^\n" +
+	"\x04when\"|\n" +
 	"\x0fScheduleRequest\x12,\n" +
 	"\x06timers\x18\x01 \x03(\v2\x14.timerd.v1.TimerSpecR\x06timers\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId\"C\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\x12\x1c\n" +
+	"\tnamespace\x18\x03 \x01(\tR\tnamespace\"C\n" +
 	"\x10ScheduleResponse\x12/\n" +
 	"\aresults\x18\x01 \x03(\v2\x15.timerd.v1.ItemResultR\aresults\"\x81\x01\n" +
 	"\n" +

@@ -70,9 +70,9 @@ const (
 // INVALID_ARGUMENT only when the request itself is malformed: it has no
 // items, it has more items than the server's batch limit (server-configurable,
 // default 10000), or a request-level field such as the namespace of a
-// RescheduleRequest or CancelRequest is invalid. A batch whose encoded size
-// exceeds the gRPC maximum receive message size is rejected by gRPC with
-// RESOURCE_EXHAUSTED.
+// ScheduleRequest, RescheduleRequest or CancelRequest is invalid. A batch
+// whose encoded size exceeds the gRPC maximum receive message size is
+// rejected by gRPC with RESOURCE_EXHAUSTED.
 //
 // Items that share an id within one batch are applied in request order.
 // Item codes 14 (UNAVAILABLE) and 4 (DEADLINE_EXCEEDED) are transient, for
@@ -98,10 +98,16 @@ type TimerServiceClient interface {
 	// is ALREADY_EXISTS and nothing changes. Specs are compared on topic,
 	// payload, interval and on how the timer was timed: a spec given as a
 	// due_time matches a timer created with that due_time, and a spec given
-	// as a delay matches a timer created with that delay (to the
-	// millisecond), whatever due time each resolved to, so retrying a
-	// delay-based Schedule does not move the timer. A due_time never matches
-	// a timer created with a delay, nor a delay one created with a due_time.
+	// as a delay matches a timer created with the same delay (compared in
+	// whole milliseconds, rounded up), whatever due time each resolved to.
+	// So a retry that sends the request again as it was, however much
+	// later, gets OK and does not move the timer; a delay of 31s where the
+	// timer was created with 30s is a different spec, ALREADY_EXISTS, even
+	// if it would resolve to the same due time. A client that recomputes
+	// the delay on each attempt should send the due_time instead (the Go
+	// client resolves a delay to a due_time once, before its first
+	// attempt). A due_time never matches a timer created with a delay, nor
+	// a delay one created with a due_time.
 	// Once a timer has been cancelled, or a one-shot timer has fired and been
 	// acknowledged, its id is free and scheduling it again creates a new
 	// timer, unless the request is a retry of the one that created it (same
@@ -295,9 +301,9 @@ func (c *timerServiceClient) ReplayDeadLetters(ctx context.Context, in *ReplayDe
 // INVALID_ARGUMENT only when the request itself is malformed: it has no
 // items, it has more items than the server's batch limit (server-configurable,
 // default 10000), or a request-level field such as the namespace of a
-// RescheduleRequest or CancelRequest is invalid. A batch whose encoded size
-// exceeds the gRPC maximum receive message size is rejected by gRPC with
-// RESOURCE_EXHAUSTED.
+// ScheduleRequest, RescheduleRequest or CancelRequest is invalid. A batch
+// whose encoded size exceeds the gRPC maximum receive message size is
+// rejected by gRPC with RESOURCE_EXHAUSTED.
 //
 // Items that share an id within one batch are applied in request order.
 // Item codes 14 (UNAVAILABLE) and 4 (DEADLINE_EXCEEDED) are transient, for
@@ -323,10 +329,16 @@ type TimerServiceServer interface {
 	// is ALREADY_EXISTS and nothing changes. Specs are compared on topic,
 	// payload, interval and on how the timer was timed: a spec given as a
 	// due_time matches a timer created with that due_time, and a spec given
-	// as a delay matches a timer created with that delay (to the
-	// millisecond), whatever due time each resolved to, so retrying a
-	// delay-based Schedule does not move the timer. A due_time never matches
-	// a timer created with a delay, nor a delay one created with a due_time.
+	// as a delay matches a timer created with the same delay (compared in
+	// whole milliseconds, rounded up), whatever due time each resolved to.
+	// So a retry that sends the request again as it was, however much
+	// later, gets OK and does not move the timer; a delay of 31s where the
+	// timer was created with 30s is a different spec, ALREADY_EXISTS, even
+	// if it would resolve to the same due time. A client that recomputes
+	// the delay on each attempt should send the due_time instead (the Go
+	// client resolves a delay to a due_time once, before its first
+	// attempt). A due_time never matches a timer created with a delay, nor
+	// a delay one created with a due_time.
 	// Once a timer has been cancelled, or a one-shot timer has fired and been
 	// acknowledged, its id is free and scheduling it again creates a new
 	// timer, unless the request is a retry of the one that created it (same
