@@ -80,8 +80,9 @@ func PrintFlags(w io.Writer, fs *flag.FlagSet, show func(*flag.Flag) bool) {
 			line += " " + arg
 		}
 		line += "\n        " + usage
-		switch f.DefValue {
-		case "", "0", "0s", "false":
+		switch {
+		case strings.Contains(usage, "(default"): // the help says it
+		case f.DefValue == "", f.DefValue == "0", f.DefValue == "0s", f.DefValue == "false":
 		default:
 			line += fmt.Sprintf(" (default %s)", f.DefValue)
 		}
