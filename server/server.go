@@ -141,6 +141,7 @@ func New(cfg Config) (*Server, error) {
 	s.quitCtx, s.stopQuit = context.WithCancel(context.Background())
 	s.quit = s.quitCtx.Done()
 	s.metrics = newMetrics(s.reg, cfg.MetricNamespaces, s.shardStats, s.commitQueue)
+	registerBuildInfo(s.reg, cfg.Version, cfg.Revision)
 	s.hub = newHub()
 	nc := node.DefaultConfig(s.owner, cfg.DataDir)
 	nc.Shards = cfg.Shards
