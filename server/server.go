@@ -281,7 +281,11 @@ func (s *Server) start(ctx context.Context) error {
 	s.serving.Store(true)
 	s.updateHealth()
 	_, n := s.node.Counts()
-	s.log.Info("ready", "shards", n, "took", time.Since(began))
+	var timers, dead int
+	for _, st := range s.shardStats() {
+		timers, dead = timers+st.stats.Timers, dead+st.stats.Dead
+	}
+	s.log.Info("ready", "shards", n, "timers", timers, "dead_letters", dead, "took", time.Since(began).Round(time.Millisecond))
 	return nil
 }
 
@@ -509,7 +513,9 @@ func (s *Server) shutdown(ctx context.Context) error {
 	// The shards close last, so that the RPCs let finish above found them
 	// open: each flushes its writes and releases its lease.
 	errs = append(errs, s.node.Close(ctx))
-	s.log.Info("stopped")
+	if s.grpc != nil { // it said it was serving; a failed start says only why
+		s.log.Info("stopped")
+	}
 	return errors.Join(errs...)
 }
 
