@@ -44,7 +44,7 @@ func TestStartLogsOneSummary(t *testing.T) {
 	e.stop()
 
 	var buf syncBuffer
-	e = start(t, dir, func(c *Config) {
+	start(t, dir, func(c *Config) {
 		c.Logger = slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	})
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
