@@ -124,6 +124,13 @@ type Config struct {
 
 	// Logger receives the server's events. Default: discard.
 	Logger *slog.Logger
+
+	// Version and Revision say what the node was built from: a release
+	// or module version, and the VCS commit. The metric
+	// timerd_build_info{version,commit,goversion} carries them with the
+	// Go version. cmd/timerd sets them from its binary's build (see
+	// internal/cli.ReadBuild). Empty, they read "devel" and "unknown".
+	Version, Revision string
 }
 
 // DefaultConfig returns the production defaults documented on Config.

@@ -141,6 +141,7 @@ func New(cfg Config) (*Server, error) {
 	s.quitCtx, s.stopQuit = context.WithCancel(context.Background())
 	s.quit = s.quitCtx.Done()
 	s.metrics = newMetrics(s.reg, cfg.MetricNamespaces, s.shardStats, s.commitQueue)
+	registerBuildInfo(s.reg, cfg.Version, cfg.Revision)
 	s.hub = newHub()
 	nc := node.DefaultConfig(s.owner, cfg.DataDir)
 	nc.Shards = cfg.Shards
@@ -283,7 +284,11 @@ func (s *Server) start(ctx context.Context) error {
 	s.serving.Store(true)
 	s.updateHealth()
 	_, n := s.node.Counts()
-	s.log.Info("ready", "shards", n, "took", time.Since(began))
+	var timers, dead int
+	for _, st := range s.shardStats() {
+		timers, dead = timers+st.stats.Timers, dead+st.stats.Dead
+	}
+	s.log.Info("ready", "shards", n, "timers", timers, "dead_letters", dead, "took", time.Since(began).Round(time.Millisecond))
 	return nil
 }
 
@@ -511,7 +516,9 @@ func (s *Server) shutdown(ctx context.Context) error {
 	// The shards close last, so that the RPCs let finish above found them
 	// open: each flushes its writes and releases its lease.
 	errs = append(errs, s.node.Close(ctx))
-	s.log.Info("stopped")
+	if s.grpc != nil { // it said it was serving; a failed start says only why
+		s.log.Info("stopped")
+	}
 	return errors.Join(errs...)
 }
 

@@ -549,7 +549,10 @@ func (p pebbleLogger) log(level slog.Level, format string, args []any) {
 	p.l.Log(context.Background(), level, fmt.Sprintf(format, args...), "component", "pebble")
 }
 
-func (p pebbleLogger) Infof(format string, args ...any)  { p.log(slog.LevelInfo, format, args) }
+// Infof logs at debug: Pebble's information (the WALs it replays, its
+// compactions) is about its own workings, not the node's.
+func (p pebbleLogger) Infof(format string, args ...any) { p.log(slog.LevelDebug, format, args) }
+
 func (p pebbleLogger) Errorf(format string, args ...any) { p.log(slog.LevelError, format, args) }
 
 // Fatalf logs and panics. Pebble calls it on states it cannot continue

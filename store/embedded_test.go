@@ -120,21 +120,28 @@ func TestEmbeddedConfig(t *testing.T) {
 	}
 }
 
-// TestEmbeddedLogger: Pebble's messages go to the configured logger.
+// TestEmbeddedLogger: Pebble's messages go to the configured logger, its
+// information at debug.
 func TestEmbeddedLogger(t *testing.T) {
-	var buf bytes.Buffer
-	cfg := DefaultEmbeddedConfig(t.TempDir())
-	cfg.Logger = slog.New(slog.NewTextHandler(&buf, nil))
-	s, err := OpenEmbedded(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	// Pebble reports the WALs it finds when it opens a database.
-	if out := buf.String(); !strings.Contains(out, "component=pebble") || !strings.Contains(out, "WAL") {
-		t.Fatalf("logger got %q, want Pebble's messages", out)
+	for _, tc := range []struct {
+		level slog.Level
+		want  bool
+	}{{slog.LevelDebug, true}, {slog.LevelInfo, false}} {
+		var buf bytes.Buffer
+		cfg := DefaultEmbeddedConfig(t.TempDir())
+		cfg.Logger = slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: tc.level}))
+		s, err := OpenEmbedded(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		// Pebble reports the WALs it finds when it opens a database.
+		out := buf.String()
+		if got := strings.Contains(out, "component=pebble") && strings.Contains(out, "WAL"); got != tc.want {
+			t.Errorf("at %v the logger got %q; want Pebble's messages: %v", tc.level, out, tc.want)
+		}
 	}
 }
 

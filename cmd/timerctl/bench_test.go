@@ -198,7 +198,7 @@ func TestBenchRun(t *testing.T) {
 func TestBenchUnreachable(t *testing.T) {
 	t.Parallel()
 	r := ctl(t, "127.0.0.1:1", "--timeout", "2s", "bench", "fire", "--duration", "100ms")
-	wantFail(t, r, "timerctl bench:", "connect to 127.0.0.1:1")
+	wantFail(t, r, "timerctl bench: nothing answers at 127.0.0.1:1: is timerd running there? (connection refused)")
 }
 
 // TestBenchPeer runs --peer redis-raw and --peer asynq, whose runner is

@@ -68,8 +68,9 @@ time, topic, interval, payload (as text when it is printable UTF-8, else
 base64), shard and creation time. A timer that does not exist fails with
 NotFound (exit 1).
 
-With --json the payload is "payload" when it is valid UTF-8, otherwise
-"payload_base64".`,
+With --json prints {"namespace","id","topic","payload_base64","state",
+"attempts","due_time","interval","shard","created_time"}, where
+"payload_base64" is the payload in standard base64, whatever its bytes.`,
 		flags: func(*flag.FlagSet) runner { return new(getCmd) },
 	},
 	{
@@ -79,12 +80,12 @@ With --json the payload is "payload" when it is valid UTF-8, otherwise
 		help: `Subscribe receives the deliveries of --topic and prints each one on stdout
 as one JSON object per line, whatever --json says:
 
-  {"delivery_id","namespace","id","topic","payload","due_time","fired_time",
-   "attempt","shard","epoch"}
+  {"delivery_id","namespace","id","topic","payload_base64","due_time",
+   "fired_time","attempt","shard","epoch"}
 
-where "payload" is the payload as a string when it is valid UTF-8; otherwise
-"payload" is absent and "payload_base64" holds it in standard base64. Every
-printed delivery is then acknowledged.
+where "payload_base64" is the payload in standard base64, whatever its
+bytes ("" when empty): jq -r .payload_base64 | base64 -d gives it back.
+Every printed delivery is then acknowledged.
 
 It runs until --count deliveries have been printed, --max-wait has passed
 or it is interrupted (Ctrl-C, SIGTERM), and then exits 0; it exits 1 if

@@ -7,9 +7,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
 	"strings"
 	"time"
+
+	"github.com/timerd/timerd/internal/cli"
 )
 
 // runner is one command's flags, bound to a flag set, and its action.
@@ -92,7 +93,7 @@ type whenFlags struct {
 }
 
 func (w *whenFlags) register(fs *flag.FlagSet, what string) {
-	fs.DurationVar(&w.in, "in", 0, what+" this `duration` from now, e.g. 30s, 5m, 1h30m (0: at once)")
+	fs.DurationVar(&w.in, "in", 0, what+" this `duration` from now, e.g. 30s, 5m, 1h30m, 7d (0: at once)")
 	fs.StringVar(&w.at, "at", "", what+" at this RFC 3339 `time`, e.g. 2030-01-02T15:04:05Z")
 }
 
@@ -192,11 +193,21 @@ Global flags (accepted before or after the command):
 	fmt.Fprint(w, `
 Output is a table for people unless --json asks for one JSON document per
 command, for scripts. subscribe always prints one JSON object per delivery
-and line. Times are printed in UTC (RFC 3339).
+and line. Times are printed in UTC (RFC 3339). In JSON a timer's payload is
+"payload_base64", always standard base64 whatever its bytes ("" when empty).
 
 Exit codes: 0 on success; 1 when a call, or an item of a batch, failed (the
 message on stderr names the gRPC code and gives the server's message); 2 for
-a usage error.
+a usage error. With --json a failed command also prints on stdout
+
+  {"command":"get","code":"NotFound","error":"NotFound: timer not found: ..."}
+
+where code is the gRPC code name of the failed call, "Usage" for a mistake
+on the command line, or "Unknown" for a failure of timerctl's own; a batch
+(cancel, dead-letters replay) reports each item in its "results" instead.
+
+Durations are written as Go writes them (30s, 1m30s, 2h) or with days and
+years: 7d is 168h, 1y is 365d.
 
 Environment: TIMERD_ADDR sets the default of --addr.
 
@@ -232,26 +243,5 @@ func (a *app) printCommandUsage(w io.Writer, c *command, fs *flag.FlagSet) {
 // printFlags prints the global flags of fs, or the others, with two
 // dashes, their argument name, their help and their default.
 func printFlags(w io.Writer, fs *flag.FlagSet, global bool) {
-	var lines []string
-	fs.VisitAll(func(f *flag.Flag) {
-		if globalFlags[f.Name] != global {
-			return
-		}
-		arg, usage := flag.UnquoteUsage(f)
-		line := "  --" + f.Name
-		if arg != "" {
-			line += " " + arg
-		}
-		line += "\n        " + usage
-		switch f.DefValue {
-		case "", "0", "0s", "false":
-		default:
-			line += fmt.Sprintf(" (default %s)", f.DefValue)
-		}
-		lines = append(lines, line)
-	})
-	sort.Strings(lines)
-	for _, l := range lines {
-		fmt.Fprintln(w, l)
-	}
+	cli.PrintFlags(w, fs, func(f *flag.Flag) bool { return globalFlags[f.Name] == global })
 }

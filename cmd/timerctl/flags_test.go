@@ -223,7 +223,7 @@ func TestUsage(t *testing.T) {
 		{name: "unknown command", args: []string{"frobnicate"}, wantCode: exitUsage, wantStderr: `unknown command "frobnicate"`},
 		{name: "unknown global flag", args: []string{"--frob", "get", "x"}, wantCode: exitUsage, wantStderr: "flag provided but not defined"},
 		{name: "unknown command flag", args: []string{"get", "x", "--frob"}, wantCode: exitUsage, wantStderr: "timerctl get: flag provided but not defined"},
-		{name: "bad duration", args: []string{"--timeout", "soon", "get", "x"}, wantCode: exitUsage, wantStderr: "invalid value"},
+		{name: "bad duration", args: []string{"--timeout", "soon", "get", "x"}, wantCode: exitUsage, wantStderr: `--timeout "soon": want a duration such as 30s`},
 		{name: "negative timeout", args: []string{"get", "x", "--timeout", "-1s"}, wantCode: exitUsage, wantStderr: "--timeout must not be negative"},
 		{name: "get without id", args: []string{"get"}, wantCode: exitUsage, wantStderr: "missing the timer ID"},
 		{name: "get two ids", args: []string{"get", "a", "b"}, wantCode: exitUsage, wantStderr: `unexpected argument "b"`},

@@ -9,7 +9,8 @@
 // the flags of one. Output is meant for people (aligned tables) unless
 // --json asks for one JSON document per command, for scripts; subscribe
 // always prints one JSON object per delivery and line. Errors go to
-// stderr, with the gRPC code name and the server's message. The exit code
+// stderr, with the gRPC code name and the server's message; with --json
+// they are also a JSON object on stdout (see errorView). The exit code
 // is 0 on success, 1 when a call (or an item of a batch) failed and 2 for
 // a usage error.
 //
@@ -25,8 +26,11 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
+
+	"github.com/timerd/timerd/internal/cli"
 )
 
 func main() {
@@ -98,19 +102,24 @@ func (a *app) main(ctx context.Context, args []string) int {
 	}
 	a.timeout = 10 * time.Second
 
+	// --json is honoured for the errors of a command line that does not
+	// parse, too.
+	a.json = jsonAsked(args)
+
 	fs := a.newFlagSet("timerctl")
+	var version bool
+	fs.BoolVar(&version, "version", false, "print the version, the commit and the Go version timerctl was built from (as JSON with --json)")
 	rest, err := parseInterleaved(fs, args, true)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		a.printToolUsage(a.stdout, fs)
 		return exitOK
 	case err != nil:
-		fmt.Fprintf(a.stderr, "timerctl: %v\nRun 'timerctl --help' for usage.\n", err)
-		return exitUsage
+		return a.usageFailed("", cli.FlagError(fs, err))
+	case version:
+		return a.printVersion()
 	case len(rest) == 0:
-		fmt.Fprintln(a.stderr, "timerctl: no command given")
-		a.printToolUsage(a.stderr, fs)
-		return exitUsage
+		return a.usageFailed("", errors.New("no command given"))
 	}
 	name, cmdArgs := rest[0], rest[1:]
 	if name == "help" {
@@ -118,17 +127,14 @@ func (a *app) main(ctx context.Context, args []string) int {
 	}
 	cmd, cmdArgs, err := lookup(name, cmdArgs)
 	if err != nil {
-		fmt.Fprintf(a.stderr, "timerctl: %v\nRun 'timerctl --help' for usage.\n", err)
-		return exitUsage
+		return a.usageFailed("", err)
 	}
 	if cmd.subs != nil { // a group such as dead-letters, given no subcommand
 		if len(cmdArgs) > 0 && isHelpFlag(cmdArgs[0]) {
 			a.printGroupUsage(a.stdout, cmd)
 			return exitOK
 		}
-		fmt.Fprintf(a.stderr, "timerctl %s: missing subcommand\n", cmd.name)
-		a.printGroupUsage(a.stderr, cmd)
-		return exitUsage
+		return a.usageFailed(cmd.name, errors.New("missing subcommand"))
 	}
 	return a.runCommand(ctx, cmd, cmdArgs)
 }
@@ -137,6 +143,7 @@ func (a *app) main(ctx context.Context, args []string) int {
 func (a *app) runCommand(ctx context.Context, cmd *command, args []string) int {
 	fs := a.newFlagSet("timerctl " + cmd.name)
 	r := cmd.flags(fs)
+	cli.HumanDurations(fs)
 	pos, err := parseInterleaved(fs, args, false)
 	if errors.Is(err, flag.ErrHelp) {
 		a.printCommandUsage(a.stdout, cmd, fs)
@@ -145,13 +152,11 @@ func (a *app) runCommand(ctx context.Context, cmd *command, args []string) int {
 	if err == nil {
 		err = r.check(fs, pos)
 	}
-	if err != nil {
-		fmt.Fprintf(a.stderr, "timerctl %s: %v\nRun 'timerctl %s --help' for usage.\n", cmd.name, err, cmd.name)
-		return exitUsage
+	if err == nil && a.timeout < 0 {
+		err = errors.New("--timeout must not be negative")
 	}
-	if a.timeout < 0 {
-		fmt.Fprintf(a.stderr, "timerctl %s: --timeout must not be negative\n", cmd.name)
-		return exitUsage
+	if err != nil {
+		return a.usageFailed(cmd.name, cli.FlagError(fs, err))
 	}
 	a.cmdArgs = args
 	err = r.run(ctx, a, pos)
@@ -164,13 +169,61 @@ func (a *app) runCommand(ctx context.Context, cmd *command, args []string) int {
 	case errors.As(err, &ce):
 		return ce.code
 	case errors.As(err, &ue):
-		fmt.Fprintf(a.stderr, "timerctl %s: %v\nRun 'timerctl %s --help' for usage.\n", cmd.name, err, cmd.name)
-		return exitUsage
+		return a.usageFailed(cmd.name, err)
 	case errors.As(err, &fe):
-		return exitFailed
+		return exitFailed // each item was reported, and the JSON printed
 	}
-	fmt.Fprintf(a.stderr, "timerctl %s: %s\n", cmd.name, errorText(err))
+	return a.failed(cmd.name, err)
+}
+
+// jsonAsked reports whether the command line asks for JSON, before any
+// "--", whether or not it parses.
+func jsonAsked(args []string) bool {
+	asked := false
+	for _, arg := range args {
+		switch arg {
+		case "--":
+			return asked
+		case "-json", "--json", "-json=true", "--json=true", "-json=1", "--json=1":
+			asked = true
+		case "-json=false", "--json=false", "-json=0", "--json=0":
+			asked = false
+		}
+	}
+	return asked
+}
+
+// usageFailed reports a mistake on the command line of cmd ("" for the
+// tool's own) with a pointer to its help, and returns exitUsage.
+func (a *app) usageFailed(cmd string, err error) int {
+	prog := strings.TrimSpace("timerctl " + cmd)
+	fmt.Fprintf(a.stderr, "%s: %v\nRun '%s --help' for usage.\n", prog, err, prog)
+	if a.json {
+		_ = writeJSON(a.stdout, errorView{Command: cmd, Code: codeUsage, Error: err.Error()})
+	}
+	return exitUsage
+}
+
+// failed reports the error of a command that ran, and returns exitFailed.
+func (a *app) failed(cmd string, err error) int {
+	text := a.errorText(err)
+	fmt.Fprintf(a.stderr, "timerctl %s: %s\n", cmd, text)
+	if a.json {
+		_ = writeJSON(a.stdout, errorView{Command: cmd, Code: errorCode(err), Error: text})
+	}
 	return exitFailed
+}
+
+// printVersion prints what timerctl was built from: one line, or with
+// --json {"version","commit","modified","go_version"}.
+func (a *app) printVersion() int {
+	b := cli.ReadBuild()
+	if a.json {
+		_ = writeJSON(a.stdout, b)
+	} else {
+		fmt.Fprintln(a.stdout, b.Line("timerctl"))
+	}
+	return exitOK
 }
 
 // help runs "timerctl help [COMMAND...]".
@@ -190,13 +243,15 @@ func (a *app) help(root *flag.FlagSet, args []string) int {
 	}
 	fs := a.newFlagSet("timerctl " + cmd.name)
 	cmd.flags(fs)
+	cli.HumanDurations(fs)
 	a.printCommandUsage(a.stdout, cmd, fs)
 	return exitOK
 }
 
 // globalFlags names the flags every command accepts, before or after its
 // name.
-var globalFlags = map[string]bool{"addr": true, "json": true, "namespace": true, "timeout": true}
+// (--version, a global flag in the tool's help, is the tool's alone.)
+var globalFlags = map[string]bool{"addr": true, "json": true, "namespace": true, "timeout": true, "version": true}
 
 // newFlagSet returns a flag set with the global flags, which write to a.
 // It prints nothing itself: the callers report errors and usage.
@@ -208,6 +263,7 @@ func (a *app) newFlagSet(name string) *flag.FlagSet {
 	fs.BoolVar(&a.json, "json", a.json, "print JSON for scripts instead of tables")
 	fs.StringVar(&a.namespace, "namespace", a.namespace, "`namespace` of the timers (empty: \"default\")")
 	fs.DurationVar(&a.timeout, "timeout", a.timeout, "bound on each command's calls (0: none; subscribe: only the connection check)")
+	cli.HumanDurations(fs)
 	return fs
 }
 

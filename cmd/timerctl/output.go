@@ -14,6 +14,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/timerd/timerd/client"
@@ -45,6 +46,51 @@ func errorText(err error) string {
 		return fmt.Sprintf("%s: %s", st.Code(), st.Message())
 	}
 	return err.Error()
+}
+
+// errorView is the JSON object that --json prints on stdout when a
+// command fails as a whole (the items of a batch have resultView):
+//
+//	{"command":"get","code":"NotFound","error":"NotFound: timer not found: ..."}
+//
+// Command is the command's name ("" for a mistake before one); Code the
+// gRPC code name of the failed call ("NotFound", "Unavailable", ...),
+// "Usage" for a mistake on the command line (exit code 2), or "Unknown"
+// for a failure of timerctl's own, such as a payload file it cannot read;
+// Error the message that goes to stderr too.
+type errorView struct {
+	Command string `json:"command"`
+	Code    string `json:"code"`
+	Error   string `json:"error"`
+}
+
+// codeUsage is errorView's code for a mistake on the command line.
+const codeUsage = "Usage"
+
+// errorCode is the gRPC code name of err, "Unknown" when it is not a
+// call's.
+func errorCode(err error) string {
+	return status.Code(err).String()
+}
+
+// errorText describes err of a command run against a.addr: as errorText
+// does, except that an address where nothing answers is said in so many
+// words, with the cause after it.
+func (a *app) errorText(err error) string {
+	if status.Code(err) != codes.Unavailable {
+		return errorText(err)
+	}
+	msg := err.Error()
+	if _, dial, ok := strings.Cut(msg, "Error while dialing: "); ok {
+		// dial tcp 127.0.0.1:7070: connect: connection refused"
+		dial = strings.TrimRight(dial, `"`)
+		cause := dial[strings.LastIndex(dial, ": ")+2:]
+		return fmt.Sprintf("nothing answers at %s: is timerd running there? (%s)", a.addr, cause)
+	}
+	if strings.Contains(msg, "name resolver error") || strings.Contains(msg, "no such host") {
+		return fmt.Sprintf("nothing answers at %s: its host name does not resolve (%s)", a.addr, errorText(err))
+	}
+	return errorText(err)
 }
 
 // writeJSON writes v as one line of JSON.
@@ -97,20 +143,16 @@ func humanDue(t, now time.Time) string {
 	return fmt.Sprintf("%s (%s)", humanTime(t), relative(t, now))
 }
 
-// payloadView holds a payload in JSON: as text when it is valid UTF-8,
-// otherwise in standard base64. Exactly one of the two is set.
+// payloadView holds a payload in JSON: always, whatever its bytes, in
+// standard base64 (RFC 4648, with padding) in "payload_base64"; "" for an
+// empty payload. A payload is bytes to timerd, and one field with one
+// encoding is what a script can decode without looking at it first.
 type payloadView struct {
-	Payload       *string `json:"payload,omitempty"`
-	PayloadBase64 *string `json:"payload_base64,omitempty"`
+	PayloadBase64 string `json:"payload_base64"`
 }
 
 func payloadViewOf(p []byte) payloadView {
-	if utf8.Valid(p) {
-		s := string(p)
-		return payloadView{Payload: &s}
-	}
-	s := base64.StdEncoding.EncodeToString(p)
-	return payloadView{PayloadBase64: &s}
+	return payloadView{PayloadBase64: base64.StdEncoding.EncodeToString(p)}
 }
 
 // humanPayload returns a payload for a table: as text when it is

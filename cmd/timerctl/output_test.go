@@ -64,10 +64,10 @@ func TestPayloadViews(t *testing.T) {
 		wantLabel string
 		wantHuman string
 	}{
-		{"empty", nil, `{"payload":""}`, "payload", "(empty)"},
-		{"text", []byte("hello world"), `{"payload":"hello world"}`, "payload", "hello world"},
-		{"unicode", []byte("héllo ✓"), `{"payload":"héllo ✓"}`, "payload", "héllo ✓"},
-		{"newline is UTF-8 but not printable", []byte("a\nb"), `{"payload":"a\nb"}`, "payload (base64)", "YQpi"},
+		{"empty", nil, `{"payload_base64":""}`, "payload", "(empty)"},
+		{"text", []byte("hello world"), `{"payload_base64":"aGVsbG8gd29ybGQ="}`, "payload", "hello world"},
+		{"unicode", []byte("héllo ✓"), `{"payload_base64":"aMOpbGxvIOKckw=="}`, "payload", "héllo ✓"},
+		{"newline is UTF-8 but not printable", []byte("a\nb"), `{"payload_base64":"YQpi"}`, "payload (base64)", "YQpi"},
 		{"binary", []byte{0, 1, 0xff}, `{"payload_base64":"AAH/"}`, "payload (base64)", "AAH/"},
 		{"invalid UTF-8", []byte{'a', 0xc3}, `{"payload_base64":"YcM="}`, "payload (base64)", "YcM="},
 	}
@@ -164,7 +164,7 @@ func TestDeliveryJSON(t *testing.T) {
 	if err := writeJSON(&b, deliveryViewOf(d)); err != nil {
 		t.Fatal(err)
 	}
-	want := `{"delivery_id":"AgEB","namespace":"default","id":"a","topic":"t","payload":"hi",` +
+	want := `{"delivery_id":"AgEB","namespace":"default","id":"a","topic":"t","payload_base64":"aGk=",` +
 		`"due_time":"2030-01-02T15:04:35Z","fired_time":"2030-01-02T15:04:35.0015Z","attempt":2,"shard":3,"epoch":9}` + "\n"
 	if b.String() != want {
 		t.Errorf("got:\n%s\nwant:\n%s", b.String(), want)

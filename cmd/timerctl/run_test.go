@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -120,7 +122,7 @@ func TestRunTimerLifecycle(t *testing.T) {
 	r = mustCtl(t, addr, "get", "b", "--json")
 	tv := decode[map[string]any](t, r.stdout)
 	for k, want := range map[string]any{"namespace": "default", "id": "b", "topic": "orders", "state": "pending",
-		"due_time": "2030-01-02T15:04:05Z", "interval": "1m0s", "payload": "", "attempts": 0.0} {
+		"due_time": "2030-01-02T15:04:05Z", "interval": "1m0s", "payload_base64": "", "attempts": 0.0} {
 		if tv[k] != want {
 			t.Errorf("get --json: %s = %v, want %v (%s)", k, tv[k], want, r.stdout)
 		}
@@ -185,7 +187,7 @@ func TestRunPayloads(t *testing.T) {
 	if !strings.Contains(r.stdout, "payload (base64)  AAEC/w==\n") {
 		t.Errorf("binary payload in get:\n%s", r.stdout)
 	}
-	if got := decode[timerView](t, mustCtl(t, addr, "get", "file", "--json").stdout); got.PayloadBase64 == nil || *got.PayloadBase64 != "AAEC/w==" || got.Payload != nil {
+	if got := decode[timerView](t, mustCtl(t, addr, "get", "file", "--json").stdout); got.PayloadBase64 != "AAEC/w==" {
 		t.Errorf("binary payload in get --json: %+v", got)
 	}
 
@@ -195,10 +197,10 @@ func TestRunPayloads(t *testing.T) {
 		t.Fatalf("schedule from stdin: %d %s", code, stderr)
 	}
 	got := decode[timerView](t, mustCtl(t, addr, "get", "stdin", "--json").stdout)
-	if got.Payload == nil || *got.Payload != "line 1\nline 2\n" {
+	if got.PayloadBase64 != "bGluZSAxCmxpbmUgMgo=" {
 		t.Errorf("stdin payload: %+v", got)
 	}
-	// Not printable: base64 in the table, text in JSON.
+	// Not printable: base64 in the table too.
 	if r := mustCtl(t, addr, "get", "stdin"); !strings.Contains(r.stdout, "payload (base64)  bGluZSAxCmxpbmUgMgo=") {
 		t.Errorf("multi-line payload in get:\n%s", r.stdout)
 	}
@@ -255,7 +257,7 @@ func TestRunSubscribe(t *testing.T) {
 				t.Errorf("delivery: %s", l)
 			}
 		}
-		if byID[text]["payload"] != "one" || byID[text]["payload_base64"] != nil {
+		if byID[text]["payload_base64"] != "b25l" || byID[text]["payload"] != nil {
 			t.Errorf("text payload: %v", byID[text])
 		}
 		if byID[bin]["payload_base64"] != "/v8=" || byID[bin]["payload"] != nil {
@@ -277,7 +279,7 @@ func TestRunSubscribe(t *testing.T) {
 	// A bad topic is refused by the server; a wrong address is reported at
 	// once.
 	wantFail(t, ctl(t, addr, "subscribe", "--topic", "bad topic"), "InvalidArgument")
-	wantFail(t, ctl(t, "127.0.0.1:1", "subscribe", "--topic", "t", "--timeout", "3s"), "connect to 127.0.0.1:1: Unavailable")
+	wantFail(t, ctl(t, "127.0.0.1:1", "subscribe", "--topic", "t", "--timeout", "3s"), "timerctl subscribe: nothing answers at 127.0.0.1:1")
 }
 
 // TestRunSubscribeAcksBeforeExit checks that the ack of the last delivery
@@ -320,7 +322,7 @@ func TestRunDeadLetters(t *testing.T) {
 		t.Fatalf("list --json: %+v", list)
 	}
 	for _, dl := range list.DeadLetters {
-		if dl.State != "dead" || dl.Attempts != 1 || dl.Reason == "" || dl.LastAttemptTime == "" || *dl.Payload != "p-"+dl.ID {
+		if dl.State != "dead" || dl.Attempts != 1 || dl.Reason == "" || dl.LastAttemptTime == "" || dl.PayloadBase64 != base64.StdEncoding.EncodeToString([]byte("p-"+dl.ID)) {
 			t.Errorf("dead letter: %+v", dl)
 		}
 	}
@@ -501,5 +503,109 @@ func holdInFlight(t *testing.T, addr, topic string) {
 	case <-got:
 	case <-time.After(10 * time.Second):
 		t.Fatal("no delivery to hold within 10s")
+	}
+}
+
+// TestRunJSONErrors: with --json, every command that fails prints one
+// JSON error object on stdout, whatever failed: the call, the command
+// line or the connection.
+func TestRunJSONErrors(t *testing.T) {
+	t.Parallel()
+	addr := startServer(t, nil).GRPCAddr()
+	down := "127.0.0.1:1"
+	for _, tc := range []struct {
+		name     string
+		addr     string
+		args     []string
+		wantCode int
+		want     errorView
+	}{
+		{"get of an unknown id", addr, []string{"get", "nope", "--json"}, exitFailed,
+			errorView{Command: "get", Code: "NotFound", Error: `NotFound: timer not found: namespace "default" id "nope"`}},
+		{"reschedule of an unknown id", addr, []string{"--json", "reschedule", "nope", "--in", "1m"}, exitFailed,
+			errorView{Command: "reschedule", Code: "NotFound"}},
+		{"schedule refused", addr, []string{"--json", "schedule", "a", "--topic", "no spaces", "--in", "1s"}, exitFailed,
+			errorView{Command: "schedule", Code: "InvalidArgument"}},
+		{"bad duration", addr, []string{"schedule", "a", "--topic", "t", "--in", "10q", "--json"}, exitUsage,
+			errorView{Command: "schedule", Code: "Usage", Error: `--in "10q": want a duration such as 30s, 5m, 1h30m or 7d`}},
+		{"unknown flag before --json", addr, []string{"get", "a", "--frob", "--json"}, exitUsage,
+			errorView{Command: "get", Code: "Usage", Error: "flag provided but not defined: -frob"}},
+		{"unknown command", addr, []string{"--json", "frob"}, exitUsage,
+			errorView{Command: "", Code: "Usage", Error: `unknown command "frob"`}},
+		{"payload file missing", addr, []string{"--json", "schedule", "a", "--topic", "t", "--in", "1s", "--payload-file", "/nonexistent/p"}, exitFailed,
+			errorView{Command: "schedule", Code: "Unknown"}},
+		{"node down", down, []string{"status", "--json"}, exitFailed,
+			errorView{Command: "status", Code: "Unavailable", Error: "nothing answers at 127.0.0.1:1: is timerd running there? (connection refused)"}},
+		{"subscribe to a node down", down, []string{"subscribe", "--topic", "t", "--json", "--timeout", "3s"}, exitFailed,
+			errorView{Command: "subscribe", Code: "Unavailable"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := ctl(t, tc.addr, tc.args...)
+			if r.code != tc.wantCode {
+				t.Errorf("exit code %d, want %d: %v", r.code, tc.wantCode, r)
+			}
+			if strings.Count(r.stdout, "\n") != 1 {
+				t.Fatalf("stdout is not one JSON line: %v", r)
+			}
+			got := decode[errorView](t, r.stdout)
+			if tc.want.Error == "" {
+				tc.want.Error = got.Error
+			}
+			if got != tc.want || got.Error == "" {
+				t.Errorf("JSON error %+v, want %+v", got, tc.want)
+			}
+			if !strings.Contains(r.stderr, got.Error) {
+				t.Errorf("stderr does not say %q too: %v", got.Error, r)
+			}
+		})
+	}
+	// A batch reports its items in its own JSON, and nothing else.
+	r := ctl(t, addr, "cancel", "nope", "--json")
+	if got := decode[resultsView](t, r.stdout); r.code != exitFailed || len(got.Results) != 1 || got.Results[0].Code != "NotFound" {
+		t.Errorf("cancel nope --json: %v", r)
+	}
+}
+
+// TestRunUnreachable: a node that is down is named as such, with the
+// cause after it, and not as a raw transport error.
+func TestRunUnreachable(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"get", "x"}, {"schedule", "x", "--topic", "t", "--in", "1s"}, {"status"}, {"dead-letters", "list"}} {
+		r := ctl(t, "127.0.0.1:1", args...)
+		want := "timerctl " + strings.Join(slices.DeleteFunc(slices.Clone(args[:min(2, len(args))]), func(s string) bool { return s == "x" }), " ") +
+			": nothing answers at 127.0.0.1:1: is timerd running there? (connection refused)\n"
+		if r.code != exitFailed || r.stderr != want {
+			t.Errorf("timerctl %q: %v\nwant stderr %q", args, r, want)
+		}
+	}
+}
+
+// TestRunHumanDurations: --in takes days, and a bad duration names the
+// format it wants, on one line with the way to help.
+func TestRunHumanDurations(t *testing.T) {
+	t.Parallel()
+	addr := startServer(t, nil).GRPCAddr()
+	before := time.Now()
+	r := mustCtl(t, addr, "--json", "schedule", "d", "--topic", "t", "--in", "2d")
+	due, err := time.Parse(time.RFC3339Nano, decode[dueView](t, r.stdout).DueTime)
+	if err != nil || due.Before(before.Add(48*time.Hour)) || due.After(time.Now().Add(48*time.Hour)) {
+		t.Errorf("--in 2d: due %v (%v), want 48h from now", due, err)
+	}
+	r = ctl(t, addr, "schedule", "e", "--topic", "t", "--in", "10q")
+	want := "timerctl schedule: --in \"10q\": want a duration such as 30s, 5m, 1h30m or 7d\nRun 'timerctl schedule --help' for usage.\n"
+	if r.code != exitUsage || r.stderr != want || r.stdout != "" {
+		t.Errorf("--in 10q: %v\nwant stderr %q", r, want)
+	}
+}
+
+// TestRunVersion: --version prints the build, as a line or as JSON.
+func TestRunVersion(t *testing.T) {
+	r := ctl(t, "127.0.0.1:1", "--version")
+	if r.code != exitOK || !strings.HasPrefix(r.stdout, "timerctl ") || !strings.Contains(r.stdout, runtime.Version()) || strings.Count(r.stdout, "\n") != 1 {
+		t.Errorf("--version: %v", r)
+	}
+	r = ctl(t, "127.0.0.1:1", "--version", "--json")
+	if b := decode[map[string]any](t, r.stdout); r.code != exitOK || b["version"] == "" || b["go_version"] != runtime.Version() {
+		t.Errorf("--version --json: %v", r)
 	}
 }

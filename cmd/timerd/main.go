@@ -29,29 +29,29 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/cluster"
+	"github.com/timerd/timerd/internal/cli"
 	"github.com/timerd/timerd/server"
 	"github.com/timerd/timerd/shard"
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stderr))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
 // run is main with its arguments and output, for tests. It returns the
 // exit code: 0 after a graceful stop, 2 for a bad flag, 1 otherwise.
-func run(args []string, stderr io.Writer) int {
-	cfg, logLevel, shutdownTimeout, err := parse(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
+// --help and --version print on stdout, everything else on stderr.
+func run(args []string, stdout, stderr io.Writer) int {
+	cfg, logLevel, shutdownTimeout, err := parse(args, stdout)
+	switch {
+	case errors.Is(err, flag.ErrHelp), errors.Is(err, errVersion):
 		return 0
-	}
-	var printed errPrinted
-	if errors.As(err, &printed) {
+	case err != nil:
+		fmt.Fprintf(stderr, "timerd: %v\nRun 'timerd --help' for usage.\n", err)
 		return 2
 	}
-	if err != nil {
-		fmt.Fprintf(stderr, "timerd: %v\n", err)
-		return 2
-	}
+	build := cli.ReadBuild()
+	cfg.Version, cfg.Revision = build.Version, build.CommitLabel()
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
 	cfg.Logger = log
 	srv, err := server.New(cfg)
@@ -89,13 +89,19 @@ func run(args []string, stderr io.Writer) int {
 	return code
 }
 
-// parse reads flags, with TIMERD_* environment variables as defaults.
-func parse(args []string, stderr io.Writer) (server.Config, slog.Level, time.Duration, error) {
+// errVersion is parse's answer to --version, which it printed.
+var errVersion = errors.New("version printed")
+
+// parse reads flags, with TIMERD_* environment variables as defaults. It
+// prints --help and --version on stdout, and nothing else: the caller
+// reports its errors.
+func parse(args []string, stdout io.Writer) (server.Config, slog.Level, time.Duration, error) {
 	cfg := server.DefaultConfig()
 	fs := flag.NewFlagSet("timerd", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, `Usage: timerd [flags]
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {} // the flag package calls it on every error
+	usage := func() {
+		fmt.Fprint(stdout, `Usage: timerd [flags]
 
 timerd is a timer service node. Clients schedule timers over gRPC and
 subscribers receive each one when it is due: at least once, never early.
@@ -107,9 +113,12 @@ Every flag can also be set by an environment variable: TIMERD_ and the
 flag's name in upper case, dashes as underscores (--grpc-addr is
 TIMERD_GRPC_ADDR). Flags win over the environment.
 
+Durations are written as Go writes them (30s, 1m30s, 2h) or with days
+and years: 7d is 168h, 1y is 365d.
+
 Flags:
 `)
-		fs.PrintDefaults()
+		cli.PrintFlags(stdout, fs, nil)
 	}
 	var (
 		level    = slog.LevelInfo
@@ -120,7 +129,9 @@ Flags:
 		attempts = uint(cfg.Shard.MaxAttempts)
 		cc       = cluster.DefaultConfig()
 		join     string
+		version  bool
 	)
+	fs.BoolVar(&version, "version", false, "print the version, the commit and the Go version timerd was built from, and exit")
 	fs.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "`host:port` of the gRPC API (TimerService, ClusterService, health, reflection)")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "`host:port` of /metrics, /healthz and /readyz; empty disables HTTP")
 	fs.BoolVar(&cfg.PProf, "pprof", cfg.PProf, "also serve Go's profiles under /debug/pprof/ on --http-addr (expose only to operators)")
@@ -156,10 +167,14 @@ Flags:
 	fs.IntVar(&cfg.Commit.MaxQueueOps, "commit-max-queue", cfg.Commit.MaxQueueOps, "most `writes` a group commit lane holds; past it calls fail with RESOURCE_EXHAUSTED")
 	fs.TextVar(&level, "log-level", level, "log `level`: debug, info, warn or error")
 	fs.DurationVar(&shutdown, "shutdown-timeout", shutdown, "how long a graceful stop may take before RPCs in progress are cut")
+	cli.HumanDurations(fs)
 
 	// The environment supplies defaults, then the command line overrides.
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
+		if f.Name == "version" {
+			return // a question to the command line, not a setting
+		}
 		name := "TIMERD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
 		if v, ok := os.LookupEnv(name); ok && envErr == nil {
 			if err := f.Value.Set(v); err != nil {
@@ -170,8 +185,15 @@ Flags:
 	if envErr != nil {
 		return cfg, level, shutdown, envErr
 	}
-	if err := fs.Parse(args); err != nil {
-		return cfg, level, shutdown, errPrinted{err} // fs printed it, and the usage
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		usage()
+		return cfg, level, shutdown, err
+	} else if err != nil {
+		return cfg, level, shutdown, cli.FlagError(fs, err)
+	}
+	if version {
+		fmt.Fprintln(stdout, cli.ReadBuild().Line("timerd"))
+		return cfg, level, shutdown, errVersion
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -215,8 +237,3 @@ Flags:
 	cfg.DefaultInFlight = uint32(defIn)
 	return cfg, level, shutdown, nil
 }
-
-// errPrinted is an error the flag package has already printed.
-type errPrinted struct{ error }
-
-func (e errPrinted) Unwrap() error { return e.error }

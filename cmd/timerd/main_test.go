@@ -2,9 +2,14 @@ package main
 
 import (
 	"bytes"
+	"io"
+	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/timerd/timerd/store"
 )
 
 func TestParse(t *testing.T) {
@@ -75,7 +80,7 @@ func TestRunRejectsBadInput(t *testing.T) {
 		want string
 	}{
 		{"unknown flag", []string{"--nope"}, [2]string{}, "flag provided but not defined"},
-		{"bad duration", []string{"--ack-timeout", "soon"}, [2]string{}, "invalid value"},
+		{"bad duration", []string{"--ack-timeout", "soon"}, [2]string{}, "want a duration"},
 		{"stray argument", []string{"extra"}, [2]string{}, "unexpected argument"},
 		{"bad environment", nil, [2]string{"TIMERD_SHARDS", "many"}, "TIMERD_SHARDS"},
 		{"invalid config", []string{"--shards", "0"}, [2]string{}, "Shards"},
@@ -86,9 +91,12 @@ func TestRunRejectsBadInput(t *testing.T) {
 			if tt.env[0] != "" {
 				t.Setenv(tt.env[0], tt.env[1])
 			}
-			var out bytes.Buffer
-			if code := run(tt.args, &out); code != 2 || !strings.Contains(out.String(), tt.want) {
+			var stdout, out bytes.Buffer
+			if code := run(tt.args, &stdout, &out); code != 2 || !strings.Contains(out.String(), tt.want) {
 				t.Fatalf("exit %d, output %q; want 2 and %q", code, out.String(), tt.want)
+			}
+			if stdout.Len() > 0 {
+				t.Errorf("stdout %q, want nothing", stdout.String())
 			}
 		})
 	}
@@ -96,12 +104,104 @@ func TestRunRejectsBadInput(t *testing.T) {
 
 func TestHelp(t *testing.T) {
 	var out bytes.Buffer
-	if code := run([]string{"--help"}, &out); code != 0 {
+	if code := run([]string{"--help"}, &out, io.Discard); code != 0 {
 		t.Fatalf("--help exits %d", code)
 	}
-	for _, want := range []string{"-grpc-addr", "-data-dir", "-redis", "TIMERD_GRPC_ADDR", "embedded store"} {
+	for _, want := range []string{"--grpc-addr host:port", "--data-dir", "--redis", "TIMERD_GRPC_ADDR", "embedded store", "--version"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--help lacks %q", want)
 		}
+	}
+}
+
+// TestHelpDurations: --help writes durations as people do, and a flag
+// takes what the help shows, days and years included.
+func TestHelpDurations(t *testing.T) {
+	var out bytes.Buffer
+	if code := run([]string{"--help"}, &out, io.Discard); code != 0 {
+		t.Fatalf("--help exits %d", code)
+	}
+	for _, want := range []string{"--max-horizon duration\n", "(default 100y)", "--shutdown-timeout duration\n", "(default 30s)", "(default 15m)"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--help lacks %q", want)
+		}
+	}
+	if strings.Contains(out.String(), "h0m0s") || strings.Contains(out.String(), "m0s") {
+		t.Errorf("--help shows Go's form of durations:\n%s", out.String())
+	}
+	cfg, _, shutdown, err := parse([]string{"--max-horizon", "7d", "--shutdown-timeout", "1m30s"}, io.Discard)
+	if err != nil || cfg.Shard.MaxHorizon != 7*24*time.Hour || shutdown != 90*time.Second {
+		t.Fatalf("--max-horizon 7d --shutdown-timeout 1m30s: %v %v %v", cfg.Shard.MaxHorizon, shutdown, err)
+	}
+}
+
+// TestBadFlagIsOneLine: a bad flag prints its error and how to get
+// help, as the go command does, not the whole usage.
+func TestBadFlagIsOneLine(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--nope"}, "timerd: flag provided but not defined: -nope\nRun 'timerd --help' for usage.\n"},
+		{[]string{"--max-horizon", "10q"}, "timerd: --max-horizon \"10q\": want a duration such as 30s, 5m, 1h30m or 7d\nRun 'timerd --help' for usage.\n"},
+		{[]string{"--shards", "many"}, "timerd: --shards \"many\": want a whole number, 0 or more\nRun 'timerd --help' for usage.\n"},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := run(tc.args, &stdout, &stderr); code != 2 || stderr.String() != tc.want || stdout.Len() > 0 {
+			t.Errorf("%q: exit %d, stderr %q, stdout %q; want 2 and %q", tc.args, code, stderr.String(), stdout.String(), tc.want)
+		}
+	}
+}
+
+// TestVersion: --version prints the version, the commit and the Go
+// version on one line, and exits 0 without starting a node.
+func TestVersion(t *testing.T) {
+	t.Setenv("TIMERD_VERSION", "true") // not a setting: the environment cannot ask
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"--version", "--grpc-addr", "127.0.0.1:1"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("--version exits %d: %s", code, stderr.String())
+	}
+	line := stdout.String()
+	if !strings.HasPrefix(line, "timerd ") || !strings.Contains(line, "commit ") || !strings.Contains(line, runtime.Version()) || strings.Count(line, "\n") != 1 {
+		t.Errorf("--version printed %q", line)
+	}
+	if _, _, _, err := parse(nil, io.Discard); err != nil {
+		t.Errorf("TIMERD_VERSION set: %v", err)
+	}
+}
+
+// TestStartFailsWithTheErrorOnly: a port or a data directory in use
+// stops the start with that error alone, not a log that the node
+// stopped before it.
+func TestStartFailsWithTheErrorOnly(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	dir, held := t.TempDir(), t.TempDir()
+	st, err := store.OpenEmbedded(store.DefaultEmbeddedConfig(held)) // as a running node holds it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var stdout bytes.Buffer
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"gRPC port in use", []string{"--data-dir", dir, "--grpc-addr", busy.Addr().String(), "--http-addr", ""}, "address already in use"},
+		{"HTTP port in use", []string{"--data-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", busy.Addr().String()}, "address already in use"},
+		{"data directory in use", []string{"--data-dir", held, "--grpc-addr", "127.0.0.1:0", "--http-addr", ""}, "in use by another store"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			code := run(tc.args, &stdout, &stderr)
+			lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+			if code != 1 || len(lines) != 1 || !strings.HasPrefix(lines[0], "timerd: ") || !strings.Contains(lines[0], tc.want) {
+				t.Errorf("exit %d, stderr:\n%s\nwant 1 and one line: timerd: ... %s", code, stderr.String(), tc.want)
+			}
+		})
 	}
 }

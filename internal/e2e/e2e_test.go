@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,6 +21,7 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/client"
+	"github.com/timerd/timerd/internal/redistest"
 )
 
 // delivery is one line of timerctl subscribe.
@@ -26,8 +30,7 @@ type delivery struct {
 	Namespace     string    `json:"namespace"`
 	ID            string    `json:"id"`
 	Topic         string    `json:"topic"`
-	Payload       *string   `json:"payload"`
-	PayloadBase64 *string   `json:"payload_base64"`
+	PayloadBase64 string    `json:"payload_base64"`
 	DueTime       time.Time `json:"due_time"`
 	FiredTime     time.Time `json:"fired_time"`
 	Attempt       uint32    `json:"attempt"`
@@ -118,7 +121,7 @@ func TestScheduleFireGet(t *testing.T) {
 		t.Fatalf("want one delivery and exit code 0: %v", o)
 	}
 	d := recs[0]
-	if d.ID != "e2e-a" || d.Topic != "fire" || d.Namespace != "default" || d.Payload == nil || *d.Payload != "hello" || d.Attempt != 1 || d.DeliveryID == "" {
+	if d.ID != "e2e-a" || d.Topic != "fire" || d.Namespace != "default" || d.PayloadBase64 != base64.StdEncoding.EncodeToString([]byte("hello")) || d.Attempt != 1 || d.DeliveryID == "" {
 		t.Errorf("delivery = %+v", d.delivery)
 	}
 	if !d.DueTime.Equal(sched.DueTime) {
@@ -370,9 +373,11 @@ func TestStartupErrors(t *testing.T) {
 		want     []string
 	}{
 		{name: "unknown flag", args: []string{"--no-such-flag"}, wantCode: 2,
-			want: []string{"flag provided but not defined: -no-such-flag"}},
+			want: []string{"timerd: flag provided but not defined: -no-such-flag\nRun 'timerd --help' for usage.\n"}},
 		{name: "bad flag value", args: []string{"--shards", "many"}, wantCode: 2,
-			want: []string{`invalid value "many" for flag -shards`}},
+			want: []string{"timerd: --shards \"many\": want a whole number, 0 or more\nRun 'timerd --help' for usage.\n"}},
+		{name: "bad duration", args: []string{"--max-horizon", "10q"}, wantCode: 2,
+			want: []string{"timerd: --max-horizon \"10q\": want a duration such as 30s, 5m, 1h30m or 7d\n"}},
 		{name: "argument", args: []string{"serve"}, wantCode: 2, want: []string{`unexpected argument "serve"`}},
 		{name: "invalid config", args: []string{"--shards", "0"}, wantCode: 2, want: []string{"Shards must be in"}},
 		{name: "bad environment", env: []string{"TIMERD_SHARDS=many"}, wantCode: 2,
@@ -395,7 +400,113 @@ func TestStartupErrors(t *testing.T) {
 					t.Errorf("stderr does not mention %q: %v", w, o)
 				}
 			}
+			// The error alone: no usage, and no log of a stop of a node
+			// that never served.
+			if lines := strings.Split(strings.TrimSpace(o.stderr), "\n"); !strings.HasPrefix(lines[0], "timerd: ") || len(lines) > 2 || (len(lines) == 2 && !strings.HasPrefix(lines[1], "Run 'timerd --help'")) {
+				t.Errorf("stderr is more than the error: %v", o)
+			}
 		})
+	}
+}
+
+// TestDataDirInUse: a second timerd on a data directory in use exits
+// with that error, and only that.
+func TestDataDirInUse(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	n := startNode(t, dir)
+	o := runBinary(t, bin.timerd, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir", dir)
+	if lines := strings.Split(strings.TrimSpace(o.stderr), "\n"); o.code != 1 || len(lines) != 1 || !strings.HasPrefix(lines[0], "timerd: ") || !strings.Contains(lines[0], "in use") {
+		t.Errorf("want exit code 1 and one line saying the directory is in use: %v", o)
+	}
+	n.stop(syscall.SIGTERM)
+}
+
+// TestStartupLog: at info, a start logs where it serves and one summary
+// of what it loaded, on the embedded store and on Redis; the shards and
+// Pebble keep their own lines at debug.
+func TestStartupLog(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t)
+	for _, tc := range []struct {
+		name  string
+		extra []string
+		// shards is the node's shard count.
+		shards string
+	}{
+		{"embedded", nil, "64"},
+		{"redis", []string{"--redis", "redis://" + rs.Addr()}, "64"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			n := startNode(t, dir, tc.extra...)
+			for i := range 3 {
+				mustTimerctl(t, n.grpcAddr, "schedule", fmt.Sprint("log-", i), "--topic", "log", "--in", "1h")
+			}
+			n.stop(syscall.SIGTERM)
+			n = startNode(t, dir, tc.extra...)
+			var lines []string
+			for l := range strings.Lines(n.logs.String()) {
+				lines = append(lines, l)
+				if logFields(l)["msg"] == "ready" {
+					break
+				}
+			}
+			var got []string
+			for _, l := range lines {
+				if !strings.Contains(l, "msg=\"Redis ") { // what Redis's persistence makes durable is said once
+					got = append(got, logFields(l)["msg"])
+				}
+			}
+			ready := logFields(lines[len(lines)-1])
+			if !slices.Equal(got, []string{"serving", "ready"}) {
+				t.Errorf("start logged at info:\n%s\nwant serving and ready (and, on Redis, what its persistence makes durable)", strings.Join(lines, ""))
+			}
+			if ready["shards"] != tc.shards || ready["timers"] != "3" || ready["took"] == "" {
+				t.Errorf("ready line %q, want shards=%s timers=3 took=...", lines[len(lines)-1], tc.shards)
+			}
+			n.stop(syscall.SIGTERM)
+		})
+	}
+}
+
+// TestVersion: both commands print their version, commit and Go version
+// on one line and exit 0.
+func TestVersion(t *testing.T) {
+	t.Parallel()
+	for _, b := range []struct{ name, path string }{{"timerd", bin.timerd}, {"timerctl", bin.timerctl}} {
+		o := runBinary(t, b.path, "--version")
+		if o.code != 0 || !strings.HasPrefix(o.stdout, b.name+" ") || !strings.Contains(o.stdout, "(commit ") ||
+			!strings.Contains(o.stdout, runtime.Version()) || strings.Count(o.stdout, "\n") != 1 || o.stderr != "" {
+			t.Errorf("%s --version: %v", b.name, o)
+		}
+	}
+}
+
+// TestJSONErrors: timerctl --json prints a JSON error object on stdout
+// when the command fails, and the payload in one field, base64.
+func TestJSONErrors(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, t.TempDir())
+	o := timerctl(t, n.grpcAddr, "get", "nope", "--json")
+	var e struct{ Command, Code, Error string }
+	if err := json.Unmarshal([]byte(o.stdout), &e); err != nil || o.code != 1 || e.Command != "get" || e.Code != "NotFound" || e.Error == "" {
+		t.Errorf("get nope --json: %+v (%v): %v", e, err, o)
+	}
+	mustTimerctl(t, n.grpcAddr, "schedule", "p", "--topic", "t", "--in", "1h", "--payload", "cancel unpaid order 42")
+	var tv struct {
+		PayloadBase64 string `json:"payload_base64"`
+	}
+	o = mustTimerctl(t, n.grpcAddr, "get", "p", "--json")
+	if err := json.Unmarshal([]byte(o.stdout), &tv); err != nil || tv.PayloadBase64 != base64.StdEncoding.EncodeToString([]byte("cancel unpaid order 42")) {
+		t.Errorf("get --json payload: %+v (%v): %v", tv, err, o)
+	}
+	n.stop(syscall.SIGTERM)
+
+	// The node is gone: nothing answers at its address.
+	o = timerctl(t, n.grpcAddr, "get", "p")
+	if want := "timerctl get: nothing answers at " + n.grpcAddr + ": is timerd running there? (connection refused)\n"; o.code != 1 || o.stderr != want {
+		t.Errorf("get from a stopped node: %v\nwant stderr %q", o, want)
 	}
 }
 
@@ -406,12 +517,16 @@ func TestHelp(t *testing.T) {
 	if o.code != 0 {
 		t.Errorf("timerd --help: %v", o)
 	}
-	help := o.stdout + o.stderr
-	for _, want := range []string{"Usage: timerd", "TIMERD_", "TIMERD_GRPC_ADDR",
-		"-grpc-addr", "-http-addr", "-data-dir", "-redis", "-shards", "-node-name", "-log-level", "-shutdown-timeout"} {
+	help := o.stdout
+	for _, want := range []string{"Usage: timerd", "TIMERD_", "TIMERD_GRPC_ADDR", "--version",
+		"--grpc-addr", "--http-addr", "--data-dir", "--redis", "--shards", "--node-name", "--log-level", "--shutdown-timeout",
+		"--max-horizon duration\n", "(default 100y)"} {
 		if !strings.Contains(help, want) {
 			t.Errorf("timerd --help does not mention %q:\n%s", want, help)
 		}
+	}
+	if strings.Contains(help, "h0m0s") || o.stderr != "" {
+		t.Errorf("timerd --help: durations as Go prints them, or stderr: %v", o)
 	}
 
 	o = runBinary(t, bin.timerctl, "--help")
@@ -427,7 +542,8 @@ func TestHelp(t *testing.T) {
 	if o := runBinary(t, bin.timerctl, "schedule", "--help"); o.code != 0 || !strings.Contains(o.stdout, "--payload-file") {
 		t.Errorf("timerctl schedule --help: %v", o)
 	}
-	if o := runBinary(t, bin.timerctl, "schedule", "x", "--no-such-flag"); o.code != 2 || !strings.Contains(o.stderr, "no-such-flag") {
-		t.Errorf("timerctl with an unknown flag: want exit code 2: %v", o)
+	if o := runBinary(t, bin.timerctl, "schedule", "x", "--no-such-flag"); o.code != 2 ||
+		o.stderr != "timerctl schedule: flag provided but not defined: -no-such-flag\nRun 'timerctl schedule --help' for usage.\n" {
+		t.Errorf("timerctl with an unknown flag: want exit code 2 and two lines: %v", o)
 	}
 }
