@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/backoff"
 
 	"github.com/timerd/timerd/client"
+	"github.com/timerd/timerd/ring"
 )
 
 // TimerdOptions are the settings of the timerd target that are not the
@@ -259,6 +260,73 @@ func (t *Timerd) Cleanup(ctx context.Context, _ string, ids []string) error {
 		ids = ids[n:]
 	}
 	return nil
+}
+
+// Layout implements Cluster with the Members and ShardMap of the first
+// node that answers.
+func (t *Timerd) Layout(ctx context.Context) (Layout, error) {
+	var l Layout
+	err := t.call(ctx, func(c *client.Client) error {
+		ms, err := c.Members(ctx)
+		if err != nil {
+			return err
+		}
+		sm, err := c.ShardMap(ctx)
+		if err != nil {
+			return err
+		}
+		l = Layout{Members: make([]MemberInfo, len(ms)), Shards: make([]ShardInfo, sm.ShardCount)}
+		for i, m := range ms {
+			l.Members[i] = MemberInfo{Name: m.Name, Incarnation: m.Incarnation, Alive: m.State == client.MemberAlive, Active: m.NodeState == client.NodeActive}
+		}
+		for _, s := range sm.Shards {
+			if s.Shard < sm.ShardCount {
+				l.Shards[s.Shard] = ShardInfo{Owner: s.Owner, Epoch: s.Epoch, Serving: s.State == client.ShardServing, Timers: s.Timers}
+			}
+		}
+		return nil
+	})
+	return l, err
+}
+
+// Shard implements Cluster with the shard function timerd and its client
+// share.
+func (t *Timerd) Shard(id string, shards uint32) uint32 {
+	return ring.Shard(t.opts.Namespace, id, shards)
+}
+
+// Absent implements Cluster with a Get of each id, 16 at a time.
+func (t *Timerd) Absent(ctx context.Context, ids []string) ([]string, error) {
+	var mu sync.Mutex
+	var absent []string
+	var firstErr error
+	next := make(chan string)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for id := range next {
+				err := t.call(ctx, func(c *client.Client) error {
+					_, err := c.Get(ctx, t.opts.Namespace, id)
+					return err
+				})
+				mu.Lock()
+				switch {
+				case errors.Is(err, client.ErrNotFound):
+					absent = append(absent, id)
+				case err != nil && firstErr == nil:
+					firstErr = err
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	for _, id := range ids {
+		next <- id
+	}
+	close(next)
+	wg.Wait()
+	slices.Sort(absent)
+	return absent, firstErr
 }
 
 // Close implements Target by closing the clients.
