@@ -148,6 +148,7 @@ func (r *run) recovery(ctx context.Context) {
 	case !serving.IsZero():
 		r.report.Metrics = append(r.report.Metrics,
 			Metric{Name: "restart → every shard serving", Value: ms(serving.Sub(restartStart)), Unit: "ms"},
+			Metric{Name: "restart command returned → every shard serving", Value: ms(serving.Sub(restartEnd)), Unit: "ms"},
 			Metric{Name: "timers held by the shards after the restart", Value: float64(held), Unit: "timers"})
 	case !restartStart.IsZero() && r.failure() == nil && ctx.Err() == nil:
 		r.fail(fmt.Errorf("the cluster did not serve every shard again within %v of the restart", cfg.Duration))
@@ -156,6 +157,7 @@ func (r *run) recovery(ctx context.Context) {
 		due := *probeDue.Load()
 		r.report.Metrics = append(r.report.Metrics,
 			Metric{Name: "restart → probe fired", Value: ms(pa.Sub(restartStart)), Unit: "ms"},
+			Metric{Name: "restart command returned → probe fired", Value: ms(pa.Sub(restartEnd)), Unit: "ms"},
 			Metric{Name: "probe lateness", Value: ms(pa.Sub(due)), Unit: "ms"})
 		if s := cl.Shard(r.ID(probe), uint32(len(before.Shards))); int(s) < len(before.Shards) && restarted[before.Shards[s].Owner] {
 			if e := probeEpoch.Load(); e != 0 && e <= before.Shards[s].Epoch && r.failure() == nil {
