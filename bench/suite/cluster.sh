@@ -56,12 +56,14 @@ work=$(mktemp -d)
 
 # Every process the suite starts has its pid in a file of $work: a node
 # restarted by recovery's restart command is not a child of this shell.
+# The logs of Redis and the nodes are kept in $OUT/logs.
 cleanup() {
 	local f
 	for f in "$work"/*.pid; do
 		[ -e "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true
 	done
 	wait 2>/dev/null || true
+	mkdir -p "$OUT/logs" && cp "$work"/*.log "$OUT/logs/" 2>/dev/null || true
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -94,20 +96,40 @@ ready() {
 	) 2>/dev/null
 }
 
-# alive PID reports whether the process runs (a zombie does not).
+# alive PID reports whether the process runs (a zombie does not). It
+# forks nothing: on a starved machine every fork costs tens of ms.
 alive() {
-	[ -e "/proc/$1" ] && ! grep -q '^[0-9]* (.*) Z' "/proc/$1/stat" 2>/dev/null
+	local stat
+	read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
+	[[ ${stat##*) } != Z* ]]
 }
 
 # Each node's command line is kept in $work/NAME.cmd, so that the restart
 # script starts it again exactly so.
 launch='eval "exec $(cat "$work/$n.cmd")" >>"$work/$n.log" 2>&1 & echo $! >"$work/$n.pid"; disown $!'
 
+# start NAME... starts the nodes from their command lines. One that exits
+# at once (after a kill, its port may not be free again yet) is started
+# again, for half a second at most.
+start() {
+	local n pid
+	for n in "$@"; do eval "$launch"; done
+	for _ in 1 2 3 4 5; do
+		sleep 0.1
+		for n in "$@"; do
+			read -r pid <"$work/$n.pid"
+			alive "$pid" && continue
+			echo "cluster suite: $n exited at once; starting it again" >&2
+			eval "$launch"
+		done
+	done
+}
+
 # start_node NAME [FLAGS...] starts a node in the background.
 start_node() {
 	local n=$1; shift
 	printf '%q ' "$BIN/timerd" --log-level warn "$@" >"$work/$n.cmd"
-	eval "$launch"
+	start "$n"
 }
 
 # stop_node NAME stops a node gracefully and waits until it has exited.
@@ -169,6 +191,7 @@ start_node one --redis "$REDIS" --shards "$SHARDS" --node-name one --grpc-addr "
 wait_ready "$http"
 ONE=127.0.0.1:$grpc
 bench timerd-1-node schedule --addr "$ONE" --duration "$DURATION" --batch "$BATCHES"
+wait_ready "$http"
 bench timerd-1-node fire --addr "$ONE" --duration "$DURATION" --rate "$FIRE_RATE"
 stop_node one
 redis-cli -p "$rport" flushall >/dev/null
@@ -191,7 +214,9 @@ for n in "${names[@]}"; do
 done
 wait_ready "${https[@]}"
 bench timerd-3-nodes schedule --addr "$addrs" --duration "$DURATION" --batch "$BATCHES"
+wait_ready "${https[@]}"
 bench timerd-3-nodes fire --addr "$addrs" --duration "$DURATION" --rate "$FIRE_RATE"
+wait_ready "${https[@]}"
 
 echo
 echo "== three nodes against one, on the same Redis and the same machine: each figure, and its ratio to one node's"
@@ -211,20 +236,20 @@ rm -f "$work/n2.pid"
 
 if [ "$RECOVERY_COUNT" != 0 ]; then
 	# n2 comes back; then recovery stops all three and starts them again.
-	n=n2
-	eval "$launch"
+	start n2
 	wait_ready "${https[@]}"
 	cat >"$work/restart.sh" <<-EOF
 		# Stops the nodes named as arguments (SIG$RESTART_SIGNAL), waits until they
 		# have exited, and starts them again as they were started.
 		work=$(printf '%q' "$work")
-		$(declare -f alive)
-		for n in "\$@"; do kill -$RESTART_SIGNAL "\$(cat "\$work/\$n.pid")" 2>/dev/null || true; done
+		launch=$(printf '%q' "$launch")
+		$(declare -f alive start)
+		for n in "\$@"; do read -r pid <"\$work/\$n.pid"; kill -$RESTART_SIGNAL "\$pid" 2>/dev/null || true; done
 		for n in "\$@"; do
-			pid=\$(cat "\$work/\$n.pid")
+			read -r pid <"\$work/\$n.pid"
 			for _ in \$(seq 1200); do alive "\$pid" || break; sleep 0.05; done
 		done
-		for n in "\$@"; do $launch; done
+		start "\$@"
 	EOF
 	bench timerd-3-nodes recovery --addr "$addrs" --count "$RECOVERY_COUNT" --restart-cmd "bash $work/restart.sh ${names[*]}"
 fi
