@@ -106,7 +106,7 @@ rate not held is what it measures.`,
 		// --spread is two flags: compare's switch, and failover's span.
 		f := fs.Lookup("spread")
 		f.Value = &spreadFlag{span: f.Value, compare: &c.spread}
-		f.Usage = "compare: reports with the same label are repetitions; show each figure's median [min–max]. failover: the span over which the timers fall due, evenly (default 60s)"
+		f.Usage = "compare: reports with the same label are repetitions; show each figure's median [min–max]. failover: --spread DURATION, the span over which the timers fall due, evenly (default 60s)"
 		return c
 	},
 }
