@@ -24,10 +24,10 @@ COUNT     ?= 1
 FUZZTIME  ?= 30s
 SUITE     ?= 1
 
-.PHONY: help build run test chaos race bench fuzz lint proto proto-check tidy clean
+.PHONY: help build run test chaos race bench bench-cluster fuzz lint proto proto-check tidy clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 build: ## compile every package and put timerd, timerctl and timerd-benchpeer in bin/
 	$(GO) build ./...
@@ -54,6 +54,9 @@ bench: build ## run the Go benchmarks beside their peers and print the ratios, t
 	  bench -bench 'Server' -benchtime $(DURABLE_N) ./server && \
 	  awk -f tools/benchratio.awk "$$out"
 	@if [ "$(SUITE)" != 0 ]; then BIN=bin bash bench/suite/run.sh; fi
+
+bench-cluster: build ## measure one node against a cluster of three on one Redis (schedule and fire, as ratios), then failover (a kill -9) and recovery (a restart) of the three: bench/suite/cluster.sh (DURATION, FIRE_RATE, FAILOVER_COUNT, RECOVERY_COUNT, ...)
+	BIN=bin bash bench/suite/cluster.sh
 
 fuzz: ## run each fuzz target (wheel model, configs, record, delivery-id and member-meta decoders, spec and request validation, bench config, --batch and --rate) for FUZZTIME
 	for target in wheel:FuzzWheel wheel:FuzzConfig store:FuzzRecord cluster:FuzzDecodeMeta shard:FuzzParseDeliveryID shard:FuzzValidateSpec server:FuzzSchedule bench:FuzzConfigValidate bench:FuzzBatchFlag bench:FuzzRateFlag; do \

@@ -5,13 +5,14 @@ import (
 	"flag"
 	"fmt"
 	"math"
+	"os"
 	"strconv"
 	"strings"
 	"time"
 )
 
 // Scenarios are the scenarios Run knows, in the order help lists them.
-var Scenarios = []string{"schedule", "fire", "mixed", "burst"}
+var Scenarios = []string{"schedule", "fire", "mixed", "burst", "failover", "recovery"}
 
 // Sentinel errors.
 var (
@@ -30,10 +31,14 @@ var (
 // listed beside it; Validate checks a Config after that.
 type Config struct {
 	// Duration bounds the load phase (default 10s). Count, when set, ends
-	// it earlier.
+	// it earlier. It bounds the whole of failover (default Lead + Spread +
+	// Drain + 30s) and, in recovery, the wait for the cluster after the
+	// restart (default 5m).
 	Duration time.Duration
 	// Count bounds the number of timers (0: Duration alone; burst: the
-	// size of the herd, default 100,000).
+	// size of the herd, default 100,000; failover: the timers spread over
+	// Spread, default 100,000; recovery: the timers loaded, default
+	// 1,000,000).
 	Count int64
 	// Rate is timers per second offered (fire default 10,000; mixed
 	// default 2,000; schedule default 0 = as fast as Concurrency callers
@@ -56,12 +61,24 @@ type Config struct {
 	PayloadSize int
 	// Lead is how long before their due time fire and burst schedule
 	// timers (default 2s; burst: 5s, the time scheduling the herd may
-	// take).
+	// take), and failover its first timer. In recovery it is how long
+	// after the restart begins the probe timer is due (default 1s).
 	Lead time.Duration
 	// Delay is the time from schedule to due: schedule (default 1h, so
-	// nothing fires during the run) and mixed (default 2s; cancels and
-	// reschedules happen halfway).
+	// nothing fires during the run), mixed (default 2s; cancels and
+	// reschedules happen halfway) and recovery (default 1h).
 	Delay time.Duration
+	// Spread is the span over which failover's timers fall due, evenly
+	// (default 60s).
+	Spread time.Duration
+	// KillAfter is when failover runs Kill, counted from its first due
+	// time (default a third of Spread).
+	KillAfter time.Duration
+	// Kill kills a node of the cluster, for failover (--kill-cmd).
+	Kill Action
+	// Restart restarts the node or nodes of the cluster, for recovery
+	// (--restart-cmd).
+	Restart Action
 	// Drain bounds the wait for deliveries after the last due time
 	// (default 10s).
 	Drain time.Duration
@@ -96,6 +113,40 @@ func DefaultConfig(scenario string) Config {
 
 // WithDefaults returns c with every zero field set to scenario's default.
 func (c Config) WithDefaults(scenario string) Config {
+	switch scenario {
+	case "failover":
+		if c.Count == 0 {
+			c.Count = 100000
+		}
+		if c.Spread == 0 {
+			c.Spread = time.Minute
+		}
+		if c.KillAfter == 0 {
+			c.KillAfter = c.Spread / 3
+		}
+		if c.Lead == 0 {
+			c.Lead = 2 * time.Second
+		}
+		if c.Drain == 0 {
+			c.Drain = 10 * time.Second
+		}
+		if c.Duration == 0 {
+			c.Duration = c.Lead + c.Spread + c.Drain + 30*time.Second
+		}
+	case "recovery":
+		if c.Count == 0 {
+			c.Count = 1000000
+		}
+		if c.Lead == 0 {
+			c.Lead = time.Second
+		}
+		if c.Duration == 0 {
+			c.Duration = 5 * time.Minute
+		}
+		if len(c.Batches) == 0 {
+			c.Batches = []int{1000}
+		}
+	}
 	if c.Duration == 0 {
 		c.Duration = 10 * time.Second
 	}
@@ -180,6 +231,12 @@ func (c Config) Validate() error {
 		return bad("Delay", "must not be negative, got %v", c.Delay)
 	case c.Drain < 0:
 		return bad("Drain", "must not be negative, got %v", c.Drain)
+	case c.Spread < 0:
+		return bad("Spread", "must not be negative, got %v", c.Spread)
+	case c.KillAfter < 0:
+		return bad("KillAfter", "must not be negative, got %v", c.KillAfter)
+	case c.Spread > 0 && c.KillAfter >= c.Spread:
+		return bad("KillAfter", "must be less than Spread (%v), so that timers fall due after the kill, got %v", c.Spread, c.KillAfter)
 	case !(c.Cancel >= 0 && c.Reschedule >= 0 && c.Cancel+c.Reschedule <= 1): // NaN too
 		return bad("Cancel", "Cancel and Reschedule must be shares from 0 to 1 that add up to at most 1, got %g and %g", c.Cancel, c.Reschedule)
 	case c.Tick <= 0:
@@ -211,8 +268,8 @@ func (c Config) Validate() error {
 // defaults described in their usage (a flag left unset keeps its zero,
 // which means the scenario's default).
 func (c *Config) AddFlags(fs *flag.FlagSet) {
-	fs.DurationVar(&c.Duration, "duration", 0, "how long to offer load (default 10s)")
-	fs.Int64Var(&c.Count, "count", 0, "stop after this many timers (burst: the size of the herd, default 100000)")
+	fs.DurationVar(&c.Duration, "duration", 0, "how long to offer load (default 10s); failover: bound on the whole run (default --lead + --spread + --drain + 30s); recovery: bound on the wait after the restart (default 5m)")
+	fs.Int64Var(&c.Count, "count", 0, "stop after this many timers (burst: the size of the herd, default 100000; failover: the timers spread over --spread, default 100000; recovery: the timers loaded, default 1000000)")
 	fs.Func("rate", "timers per second offered, open loop (fire default 10000, mixed 2000; schedule: as fast as it goes); fire takes a comma-separated list and sweeps it, a run per rate", func(s string) error {
 		var rs []float64
 		for _, f := range strings.Split(s, ",") {
@@ -243,8 +300,18 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	})
 	fs.IntVar(&c.Concurrency, "concurrency", 0, "calls in flight at once (default 16)")
 	fs.IntVar(&c.PayloadSize, "payload-size", 0, "payload bytes per timer (default 64)")
-	fs.DurationVar(&c.Lead, "lead", 0, "how long before their due time timers are scheduled (fire 2s, burst 5s)")
-	fs.DurationVar(&c.Delay, "delay", 0, "time from schedule to due (schedule 1h, mixed 2s)")
+	fs.DurationVar(&c.Lead, "lead", 0, "how long before their due time timers are scheduled (fire 2s, burst 5s, failover 2s); recovery: when the probe timer is due after the restart begins (1s)")
+	fs.DurationVar(&c.Delay, "delay", 0, "time from schedule to due (schedule 1h, mixed 2s, recovery 1h)")
+	fs.DurationVar(&c.Spread, "spread", 0, "failover: the span over which the timers fall due, evenly (default 60s)")
+	fs.DurationVar(&c.KillAfter, "kill-after", 0, "failover: when to run --kill-cmd, after the first timer is due (default a third of --spread)")
+	fs.Func("kill-cmd", "failover: shell `command` (sh -c) that kills a node of the cluster, such as 'kill -9 1234'", func(s string) error {
+		c.Kill = ShellAction(s, os.Stderr)
+		return nil
+	})
+	fs.Func("restart-cmd", "recovery: shell `command` (sh -c) that restarts the cluster's node or nodes and returns once they are started again", func(s string) error {
+		c.Restart = ShellAction(s, os.Stderr)
+		return nil
+	})
 	fs.DurationVar(&c.Drain, "drain", 0, "longest wait for deliveries after the last due time (default 10s)")
 	fs.Float64Var(&c.Cancel, "cancel", 0, "mixed: share of timers cancelled before due (default 0.8)")
 	fs.Float64Var(&c.Reschedule, "reschedule", 0, "mixed: share of timers moved before due (default 0.1)")
@@ -276,6 +343,10 @@ func (c Config) params(scenario string) []Param {
 		ps = append(ps, p("lead", c.Lead), p("drain", c.Drain))
 	case "mixed":
 		ps = append(ps, p("delay", c.Delay), p("cancel", c.Cancel), p("reschedule", c.Reschedule), p("drain", c.Drain))
+	case "failover":
+		ps = append(ps, p("lead", c.Lead), p("spread", c.Spread), p("kill-after", c.KillAfter), p("drain", c.Drain), p("kill", c.Kill.Name))
+	case "recovery":
+		ps = append(ps, p("delay", c.Delay), p("lead", c.Lead), p("restart", c.Restart.Name))
 	}
 	return ps
 }

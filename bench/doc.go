@@ -3,11 +3,13 @@
 // same way) through a Target and reports what an engineer sizing or
 // tuning a deployment needs.
 //
-// It owns the scenarios (schedule, fire, mixed, burst), the rate sweep
-// of fire (Sweep), their pacing, the HDR histograms of latency and
-// lateness, the floor measured beside every run, the correctness counters
-// (early, lost, stray and cancelled-but-fired deliveries) and the report:
-// a table, JSON, a Markdown and HTML report with SVG plots, and
+// It owns the scenarios (schedule, fire, mixed, burst; and on a cluster,
+// failover and recovery, which kill or restart nodes through an Action
+// such as a shell command), the rate sweep of fire (Sweep), their
+// pacing, the HDR histograms of latency and lateness, the floor measured
+// beside every run, the correctness counters (early, lost, stray and
+// cancelled-but-fired deliveries, timers missing after a restart) and the
+// report: a table, JSON, a Markdown and HTML report with SVG plots, and
 // side-by-side comparisons of reports, with the spread of repetitions.
 //
 // Invariants:
@@ -29,6 +31,9 @@
 //
 // It reaches timerd only through package client and must not touch the
 // server's internals: what it measures is what a user of the client sees.
+// A cluster is reached through its members' addresses (Timerd), and read
+// through the client's Members and ShardMap; a timer's shard is the one
+// package ring gives, which the client shares.
 // Peers that need dependencies of their own live in the separate module
 // bench/peers: asynq, and redis-raw, which encodes timerd's records with
 // package store (and so would link go-redis and Pebble into timerctl).

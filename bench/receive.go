@@ -19,6 +19,10 @@ type receiver struct {
 	// (setExpect) once the run knows its times, before any timer of the
 	// run is scheduled.
 	expect atomic.Pointer[func(seq int64) time.Time]
+	// onFirst, when set (setOnFirst, before the run's timers are
+	// scheduled), is called with every first delivery of a timer of the
+	// run and the time it was received.
+	onFirst atomic.Pointer[func(seq int64, d Delivery, at time.Time)]
 	// seen holds the timers delivered at least once.
 	seen bitset
 	n    int64 // timers in the run: seq is in [0, n)
@@ -51,6 +55,8 @@ func (r *run) newReceiver(n int64, delivered *counter) *receiver {
 
 func (v *receiver) setExpect(f func(seq int64) time.Time) { v.expect.Store(&f) }
 
+func (v *receiver) setOnFirst(f func(seq int64, d Delivery, at time.Time)) { v.onFirst.Store(&f) }
+
 func (v *receiver) deliver(d Delivery) {
 	now := v.r.clock.Now()
 	if d.ID == v.probeID {
@@ -81,6 +87,9 @@ func (v *receiver) deliver(d Delivery) {
 		if ns <= last || v.last.CompareAndSwap(last, ns) {
 			break
 		}
+	}
+	if f := v.onFirst.Load(); f != nil {
+		(*f)(seq, d, now)
 	}
 	v.delivered.add(1)
 }

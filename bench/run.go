@@ -74,6 +74,20 @@ func Run(ctx context.Context, scenario string, t Target, cfg Config, prog Progre
 			return nil, fmt.Errorf("%w: %s cannot cancel, move and deliver timers, so it cannot run mixed", ErrUnsupported, t.Name())
 		}
 		body = (*run).mixed
+	case "failover", "recovery":
+		if _, ok := t.(Cluster); !ok {
+			return nil, fmt.Errorf("%w: %s has no shard map to read, so it cannot run %s", ErrUnsupported, t.Name(), scenario)
+		}
+		body = (*run).failover
+		if scenario == "recovery" {
+			body = (*run).recovery
+		}
+		if scenario == "failover" && !cfg.Kill.set() {
+			return nil, fmt.Errorf("%w: Kill: failover needs an action that kills a node (--kill-cmd)", ErrConfig)
+		}
+		if scenario == "recovery" && !cfg.Restart.set() {
+			return nil, fmt.Errorf("%w: Restart: recovery needs an action that restarts the cluster (--restart-cmd)", ErrConfig)
+		}
 	default:
 		return nil, fmt.Errorf("%w %q (want one of %s)", ErrScenario, scenario, strings.Join(Scenarios, ", "))
 	}

@@ -65,4 +65,10 @@ type Delivery struct {
 	Fired time.Time
 	// Attempt is 1 for a first delivery, more for a redelivery.
 	Attempt uint32
+	// Shard is the timer's shard and Epoch the fencing epoch of the node
+	// that fired it, when the target has shards (a Cluster); a higher
+	// epoch than the shard had before a node died means another node
+	// fired it. Both are 0 otherwise.
+	Shard uint32
+	Epoch uint64
 }

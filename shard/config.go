@@ -59,8 +59,10 @@ type Config struct {
 	MaxHorizon time.Duration
 	// MinInterval is the shortest repeat interval (default 1s).
 	MinInterval time.Duration
-	// OpTimeout bounds each lease round trip (default 1s, a renewal
-	// period of the default TTL); it must be below LeaseTTL.
+	// OpTimeout bounds each lease round trip (default 1.5s, half the
+	// default TTL: a renewal sent a third into the lease that times out
+	// still leaves time for a retry before it lapses); it must be below
+	// LeaseTTL.
 	OpTimeout time.Duration
 	// RetryWindow is how long after a Schedule or Reschedule with a
 	// request id (Spec.Req, Move.Req) a retry of it is still told apart
@@ -105,7 +107,7 @@ func DefaultConfig(id uint32, owner string) Config {
 		MaxPayload:  64 << 10,
 		MaxHorizon:  100 * 365 * 24 * time.Hour,
 		MinInterval: time.Second,
-		OpTimeout:   time.Second,
+		OpTimeout:   1500 * time.Millisecond,
 		RetryWindow: time.Minute,
 	}
 }

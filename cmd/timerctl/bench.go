@@ -11,7 +11,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/timerd/timerd/bench"
 	"github.com/timerd/timerd/client"
@@ -21,12 +23,16 @@ import (
 var benchCommand = &command{
 	name:    "bench",
 	args:    "SCENARIO [--peer redis-raw|asynq] [flags] | bench compare FILE...",
-	summary: "measure a node or cluster: schedule, fire, mixed or burst",
+	summary: "measure a node or cluster: schedule, fire, mixed, burst, failover or recovery",
 	help: `Bench drives the timerd at --addr through the Go client and reports what it
 measured: a progress line while it runs (on stderr), then a summary table
 (or with --json the report as JSON), and with --out DIR a Markdown report,
 a self-contained HTML report and SVG plots (lateness percentiles and
 throughput over time) in DIR.
+
+--addr names one node, whose cluster's members bench finds and reaches
+too, or the members themselves as a comma-separated list. Calls go to the
+first (the next when it is down); timers are received on every member.
 
 Scenarios:
   schedule  durable schedules/s and per-call latency, for each --batch size
@@ -44,6 +50,19 @@ Scenarios:
             --reschedule moved --delay/2 later; the rest fire
   burst     --count timers all due at one instant: time to drain and the
             spread of lateness
+  failover  --count timers (100000) due evenly over --spread (60s); at
+            --kill-after (20s) past the first due time, runs --kill-cmd
+            (sh -c, such as 'kill -9 PID') to kill a node, then reports how
+            soon after the kill the first and the last of the killed node's
+            overdue timers fired on another node, the lateness of its timers
+            beside the others', and lost (acknowledged, never delivered),
+            early and duplicate deliveries; bounded by --duration
+  recovery  loads --count timers (1000000) due in --delay (1h), schedules a
+            probe timer due --lead (1s) after the restart begins, runs
+            --restart-cmd (sh -c) to restart the node or nodes, and reports
+            the time from its start until the shard map shows every shard
+            serving again, and until the probe fires; then it looks up a
+            sample of the loaded timers, which must all be there
 
 A run is bounded by --duration and --count, and Ctrl-C stops it with the
 results so far (marked interrupted). Every run removes the timers it leaves
@@ -72,7 +91,7 @@ repetitions r1/LABEL-SCENARIO, r2/LABEL-SCENARIO do) share a column: each
 cell is the figure's median, its ratio, and [min–max] over them.
 
 Exits 1 when a check fails (early, lost, stray or cancelled-but-fired
-deliveries) or the target failed; 0 otherwise, also when interrupted. A
+deliveries, loaded timers missing after a restart) or the target failed; 0 otherwise, also when interrupted. A
 sweep exits 1 only for early or stray deliveries or a failed target: a
 rate not held is what it measures.`,
 	flags: func(fs *flag.FlagSet) runner {
@@ -84,7 +103,10 @@ rate not held is what it measures.`,
 		fs.IntVar(&c.maxInFlight, "max-in-flight", 0, "subscriber credits: deliveries in flight on the stream (default 1000)")
 		fs.IntVar(&c.workers, "workers", 0, "subscriber handler goroutines (default 16)")
 		fs.BoolVar(&c.markdown, "markdown", false, "compare: print a Markdown table")
-		fs.BoolVar(&c.spread, "spread", false, "compare: reports with the same label are repetitions; show each figure's median [min–max]")
+		// --spread is two flags: compare's switch, and failover's span.
+		f := fs.Lookup("spread")
+		f.Value = &spreadFlag{span: f.Value, compare: &c.spread}
+		f.Usage = "compare: reports with the same label are repetitions; show each figure's median [min–max]. failover: --spread DURATION, the span over which the timers fall due, evenly (default 60s)"
 		return c
 	},
 }
@@ -99,7 +121,32 @@ type benchCmd struct {
 	spread      bool
 }
 
-func (c *benchCmd) check(_ *flag.FlagSet, args []string) error {
+// spreadFlag is --spread: compare's switch (--spread) and failover's
+// span (--spread 60s). Given without a value it is the switch; the parser
+// then leaves a span after it as an argument, which check takes back.
+type spreadFlag struct {
+	span    flag.Value
+	compare *bool
+}
+
+func (f *spreadFlag) String() string {
+	if f.span == nil {
+		return ""
+	}
+	return f.span.String()
+}
+
+func (f *spreadFlag) IsBoolFlag() bool { return true }
+
+func (f *spreadFlag) Set(s string) error {
+	if b, err := strconv.ParseBool(s); err == nil {
+		*f.compare = b
+		return nil
+	}
+	return f.span.Set(s)
+}
+
+func (c *benchCmd) check(fs *flag.FlagSet, args []string) error {
 	if len(args) == 0 {
 		return usagef("missing scenario (one of %s, or compare)", strings.Join(bench.Scenarios, ", "))
 	}
@@ -108,6 +155,21 @@ func (c *benchCmd) check(_ *flag.FlagSet, args []string) error {
 			return usagef("compare needs at least one report file")
 		}
 		return nil
+	}
+	if c.spread && len(args) == 1 {
+		return usagef("--spread needs a duration here, such as --spread 60s; without one it is compare's")
+	}
+	if c.spread {
+		// "--spread 60s": the span was parsed as an argument.
+		d, err := time.ParseDuration(args[1])
+		if err != nil {
+			return usagef("--spread takes a duration such as 60s, not %q", args[1])
+		}
+		if err := fs.Set("spread", d.String()); err != nil {
+			return usagef("--spread: %v", err)
+		}
+		c.spread = false
+		args = args[:1:1]
 	}
 	if !slices.Contains(bench.Scenarios, args[0]) {
 		return usagef("unknown scenario %q (want one of %s)", args[0], strings.Join(bench.Scenarios, ", "))
@@ -130,6 +192,18 @@ func (c *benchCmd) check(_ *flag.FlagSet, args []string) error {
 		}
 	default:
 		return usagef("unknown --peer %q (want redis-raw, asynq or afterfunc)", c.peer)
+	}
+	switch args[0] {
+	case "failover", "recovery":
+		if c.peer != "" {
+			return usagef("%s measures a timerd cluster; it takes no --peer", args[0])
+		}
+		if args[0] == "failover" && c.cfg.Kill.Do == nil {
+			return usagef("failover needs --kill-cmd, the shell command that kills a node")
+		}
+		if args[0] == "recovery" && c.cfg.Restart.Do == nil {
+			return usagef("recovery needs --restart-cmd, the shell command that restarts the cluster's nodes")
+		}
 	}
 	if len(c.cfg.Rates) > 1 && args[0] != "fire" {
 		return usagef("--rate takes a list of rates (a sweep) only for fire")
@@ -156,23 +230,25 @@ func (c *benchCmd) run(ctx context.Context, a *app, args []string) error {
 	case "afterfunc":
 		t = bench.NewAfterFunc()
 	default:
-		logger := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-		cl, err := a.dial(ctx, client.WithLogger(logger))
-		if err != nil {
-			return err
+		// Failover and recovery take nodes down on purpose: the client's
+		// warnings of streams ended and subscribed again would be noise.
+		level := slog.LevelWarn
+		if scenario == "failover" || scenario == "recovery" {
+			level = slog.LevelError
 		}
-		cctx, cancel := a.callCtx(ctx)
-		_, err = cl.Members(cctx)
-		cancel()
-		if err != nil {
-			cl.Close()
-			return fmt.Errorf("connect to %s: %w", a.addr, err)
-		}
+		logger := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: level}))
 		ns := a.namespace
 		if ns == "" {
 			ns = "bench"
 		}
-		t = bench.NewTimerd(cl, a.addr, bench.TimerdOptions{Namespace: ns, MaxInFlight: c.maxInFlight, Workers: c.workers})
+		cctx, cancel := a.callCtx(ctx)
+		td, err := bench.DialTimerd(cctx, strings.Split(a.addr, ","),
+			bench.TimerdOptions{Namespace: ns, MaxInFlight: c.maxInFlight, Workers: c.workers}, client.WithLogger(logger))
+		cancel()
+		if err != nil {
+			return err
+		}
+		t = td
 	}
 	defer t.Close()
 	out := bench.Output{JSON: a.json, Dir: c.out, Log: a.stderr}

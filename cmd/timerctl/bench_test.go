@@ -8,8 +8,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/timerd/timerd/bench"
+	"github.com/timerd/timerd/internal/clustertest"
+	"github.com/timerd/timerd/server"
 )
 
 func TestBenchUsage(t *testing.T) {
@@ -18,8 +21,17 @@ func TestBenchUsage(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"bench"}, "missing scenario (one of schedule, fire, mixed, burst, or compare)"},
-		{[]string{"bench", "nope"}, `unknown scenario "nope" (want one of schedule, fire, mixed, burst)`},
+		{[]string{"bench"}, "missing scenario (one of schedule, fire, mixed, burst, failover, recovery, or compare)"},
+		{[]string{"bench", "nope"}, `unknown scenario "nope" (want one of schedule, fire, mixed, burst, failover, recovery)`},
+		{[]string{"bench", "failover"}, "failover needs --kill-cmd"},
+		{[]string{"bench", "recovery"}, "recovery needs --restart-cmd"},
+		{[]string{"bench", "failover", "--kill-cmd", "true", "--peer", "afterfunc"}, "failover measures a timerd cluster; it takes no --peer"},
+		{[]string{"bench", "failover", "--kill-cmd", "true", "--spread", "10s", "--kill-after", "10s"}, "KillAfter: must be less than Spread (10s)"},
+		{[]string{"bench", "failover", "--kill-cmd", "true", "--spread=-1s"}, "Spread: must not be negative"},
+		{[]string{"bench", "failover", "--kill-cmd", "true", "--spread", "soon"}, `--spread takes a duration such as 60s, not "soon"`},
+		{[]string{"bench", "failover", "--kill-cmd", "true", "--spread"}, "--spread needs a duration here, such as --spread 60s"},
+		{[]string{"bench", "failover", "--kill-cmd", "true", "--spread", "10s", "--kill-after", "20s"}, "KillAfter: must be less than Spread (10s), so that timers fall due after the kill, got 20s"},
+		{[]string{"bench", "failover", "--kill-cmd", "true", "--spread=10s", "--kill-after", "20s"}, "KillAfter: must be less than Spread (10s)"},
 		{[]string{"bench", "fire", "extra"}, `unexpected argument "extra"`},
 		{[]string{"bench", "compare"}, "compare needs at least one report file"},
 		{[]string{"bench", "schedule", "--peer", "redis-raw"}, "--peer redis-raw needs --redis URL"},
@@ -70,7 +82,8 @@ func TestBenchHelp(t *testing.T) {
 	if r.code != exitOK {
 		t.Fatalf("bench --help: %v", r)
 	}
-	for _, want := range []string{"Scenarios:", "schedule", "fire", "mixed", "burst", "--peer", "--batch", "--rate", "--out", "compare", "timerd-benchpeer"} {
+	for _, want := range []string{"Scenarios:", "schedule", "fire", "mixed", "burst", "failover", "recovery", "--peer", "--batch", "--rate", "--out", "compare",
+		"timerd-benchpeer", "--kill-cmd", "--restart-cmd", "--spread", "--kill-after", "comma-separated list"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("bench --help lacks %q:\n%s", want, r.stdout)
 		}
@@ -176,6 +189,22 @@ func TestBenchRun(t *testing.T) {
 		if strings.HasPrefix(line, "scheduled, batch=") && !strings.HasSuffix(strings.TrimSpace(line), "x)") {
 			t.Errorf("compare row without a ratio: %q", line)
 		}
+	}
+
+	// compare --spread: two repetitions of one label share a column, with
+	// their median and [min–max].
+	rep1, rep2 := filepath.Join(tmp, "r1", "x-schedule"), filepath.Join(tmp, "r2", "x-schedule")
+	for _, d := range []string{rep1, rep2} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "report.json"), []byte(mustRead(t, aFile)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r = mustCtl(t, addr, "bench", "compare", "--spread", filepath.Join(rep1, "report.json"), filepath.Join(rep2, "report.json"))
+	if !strings.Contains(r.stdout, "timerd (x)") || !strings.Contains(r.stdout, "[") {
+		t.Errorf("compare --spread output lacks the shared column and its [min–max]:\n%s", r.stdout)
 	}
 
 	// compare --markdown: the same figures as Markdown tables.
@@ -300,4 +329,127 @@ func TestBenchSweep(t *testing.T) {
 			t.Errorf("delivered %g of 500 timers at 500/s", m.Value)
 		}
 	}
+}
+
+// deliveryDefaults keeps a test cluster's ack timeout and attempts at
+// production values (its lease stays short, so failover is quick): a
+// loaded machine can outlast the test presets, and a timer that became a
+// dead letter would read as lost.
+func deliveryDefaults(c *server.Config) {
+	c.Shard.AckTimeout, c.Shard.MaxAttempts, c.Shard.BackoffMin = 30*time.Second, 10, time.Second
+}
+
+// onSignal runs act once the shell command of a run has created the file
+// signal, then creates signal+".done", which the command waits for: a
+// command line that reaches into an in-process cluster, as --kill-cmd and
+// --restart-cmd reach a real one.
+func onSignal(t *testing.T, signal string, act func()) string {
+	t.Helper()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	t.Cleanup(func() { close(stop); <-done })
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if _, err := os.Stat(signal); err == nil {
+				act()
+				if err := os.WriteFile(signal+".done", nil, 0o600); err != nil {
+					t.Error(err)
+				}
+				return
+			}
+		}
+	}()
+	return "touch " + signal + " && while [ ! -e " + signal + ".done ]; do sleep 0.02; done"
+}
+
+// metricOf returns rep's metric name; the test fails when it is absent.
+func metricOf(t *testing.T, rep *bench.Report, name string) float64 {
+	t.Helper()
+	for _, m := range rep.Metrics {
+		if m.Name == name {
+			return m.Value
+		}
+	}
+	t.Fatalf("no metric %q in %+v", name, rep.Metrics)
+	return 0
+}
+
+// TestBenchFailover runs failover from the command line against a
+// cluster of three given as a list of addresses; --kill-cmd runs through
+// sh, and kills node 2.
+func TestBenchFailover(t *testing.T) {
+	t.Parallel()
+	c := clustertest.Start(t, 3, deliveryDefaults)
+	dir := t.TempDir()
+	kill := onSignal(t, filepath.Join(dir, "kill"), func() { c.Kill(2) })
+	out := filepath.Join(dir, "report")
+	r := mustCtl(t, strings.Join(c.Addrs(), ","), "--json", "bench", "failover", "--count", "2000", "--spread", "4s", "--kill-after", "1500ms",
+		"--lead", "1s", "--drain", "20s", "--tick", "50ms", "--kill-cmd", kill, "--out", out)
+	rep, err := bench.ReadJSON(strings.NewReader(r.stdout))
+	if err != nil {
+		t.Fatalf("failover --json: %v\n%s", err, r.stdout)
+	}
+	checkReport(t, rep, "failover")
+	checkDir(t, out)
+	for _, c := range rep.Checks {
+		if c.Got != 0 {
+			t.Errorf("check %s = %d", c.Name, c.Got)
+		}
+	}
+	if got := metricOf(t, rep, "delivered"); got != 2000 {
+		t.Errorf("delivered %g of 2000", got)
+	}
+	if metricOf(t, rep, "killed node's shards") == 0 || metricOf(t, rep, "kill → first of its timers fired elsewhere") <= 0 {
+		t.Errorf("failover figures: %+v", rep.Metrics)
+	}
+	var killed string
+	for _, p := range rep.Params {
+		if p.Name == "killed" {
+			killed = p.Value
+		}
+	}
+	if killed != "node-2" {
+		t.Errorf("killed = %q, want node-2", killed)
+	}
+}
+
+// TestBenchRecovery runs recovery from the command line against a cluster
+// of two found through one address; --restart-cmd runs through sh, and
+// kills and restarts both nodes.
+func TestBenchRecovery(t *testing.T) {
+	t.Parallel()
+	c := clustertest.Start(t, 2, deliveryDefaults)
+	dir := t.TempDir()
+	restart := onSignal(t, filepath.Join(dir, "restart"), func() {
+		c.Kill(0)
+		c.Kill(1)
+		c.Restart(0)
+		c.Restart(1)
+	})
+	r := mustCtl(t, c.Addrs()[0], "bench", "recovery", "--count", "3000", "--lead", "500ms", "--duration", "1m", "--tick", "50ms", "--restart-cmd", restart)
+	for _, want := range []string{"recovery on timerd at " + c.Addrs()[0] + ",", "restart → every shard serving", "restart → probe fired",
+		"loaded timers missing after the restart", "timers loaded"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("recovery table lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if !strings.Contains(r.stderr, "running the restart command: touch ") {
+		t.Errorf("stderr does not name the restart command:\n%s", r.stderr)
+	}
+}
+
+// mustRead returns the content of file.
+func mustRead(t *testing.T, file string) string {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -103,6 +103,37 @@ func (c *Cluster) Add() *server.Server {
 	return srv
 }
 
+// Restart starts node i again after Kill or Leave, as its process would
+// be restarted: under its name, at its gRPC and gossip addresses, joining
+// the running nodes, with a new incarnation. It returns once the node has
+// started (it may still be taking its shards); the node is stopped when
+// the test ends.
+func (c *Cluster) Restart(i int) *server.Server {
+	c.tb.Helper()
+	c.mu.Lock()
+	old, stopped := c.nodes[i], c.stopped[i]
+	c.mu.Unlock()
+	if !stopped {
+		c.tb.Fatalf("restart node %d: it is running", i)
+	}
+	cfg := c.Config(i)
+	cfg.GRPCAddr = old.GRPCAddr()
+	cfg.Cluster.BindAddr = old.GossipAddr()
+	srv, err := server.New(cfg)
+	if err != nil {
+		c.tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := srv.Start(ctx); err != nil {
+		c.tb.Fatalf("restart node %d: %v", i, err)
+	}
+	c.mu.Lock()
+	c.nodes[i], c.stopped[i] = srv, false
+	c.mu.Unlock()
+	return srv
+}
+
 // Node returns node i.
 func (c *Cluster) Node(i int) *server.Server {
 	c.mu.Lock()
