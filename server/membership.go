@@ -125,19 +125,30 @@ func (s *Server) handOver(ctx context.Context) error {
 	s.leaving.Store(true)
 	close(s.handover)
 	s.node.Hold(nil)
-	var errs []error
-	if err := s.member.SetState(ctx, cluster.StateLeaving); err != nil {
-		errs = append(errs, err)
+	// The gossip of the state and of the leave waits for another member
+	// to confirm it, which none may do (the whole cluster stopping at
+	// once): it is advice to the others, bounded apart from the
+	// handover and logged, not a failure of the shutdown.
+	gossip := func(what string, fn func(context.Context) error) {
+		gctx, cancel := context.WithTimeout(ctx, gossipConfirmWait)
+		defer cancel()
+		if err := fn(gctx); err != nil {
+			s.log.Warn("cluster: "+what+" not confirmed by another member", "err", err)
+		}
 	}
-	if err := s.node.WaitSettled(ctx); err != nil {
-		errs = append(errs, fmt.Errorf("server: handing shards over: %w", err))
+	gossip("leaving state", func(ctx context.Context) error { return s.member.SetState(ctx, cluster.StateLeaving) })
+	var err error
+	if werr := s.node.WaitSettled(ctx); werr != nil {
+		err = fmt.Errorf("server: handing shards over: %w", werr)
 	}
-	if err := s.member.Leave(ctx); err != nil {
-		errs = append(errs, err)
-	}
+	gossip("leave", s.member.Leave)
 	s.log.Info("cluster: left", "handed_over", held, "took", time.Since(began))
-	return errors.Join(errs...)
+	return err
 }
+
+// gossipConfirmWait bounds how long a leaving node waits for another
+// member to confirm its gossip: the state it leaves in, then the leave.
+const gossipConfirmWait = 2 * time.Second
 
 // logMoves logs how a new view moves shards onto or off this node: one
 // line per change of view at info, and each shard, with where it comes

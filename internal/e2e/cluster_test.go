@@ -6,6 +6,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/timerd/timerd/internal/redistest"
 )
@@ -79,4 +80,38 @@ func TestClusterLeave(t *testing.T) {
 		}
 	}
 	b.stop(syscall.SIGTERM)
+}
+
+// TestClusterStopsTogether: every member of a cluster stopped at once
+// (a whole deployment shut down) still exits 0 without waiting out its
+// shutdown timeout, though no member is left to take its shards or to
+// hear it leave.
+func TestClusterStopsTogether(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t)
+	common := []string{"--redis", "redis://" + rs.Addr(), "--shards", "16", "--gossip-addr", "127.0.0.1:0", "--shutdown-timeout", "20s"}
+	a := startNode(t, t.TempDir(), append(common, "--node-name", "a")...)
+	b := startNode(t, t.TempDir(), append(common, "--node-name", "b", "--join", a.gossipAddr())...)
+	c := startNode(t, t.TempDir(), append(common, "--node-name", "c", "--join", a.gossipAddr())...)
+	waitFor(t, readyTimeout, "the three nodes to own shards", func() bool {
+		o := shardOwners(t, a.grpcAddr)
+		return o["a"] > 0 && o["b"] > 0 && o["c"] > 0
+	})
+	began := time.Now()
+	for _, n := range []*node{a, b, c} {
+		if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range []*node{a, b, c} {
+		select {
+		case <-n.exited:
+		case <-time.After(stopTimeout):
+			t.Fatalf("a member did not exit within %v of SIGTERM", stopTimeout)
+		}
+		if n.state.ExitCode() != 0 {
+			t.Errorf("a member exited with %v after SIGTERM, want exit code 0", n.state)
+		}
+	}
+	t.Logf("three members stopped together in %v", time.Since(began))
 }
