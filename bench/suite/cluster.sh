@@ -27,8 +27,7 @@
 #   RESTART_SIGNAL  how recovery stops the nodes before it starts them
 #                   again: KILL (a crash, the default: the restarted nodes
 #                   wait for the old leases to lapse) or TERM (a graceful
-#                   stop; the last node to leave waits out its shutdown
-#                   timeout, as no member is left to hear it leave)
+#                   stop: each node hands over what it can and leaves)
 #   LIMIT           bound of each bench run (15m); a run past it is
 #                   interrupted and reports what it measured
 set -euo pipefail
