@@ -61,16 +61,7 @@ func (r *run) failover(ctx context.Context) {
 	var late atomic.Int64
 	start := r.clock.Now()
 	jobs, wait := r.scheduler(ctx, p.At, lat, m.counter("scheduled"), &ok, &late)
-	var released int64
-	for b := int64(cfg.Batches[0]); released < n; {
-		s := span{released, min(released+b, n)}
-		if !send(ctx, jobs, s) {
-			break
-		}
-		released = s.to
-	}
-	close(jobs)
-	wait()
+	released := releaseAll(ctx, jobs, wait, n, int64(cfg.Batches[0]))
 	loaded := r.clock.Now()
 	var acked int64
 	for seq := range n {

@@ -57,16 +57,7 @@ func (r *run) recovery(ctx context.Context) {
 	lat := NewLatency()
 	start := r.clock.Now()
 	jobs, wait := r.scheduler(ctx, func(int64) time.Time { return at }, lat, m.counter("scheduled"), nil, nil)
-	var released int64
-	for b := int64(cfg.Batches[0]); released < n; {
-		s := span{released, min(released+b, n)}
-		if !send(ctx, jobs, s) {
-			break
-		}
-		released = s.to
-	}
-	close(jobs)
-	wait()
+	released := releaseAll(ctx, jobs, wait, n, int64(cfg.Batches[0]))
 	loaded := r.clock.Now()
 	scheduled := m.counter("scheduled").n.Load()
 	r.report.Metrics = append(r.report.Metrics,

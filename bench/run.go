@@ -247,6 +247,24 @@ func (r *run) scheduler(ctx context.Context, due func(int64) time.Time, lat *Lat
 	return jobs, wg.Wait
 }
 
+// releaseAll sends the timers [0, n) to jobs in spans of batch, all at
+// once (the scenarios that load before they measure), then closes jobs
+// and waits for the schedulers. It returns how many it sent: fewer than
+// n when ctx ended first.
+func releaseAll(ctx context.Context, jobs chan<- span, wait func(), n, batch int64) int64 {
+	var released int64
+	for released < n {
+		s := span{released, min(released+batch, n)}
+		if !send(ctx, jobs, s) {
+			break
+		}
+		released = s.to
+	}
+	close(jobs)
+	wait()
+	return released
+}
+
 // send sends s on jobs unless ctx ends first.
 func send(ctx context.Context, jobs chan<- span, s span) bool {
 	select {

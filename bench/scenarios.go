@@ -129,17 +129,8 @@ func (r *run) burst(ctx context.Context) {
 	v.setExpect(due)
 	lat := NewLatency()
 	var late atomic.Int64
-	var released int64
 	jobs, wait := r.scheduler(ctx, due, lat, m.counter("scheduled"), nil, &late)
-	for b := int64(cfg.Batches[0]); released < n; {
-		s := span{released, min(released+b, n)}
-		if !send(ctx, jobs, s) {
-			break
-		}
-		released = s.to
-	}
-	close(jobs)
-	wait()
+	released := releaseAll(ctx, jobs, wait, n, int64(cfg.Batches[0]))
 	loaded := r.clock.Now()
 	m.setPhase("waiting for the instant")
 	scheduled := m.counter("scheduled").n.Load()

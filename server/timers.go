@@ -69,27 +69,29 @@ func (s *Server) splitIDs(namespace string, ids []string, out []*pb.ItemResult) 
 	})
 }
 
-// fanout runs fn for every part, concurrently, and returns when all are
-// done: a shard call waits for its group commit, and the parts' commits
-// should share cycles rather than follow one another.
-func fanout(parts []part, fn func(p part)) {
-	if len(parts) == 0 {
+// fanout runs fn for every element, concurrently, and returns when all
+// are done: a shard call waits for its group commit, and the parts'
+// commits should share cycles rather than follow one another.
+func fanout[T any](all []T, fn func(T)) {
+	if len(all) == 0 {
 		return
 	}
 	var wg sync.WaitGroup
-	for _, p := range parts[1:] {
+	for _, p := range all[1:] {
 		wg.Go(func() { fn(p) })
 	}
-	fn(parts[0])
+	fn(all[0])
 	wg.Wait()
 }
 
-// onShards runs call for every part whose shard this node serves,
-// concurrently (see fanout), sends the items whose shard a peer serves
-// to that peer with send, and fails the items of the other parts.
-func (s *Server) onShards(ctx context.Context, method string, parts []part, call func(sh *shard.Shard, p part),
+// spread places the parts of a batch: it fails the items of the parts no
+// node serves now, starts sending the items that peers serve to them
+// (send, one call per peer; each answer goes to set, or fail when the
+// call failed whole), and returns the parts this node serves, with a
+// wait for the peers' answers.
+func (s *Server) spread(ctx context.Context, method string, parts []part,
 	send func(ctx context.Context, c pb.TimerServiceClient, items []int) ([]*pb.ItemResult, error),
-	set func(i int, r *pb.ItemResult), fail func(i int, err error)) {
+	set func(i int, r *pb.ItemResult), fail func(i int, err error)) (local []localPart, wait func()) {
 	pl := s.place(ctx, parts)
 	for _, p := range pl.down {
 		err := notServed(ctx, p.shard)
@@ -101,14 +103,17 @@ func (s *Server) onShards(ctx context.Context, method string, parts []part, call
 	if len(pl.remote) > 0 {
 		wg.Go(func() { s.forward(ctx, method, pl.remote, send, set, fail) })
 	}
-	local := make([]part, len(pl.local))
-	byShard := make(map[uint32]*shard.Shard, len(pl.local))
-	for k, lp := range pl.local {
-		local[k] = lp.part
-		byShard[lp.shard] = lp.sh
-	}
-	fanout(local, func(p part) { call(byShard[p.shard], p) })
-	wg.Wait()
+	return pl.local, wg.Wait
+}
+
+// onShards runs call for every part whose shard this node serves,
+// concurrently (see fanout), and spreads the other parts (see spread).
+func (s *Server) onShards(ctx context.Context, method string, parts []part, call func(sh *shard.Shard, p part),
+	send func(ctx context.Context, c pb.TimerServiceClient, items []int) ([]*pb.ItemResult, error),
+	set func(i int, r *pb.ItemResult), fail func(i int, err error)) {
+	local, wait := s.spread(ctx, method, parts, send, set, fail)
+	fanout(local, func(lp localPart) { call(lp.sh, lp.part) })
+	wait()
 }
 
 // requestNamespace returns the namespace of a request ("" means the
@@ -210,36 +215,21 @@ func (t *timerService) Schedule(ctx context.Context, req *pb.ScheduleRequest) (*
 	// Submit to every shard first, then wait: the shards' writes then
 	// share group commit cycles, with no goroutine per shard. The items
 	// that peers serve go to them meanwhile.
-	pl := s.place(ctx, parts)
-	for _, p := range pl.down {
-		err := notServed(ctx, p.shard)
-		for _, i := range p.items {
-			out[i] = itemResult(specs[i].ID, shard.Result{Err: err})
-		}
-	}
-	var forwarded sync.WaitGroup
-	if len(pl.remote) > 0 {
-		forwarded.Go(func() {
-			s.forward(ctx, "Schedule", pl.remote,
-				func(ctx context.Context, c pb.TimerServiceClient, items []int) ([]*pb.ItemResult, error) {
-					resp, err := c.Schedule(ctx, &pb.ScheduleRequest{Namespace: req.GetNamespace(), Timers: pick(in, items), RequestId: req.GetRequestId()})
-					return resp.GetResults(), err
-				},
-				func(i int, r *pb.ItemResult) { out[i] = r },
-				func(i int, err error) { out[i] = itemResult(specs[i].ID, shard.Result{Err: err}) })
-		})
-	}
-	parts = make([]part, len(pl.local))
-	pending := make([]*shard.Submitted, len(pl.local))
-	for k, lp := range pl.local {
-		parts[k] = lp.part
+	local, forwarded := s.spread(ctx, "Schedule", parts,
+		func(ctx context.Context, c pb.TimerServiceClient, items []int) ([]*pb.ItemResult, error) {
+			resp, err := c.Schedule(ctx, &pb.ScheduleRequest{Namespace: req.GetNamespace(), Timers: pick(in, items), RequestId: req.GetRequestId()})
+			return resp.GetResults(), err
+		},
+		func(i int, r *pb.ItemResult) { out[i] = r },
+		func(i int, err error) { out[i] = itemResult(specs[i].ID, shard.Result{Err: err}) })
+	pending := make([]*shard.Submitted, len(local))
+	for k, lp := range local {
 		pending[k] = lp.sh.Submit(pick(specs, lp.items))
 	}
-	defer forwarded.Wait()
 	count := scheduledCounter{m: s.metrics}
 	slab := make([]pb.ItemResult, len(in))
 	times := make([]timestamppb.Timestamp, len(in))
-	for k, p := range parts {
+	for k, p := range local {
 		res := pending[k].Wait(ctx)
 		for j, i := range p.items {
 			out[i] = fillResult(&slab[i], &times[i], specs[i].ID, res[j])
@@ -249,6 +239,7 @@ func (t *timerService) Schedule(ctx context.Context, req *pb.ScheduleRequest) (*
 		}
 	}
 	count.flush()
+	forwarded()
 	return &pb.ScheduleResponse{Results: out}, nil
 }
 
@@ -606,9 +597,11 @@ func (s *Server) replayAll(ctx context.Context, req *pb.ReplayDeadLettersRequest
 			shards = append(shards, i)
 		}
 	}
+	// A part per shard, whose one item is the shard's index in shards:
+	// the placement's remote items are then the shards each peer serves.
 	parts := make([]part, len(shards))
 	for i, id := range shards {
-		parts[i].shard = id
+		parts[i] = part{shard: id, items: []int{i}}
 	}
 	pl := s.place(ctx, parts)
 	resp := &pb.ReplayDeadLettersResponse{}
@@ -625,32 +618,22 @@ func (s *Server) replayAll(ctx context.Context, req *pb.ReplayDeadLettersRequest
 	for _, p := range pl.down {
 		record(0, notServed(ctx, p.shard))
 	}
-	byPeer := make(map[string][]string)
-	for _, p := range parts {
-		if r := s.router.route(p.shard); r.sh == nil && r.peer != "" {
-			byPeer[r.peer] = append(byPeer[r.peer], strconv.FormatUint(uint64(p.shard), 10))
-		}
-	}
 	var wg sync.WaitGroup
-	if !isForwarded(ctx) {
-		for addr, list := range byPeer {
-			wg.Go(func() {
-				r, err := forwardOne(ctx, s, "ReplayDeadLetters", addr, func(ctx context.Context, c pb.TimerServiceClient) (*pb.ReplayDeadLettersResponse, error) {
-					ctx = metadata.AppendToOutgoingContext(ctx, forwardShardsKey, strings.Join(list, ","))
-					return c.ReplayDeadLetters(ctx, req)
-				})
-				record(r.GetReplayed(), err)
-			})
+	for addr, items := range pl.remote {
+		list := make([]string, len(items))
+		for j, i := range items {
+			list[j] = strconv.FormatUint(uint64(shards[i]), 10)
 		}
+		wg.Go(func() {
+			r, err := forwardOne(ctx, s, "ReplayDeadLetters", addr, func(ctx context.Context, c pb.TimerServiceClient) (*pb.ReplayDeadLettersResponse, error) {
+				ctx = metadata.AppendToOutgoingContext(ctx, forwardShardsKey, strings.Join(list, ","))
+				return c.ReplayDeadLetters(ctx, req)
+			})
+			record(r.GetReplayed(), err)
+		})
 	}
-	local := make([]part, len(pl.local))
-	byShard := make(map[uint32]*shard.Shard, len(pl.local))
-	for k, lp := range pl.local {
-		local[k] = lp.part
-		byShard[lp.shard] = lp.sh
-	}
-	fanout(local, func(p part) {
-		_, n, err := byShard[p.shard].Replay(ctx, ns, nil, topic, due, delay)
+	fanout(pl.local, func(lp localPart) {
+		_, n, err := lp.sh.Replay(ctx, ns, nil, topic, due, delay)
 		record(uint64(n), err)
 	})
 	wg.Wait()
