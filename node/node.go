@@ -384,15 +384,16 @@ func (n *Node) setState(id uint32, st State, sh *shard.Shard) {
 	n.notifyLocked()
 }
 
-// moveLevel is the level of the logs of a shard acquired or released:
-// info for a move, debug during the first load.
-func (n *Node) moveLevel() slog.Level {
+// acquired returns how long slot id has been wanted, and the level of
+// the log of its acquire: info for a move, debug during the first load.
+func (n *Node) acquired(id uint32) (waited time.Duration, level slog.Level) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	level = slog.LevelDebug
 	if n.steady {
-		return slog.LevelInfo
+		level = slog.LevelInfo
 	}
-	return slog.LevelDebug
+	return time.Since(n.slots[id].since), level
 }
 
 // current returns whether slot id is wanted, and the context that ends
@@ -457,10 +458,8 @@ func (n *Node) supervise(id uint32) {
 			continue
 		}
 		loaded := time.Since(began)
-		n.mu.Lock()
-		waited := time.Since(n.slots[id].since)
-		n.mu.Unlock()
-		n.log.Log(context.Background(), n.moveLevel(), "shard acquired", "shard", id, "epoch", sh.Epoch(),
+		waited, level := n.acquired(id)
+		n.log.Log(context.Background(), level, "shard acquired", "shard", id, "epoch", sh.Epoch(),
 			"timers", sh.Stats().Timers, "load", loaded, "waited", waited, "attempts", failures+1)
 		if o := n.cfg.Observer; o != nil {
 			o.Acquired(id, sh.Epoch(), loaded, waited)

@@ -18,15 +18,30 @@ type nobody struct{}
 
 func (nobody) Dispatch(shard.Delivery) (time.Duration, bool) { return 0, false }
 
-// open starts a node named owner on the Redis at addr, with ttl leases.
+// open starts a node of 8 shards named owner on the Redis at addr, with
+// ttl leases and no subscribers; it is closed when the test ends.
 func open(t *testing.T, addr, owner string, ttl time.Duration) *Node {
+	t.Helper()
+	n := openWith(t, addr, owner, ttl, nobody{}, func(c *Config) { c.Shards = 8 })
+	t.Cleanup(func() {
+		if err := n.Close(context.Background()); err != nil {
+			t.Errorf("Close %s: %v", owner, err)
+		}
+	})
+	return n
+}
+
+// openWith opens a node named owner on the Redis at addr, with ttl
+// leases, dispatching to d, after edit has changed its configuration.
+// The caller closes it.
+func openWith(t *testing.T, addr, owner string, ttl time.Duration, d shard.Dispatcher, edit func(*Config)) *Node {
 	t.Helper()
 	c := LocalConfig(owner, "")
 	c.RedisURL = "redis://" + addr
-	c.Shards = 8
 	c.Shard.LeaseTTL = ttl
 	c.Shard.ClockDrift = shard.ClockDriftFor(ttl)
-	c.Shard.Dispatcher = nobody{}
+	c.Shard.Dispatcher = d
+	edit(&c)
 	n, err := New(c)
 	if err != nil {
 		t.Fatal(err)
@@ -34,11 +49,6 @@ func open(t *testing.T, addr, owner string, ttl time.Duration) *Node {
 	if err := n.Open(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := n.Close(context.Background()); err != nil {
-			t.Errorf("Close %s: %v", owner, err)
-		}
-	})
 	return n
 }
 

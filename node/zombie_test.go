@@ -41,25 +41,17 @@ func (r *recorder) all() []dispatched {
 	return append([]dispatched(nil), r.got...)
 }
 
-// openVia starts a node named owner whose Redis is reached at addr, with
-// ttl leases, dispatching to d.
+// openVia opens a node of 4 shards named owner whose Redis is reached at
+// addr, with ttl leases, dispatching to d. Its writes wait out a cut
+// rather than give up. It is closed, whatever that returns, when the
+// test ends: the zombie's Close finds its leases fenced.
 func openVia(t *testing.T, addr, owner string, ttl time.Duration, d shard.Dispatcher) *Node {
 	t.Helper()
-	c := LocalConfig(owner, "")
-	c.RedisURL = "redis://" + addr
-	c.Shards = 4
-	c.Shard.LeaseTTL = ttl
-	c.Shard.ClockDrift = shard.ClockDriftFor(ttl)
-	c.Shard.OpTimeout = ttl / 4
-	c.Shard.Dispatcher = d
-	c.Commit.GiveUpAfter = time.Minute // the zombie's write waits for the cut to heal
-	n, err := New(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Open(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	n := openWith(t, addr, owner, ttl, d, func(c *Config) {
+		c.Shards = 4
+		c.Shard.OpTimeout = ttl / 4
+		c.Commit.GiveUpAfter = time.Minute // the zombie's write waits for the cut to heal
+	})
 	t.Cleanup(func() { _ = n.Close(context.Background()) })
 	return n
 }

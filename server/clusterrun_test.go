@@ -31,12 +31,18 @@ type scheduler struct {
 }
 
 func newScheduler(t *testing.T, addr, topic string) *scheduler {
+	return &scheduler{t: t, tc: pb.NewTimerServiceClient(dialNode(t, addr)), topic: topic, due: make(map[string]time.Time)}
+}
+
+// dialNode connects to the node at addr for the rest of the test.
+func dialNode(t *testing.T, addr string) *grpc.ClientConn {
+	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &scheduler{t: t, tc: pb.NewTimerServiceClient(conn), topic: topic, due: make(map[string]time.Time)}
+	return conn
 }
 
 // schedule schedules the timers prefix-0 .. prefix-(n-1), due spread
@@ -194,11 +200,7 @@ func TestClusterGracefulLeave(t *testing.T) {
 // node at addr.
 func shardOwners(t *testing.T, addr string) map[uint32]string {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialNode(t, addr)
 	sm, err := pb.NewClusterServiceClient(conn).ShardMap(context.Background(), &pb.ShardMapRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -228,11 +230,7 @@ func TestClusterKilledNode(t *testing.T) {
 // the timer's shard is served by the owner.
 func TestClusterForwards(t *testing.T) {
 	c := clustertest.Start(t, 3)
-	conn, err := grpc.NewClient(c.Node(1).GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialNode(t, c.Node(1).GRPCAddr())
 	tc := pb.NewTimerServiceClient(conn)
 	ctx := context.Background()
 	var specs []*pb.TimerSpec
@@ -337,11 +335,7 @@ func TestClusterDeadLetters(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer func() { cancel(); wg.Wait() }()
 	for _, addr := range c.Addrs() {
-		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
+		conn := dialNode(t, addr)
 		st, err := pb.NewTimerServiceClient(conn).Subscribe(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -358,11 +352,7 @@ func TestClusterDeadLetters(t *testing.T) {
 			}
 		})
 	}
-	conn, err := grpc.NewClient(c.Node(1).GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialNode(t, c.Node(1).GRPCAddr())
 	tc := pb.NewTimerServiceClient(conn)
 	list := func() map[string]bool {
 		seen := map[string]bool{}

@@ -94,7 +94,7 @@ func (s *Server) followMembers() {
 		v := c.View()
 		s.logMoves(s.view.Load(), &v)
 		s.view.Store(&v)
-		if s.leaving.Load() {
+		if s.leaving() {
 			s.node.Hold(nil)
 		} else {
 			s.node.Hold(v.Assigned(s.cfg.NodeName))
@@ -122,7 +122,6 @@ func (s *Server) followMembers() {
 func (s *Server) handOver(ctx context.Context) error {
 	began := time.Now()
 	_, held := s.node.Counts()
-	s.leaving.Store(true)
 	close(s.handover)
 	s.node.Hold(nil)
 	// The gossip of the state and of the leave waits for another member
@@ -144,6 +143,17 @@ func (s *Server) handOver(ctx context.Context) error {
 	gossip("leave", s.member.Leave)
 	s.log.Info("cluster: left", "handed_over", held, "took", time.Since(began))
 	return err
+}
+
+// leaving reports whether a graceful Close has begun to hand the shards
+// over.
+func (s *Server) leaving() bool {
+	select {
+	case <-s.handover:
+		return true
+	default:
+		return false
+	}
 }
 
 // gossipConfirmWait bounds how long a leaving node waits for another

@@ -65,16 +65,14 @@ type Server struct {
 	// peers are the connections to the nodes this one forwards to.
 	peers *peers
 
+	// killed makes Close stop as a crash would (see Kill).
+	killed atomic.Bool
 	// member is this node's membership when Config.Cluster is set, nil
 	// for a single node; set by Start. view is the membership view the
-	// node last acted on (see followMembers). leaving is set, and
-	// handover closed, when a graceful Close begins to hand the shards
-	// over.
-	// killed makes Close stop as a crash would (see Kill).
-	killed   atomic.Bool
+	// node last acted on (see followMembers). handover is closed when a
+	// graceful Close begins to hand the shards over (see leaving).
 	member   *cluster.Cluster
 	view     atomic.Pointer[cluster.View]
-	leaving  atomic.Bool
 	handover chan struct{}
 
 	// serving is set once Start has loaded its shards: from then on the
@@ -418,7 +416,7 @@ func (s *Server) HTTPAddr() string {
 // Ready reports whether the server serves every shard it should hold.
 func (s *Server) Ready() bool {
 	wanted, serving := s.node.Counts()
-	return s.serving.Load() && !s.quitting() && !s.leaving.Load() && serving == wanted
+	return s.serving.Load() && !s.quitting() && !s.leaving() && serving == wanted
 }
 
 // Done is closed when the server stops serving on its own (a listener
