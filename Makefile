@@ -24,7 +24,7 @@ COUNT     ?= 1
 FUZZTIME  ?= 30s
 SUITE     ?= 1
 
-.PHONY: help build run test chaos race bench bench-cluster fuzz lint proto proto-check tidy clean
+.PHONY: help build run cluster test chaos race bench bench-cluster fuzz lint proto proto-check tidy clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ build: ## compile every package and put timerd, timerctl and timerd-benchpeer in
 
 run: build ## build, then run bin/timerd on the embedded store in ./timerd-data (gRPC 127.0.0.1:7070, HTTP 127.0.0.1:7071)
 	bin/timerd
+
+cluster: build ## build, then run a redis-server (AOF, fsync every second) and three timerd nodes on loopback (gRPC 7111, 7121, 7131; BASE=free picks free ports) until Ctrl-C: tools/cluster.sh (KEEP=1 keeps data and logs)
+	BIN=bin bash tools/cluster.sh
 
 test: ## run every test once (the peers' module too), then the race detector on packages that own goroutines
 	$(GO) test -count=1 ./...

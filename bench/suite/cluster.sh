@@ -45,122 +45,22 @@ RECOVERY_COUNT=${RECOVERY_COUNT:-1000000}
 RESTART_SIGNAL=${RESTART_SIGNAL:-KILL}
 LIMIT=${LIMIT:-15m}
 
-command -v redis-server >/dev/null || { echo "cluster suite: redis-server is missing (apt-get install -y redis-server)" >&2; exit 1; }
-for b in timerd timerctl; do
-	[ -x "$BIN/$b" ] || { echo "cluster suite: $BIN/$b is missing (make build)" >&2; exit 1; }
-done
+prog="cluster suite"
+# shellcheck source=tools/nodes.sh
+. "$(dirname "$0")/../../tools/nodes.sh"
+require_tools
 case $RESTART_SIGNAL in TERM | KILL) ;; *) echo "cluster suite: RESTART_SIGNAL must be TERM or KILL, got '$RESTART_SIGNAL'" >&2; exit 1 ;; esac
 mkdir -p "$OUT"
 work=$(mktemp -d)
 
-# Every process the suite starts has its pid in a file of $work: a node
-# restarted by recovery's restart command is not a child of this shell.
 # The logs of Redis and the nodes are kept in $OUT/logs.
 cleanup() {
-	local f
-	for f in "$work"/*.pid; do
-		[ -e "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true
-	done
-	wait 2>/dev/null || true
+	kill_all
 	mkdir -p "$OUT/logs" && cp "$work"/*.log "$OUT/logs/" 2>/dev/null || true
 	rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# free_port prints a loopback port nothing listens on and that it has not
-# printed before, below the kernel's range of ephemeral ports, from which
-# the machine's outgoing connections would take it. It keeps what it
-# printed in $work/ports, since it runs in a subshell.
-free_port() {
-	local p lo
-	lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-	while :; do
-		p=$((10000 + RANDOM % (lo - 10000)))
-		grep -qx "$p" "$work/ports" 2>/dev/null && continue
-		(echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
-		echo "$p" >>"$work/ports"
-		echo "$p"
-		return
-	done
-}
-
-# ready PORT reports whether the node's /readyz at PORT answers 200.
-ready() {
-	(
-		exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
-		printf 'GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
-		read -r line <&3 || true
-		[[ $line == *" 200 "* ]]
-	) 2>/dev/null
-}
-
-# alive PID reports whether the process runs (a zombie does not). It
-# forks nothing: on a starved machine every fork costs tens of ms.
-alive() {
-	local stat
-	read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
-	[[ ${stat##*) } != Z* ]]
-}
-
-# Each node's command line is kept in $work/NAME.cmd, so that the restart
-# script starts it again exactly so.
-launch='eval "exec $(cat "$work/$n.cmd")" >>"$work/$n.log" 2>&1 & echo $! >"$work/$n.pid"; disown $!'
-
-# start NAME... starts the nodes from their command lines. One that exits
-# at once (after a kill, its port may not be free again yet) is started
-# again, for half a second at most.
-start() {
-	local n pid
-	for n in "$@"; do eval "$launch"; done
-	for _ in 1 2 3 4 5; do
-		sleep 0.1
-		for n in "$@"; do
-			read -r pid <"$work/$n.pid"
-			alive "$pid" && continue
-			echo "cluster suite: $n exited at once; starting it again" >&2
-			eval "$launch"
-		done
-	done
-}
-
-# start_node NAME [FLAGS...] starts a node in the background.
-start_node() {
-	local n=$1; shift
-	printf '%q ' "$BIN/timerd" --log-level warn "$@" >"$work/$n.cmd"
-	start "$n"
-}
-
-# stop_node NAME stops a node gracefully and waits until it has exited.
-stop_node() {
-	local pid
-	pid=$(cat "$work/$1.pid")
-	kill -TERM "$pid" 2>/dev/null || true
-	for _ in $(seq 600); do alive "$pid" || break; sleep 0.05; done
-	rm -f "$work/$1.pid"
-}
-
-# wait_ready HTTP_PORT... waits, at most a minute, until every node at
-# the ports says it serves every shard it should hold, twice a second
-# apart (the shards settle once the members agree).
-wait_ready() {
-	local p ok streak=0
-	for _ in $(seq 600); do
-		ok=1
-		for p in "$@"; do ready "$p" || ok=0; done
-		if [ $ok = 1 ]; then
-			streak=$((streak + 1))
-			[ $streak -ge 2 ] && return
-			sleep 1
-			continue
-		fi
-		streak=0
-		sleep 0.1
-	done
-	echo "cluster suite: the nodes did not become ready:" >&2
-	tail -n 20 "$work"/*.log >&2
-	exit 1
-}
 
 # bench LABEL SCENARIO [FLAGS...]: one run, its report in
 # $OUT/LABEL-SCENARIO. A failed check is reported, not fatal: the table
@@ -176,13 +76,7 @@ echo "== cluster suite, $(date -u '+%Y-%m-%d %H:%M UTC'): $(nproc) CPUs ($(grep 
 	"load average $(cut -d' ' -f1-3 /proc/loadavg), Redis $(redis-server --version | cut -d' ' -f3 | cut -d= -f2)"
 echo "== reports in $OUT"
 
-rport=$(free_port)
-mkdir -p "$work/redis"
-redis-server --port "$rport" --bind 127.0.0.1 --dir "$work/redis" --save '' \
-	--appendonly yes --appendfsync everysec >"$work/redis.log" 2>&1 &
-echo $! >"$work/redis.pid"
-REDIS=redis://127.0.0.1:$rport/0
-for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+start_redis
 
 # One node on the Redis.
 grpc=$(free_port) http=$(free_port)
@@ -193,7 +87,7 @@ bench timerd-1-node schedule --addr "$ONE" --duration "$DURATION" --batch "$BATC
 wait_ready "$http"
 bench timerd-1-node fire --addr "$ONE" --duration "$DURATION" --rate "$FIRE_RATE"
 stop_node one
-redis-cli -p "$rport" flushall >/dev/null
+redis-cli -p "$REDIS_PORT" flushall >/dev/null
 
 # Three nodes on the same Redis, afresh.
 names=(n0 n1 n2)
@@ -237,19 +131,7 @@ if [ "$RECOVERY_COUNT" != 0 ]; then
 	# n2 comes back; then recovery stops all three and starts them again.
 	start n2
 	wait_ready "${https[@]}"
-	cat >"$work/restart.sh" <<-EOF
-		# Stops the nodes named as arguments (SIG$RESTART_SIGNAL), waits until they
-		# have exited, and starts them again as they were started.
-		work=$(printf '%q' "$work")
-		launch=$(printf '%q' "$launch")
-		$(declare -f alive start)
-		for n in "\$@"; do read -r pid <"\$work/\$n.pid"; kill -$RESTART_SIGNAL "\$pid" 2>/dev/null || true; done
-		for n in "\$@"; do
-			read -r pid <"\$work/\$n.pid"
-			for _ in \$(seq 1200); do alive "\$pid" || break; sleep 0.05; done
-		done
-		start "\$@"
-	EOF
+	restart_script "$RESTART_SIGNAL"
 	bench timerd-3-nodes recovery --addr "$addrs" --count "$RECOVERY_COUNT" --restart-cmd "bash $work/restart.sh ${names[*]}"
 fi
 
