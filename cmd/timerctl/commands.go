@@ -146,20 +146,36 @@ NotFound; exit 1 if any failed); without, every dead letter of the namespace
 	},
 	{
 		name:    "status",
+		args:    "[--limit N] [--shards]",
 		summary: "show the cluster's members and shard map",
-		help: `Status shows the members of the cluster (name, gRPC and gossip address,
-membership state, node state, shards owned), a summary of the shard map
-(shard count, shards owned per node, shards without an owner) and a table
-of every shard: its owner, epoch, state (unowned, loading, serving,
-releasing, or unknown when its owner did not answer), and how many timers
-it holds, of them how many are in flight and how many are dead letters,
-all as the node at --addr sees them. Counts of a shard that is not loaded
-show as "-".
+		help: `Status shows, as the node at --addr sees them, the members of the cluster
+(name, gRPC address, membership and node state, shards assigned to it by
+the ring, owned and served by it, and the timers, in flight and dead
+letters of the shards it has loaded), then a summary of the shard map,
+then the shards that are moving (owned, but not served by the node they
+are assigned to: held by another, loading, releasing, or of an owner that
+did not answer) and the shards without an owner, at most --limit of each.
+--shards adds a table of every shard with its timer counts ("-" for a
+shard that is not loaded). A cluster is settled when nothing is moving and
+every shard has an owner: wait for that between the nodes of a rolling
+restart.
 
-With --json prints {"members":[...],"shard_count","version","owned",
-"unowned","shards":[{"shard","owner","owner_grpc_addr","epoch","state",
-"assigned","timers","in_flight","dead"}]}.`,
-		flags: func(*flag.FlagSet) runner { return new(statusCmd) },
+With --json prints one object, whatever --limit says:
+
+  {"shard_count","version",
+   "members":[{"name","grpc_addr","gossip_addr","state","node_state",
+     "incarnation","assigned","owned","serving","timers","in_flight","dead"}],
+   "settled":N,"moving":[SHARD...],"unowned":[SHARD...],"shards":[SHARD...]}
+
+where SHARD is {"shard","owner","owner_grpc_addr","epoch","state",
+"assigned","timers","in_flight","dead"} and "settled" counts the shards
+served where the ring assigns them.`,
+		flags: func(fs *flag.FlagSet) runner {
+			c := new(statusCmd)
+			fs.IntVar(&c.limit, "limit", 20, "list at most `N` moving shards and N without an owner (0: all)")
+			fs.BoolVar(&c.shards, "shards", false, "list every shard with its owner, state and timer counts")
+			return c
+		},
 	},
 	benchCommand,
 }
@@ -540,11 +556,17 @@ func (c *dlReplayCmd) run(ctx context.Context, a *app, args []string) error {
 	return a.results("dead-letters replay", "replayed", res.Results, res.Replayed, true)
 }
 
-type statusCmd struct{}
+type statusCmd struct {
+	limit  int
+	shards bool
+}
 
 func (c *statusCmd) check(_ *flag.FlagSet, args []string) error {
-	if len(args) > 0 {
+	switch {
+	case len(args) > 0:
 		return usagef("unexpected argument %q", args[0])
+	case c.limit < 0:
+		return usagef("--limit %d is negative", c.limit)
 	}
 	return nil
 }
@@ -567,5 +589,5 @@ func (c *statusCmd) run(ctx context.Context, a *app, _ []string) error {
 	if a.json {
 		return writeJSON(a.stdout, v)
 	}
-	return writeStatus(a.stdout, v)
+	return writeStatus(a.stdout, v, c.limit, c.shards)
 }

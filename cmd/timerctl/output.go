@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -356,7 +354,12 @@ func writeDeadLetters(w io.Writer, list []client.DeadLetter, now time.Time) erro
 	return tw.Flush()
 }
 
-// memberView is a cluster member in JSON.
+// memberView is a cluster member in status's JSON. Name, the addresses,
+// State, NodeState and Incarnation are the member's as the node at
+// --addr lists it; the counts are of the shard map: Assigned the shards
+// the ring gives it, Owned the shards it holds (whatever their state),
+// Serving those of them it serves, and Timers, InFlight and Dead the
+// counts it reported for the shards it holds loaded.
 type memberView struct {
 	Name        string `json:"name"`
 	GRPCAddr    string `json:"grpc_addr"`
@@ -364,7 +367,12 @@ type memberView struct {
 	State       string `json:"state"`
 	NodeState   string `json:"node_state"`
 	Incarnation string `json:"incarnation,omitempty"`
-	ShardsOwned uint32 `json:"shards_owned"`
+	Assigned    int    `json:"assigned"`
+	Owned       int    `json:"owned"`
+	Serving     int    `json:"serving"`
+	Timers      uint64 `json:"timers"`
+	InFlight    uint64 `json:"in_flight"`
+	Dead        uint64 `json:"dead"`
 }
 
 // shardView is one shard of the shard map in JSON, with the counts its
@@ -387,38 +395,72 @@ func (s shardView) counted() bool {
 	return s.State == client.ShardServing.String() || s.State == client.ShardReleasing.String()
 }
 
-// statusView is the answer of status.
-type statusView struct {
-	Members    []memberView `json:"members"`
-	ShardCount uint32       `json:"shard_count"`
-	Version    uint64       `json:"version"`
-	// Owned counts the shards of each owner in the shard map.
-	Owned   map[string]int `json:"owned"`
-	Unowned int            `json:"unowned"`
-	Shards  []shardView    `json:"shards"`
+// settled tells whether the shard is where the ring puts it: served by
+// the node it is assigned to. A shard with an owner that is not settled
+// is moving; one without an owner is neither.
+func (s shardView) settled() bool {
+	return s.Owner != "" && s.Owner == s.Assigned && s.State == client.ShardServing.String()
 }
 
+// statusView is the answer of status, and its JSON, one object:
+//
+//	{"shard_count":1024,"version":3135,
+//	 "members":[{"name","grpc_addr","gossip_addr","state","node_state",
+//	   "incarnation","assigned","owned","serving","timers","in_flight","dead"}],
+//	 "settled":1020,
+//	 "moving":[SHARD...],"unowned":[SHARD...],"shards":[SHARD...]}
+//
+// where each SHARD is {"shard","owner","owner_grpc_addr","epoch","state",
+// "assigned","timers","in_flight","dead"}. Settled counts the shards served
+// by the node the ring assigns them to; Moving lists the shards that have
+// an owner but are not settled (held by another node than the assigned
+// one, or loading, releasing, or of an owner that did not answer,
+// "unknown"); Unowned the shards nobody holds; Shards every shard. The
+// lists are in shard order and never null. Fields are only ever added.
+type statusView struct {
+	ShardCount uint32       `json:"shard_count"`
+	Version    uint64       `json:"version"`
+	Members    []memberView `json:"members"`
+	Settled    int          `json:"settled"`
+	Moving     []shardView  `json:"moving"`
+	Unowned    []shardView  `json:"unowned"`
+	Shards     []shardView  `json:"shards"`
+}
+
+// statusViewOf makes the status of the members and shard map the node at
+// --addr returned. A node the shard map names as owner or assignee but
+// the member list lacks is listed too, with an empty state.
 func statusViewOf(members []client.Member, sm client.ShardMap) statusView {
 	v := statusView{
-		Members:    make([]memberView, len(members)),
 		ShardCount: sm.ShardCount,
 		Version:    sm.Version,
-		Owned:      make(map[string]int),
+		Members:    make([]memberView, 0, len(members)),
+		Moving:     []shardView{},
+		Unowned:    []shardView{},
 		Shards:     make([]shardView, len(sm.Shards)),
 	}
-	for i, m := range members {
-		v.Members[i] = memberView{
+	index := make(map[string]int) // member name -> index in v.Members
+	member := func(name string) *memberView {
+		i, ok := index[name]
+		if !ok {
+			i = len(v.Members)
+			index[name] = i
+			v.Members = append(v.Members, memberView{Name: name})
+		}
+		return &v.Members[i]
+	}
+	for _, m := range members {
+		*member(m.Name) = memberView{
 			Name:        m.Name,
 			GRPCAddr:    m.GRPCAddr,
 			GossipAddr:  m.GossipAddr,
 			State:       m.State.String(),
 			NodeState:   m.NodeState.String(),
 			Incarnation: m.Incarnation,
-			ShardsOwned: m.ShardsOwned,
 		}
 	}
 	for i, s := range sm.Shards {
-		v.Shards[i] = shardView{
+		sv := shardView{
 			Shard:         s.Shard,
 			Owner:         s.Owner,
 			OwnerGRPCAddr: s.OwnerGRPCAddr,
@@ -429,49 +471,110 @@ func statusViewOf(members []client.Member, sm client.ShardMap) statusView {
 			InFlight:      s.InFlight,
 			Dead:          s.Dead,
 		}
-		if s.Owner == "" {
-			v.Unowned++
-		} else {
-			v.Owned[s.Owner]++
+		v.Shards[i] = sv
+		if sv.Assigned != "" {
+			member(sv.Assigned).Assigned++
+		}
+		switch {
+		case sv.Owner == "":
+			v.Unowned = append(v.Unowned, sv)
+			continue
+		case sv.settled():
+			v.Settled++
+		default:
+			v.Moving = append(v.Moving, sv)
+		}
+		m := member(sv.Owner)
+		if m.GRPCAddr == "" {
+			m.GRPCAddr = sv.OwnerGRPCAddr
+		}
+		m.Owned++
+		if sv.State == client.ShardServing.String() {
+			m.Serving++
+		}
+		if sv.counted() {
+			m.Timers, m.InFlight, m.Dead = m.Timers+sv.Timers, m.InFlight+sv.InFlight, m.Dead+sv.Dead
 		}
 	}
 	return v
 }
 
-// writeStatus writes the members, the shard map summary and every shard
-// with its timer counts.
-func writeStatus(w io.Writer, v statusView) error {
+// writeStatus writes the members with their shards and timers, a summary
+// of the shard map, and the shards that are moving and those without an
+// owner, at most limit of each (0: all). With all it writes every shard
+// too, with its timer counts.
+func writeStatus(w io.Writer, v statusView, limit int, all bool) error {
 	tw := newTable(w)
-	fmt.Fprintln(tw, "MEMBER\tGRPC ADDRESS\tGOSSIP ADDRESS\tSTATE\tNODE STATE\tSHARDS OWNED")
+	fmt.Fprintln(tw, "MEMBER\tGRPC ADDRESS\tSTATE\tNODE STATE\tASSIGNED\tOWNED\tSERVING\tTIMERS\tIN FLIGHT\tDEAD")
 	for _, m := range v.Members {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", m.Name, m.GRPCAddr, orDash(m.GossipAddr), m.State, m.NodeState, m.ShardsOwned)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\n", m.Name, orDash(m.GRPCAddr), orDash(m.State), orDash(m.NodeState),
+			m.Assigned, m.Owned, m.Serving, m.Timers, m.InFlight, m.Dead)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 
-	fmt.Fprintf(w, "\nshards: %d (map version %d), without an owner: %d\n", v.ShardCount, v.Version, v.Unowned)
-	fmt.Fprintln(tw, "OWNER\tSHARDS")
-	for _, name := range slices.Sorted(maps.Keys(v.Owned)) {
-		fmt.Fprintf(tw, "%s\t%d\n", name, v.Owned[name])
+	fmt.Fprintf(w, "\nshards: %d (map version %d): %d served where assigned, %d moving, %d without an owner\n",
+		v.ShardCount, v.Version, v.Settled, len(v.Moving), len(v.Unowned))
+	if len(v.Moving) > 0 {
+		fmt.Fprintln(w, "\nmoving:")
+		fmt.Fprintln(tw, "SHARD\tASSIGNED\tOWNER\tSTATE\tEPOCH")
+		for _, s := range upTo(v.Moving, limit) {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\n", s.Shard, orDash(s.Assigned), s.Owner, s.State, s.Epoch)
+		}
+		if err := flushMore(w, tw, len(v.Moving), limit); err != nil {
+			return err
+		}
 	}
-	if err := tw.Flush(); err != nil {
-		return err
+	if len(v.Unowned) > 0 {
+		fmt.Fprintln(w, "\nwithout an owner:")
+		fmt.Fprintln(tw, "SHARD\tASSIGNED\tLAST EPOCH")
+		for _, s := range upTo(v.Unowned, limit) {
+			fmt.Fprintf(tw, "%d\t%s\t%d\n", s.Shard, orDash(s.Assigned), s.Epoch)
+		}
+		if err := flushMore(w, tw, len(v.Unowned), limit); err != nil {
+			return err
+		}
+	}
+	if !all {
+		return nil
 	}
 
 	fmt.Fprintln(w)
 	var timers, inFlight, dead uint64
-	fmt.Fprintln(tw, "SHARD\tOWNER\tEPOCH\tSTATE\tTIMERS\tIN FLIGHT\tDEAD")
+	fmt.Fprintln(tw, "SHARD\tASSIGNED\tOWNER\tEPOCH\tSTATE\tTIMERS\tIN FLIGHT\tDEAD")
 	for _, s := range v.Shards {
 		if !s.counted() {
-			fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t-\t-\t-\n", s.Shard, orDash(s.Owner), s.Epoch, s.State)
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t-\t-\t-\n", s.Shard, orDash(s.Assigned), orDash(s.Owner), s.Epoch, s.State)
 			continue
 		}
 		timers, inFlight, dead = timers+s.Timers, inFlight+s.InFlight, dead+s.Dead
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%d\t%d\t%d\n", s.Shard, orDash(s.Owner), s.Epoch, s.State, s.Timers, s.InFlight, s.Dead)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%d\t%d\t%d\n", s.Shard, orDash(s.Assigned), orDash(s.Owner), s.Epoch, s.State, s.Timers, s.InFlight, s.Dead)
 	}
-	fmt.Fprintf(tw, "total\t\t\t\t%d\t%d\t%d\n", timers, inFlight, dead)
+	fmt.Fprintf(tw, "total\t\t\t\t\t%d\t%d\t%d\n", timers, inFlight, dead)
 	return tw.Flush()
+}
+
+// upTo returns the first limit entries of list, all of them when limit
+// is 0.
+func upTo[T any](list []T, limit int) []T {
+	if limit > 0 && len(list) > limit {
+		return list[:limit]
+	}
+	return list
+}
+
+// flushMore flushes the table and says how many of n rows it left out
+// for limit.
+func flushMore(w io.Writer, tw *tabwriter.Writer, n, limit int) error {
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if limit > 0 && n > limit {
+		_, err := fmt.Fprintf(w, "... and %d more (--limit 0 lists them all)\n", n-limit)
+		return err
+	}
+	return nil
 }
 
 // orDash returns s, or "-" when s is empty.

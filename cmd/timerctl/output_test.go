@@ -2,7 +2,10 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -228,59 +231,137 @@ x   orders  3         2030-01-02T15:03:05.000Z  2030-01-02T15:03:55.000Z (10s ag
 	}
 }
 
-func TestStatusOutput(t *testing.T) {
+// statusFixture is a cluster of two members, n2 leaving, and a third node,
+// n3, that owns a shard but is not among the members, with a shard in
+// each state.
+func statusFixture() ([]client.Member, client.ShardMap) {
 	members := []client.Member{
 		{Name: "n1", GRPCAddr: "10.0.0.1:7070", GossipAddr: "10.0.0.1:7946", State: client.MemberAlive, ShardsOwned: 2,
 			Incarnation: "00c0ffee", NodeState: client.NodeActive},
 		{Name: "n2", GRPCAddr: "10.0.0.2:7070", State: client.MemberSuspect, ShardsOwned: 1, NodeState: client.NodeLeaving},
 	}
-	sm := client.ShardMap{ShardCount: 5, Version: 12, Shards: []client.ShardOwner{
+	sm := client.ShardMap{ShardCount: 7, Version: 12, Shards: []client.ShardOwner{
 		{Shard: 0, Owner: "n1", OwnerGRPCAddr: "10.0.0.1:7070", Epoch: 3, State: client.ShardServing, Assigned: "n1", Timers: 13, InFlight: 2, Dead: 1},
 		{Shard: 1, Owner: "n2", OwnerGRPCAddr: "10.0.0.2:7070", Epoch: 1, Assigned: "n1"},
 		{Shard: 2, Owner: "n1", OwnerGRPCAddr: "10.0.0.1:7070", Epoch: 2, State: client.ShardReleasing, Assigned: "n2", Timers: 5},
 		{Shard: 3, Epoch: 5, State: client.ShardUnowned, Assigned: "n2"},
 		{Shard: 4, Owner: "n1", OwnerGRPCAddr: "10.0.0.1:7070", Epoch: 6, State: client.ShardLoading, Assigned: "n1"},
+		{Shard: 5, Owner: "n3", OwnerGRPCAddr: "10.0.0.3:7070", Epoch: 2, State: client.ShardServing, Assigned: "n2", Timers: 4},
+		{Shard: 6, Owner: "n2", OwnerGRPCAddr: "10.0.0.2:7070", Epoch: 9, State: client.ShardServing, Assigned: "n2", Timers: 1, Dead: 1},
 	}}
+	return members, sm
+}
 
-	v := statusViewOf(members, sm)
-	var b bytes.Buffer
-	if err := writeStatus(&b, v); err != nil {
-		t.Fatal(err)
-	}
-	want := `MEMBER  GRPC ADDRESS   GOSSIP ADDRESS  STATE    NODE STATE  SHARDS OWNED
-n1      10.0.0.1:7070  10.0.0.1:7946   alive    active      2
-n2      10.0.0.2:7070  -               suspect  leaving     1
+func TestStatusOutput(t *testing.T) {
+	const members = `MEMBER  GRPC ADDRESS   STATE    NODE STATE  ASSIGNED  OWNED  SERVING  TIMERS  IN FLIGHT  DEAD
+n1      10.0.0.1:7070  alive    active      3         3      1        18      2          1
+n2      10.0.0.2:7070  suspect  leaving     4         2      1        1       0          1
+n3      10.0.0.3:7070  -        -           0         1      1        4       0          0
 
-shards: 5 (map version 12), without an owner: 1
-OWNER  SHARDS
-n1     3
-n2     1
-
-SHARD  OWNER  EPOCH  STATE      TIMERS  IN FLIGHT  DEAD
-0      n1     3      serving    13      2          1
-1      n2     1      unknown    -       -          -
-2      n1     2      releasing  5       0          0
-3      -      5      unowned    -       -          -
-4      n1     6      loading    -       -          -
-total                           18      2          1
+shards: 7 (map version 12): 2 served where assigned, 4 moving, 1 without an owner
 `
-	if b.String() != want {
-		t.Errorf("got:\n%s\nwant:\n%s", b.String(), want)
+	const moving = `
+moving:
+SHARD  ASSIGNED  OWNER  STATE      EPOCH
+1      n1        n2     unknown    1
+2      n2        n1     releasing  2
+4      n1        n1     loading    6
+5      n2        n3     serving    2
+`
+	const movingFirst = `
+moving:
+SHARD  ASSIGNED  OWNER  STATE    EPOCH
+1      n1        n2     unknown  1
+... and 3 more (--limit 0 lists them all)
+`
+	const unowned = `
+without an owner:
+SHARD  ASSIGNED  LAST EPOCH
+3      n2        5
+`
+	const shards = `
+SHARD  ASSIGNED  OWNER  EPOCH  STATE      TIMERS  IN FLIGHT  DEAD
+0      n1        n1     3      serving    13      2          1
+1      n1        n2     1      unknown    -       -          -
+2      n2        n1     2      releasing  5       0          0
+3      n2        -      5      unowned    -       -          -
+4      n1        n1     6      loading    -       -          -
+5      n2        n3     2      serving    4       0          0
+6      n2        n2     9      serving    1       0          1
+total                                     23      2          2
+`
+	tests := []struct {
+		name  string
+		limit int
+		all   bool
+		want  string
+	}{
+		{"all", 0, true, members + moving + unowned + shards},
+		{"limit 1", 1, false, members + movingFirst + unowned},
+		{"limit above the count", 4, false, members + moving + unowned},
 	}
+	v := statusViewOf(statusFixture())
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var b bytes.Buffer
+			if err := writeStatus(&b, v, tt.limit, tt.all); err != nil {
+				t.Fatal(err)
+			}
+			if b.String() != tt.want {
+				t.Errorf("got:\n%s\nwant:\n%s", b.String(), tt.want)
+			}
+		})
+	}
+}
 
-	b.Reset()
+// TestStatusJSON checks the documented shape of status --json: its
+// fields, and that it decodes to what was encoded.
+func TestStatusJSON(t *testing.T) {
+	v := statusViewOf(statusFixture())
+	var b bytes.Buffer
 	if err := writeJSON(&b, v); err != nil {
 		t.Fatal(err)
 	}
-	wantJSON := `{"members":[{"name":"n1","grpc_addr":"10.0.0.1:7070","gossip_addr":"10.0.0.1:7946","state":"alive","node_state":"active","incarnation":"00c0ffee","shards_owned":2},` +
-		`{"name":"n2","grpc_addr":"10.0.0.2:7070","state":"suspect","node_state":"leaving","shards_owned":1}],"shard_count":5,"version":12,` +
-		`"owned":{"n1":3,"n2":1},"unowned":1,"shards":[` +
-		`{"shard":0,"owner":"n1","owner_grpc_addr":"10.0.0.1:7070","epoch":3,"state":"serving","assigned":"n1","timers":13,"in_flight":2,"dead":1},` +
-		`{"shard":1,"owner":"n2","owner_grpc_addr":"10.0.0.2:7070","epoch":1,"state":"unknown","assigned":"n1","timers":0,"in_flight":0,"dead":0},` +
-		`{"shard":2,"owner":"n1","owner_grpc_addr":"10.0.0.1:7070","epoch":2,"state":"releasing","assigned":"n2","timers":5,"in_flight":0,"dead":0},` +
-		`{"shard":3,"owner":"","epoch":5,"state":"unowned","assigned":"n2","timers":0,"in_flight":0,"dead":0},` +
-		`{"shard":4,"owner":"n1","owner_grpc_addr":"10.0.0.1:7070","epoch":6,"state":"loading","assigned":"n1","timers":0,"in_flight":0,"dead":0}]}` + "\n"
-	if b.String() != wantJSON {
-		t.Errorf("JSON, got:\n%s\nwant:\n%s", b.String(), wantJSON)
+	shard := func(n int, owner, addr string, epoch int, state, assigned string, timers, inFlight, dead int) string {
+		if addr != "" {
+			addr = fmt.Sprintf(`"owner_grpc_addr":%q,`, addr)
+		}
+		return fmt.Sprintf(`{"shard":%d,"owner":%q,%s"epoch":%d,"state":%q,"assigned":%q,"timers":%d,"in_flight":%d,"dead":%d}`,
+			n, owner, addr, epoch, state, assigned, timers, inFlight, dead)
+	}
+	s := []string{
+		shard(0, "n1", "10.0.0.1:7070", 3, "serving", "n1", 13, 2, 1),
+		shard(1, "n2", "10.0.0.2:7070", 1, "unknown", "n1", 0, 0, 0),
+		shard(2, "n1", "10.0.0.1:7070", 2, "releasing", "n2", 5, 0, 0),
+		shard(3, "", "", 5, "unowned", "n2", 0, 0, 0),
+		shard(4, "n1", "10.0.0.1:7070", 6, "loading", "n1", 0, 0, 0),
+		shard(5, "n3", "10.0.0.3:7070", 2, "serving", "n2", 4, 0, 0),
+		shard(6, "n2", "10.0.0.2:7070", 9, "serving", "n2", 1, 0, 1),
+	}
+	want := `{"shard_count":7,"version":12,"members":[` +
+		`{"name":"n1","grpc_addr":"10.0.0.1:7070","gossip_addr":"10.0.0.1:7946","state":"alive","node_state":"active","incarnation":"00c0ffee",` +
+		`"assigned":3,"owned":3,"serving":1,"timers":18,"in_flight":2,"dead":1},` +
+		`{"name":"n2","grpc_addr":"10.0.0.2:7070","state":"suspect","node_state":"leaving","assigned":4,"owned":2,"serving":1,"timers":1,"in_flight":0,"dead":1},` +
+		`{"name":"n3","grpc_addr":"10.0.0.3:7070","state":"","node_state":"","assigned":0,"owned":1,"serving":1,"timers":4,"in_flight":0,"dead":0}],` +
+		`"settled":2,"moving":[` + strings.Join([]string{s[1], s[2], s[4], s[5]}, ",") + `],"unowned":[` + s[3] + `],` +
+		`"shards":[` + strings.Join(s, ",") + `]}` + "\n"
+	if b.String() != want {
+		t.Errorf("JSON, got:\n%s\nwant:\n%s", b.String(), want)
+	}
+	var back statusView
+	if err := json.Unmarshal(b.Bytes(), &back); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(back, v) {
+		t.Errorf("decoded:\n%+v\nencoded:\n%+v", back, v)
+	}
+
+	// A settled cluster lists no shard as moving or unowned: [], not null.
+	b.Reset()
+	if err := writeJSON(&b, statusViewOf(nil, client.ShardMap{})); err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"shard_count":0,"version":0,"members":[],"settled":0,"moving":[],"unowned":[],"shards":[]}` + "\n"; b.String() != want {
+		t.Errorf("empty JSON = %s, want %s", b.String(), want)
 	}
 }

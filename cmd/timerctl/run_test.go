@@ -436,18 +436,23 @@ func TestRunStatus(t *testing.T) {
 		want[tv.Shard] = counts{w.timers + c.timers, w.inFlight + c.inFlight, w.dead + c.dead}
 	}
 
-	r := mustCtl(t, addr, "status")
+	r := mustCtl(t, addr, "status", "--shards")
 	for _, line := range []string{
 		"MEMBER  GRPC ADDRESS",
-		"shards: 4 (map version ", "without an owner: 0\n", "OWNER  SHARDS\nlocal  4\n",
-		"SHARD  OWNER  EPOCH  STATE    TIMERS  IN FLIGHT  DEAD\n",
+		"shards: 4 (map version ", ": 4 served where assigned, 0 moving, 0 without an owner\n",
+		"SHARD  ASSIGNED  OWNER  EPOCH  STATE    TIMERS  IN FLIGHT  DEAD\n",
 	} {
 		if !strings.Contains(r.stdout, line) {
 			t.Errorf("status lacks %q:\n%s", line, r.stdout)
 		}
 	}
+	for _, section := range []string{"moving:", "without an owner:"} {
+		if strings.Contains(r.stdout, section) {
+			t.Errorf("status of a settled node lists %q:\n%s", section, r.stdout)
+		}
+	}
 	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
-	if fields := strings.Fields(lines[1]); !slices.Equal(fields, []string{"local", addr, "-", "alive", "active", "4"}) {
+	if fields := strings.Fields(lines[1]); !slices.Equal(fields, []string{"local", addr, "alive", "active", "4", "4", "4", "5", "1", "1"}) {
 		t.Errorf("member line %q:\n%s", fields, r.stdout)
 	}
 	if fields := strings.Fields(lines[len(lines)-1]); !slices.Equal(fields, []string{"total", "5", "1", "1"}) {
@@ -459,10 +464,11 @@ func TestRunStatus(t *testing.T) {
 		t.Fatalf("members: %+v", v.Members)
 	}
 	if m := v.Members[0]; m.Name != "local" || m.GRPCAddr != addr || m.State != "alive" || m.NodeState != "active" ||
-		m.ShardsOwned != 4 || srv.Owner() != "local/"+m.Incarnation {
+		m.Assigned != 4 || m.Owned != 4 || m.Serving != 4 || m.Timers != 5 || m.InFlight != 1 || m.Dead != 1 ||
+		srv.Owner() != "local/"+m.Incarnation {
 		t.Errorf("member: %+v (owner %s)", m, srv.Owner())
 	}
-	if v.ShardCount != 4 || len(v.Shards) != 4 || v.Owned["local"] != 4 || v.Unowned != 0 {
+	if v.ShardCount != 4 || len(v.Shards) != 4 || v.Settled != 4 || len(v.Moving) != 0 || len(v.Unowned) != 0 {
 		t.Errorf("shard map: %+v", v)
 	}
 	for _, s := range v.Shards {
