@@ -9,6 +9,13 @@
 // shutdown, and that acknowledged timers survive a restart or a kill -9 of
 // the node and still fire, none early. It imports no server internals.
 //
+// TestMakeCluster runs tools/cluster.sh, the script of make cluster, on
+// free ports and with the binaries it built: a redis-server and three
+// nodes that it drives with timerctl, kills one of, restarts, and then
+// stops with SIGINT, after which no process the script started may run.
+// Like the tests that start Redis, it is skipped without redis-server,
+// and fails under CI.
+//
 // The grpcurl test looks for grpcurl on PATH and in $(go env GOPATH)/bin;
 // it is skipped when grpcurl is missing, unless CI is set (CI=true),
 // where it fails: the CI script installs it. So is the test of the
