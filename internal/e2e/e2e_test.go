@@ -44,11 +44,15 @@ type received struct {
 	at time.Time
 }
 
-// startSubscribe starts cmd, a timerctl subscribe, as a child of the
-// test, and returns its stdout and its stderr as it is written.
+// startSubscribe starts cmd, a timerctl subscribe (or another command
+// whose output the test reads as it comes), as a child of the test, in
+// childEnv() unless cmd.Env is set, and returns its stdout and its stderr
+// as it is written.
 func startSubscribe(t *testing.T, cmd *exec.Cmd) (*exec.Cmd, io.Reader, *lockedBuffer) {
 	t.Helper()
-	cmd.Env = childEnv()
+	if cmd.Env == nil {
+		cmd.Env = childEnv()
+	}
 	cmd.SysProcAttr = childAttr()
 	stderr := new(lockedBuffer)
 	cmd.Stderr = stderr

@@ -79,16 +79,7 @@ func TestMakeCluster(t *testing.T) {
 
 	cmd := exec.Command("bash", filepath.Join("..", "..", "tools", "cluster.sh"))
 	cmd.Env = childEnv("BIN="+filepath.Dir(bin.timerd), "BASE=free", "SHARDS=16", "KEEP=0")
-	cmd.SysProcAttr = childAttr()
-	stderr := new(lockedBuffer)
-	cmd.Stderr = stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, stdout, stderr := startSubscribe(t, cmd)
 	procs := map[string]started{}
 	var work string
 	t.Cleanup(func() { // when the test failed midway
