@@ -3,6 +3,7 @@ package server
 import (
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -108,7 +109,6 @@ type limiter struct {
 	// share returns the shards the ring gives this node and the cluster's
 	// shard count.
 	share func() (held, total uint32)
-	now   func() time.Time
 	m     *metrics
 
 	// streams counts the Subscribe streams being served.
@@ -118,6 +118,9 @@ type limiter struct {
 	timers sync.Map
 
 	mu sync.Mutex
+	// now tells the time of the rate buckets. Guarded by mu (tests set
+	// it).
+	now func() time.Time
 	// budgets holds the namespaces' reservations and rate buckets; idle
 	// ones are swept once it reaches sweepAt entries. Guarded by mu.
 	budgets map[string]*nsBudget
@@ -183,45 +186,58 @@ func (l *limiter) admit(local []localPart, specs []shard.Spec, out []*pb.ItemRes
 	maxPending := int(math.Ceil(float64(l.cfg.MaxPending) * frac))
 	rate := l.cfg.ScheduleRate * frac
 	burst := max(1, float64(l.cfg.ScheduleBurst)*frac)
-	now := l.now()
 
 	reserved := map[string]int{}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	now := l.now()
+	// Items are decided in request order, so that a batch cut short by a
+	// limit keeps its first items.
+	var all []int
+	for _, lp := range local {
+		all = append(all, lp.items...)
+	}
+	slices.Sort(all)
+	refusedItem := map[int]bool{}
 	var (
 		ns      string
 		b       *nsBudget
 		pending int
 		refused int // items of ns refused by the rate so far
 	)
-	for k := range local {
-		kept := local[k].items[:0:0]
-		for _, i := range local[k].items {
-			if sp := &specs[i]; b == nil || sp.Namespace != ns {
-				ns, refused = sp.Namespace, 0
-				b = l.budgetLocked(ns, now, rate, burst)
-				pending = l.pending(ns)
-			}
-			switch {
-			case l.cfg.ScheduleRate > 0 && b.tokens < 1:
-				refused++
-				wait := time.Duration((float64(refused) - b.tokens) / rate * float64(time.Second))
-				out[i] = limited(specs[i].ID, wait, "namespace %q reached its schedule rate of %g timers/s (%.3g/s with a burst of %.3g on this node, which serves %d of %d shards); retry in %v",
-					ns, l.cfg.ScheduleRate, rate, burst, held, total, wait.Round(time.Millisecond))
-				l.m.ns(ns).limitedRate.Inc()
-			case l.cfg.MaxPending > 0 && pending+b.reserved >= maxPending:
-				out[i] = limited(specs[i].ID, PendingRetryDelay, "namespace %q holds its limit of %d pending timers (%d on this node, which serves %d of %d shards); retry once some have fired",
-					ns, l.cfg.MaxPending, maxPending, held, total)
-				l.m.ns(ns).limitedPending.Inc()
-			default:
-				b.tokens--
-				b.reserved++
-				reserved[ns]++
-				kept = append(kept, i)
-			}
+	for _, i := range all {
+		if sp := &specs[i]; b == nil || sp.Namespace != ns {
+			ns, refused = sp.Namespace, 0
+			b = l.budgetLocked(ns, now, rate, burst)
+			pending = l.pending(ns)
 		}
+		switch {
+		case l.cfg.ScheduleRate > 0 && b.tokens < 1:
+			refused++
+			wait := time.Duration((float64(refused) - b.tokens) / rate * float64(time.Second))
+			out[i] = limited(specs[i].ID, wait, "namespace %q reached its schedule rate of %g timers/s (%.3g/s with a burst of %.3g on this node, which serves %d of %d shards); retry in %v",
+				ns, l.cfg.ScheduleRate, rate, burst, held, total, wait.Round(time.Millisecond))
+			l.m.ns(ns).limitedRate.Inc()
+			refusedItem[i] = true
+		case l.cfg.MaxPending > 0 && pending+b.reserved >= maxPending:
+			out[i] = limited(specs[i].ID, PendingRetryDelay, "namespace %q holds its limit of %d pending timers (%d on this node, which serves %d of %d shards); retry once some have fired",
+				ns, l.cfg.MaxPending, maxPending, held, total)
+			l.m.ns(ns).limitedPending.Inc()
+			refusedItem[i] = true
+		default:
+			b.tokens--
+			b.reserved++
+			reserved[ns]++
+		}
+	}
+	for _, lp := range local {
+		if len(refusedItem) == 0 {
+			admitted = local
+			break
+		}
+		kept := slices.DeleteFunc(slices.Clone(lp.items), func(i int) bool { return refusedItem[i] })
 		if len(kept) > 0 {
-			admitted = append(admitted, localPart{part: part{shard: local[k].shard, items: kept}, sh: local[k].sh})
+			admitted = append(admitted, localPart{part: part{shard: lp.shard, items: kept}, sh: lp.sh})
 		}
 	}
 	return admitted, func() {
