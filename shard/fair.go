@@ -14,6 +14,9 @@ type fairQueue struct {
 	ring   []*nsQueue
 	next   int // index in ring of the queue served next
 	n      int
+	// last is the queue pushed to last, while it is in the ring: a herd
+	// comes due in one namespace, and needs no map lookup per timer.
+	last *nsQueue
 }
 
 // nsQueue is one namespace's due timers, oldest at head.
@@ -29,7 +32,10 @@ func (f *fairQueue) len() int { return f.n }
 // push queues t behind the due timers of its namespace.
 func (f *fairQueue) push(t *timer) {
 	ns := t.rec.Namespace
-	q := f.queues[ns]
+	q := f.last
+	if q == nil || q.ns != ns {
+		q = f.queues[ns]
+	}
 	if q == nil {
 		if f.queues == nil {
 			f.queues = make(map[string]*nsQueue)
@@ -40,6 +46,7 @@ func (f *fairQueue) push(t *timer) {
 	}
 	q.items = append(q.items, t)
 	f.n++
+	f.last = q
 }
 
 // pop returns the oldest timer of the next namespace in turn, or nil when
@@ -62,6 +69,9 @@ func (f *fairQueue) pop() *timer {
 		// The last queue takes its place in the ring, which then serves
 		// that one next.
 		delete(f.queues, q.ns)
+		if f.last == q {
+			f.last = nil
+		}
 		last := len(f.ring) - 1
 		f.ring[f.next] = f.ring[last]
 		f.ring[last] = nil
