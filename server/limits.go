@@ -28,7 +28,9 @@ import (
 // each node taking its share of the limit: the fraction of the cluster's
 // shards that the ring gives it (1 for a single node). A namespace's ids
 // hash evenly over the shards, so each node sees about its share of the
-// namespace's timers and schedules, and the shares add up to the limit:
+// namespace's timers and schedules, and the shares add up to the limit
+// (while shards move, a node's share counts the larger of the shards it
+// should serve and those it serves, so the sum can briefly exceed it):
 //
 //   - MaxPending: a node admits a timer of namespace N while the timers of
 //     N on its serving shards (their in-memory counts, see shard.Census)
@@ -316,9 +318,12 @@ func retryStatus(c codes.Code, retry time.Duration, format string, args ...any) 
 	return st.Err()
 }
 
-// shardShare returns the shards this node should serve and the
-// cluster's shard count: the share of the namespace limits it enforces.
+// shardShare returns the shards this node holds and the cluster's shard
+// count: the share of the namespace limits it enforces. While shards
+// move, it holds the larger of those it should serve and those it
+// serves, so that a node handing shards over, or one whose new shards
+// are still loading, has a share for the shards it serves.
 func (s *Server) shardShare() (held, total uint32) {
-	wanted, _ := s.node.Counts()
-	return uint32(wanted), s.cfg.Shards
+	wanted, serving := s.node.Counts()
+	return uint32(max(wanted, serving)), s.cfg.Shards
 }
