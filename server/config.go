@@ -89,8 +89,13 @@ type Config struct {
 	// 16 MiB); a bigger one fails with RESOURCE_EXHAUSTED.
 	MaxRecvMsgSize int
 	// MaxConcurrentStreams bounds the concurrent RPCs of one client
-	// connection (default 1,024).
+	// connection (default 1,024); a client's further calls on that
+	// connection wait for one to end.
 	MaxConcurrentStreams uint32
+	// Limits bounds what one namespace may take (pending timers, schedule
+	// rate; off by default) and the Subscribe streams of the node (see
+	// Limits).
+	Limits Limits
 	// KeepaliveMinTime is the shortest interval at which clients may ping
 	// (default 10s, which the Go client's 30s pings respect); a client
 	// that pings more often is disconnected. KeepaliveTime is how long a
@@ -152,6 +157,7 @@ func DefaultConfig() Config {
 		SubscriptionTimeout:  10 * time.Second,
 		MaxRecvMsgSize:       16 << 20,
 		MaxConcurrentStreams: 1024,
+		Limits:               DefaultLimits(),
 		KeepaliveMinTime:     10 * time.Second,
 		KeepaliveTime:        60 * time.Second,
 		KeepaliveTimeout:     20 * time.Second,
@@ -225,6 +231,9 @@ func (c Config) Validate() error {
 		return bad("Commit.MaxQueueOps", "must be >= MaxBatch=%d, or a full batch could never be taken; got %d", c.MaxBatch, c.Commit.MaxQueueOps)
 	case c.MetricNamespaces < 0:
 		return bad("MetricNamespaces", "must be >= 0, got %d", c.MetricNamespaces)
+	}
+	if err := c.Limits.validate(bad); err != nil {
+		return err
 	}
 	// The shard template is checked as a shard would check it, with the
 	// dependencies the server supplies standing in.

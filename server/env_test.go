@@ -18,7 +18,7 @@ import (
 // env is a running in-process server and a client connection to it over
 // loopback.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	srv     *Server
 	cfg     Config
 	conn    *grpc.ClientConn
@@ -40,7 +40,7 @@ func (w tWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p
 
 // start starts a server with LocalConfig in dir (a new temp dir when
 // empty), changed by opts, and connects to it. Both end with the test.
-func start(t *testing.T, dir string, opts ...func(*Config)) *env {
+func start(t testing.TB, dir string, opts ...func(*Config)) *env {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
@@ -107,7 +107,7 @@ func (e *env) schedule(specs ...*pb.TimerSpec) []*pb.ItemResult {
 
 // stream is an open Subscribe stream whose deliveries arrive on got.
 type stream struct {
-	t      *testing.T
+	t      testing.TB
 	s      pb.TimerService_SubscribeClient
 	cancel context.CancelFunc
 	got    chan *pb.Delivery

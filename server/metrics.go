@@ -39,6 +39,11 @@ type metrics struct {
 	// serving it (the previous owner's release or lapse included).
 	shardsAcquired, shardsReleased, shardsLost prometheus.Counter
 	shardLoad, shardTakeover, shardRelease     prometheus.Histogram
+	// limited counts Schedule items refused by a namespace limit, by
+	// namespace and limit (pending, rate); streamsRefused the Subscribe
+	// streams refused by Limits.MaxSubscribeStreams.
+	limited        *prometheus.CounterVec
+	streamsRefused prometheus.Counter
 	// forwarded counts the items and requests this node sent on to the
 	// shards' owners.
 	forwardedItems, forwardedCalls *prometheus.CounterVec
@@ -63,6 +68,7 @@ type nsMetrics struct {
 	scheduled, fired, redelivered, acked, dead prometheus.Counter
 	lateness, wait                             prometheus.Observer
 	subscribers                                prometheus.Gauge
+	limitedPending, limitedRate                prometheus.Counter
 }
 
 // newMetrics registers the node's metrics in reg. stats reads the loaded
@@ -151,6 +157,14 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 		grpc: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
 			grpcprom.WithHistogramBuckets(prometheus.ExponentialBuckets(.0001, 2, 18)))),
 		maxNS: maxNS,
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "limit_rejections_total",
+			Help: "Schedule items refused with RESOURCE_EXHAUSTED because their namespace reached a limit, by namespace and limit: pending (--ns-max-pending) or rate (--ns-schedule-rate).",
+		}, []string{"namespace", "limit"}),
+		streamsRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "subscribe_streams_refused_total",
+			Help: "Subscribe streams refused with RESOURCE_EXHAUSTED because the node served --max-subscribe-streams.",
+		}),
 	}
 	ignored := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "timerd", Name: "acks_ignored_total",
@@ -161,7 +175,7 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 	reg.MustRegister(m.scheduled, m.fired, m.redelivered, m.acked, m.dead, m.lateness, m.wait, m.subscribers,
 		m.commitSeconds, m.commitOps, m.commitBatches, m.commitRetries, m.commitGivenUp, ignored,
 		m.shardsAcquired, m.shardsReleased, m.shardsLost, m.shardLoad, m.shardTakeover, m.shardRelease,
-		m.forwardedItems, m.forwardedCalls, m.grpc,
+		m.forwardedItems, m.forwardedCalls, m.grpc, m.limited, m.streamsRefused,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: "timerd", Name: "store_commit_queue_ops",
 			Help: "Writes the group commit holds, queued or in a round trip not yet finished.",
@@ -201,14 +215,16 @@ func (m *metrics) ns(namespace string) *nsMetrics {
 
 func (m *metrics) series(label string) *nsMetrics {
 	return &nsMetrics{
-		scheduled:   m.scheduled.WithLabelValues(label),
-		fired:       m.fired.WithLabelValues(label),
-		redelivered: m.redelivered.WithLabelValues(label),
-		acked:       m.acked.WithLabelValues(label),
-		dead:        m.dead.WithLabelValues(label),
-		lateness:    m.lateness.WithLabelValues(label),
-		wait:        m.wait.WithLabelValues(label),
-		subscribers: m.subscribers.WithLabelValues(label),
+		scheduled:      m.scheduled.WithLabelValues(label),
+		fired:          m.fired.WithLabelValues(label),
+		redelivered:    m.redelivered.WithLabelValues(label),
+		acked:          m.acked.WithLabelValues(label),
+		dead:           m.dead.WithLabelValues(label),
+		lateness:       m.lateness.WithLabelValues(label),
+		wait:           m.wait.WithLabelValues(label),
+		subscribers:    m.subscribers.WithLabelValues(label),
+		limitedPending: m.limited.WithLabelValues(label, "pending"),
+		limitedRate:    m.limited.WithLabelValues(label, "rate"),
 	}
 }
 

@@ -51,6 +51,7 @@ type Server struct {
 	reg     *prometheus.Registry
 	metrics *metrics
 	hub     *hub
+	limits  *limiter
 
 	grpc    *grpc.Server
 	health  *health.Server
@@ -141,6 +142,7 @@ func New(cfg Config) (*Server, error) {
 	s.metrics = newMetrics(s.reg, cfg.MetricNamespaces, s.shardStats, s.commitQueue)
 	registerBuildInfo(s.reg, cfg.Version, cfg.Revision)
 	s.hub = newHub()
+	s.limits = newLimiter(cfg.Limits, s.shardShare, s.metrics)
 	nc := node.DefaultConfig(s.owner, cfg.DataDir)
 	nc.Shards = cfg.Shards
 	nc.LoadParallelism = cfg.LoadParallelism
@@ -148,6 +150,7 @@ func New(cfg Config) (*Server, error) {
 	nc.Shard = cfg.Shard
 	nc.Shard.Dispatcher = s.hub
 	nc.Shard.Events = s.metrics
+	nc.Shard.Census = s.limits.census()
 	nc.Commit = cfg.Commit
 	nc.Commit.OnCommit = s.metrics.commit
 	nc.Observer = s.metrics
@@ -242,7 +245,7 @@ func (s *Server) start(ctx context.Context) error {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepaliveTime, Timeout: s.cfg.KeepaliveTimeout}),
 		grpc.ForceServerCodecV2(newWireCodec()),
 		grpc.ChainUnaryInterceptor(s.metrics.grpc.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(s.metrics.grpc.StreamServerInterceptor()),
+		grpc.ChainStreamInterceptor(s.metrics.grpc.StreamServerInterceptor(), s.limits.stream),
 	)
 	pb.RegisterTimerServiceServer(s.grpc, &timerService{s: s})
 	pb.RegisterClusterServiceServer(s.grpc, &clusterService{s: s})

@@ -222,10 +222,12 @@ func (t *timerService) Schedule(ctx context.Context, req *pb.ScheduleRequest) (*
 		},
 		func(i int, r *pb.ItemResult) { out[i] = r },
 		func(i int, err error) { out[i] = itemResult(specs[i].ID, shard.Result{Err: err}) })
+	local, release := s.limits.admit(local, specs, out)
 	pending := make([]*shard.Submitted, len(local))
 	for k, lp := range local {
 		pending[k] = lp.sh.Submit(pick(specs, lp.items))
 	}
+	release() // the shards count what they took
 	count := scheduledCounter{m: s.metrics}
 	slab := make([]pb.ItemResult, len(in))
 	times := make([]timestamppb.Timestamp, len(in))

@@ -272,18 +272,8 @@ func FuzzSchedule(f *testing.F) {
 		b, _ := proto.Marshal(req)
 		f.Add(b)
 	}
-	cfg := LocalConfig(f.TempDir())
-	cfg.HTTPAddr = ""
-	cfg.Logger = testLogger(f)
-	srv, err := New(cfg)
-	if err != nil {
-		f.Fatal(err)
-	}
-	if err := srv.Start(context.Background()); err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { _ = srv.Close(context.Background()) })
-	svc := &timerService{s: srv}
+	srv, svc := fuzzServer(f)
+	cfg := srv.cfg
 	allowed := map[codes.Code]bool{codes.OK: true, codes.InvalidArgument: true, codes.AlreadyExists: true}
 
 	f.Fuzz(func(t *testing.T, b []byte) {

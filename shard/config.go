@@ -25,6 +25,9 @@ type Config struct {
 	Dispatcher Dispatcher
 	// Events, when set, hears of acks and dead letters.
 	Events Events
+	// Census, when set, hears how many timers of each namespace the
+	// shard holds (see Census).
+	Census Census
 	// Clock tells the time. Default SystemClock.
 	Clock Clock
 	// Logger receives the shard's events. Default: discard.

@@ -147,11 +147,17 @@ type Shard struct {
 	// system clock it carries a monotonic reading and a step of the wall
 	// clock does not stretch it.
 	validUntil time.Time
-	// backlog holds due timers taken from the wheel but not yet handled:
-	// a step handles at most maxStepFires of them, so that a burst does
-	// not hold mu for seconds. Entries whose timer is no longer queued
-	// (it was re-armed or removed meanwhile) are skipped.
-	backlog []*timer
+	// backlog holds due timers taken from the wheel but not yet handled,
+	// served round-robin across namespaces (see fairQueue): a step
+	// handles at most maxStepFires of them, so that a burst does not hold
+	// mu for seconds, and a herd of one namespace does not hold up the
+	// others. Entries whose timer is no longer queued (it was re-armed or
+	// removed meanwhile) are skipped.
+	backlog fairQueue
+	// perNS counts the timers of each namespace (dead letters included);
+	// counted says they are reported to Config.Census (see census.go).
+	perNS   map[string]int
+	counted bool
 	// stopErr is why the shard stopped; nil while running.
 	stopErr  error
 	inFlight int
@@ -290,6 +296,7 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 		names:      make(map[string]string),
 		waiting:    make(map[topicKey]*waitQueue),
 		ready:      make(map[topicKey]struct{}),
+		perNS:      make(map[string]int),
 		validUntil: start.Add(cfg.LeaseTTL - cfg.ClockDrift),
 	}
 	s.stepped.L = &s.mu
@@ -315,6 +322,9 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 		return nil, fmt.Errorf("shard %d: load: %w", cfg.ID, err)
 	}
 	s.log.Debug("shard loaded", "timers", len(s.timers), "dead", len(s.dead), "took", time.Since(began))
+	s.mu.Lock()
+	s.startCountingLocked()
+	s.mu.Unlock()
 	go s.run(s.clock.NewAlarm(idleWait))
 	return s, nil
 }
@@ -427,6 +437,7 @@ func (s *Shard) halt(why string) (last *store.Commit, ok bool, prior error) {
 	if prior == nil {
 		s.stopErr = fmt.Errorf("%w: shard %d %s", ErrNotOwner, s.id, why)
 	}
+	s.stopCountingLocked() // its next owner counts its timers
 	s.mu.Unlock()
 	close(s.stop)
 	<-s.loopDone
@@ -540,17 +551,22 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 	// Lapsed tombstones take at most a quarter of a step: firing on time
 	// comes first, and they are only deleted a little later.
 	budget -= s.forgetLocked(nowMs, min(budget, maxStepFires/4))
-	if len(s.backlog) == 0 && budget > 0 {
+	if budget > 0 {
+		// Taken even while a herd is still queued, so that what came due
+		// since joins its namespace's turn instead of waiting behind the
+		// herd.
 		s.fired = s.wheel.Advance(nowMs, s.fired[:0])
 		for _, f := range s.fired {
 			t := s.slots[f.Value]
 			t.armed, t.queued = false, true
-			s.backlog = append(s.backlog, t)
+			s.backlog.push(t)
 		}
 	}
-	i := 0
-	for ; i < len(s.backlog) && budget > 0; i++ {
-		t := s.backlog[i]
+	for budget > 0 {
+		t := s.backlog.pop()
+		if t == nil {
+			break
+		}
 		if !t.queued {
 			continue // re-armed or removed since it came due
 		}
@@ -562,17 +578,11 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 			s.deliverLocked(t, nowMs)
 		}
 		if budget%256 == 0 && !s.clock.Now().Before(s.validUntil) {
-			i++
 			break
 		}
 	}
-	clear(s.backlog[:i])
-	s.backlog = s.backlog[i:]
-	if len(s.backlog) == 0 {
-		s.backlog = s.backlog[:0:0] // let a burst's array go
-	}
 	s.submitLocked()
-	if len(s.backlog) > 0 || len(s.ready) > 0 {
+	if s.backlog.len() > 0 || len(s.ready) > 0 {
 		return 0, true
 	}
 	wait = min(s.validUntil.Sub(now), idleWait)
@@ -898,6 +908,7 @@ func (s *Shard) newTimerLocked(rec store.Record) *timer {
 		s.slots = append(s.slots, t)
 	}
 	s.timers[t.key] = t
+	s.countLocked(rec.Namespace, 1)
 	return t
 }
 
@@ -921,6 +932,7 @@ func (s *Shard) removeLocked(t *timer) {
 	s.unwaitLocked(t)
 	s.dropDeadLocked(t)
 	delete(s.timers, t.key)
+	s.countLocked(t.rec.Namespace, -1)
 	s.slots[t.slot] = nil
 	s.free = append(s.free, t.slot)
 }

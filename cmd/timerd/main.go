@@ -126,6 +126,7 @@ Flags:
 		shards   = uint(cfg.Shards)
 		maxIn    = uint(cfg.MaxInFlight)
 		defIn    = uint(cfg.DefaultInFlight)
+		streams  = uint(cfg.MaxConcurrentStreams)
 		attempts = uint(cfg.Shard.MaxAttempts)
 		cc       = cluster.DefaultConfig()
 		join     string
@@ -161,6 +162,11 @@ Flags:
 	fs.UintVar(&defIn, "default-in-flight", defIn, "a subscription's max_in_flight when it gives none")
 	fs.UintVar(&maxIn, "max-in-flight", maxIn, "largest max_in_flight a subscription may ask for")
 	fs.IntVar(&cfg.MaxRecvMsgSize, "max-recv-msg-size", cfg.MaxRecvMsgSize, "largest request message in `bytes`")
+	fs.UintVar(&streams, "max-concurrent-streams", streams, "most concurrent `calls` (streams included) on one client connection; more wait for one to end")
+	fs.IntVar(&cfg.Limits.MaxSubscribeStreams, "max-subscribe-streams", cfg.Limits.MaxSubscribeStreams, "most Subscribe `streams` this node serves at once; more fail with RESOURCE_EXHAUSTED")
+	fs.IntVar(&cfg.Limits.MaxPending, "ns-max-pending", cfg.Limits.MaxPending, "most `timers` one namespace may hold across the cluster (0: no limit); past it Schedule items fail with RESOURCE_EXHAUSTED")
+	fs.Float64Var(&cfg.Limits.ScheduleRate, "ns-schedule-rate", cfg.Limits.ScheduleRate, "most timers per second (`rate`) one namespace may schedule across the cluster (0: no limit)")
+	fs.IntVar(&cfg.Limits.ScheduleBurst, "ns-schedule-burst", cfg.Limits.ScheduleBurst, "most `timers` one namespace may schedule at once above --ns-schedule-rate (0: one second's worth)")
 	fs.IntVar(&cfg.Commit.Lanes, "commit-lanes", cfg.Commit.Lanes, "group commit `lanes` whose round trips overlap")
 	fs.DurationVar(&cfg.Commit.Linger, "commit-linger", cfg.Commit.Linger, "how long a group commit waits for more writes before it starts (0: none)")
 	fs.DurationVar(&cfg.Commit.GiveUpAfter, "commit-give-up", cfg.Commit.GiveUpAfter, "how long a failing store is retried before writes fail with UNAVAILABLE")
@@ -224,7 +230,7 @@ Flags:
 	for _, v := range []struct {
 		name string
 		n    uint
-	}{{"shards", shards}, {"max-attempts", attempts}, {"max-in-flight", maxIn}, {"default-in-flight", defIn}} {
+	}{{"shards", shards}, {"max-attempts", attempts}, {"max-in-flight", maxIn}, {"default-in-flight", defIn}, {"max-concurrent-streams", streams}} {
 		if v.n > 1<<32-1 {
 			return cfg, level, shutdown, fmt.Errorf("--%s %d is too large", v.name, v.n)
 		}
@@ -235,5 +241,6 @@ Flags:
 	cfg.Shard.ClockDrift = shard.ClockDriftFor(cfg.Shard.LeaseTTL)
 	cfg.MaxInFlight = uint32(maxIn)
 	cfg.DefaultInFlight = uint32(defIn)
+	cfg.MaxConcurrentStreams = uint32(streams)
 	return cfg, level, shutdown, nil
 }

@@ -612,8 +612,9 @@ type ItemResult struct {
 	// 4 DEADLINE_EXCEEDED, 5 NOT_FOUND, 6 ALREADY_EXISTS,
 	// 8 RESOURCE_EXHAUSTED, 9 FAILED_PRECONDITION, 13 INTERNAL,
 	// 14 UNAVAILABLE. Codes 4 and 14 are transient and the item may be
-	// retried; 8 (the node's write queue is full, nothing applied) may be
-	// retried after a backoff; the others are final for the same input.
+	// retried; 8 (the node's write queue is full, or the namespace reached
+	// a limit; nothing applied) may be retried after a backoff, retry_delay
+	// when set; the others are final for the same input.
 	Code int32 `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
 	// Human-readable explanation when code is not 0; empty on success. Meant
 	// for people and logs, not for parsing.
@@ -623,7 +624,12 @@ type ItemResult struct {
 	// client learns the due time the server resolved from a delay. For an
 	// idempotent Schedule of an existing timer it is the existing due time.
 	// Unset otherwise.
-	DueTime       *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=due_time,json=dueTime,proto3" json:"due_time,omitempty"`
+	DueTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=due_time,json=dueTime,proto3" json:"due_time,omitempty"`
+	// For code 8 (RESOURCE_EXHAUSTED) because the item's namespace reached
+	// one of its limits (pending timers or schedule rate): how long to wait
+	// before sending the item again, the hint a whole call's status gives
+	// in a google.rpc.RetryInfo detail. Unset otherwise.
+	RetryDelay    *durationpb.Duration `protobuf:"bytes,5,opt,name=retry_delay,json=retryDelay,proto3" json:"retry_delay,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -682,6 +688,13 @@ func (x *ItemResult) GetMessage() string {
 func (x *ItemResult) GetDueTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.DueTime
+	}
+	return nil
+}
+
+func (x *ItemResult) GetRetryDelay() *durationpb.Duration {
+	if x != nil {
+		return x.RetryDelay
 	}
 	return nil
 }
@@ -2445,13 +2458,15 @@ const file_timerd_v1_timerd_proto_rawDesc = "" +
 	"request_id\x18\x02 \x01(\tR\trequestId\x12\x1c\n" +
 	"\tnamespace\x18\x03 \x01(\tR\tnamespace\"C\n" +
 	"\x10ScheduleResponse\x12/\n" +
-	"\aresults\x18\x01 \x03(\v2\x15.timerd.v1.ItemResultR\aresults\"\x81\x01\n" +
+	"\aresults\x18\x01 \x03(\v2\x15.timerd.v1.ItemResultR\aresults\"\xbd\x01\n" +
 	"\n" +
 	"ItemResult\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x125\n" +
-	"\bdue_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\adueTime\"\x81\x01\n" +
+	"\bdue_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\adueTime\x12:\n" +
+	"\vretry_delay\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"retryDelay\"\x81\x01\n" +
 	"\x11RescheduleRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12/\n" +
 	"\x05items\x18\x02 \x03(\v2\x19.timerd.v1.RescheduleItemR\x05items\x12\x1d\n" +
@@ -2658,55 +2673,56 @@ var file_timerd_v1_timerd_proto_depIdxs = []int32{
 	4,  // 3: timerd.v1.ScheduleRequest.timers:type_name -> timerd.v1.TimerSpec
 	7,  // 4: timerd.v1.ScheduleResponse.results:type_name -> timerd.v1.ItemResult
 	32, // 5: timerd.v1.ItemResult.due_time:type_name -> google.protobuf.Timestamp
-	9,  // 6: timerd.v1.RescheduleRequest.items:type_name -> timerd.v1.RescheduleItem
-	32, // 7: timerd.v1.RescheduleItem.due_time:type_name -> google.protobuf.Timestamp
-	33, // 8: timerd.v1.RescheduleItem.delay:type_name -> google.protobuf.Duration
-	7,  // 9: timerd.v1.RescheduleResponse.results:type_name -> timerd.v1.ItemResult
-	7,  // 10: timerd.v1.CancelResponse.results:type_name -> timerd.v1.ItemResult
-	15, // 11: timerd.v1.GetResponse.timer:type_name -> timerd.v1.Timer
-	4,  // 12: timerd.v1.Timer.spec:type_name -> timerd.v1.TimerSpec
-	0,  // 13: timerd.v1.Timer.state:type_name -> timerd.v1.TimerState
-	32, // 14: timerd.v1.Timer.created_time:type_name -> google.protobuf.Timestamp
-	17, // 15: timerd.v1.SubscribeRequest.subscription:type_name -> timerd.v1.Subscription
-	18, // 16: timerd.v1.SubscribeRequest.ack:type_name -> timerd.v1.Ack
-	33, // 17: timerd.v1.Subscription.ack_timeout:type_name -> google.protobuf.Duration
-	20, // 18: timerd.v1.SubscribeResponse.delivery:type_name -> timerd.v1.Delivery
-	32, // 19: timerd.v1.Delivery.due_time:type_name -> google.protobuf.Timestamp
-	32, // 20: timerd.v1.Delivery.fired_time:type_name -> google.protobuf.Timestamp
-	23, // 21: timerd.v1.ListDeadLettersResponse.dead_letters:type_name -> timerd.v1.DeadLetter
-	15, // 22: timerd.v1.DeadLetter.timer:type_name -> timerd.v1.Timer
-	32, // 23: timerd.v1.DeadLetter.last_attempt_time:type_name -> google.protobuf.Timestamp
-	32, // 24: timerd.v1.ReplayDeadLettersRequest.due_time:type_name -> google.protobuf.Timestamp
-	33, // 25: timerd.v1.ReplayDeadLettersRequest.delay:type_name -> google.protobuf.Duration
-	7,  // 26: timerd.v1.ReplayDeadLettersResponse.results:type_name -> timerd.v1.ItemResult
-	28, // 27: timerd.v1.MembersResponse.members:type_name -> timerd.v1.Member
-	2,  // 28: timerd.v1.Member.state:type_name -> timerd.v1.MemberState
-	1,  // 29: timerd.v1.Member.node_state:type_name -> timerd.v1.NodeState
-	31, // 30: timerd.v1.ShardMapResponse.shards:type_name -> timerd.v1.ShardOwner
-	3,  // 31: timerd.v1.ShardOwner.state:type_name -> timerd.v1.ShardState
-	5,  // 32: timerd.v1.TimerService.Schedule:input_type -> timerd.v1.ScheduleRequest
-	8,  // 33: timerd.v1.TimerService.Reschedule:input_type -> timerd.v1.RescheduleRequest
-	11, // 34: timerd.v1.TimerService.Cancel:input_type -> timerd.v1.CancelRequest
-	13, // 35: timerd.v1.TimerService.Get:input_type -> timerd.v1.GetRequest
-	16, // 36: timerd.v1.TimerService.Subscribe:input_type -> timerd.v1.SubscribeRequest
-	21, // 37: timerd.v1.TimerService.ListDeadLetters:input_type -> timerd.v1.ListDeadLettersRequest
-	24, // 38: timerd.v1.TimerService.ReplayDeadLetters:input_type -> timerd.v1.ReplayDeadLettersRequest
-	26, // 39: timerd.v1.ClusterService.Members:input_type -> timerd.v1.MembersRequest
-	29, // 40: timerd.v1.ClusterService.ShardMap:input_type -> timerd.v1.ShardMapRequest
-	6,  // 41: timerd.v1.TimerService.Schedule:output_type -> timerd.v1.ScheduleResponse
-	10, // 42: timerd.v1.TimerService.Reschedule:output_type -> timerd.v1.RescheduleResponse
-	12, // 43: timerd.v1.TimerService.Cancel:output_type -> timerd.v1.CancelResponse
-	14, // 44: timerd.v1.TimerService.Get:output_type -> timerd.v1.GetResponse
-	19, // 45: timerd.v1.TimerService.Subscribe:output_type -> timerd.v1.SubscribeResponse
-	22, // 46: timerd.v1.TimerService.ListDeadLetters:output_type -> timerd.v1.ListDeadLettersResponse
-	25, // 47: timerd.v1.TimerService.ReplayDeadLetters:output_type -> timerd.v1.ReplayDeadLettersResponse
-	27, // 48: timerd.v1.ClusterService.Members:output_type -> timerd.v1.MembersResponse
-	30, // 49: timerd.v1.ClusterService.ShardMap:output_type -> timerd.v1.ShardMapResponse
-	41, // [41:50] is the sub-list for method output_type
-	32, // [32:41] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	33, // 6: timerd.v1.ItemResult.retry_delay:type_name -> google.protobuf.Duration
+	9,  // 7: timerd.v1.RescheduleRequest.items:type_name -> timerd.v1.RescheduleItem
+	32, // 8: timerd.v1.RescheduleItem.due_time:type_name -> google.protobuf.Timestamp
+	33, // 9: timerd.v1.RescheduleItem.delay:type_name -> google.protobuf.Duration
+	7,  // 10: timerd.v1.RescheduleResponse.results:type_name -> timerd.v1.ItemResult
+	7,  // 11: timerd.v1.CancelResponse.results:type_name -> timerd.v1.ItemResult
+	15, // 12: timerd.v1.GetResponse.timer:type_name -> timerd.v1.Timer
+	4,  // 13: timerd.v1.Timer.spec:type_name -> timerd.v1.TimerSpec
+	0,  // 14: timerd.v1.Timer.state:type_name -> timerd.v1.TimerState
+	32, // 15: timerd.v1.Timer.created_time:type_name -> google.protobuf.Timestamp
+	17, // 16: timerd.v1.SubscribeRequest.subscription:type_name -> timerd.v1.Subscription
+	18, // 17: timerd.v1.SubscribeRequest.ack:type_name -> timerd.v1.Ack
+	33, // 18: timerd.v1.Subscription.ack_timeout:type_name -> google.protobuf.Duration
+	20, // 19: timerd.v1.SubscribeResponse.delivery:type_name -> timerd.v1.Delivery
+	32, // 20: timerd.v1.Delivery.due_time:type_name -> google.protobuf.Timestamp
+	32, // 21: timerd.v1.Delivery.fired_time:type_name -> google.protobuf.Timestamp
+	23, // 22: timerd.v1.ListDeadLettersResponse.dead_letters:type_name -> timerd.v1.DeadLetter
+	15, // 23: timerd.v1.DeadLetter.timer:type_name -> timerd.v1.Timer
+	32, // 24: timerd.v1.DeadLetter.last_attempt_time:type_name -> google.protobuf.Timestamp
+	32, // 25: timerd.v1.ReplayDeadLettersRequest.due_time:type_name -> google.protobuf.Timestamp
+	33, // 26: timerd.v1.ReplayDeadLettersRequest.delay:type_name -> google.protobuf.Duration
+	7,  // 27: timerd.v1.ReplayDeadLettersResponse.results:type_name -> timerd.v1.ItemResult
+	28, // 28: timerd.v1.MembersResponse.members:type_name -> timerd.v1.Member
+	2,  // 29: timerd.v1.Member.state:type_name -> timerd.v1.MemberState
+	1,  // 30: timerd.v1.Member.node_state:type_name -> timerd.v1.NodeState
+	31, // 31: timerd.v1.ShardMapResponse.shards:type_name -> timerd.v1.ShardOwner
+	3,  // 32: timerd.v1.ShardOwner.state:type_name -> timerd.v1.ShardState
+	5,  // 33: timerd.v1.TimerService.Schedule:input_type -> timerd.v1.ScheduleRequest
+	8,  // 34: timerd.v1.TimerService.Reschedule:input_type -> timerd.v1.RescheduleRequest
+	11, // 35: timerd.v1.TimerService.Cancel:input_type -> timerd.v1.CancelRequest
+	13, // 36: timerd.v1.TimerService.Get:input_type -> timerd.v1.GetRequest
+	16, // 37: timerd.v1.TimerService.Subscribe:input_type -> timerd.v1.SubscribeRequest
+	21, // 38: timerd.v1.TimerService.ListDeadLetters:input_type -> timerd.v1.ListDeadLettersRequest
+	24, // 39: timerd.v1.TimerService.ReplayDeadLetters:input_type -> timerd.v1.ReplayDeadLettersRequest
+	26, // 40: timerd.v1.ClusterService.Members:input_type -> timerd.v1.MembersRequest
+	29, // 41: timerd.v1.ClusterService.ShardMap:input_type -> timerd.v1.ShardMapRequest
+	6,  // 42: timerd.v1.TimerService.Schedule:output_type -> timerd.v1.ScheduleResponse
+	10, // 43: timerd.v1.TimerService.Reschedule:output_type -> timerd.v1.RescheduleResponse
+	12, // 44: timerd.v1.TimerService.Cancel:output_type -> timerd.v1.CancelResponse
+	14, // 45: timerd.v1.TimerService.Get:output_type -> timerd.v1.GetResponse
+	19, // 46: timerd.v1.TimerService.Subscribe:output_type -> timerd.v1.SubscribeResponse
+	22, // 47: timerd.v1.TimerService.ListDeadLetters:output_type -> timerd.v1.ListDeadLettersResponse
+	25, // 48: timerd.v1.TimerService.ReplayDeadLetters:output_type -> timerd.v1.ReplayDeadLettersResponse
+	27, // 49: timerd.v1.ClusterService.Members:output_type -> timerd.v1.MembersResponse
+	30, // 50: timerd.v1.ClusterService.ShardMap:output_type -> timerd.v1.ShardMapResponse
+	42, // [42:51] is the sub-list for method output_type
+	33, // [33:42] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_timerd_v1_timerd_proto_init() }

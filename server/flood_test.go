@@ -1,0 +1,213 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/timerd/timerd/api/timerd/v1"
+)
+
+// floodResult is what a floodRun saw.
+type floodResult struct {
+	late []time.Duration // of the good client's timers, sorted
+	bad  map[string]int  // "kind code" -> calls, of the flood
+}
+
+// floodRun runs a well-behaved client that schedules n timers due over
+// span and receives and acks them, while (with flood) another client
+// sends malformed, oversized and invalid-namespace requests as fast as
+// it can, some naming the stored timers of namespace victim. It fails
+// tb if a good timer is lost, early or delivered twice, if a flood call
+// gets a code other than its kind's, or if a victim timer changed.
+func floodRun(tb testing.TB, e *env, n int, span time.Duration, flood bool) floodResult {
+	tb.Helper()
+	ctx := context.Background()
+	victims := make([]*pb.TimerSpec, 50)
+	for i := range victims {
+		victims[i] = &pb.TimerSpec{Namespace: "victim", Id: fmt.Sprint("v", i), Topic: "t", Payload: []byte("intact"),
+			When: &pb.TimerSpec_DueTime{DueTime: timestamppb.New(time.Now().Add(time.Hour).Truncate(time.Millisecond))}}
+	}
+	if _, err := e.timers.Schedule(ctx, &pb.ScheduleRequest{Timers: victims}); err != nil {
+		tb.Fatal(err)
+	}
+	res := floodResult{bad: map[string]int{}}
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex // guards res.bad
+		stop = make(chan struct{})
+	)
+	if flood {
+		fc := pb.NewTimerServiceClient(dial(tb, e.srv.GRPCAddr()))
+		big := make([]byte, e.cfg.MaxRecvMsgSize+1024)
+		kinds := []struct {
+			name string
+			want codes.Code
+			call func() error
+		}{
+			{"bad-namespace", codes.InvalidArgument, func() error {
+				_, err := fc.Schedule(ctx, &pb.ScheduleRequest{Namespace: "no/such ns", Timers: victims[:1]})
+				return err
+			}},
+			{"empty-batch", codes.InvalidArgument, func() error {
+				_, err := fc.Cancel(ctx, &pb.CancelRequest{Namespace: "victim"})
+				return err
+			}},
+			{"bad-items", codes.OK, func() error {
+				bad := make([]*pb.TimerSpec, len(victims))
+				for i, v := range victims {
+					b := proto.CloneOf(v)
+					b.Topic, b.Payload = "bad topic", nil
+					bad[i] = b
+				}
+				resp, err := fc.Schedule(ctx, &pb.ScheduleRequest{Timers: bad})
+				for _, r := range resp.GetResults() {
+					if codes.Code(r.GetCode()) != codes.InvalidArgument {
+						return status.Errorf(codes.Internal, "item %s: code %d %s", r.GetId(), r.GetCode(), r.GetMessage())
+					}
+				}
+				return err
+			}},
+			{"bad-get", codes.InvalidArgument, func() error {
+				_, err := fc.Get(ctx, &pb.GetRequest{Namespace: "victim", Id: strings.Repeat("x", 300)})
+				return err
+			}},
+			{"oversized", codes.ResourceExhausted, func() error {
+				_, err := fc.Schedule(ctx, &pb.ScheduleRequest{Namespace: "victim", Timers: []*pb.TimerSpec{{Id: "v0", Topic: "t", Payload: big}}})
+				return err
+			}},
+		}
+		for w := range 2 {
+			wg.Go(func() {
+				for i := w; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					k := kinds[i%len(kinds)]
+					if k.name == "oversized" && i%(10*len(kinds)) >= len(kinds) {
+						continue // a tenth as often: its cost is mostly the client's
+					}
+					err := k.call()
+					key := fmt.Sprintf("%s %v", k.name, status.Code(err))
+					mu.Lock()
+					res.bad[key]++
+					mu.Unlock()
+					if status.Code(err) != k.want {
+						tb.Errorf("flood call %s: %v, want %v", k.name, err, k.want)
+						return
+					}
+				}
+			})
+		}
+	}
+
+	st := e.subscribe(&pb.Subscription{Topic: "good", MaxInFlight: 1000})
+	due := map[string]time.Time{}
+	start := time.Now().Add(300 * time.Millisecond)
+	const batch = 100
+	for b := 0; b < n; b += batch {
+		var specs []*pb.TimerSpec
+		for i := b; i < min(n, b+batch); i++ {
+			at := start.Add(span * time.Duration(i) / time.Duration(n)).Truncate(time.Millisecond)
+			id := fmt.Sprint("g", i)
+			due[id] = at
+			specs = append(specs, &pb.TimerSpec{Id: id, Topic: "good", When: &pb.TimerSpec_DueTime{DueTime: timestamppb.New(at)}})
+		}
+		resp, err := e.timers.Schedule(ctx, &pb.ScheduleRequest{Timers: specs})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for _, r := range resp.GetResults() {
+			if r.GetCode() != 0 {
+				tb.Fatalf("good timer %s: code %d %s", r.GetId(), r.GetCode(), r.GetMessage())
+			}
+		}
+	}
+	seen := map[string]bool{}
+	for len(seen) < n {
+		d := st.next()
+		got := time.Now()
+		if d.GetAttempt() != 1 || seen[d.GetId()] {
+			tb.Fatalf("good timer %s delivered again (attempt %d)", d.GetId(), d.GetAttempt())
+		}
+		seen[d.GetId()] = true
+		if d.GetFiredTime().AsTime().Before(due[d.GetId()]) {
+			tb.Fatalf("good timer %s fired at %v, before its due time %v", d.GetId(), d.GetFiredTime().AsTime(), due[d.GetId()])
+		}
+		res.late = append(res.late, got.Sub(due[d.GetId()]))
+		st.ack(d)
+	}
+	close(stop)
+	wg.Wait()
+	for _, v := range victims {
+		g, err := e.timers.Get(ctx, &pb.GetRequest{Namespace: "victim", Id: v.GetId()})
+		if err != nil {
+			tb.Fatalf("victim %s: %v", v.GetId(), err)
+		}
+		sp := g.GetTimer().GetSpec()
+		if sp.GetTopic() != "t" || string(sp.GetPayload()) != "intact" || !sp.GetDueTime().AsTime().Equal(v.GetDueTime().AsTime()) ||
+			g.GetTimer().GetState() != pb.TimerState_TIMER_STATE_PENDING {
+			tb.Fatalf("victim %s changed: %v", v.GetId(), g.GetTimer())
+		}
+	}
+	slices.Sort(res.late)
+	return res
+}
+
+// TestFlood: a client flooding a node with bad requests gets the right
+// code for each, and neither loses, hurries nor duplicates a
+// well-behaved client's timers, nor changes a stored one.
+func TestFlood(t *testing.T) {
+	e := start(t, "", func(c *Config) { c.MaxRecvMsgSize = 1 << 20 })
+	r := floodRun(t, e, 1000, 2*time.Second, true)
+	t.Logf("flood calls by kind and code: %v", r.bad)
+	t.Logf("good timers' lateness under the flood: p50 %v p99 %v", pct(r.late, 50), pct(r.late, 99))
+	for _, kind := range []string{"bad-namespace InvalidArgument", "empty-batch InvalidArgument", "bad-items OK", "bad-get InvalidArgument", "oversized ResourceExhausted"} {
+		if r.bad[kind] == 0 {
+			t.Errorf("no flood call of %q", kind)
+		}
+	}
+}
+
+// BenchmarkFlood prints a well-behaved client's lateness (1,000 timers
+// due over 2 s) without and with another client flooding the node with
+// bad requests, side by side.
+func BenchmarkFlood(b *testing.B) {
+	run := func(flood bool) floodResult {
+		e := start(b, "", func(c *Config) { c.MaxRecvMsgSize = 1 << 20 })
+		defer e.stop()
+		return floodRun(b, e, 1000, 2*time.Second, flood)
+	}
+	for range b.N {
+		quiet, loud := run(false), run(true)
+		calls := 0
+		for _, n := range loud.bad {
+			calls += n
+		}
+		b.ReportMetric(ms(pct(quiet.late, 50)), "p50-quiet-ms")
+		b.ReportMetric(ms(pct(quiet.late, 99)), "p99-quiet-ms")
+		b.ReportMetric(ms(pct(loud.late, 50)), "p50-flood-ms")
+		b.ReportMetric(ms(pct(loud.late, 99)), "p99-flood-ms")
+		b.ReportMetric(float64(calls), "flood-calls")
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func pct(sorted []time.Duration, p int) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[min(len(sorted)-1, len(sorted)*p/100)]
+}

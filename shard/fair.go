@@ -1,0 +1,83 @@
+package shard
+
+// fairQueue holds the due timers a shard took from its wheel but has not
+// handled yet, one first-in-first-out queue per namespace, and hands
+// them out round-robin across namespaces: a herd of one namespace's due
+// timers delays another namespace's by at most one timer per namespace
+// with timers queued, not by the whole herd. Within a namespace timers
+// keep the order they came due in.
+//
+// Invariant: ring holds exactly the queues of queues, each with at least
+// one entry (stale ones included); n is the sum of their entries.
+type fairQueue struct {
+	queues map[string]*nsQueue
+	ring   []*nsQueue
+	next   int // index in ring of the queue served next
+	n      int
+	// last is the queue pushed to last, while it is in the ring: a herd
+	// comes due in one namespace, and needs no map lookup per timer.
+	last *nsQueue
+}
+
+// nsQueue is one namespace's due timers, oldest at head.
+type nsQueue struct {
+	ns    string
+	items []*timer
+	head  int
+}
+
+// len returns the entries queued, stale ones included.
+func (f *fairQueue) len() int { return f.n }
+
+// push queues t behind the due timers of its namespace.
+func (f *fairQueue) push(t *timer) {
+	ns := t.rec.Namespace
+	q := f.last
+	if q == nil || q.ns != ns {
+		q = f.queues[ns]
+	}
+	if q == nil {
+		if f.queues == nil {
+			f.queues = make(map[string]*nsQueue)
+		}
+		q = &nsQueue{ns: ns}
+		f.queues[ns] = q
+		f.ring = append(f.ring, q)
+	}
+	q.items = append(q.items, t)
+	f.n++
+	f.last = q
+}
+
+// pop returns the oldest timer of the next namespace in turn, or nil when
+// nothing is queued. The entry may be stale: its timer is no longer
+// queued (see timer.queued).
+func (f *fairQueue) pop() *timer {
+	if f.n == 0 {
+		return nil
+	}
+	if f.next >= len(f.ring) {
+		f.next = 0
+	}
+	q := f.ring[f.next]
+	t := q.items[q.head]
+	q.items[q.head] = nil // let the timer go once it is handled
+	q.head++
+	f.n--
+	if q.head == len(q.items) {
+		// Empty: drop the queue and its array (a herd's can be large).
+		// The last queue takes its place in the ring, which then serves
+		// that one next.
+		delete(f.queues, q.ns)
+		if f.last == q {
+			f.last = nil
+		}
+		last := len(f.ring) - 1
+		f.ring[f.next] = f.ring[last]
+		f.ring[last] = nil
+		f.ring = f.ring[:last]
+		return t
+	}
+	f.next++
+	return t
+}

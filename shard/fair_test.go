@@ -1,0 +1,162 @@
+package shard
+
+import (
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestFairQueueOrder(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		push []string // namespace of each timer, in push order
+		want []string // namespace of each pop
+	}{
+		{"empty", nil, nil},
+		{"one namespace", []string{"a", "a", "a"}, []string{"a", "a", "a"}},
+		{"a herd and one other", []string{"a", "a", "a", "a", "b"}, []string{"a", "b", "a", "a", "a"}},
+		{"three namespaces take turns", []string{"a", "a", "a", "b", "b", "c"}, []string{"a", "b", "c", "a", "b", "a"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var f fairQueue
+			order := map[string][]string{} // keys pushed per namespace
+			for i, ns := range tc.push {
+				tm := &timer{key: fmt.Sprint(i)}
+				tm.rec.Namespace = ns
+				f.push(tm)
+				order[ns] = append(order[ns], tm.key)
+			}
+			var got []string
+			for tm := f.pop(); tm != nil; tm = f.pop() {
+				ns := tm.rec.Namespace
+				got = append(got, ns)
+				if tm.key != order[ns][0] {
+					t.Fatalf("namespace %s popped %s before %s", ns, tm.key, order[ns][0])
+				}
+				order[ns] = order[ns][1:]
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("pops = %v, want %v", got, tc.want)
+			}
+			if f.len() != 0 || len(f.queues) != 0 || len(f.ring) != 0 {
+				t.Fatalf("drained queue holds %d entries, %d queues, a ring of %d", f.len(), len(f.queues), len(f.ring))
+			}
+		})
+	}
+}
+
+// TestHerdDoesNotStarveOtherNamespace: namespace a has a herd of timers
+// due at one instant and b one timer due at the same instant, scheduled
+// after the herd. b's timer goes out among the first deliveries, not
+// after the whole herd; every timer goes out once, none early.
+func TestHerdDoesNotStarveOtherNamespace(t *testing.T) {
+	e := newEmbeddedEnv(t)
+	k := newSink(true)
+	s := e.open(t, 0, "a", k)
+	const herd = 3*maxStepFires + 17
+	specs := make([]Spec, 0, herd)
+	for i := range herd {
+		sp := spec(fmt.Sprintf("a%05d", i), time.Second)
+		sp.Namespace = "a"
+		specs = append(specs, sp)
+	}
+	mustSchedule(t, s, specs...)
+	b := spec("b", time.Second)
+	b.Namespace = "b"
+	mustSchedule(t, s, b)
+
+	e.advance(s, time.Second)
+	got := k.take(t, herd+1)
+	at := slices.IndexFunc(got, func(d Delivery) bool { return d.Namespace == "b" })
+	t.Logf("b's timer was delivery %d of %d", at+1, len(got))
+	// The herd's queue was made first, so it has the first turn and b
+	// the second.
+	if at != 1 {
+		t.Fatalf("b's timer was delivery %d of %d, want 2", at+1, len(got))
+	}
+	seen := map[string]bool{}
+	for _, d := range got {
+		if d.Fired.Before(d.Due) {
+			t.Fatalf("%s/%s fired at %v, before its due time %v", d.Namespace, d.TimerID, d.Fired, d.Due)
+		}
+		key := d.Namespace + "/" + d.TimerID
+		if seen[key] {
+			t.Fatalf("%s delivered twice", key)
+		}
+		seen[key] = true
+	}
+	k.none(t)
+}
+
+// census records what shards report to it.
+type census struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *census) Count(ns string, delta int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == nil {
+		c.n = map[string]int{}
+	}
+	c.n[ns] += delta
+	if c.n[ns] == 0 {
+		delete(c.n, ns)
+	}
+}
+
+func (c *census) get(ns string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[ns]
+}
+
+// TestCensus: a shard reports the timers of each namespace as they come
+// and go, reports what it loaded once loaded, and takes it all back when
+// it stops.
+func TestCensus(t *testing.T) {
+	e := newEmbeddedEnv(t)
+	k := newSink(true)
+	var c census
+	cfg := e.config(0, "a", k)
+	cfg.Census = &c
+	s := e.openConfig(t, cfg)
+	check := func(when string, want map[string]int) {
+		t.Helper()
+		for ns, n := range want {
+			if got, own := c.get(ns), s.Timers(ns); got != n || own != n {
+				t.Fatalf("%s: census counts %d timers of %s, the shard %d; want %d", when, got, ns, own, n)
+			}
+		}
+	}
+	a1, a2 := spec("1", time.Second), spec("2", time.Hour)
+	a1.Namespace, a2.Namespace = "a", "a"
+	mustSchedule(t, s, a1, a2, spec("x", time.Hour))
+	check("scheduled", map[string]int{"a": 2, "ns": 1})
+	mustSchedule(t, s, a1) // a retry adds nothing
+	check("retried", map[string]int{"a": 2, "ns": 1})
+	if errs := s.Cancel(ctx, "ns", []string{"x"}); errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	check("cancelled", map[string]int{"a": 2, "ns": 0})
+	e.advance(s, time.Second)
+	mustAck(t, s, k.take(t, 1)...)
+	check("acked", map[string]int{"a": 1})
+	if err := s.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.get("a"); got != 0 {
+		t.Fatalf("closed: census counts %d timers of a, want 0", got)
+	}
+
+	// A new owner reports what it loads.
+	var c2 census
+	cfg.Census = &c2
+	s2 := e.openConfig(t, cfg)
+	if got := c2.get("a"); got != 1 || s2.Timers("a") != 1 {
+		t.Fatalf("loaded: census counts %d timers of a, the shard %d; want 1", got, s2.Timers("a"))
+	}
+}
