@@ -78,7 +78,7 @@ type Server struct {
 	port    int
 	busPort int // cluster bus port; 0 when not a cluster node
 	cluster bool
-	id      string // cluster node ID; set by StartRedisCluster, kept in nodes.conf across restarts
+	id      string   // cluster node ID; set by StartRedisCluster, kept in nodes.conf across restarts
 	fsync   string   // appendfsync policy; "" means everysec
 	extra   []string // further arguments, after the defaults
 
