@@ -58,6 +58,9 @@ const (
 	// stopTimeout is how long a SIGTERM'd server may take to exit before it
 	// is killed.
 	stopTimeout = 10 * time.Second
+	// termInterval is the pause between SIGTERMs to a server that has
+	// not exited yet.
+	termInterval = 200 * time.Millisecond
 	// portAttempts bounds the retries when a picked port is taken before
 	// redis-server binds it.
 	portAttempts = 5
@@ -289,15 +292,26 @@ func (s *Server) cleanup(tb testing.TB) {
 }
 
 // stop sends SIGTERM and waits, then SIGKILL if the server lingers.
+// SIGTERM is sent again every termInterval: Redis refuses to shut down
+// while it writes its first AOF (a replica just after its initial sync
+// does) and goes on running, so one signal may not stop it.
 // s.mu is held.
 func (s *Server) stop() error {
 	p := s.proc
 	s.proc = nil
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return nil
-	case <-time.After(stopTimeout):
+	deadline := time.After(stopTimeout)
+	tick := time.NewTicker(termInterval)
+	defer tick.Stop()
+	for {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+			return nil
+		case <-tick.C:
+			continue
+		case <-deadline:
+		}
+		break
 	}
 	_ = p.cmd.Process.Kill()
 	<-p.done

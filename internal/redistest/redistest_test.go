@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestStartKillRestart(t *testing.T) {
@@ -203,4 +204,29 @@ func TestStartRedisCluster(t *testing.T) {
 	if r := c.Replicas(t); !slices.Contains(r, masters[1]) {
 		t.Fatalf("restarted old master %s is not a replica", masters[1].Addr())
 	}
+}
+
+// TestStopReplicaAfterSync: a replica stopped just after its first sync,
+// while it still writes its first AOF (when Redis ignores a SIGTERM),
+// stops without being killed.
+func TestStopReplicaAfterSync(t *testing.T) {
+	ctx := context.Background()
+	m := Start(t)
+	if err := m.Client(t).Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatalf("SET: %v", err)
+	}
+	host, port, _ := net.SplitHostPort(m.Addr())
+	r := Start(t, Args("--replicaof", host, port))
+	deadline := time.Now().Add(formTimeout)
+	for {
+		info, err := r.do("INFO", "replication")
+		if err == nil && strings.Contains(info, "master_link_status:up") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica not linked within %v: %v", formTimeout, err)
+		}
+		time.Sleep(pollInterval)
+	}
+	r.Stop(t)
 }
