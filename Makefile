@@ -55,7 +55,7 @@ bench: build ## run the Go benchmarks beside their peers and print the ratios, t
 	  awk -f tools/benchratio.awk "$$out"
 	@if [ "$(SUITE)" != 0 ]; then BIN=bin bash bench/suite/run.sh; fi
 
-bench-cluster: build ## measure one node against a cluster of three on one Redis (schedule and fire, as ratios), then failover (a kill -9) and recovery (a restart) of the three: bench/suite/cluster.sh (DURATION, FIRE_RATE, FAILOVER_COUNT, RECOVERY_COUNT, ...)
+bench-cluster: build ## measure one node against a cluster of three on one Redis (schedule and fire, as ratios), then failover (a kill -9) and recovery (a restart) of the three, then three on a 3-master Redis Cluster: bench/suite/cluster.sh (DURATION, FIRE_RATE, FAILOVER_COUNT, RECOVERY_COUNT, REDIS_CLUSTER, ...)
 	BIN=bin bash bench/suite/cluster.sh
 
 fuzz: ## run each fuzz target (wheel model, configs, record, delivery-id and member-meta decoders, spec and request validation, bench config, --batch and --rate, the --redis URL) for FUZZTIME
