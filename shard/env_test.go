@@ -161,7 +161,7 @@ type env struct {
 	// embedded store.
 	client redis.UniversalClient
 	prefix string // the Redis store's key prefix
-	stats commitStats
+	stats  commitStats
 }
 
 // commitStats collects what the group commit did.
