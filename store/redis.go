@@ -116,8 +116,11 @@ type RedisConfig struct {
 	// with the most data but does not guarantee it is one that
 	// acknowledged, so n should be every replica of a master. Replicas
 	// are in memory: what survives a crash of all of them is up to their
-	// appendfsync. It must not exceed the replicas each master has, or
-	// every commit fails. 0 to 16.
+	// appendfsync. It trades availability for that: a master with fewer
+	// live replicas (a promoted replica, until its old master rejoins as
+	// its replica) cannot commit, and its shards' writes wait, then fail
+	// after CommitterConfig.GiveUpAfter. It must not exceed the replicas
+	// each master has, or every commit fails. 0 to 16.
 	WaitReplicas int
 	// WaitTimeout bounds each WAIT (default 1s, at least 1ms, whole ms).
 	// It must stay below the client's ReadTimeout (go-redis's default is
@@ -388,6 +391,11 @@ func (r *Redis) Acquire(ctx context.Context, shard uint32, owner string, ttl tim
 	token, err := newToken()
 	if err != nil {
 		return Grant{}, err
+	}
+	if r.cluster != nil {
+		// A shard acquires before it writes, so Partition knows its
+		// master by its first Submit.
+		r.readPartsIfDue(ctx)
 	}
 	res, err := r.eval(ctx, r.acquire, []string{r.key(shard, "lease"), r.key(shard, "epoch")}, owner, ms, token.String())
 	if body, ok := replyBody(err, heldReply); ok {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -229,4 +230,23 @@ func TestStopReplicaAfterSync(t *testing.T) {
 		time.Sleep(pollInterval)
 	}
 	r.Stop(t)
+}
+
+func TestMain(m *testing.M) { os.Exit(RunMain(m)) }
+
+// TestSharedRedisCluster: tests that ask for the same shape share one
+// cluster, which serves them all.
+func TestSharedRedisCluster(t *testing.T) {
+	a := SharedRedisCluster(t, 2, 0)
+	var b *Cluster
+	t.Run("Another", func(t *testing.T) { b = SharedRedisCluster(t, 2, 0) })
+	if a != b {
+		t.Fatal("two tests got different clusters of one shape")
+	}
+	if got := len(a.Masters(t)); got != 2 {
+		t.Fatalf("Masters() = %d nodes, want 2", got)
+	}
+	if err := a.ClusterClient(t).Set(context.Background(), "shared", "1", 0).Err(); err != nil {
+		t.Fatalf("SET: %v", err)
+	}
 }
