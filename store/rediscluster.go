@@ -32,7 +32,7 @@ var _ Partitioner = (*Redis)(nil)
 // replica promoted in its master's place keeps the master's number.
 type partMap struct {
 	slot [slotCount]uint8 // partition of each slot; 0 for a slot no master serves
-	read time.Time        // when CLUSTER SLOTS was read
+	read time.Time        // when CLUSTER SHARDS was read
 }
 
 // Partitioned implements Partitioner: a store on a Redis Cluster client
