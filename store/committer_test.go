@@ -518,3 +518,21 @@ func TestCommitterPartitionMove(t *testing.T) {
 		t.Fatalf("after the move: %d lanes and %d routes, want 2 lanes (partition 1's opened) and no route left", lanes, routes)
 	}
 }
+
+// TestCommitterPartitionedUnreserveNothing: giving back no room for a
+// shard that holds nothing, as a call that reserved nothing does, is
+// harmless over a partitioned store too.
+func TestCommitterPartitionedUnreserveNothing(t *testing.T) {
+	emb := openTestEmbedded(t, DefaultEmbeddedConfig(t.TempDir()))
+	ms := &movingStore{gatedStore: newGatedStore(emb), part: map[uint32]int{}}
+	ms.open()
+	c := newTestCommitter(t, ms, DefaultCommitterConfig())
+	c.Unreserve(3, 0)
+	if err := c.Reserve(3, 5); err != nil {
+		t.Fatal(err)
+	}
+	c.Unreserve(3, 5)
+	if q := c.Queue(); q.Ops != 0 {
+		t.Fatalf("queue holds %d writes, want 0", q.Ops)
+	}
+}
