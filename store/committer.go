@@ -343,13 +343,19 @@ func (c *Committer) route(shard uint32, n int) *lane {
 	defer c.mu.Unlock()
 	r := c.routes[shard]
 	if r == nil {
-		p := c.part.Partition(shard) % maxPartitions
-		c.addLanesLocked(p)
-		r = &route{l: c.lanes[p*c.cfg.Lanes+int(shard%uint32(c.cfg.Lanes))]}
+		r = &route{l: c.partitionLaneLocked(shard)}
 		c.routes[shard] = r
 	}
 	r.n += n
 	return r.l
+}
+
+// partitionLaneLocked returns the lane of shard in the partition that
+// holds it now, adding the partition's lanes if it has none yet.
+func (c *Committer) partitionLaneLocked(shard uint32) *lane {
+	p := c.part.Partition(shard) % maxPartitions
+	c.addLanesLocked(p)
+	return c.lanes[p*c.cfg.Lanes+int(shard%uint32(c.cfg.Lanes))]
 }
 
 // unroute counts n writes of shard as no longer held in its lane, which
@@ -361,6 +367,10 @@ func (c *Committer) unroute(shard uint32, n int) *lane {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	r := c.routes[shard]
+	if r == nil {
+		// Nothing held: an Unreserve of no writes.
+		return c.partitionLaneLocked(shard)
+	}
 	r.n -= n
 	if r.n <= 0 {
 		delete(c.routes, shard)

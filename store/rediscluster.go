@@ -20,7 +20,7 @@ const (
 	slotCount = 16384
 	// partsMaxAge is how old the slot map behind Partition may grow
 	// before a commit reads it again: the bound on how long a resharding
-	// that caused no error goes unnoticed. A read costs one CLUSTER SLOTS
+	// that caused no error goes unnoticed. A read costs one CLUSTER SHARDS
 	// round trip.
 	partsMaxAge = time.Second
 )
@@ -32,7 +32,7 @@ var _ Partitioner = (*Redis)(nil)
 // replica promoted in its master's place keeps the master's number.
 type partMap struct {
 	slot [slotCount]uint8 // partition of each slot; 0 for a slot no master serves
-	read time.Time        // when CLUSTER SLOTS was read
+	read time.Time        // when CLUSTER SHARDS was read
 }
 
 // Partitioned implements Partitioner: a store on a Redis Cluster client
@@ -74,7 +74,7 @@ func crc16(b []byte) uint16 {
 	return crc
 }
 
-// readPartsIfDue reads the slot map into parts when there is none yet, when
+// readPartsIfDue reads the slot map (CLUSTER SHARDS) into parts when there is none yet, when
 // a commit failed since the last read, or when it is older than
 // partsMaxAge. Only the first read waits for another in progress; a
 // failed read keeps the old map, which only costs speed.
@@ -93,30 +93,46 @@ func (r *Redis) readPartsIfDue(ctx context.Context) {
 		return // another commit read it meanwhile
 	}
 	r.partsStale.Store(false)
-	slots, err := r.cluster.ClusterSlots(ctx).Result()
+	shards, err := r.cluster.ClusterShards(ctx).Result()
 	if err != nil {
+		// Before Redis 7 there is no CLUSTER SHARDS: every shard stays in
+		// partition 0, and the Committer's lanes are shared by all
+		// masters, as on a standalone server.
 		r.partsStale.Store(true)
 		return
 	}
-	r.parts.Store(newPartMap(slots, time.Now()))
+	r.parts.Store(newPartMap(shards, time.Now()))
 }
 
-// newPartMap numbers the masters of slots by the first slot each serves.
-func newPartMap(slots []redis.ClusterSlot, read time.Time) *partMap {
-	slices.SortFunc(slots, func(a, b redis.ClusterSlot) int { return a.Start - b.Start })
-	m := &partMap{read: read}
-	num := make(map[string]uint8)
-	for _, s := range slots {
-		if len(s.Nodes) == 0 || s.Start < 0 || s.End >= slotCount || s.Start > s.End {
+// newPartMap numbers the masters of CLUSTER SHARDS by the first slot each
+// serves.
+func newPartMap(shards []redis.ClusterShard, read time.Time) *partMap {
+	type span struct {
+		start, end int64
+		master     string // node ID
+	}
+	var spans []span
+	for _, sh := range shards {
+		i := slices.IndexFunc(sh.Nodes, func(n redis.Node) bool { return n.Role == "master" })
+		if i < 0 {
 			continue
 		}
-		master := s.Nodes[0].Addr
-		p, ok := num[master]
+		for _, sr := range sh.Slots {
+			if sr.Start >= 0 && sr.End < slotCount && sr.Start <= sr.End {
+				spans = append(spans, span{sr.Start, sr.End, sh.Nodes[i].ID})
+			}
+		}
+	}
+	slices.SortFunc(spans, func(a, b span) int { return int(a.start - b.start) })
+	m := &partMap{read: read}
+	num := make(map[string]uint8)
+	for _, sp := range spans {
+		p, ok := num[sp.master]
 		if !ok {
 			p = uint8(len(num)) // wraps past 255 masters: partitions then share lanes
-			num[master] = p
+			num[sp.master] = p
 		}
-		for slot := s.Start; slot <= s.End; slot++ {
+		for slot := sp.start; slot <= sp.end; slot++ {
 			m.slot[slot] = p
 		}
 	}
