@@ -268,6 +268,7 @@ if [ "$REDIS_CLUSTER" = 1 ]; then
 			--appendonly yes --appendfsync everysec --cluster-enabled yes --cluster-config-file nodes.conf \
 			>"$work/redis-c$i.log" 2>&1 &
 		echo $! >"$work/redis-c$i.pid"
+		disown $! # the cleanup's kill -9 is expected; the shell need not report it
 		seeds+="${seeds:+,}127.0.0.1:$p"
 	done
 	for p in "${cports[@]}"; do
