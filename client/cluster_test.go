@@ -277,9 +277,16 @@ func owners(t *testing.T, ctx context.Context, c *client.Client) map[uint32]stri
 // timers of every shard of a 3-node cluster, none early, and goes on when
 // a fourth node joins (it subscribes to it) and when a node is killed.
 // Acks go back to the node that delivered: no node ignores an ack, and
-// duplicates come only from the shards that moved.
+// duplicates come only from the shards that moved. It runs on one
+// redis-server and on a Redis Cluster of three masters.
 func TestClusterSubscribeFollowsMembers(t *testing.T) {
-	cl := clustertest.Start(t, 3)
+	for _, r := range clustertest.Redises {
+		t.Run(r.String(), func(t *testing.T) { testClusterSubscribeFollowsMembers(t, r) })
+	}
+}
+
+func testClusterSubscribeFollowsMembers(t *testing.T, r clustertest.Redis) {
+	cl := clustertest.StartOn(t, r, 3)
 	ctx := testCtx(t)
 	c := newClient(t, cl.Node(0).GRPCAddr(), client.WithRefreshInterval(200*time.Millisecond),
 		client.WithRetry(client.RetryPolicy{MaxAttempts: 30, MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond}))

@@ -49,6 +49,9 @@ var (
 	ErrClosed = errors.New("node: closed")
 	// ErrOpened reports a second call to Open.
 	ErrOpened = errors.New("node: already opened")
+	// ErrRedisURL is wrapped by ParseRedisURL's errors. It names no
+	// package: the URL is the operator's (--redis), not ours.
+	ErrRedisURL = errors.New("invalid Redis URL")
 )
 
 // Config configures a Node. Start from DefaultConfig or LocalConfig.
@@ -68,7 +71,8 @@ type Config struct {
 	// DataDir is the embedded store's directory; used when RedisURL is
 	// empty.
 	DataDir string
-	// RedisURL, when set, keeps the shards in that Redis.
+	// RedisURL, when set, keeps the shards in that Redis: one server, a
+	// Redis Cluster or a master behind Sentinel (see ParseRedisURL).
 	RedisURL string
 	// RedisPrefix prefixes every Redis key (default "td").
 	RedisPrefix string
@@ -130,6 +134,11 @@ func (c Config) Validate() error {
 		return bad("DataDir", "must be set when RedisURL is empty")
 	case c.RedisURL != "" && c.RedisPrefix == "":
 		return bad("RedisPrefix", "must be set when RedisURL is set")
+	}
+	if c.RedisURL != "" {
+		if _, err := ParseRedisURL(c.RedisURL); err != nil {
+			return fmt.Errorf("%w: RedisURL: %w", ErrInvalidConfig, err)
+		}
 	}
 	return nil
 }

@@ -192,6 +192,7 @@ func TestConfigValidate(t *testing.T) {
 		{"ReleaseTimeout", func(c *Config) { c.ReleaseTimeout = 0 }},
 		{"DataDir", func(c *Config) { c.DataDir = "" }},
 		{"RedisPrefix", func(c *Config) { c.RedisURL, c.RedisPrefix = "redis://x", "" }},
+		{"RedisURL", func(c *Config) { c.RedisURL = "redis-sentinel://s:1" }},
 	}
 	if err := DefaultConfig("a/1", "d").Validate(); err != nil {
 		t.Fatalf("DefaultConfig: %v", err)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -27,16 +28,16 @@ func (n *Node) openStore(ctx context.Context) error {
 		n.st = st
 		return nil
 	}
-	opts, err := redis.ParseURL(n.cfg.RedisURL)
+	opts, err := ParseRedisURL(n.cfg.RedisURL)
 	if err != nil {
-		return fmt.Errorf("node: Redis URL: %w", err)
+		return fmt.Errorf("node: %w", err)
 	}
 	RedisTimeouts(opts, n.cfg.Commit)
-	n.rdb = redis.NewClient(opts)
+	n.rdb = opts.NewClient()
 	if err := n.rdb.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("node: Redis at %s: %w", opts.Addr, err)
+		return fmt.Errorf("node: Redis at %s: %w", opts, err)
 	}
-	if err := checkRedisPersistence(ctx, n.rdb, opts.Addr, n.cfg.AllowVolatileRedis, n.log); err != nil {
+	if err := checkRedisPersistence(ctx, n.rdb, opts.String(), n.cfg.AllowVolatileRedis, n.log); err != nil {
 		return err
 	}
 	rc := store.DefaultRedisConfig()
@@ -78,10 +79,25 @@ func readRedisPersistence(ctx context.Context, rdb redis.UniversalClient) (redis
 	return redisPersistence{}, fmt.Errorf("INFO persistence has no aof_enabled field (and CONFIG GET: %v)", cfgErr)
 }
 
-// checkRedisPersistence logs what a durable write means on this Redis,
-// and refuses a Redis without an append-only file (or one that does not
-// say) unless allowVolatile.
+// checkRedisPersistence checks the persistence of every server that
+// answers writes: each master of a Redis Cluster, and otherwise the one
+// server (a Sentinel client's master). A write is only as durable as the
+// master of its shard's slot keeps it, so one master without an
+// append-only file is reason enough to refuse.
 func checkRedisPersistence(ctx context.Context, rdb redis.UniversalClient, addr string, allowVolatile bool, log *slog.Logger) error {
+	cc, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		return checkServerPersistence(ctx, rdb, addr, allowVolatile, log)
+	}
+	return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		return checkServerPersistence(ctx, c, "cluster master "+c.Options().Addr, allowVolatile, log)
+	})
+}
+
+// checkServerPersistence logs what a durable write means on one Redis
+// server, and refuses a server without an append-only file (or one that
+// does not say) unless allowVolatile.
+func checkServerPersistence(ctx context.Context, rdb redis.UniversalClient, addr string, allowVolatile bool, log *slog.Logger) error {
 	p, err := readRedisPersistence(ctx, rdb)
 	if err != nil {
 		if !allowVolatile {
@@ -118,20 +134,31 @@ func checkRedisPersistence(ctx context.Context, rdb redis.UniversalClient, addr 
 }
 
 // RedisTimeouts sizes the Redis client's socket timeouts for the group
-// commit. Its largest round trip is one cycle, at most Commit.MaxCycleOps
-// writes, which the committer allows Commit.CommitTimeout: go-redis's
-// default read timeout of 3 s would cut a long cycle short every time it
-// was retried, wedging its lane. So the read and write timeouts are at
-// least CommitTimeout (a longer one in the URL stands, and so does a
-// negative one, which means none), and the client honours the contexts'
-// deadlines, which bound every other call (a lease renewal's OpTimeout)
-// more tightly.
-func RedisTimeouts(opts *redis.Options, commit store.CommitterConfig) {
-	if opts.ReadTimeout >= 0 {
-		opts.ReadTimeout = max(opts.ReadTimeout, commit.CommitTimeout)
+// commit, whichever client the options are of. Its largest round trip is
+// one cycle, at most Commit.MaxCycleOps writes, which the committer allows
+// Commit.CommitTimeout: go-redis's default read timeout of 3 s would cut a
+// long cycle short every time it was retried, wedging its lane. So the
+// read and write timeouts are at least CommitTimeout (a longer one in the
+// URL stands, and so does a negative one, which means none), and the
+// client honours the contexts' deadlines, which bound every other call (a
+// lease renewal's OpTimeout) more tightly.
+func RedisTimeouts(opts RedisOptions, commit store.CommitterConfig) {
+	var read, write *time.Duration
+	var contextDeadlines *bool
+	switch {
+	case opts.Cluster != nil:
+		read, write, contextDeadlines = &opts.Cluster.ReadTimeout, &opts.Cluster.WriteTimeout, &opts.Cluster.ContextTimeoutEnabled
+	case opts.Failover != nil:
+		read, write, contextDeadlines = &opts.Failover.ReadTimeout, &opts.Failover.WriteTimeout, &opts.Failover.ContextTimeoutEnabled
+	case opts.Simple != nil:
+		read, write, contextDeadlines = &opts.Simple.ReadTimeout, &opts.Simple.WriteTimeout, &opts.Simple.ContextTimeoutEnabled
+	default:
+		return
 	}
-	if opts.WriteTimeout >= 0 {
-		opts.WriteTimeout = max(opts.WriteTimeout, commit.CommitTimeout)
+	for _, d := range []*time.Duration{read, write} {
+		if *d >= 0 {
+			*d = max(*d, commit.CommitTimeout)
+		}
 	}
-	opts.ContextTimeoutEnabled = true
+	*contextDeadlines = true
 }

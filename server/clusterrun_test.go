@@ -125,19 +125,24 @@ func check(t *testing.T, col *clustertest.Collector, due map[string]time.Time, w
 
 // TestClusterDeliversEverything: 100,000 timers scheduled through one
 // node of three (most of them forwarded to their owners) are each
-// delivered, none early, to subscribers on every node. (Duplicates are
-// counted, not refused: on a starved machine an ack can come after its
-// ack timeout, and the timer is then rightly delivered again.)
+// delivered, none early, to subscribers on every node, with the nodes on
+// one redis-server and on a Redis Cluster of three masters. (Duplicates
+// are counted, not refused: on a starved machine an ack can come after
+// its ack timeout, and the timer is then rightly delivered again.)
 func TestClusterDeliversEverything(t *testing.T) {
 	n := 100_000
 	if testing.Short() || raceEnabled {
 		n = 10_000
 	}
-	c := clustertest.Start(t, 3)
-	col := c.Collect("default", "all")
-	s := newScheduler(t, c.Node(0).GRPCAddr(), "all")
-	s.schedule("t", n, time.Now().Add(2*time.Second), 5*time.Second)
-	check(t, col, s.acknowledged(), 2*time.Minute)
+	for _, r := range clustertest.Redises {
+		t.Run(r.String(), func(t *testing.T) {
+			c := clustertest.StartOn(t, r, 3)
+			col := c.Collect("default", "all")
+			s := newScheduler(t, c.Node(0).GRPCAddr(), "all")
+			s.schedule("t", n, time.Now().Add(2*time.Second), 5*time.Second)
+			check(t, col, s.acknowledged(), 2*time.Minute)
+		})
+	}
 }
 
 // TestClusterJoinUnderLoad: a fourth node joins while timers are
@@ -166,9 +171,16 @@ func TestClusterJoinUnderLoad(t *testing.T) {
 // its timers fire on the others, none lost or early, and the timers of
 // the shards that moved are no later than those of the shards that
 // stayed, but for the handover. (Lateness is compared within the run, so
-// that a slow machine slows both alike.)
+// that a slow machine slows both alike.) It runs on one redis-server and
+// on a Redis Cluster of three masters.
 func TestClusterGracefulLeave(t *testing.T) {
-	c := clustertest.Start(t, 3)
+	for _, r := range clustertest.Redises {
+		t.Run(r.String(), func(t *testing.T) { testClusterGracefulLeave(t, r) })
+	}
+}
+
+func testClusterGracefulLeave(t *testing.T, r clustertest.Redis) {
+	c := clustertest.StartOn(t, r, 3)
 	col := c.Collect("default", "leave")
 	s := newScheduler(t, c.Node(0).GRPCAddr(), "leave")
 	s.schedule("t", 10_000, time.Now().Add(time.Second), 4*time.Second)
@@ -214,16 +226,21 @@ func shardOwners(t *testing.T, addr string) map[uint32]string {
 
 // TestClusterKilledNode: a node stopped hard (no leave, no release, no
 // flush) loses none of its acknowledged timers: once its leases lapse
-// its shards' new owners fire them, none early.
+// its shards' new owners fire them, none early. It runs on one
+// redis-server and on a Redis Cluster of three masters.
 func TestClusterKilledNode(t *testing.T) {
-	c := clustertest.Start(t, 3)
-	col := c.Collect("default", "kill")
-	s := newScheduler(t, c.Node(0).GRPCAddr(), "kill")
-	s.schedule("t", 10_000, time.Now().Add(time.Second), 4*time.Second)
-	time.Sleep(1500 * time.Millisecond)
-	c.Kill(1)
-	c.WaitStable()
-	check(t, col, s.acknowledged(), 30*time.Second)
+	for _, r := range clustertest.Redises {
+		t.Run(r.String(), func(t *testing.T) {
+			c := clustertest.StartOn(t, r, 3)
+			col := c.Collect("default", "kill")
+			s := newScheduler(t, c.Node(0).GRPCAddr(), "kill")
+			s.schedule("t", 10_000, time.Now().Add(time.Second), 4*time.Second)
+			time.Sleep(1500 * time.Millisecond)
+			c.Kill(1)
+			c.WaitStable()
+			check(t, col, s.acknowledged(), 30*time.Second)
+		})
+	}
 }
 
 // TestClusterForwards: every request sent to a node that does not own

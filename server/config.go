@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/cluster"
+	"github.com/timerd/timerd/node"
 	"github.com/timerd/timerd/shard"
 	"github.com/timerd/timerd/store"
 )
@@ -29,8 +30,11 @@ type Config struct {
 	// DataDir is the embedded store's directory (default ./timerd-data).
 	// It is used when RedisURL is empty.
 	DataDir string
-	// RedisURL, when set (redis://[user:password@]host:port[/db]), keeps
-	// the shards in that Redis instead of the embedded store.
+	// RedisURL, when set, keeps the shards in that Redis instead of the
+	// embedded store: redis://[user:password@]host:port[/db] for one
+	// server, redis://host1:port1,host2:port2 for a Redis Cluster,
+	// redis-sentinel://host1:port1,host2:port2?master=name for a master
+	// behind Sentinel (node.ParseRedisURL tells every form).
 	RedisURL string
 	// RedisPrefix prefixes every Redis key (default "td").
 	RedisPrefix string
@@ -234,6 +238,11 @@ func (c Config) Validate() error {
 	}
 	if err := c.Limits.validate(bad); err != nil {
 		return err
+	}
+	if c.RedisURL != "" {
+		if _, err := node.ParseRedisURL(c.RedisURL); err != nil {
+			return fmt.Errorf("%w: RedisURL: %w", ErrInvalidConfig, err)
+		}
 	}
 	// The shard template is checked as a shard would check it, with the
 	// dependencies the server supplies standing in.

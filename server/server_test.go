@@ -641,6 +641,7 @@ func TestConfigValidate(t *testing.T) {
 	}{
 		{"GRPCAddr", func(c *Config) { c.GRPCAddr = "" }},
 		{"DataDir", func(c *Config) { c.DataDir = "" }},
+		{"RedisURL", func(c *Config) { c.RedisURL = "redis://127.0.0.1:1,127.0.0.1:x" }},
 		{"Shards", func(c *Config) { c.Shards = 0 }},
 		{"LoadParallelism", func(c *Config) { c.LoadParallelism = 0 }},
 		{"MaxBatch", func(c *Config) { c.MaxBatch = 0 }},

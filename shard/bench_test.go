@@ -33,6 +33,12 @@ func benchSpec(id string) Spec {
 func BenchmarkShardScheduleRedis(b *testing.B)    { benchSchedule(b, newRedisEnv(b)) }
 func BenchmarkShardScheduleEmbedded(b *testing.B) { benchSchedule(b, newEmbeddedEnv(b)) }
 
+// BenchmarkShardScheduleRedisCluster is BenchmarkShardScheduleRedis on a
+// Redis Cluster of three masters on the same machine, over which the 16
+// shards spread, each master's committed by cycles of its own; run both
+// (-bench ShardScheduleRedis) to read the ratio.
+func BenchmarkShardScheduleRedisCluster(b *testing.B) { benchSchedule(b, newRedisClusterEnv(b)) }
+
 func benchSchedule(b *testing.B, e *env) {
 	shards := make([]*Shard, benchShards)
 	for i := range shards {
@@ -219,6 +225,13 @@ func fillRecords(tb testing.TB, e *env, shard uint32, n int, rec func(i int, epo
 
 func BenchmarkShardFireAckRedis(b *testing.B)    { benchFireAck(b, newRedisEnv(b), false) }
 func BenchmarkShardFireAckEmbedded(b *testing.B) { benchFireAck(b, newEmbeddedEnv(b), false) }
+
+// BenchmarkShardFireAckRedisCluster is BenchmarkShardFireAckRedis with the
+// shard on one master of a three-master Redis Cluster, through a cluster
+// client: the cost of the cluster path for one shard.
+func BenchmarkShardFireAckRedisCluster(b *testing.B) {
+	benchFireAck(b, newRedisClusterEnv(b), false)
+}
 
 // The Req variants schedule with a request id, as the Go client does, so
 // every ack within the retry window leaves a tombstone in memory, and the

@@ -4,11 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/timerd/timerd/internal/redistest"
 	"github.com/timerd/timerd/store"
@@ -152,8 +156,12 @@ type env struct {
 	st    store.Store
 	com   *store.Committer
 	clock *fakeClock
-	redis *redistest.Server // nil for the embedded store
-	stats commitStats
+	redis *redistest.Server // the standalone Redis; nil for the other stores
+	// client reaches the Redis store's server or cluster; nil for the
+	// embedded store.
+	client redis.UniversalClient
+	prefix string // the Redis store's key prefix
+	stats  commitStats
 }
 
 // commitStats collects what the group commit did.
@@ -192,10 +200,12 @@ func (c *commitStats) report(b *testing.B) {
 	b.ReportMetric(float64(c.latencies[len(c.latencies)*99/100].Microseconds())/1000, "p99-commit-ms")
 }
 
-// stores runs fn once per store kind, each on a fresh store.
+// stores runs fn once per store kind, each on a fresh store: embedded,
+// standalone Redis, and a Redis Cluster of three masters.
 func stores(t *testing.T, fn func(t *testing.T, e *env)) {
 	t.Run("embedded", func(t *testing.T) { fn(t, newEmbeddedEnv(t)) })
 	t.Run("redis", func(t *testing.T) { fn(t, newRedisEnv(t)) })
+	t.Run("rediscluster", func(t *testing.T) { fn(t, newRedisClusterEnv(t)) })
 }
 
 func newEmbeddedEnv(t testing.TB) *env {
@@ -212,11 +222,33 @@ func newEmbeddedEnv(t testing.TB) *env {
 
 func newRedisEnv(t testing.TB, opts ...redistest.Option) *env {
 	srv := redistest.Start(t, opts...)
-	st, err := store.NewRedis(srv.Client(t), store.DefaultRedisConfig())
+	client := srv.Client(t)
+	cfg := store.DefaultRedisConfig()
+	st, err := store.NewRedis(client, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return finishEnv(t, &env{name: "redis", st: st, clock: newFakeClock(), redis: srv})
+	return finishEnv(t, &env{name: "redis", st: st, clock: newFakeClock(), redis: srv, client: client, prefix: cfg.Prefix})
+}
+
+func TestMain(m *testing.M) { os.Exit(redistest.RunMain(m)) }
+
+// clusterEnvs numbers the stores on the package's shared Redis Cluster,
+// each under a key prefix of its own.
+var clusterEnvs atomic.Int64
+
+// newRedisClusterEnv is a store on a Redis Cluster of three masters,
+// shared by the package's tests, so that a test's shards, spread over the
+// masters, are committed by per-master group commit cycles.
+func newRedisClusterEnv(t testing.TB) *env {
+	client := redistest.SharedRedisCluster(t, 3, 0).ClusterClient(t)
+	cfg := store.DefaultRedisConfig()
+	cfg.Prefix = fmt.Sprint("c", clusterEnvs.Add(1))
+	st, err := store.NewRedis(client, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return finishEnv(t, &env{name: "rediscluster", st: st, clock: newFakeClock(), client: client, prefix: cfg.Prefix})
 }
 
 func finishEnv(t testing.TB, e *env) *env {

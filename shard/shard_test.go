@@ -582,9 +582,9 @@ func TestRecovery(t *testing.T) {
 // the TTL. It returns once the store reports no holder.
 func lapseLease(t testing.TB, e *env, shard uint32) {
 	t.Helper()
-	if e.redis != nil {
-		key := fmt.Sprintf("td:{s%d}:lease", shard)
-		if err := e.redis.Client(t).PExpire(ctx, key, time.Millisecond).Err(); err != nil {
+	if e.client != nil {
+		key := fmt.Sprintf("%s:{s%d}:lease", e.prefix, shard)
+		if err := e.client.PExpire(ctx, key, time.Millisecond).Err(); err != nil {
 			t.Fatal(err)
 		}
 	} else {

@@ -19,6 +19,8 @@ type CommitterConfig struct {
 	Linger time.Duration
 	// Lanes is how many cycles may be in the store at once (default 2).
 	// A shard always uses the same lane, so its writes stay in order.
+	// Over a partitioned store (see Partitioner) every partition has
+	// Lanes lanes of its own.
 	Lanes int
 	// MaxBatchOps caps the writes of one shard in one Batch (default
 	// 4096): a submission with more is cut into pieces of at most
@@ -35,7 +37,7 @@ type CommitterConfig struct {
 	MaxCycleOps int
 	// MaxQueueOps caps the writes a lane holds, queued or in a cycle not
 	// yet finished, plus those reserved (default 262144, at least
-	// MaxCycleOps). Reserve fails with ErrOverloaded beyond it, so while
+	// MaxCycleOps); over a partitioned store, a lane of each partition. Reserve fails with ErrOverloaded beyond it, so while
 	// the store is slow or unreachable callers are refused at once
 	// instead of queuing without bound. Submit itself never refuses: its
 	// writes are already applied in the caller's memory.
@@ -154,6 +156,27 @@ func (c *Commit) finish(err error) {
 	close(c.done)
 }
 
+// Partitioner is implemented by a Store whose shards live on several
+// servers that answer independently, such as the masters of a Redis
+// Cluster. Over such a store the Committer gives each partition lanes of
+// its own, so that every cycle goes to one server only and a slow server
+// holds up the cycles of its own shards, not those of every shard.
+type Partitioner interface {
+	// Partitioned reports whether the store spreads shards over several
+	// servers. When it is false the Committer routes as over a Store
+	// without partitions.
+	Partitioned() bool
+	// Partition returns the partition (>= 0) that holds shard now. It is
+	// called on the submitter's goroutine and must not block: it answers
+	// from what the store last learned of its layout. A stale answer
+	// costs only speed, since a cycle may span servers.
+	Partition(shard uint32) int
+}
+
+// maxPartitions bounds the partitions that get lanes of their own; more
+// share them.
+const maxPartitions = 64
+
 // Committer is the group commit: it coalesces the writes that shards
 // submit concurrently into one Store.Commit per cycle, carrying many
 // shards' pending writes in one round trip, and answers each submitter
@@ -164,6 +187,13 @@ func (c *Commit) finish(err error) {
 // the lanes' cycles overlap: one lane's round trip is in the store while
 // another gathers and encodes its next cycle, which keeps a store with one
 // thread (Redis) busy.
+//
+// Over a partitioned store (see Partitioner) each partition has Lanes
+// lanes, started when a shard of the partition first writes, and a shard
+// rides a lane of its partition. A shard whose partition changes (a
+// resharding) moves to the new partition's lanes only once it holds no
+// writes (reserved, queued or in a cycle) in its old lane, so its writes
+// still reach the store in order.
 //
 // A cycle is bounded: at most one batch (MaxBatchOps writes) of each shard
 // and MaxCycleOps writes in all, so no submission, however big, holds its
@@ -182,15 +212,35 @@ func (c *Commit) finish(err error) {
 // goroutines; Close may be called concurrently with them and more than
 // once.
 type Committer struct {
-	st    Store
-	cfg   CommitterConfig
-	log   *slog.Logger
+	st   Store
+	cfg  CommitterConfig
+	log  *slog.Logger
+	part Partitioner   // nil unless st is partitioned
+	quit chan struct{} // closed by Close
+	wg   sync.WaitGroup
+	once sync.Once
+
+	// mu guards lanes, routes and shut. Without a Partitioner lanes is
+	// fixed once NewCommitter returns and read without mu.
+	mu sync.Mutex
+	// lanes[p*Lanes+i] is lane i of partition p.
 	lanes []*lane
-	quit  chan struct{} // closed by Close
-	wg    sync.WaitGroup
-	once  sync.Once
+	// routes pins each shard that holds writes in a lane to that lane
+	// (with a Partitioner only). Invariant: routes[shard].n is the writes
+	// reserved, queued or in a cycle for shard; a route with none is
+	// removed.
+	routes map[uint32]*route
+	// shut is set by Close: lanes added after it start closed.
+	shut bool
+
 	// refused counts the Reserve calls that failed with ErrOverloaded.
 	refused atomic.Uint64
+}
+
+// route is the lane of a shard that holds writes in it.
+type route struct {
+	l *lane
+	n int // writes: see Committer.routes
 }
 
 // lane commits the writes of the shards routed to it, one cycle at a time.
@@ -253,22 +303,79 @@ func NewCommitter(st Store, cfg CommitterConfig) (*Committer, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := &Committer{st: st, cfg: cfg, log: log, quit: make(chan struct{})}
-	for i := range cfg.Lanes {
-		l := &lane{
-			c: c, id: i, wake: make(chan struct{}, 1),
-			open:   make(map[uint32]int),
-			failed: make(map[uint32]failure),
-			seen:   make(map[uint32]struct{}),
-		}
-		c.lanes = append(c.lanes, l)
-		c.wg.Add(1)
-		go l.run()
+	if p, ok := st.(Partitioner); ok && p.Partitioned() {
+		c.part = p
+		c.routes = make(map[uint32]*route)
 	}
+	c.mu.Lock()
+	c.addLanesLocked(0)
+	c.mu.Unlock()
 	return c, nil
 }
 
-func (c *Committer) lane(shard uint32) *lane {
-	return c.lanes[shard%uint32(len(c.lanes))]
+// addLanesLocked adds the lanes of every partition up to p and starts
+// them, or, after Close, leaves them closed.
+func (c *Committer) addLanesLocked(p int) {
+	for len(c.lanes) < (p+1)*c.cfg.Lanes {
+		l := &lane{
+			c: c, id: len(c.lanes), wake: make(chan struct{}, 1),
+			open:    make(map[uint32]int),
+			failed:  make(map[uint32]failure),
+			seen:    make(map[uint32]struct{}),
+			closing: c.shut,
+		}
+		c.lanes = append(c.lanes, l)
+		if !c.shut {
+			c.wg.Add(1)
+			go l.run()
+		}
+	}
+}
+
+// route returns shard's lane and counts n more writes held there for it
+// (see Committer.routes). Without a Partitioner it is a fixed function of
+// the shard.
+func (c *Committer) route(shard uint32, n int) *lane {
+	if c.part == nil {
+		return c.lanes[shard%uint32(len(c.lanes))]
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.routes[shard]
+	if r == nil {
+		r = &route{l: c.partitionLaneLocked(shard)}
+		c.routes[shard] = r
+	}
+	r.n += n
+	return r.l
+}
+
+// partitionLaneLocked returns the lane of shard in the partition that
+// holds it now, adding the partition's lanes if it has none yet.
+func (c *Committer) partitionLaneLocked(shard uint32) *lane {
+	p := c.part.Partition(shard) % maxPartitions
+	c.addLanesLocked(p)
+	return c.lanes[p*c.cfg.Lanes+int(shard%uint32(c.cfg.Lanes))]
+}
+
+// unroute counts n writes of shard as no longer held in its lane, which
+// it returns.
+func (c *Committer) unroute(shard uint32, n int) *lane {
+	if c.part == nil {
+		return c.lanes[shard%uint32(len(c.lanes))]
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.routes[shard]
+	if r == nil {
+		// Nothing held: an Unreserve of no writes.
+		return c.partitionLaneLocked(shard)
+	}
+	r.n -= n
+	if r.n <= 0 {
+		delete(c.routes, shard)
+	}
+	return r.l
 }
 
 // Submit queues ops, made under g, for shard's next batches and returns
@@ -277,15 +384,18 @@ func (c *Committer) lane(shard uint32) *lane {
 // shard reach the store in submission order; more than MaxBatchOps are
 // cut into pieces that ride successive cycles.
 func (c *Committer) Submit(shard uint32, g Grant, ops []Op) *Commit {
-	l := c.lane(shard)
+	n := len(ops)
+	l := c.route(shard, n)
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.closing {
+		l.mu.Unlock()
+		// Not under l.mu: Close takes c.mu, then each l.mu.
+		c.unroute(shard, n)
 		cm := &Commit{done: make(chan struct{})}
 		cm.finish(ErrClosed)
 		return cm
 	}
-	n := len(ops)
+	defer l.mu.Unlock()
 	i, had := l.open[shard]
 	var b *pendingBatch
 	if had && l.queue[i].Grant == g {
@@ -344,11 +454,12 @@ func (l *lane) appendLocked(shard uint32, g Grant, had bool) *pendingBatch {
 // unchanged, and gives the room back with Unreserve once it has submitted
 // them (Submit counts them itself) or given up.
 func (c *Committer) Reserve(shard uint32, ops int) error {
-	l := c.lane(shard)
+	l := c.route(shard, ops)
 	if l.load.Add(int64(ops)) <= int64(c.cfg.MaxQueueOps) {
 		return nil
 	}
 	l.load.Add(-int64(ops))
+	c.unroute(shard, ops)
 	c.refused.Add(1)
 	return fmt.Errorf("%w: lane %d of the group commit holds %d writes; %d more would pass its limit of %d",
 		ErrOverloaded, l.id, l.held.Load(), ops, c.cfg.MaxQueueOps)
@@ -356,7 +467,7 @@ func (c *Committer) Reserve(shard uint32, ops int) error {
 
 // Unreserve gives back room that Reserve claimed.
 func (c *Committer) Unreserve(shard uint32, ops int) {
-	c.lane(shard).load.Add(-int64(ops))
+	c.unroute(shard, ops).load.Add(-int64(ops))
 }
 
 // QueueStats is a snapshot of what the Committer holds.
@@ -372,9 +483,11 @@ type QueueStats struct {
 // Queue returns a snapshot of what the Committer holds.
 func (c *Committer) Queue() QueueStats {
 	var st QueueStats
+	c.mu.Lock()
 	for _, l := range c.lanes {
 		st.Ops += int(l.held.Load())
 	}
+	c.mu.Unlock()
 	st.Refused = c.refused.Load()
 	return st
 }
@@ -385,11 +498,14 @@ func (c *Committer) Queue() QueueStats {
 // fail with ErrClosed (their outcome unknown). Close is safe to call twice.
 func (c *Committer) Close() error {
 	c.once.Do(func() {
+		c.mu.Lock()
+		c.shut = true
 		for _, l := range c.lanes {
 			l.mu.Lock()
 			l.closing = true
 			l.mu.Unlock()
 		}
+		c.mu.Unlock()
 		close(c.quit)
 	})
 	c.wg.Wait()
@@ -566,6 +682,7 @@ func (l *lane) done(b *pendingBatch, err error) {
 	n := int64(len(b.Ops))
 	l.held.Add(-n)
 	l.load.Add(-n)
+	l.c.unroute(b.Shard, len(b.Ops))
 	b.commit.finish(err)
 }
 

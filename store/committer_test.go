@@ -451,3 +451,88 @@ func TestCommitterOverloaded(t *testing.T) {
 		t.Fatalf("Reserve once the queue drained: %v", err)
 	}
 }
+
+// movingStore is a store split into partitions by a table the test
+// changes, as a resharding moves slots between a Redis Cluster's masters.
+type movingStore struct {
+	*gatedStore
+	mu   sync.Mutex
+	part map[uint32]int // guarded by mu
+}
+
+func (m *movingStore) Partitioned() bool { return true }
+
+func (m *movingStore) Partition(shard uint32) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.part[shard]
+}
+
+func (m *movingStore) move(shard uint32, p int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.part[shard] = p
+}
+
+// TestCommitterPartitionMove: a shard whose partition changes while it
+// has writes in its lane keeps that lane until they are done, so its
+// writes stay in order; its next writes use the new partition's lanes.
+func TestCommitterPartitionMove(t *testing.T) {
+	emb := openTestEmbedded(t, DefaultEmbeddedConfig(t.TempDir()))
+	gs := newGatedStore(emb)
+	defer gs.open()
+	ms := &movingStore{gatedStore: gs, part: map[uint32]int{}}
+	cfg := DefaultCommitterConfig()
+	cfg.Lanes = 1
+	c := newTestCommitter(t, ms, cfg)
+	g := mustAcquire(t, emb, 1, "node-a", longTTL)
+	r := rec("n", "moved")
+
+	first := c.Submit(1, g, []Op{put(r)})
+	<-gs.entered // the put is in a cycle, held
+	ms.move(1, 1)
+	second := c.Submit(1, g, []Op{del(r)})
+	c.mu.Lock()
+	lanes := len(c.lanes)
+	c.mu.Unlock()
+	if lanes != 1 {
+		t.Fatalf("the moved shard's write opened partition 1's lanes (%d lanes) while its put was in flight", lanes)
+	}
+	gs.open()
+	for i, cm := range []*Commit{first, second} {
+		if err := cm.Wait(t.Context()); err != nil {
+			t.Fatalf("commit %d: %v", i, err)
+		}
+	}
+	if got := loadAll(t, emb, 1, g); len(got) != 0 {
+		t.Fatalf("after a put and a delete in order the shard holds %v", got)
+	}
+
+	if err := c.Submit(1, g, []Op{put(r)}).Wait(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	lanes, routes := len(c.lanes), len(c.routes)
+	c.mu.Unlock()
+	if lanes != 2 || routes != 0 {
+		t.Fatalf("after the move: %d lanes and %d routes, want 2 lanes (partition 1's opened) and no route left", lanes, routes)
+	}
+}
+
+// TestCommitterPartitionedUnreserveNothing: giving back no room for a
+// shard that holds nothing, as a call that reserved nothing does, is
+// harmless over a partitioned store too.
+func TestCommitterPartitionedUnreserveNothing(t *testing.T) {
+	emb := openTestEmbedded(t, DefaultEmbeddedConfig(t.TempDir()))
+	ms := &movingStore{gatedStore: newGatedStore(emb), part: map[uint32]int{}}
+	ms.open()
+	c := newTestCommitter(t, ms, DefaultCommitterConfig())
+	c.Unreserve(3, 0)
+	if err := c.Reserve(3, 5); err != nil {
+		t.Fatal(err)
+	}
+	c.Unreserve(3, 5)
+	if q := c.Queue(); q.Ops != 0 {
+		t.Fatalf("queue holds %d writes, want 0", q.Ops)
+	}
+}

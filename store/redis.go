@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -59,8 +61,19 @@ import (
 // decodes the last; it ends before Load returns.
 type Redis struct {
 	client redis.UniversalClient
-	cfg    RedisConfig
-	closed atomic.Bool
+	// cluster is client as a Redis Cluster client, nil for any other: its
+	// commits go to each master in a pipeline of their own.
+	cluster *redis.ClusterClient
+	cfg     RedisConfig
+	closed  atomic.Bool
+	// parts maps each slot to its partition (see Partition); nil until
+	// the first commit through a cluster client has read the slot map.
+	parts atomic.Pointer[partMap]
+	// partsStale is set when a commit failed in a way that a change of the
+	// slot map (a failover, a resharding) may explain.
+	partsStale atomic.Bool
+	// partsMu is held while the slot map is read into parts.
+	partsMu sync.Mutex
 
 	commit  *redis.Script
 	acquire *redis.Script
@@ -87,12 +100,42 @@ type RedisConfig struct {
 	// page costs Redis's one thread ~1.5 µs per record (~8 ms at 5,000),
 	// during which other shards' commits wait.
 	PageSize int
+	// WaitReplicas, when above 0, makes every commit wait until that many
+	// replicas of the master it wrote to have the writes: each pipeline
+	// to a master (the one pipeline of a standalone server, one per
+	// master of a Redis Cluster) ends with WAIT WaitReplicas WaitTimeout
+	// on the same connection, and a round trip that fewer replicas
+	// acknowledged fails with ErrReplicas, so the Committer retries it
+	// and its writers are not answered. Default 0: a commit is acknowledged
+	// once the master has applied it, and a failover that promotes a
+	// replica lacking the master's last writes loses them. With
+	// WaitReplicas n an acknowledged write is on the master and n
+	// replicas, so it survives the failure of the master (a promoted
+	// replica that acknowledged it has it) as long as no more than n-1
+	// of those replicas fail with it; Redis still promotes the replica
+	// with the most data but does not guarantee it is one that
+	// acknowledged, so n should be every replica of a master. Replicas
+	// are in memory: what survives a crash of all of them is up to their
+	// appendfsync. It trades availability for that: a master with fewer
+	// live replicas (a promoted replica, until its old master rejoins as
+	// its replica) cannot commit, and its shards' writes wait, then fail
+	// after CommitterConfig.GiveUpAfter. It must not exceed the replicas
+	// each master has, or every commit fails. 0 to 16.
+	WaitReplicas int
+	// WaitTimeout bounds each WAIT (default 1s, at least 1ms, whole ms).
+	// It must stay below the client's ReadTimeout (go-redis's default is
+	// 3s) and well below CommitterConfig.CommitTimeout, since the WAIT
+	// rides in the commit's round trip.
+	WaitTimeout time.Duration
 }
 
 // DefaultRedisConfig returns the defaults documented on RedisConfig.
 func DefaultRedisConfig() RedisConfig {
-	return RedisConfig{Prefix: "td", PageSize: 5000}
+	return RedisConfig{Prefix: "td", PageSize: 5000, WaitTimeout: time.Second}
 }
+
+// maxWaitReplicas bounds RedisConfig.WaitReplicas.
+const maxWaitReplicas = 16
 
 // maxPageSize bounds PageSize: a bigger HSCAN COUNT only holds Redis's one
 // thread longer per call.
@@ -108,6 +151,10 @@ func (c RedisConfig) Validate() error {
 		return fmt.Errorf("%w: RedisConfig.Prefix %q contains '{' or '}', which would change the keys' hash tag", ErrInvalidConfig, c.Prefix)
 	case c.PageSize < 1 || c.PageSize > maxPageSize:
 		return fmt.Errorf("%w: RedisConfig.PageSize %d is outside [1, %d]", ErrInvalidConfig, c.PageSize, maxPageSize)
+	case c.WaitReplicas < 0 || c.WaitReplicas > maxWaitReplicas:
+		return fmt.Errorf("%w: RedisConfig.WaitReplicas %d is outside [0, %d]", ErrInvalidConfig, c.WaitReplicas, maxWaitReplicas)
+	case c.WaitReplicas > 0 && (c.WaitTimeout < time.Millisecond || c.WaitTimeout%time.Millisecond != 0):
+		return fmt.Errorf("%w: RedisConfig.WaitTimeout %v must be a whole number of ms, at least 1ms, when WaitReplicas is set (WAIT 0 would block forever)", ErrInvalidConfig, c.WaitTimeout)
 	}
 	return nil
 }
@@ -121,8 +168,10 @@ func NewRedis(client redis.UniversalClient, cfg RedisConfig) (*Redis, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cluster, _ := client.(*redis.ClusterClient)
 	return &Redis{
 		client:  client,
+		cluster: cluster,
 		cfg:     cfg,
 		commit:  redis.NewScript(commitScript),
 		acquire: redis.NewScript(acquireScript),
@@ -343,6 +392,11 @@ func (r *Redis) Acquire(ctx context.Context, shard uint32, owner string, ttl tim
 	if err != nil {
 		return Grant{}, err
 	}
+	if r.cluster != nil {
+		// A shard acquires before it writes, so Partition knows its
+		// master by its first Submit.
+		r.readPartsIfDue(ctx)
+	}
 	res, err := r.eval(ctx, r.acquire, []string{r.key(shard, "lease"), r.key(shard, "epoch")}, owner, ms, token.String())
 	if body, ok := replyBody(err, heldReply); ok {
 		pttl, v, _ := strings.Cut(body, " ")
@@ -420,9 +474,12 @@ func (r *Redis) Lease(ctx context.Context, shard uint32) (Lease, error) {
 }
 
 // Commit implements Store: one pipeline carries one EVALSHA of
-// commitScript per batch, so a commit of many shards costs one round trip.
-// Batches that found the script missing (NOSCRIPT) are sent once more
-// after loading it; that is safe because every write is idempotent.
+// commitScript per batch, so a commit of many shards costs one round trip;
+// through a Redis Cluster client there is one pipeline per master, sent
+// concurrently, each on one connection of that master. With WaitReplicas
+// each pipeline ends with a WAIT. Batches that found the script missing
+// (NOSCRIPT) are sent once more after loading it; that is safe because
+// every write is idempotent.
 func (r *Redis) Commit(ctx context.Context, batches []Batch) error {
 	if r.closed.Load() {
 		return ErrClosed
@@ -430,19 +487,22 @@ func (r *Redis) Commit(ctx context.Context, batches []Batch) error {
 	if len(batches) == 0 {
 		return nil
 	}
+	if r.cluster != nil {
+		r.readPartsIfDue(ctx)
+	}
 	cmds := make([]*redis.Cmd, len(batches))
 	all := make([]int, len(batches))
 	for i := range all {
 		all[i] = i
 	}
-	noScript, err := r.commitOnce(ctx, batches, all, cmds)
+	noScript, err := r.commitRound(ctx, batches, all, cmds)
 	if err != nil || len(noScript) == 0 {
 		return err
 	}
 	if err := r.commit.Load(ctx, r.client).Err(); err != nil {
 		return fmt.Errorf("store: commit: load script: %w", err)
 	}
-	retry, err := r.commitOnce(ctx, batches, resend(batches, noScript), cmds)
+	retry, err := r.commitRound(ctx, batches, resend(batches, noScript), cmds)
 	if err == nil && len(retry) > 0 {
 		err = fmt.Errorf("store: commit: shard %d: script still missing after loading it: %w", batches[retry[0]].Shard, redis.ErrNoScript)
 	}
@@ -472,16 +532,63 @@ func resend(batches []Batch, noScript []int) []int {
 	return again
 }
 
-// commitOnce sends batches[which] in one pipeline, sets their Err, and
-// returns the indexes of those that met NOSCRIPT.
-func (r *Redis) commitOnce(ctx context.Context, batches []Batch, which []int, cmds []*redis.Cmd) (noScript []int, err error) {
-	pipe := r.client.Pipeline()
+// commitRound sends batches[which], in one pipeline or, through a
+// cluster client, in one per master, and returns, ascending, the indexes
+// of those that met NOSCRIPT.
+func (r *Redis) commitRound(ctx context.Context, batches []Batch, which []int, cmds []*redis.Cmd) ([]int, error) {
+	if r.cluster == nil {
+		return r.commitOnce(ctx, r.client.Pipeline(), batches, which, cmds)
+	}
+	groups, err := r.byMaster(ctx, batches, which)
+	if err != nil {
+		return nil, err
+	}
+	if len(groups) == 1 {
+		noScript, err := r.commitOnce(ctx, groups[0].client.Pipeline(), batches, groups[0].which, cmds)
+		r.noteClusterErr(err)
+		return noScript, err
+	}
+	type result struct {
+		noScript []int
+		err      error
+	}
+	results := make([]result, len(groups))
+	var wg sync.WaitGroup
+	for g := range groups {
+		wg.Go(func() {
+			ns, err := r.commitOnce(ctx, groups[g].client.Pipeline(), batches, groups[g].which, cmds)
+			results[g] = result{ns, err}
+		})
+	}
+	wg.Wait()
+	var noScript []int
+	for _, res := range results {
+		if res.err != nil {
+			r.noteClusterErr(res.err)
+			return nil, res.err
+		}
+		noScript = append(noScript, res.noScript...)
+	}
+	slices.Sort(noScript)
+	return noScript, nil
+}
+
+// commitOnce sends batches[which] in pipe, ending with a WAIT when
+// WaitReplicas is set, sets their Err, and returns the indexes of those
+// that met NOSCRIPT. It fails with ErrReplicas when fewer replicas
+// acknowledged the pipeline's writes.
+func (r *Redis) commitOnce(ctx context.Context, pipe redis.Pipeliner, batches []Batch, which []int, cmds []*redis.Cmd) (noScript []int, err error) {
 	sha := r.commit.Hash()
 	for _, i := range which {
 		cmd := redis.NewCmd(ctx, r.commitArgs(sha, &batches[i])...)
 		cmd.SetFirstKeyPos(3) // EVALSHA sha numkeys key...: route by the shard's first key
 		cmds[i] = cmd
 		_ = pipe.Process(ctx, cmd)
+	}
+	var wait *redis.IntCmd
+	if r.cfg.WaitReplicas > 0 {
+		wait = redis.NewIntCmd(ctx, "wait", r.cfg.WaitReplicas, r.cfg.WaitTimeout.Milliseconds())
+		_ = pipe.Process(ctx, wait)
 	}
 	// Exec's error is the first failed command's; each is examined below.
 	_, _ = pipe.Exec(ctx)
@@ -501,6 +608,16 @@ func (r *Redis) commitOnce(ctx context.Context, batches []Batch, which []int, cm
 			continue
 		}
 		return nil, fmt.Errorf("store: commit of %d batches: shard %d: %w", len(which), b.Shard, err)
+	}
+	if wait != nil {
+		n, err := wait.Result()
+		if err != nil {
+			return nil, fmt.Errorf("store: commit of %d batches: WAIT: %w", len(which), err)
+		}
+		if n < int64(r.cfg.WaitReplicas) {
+			return nil, fmt.Errorf("%w: commit of %d batches: %d of %d replicas within %v",
+				ErrReplicas, len(which), n, r.cfg.WaitReplicas, r.cfg.WaitTimeout)
+		}
 	}
 	return noScript, nil
 }

@@ -50,12 +50,14 @@ func TestRedis(t *testing.T) {
 	})
 }
 
-// TestRedisCluster runs the suite through a cluster client on a one-node
-// Redis Cluster, where a script may only touch keys of one slot, and
-// checks that all keys of a shard map to the slot of its hash tag.
+// TestRedisCluster runs the suite through a cluster client on a Redis
+// Cluster of three masters, where a script may only touch keys of one
+// slot, and checks that all keys of a shard map to the slot of its hash
+// tag, that shards spread over every master, and that Partition names
+// each shard's master.
 func TestRedisCluster(t *testing.T) {
-	srv := redistest.StartCluster(t)
-	client := srv.ClusterClient(t)
+	rc := redistest.StartRedisCluster(t, 3, 0)
+	client := rc.ClusterClient(t)
 	var n atomic.Int64
 	t.Run("Suite", func(t *testing.T) {
 		testStore(t, func(t *testing.T) Store {
@@ -69,9 +71,13 @@ func TestRedisCluster(t *testing.T) {
 			e := mustAcquire(t, s, shard, "node-a", longTTL)
 			mustCommit(t, s, Batch{Shard: shard, Grant: e, Ops: []Op{put(rec("n", "1"))}})
 		}
-		keys, err := client.Keys(ctx, "tag:*").Result() // every master: one node here
-		if err != nil {
-			t.Fatalf("KEYS: %v", err)
+		var keys []string
+		for _, m := range rc.Masters(t) {
+			k, err := m.Client(t).Keys(ctx, "tag:*").Result()
+			if err != nil {
+				t.Fatalf("KEYS on %s: %v", m.Addr(), err)
+			}
+			keys = append(keys, k...)
 		}
 		if len(keys) != 5*3 {
 			t.Fatalf("keys %q, want 3 per shard for 5 shards", keys)
@@ -88,12 +94,48 @@ func TestRedisCluster(t *testing.T) {
 			if want := mustKeySlot(t, client, tag); slot != want {
 				t.Errorf("key %q in slot %d, want %d, the slot of its tag %q", k, slot, want, tag)
 			}
+			if got := shardSlot(uint32(shard)); int64(got) != slot {
+				t.Errorf("shardSlot(%d) = %d, want %d as Redis hashes %q", shard, got, slot, k)
+			}
 			if other, ok := slots[slot]; ok && other != uint32(shard) {
 				t.Errorf("shards %d and %d share slot %d", other, shard, slot)
 			}
 			slots[slot] = uint32(shard)
 		}
 	})
+	t.Run("SpreadAndPartition", func(t *testing.T) {
+		const shards = 64
+		ctx := t.Context()
+		s := newTestRedis(t, client, "spread", suitePageSize)
+		if !s.Partitioned() {
+			t.Fatal("a store on a cluster client is not Partitioned")
+		}
+		masters := rc.Masters(t)
+		for shard := range uint32(shards) {
+			e := mustAcquire(t, s, shard, "node-a", longTTL)
+			mustCommit(t, s, Batch{Shard: shard, Grant: e, Ops: []Op{put(rec("n", "1"))}})
+		}
+		perMaster := make(map[string]int)
+		for shard := range uint32(shards) {
+			m := rc.MasterOf(t, s.key(shard, "r"))
+			if p := s.Partition(shard); p >= len(masters) || masters[p] != m {
+				t.Errorf("Partition(%d) = %d, but master %s serves it", shard, p, m.Addr())
+			}
+			perMaster[m.Addr()]++
+		}
+		for _, m := range masters {
+			// Three keys per shard: records, epoch and lease.
+			keys, err := m.Client(t).Keys(ctx, "spread:*").Result()
+			if err != nil {
+				t.Fatalf("KEYS on %s: %v", m.Addr(), err)
+			}
+			t.Logf("master %s: %d shards, %d keys", m.Addr(), perMaster[m.Addr()], len(keys))
+			if perMaster[m.Addr()] == 0 || len(keys) != 3*perMaster[m.Addr()] {
+				t.Errorf("master %s holds %d keys for %d shards, want 3 a shard and some shards", m.Addr(), len(keys), perMaster[m.Addr()])
+			}
+		}
+	})
+	t.Run("SlowMaster", func(t *testing.T) { testSlowMaster(t, rc, client) })
 }
 
 func mustKeySlot(t *testing.T, c *redis.ClusterClient, key string) int64 {

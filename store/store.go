@@ -76,6 +76,10 @@ var (
 	// (CommitterConfig.MaxQueueOps) and refused to take more. Nothing was
 	// queued.
 	ErrOverloaded = errors.New("store: group commit queue full")
+	// ErrReplicas means fewer replicas than RedisConfig.WaitReplicas
+	// acknowledged a commit within WaitTimeout. The writes are applied on
+	// the master but may be lost in a failover; the commit is retried.
+	ErrReplicas = errors.New("store: too few replicas acknowledged the commit")
 )
 
 // Store is the durable home of shards' records and leases. All methods may

@@ -30,6 +30,7 @@ import (
 
 	"github.com/timerd/timerd/cluster"
 	"github.com/timerd/timerd/internal/cli"
+	"github.com/timerd/timerd/node"
 	"github.com/timerd/timerd/server"
 	"github.com/timerd/timerd/shard"
 )
@@ -137,7 +138,11 @@ Flags:
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "`host:port` of /metrics, /healthz and /readyz; empty disables HTTP")
 	fs.BoolVar(&cfg.PProf, "pprof", cfg.PProf, "also serve Go's profiles under /debug/pprof/ on --http-addr (expose only to operators)")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`directory` of the embedded store (used when --redis is not set)")
-	fs.StringVar(&cfg.RedisURL, "redis", cfg.RedisURL, "Redis `URL` (redis://host:port/db) to keep the shards in, instead of the embedded store")
+	fs.StringVar(&cfg.RedisURL, "redis", cfg.RedisURL, "Redis `URL` to keep the shards in, instead of the embedded store: "+
+		"redis://[user:pass@]host:port[/db] (one server; rediss:// with TLS), "+
+		"redis://host1:port1,host2:port2,... (a Redis Cluster; redis+cluster://host:port with one seed), "+
+		"redis-sentinel://[user:pass@]host1:port1,host2:port2[/db]?master=name[&sentinel_password=pw] (the master behind Sentinel); "+
+		"go-redis's options may follow, as ?dial_timeout=3s")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", cfg.RedisPrefix, "`prefix` of every Redis key")
 	fs.BoolVar(&cfg.AllowVolatileRedis, "allow-volatile-redis", cfg.AllowVolatileRedis, "start on a Redis without an append-only file (appendonly no), or whose persistence cannot be read; a restart of such a Redis loses acknowledged timers")
 	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "this node's `name` in shard leases (default: the host name); unique and stable per node (each process adds its own incarnation, so a second process of one name waits for the first's leases)")
@@ -206,6 +211,11 @@ Flags:
 	for _, name := range []string{"join", "gossip-addr"} {
 		if _, ok := os.LookupEnv("TIMERD_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))); ok {
 			set[name] = true
+		}
+	}
+	if cfg.RedisURL != "" {
+		if _, err := node.ParseRedisURL(cfg.RedisURL); err != nil {
+			return cfg, level, shutdown, fmt.Errorf("--redis: %w", err)
 		}
 	}
 	if join != "" || set["gossip-addr"] {

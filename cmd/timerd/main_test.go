@@ -85,6 +85,8 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{"bad environment", nil, [2]string{"TIMERD_SHARDS", "many"}, "TIMERD_SHARDS"},
 		{"invalid config", []string{"--shards", "0"}, [2]string{}, "Shards"},
 		{"ack timeout out of bounds", []string{"--ack-timeout", "1h"}, [2]string{}, "AckTimeout"},
+		{"bad Redis seed", []string{"--redis", "redis://127.0.0.1:1,127.0.0.1:x"}, [2]string{}, `--redis: invalid Redis URL: seed 2 of 2: port "x"`},
+		{"Sentinel without master", nil, [2]string{"TIMERD_REDIS", "redis-sentinel://127.0.0.1:26379"}, "--redis: invalid Redis URL: a redis-sentinel:// URL needs master=name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,7 +1,8 @@
 // Package clustertest starts in-process timerd clusters for tests: real
 // nodes (server.Server) with real memberlist gossip and real gRPC on
-// 127.0.0.1 with free ports, sharing one real redis-server. It owns the
-// nodes' lifecycles: every node it started is stopped when the test ends.
+// 127.0.0.1 with free ports, sharing one real redis-server or a real Redis
+// Cluster of three masters (StartOn). It owns the nodes' lifecycles: every
+// node it started is stopped when the test ends.
 //
 // It must not be imported outside tests.
 package clustertest
@@ -9,6 +10,7 @@ package clustertest
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,12 +27,40 @@ import (
 // Option changes the configuration of every node of a cluster.
 type Option func(*server.Config)
 
-// Cluster is a set of in-process nodes on one Redis. Its methods may be
-// called concurrently.
+// Redis is the kind of Redis deployment a cluster's nodes share.
+type Redis int
+
+const (
+	// Standalone is one redis-server.
+	Standalone Redis = iota
+	// RedisCluster is a Redis Cluster of three masters without replicas,
+	// which the nodes reach through a list of seeds, so that each master
+	// holds some of the shards.
+	RedisCluster
+)
+
+// Redises lists every kind of Redis, for a test that runs on each.
+var Redises = []Redis{Standalone, RedisCluster}
+
+func (r Redis) String() string {
+	if r == RedisCluster {
+		return "redis-cluster"
+	}
+	return "standalone"
+}
+
+// Cluster is a set of in-process nodes on one Redis deployment. Its
+// methods may be called concurrently.
 type Cluster struct {
-	tb    testing.TB
+	tb testing.TB
+	// Redis is the redis-server of a Standalone cluster; nil on a Redis
+	// Cluster.
 	Redis *redistest.Server
-	opts  []Option
+	// RedisCluster is the Redis Cluster of a RedisCluster cluster; nil on
+	// a standalone Redis.
+	RedisCluster *redistest.Cluster
+	redisURL     string
+	opts         []Option
 
 	mu sync.Mutex
 	// nodes are by index, in start order; a stopped node stays, and
@@ -43,7 +73,21 @@ type Cluster struct {
 // waits until every node serves the shards the ring gives it.
 func Start(tb testing.TB, n int, opts ...Option) *Cluster {
 	tb.Helper()
-	c := &Cluster{tb: tb, Redis: redistest.Start(tb), opts: opts}
+	return StartOn(tb, Standalone, n, opts...)
+}
+
+// StartOn is Start on the given kind of Redis.
+func StartOn(tb testing.TB, r Redis, n int, opts ...Option) *Cluster {
+	tb.Helper()
+	c := &Cluster{tb: tb, opts: opts}
+	switch r {
+	case RedisCluster:
+		c.RedisCluster = redistest.StartRedisCluster(tb, 3, 0)
+		c.redisURL = "redis://" + strings.Join(c.RedisCluster.Addrs(), ",")
+	default:
+		c.Redis = redistest.Start(tb)
+		c.redisURL = "redis://" + c.Redis.Addr()
+	}
 	for range n {
 		c.Add()
 	}
@@ -55,7 +99,7 @@ func Start(tb testing.TB, n int, opts ...Option) *Cluster {
 func (c *Cluster) Config(i int) server.Config {
 	cfg := server.LocalConfig(c.tb.TempDir())
 	cfg.NodeName = fmt.Sprintf("node-%d", i)
-	cfg.RedisURL = "redis://" + c.Redis.Addr()
+	cfg.RedisURL = c.redisURL
 	cfg.Shards = 32
 	cc := cluster.LocalConfig()
 	cc.Seeds = c.seeds()

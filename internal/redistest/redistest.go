@@ -12,6 +12,11 @@
 // acknowledged writes; a test that kills the server and expects every
 // acknowledged write back starts it with AppendFsync("always").
 //
+// StartRedisCluster starts a real multi-node Redis Cluster (masters and
+// replicas, slots split evenly, a short cluster-node-timeout so that
+// failovers finish within seconds) and returns a Cluster, which knows
+// which node is a master now and waits for failovers.
+//
 // Invariants: a Server's process never outlives its test (tb.Cleanup stops
 // it, and on Linux the kernel kills it if the test binary dies first); a
 // Server answers PING without a LOADING error whenever Start, StartCluster
@@ -53,6 +58,9 @@ const (
 	// stopTimeout is how long a SIGTERM'd server may take to exit before it
 	// is killed.
 	stopTimeout = 10 * time.Second
+	// termInterval is the pause between SIGTERMs to a server that has
+	// not exited yet.
+	termInterval = 200 * time.Millisecond
 	// portAttempts bounds the retries when a picked port is taken before
 	// redis-server binds it.
 	portAttempts = 5
@@ -73,6 +81,7 @@ type Server struct {
 	port    int
 	busPort int // cluster bus port; 0 when not a cluster node
 	cluster bool
+	id      string   // cluster node ID; set by StartRedisCluster, kept in nodes.conf across restarts
 	fsync   string   // appendfsync policy; "" means everysec
 	extra   []string // further arguments, after the defaults
 
@@ -125,7 +134,7 @@ func Args(args ...string) Option {
 // test, or fails it when the environment variable CI is set.
 func Start(tb testing.TB, opts ...Option) *Server {
 	tb.Helper()
-	return start(tb, false, opts)
+	return start(tb, standalone, opts)
 }
 
 // StartCluster starts a redis-server in cluster mode as a one-node cluster
@@ -134,10 +143,19 @@ func Start(tb testing.TB, opts ...Option) *Server {
 // like Start.
 func StartCluster(tb testing.TB, opts ...Option) *Server {
 	tb.Helper()
-	return start(tb, true, opts)
+	return start(tb, formOne, opts)
 }
 
-func start(tb testing.TB, cluster bool, opts []Option) *Server {
+// mode says what start makes of a server.
+type mode int
+
+const (
+	standalone mode = iota // a plain redis-server
+	formOne                // a cluster node that owns every slot itself
+	bareNode               // a cluster node that owns no slot and knows no other node yet
+)
+
+func start(tb testing.TB, m mode, opts []Option) *Server {
 	tb.Helper()
 	bin := Binary(tb)
 	dir := tb.TempDir()
@@ -145,7 +163,7 @@ func start(tb testing.TB, cluster bool, opts []Option) *Server {
 		bin:     bin,
 		dir:     dir,
 		logPath: filepath.Join(dir, "redis.log"),
-		cluster: cluster,
+		cluster: m != standalone,
 	}
 	for _, o := range opts {
 		o(s)
@@ -160,13 +178,13 @@ func start(tb testing.TB, cluster bool, opts []Option) *Server {
 		if s.port, err = freePort(); err != nil {
 			tb.Fatalf("redistest: pick a port: %v", err)
 		}
-		if cluster {
+		if s.cluster {
 			if s.busPort, err = freePort(); err != nil {
 				tb.Fatalf("redistest: pick a cluster bus port: %v", err)
 			}
 		}
 		err := s.launch()
-		if err == nil && cluster {
+		if err == nil && m == formOne {
 			err = s.formCluster()
 		}
 		if err == nil {
@@ -274,15 +292,26 @@ func (s *Server) cleanup(tb testing.TB) {
 }
 
 // stop sends SIGTERM and waits, then SIGKILL if the server lingers.
+// SIGTERM is sent again every termInterval: Redis refuses to shut down
+// while it writes its first AOF (a replica just after its initial sync
+// does) and goes on running, so one signal may not stop it.
 // s.mu is held.
 func (s *Server) stop() error {
 	p := s.proc
 	s.proc = nil
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return nil
-	case <-time.After(stopTimeout):
+	deadline := time.After(stopTimeout)
+	tick := time.NewTicker(termInterval)
+	defer tick.Stop()
+	for {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+			return nil
+		case <-tick.C:
+			continue
+		case <-deadline:
+		}
+		break
 	}
 	_ = p.cmd.Process.Kill()
 	<-p.done
