@@ -263,6 +263,7 @@ func (r *relays) session(ctx context.Context, k relayKey, l *relayLoop) (reopene
 	rs := newRelayStream(k, s.cfg.MaxBatch)
 	r.opened(rs)
 	s.metrics.relaysOpen.Inc()
+	s.metrics.relaysOpened.Inc()
 	defer s.metrics.relaysOpen.Dec()
 
 	var wg sync.WaitGroup
