@@ -333,6 +333,22 @@ func (s *subscriber) blocked(now time.Time) time.Duration {
 // subscriber was out of credit before, so the caller tells the shards it
 // can take deliveries again.
 func (s *subscriber) acks(ids, mine []string) (_ []string, notHeld, notSent int, refilled bool) {
+	notHeld, notSent, refilled = s.settle(ids, func(id string, h held) {
+		if h.via != nil {
+			h.via.ack(id)
+		} else {
+			mine = append(mine, id)
+		}
+	})
+	return mine, notHeld, notSent, refilled
+}
+
+// settle takes the ids the stream may settle (it holds them and was sent
+// an attempt of them) off the subscriber, freeing their credit, after
+// passing each to each, which runs with mu held. It counts the others as
+// acks describes, and reports whether the subscriber was out of credit
+// before.
+func (s *subscriber) settle(ids []string, each func(id string, h held)) (notHeld, notSent int, refilled bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	full := len(s.out) >= s.limit
@@ -345,11 +361,7 @@ func (s *subscriber) acks(ids, mine []string) (_ []string, notHeld, notSent int,
 		case !h.seen:
 			notSent++
 		default:
-			if h.via != nil {
-				h.via.ack(id)
-			} else {
-				mine = append(mine, id)
-			}
+			each(id, h)
 			wasQueued = wasQueued || h.state == queued
 			delete(s.out, id)
 		}
@@ -357,7 +369,7 @@ func (s *subscriber) acks(ids, mine []string) (_ []string, notHeld, notSent int,
 	if wasQueued {
 		s.compactLocked()
 	}
-	return mine, notHeld, notSent, full && len(s.out) < s.limit
+	return notHeld, notSent, full && len(s.out) < s.limit
 }
 
 // compactLocked removes from queue the deliveries no longer held: an
@@ -465,33 +477,16 @@ func (s *subscriber) drop(via *relayStream) (refilled bool) {
 // released id counts as lapsed here, so its redelivery goes to another
 // stream first.
 func (s *subscriber) release(ids []string, unsent bool) (_ []shard.Attempt, notHeld, notSent int, refilled bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	full := len(s.out) >= s.limit
 	var out []shard.Attempt
-	wasQueued := false
-	for _, id := range ids {
-		h, ok := s.out[id]
-		switch {
-		case !ok:
-			notHeld++
-		case !h.seen:
-			notSent++
-		default:
-			if h.via != nil {
-				// Only a peer's stream may give back unsent, and it
-				// holds nothing relayed.
-				h.via.release(id, false)
-			} else if d, err := shard.ParseDeliveryID(id); err == nil {
-				out = append(out, shard.Attempt{ID: d, Number: h.attempt, Unsent: unsent})
-			}
-			wasQueued = wasQueued || h.state == queued
-			delete(s.out, id)
-			s.lapsed[id] = struct{}{}
+	notHeld, notSent, refilled = s.settle(ids, func(id string, h held) {
+		s.lapsed[id] = struct{}{}
+		if h.via != nil {
+			// Only a peer's stream may give back unsent, and it holds
+			// nothing relayed.
+			h.via.release(id, false)
+		} else if d, err := shard.ParseDeliveryID(id); err == nil {
+			out = append(out, shard.Attempt{ID: d, Number: h.attempt, Unsent: unsent})
 		}
-	}
-	if wasQueued {
-		s.compactLocked()
-	}
-	return out, notHeld, notSent, full && len(s.out) < s.limit
+	})
+	return out, notHeld, notSent, refilled
 }

@@ -238,3 +238,82 @@ func TestAckDuringSend(t *testing.T) {
 		t.Fatalf("close gave back %v after the ack", back)
 	}
 }
+
+// TestSubscriberRelayed: a delivery that came on a relay is held with it:
+// its ack, and its return when the stream ends or its ack timeout passes,
+// go to that relay, not to a shard here; when the relay ends, the
+// subscriber forgets what came on it and gets the credit back; and the
+// hub hands relayed deliveries to one-address subscribers only.
+func TestSubscriberRelayed(t *testing.T) {
+	now := time.Now()
+	key := topicKey{"default", "t"}
+	rs := newRelayStream(relayKey{key, "peer"}, 100)
+	tests := []struct {
+		name string
+		// settle ends the relayed delivery "r" held by s, which has been
+		// sent.
+		settle func(s *subscriber)
+		// acks, given and unsent are what rs is to send back.
+		acks, given, unsent int
+	}{
+		{"ack", func(s *subscriber) {
+			if mine, _, _, _ := s.acks([]string{delivery("r", 1, now).ID}, nil); len(mine) != 0 {
+				t.Errorf("a relayed ack was applied here: %v", mine)
+			}
+		}, 1, 0, 0},
+		{"stream ends", func(s *subscriber) {
+			if back := s.close(); len(back) != 0 {
+				t.Errorf("a relayed delivery went back to a shard here: %v", back)
+			}
+		}, 0, 1, 0},
+		{"ack timeout", func(s *subscriber) { s.expire(now.Add(time.Minute)) }, 0, 1, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rs.acks, rs.given, rs.unsent = nil, nil, nil
+			s := newSubscriber(key, 1, time.Second)
+			if !s.offer(delivery("r", 1, now), false, rs) {
+				t.Fatal("refused within the credit")
+			}
+			sendAll(s, now)
+			tc.settle(s)
+			if len(rs.acks) != tc.acks || len(rs.given) != tc.given || len(rs.unsent) != tc.unsent {
+				t.Errorf("relay to send acks %v, given back %v, unsent %v; want %d, %d, %d",
+					rs.acks, rs.given, rs.unsent, tc.acks, tc.given, tc.unsent)
+			}
+		})
+	}
+
+	t.Run("relay ends", func(t *testing.T) {
+		s := newSubscriber(key, 2, time.Second)
+		if !s.offer(delivery("r", 1, now), false, rs) || !s.offer(delivery("l", 1, now), false, nil) {
+			t.Fatal("refused within the credit")
+		}
+		if !s.drop(rs) {
+			t.Error("a full subscriber got no credit back when its relay ended")
+		}
+		got := sendAll(s, now)
+		if len(got) != 1 || got[0].ID != delivery("l", 1, now).ID {
+			t.Errorf("sent %v after the relay ended, want the local delivery only", got)
+		}
+		if _, notHeld, _, _ := s.acks([]string{delivery("r", 1, now).ID}, nil); notHeld != 1 {
+			t.Error("the ack of a delivery of an ended relay was not ignored")
+		}
+	})
+
+	t.Run("one-address only", func(t *testing.T) {
+		h := newHub()
+		direct := newSubscriber(key, 10, time.Second)
+		h.add(direct)
+		d := delivery("r", 1, now)
+		if h.hand(d, rs) != nil {
+			t.Fatal("a relayed delivery went to a direct stream")
+		}
+		one := newSubscriber(key, 10, time.Second)
+		one.oneAddr = true
+		h.add(one)
+		if got := h.hand(d, rs); got != one {
+			t.Fatalf("a relayed delivery went to %p, want the one-address subscriber %p", got, one)
+		}
+	})
+}
