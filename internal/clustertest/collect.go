@@ -36,10 +36,10 @@ type Collector struct {
 	// local sets Subscription.local on every stream: each takes its
 	// node's shards only, as the Go client's streams do. Unset, each is
 	// a one-address subscriber, which its node relays every shard to.
-	local bool
-	ctx       context.Context
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
+	local  bool
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 
 	mu sync.Mutex
 	// got and streams are guarded by mu: deliveries by timer id, and the
