@@ -52,6 +52,9 @@ import (
 //     wait group, with two helpers it waits for; all end when their
 //     topic has no one-address subscriber left, the peer leaves the
 //     membership, or the Server closes.
+
+// relayHold is how long a relayed delivery waits here for a subscriber
+// with room before it goes back to its owner.
 const relayHold = time.Second
 
 // relayBackoff bounds the wait before a relay that broke is opened
