@@ -1,13 +1,9 @@
 package client_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,37 +21,6 @@ import (
 
 // clusterShards is the shard count of clustertest's clusters.
 const clusterShards = 32
-
-// metricSum scrapes /metrics of every running node of c and returns the
-// sum of the samples of the metric name over its labels and the nodes.
-func metricSum(t *testing.T, c *clustertest.Cluster, name string) float64 {
-	t.Helper()
-	var sum float64
-	for _, n := range c.Live() {
-		resp, err := http.Get("http://" + n.HTTPAddr() + "/metrics")
-		if err != nil {
-			t.Fatalf("scrape %s: %v", n.HTTPAddr(), err)
-		}
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-				continue
-			}
-			v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-			if err != nil {
-				t.Fatalf("%s: %q: %v", n.HTTPAddr(), line, err)
-			}
-			sum += v
-		}
-		resp.Body.Close()
-		if err := sc.Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return sum
-}
 
 const forwardedMetric = "timerd_forwarded_items_total"
 
@@ -153,7 +118,7 @@ func TestClusterRoutesToOwners(t *testing.T) {
 			t.Fatalf("replay item %d = %+v; want %s: %v", i, r, replay[i], want)
 		}
 	}
-	if fw := metricSum(t, cl, forwardedMetric); fw != 0 {
+	if fw := cl.MetricSum(forwardedMetric); fw != 0 {
 		t.Fatalf("the nodes forwarded %v items of the client's calls; want 0", fw)
 	}
 	t.Logf("%d timers on %d shards of 3 nodes scheduled in %v through a client given one seed; 100 Gets, %d moves, %d cancels, a replay; 0 forwarded",
@@ -183,7 +148,7 @@ func TestClusterRoutesToOwners(t *testing.T) {
 			}
 		}
 	}
-	fw := metricSum(t, cl, forwardedMetric)
+	fw := cl.MetricSum(forwardedMetric)
 	if fw == 0 {
 		t.Fatal("plain gRPC to one node: nothing forwarded; the check above proves nothing")
 	}
@@ -294,7 +259,7 @@ func testClusterSubscribeFollowsMembers(t *testing.T, r clustertest.Redis) {
 	// An ack timeout well above any ack latency on a loaded machine: a
 	// duplicate then means a lost ack, not a slow one.
 	subscribe(t, c, "", "follow", rec.handle, client.WithWorkers(8), client.WithMaxInFlight(500), client.WithAckTimeout(5*time.Second))
-	acksIgnored := func() float64 { return metricSum(t, cl, "timerd_acks_ignored_total") }
+	acksIgnored := func() float64 { return cl.MetricSum("timerd_acks_ignored_total") }
 
 	// Three nodes: every timer of every shard.
 	began := time.Now()
@@ -416,9 +381,9 @@ func TestClusterRoutingRecovers(t *testing.T) {
 
 	cl.WaitStable()
 	time.Sleep(2 * client.DefaultRefreshInterval) // a poll sees the settled map
-	fw := metricSum(t, cl, forwardedMetric)
+	fw := cl.MetricSum(forwardedMetric)
 	scheduleAll(t, ctx, c, spread("settled", "x", 2000, farDue, time.Hour))
-	if d := metricSum(t, cl, forwardedMetric) - fw; d != 0 {
+	if d := cl.MetricSum(forwardedMetric) - fw; d != 0 {
 		t.Errorf("%v items forwarded once the cluster was stable again; want 0", d)
 	}
 }

@@ -140,8 +140,10 @@ const finalAckWait = 5 * time.Second
 // the same namespace and topic, in this process or others, share the
 // deliveries.
 //
-// A node delivers the due timers of the shards it owns, so Subscribe
-// opens one stream to every member of the cluster that may own shards
+// A node delivers the due timers of the shards it owns (and relays its
+// peers' to a stream that does not ask for its own only), so Subscribe
+// opens one stream to every member of the cluster that may own shards,
+// each asking for its node's shards only (Subscription.local),
 // (joining, active or leaving) and follows the membership: a node that
 // joins gets a stream, and the stream of a node that left ends. Each
 // delivery is acknowledged on the stream that carried it. Each stream has
@@ -404,7 +406,9 @@ func (s *subscriber) session(ctx context.Context) (delivered bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	sub := &timerdv1.Subscription{Namespace: s.ns, Topic: s.topic, MaxInFlight: uint32(s.cfg.maxInFlight)}
+	// Local: this client opens a stream to every member itself, so each
+	// takes only its node's shards, without a relay hop.
+	sub := &timerdv1.Subscription{Namespace: s.ns, Topic: s.topic, MaxInFlight: uint32(s.cfg.maxInFlight), Local: true}
 	if s.cfg.ackTimeout > 0 {
 		sub.AckTimeout = durationpb.New(s.cfg.ackTimeout)
 	}

@@ -22,7 +22,7 @@ import (
 // would: items that come back UNAVAILABLE (their shard is moving) are
 // sent again until they succeed. due records every acknowledged timer.
 type scheduler struct {
-	t     *testing.T
+	t     testing.TB
 	tc    pb.TimerServiceClient
 	topic string
 
@@ -30,12 +30,12 @@ type scheduler struct {
 	due map[string]time.Time // guarded by mu
 }
 
-func newScheduler(t *testing.T, addr, topic string) *scheduler {
+func newScheduler(t testing.TB, addr, topic string) *scheduler {
 	return &scheduler{t: t, tc: pb.NewTimerServiceClient(dialNode(t, addr)), topic: topic, due: make(map[string]time.Time)}
 }
 
 // dialNode connects to the node at addr for the rest of the test.
-func dialNode(t *testing.T, addr string) *grpc.ClientConn {
+func dialNode(t testing.TB, addr string) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

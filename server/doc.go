@@ -19,6 +19,15 @@
 // redelivery goes first to a subscriber other than the one that let the
 // earlier attempt time out.
 //
+// In a cluster a client's stream that does not set Subscription.local is
+// a one-address subscriber: the node relays to it the deliveries of the
+// shards its peers own, over relays (relay.go), ordinary Subscribe
+// streams to each peer marked forwarded, and sends its acks back on
+// them to the owners. A relayed delivery is held by the subscriber with
+// its relay, and takes its credit like any other; the invariants below
+// hold for it, with "its shard" read as "its relay, and through it its
+// owner's shard".
+//
 // # Invariants
 //
 //   - A subscriber's queued and unacknowledged deliveries together never
@@ -38,5 +47,6 @@
 //     for its ack timeout), the sender, the only one to call Send, and a
 //     receiver, the only one to call Recv. All end when the stream ends.
 //   - Goroutines the Server starts (serving loops, one supervisor per
-//     shard, stream senders and receivers) end before Close returns.
+//     shard, stream senders and receivers, relays) end before Close
+//     returns.
 package server

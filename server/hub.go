@@ -45,25 +45,67 @@ func newHub() *hub {
 // can take it does it replace the stale attempt on the stream holding
 // it, in that attempt's credit.
 func (h *hub) Dispatch(d shard.Delivery) (time.Duration, bool) {
+	if sub := h.hand(&d, nil); sub != nil {
+		return sub.ackTimeout, true
+	}
+	return 0, false
+}
+
+// hand queues d for one subscriber of its topic, as Dispatch describes,
+// and returns it, or nil when none can take it. A delivery that came on
+// the relay via (non-nil) goes only to one-address subscribers: a stream
+// of a peer or a direct one receives only this node's shards, so no
+// delivery is relayed twice.
+func (h *hub) hand(d *shard.Delivery, via *relayStream) *subscriber {
 	t := (*h.topics.Load())[topicKey{d.Namespace, d.Topic}]
 	if t == nil {
-		return 0, false
+		return nil
 	}
 	n := uint32(len(t.subs))
 	start := t.next.Add(1)
-	for i := range n {
-		if sub := t.subs[(start+i)%n]; sub.offer(&d, false) {
-			return sub.ackTimeout, true
+	for pass := range 2 {
+		again := pass == 1
+		if again && d.Attempt <= 1 {
+			break
 		}
-	}
-	if d.Attempt > 1 {
 		for i := range n {
-			if sub := t.subs[(start+i)%n]; sub.offer(&d, true) {
-				return sub.ackTimeout, true
+			sub := t.subs[(start+i)%n]
+			if via != nil && !sub.oneAddr {
+				continue
+			}
+			if sub.offer(d, again, via) {
+				return sub
 			}
 		}
 	}
-	return 0, false
+	return nil
+}
+
+// subscribers returns the subscribers of key.
+func (h *hub) subscribers(key topicKey) []*subscriber {
+	if t := (*h.topics.Load())[key]; t != nil {
+		return t.subs
+	}
+	return nil
+}
+
+// relayed returns what the one-address subscribers of each topic ask of
+// its relays: their credit summed, and their longest ack timeout. Topics
+// without one are absent.
+func (h *hub) relayed() map[topicKey]relayAsk {
+	out := make(map[topicKey]relayAsk)
+	for key, t := range *h.topics.Load() {
+		for _, sub := range t.subs {
+			if !sub.oneAddr {
+				continue
+			}
+			a := out[key]
+			a.credit += sub.limit
+			a.ackTimeout = max(a.ackTimeout, sub.ackTimeout)
+			out[key] = a
+		}
+	}
+	return out
 }
 
 // add makes sub a subscriber of its topic.
@@ -102,6 +144,11 @@ type subscriber struct {
 	limit      int           // max_in_flight: the stream's credit
 	ackTimeout time.Duration // passed to the shards with each delivery
 	wake       chan struct{} // cap 1: queue is no longer empty
+	// oneAddr is set on a cluster member for a client's stream that did
+	// not ask for this node's shards only (Subscription.local): it also
+	// takes the deliveries relayed from the peers. A peer's stream (a
+	// relay) and a direct one take only this node's.
+	oneAddr bool
 
 	mu sync.Mutex
 	// out holds every delivery accepted and not yet acknowledged or
@@ -135,6 +182,9 @@ type held struct {
 	// the stream: from then on the stream may acknowledge it, also while
 	// a later attempt waits in the queue.
 	seen bool
+	// via is the relay the delivery came on, nil for one of this node's
+	// shards: its ack, and its return when it is not acked, go there.
+	via *relayStream
 }
 
 // sendState is where a held delivery is on its way to the client.
@@ -165,7 +215,9 @@ func newSubscriber(key topicKey, limit int, ackTimeout time.Duration) *subscribe
 // it let time out: one it still holds, whose place and credit d takes
 // (replacing it in the queue if it was not taken yet), or one that
 // lapsed here, if it has credit.
-func (s *subscriber) offer(d *shard.Delivery, again bool) bool {
+//
+// via is the relay d came on, nil for a delivery of this node's shards.
+func (s *subscriber) offer(d *shard.Delivery, again bool, via *relayStream) bool {
 	s.mu.Lock()
 	h, holds := s.out[d.ID]
 	lapsed := false
@@ -202,7 +254,7 @@ func (s *subscriber) offer(d *shard.Delivery, again bool) bool {
 		h.qi = len(s.queue)
 		s.queue = append(s.queue, *d)
 	}
-	h.at, h.attempt, h.state = d.Fired, d.Attempt, queued
+	h.at, h.attempt, h.state, h.via = d.Fired, d.Attempt, queued, via
 	s.out[d.ID] = h
 	s.mu.Unlock()
 	select {
@@ -232,19 +284,22 @@ func (s *subscriber) take(buf []shard.Delivery) []shard.Delivery {
 // follows counts as in progress from now until done, and the stream may
 // ack d from now on: the client can have it, and its ack can come in
 // before Send returns.
-func (s *subscriber) begin(d *shard.Delivery, now time.Time) bool {
+//
+// relayed reports whether d came on a relay: the peer that owns its shard
+// counted it when it sent it.
+func (s *subscriber) begin(d *shard.Delivery, now time.Time) (ok, relayed bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	h, ok := s.out[d.ID]
 	if !ok || h.attempt != d.Attempt || h.state != taken {
-		return false
+		return false, false
 	}
 	if !h.seen {
 		h.seen = true
 		s.out[d.ID] = h
 	}
 	s.sendStart = now
-	return true
+	return true, h.via != nil
 }
 
 // done ends the Send that begin started; ok says whether it succeeded.
@@ -270,13 +325,30 @@ func (s *subscriber) blocked(now time.Time) time.Duration {
 }
 
 // acks sorts the ids of an Ack message: those the stream may acknowledge
-// (it holds them and was sent an attempt of them) are appended to mine,
-// their credit freed, and returned; the others are counted in notHeld
-// (held by another stream, by none, or repeated) and notSent (held but
-// not sent yet). refilled reports whether the subscriber was out of
-// credit before, so the caller tells the shards it can take deliveries
-// again.
+// (it holds them and was sent an attempt of them) have their credit
+// freed, and are appended to mine when they are of this node's shards or
+// passed to their relay, which sends them to their owner; the others are
+// counted in notHeld (held by another stream, by none, or repeated) and
+// notSent (held but not sent yet). refilled reports whether the
+// subscriber was out of credit before, so the caller tells the shards it
+// can take deliveries again.
 func (s *subscriber) acks(ids, mine []string) (_ []string, notHeld, notSent int, refilled bool) {
+	notHeld, notSent, refilled = s.settle(ids, func(id string, h held) {
+		if h.via != nil {
+			h.via.ack(id)
+		} else {
+			mine = append(mine, id)
+		}
+	})
+	return mine, notHeld, notSent, refilled
+}
+
+// settle takes the ids the stream may settle (it holds them and was sent
+// an attempt of them) off the subscriber, freeing their credit, after
+// passing each to each, which runs with mu held. It counts the others as
+// acks describes, and reports whether the subscriber was out of credit
+// before.
+func (s *subscriber) settle(ids []string, each func(id string, h held)) (notHeld, notSent int, refilled bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	full := len(s.out) >= s.limit
@@ -289,7 +361,7 @@ func (s *subscriber) acks(ids, mine []string) (_ []string, notHeld, notSent int,
 		case !h.seen:
 			notSent++
 		default:
-			mine = append(mine, id)
+			each(id, h)
 			wasQueued = wasQueued || h.state == queued
 			delete(s.out, id)
 		}
@@ -297,7 +369,7 @@ func (s *subscriber) acks(ids, mine []string) (_ []string, notHeld, notSent int,
 	if wasQueued {
 		s.compactLocked()
 	}
-	return mine, notHeld, notSent, full && len(s.out) < s.limit
+	return notHeld, notSent, full && len(s.out) < s.limit
 }
 
 // compactLocked removes from queue the deliveries no longer held: an
@@ -324,7 +396,9 @@ func (s *subscriber) compactLocked() {
 
 // expire frees the credit of deliveries accepted at least ackTimeout
 // before now: their shards have taken them back for redelivery, so
-// holding their credit would starve the stream. Like acks, it reports
+// holding their credit would starve the stream. A relayed one is given
+// back to its relay, which returns it to its owner: the relay's own ack
+// timeout is the longest of its subscribers'. Like acks, it reports
 // whether the subscriber was out of credit before.
 func (s *subscriber) expire(now time.Time) (refilled bool) {
 	s.mu.Lock()
@@ -338,6 +412,9 @@ func (s *subscriber) expire(now time.Time) (refilled bool) {
 			wasQueued = wasQueued || h.state == queued
 			delete(s.out, id)
 			s.lapsed[id] = struct{}{}
+			if h.via != nil {
+				h.via.release(id, !h.seen)
+			}
 		}
 	}
 	if wasQueued {
@@ -350,17 +427,66 @@ func (s *subscriber) expire(now time.Time) (refilled bool) {
 // unacknowledged, which the caller hands back to their shards. An attempt
 // that was not sent (queued, or taken by a Send that had not returned)
 // is marked Unsent: no one saw it, so it must not count. Ids no shard
-// made cannot be held: they came from a shard's Dispatch.
+// made cannot be held: they came from a shard's Dispatch. Relayed
+// attempts go back to their relays instead, which return them to their
+// owners.
 func (s *subscriber) close() []shard.Attempt {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
 	out := make([]shard.Attempt, 0, len(s.out))
 	for id, h := range s.out {
+		if h.via != nil {
+			h.via.release(id, h.state != sent)
+			continue
+		}
 		if d, err := shard.ParseDeliveryID(id); err == nil {
 			out = append(out, shard.Attempt{ID: d, Number: h.attempt, Unsent: h.state != sent})
 		}
 	}
 	s.out, s.queue, s.lapsed, s.lapsedOld = nil, nil, nil, nil
 	return out
+}
+
+// drop forgets the deliveries that came on the relay via, which has
+// ended: its owner has them back and redelivers them, and an ack of them
+// here would go nowhere. Like acks, it reports whether the subscriber was
+// out of credit before.
+func (s *subscriber) drop(via *relayStream) (refilled bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	full := len(s.out) >= s.limit
+	n := len(s.out)
+	for id, h := range s.out {
+		if h.via == via {
+			delete(s.out, id)
+		}
+	}
+	if len(s.out) < n {
+		s.compactLocked()
+	}
+	return full && len(s.out) < s.limit
+}
+
+// release sorts the ids of a Release message as acks does, and returns
+// the attempts the stream gives back, which the caller returns to their
+// shards: those it may acknowledge, marked Unsent when unsent is set. A
+// released id counts as lapsed here, so its redelivery goes to another
+// stream first.
+func (s *subscriber) release(ids []string, unsent bool) (_ []shard.Attempt, notHeld, notSent int, refilled bool) {
+	var out []shard.Attempt
+	notHeld, notSent, refilled = s.settle(ids, func(id string, h held) {
+		s.lapsed[id] = struct{}{}
+		if h.via != nil {
+			// Only a peer's stream may give back unsent, and it holds
+			// nothing relayed.
+			h.via.release(id, false)
+		} else if d, err := shard.ParseDeliveryID(id); err == nil {
+			out = append(out, shard.Attempt{ID: d, Number: h.attempt, Unsent: unsent})
+		}
+	})
+	return out, notHeld, notSent, refilled
 }

@@ -17,7 +17,7 @@ func delivery(id string, attempt uint32, fired time.Time) *shard.Delivery {
 func sendAll(s *subscriber, now time.Time) []shard.Delivery {
 	got := s.take(nil)
 	for i := range got {
-		if s.begin(&got[i], now) {
+		if ok, _ := s.begin(&got[i], now); ok {
 			s.done(&got[i], true)
 		}
 	}
@@ -31,10 +31,10 @@ func TestSubscriberCredit(t *testing.T) {
 	now := time.Now()
 	s := newSubscriber(topicKey{"default", "t"}, 2, time.Second)
 	a1, b1, c1 := delivery("a", 1, now), delivery("b", 1, now), delivery("c", 1, now)
-	if !s.offer(a1, false) || !s.offer(b1, false) {
+	if !s.offer(a1, false, nil) || !s.offer(b1, false, nil) {
 		t.Fatal("refused within the credit")
 	}
-	if s.offer(c1, false) {
+	if s.offer(c1, false, nil) {
 		t.Fatal("accepted beyond the credit")
 	}
 	if got := sendAll(s, now); len(got) != 2 {
@@ -43,13 +43,13 @@ func TestSubscriberCredit(t *testing.T) {
 	// Attempt 2 of a is offered to the stream holding attempt 1 only as a
 	// last resort, and then takes no more credit.
 	a2 := delivery("a", 2, now.Add(time.Second))
-	if s.offer(a2, false) {
+	if s.offer(a2, false, nil) {
 		t.Fatal("a redelivery went to its holder on the first pass")
 	}
-	if !s.offer(a2, true) {
+	if !s.offer(a2, true, nil) {
 		t.Fatal("a redelivery of a held id was refused on the last pass")
 	}
-	if s.offer(delivery("a", 2, now), true) {
+	if s.offer(delivery("a", 2, now), true, nil) {
 		t.Fatal("the same attempt was accepted twice")
 	}
 	// A late ack of attempt 1 covers attempt 2: the queued copy is not sent.
@@ -62,7 +62,7 @@ func TestSubscriberCredit(t *testing.T) {
 	}
 	// b expires: its credit comes back, and c (queued after) is dropped
 	// when it expires before it is sent.
-	if !s.offer(c1, false) {
+	if !s.offer(c1, false, nil) {
 		t.Fatal("refused with credit back")
 	}
 	s.expire(now.Add(time.Second))
@@ -72,7 +72,7 @@ func TestSubscriberCredit(t *testing.T) {
 	if back := s.close(); len(back) != 0 {
 		t.Fatalf("close gave back %v; everything was acked or expired", back)
 	}
-	if s.offer(delivery("d", 1, now), false) {
+	if s.offer(delivery("d", 1, now), false, nil) {
 		t.Fatal("a closed subscriber accepted a delivery")
 	}
 }
@@ -83,9 +83,9 @@ func TestSubscriberAcksScope(t *testing.T) {
 	now := time.Now()
 	s := newSubscriber(topicKey{"default", "t"}, 10, time.Minute)
 	a, b := delivery("a", 1, now), delivery("b", 1, now)
-	s.offer(a, false)
+	s.offer(a, false, nil)
 	sendAll(s, now)
-	s.offer(b, false) // queued, not sent
+	s.offer(b, false, nil) // queued, not sent
 	foreign := delivery("z", 1, now)
 	mine, notHeld, notSent, _ := s.acks([]string{foreign.ID, b.ID, a.ID, a.ID, "garbage"}, nil)
 	if len(mine) != 1 || mine[0] != a.ID || notHeld != 3 || notSent != 1 {
@@ -101,11 +101,11 @@ func TestSubscriberAcksScope(t *testing.T) {
 func TestSubscriberCloseGivesBackAttempts(t *testing.T) {
 	now := time.Now()
 	s := newSubscriber(topicKey{"default", "t"}, 10, time.Minute)
-	s.offer(delivery("a", 1, now), false)
+	s.offer(delivery("a", 1, now), false, nil)
 	sendAll(s, now)
-	s.offer(delivery("b", 3, now), false) // queued
-	s.offer(delivery("a", 2, now), true)  // a redelivery, queued
-	s.offer(delivery("c", 1, now), false) // taken, its Send in progress
+	s.offer(delivery("b", 3, now), false, nil) // queued
+	s.offer(delivery("a", 2, now), true, nil)  // a redelivery, queued
+	s.offer(delivery("c", 1, now), false, nil) // taken, its Send in progress
 	taken := s.take(nil)
 	s.begin(&taken[len(taken)-1], now)
 	type back struct {
@@ -121,7 +121,7 @@ func TestSubscriberCloseGivesBackAttempts(t *testing.T) {
 		t.Fatalf("close gave back %v, want %v", got, want)
 	}
 	s = newSubscriber(topicKey{"default", "t"}, 10, time.Minute)
-	s.offer(delivery("a", 1, now), false)
+	s.offer(delivery("a", 1, now), false, nil)
 	sendAll(s, now)
 	if back := s.close(); len(back) != 1 || back[0].Unsent || back[0].Number != 1 {
 		t.Fatalf("close of a sent delivery gave back %+v, want attempt 1 sent", back)
@@ -227,7 +227,7 @@ func TestAckDuringSend(t *testing.T) {
 	now := time.Now()
 	s := newSubscriber(topicKey{"default", "t"}, 10, time.Minute)
 	a := delivery("a", 1, now)
-	s.offer(a, false)
+	s.offer(a, false, nil)
 	taken := s.take(nil)
 	s.begin(&taken[0], now)
 	if mine, notHeld, notSent, _ := s.acks([]string{a.ID}, nil); len(mine) != 1 || notHeld != 0 || notSent != 0 {
@@ -237,4 +237,83 @@ func TestAckDuringSend(t *testing.T) {
 	if back := s.close(); len(back) != 0 {
 		t.Fatalf("close gave back %v after the ack", back)
 	}
+}
+
+// TestSubscriberRelayed: a delivery that came on a relay is held with it:
+// its ack, and its return when the stream ends or its ack timeout passes,
+// go to that relay, not to a shard here; when the relay ends, the
+// subscriber forgets what came on it and gets the credit back; and the
+// hub hands relayed deliveries to one-address subscribers only.
+func TestSubscriberRelayed(t *testing.T) {
+	now := time.Now()
+	key := topicKey{"default", "t"}
+	rs := newRelayStream(relayKey{key, "peer"}, 100)
+	tests := []struct {
+		name string
+		// settle ends the relayed delivery "r" held by s, which has been
+		// sent.
+		settle func(s *subscriber)
+		// acks, given and unsent are what rs is to send back.
+		acks, given, unsent int
+	}{
+		{"ack", func(s *subscriber) {
+			if mine, _, _, _ := s.acks([]string{delivery("r", 1, now).ID}, nil); len(mine) != 0 {
+				t.Errorf("a relayed ack was applied here: %v", mine)
+			}
+		}, 1, 0, 0},
+		{"stream ends", func(s *subscriber) {
+			if back := s.close(); len(back) != 0 {
+				t.Errorf("a relayed delivery went back to a shard here: %v", back)
+			}
+		}, 0, 1, 0},
+		{"ack timeout", func(s *subscriber) { s.expire(now.Add(time.Minute)) }, 0, 1, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rs.acks, rs.given, rs.unsent = nil, nil, nil
+			s := newSubscriber(key, 1, time.Second)
+			if !s.offer(delivery("r", 1, now), false, rs) {
+				t.Fatal("refused within the credit")
+			}
+			sendAll(s, now)
+			tc.settle(s)
+			if len(rs.acks) != tc.acks || len(rs.given) != tc.given || len(rs.unsent) != tc.unsent {
+				t.Errorf("relay to send acks %v, given back %v, unsent %v; want %d, %d, %d",
+					rs.acks, rs.given, rs.unsent, tc.acks, tc.given, tc.unsent)
+			}
+		})
+	}
+
+	t.Run("relay ends", func(t *testing.T) {
+		s := newSubscriber(key, 2, time.Second)
+		if !s.offer(delivery("r", 1, now), false, rs) || !s.offer(delivery("l", 1, now), false, nil) {
+			t.Fatal("refused within the credit")
+		}
+		if !s.drop(rs) {
+			t.Error("a full subscriber got no credit back when its relay ended")
+		}
+		got := sendAll(s, now)
+		if len(got) != 1 || got[0].ID != delivery("l", 1, now).ID {
+			t.Errorf("sent %v after the relay ended, want the local delivery only", got)
+		}
+		if _, notHeld, _, _ := s.acks([]string{delivery("r", 1, now).ID}, nil); notHeld != 1 {
+			t.Error("the ack of a delivery of an ended relay was not ignored")
+		}
+	})
+
+	t.Run("one-address only", func(t *testing.T) {
+		h := newHub()
+		direct := newSubscriber(key, 10, time.Second)
+		h.add(direct)
+		d := delivery("r", 1, now)
+		if h.hand(d, rs) != nil {
+			t.Fatal("a relayed delivery went to a direct stream")
+		}
+		one := newSubscriber(key, 10, time.Second)
+		one.oneAddr = true
+		h.add(one)
+		if got := h.hand(d, rs); got != one {
+			t.Fatalf("a relayed delivery went to %p, want the one-address subscriber %p", got, one)
+		}
+	})
 }

@@ -68,6 +68,7 @@ func (s *Server) joinCluster(ctx context.Context) error {
 		return fmt.Errorf("server: %w", err)
 	}
 	s.wg.Go(s.followMembers)
+	s.wg.Go(s.relays.run)
 	if err := c.SetState(ctx, cluster.StateActive); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		// The state is set and spreads by gossip; only its confirmation
 		// failed.
@@ -104,6 +105,7 @@ func (s *Server) followMembers() {
 			addrs[m.GRPCAddr] = true
 		}
 		s.peers.keep(addrs)
+		s.relays.changed()
 		select {
 		case <-c.Changed():
 		case <-s.handover:

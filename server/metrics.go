@@ -47,6 +47,11 @@ type metrics struct {
 	// forwarded counts the items and requests this node sent on to the
 	// shards' owners.
 	forwardedItems, forwardedCalls *prometheus.CounterVec
+	// relaysOpen counts the relay streams open to peers, and relaysOpened
+	// those ever opened; relayedDeliveries, relayedAcks and
+	// relayedReleases count what came and went on them.
+	relaysOpen                                                    prometheus.Gauge
+	relaysOpened, relayedDeliveries, relayedAcks, relayedReleases prometheus.Counter
 	// grpc counts the node's gRPC calls and messages and times them, by
 	// service, method and code; its interceptors go on the gRPC server.
 	grpc *grpcprom.ServerMetrics
@@ -154,6 +159,26 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 			Namespace: "timerd", Name: "forwarded_requests_total",
 			Help: "Requests this node sent to peers on a caller's behalf, by method and outcome code.",
 		}, []string{"method", "code"}),
+		relaysOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "timerd", Name: "relays_open",
+			Help: "Relay streams open to peers: one per topic with one-address subscribers here and per peer.",
+		}),
+		relaysOpened: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "relays_opened_total",
+			Help: "Relay streams opened to peers, those opened again after a break or to change their credit included.",
+		}),
+		relayedDeliveries: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "relayed_deliveries_total",
+			Help: "Deliveries of the peers' shards that came on relays, for one-address subscribers here.",
+		}),
+		relayedAcks: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "relayed_acks_total",
+			Help: "Acks of relayed deliveries sent back to the peers that own them.",
+		}),
+		relayedReleases: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "relayed_releases_total",
+			Help: "Relayed deliveries given back to their owners: no subscriber here had room, or the one that held it ended or let it time out.",
+		}),
 		grpc: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
 			grpcprom.WithHistogramBuckets(prometheus.ExponentialBuckets(.0001, 2, 18)))),
 		maxNS: maxNS,
@@ -176,6 +201,7 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 		m.commitSeconds, m.commitOps, m.commitBatches, m.commitRetries, m.commitGivenUp, ignored,
 		m.shardsAcquired, m.shardsReleased, m.shardsLost, m.shardLoad, m.shardTakeover, m.shardRelease,
 		m.forwardedItems, m.forwardedCalls, m.grpc, m.limited, m.streamsRefused,
+		m.relaysOpen, m.relaysOpened, m.relayedDeliveries, m.relayedAcks, m.relayedReleases,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: "timerd", Name: "store_commit_queue_ops",
 			Help: "Writes the group commit holds, queued or in a round trip not yet finished.",

@@ -52,6 +52,9 @@ type Server struct {
 	metrics *metrics
 	hub     *hub
 	limits  *limiter
+	// relays bring the peers' deliveries to this node's one-address
+	// subscribers; they run only in a cluster.
+	relays *relays
 
 	grpc    *grpc.Server
 	health  *health.Server
@@ -143,6 +146,7 @@ func New(cfg Config) (*Server, error) {
 	registerBuildInfo(s.reg, cfg.Version, cfg.Revision)
 	s.hub = newHub()
 	s.limits = newLimiter(cfg.Limits, s.shardShare, s.metrics)
+	s.relays = newRelays(s)
 	nc := node.DefaultConfig(s.owner, cfg.DataDir)
 	nc.Shards = cfg.Shards
 	nc.LoadParallelism = cfg.LoadParallelism
@@ -522,6 +526,11 @@ func (s *Server) shutdown(ctx context.Context) error {
 	}
 	return errors.Join(errs...)
 }
+
+// CutPeers closes this node's connections to its peers, as a network
+// cut would, for fault injection in tests: the forwarded calls and relay
+// streams on them fail, and the next ones connect again.
+func (s *Server) CutPeers() { s.peers.keep(nil) }
 
 // Kill stops the node as a crash of its process would, for fault
 // injection in tests: it leaves the gossip without a goodbye, cuts every

@@ -30,7 +30,14 @@ func (t *timerService) Subscribe(stream pb.TimerService_SubscribeServer) error {
 	if err != nil {
 		return err
 	}
+	// A client's stream that did not ask for this node's shards only
+	// also takes the peers' deliveries, which relays bring here.
+	fwd := isForwarded(stream.Context())
+	sub.oneAddr = s.member != nil && !fwd && !first.GetSubscription().GetLocal()
 	s.hub.add(sub)
+	if sub.oneAddr {
+		s.relays.changed()
+	}
 	gauge := s.metrics.ns(sub.key.namespace).subscribers
 	gauge.Inc()
 	received := make(chan error, 1)
@@ -39,6 +46,9 @@ func (t *timerService) Subscribe(stream pb.TimerService_SubscribeServer) error {
 	stopSender := make(chan struct{})
 	defer func() {
 		s.hub.remove(sub)
+		if sub.oneAddr {
+			s.relays.changed()
+		}
 		gauge.Dec()
 		// A sender blocked in Send returns once the handler has returned
 		// and gRPC has ended the stream.
@@ -73,7 +83,7 @@ func (t *timerService) Subscribe(stream pb.TimerService_SubscribeServer) error {
 	go func() {
 		defer s.wg.Done()
 		defer close(receiverDone)
-		received <- s.receive(stream, sub)
+		received <- s.receive(stream, sub, fwd)
 	}()
 	go func() {
 		defer s.wg.Done()
@@ -130,7 +140,8 @@ func (s *Server) send(stream pb.TimerService_SubscribeServer, sub *subscriber, s
 			default:
 			}
 			d := &buf[i]
-			if !sub.begin(d, time.Now()) {
+			ok, relayed := sub.begin(d, time.Now())
+			if !ok {
 				continue // acked, expired or replaced since it was taken
 			}
 			fillDelivery(&delivery, &due, &fired, d)
@@ -139,7 +150,9 @@ func (s *Server) send(stream pb.TimerService_SubscribeServer, sub *subscriber, s
 			if err != nil {
 				return err
 			}
-			s.metrics.dispatched(d)
+			if !relayed { // its owner counted it
+				s.metrics.dispatched(d)
+			}
 		}
 		clear(buf) // let go of the payloads
 	}
@@ -205,9 +218,11 @@ func (s *Server) subscriber(p *pb.Subscription) (*subscriber, error) {
 	return newSubscriber(topicKey{ns, p.GetTopic()}, int(limit), ackTimeout), nil
 }
 
-// receive reads a stream's acks until it ends: nil when the client closed
-// its side, a status error for a message that breaks the protocol.
-func (s *Server) receive(stream pb.TimerService_SubscribeServer, sub *subscriber) error {
+// receive reads a stream's acks and releases until it ends: nil when the
+// client closed its side, a status error for a message that breaks the
+// protocol. fwd says the stream is a peer's relay, which alone may give
+// deliveries back unsent.
+func (s *Server) receive(stream pb.TimerService_SubscribeServer, sub *subscriber, fwd bool) error {
 	groups := make(map[uint32][]shard.DeliveryID) // reused: acks by shard
 	var mine []string                             // reused: the acks sub may make
 	for {
@@ -225,10 +240,24 @@ func (s *Server) receive(stream pb.TimerService_SubscribeServer, sub *subscriber
 				return invalid("ack.delivery_ids", "holds %d ids; the limit is %d", len(ids), s.cfg.MaxBatch)
 			}
 			mine = s.ack(sub, ids, mine, groups)
+		case *pb.SubscribeRequest_Release:
+			ids := k.Release.GetDeliveryIds()
+			if len(ids) > s.cfg.MaxBatch {
+				return invalid("release.delivery_ids", "holds %d ids; the limit is %d", len(ids), s.cfg.MaxBatch)
+			}
+			if k.Release.GetUnsent() && !fwd {
+				return invalid("release.unsent", "only a node relaying deliveries to its subscribers may give them back unsent")
+			}
+			attempts, notHeld, notSent, refilled := sub.release(ids, k.Release.GetUnsent())
+			s.metrics.ignoredAcks(notHeld, notSent)
+			s.giveBack(attempts)
+			if refilled {
+				s.readyAll(sub.key)
+			}
 		case *pb.SubscribeRequest_Subscription:
-			return invalid("subscription", "a stream carries one subscription, in its first message; later messages carry acks")
+			return invalid("subscription", "a stream carries one subscription, in its first message; later messages carry acks or releases")
 		default:
-			return invalid("kind", "must be set: an ack")
+			return invalid("kind", "must be set: an ack or a release")
 		}
 	}
 }
@@ -295,4 +324,5 @@ func (s *Server) readyAll(key topicKey) {
 			sh.Ready(key.namespace, key.topic)
 		}
 	}
+	s.relays.ready(key)
 }

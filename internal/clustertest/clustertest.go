@@ -8,8 +8,11 @@
 package clustertest
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -205,6 +208,37 @@ func (c *Cluster) Addrs() []string {
 		out = append(out, n.GRPCAddr())
 	}
 	return out
+}
+
+// MetricSum scrapes /metrics of every running node and returns the sum
+// of the samples of the metric name over its labels and the nodes.
+func (c *Cluster) MetricSum(name string) float64 {
+	c.tb.Helper()
+	var sum float64
+	for _, n := range c.Live() {
+		resp, err := http.Get("http://" + n.HTTPAddr() + "/metrics")
+		if err != nil {
+			c.tb.Fatalf("scrape %s: %v", n.HTTPAddr(), err)
+		}
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+				continue
+			}
+			v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+			if err != nil {
+				c.tb.Fatalf("%s: %q: %v", n.HTTPAddr(), line, err)
+			}
+			sum += v
+		}
+		resp.Body.Close()
+		if err := sc.Err(); err != nil {
+			c.tb.Fatal(err)
+		}
+	}
+	return sum
 }
 
 // Leave stops node i gracefully: it hands its shards over and leaves.

@@ -33,9 +33,13 @@ type Delivery struct {
 // Its methods may be called concurrently.
 type Collector struct {
 	ns, topic string
-	ctx       context.Context
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
+	// local sets Subscription.local on every stream: each takes its
+	// node's shards only, as the Go client's streams do. Unset, each is
+	// a one-address subscriber, which its node relays every shard to.
+	local  bool
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 
 	mu sync.Mutex
 	// got and streams are guarded by mu: deliveries by timer id, and the
@@ -44,12 +48,33 @@ type Collector struct {
 	streams map[string]bool
 }
 
-// Collect starts a Collector of namespace and topic on the nodes at addrs;
-// Follow adds nodes later. It is closed when the test ends.
+// Collect starts a Collector of namespace and topic on every node, each
+// stream taking its node's shards only; Follow adds nodes later. It is
+// closed when the test ends.
 func (c *Cluster) Collect(ns, topic string) *Collector {
-	ctx, cancel := context.WithCancel(context.Background())
-	col := &Collector{ns: ns, topic: topic, ctx: ctx, cancel: cancel, got: make(map[string][]Delivery), streams: make(map[string]bool)}
+	col := c.collector(ns, topic, true)
 	col.Follow(c.Addrs()...)
+	return col
+}
+
+// CollectVia starts a Collector of namespace and topic with one stream,
+// to the node at addr, that takes every shard's deliveries: a
+// one-address subscriber. It is closed when the test ends.
+func (c *Cluster) CollectVia(ns, topic, addr string) *Collector {
+	col := c.collector(ns, topic, false)
+	col.Follow(addr)
+	return col
+}
+
+// Recorder returns a Collector of namespace and topic that opens no
+// stream: another subscriber (the Go client's, say) records what it
+// receives with Record, and Check judges it alike. It is closed when the
+// test ends.
+func (c *Cluster) Recorder(ns, topic string) *Collector { return c.collector(ns, topic, true) }
+
+func (c *Cluster) collector(ns, topic string, local bool) *Collector {
+	ctx, cancel := context.WithCancel(context.Background())
+	col := &Collector{ns: ns, topic: topic, local: local, ctx: ctx, cancel: cancel, got: make(map[string][]Delivery), streams: make(map[string]bool)}
 	c.tb.Cleanup(col.Close)
 	return col
 }
@@ -91,7 +116,7 @@ func (col *Collector) stream(tc pb.TimerServiceClient, addr string) error {
 	if err != nil {
 		return err
 	}
-	sub := &pb.Subscription{Namespace: col.ns, Topic: col.topic, MaxInFlight: 1000, AckTimeout: durationpb.New(5 * time.Second)}
+	sub := &pb.Subscription{Namespace: col.ns, Topic: col.topic, MaxInFlight: 1000, AckTimeout: durationpb.New(5 * time.Second), Local: col.local}
 	if err := s.Send(&pb.SubscribeRequest{Kind: &pb.SubscribeRequest_Subscription{Subscription: sub}}); err != nil {
 		return err
 	}
@@ -102,16 +127,21 @@ func (col *Collector) stream(tc pb.TimerServiceClient, addr string) error {
 		}
 		d := m.GetDelivery()
 		now := time.Now()
-		col.mu.Lock()
-		col.got[d.GetId()] = append(col.got[d.GetId()], Delivery{
+		col.Record(Delivery{
 			ID: d.GetId(), Due: d.GetDueTime().AsTime(), Received: now, Attempt: d.GetAttempt(),
 			Epoch: d.GetEpoch(), Shard: d.GetShard(), Node: addr,
 		})
-		col.mu.Unlock()
 		if err := s.Send(&pb.SubscribeRequest{Kind: &pb.SubscribeRequest_Ack{Ack: &pb.Ack{DeliveryIds: []string{d.GetDeliveryId()}}}}); err != nil {
 			return err
 		}
 	}
+}
+
+// Record records a delivery received.
+func (col *Collector) Record(d Delivery) {
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	col.got[d.ID] = append(col.got[d.ID], d)
 }
 
 // Close ends every stream and waits for them.

@@ -1225,13 +1225,15 @@ func (x *Timer) GetCreatedTime() *timestamppb.Timestamp {
 type SubscribeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// What this message carries. The first message on a stream must be a
-	// subscription and every later one an ack; anything else ends the stream
-	// with INVALID_ARGUMENT, as does a message with kind unset.
+	// subscription and every later one an ack or a release; anything else
+	// ends the stream with INVALID_ARGUMENT, as does a message with kind
+	// unset.
 	//
 	// Types that are valid to be assigned to Kind:
 	//
 	//	*SubscribeRequest_Subscription
 	//	*SubscribeRequest_Ack
+	//	*SubscribeRequest_Release
 	Kind          isSubscribeRequest_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1292,6 +1294,15 @@ func (x *SubscribeRequest) GetAck() *Ack {
 	return nil
 }
 
+func (x *SubscribeRequest) GetRelease() *Release {
+	if x != nil {
+		if x, ok := x.Kind.(*SubscribeRequest_Release); ok {
+			return x.Release
+		}
+	}
+	return nil
+}
+
 type isSubscribeRequest_Kind interface {
 	isSubscribeRequest_Kind()
 }
@@ -1306,9 +1317,16 @@ type SubscribeRequest_Ack struct {
 	Ack *Ack `protobuf:"bytes,2,opt,name=ack,proto3,oneof"`
 }
 
+type SubscribeRequest_Release struct {
+	// Gives deliveries received on this stream back unprocessed.
+	Release *Release `protobuf:"bytes,3,opt,name=release,proto3,oneof"`
+}
+
 func (*SubscribeRequest_Subscription) isSubscribeRequest_Kind() {}
 
 func (*SubscribeRequest_Ack) isSubscribeRequest_Kind() {}
+
+func (*SubscribeRequest_Release) isSubscribeRequest_Kind() {}
 
 // Subscription says what a stream receives and how much it can take.
 type Subscription struct {
@@ -1330,7 +1348,15 @@ type Subscription struct {
 	// default 30 seconds). A value outside the server's bounds
 	// (server-configurable, default 1 second to 15 minutes), including zero or
 	// negative, ends the stream with INVALID_ARGUMENT.
-	AckTimeout    *durationpb.Duration `protobuf:"bytes,4,opt,name=ack_timeout,json=ackTimeout,proto3" json:"ack_timeout,omitempty"`
+	AckTimeout *durationpb.Duration `protobuf:"bytes,4,opt,name=ack_timeout,json=ackTimeout,proto3" json:"ack_timeout,omitempty"`
+	// Receive only the due timers of the shards the node this stream is
+	// opened on serves. Unset (the default), a cluster member also relays
+	// to the stream the due timers of the shards its peers serve, so that
+	// a subscriber that knows one address (or a load balancer's) receives
+	// every timer of the topic. A client that opens one stream to every
+	// member, as the Go client does, sets it, so that no delivery takes the
+	// extra hop. A single node serves every shard and ignores it.
+	Local         bool `protobuf:"varint,5,opt,name=local,proto3" json:"local,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1393,6 +1419,13 @@ func (x *Subscription) GetAckTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *Subscription) GetLocal() bool {
+	if x != nil {
+		return x.Local
+	}
+	return false
+}
+
 // Ack acknowledges deliveries, ending their at-least-once redelivery.
 type Ack struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1448,6 +1481,68 @@ func (x *Ack) GetDeliveryIds() []string {
 	return nil
 }
 
+// Release gives deliveries back to the server without processing them:
+// each is redelivered at once, preferably to another stream, rather than
+// after its ack timeout. Like an ack, it applies only to deliveries the
+// stream was sent and still holds; other ids are ignored. The released
+// attempt counts towards the maximum attempts.
+type Release struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Delivery ids (Delivery.delivery_id), at most the server's batch limit
+	// per message, as for Ack.
+	DeliveryIds []string `protobuf:"bytes,1,rep,name=delivery_ids,json=deliveryIds,proto3" json:"delivery_ids,omitempty"`
+	// The deliveries reached no consumer, so their attempts do not count.
+	// Only nodes relaying deliveries to their own subscribers may set it;
+	// on any other stream it ends the stream with INVALID_ARGUMENT.
+	Unsent        bool `protobuf:"varint,2,opt,name=unsent,proto3" json:"unsent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Release) Reset() {
+	*x = Release{}
+	mi := &file_timerd_v1_timerd_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Release) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Release) ProtoMessage() {}
+
+func (x *Release) ProtoReflect() protoreflect.Message {
+	mi := &file_timerd_v1_timerd_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Release.ProtoReflect.Descriptor instead.
+func (*Release) Descriptor() ([]byte, []int) {
+	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Release) GetDeliveryIds() []string {
+	if x != nil {
+		return x.DeliveryIds
+	}
+	return nil
+}
+
+func (x *Release) GetUnsent() bool {
+	if x != nil {
+		return x.Unsent
+	}
+	return false
+}
+
 // SubscribeResponse is one message from the server on a Subscribe stream.
 type SubscribeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1459,7 +1554,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_timerd_v1_timerd_proto_msgTypes[15]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1471,7 +1566,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_timerd_v1_timerd_proto_msgTypes[15]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1484,7 +1579,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{15}
+	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SubscribeResponse) GetDelivery() *Delivery {
@@ -1529,7 +1624,7 @@ type Delivery struct {
 
 func (x *Delivery) Reset() {
 	*x = Delivery{}
-	mi := &file_timerd_v1_timerd_proto_msgTypes[16]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1541,7 +1636,7 @@ func (x *Delivery) String() string {
 func (*Delivery) ProtoMessage() {}
 
 func (x *Delivery) ProtoReflect() protoreflect.Message {
-	mi := &file_timerd_v1_timerd_proto_msgTypes[16]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1554,7 +1649,7 @@ func (x *Delivery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delivery.ProtoReflect.Descriptor instead.
 func (*Delivery) Descriptor() ([]byte, []int) {
-	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{16}
+	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Delivery) GetDeliveryId() string {
@@ -1653,7 +1748,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_timerd_v1_timerd_proto_msgTypes[17]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1665,7 +1760,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_timerd_v1_timerd_proto_msgTypes[17]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1678,7 +1773,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{17}
+	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListDeadLettersRequest) GetNamespace() string {
@@ -1723,7 +1818,7 @@ type ListDeadLettersResponse struct {
 
 func (x *ListDeadLettersResponse) Reset() {
 	*x = ListDeadLettersResponse{}
-	mi := &file_timerd_v1_timerd_proto_msgTypes[18]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1735,7 +1830,7 @@ func (x *ListDeadLettersResponse) String() string {
 func (*ListDeadLettersResponse) ProtoMessage() {}
 
 func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_timerd_v1_timerd_proto_msgTypes[18]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1748,7 +1843,7 @@ func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{18}
+	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListDeadLettersResponse) GetDeadLetters() []*DeadLetter {
@@ -1783,7 +1878,7 @@ type DeadLetter struct {
 
 func (x *DeadLetter) Reset() {
 	*x = DeadLetter{}
-	mi := &file_timerd_v1_timerd_proto_msgTypes[19]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1795,7 +1890,7 @@ func (x *DeadLetter) String() string {
 func (*DeadLetter) ProtoMessage() {}
 
 func (x *DeadLetter) ProtoReflect() protoreflect.Message {
-	mi := &file_timerd_v1_timerd_proto_msgTypes[19]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1808,7 +1903,7 @@ func (x *DeadLetter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
 func (*DeadLetter) Descriptor() ([]byte, []int) {
-	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{19}
+	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DeadLetter) GetTimer() *Timer {
@@ -1862,7 +1957,7 @@ type ReplayDeadLettersRequest struct {
 
 func (x *ReplayDeadLettersRequest) Reset() {
 	*x = ReplayDeadLettersRequest{}
-	mi := &file_timerd_v1_timerd_proto_msgTypes[20]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1874,7 +1969,7 @@ func (x *ReplayDeadLettersRequest) String() string {
 func (*ReplayDeadLettersRequest) ProtoMessage() {}
 
 func (x *ReplayDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_timerd_v1_timerd_proto_msgTypes[20]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1887,7 +1982,7 @@ func (x *ReplayDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplayDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ReplayDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{20}
+	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ReplayDeadLettersRequest) GetNamespace() string {
@@ -1969,7 +2064,7 @@ type ReplayDeadLettersResponse struct {
 
 func (x *ReplayDeadLettersResponse) Reset() {
 	*x = ReplayDeadLettersResponse{}
-	mi := &file_timerd_v1_timerd_proto_msgTypes[21]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1981,7 +2076,7 @@ func (x *ReplayDeadLettersResponse) String() string {
 func (*ReplayDeadLettersResponse) ProtoMessage() {}
 
 func (x *ReplayDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_timerd_v1_timerd_proto_msgTypes[21]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1994,7 +2089,7 @@ func (x *ReplayDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplayDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ReplayDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{21}
+	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ReplayDeadLettersResponse) GetResults() []*ItemResult {
@@ -2020,7 +2115,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_timerd_v1_timerd_proto_msgTypes[22]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2032,7 +2127,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_timerd_v1_timerd_proto_msgTypes[22]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2045,7 +2140,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{22}
+	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{23}
 }
 
 // MembersResponse lists the cluster members.
@@ -2060,7 +2155,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_timerd_v1_timerd_proto_msgTypes[23]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2072,7 +2167,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_timerd_v1_timerd_proto_msgTypes[23]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2085,7 +2180,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{23}
+	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *MembersResponse) GetMembers() []*Member {
@@ -2123,7 +2218,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_timerd_v1_timerd_proto_msgTypes[24]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2135,7 +2230,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_timerd_v1_timerd_proto_msgTypes[24]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2148,7 +2243,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{24}
+	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Member) GetName() string {
@@ -2213,7 +2308,7 @@ type ShardMapRequest struct {
 
 func (x *ShardMapRequest) Reset() {
 	*x = ShardMapRequest{}
-	mi := &file_timerd_v1_timerd_proto_msgTypes[25]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2225,7 +2320,7 @@ func (x *ShardMapRequest) String() string {
 func (*ShardMapRequest) ProtoMessage() {}
 
 func (x *ShardMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_timerd_v1_timerd_proto_msgTypes[25]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2238,7 +2333,7 @@ func (x *ShardMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMapRequest.ProtoReflect.Descriptor instead.
 func (*ShardMapRequest) Descriptor() ([]byte, []int) {
-	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{25}
+	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ShardMapRequest) GetLocal() bool {
@@ -2266,7 +2361,7 @@ type ShardMapResponse struct {
 
 func (x *ShardMapResponse) Reset() {
 	*x = ShardMapResponse{}
-	mi := &file_timerd_v1_timerd_proto_msgTypes[26]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2278,7 +2373,7 @@ func (x *ShardMapResponse) String() string {
 func (*ShardMapResponse) ProtoMessage() {}
 
 func (x *ShardMapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_timerd_v1_timerd_proto_msgTypes[26]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2291,7 +2386,7 @@ func (x *ShardMapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMapResponse.ProtoReflect.Descriptor instead.
 func (*ShardMapResponse) Descriptor() ([]byte, []int) {
-	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{26}
+	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ShardMapResponse) GetShardCount() uint32 {
@@ -2347,7 +2442,7 @@ type ShardOwner struct {
 
 func (x *ShardOwner) Reset() {
 	*x = ShardOwner{}
-	mi := &file_timerd_v1_timerd_proto_msgTypes[27]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2359,7 +2454,7 @@ func (x *ShardOwner) String() string {
 func (*ShardOwner) ProtoMessage() {}
 
 func (x *ShardOwner) ProtoReflect() protoreflect.Message {
-	mi := &file_timerd_v1_timerd_proto_msgTypes[27]
+	mi := &file_timerd_v1_timerd_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2372,7 +2467,7 @@ func (x *ShardOwner) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardOwner.ProtoReflect.Descriptor instead.
 func (*ShardOwner) Descriptor() ([]byte, []int) {
-	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{27}
+	return file_timerd_v1_timerd_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ShardOwner) GetShard() uint32 {
@@ -2495,19 +2590,24 @@ const file_timerd_v1_timerd_proto_rawDesc = "" +
 	"\x05state\x18\x02 \x01(\x0e2\x15.timerd.v1.TimerStateR\x05state\x12\x1a\n" +
 	"\battempts\x18\x03 \x01(\rR\battempts\x12\x14\n" +
 	"\x05shard\x18\x04 \x01(\rR\x05shard\x12=\n" +
-	"\fcreated_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\vcreatedTime\"}\n" +
+	"\fcreated_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\vcreatedTime\"\xad\x01\n" +
 	"\x10SubscribeRequest\x12=\n" +
 	"\fsubscription\x18\x01 \x01(\v2\x17.timerd.v1.SubscriptionH\x00R\fsubscription\x12\"\n" +
-	"\x03ack\x18\x02 \x01(\v2\x0e.timerd.v1.AckH\x00R\x03ackB\x06\n" +
-	"\x04kind\"\xa2\x01\n" +
+	"\x03ack\x18\x02 \x01(\v2\x0e.timerd.v1.AckH\x00R\x03ack\x12.\n" +
+	"\arelease\x18\x03 \x01(\v2\x12.timerd.v1.ReleaseH\x00R\areleaseB\x06\n" +
+	"\x04kind\"\xb8\x01\n" +
 	"\fSubscription\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x14\n" +
 	"\x05topic\x18\x02 \x01(\tR\x05topic\x12\"\n" +
 	"\rmax_in_flight\x18\x03 \x01(\rR\vmaxInFlight\x12:\n" +
 	"\vack_timeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\n" +
-	"ackTimeout\"(\n" +
+	"ackTimeout\x12\x14\n" +
+	"\x05local\x18\x05 \x01(\bR\x05local\"(\n" +
 	"\x03Ack\x12!\n" +
 	"\fdelivery_ids\x18\x01 \x03(\tR\vdeliveryIds\"D\n" +
+	"\aRelease\x12!\n" +
+	"\fdelivery_ids\x18\x01 \x03(\tR\vdeliveryIds\x12\x16\n" +
+	"\x06unsent\x18\x02 \x01(\bR\x06unsent\"D\n" +
 	"\x11SubscribeResponse\x12/\n" +
 	"\bdelivery\x18\x01 \x01(\v2\x13.timerd.v1.DeliveryR\bdelivery\"\xc1\x02\n" +
 	"\bDelivery\x12\x1f\n" +
@@ -2629,7 +2729,7 @@ func file_timerd_v1_timerd_proto_rawDescGZIP() []byte {
 }
 
 var file_timerd_v1_timerd_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_timerd_v1_timerd_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_timerd_v1_timerd_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_timerd_v1_timerd_proto_goTypes = []any{
 	(TimerState)(0),                   // 0: timerd.v1.TimerState
 	(NodeState)(0),                    // 1: timerd.v1.NodeState
@@ -2650,79 +2750,81 @@ var file_timerd_v1_timerd_proto_goTypes = []any{
 	(*SubscribeRequest)(nil),          // 16: timerd.v1.SubscribeRequest
 	(*Subscription)(nil),              // 17: timerd.v1.Subscription
 	(*Ack)(nil),                       // 18: timerd.v1.Ack
-	(*SubscribeResponse)(nil),         // 19: timerd.v1.SubscribeResponse
-	(*Delivery)(nil),                  // 20: timerd.v1.Delivery
-	(*ListDeadLettersRequest)(nil),    // 21: timerd.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil),   // 22: timerd.v1.ListDeadLettersResponse
-	(*DeadLetter)(nil),                // 23: timerd.v1.DeadLetter
-	(*ReplayDeadLettersRequest)(nil),  // 24: timerd.v1.ReplayDeadLettersRequest
-	(*ReplayDeadLettersResponse)(nil), // 25: timerd.v1.ReplayDeadLettersResponse
-	(*MembersRequest)(nil),            // 26: timerd.v1.MembersRequest
-	(*MembersResponse)(nil),           // 27: timerd.v1.MembersResponse
-	(*Member)(nil),                    // 28: timerd.v1.Member
-	(*ShardMapRequest)(nil),           // 29: timerd.v1.ShardMapRequest
-	(*ShardMapResponse)(nil),          // 30: timerd.v1.ShardMapResponse
-	(*ShardOwner)(nil),                // 31: timerd.v1.ShardOwner
-	(*timestamppb.Timestamp)(nil),     // 32: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 33: google.protobuf.Duration
+	(*Release)(nil),                   // 19: timerd.v1.Release
+	(*SubscribeResponse)(nil),         // 20: timerd.v1.SubscribeResponse
+	(*Delivery)(nil),                  // 21: timerd.v1.Delivery
+	(*ListDeadLettersRequest)(nil),    // 22: timerd.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),   // 23: timerd.v1.ListDeadLettersResponse
+	(*DeadLetter)(nil),                // 24: timerd.v1.DeadLetter
+	(*ReplayDeadLettersRequest)(nil),  // 25: timerd.v1.ReplayDeadLettersRequest
+	(*ReplayDeadLettersResponse)(nil), // 26: timerd.v1.ReplayDeadLettersResponse
+	(*MembersRequest)(nil),            // 27: timerd.v1.MembersRequest
+	(*MembersResponse)(nil),           // 28: timerd.v1.MembersResponse
+	(*Member)(nil),                    // 29: timerd.v1.Member
+	(*ShardMapRequest)(nil),           // 30: timerd.v1.ShardMapRequest
+	(*ShardMapResponse)(nil),          // 31: timerd.v1.ShardMapResponse
+	(*ShardOwner)(nil),                // 32: timerd.v1.ShardOwner
+	(*timestamppb.Timestamp)(nil),     // 33: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 34: google.protobuf.Duration
 }
 var file_timerd_v1_timerd_proto_depIdxs = []int32{
-	32, // 0: timerd.v1.TimerSpec.due_time:type_name -> google.protobuf.Timestamp
-	33, // 1: timerd.v1.TimerSpec.delay:type_name -> google.protobuf.Duration
-	33, // 2: timerd.v1.TimerSpec.interval:type_name -> google.protobuf.Duration
+	33, // 0: timerd.v1.TimerSpec.due_time:type_name -> google.protobuf.Timestamp
+	34, // 1: timerd.v1.TimerSpec.delay:type_name -> google.protobuf.Duration
+	34, // 2: timerd.v1.TimerSpec.interval:type_name -> google.protobuf.Duration
 	4,  // 3: timerd.v1.ScheduleRequest.timers:type_name -> timerd.v1.TimerSpec
 	7,  // 4: timerd.v1.ScheduleResponse.results:type_name -> timerd.v1.ItemResult
-	32, // 5: timerd.v1.ItemResult.due_time:type_name -> google.protobuf.Timestamp
-	33, // 6: timerd.v1.ItemResult.retry_delay:type_name -> google.protobuf.Duration
+	33, // 5: timerd.v1.ItemResult.due_time:type_name -> google.protobuf.Timestamp
+	34, // 6: timerd.v1.ItemResult.retry_delay:type_name -> google.protobuf.Duration
 	9,  // 7: timerd.v1.RescheduleRequest.items:type_name -> timerd.v1.RescheduleItem
-	32, // 8: timerd.v1.RescheduleItem.due_time:type_name -> google.protobuf.Timestamp
-	33, // 9: timerd.v1.RescheduleItem.delay:type_name -> google.protobuf.Duration
+	33, // 8: timerd.v1.RescheduleItem.due_time:type_name -> google.protobuf.Timestamp
+	34, // 9: timerd.v1.RescheduleItem.delay:type_name -> google.protobuf.Duration
 	7,  // 10: timerd.v1.RescheduleResponse.results:type_name -> timerd.v1.ItemResult
 	7,  // 11: timerd.v1.CancelResponse.results:type_name -> timerd.v1.ItemResult
 	15, // 12: timerd.v1.GetResponse.timer:type_name -> timerd.v1.Timer
 	4,  // 13: timerd.v1.Timer.spec:type_name -> timerd.v1.TimerSpec
 	0,  // 14: timerd.v1.Timer.state:type_name -> timerd.v1.TimerState
-	32, // 15: timerd.v1.Timer.created_time:type_name -> google.protobuf.Timestamp
+	33, // 15: timerd.v1.Timer.created_time:type_name -> google.protobuf.Timestamp
 	17, // 16: timerd.v1.SubscribeRequest.subscription:type_name -> timerd.v1.Subscription
 	18, // 17: timerd.v1.SubscribeRequest.ack:type_name -> timerd.v1.Ack
-	33, // 18: timerd.v1.Subscription.ack_timeout:type_name -> google.protobuf.Duration
-	20, // 19: timerd.v1.SubscribeResponse.delivery:type_name -> timerd.v1.Delivery
-	32, // 20: timerd.v1.Delivery.due_time:type_name -> google.protobuf.Timestamp
-	32, // 21: timerd.v1.Delivery.fired_time:type_name -> google.protobuf.Timestamp
-	23, // 22: timerd.v1.ListDeadLettersResponse.dead_letters:type_name -> timerd.v1.DeadLetter
-	15, // 23: timerd.v1.DeadLetter.timer:type_name -> timerd.v1.Timer
-	32, // 24: timerd.v1.DeadLetter.last_attempt_time:type_name -> google.protobuf.Timestamp
-	32, // 25: timerd.v1.ReplayDeadLettersRequest.due_time:type_name -> google.protobuf.Timestamp
-	33, // 26: timerd.v1.ReplayDeadLettersRequest.delay:type_name -> google.protobuf.Duration
-	7,  // 27: timerd.v1.ReplayDeadLettersResponse.results:type_name -> timerd.v1.ItemResult
-	28, // 28: timerd.v1.MembersResponse.members:type_name -> timerd.v1.Member
-	2,  // 29: timerd.v1.Member.state:type_name -> timerd.v1.MemberState
-	1,  // 30: timerd.v1.Member.node_state:type_name -> timerd.v1.NodeState
-	31, // 31: timerd.v1.ShardMapResponse.shards:type_name -> timerd.v1.ShardOwner
-	3,  // 32: timerd.v1.ShardOwner.state:type_name -> timerd.v1.ShardState
-	5,  // 33: timerd.v1.TimerService.Schedule:input_type -> timerd.v1.ScheduleRequest
-	8,  // 34: timerd.v1.TimerService.Reschedule:input_type -> timerd.v1.RescheduleRequest
-	11, // 35: timerd.v1.TimerService.Cancel:input_type -> timerd.v1.CancelRequest
-	13, // 36: timerd.v1.TimerService.Get:input_type -> timerd.v1.GetRequest
-	16, // 37: timerd.v1.TimerService.Subscribe:input_type -> timerd.v1.SubscribeRequest
-	21, // 38: timerd.v1.TimerService.ListDeadLetters:input_type -> timerd.v1.ListDeadLettersRequest
-	24, // 39: timerd.v1.TimerService.ReplayDeadLetters:input_type -> timerd.v1.ReplayDeadLettersRequest
-	26, // 40: timerd.v1.ClusterService.Members:input_type -> timerd.v1.MembersRequest
-	29, // 41: timerd.v1.ClusterService.ShardMap:input_type -> timerd.v1.ShardMapRequest
-	6,  // 42: timerd.v1.TimerService.Schedule:output_type -> timerd.v1.ScheduleResponse
-	10, // 43: timerd.v1.TimerService.Reschedule:output_type -> timerd.v1.RescheduleResponse
-	12, // 44: timerd.v1.TimerService.Cancel:output_type -> timerd.v1.CancelResponse
-	14, // 45: timerd.v1.TimerService.Get:output_type -> timerd.v1.GetResponse
-	19, // 46: timerd.v1.TimerService.Subscribe:output_type -> timerd.v1.SubscribeResponse
-	22, // 47: timerd.v1.TimerService.ListDeadLetters:output_type -> timerd.v1.ListDeadLettersResponse
-	25, // 48: timerd.v1.TimerService.ReplayDeadLetters:output_type -> timerd.v1.ReplayDeadLettersResponse
-	27, // 49: timerd.v1.ClusterService.Members:output_type -> timerd.v1.MembersResponse
-	30, // 50: timerd.v1.ClusterService.ShardMap:output_type -> timerd.v1.ShardMapResponse
-	42, // [42:51] is the sub-list for method output_type
-	33, // [33:42] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	19, // 18: timerd.v1.SubscribeRequest.release:type_name -> timerd.v1.Release
+	34, // 19: timerd.v1.Subscription.ack_timeout:type_name -> google.protobuf.Duration
+	21, // 20: timerd.v1.SubscribeResponse.delivery:type_name -> timerd.v1.Delivery
+	33, // 21: timerd.v1.Delivery.due_time:type_name -> google.protobuf.Timestamp
+	33, // 22: timerd.v1.Delivery.fired_time:type_name -> google.protobuf.Timestamp
+	24, // 23: timerd.v1.ListDeadLettersResponse.dead_letters:type_name -> timerd.v1.DeadLetter
+	15, // 24: timerd.v1.DeadLetter.timer:type_name -> timerd.v1.Timer
+	33, // 25: timerd.v1.DeadLetter.last_attempt_time:type_name -> google.protobuf.Timestamp
+	33, // 26: timerd.v1.ReplayDeadLettersRequest.due_time:type_name -> google.protobuf.Timestamp
+	34, // 27: timerd.v1.ReplayDeadLettersRequest.delay:type_name -> google.protobuf.Duration
+	7,  // 28: timerd.v1.ReplayDeadLettersResponse.results:type_name -> timerd.v1.ItemResult
+	29, // 29: timerd.v1.MembersResponse.members:type_name -> timerd.v1.Member
+	2,  // 30: timerd.v1.Member.state:type_name -> timerd.v1.MemberState
+	1,  // 31: timerd.v1.Member.node_state:type_name -> timerd.v1.NodeState
+	32, // 32: timerd.v1.ShardMapResponse.shards:type_name -> timerd.v1.ShardOwner
+	3,  // 33: timerd.v1.ShardOwner.state:type_name -> timerd.v1.ShardState
+	5,  // 34: timerd.v1.TimerService.Schedule:input_type -> timerd.v1.ScheduleRequest
+	8,  // 35: timerd.v1.TimerService.Reschedule:input_type -> timerd.v1.RescheduleRequest
+	11, // 36: timerd.v1.TimerService.Cancel:input_type -> timerd.v1.CancelRequest
+	13, // 37: timerd.v1.TimerService.Get:input_type -> timerd.v1.GetRequest
+	16, // 38: timerd.v1.TimerService.Subscribe:input_type -> timerd.v1.SubscribeRequest
+	22, // 39: timerd.v1.TimerService.ListDeadLetters:input_type -> timerd.v1.ListDeadLettersRequest
+	25, // 40: timerd.v1.TimerService.ReplayDeadLetters:input_type -> timerd.v1.ReplayDeadLettersRequest
+	27, // 41: timerd.v1.ClusterService.Members:input_type -> timerd.v1.MembersRequest
+	30, // 42: timerd.v1.ClusterService.ShardMap:input_type -> timerd.v1.ShardMapRequest
+	6,  // 43: timerd.v1.TimerService.Schedule:output_type -> timerd.v1.ScheduleResponse
+	10, // 44: timerd.v1.TimerService.Reschedule:output_type -> timerd.v1.RescheduleResponse
+	12, // 45: timerd.v1.TimerService.Cancel:output_type -> timerd.v1.CancelResponse
+	14, // 46: timerd.v1.TimerService.Get:output_type -> timerd.v1.GetResponse
+	20, // 47: timerd.v1.TimerService.Subscribe:output_type -> timerd.v1.SubscribeResponse
+	23, // 48: timerd.v1.TimerService.ListDeadLetters:output_type -> timerd.v1.ListDeadLettersResponse
+	26, // 49: timerd.v1.TimerService.ReplayDeadLetters:output_type -> timerd.v1.ReplayDeadLettersResponse
+	28, // 50: timerd.v1.ClusterService.Members:output_type -> timerd.v1.MembersResponse
+	31, // 51: timerd.v1.ClusterService.ShardMap:output_type -> timerd.v1.ShardMapResponse
+	43, // [43:52] is the sub-list for method output_type
+	34, // [34:43] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_timerd_v1_timerd_proto_init() }
@@ -2741,8 +2843,9 @@ func file_timerd_v1_timerd_proto_init() {
 	file_timerd_v1_timerd_proto_msgTypes[12].OneofWrappers = []any{
 		(*SubscribeRequest_Subscription)(nil),
 		(*SubscribeRequest_Ack)(nil),
+		(*SubscribeRequest_Release)(nil),
 	}
-	file_timerd_v1_timerd_proto_msgTypes[20].OneofWrappers = []any{
+	file_timerd_v1_timerd_proto_msgTypes[21].OneofWrappers = []any{
 		(*ReplayDeadLettersRequest_DueTime)(nil),
 		(*ReplayDeadLettersRequest_Delay)(nil),
 	}
@@ -2752,7 +2855,7 @@ func file_timerd_v1_timerd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_timerd_v1_timerd_proto_rawDesc), len(file_timerd_v1_timerd_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   28,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

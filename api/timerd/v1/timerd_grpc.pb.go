@@ -184,6 +184,13 @@ type TimerServiceClient interface {
 	// later than the time of the acknowledgement; occurrences missed while
 	// waiting are not delivered one by one.
 	//
+	// In a cluster, one address is enough: a stream receives the due timers
+	// of every shard, wherever the shard lives. The node it is opened on
+	// relays the deliveries of the shards its peers own (see
+	// Subscription.local), and sends each ack back to the owner. A client
+	// that opens a stream to every member itself sets Subscription.local,
+	// and each of its streams receives only its node's shards.
+	//
 	// The server may end the stream with UNAVAILABLE, for example while it
 	// shuts down or hands shards to another node; clients should reconnect
 	// with backoff and subscribe again.
@@ -414,6 +421,13 @@ type TimerServiceServer interface {
 	// timer is re-armed for the first due_time + n * interval (n >= 1) that is
 	// later than the time of the acknowledgement; occurrences missed while
 	// waiting are not delivered one by one.
+	//
+	// In a cluster, one address is enough: a stream receives the due timers
+	// of every shard, wherever the shard lives. The node it is opened on
+	// relays the deliveries of the shards its peers own (see
+	// Subscription.local), and sends each ack back to the owner. A client
+	// that opens a stream to every member itself sets Subscription.local,
+	// and each of its streams receives only its node's shards.
 	//
 	// The server may end the stream with UNAVAILABLE, for example while it
 	// shuts down or hands shards to another node; clients should reconnect

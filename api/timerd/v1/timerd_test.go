@@ -196,7 +196,7 @@ func TestOneofNames(t *testing.T) {
 		{"timerd.v1.TimerSpec", "when", []string{"due_time", "delay"}},
 		{"timerd.v1.RescheduleItem", "when", []string{"due_time", "delay"}},
 		{"timerd.v1.ReplayDeadLettersRequest", "when", []string{"due_time", "delay"}},
-		{"timerd.v1.SubscribeRequest", "kind", []string{"subscription", "ack"}},
+		{"timerd.v1.SubscribeRequest", "kind", []string{"subscription", "ack", "release"}},
 	}
 	for _, tt := range tests {
 		t.Run(string(tt.message), func(t *testing.T) {
