@@ -126,23 +126,24 @@ func mayUse(p *auth.Principal, field, ns string) error {
 type namespaced interface{ GetNamespace() string }
 
 // checkRequest checks every namespace a unary request names: the
-// request's, and each timer's of a Schedule batch. One foreign namespace
-// denies the whole request.
+// request's, or for a Schedule batch each timer's (a timer that names
+// none is in the request's). One foreign namespace denies the whole
+// request.
 func checkRequest(p *auth.Principal, req any) error {
-	if r, ok := req.(namespaced); ok {
-		if err := mayUse(p, "namespace", r.GetNamespace()); err != nil {
-			return err
-		}
-	}
-	if r, ok := req.(*pb.ScheduleRequest); ok {
+	if r, ok := req.(*pb.ScheduleRequest); ok && len(r.GetTimers()) > 0 {
 		for _, t := range r.GetTimers() {
-			if t.GetNamespace() == "" {
-				continue // the request's, checked above
+			field, ns := "timers.namespace", t.GetNamespace()
+			if ns == "" {
+				field, ns = "namespace", r.GetNamespace()
 			}
-			if err := mayUse(p, "timers.namespace", t.GetNamespace()); err != nil {
+			if err := mayUse(p, field, ns); err != nil {
 				return err
 			}
 		}
+		return nil
+	}
+	if r, ok := req.(namespaced); ok {
+		return mayUse(p, "namespace", r.GetNamespace())
 	}
 	return nil
 }
