@@ -56,4 +56,3 @@ func TestTLSAndToken(t *testing.T) {
 		t.Fatalf("WithInsecureToken to an open node: %v, want NOT_FOUND", err)
 	}
 }
-
