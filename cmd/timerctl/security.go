@@ -63,4 +63,3 @@ func allLoopback(addrs string) bool {
 	}
 	return true
 }
-
