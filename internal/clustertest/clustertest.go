@@ -31,6 +31,9 @@ type Cluster struct {
 	tb    testing.TB
 	Redis *redistest.Server
 	opts  []Option
+	// dial are the options of the connections the Cluster makes to its
+	// nodes to check them.
+	dial []grpc.DialOption
 
 	mu sync.Mutex
 	// nodes are by index, in start order; a stopped node stays, and
@@ -43,7 +46,15 @@ type Cluster struct {
 // waits until every node serves the shards the ring gives it.
 func Start(tb testing.TB, n int, opts ...Option) *Cluster {
 	tb.Helper()
-	c := &Cluster{tb: tb, Redis: redistest.Start(tb), opts: opts}
+	return StartDial(tb, n, []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
+}
+
+// StartDial is Start for nodes that need more than a plaintext
+// connection: the Cluster reaches its nodes with dial (their TLS
+// credentials and a token, say).
+func StartDial(tb testing.TB, n int, dial []grpc.DialOption, opts ...Option) *Cluster {
+	tb.Helper()
+	c := &Cluster{tb: tb, Redis: redistest.Start(tb), opts: opts, dial: dial}
 	for range n {
 		c.Add()
 	}
@@ -218,7 +229,7 @@ func (c *Cluster) unstable() string {
 		if !n.Ready() {
 			return n.GRPCAddr() + " not ready"
 		}
-		conn, err := grpc.NewClient(n.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		conn, err := grpc.NewClient(n.GRPCAddr(), c.dial...)
 		if err != nil {
 			return err.Error()
 		}
