@@ -58,8 +58,8 @@ bench: build ## run the Go benchmarks beside their peers and print the ratios, t
 bench-cluster: build ## measure one node against a cluster of three on one Redis (schedule and fire, as ratios), then failover (a kill -9) and recovery (a restart) of the three: bench/suite/cluster.sh (DURATION, FIRE_RATE, FAILOVER_COUNT, RECOVERY_COUNT, ...)
 	BIN=bin bash bench/suite/cluster.sh
 
-fuzz: ## run each fuzz target (wheel model, configs, record, delivery-id and member-meta decoders, spec and request validation, bench config, --batch and --rate) for FUZZTIME
-	for target in wheel:FuzzWheel wheel:FuzzConfig store:FuzzRecord cluster:FuzzDecodeMeta shard:FuzzParseDeliveryID shard:FuzzValidateSpec server:FuzzSchedule bench:FuzzConfigValidate bench:FuzzBatchFlag bench:FuzzRateFlag; do \
+fuzz: ## run each fuzz target (wheel model, configs, record, delivery-id and member-meta decoders, token file, gossip key, spec and request validation, bench config, --batch and --rate) for FUZZTIME
+	for target in wheel:FuzzWheel wheel:FuzzConfig store:FuzzRecord cluster:FuzzDecodeMeta auth:FuzzParse cluster:FuzzDecodeKey shard:FuzzParseDeliveryID shard:FuzzValidateSpec server:FuzzSchedule bench:FuzzConfigValidate bench:FuzzBatchFlag bench:FuzzRateFlag; do \
 	  $(GO) test -run '^$$' -fuzz "^$${target#*:}\$$" -fuzztime $(FUZZTIME) ./$${target%%:*}; \
 	done
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -274,3 +275,26 @@ var (
 	healthReq  healthpb.HealthCheckRequest
 	healthResp healthpb.HealthCheckResponse
 )
+
+// TestOpenNodeWarns: a node without a token file warns at start when its
+// gRPC address is reachable beyond loopback, and not on loopback or with
+// tokens.
+func TestOpenNodeWarns(t *testing.T) {
+	tokens := writeTokens(t, t.TempDir(), `{"tokens":[]}`)
+	for _, tt := range []struct {
+		name, addr, auth string
+		warns            bool
+	}{
+		{"open on all addresses", "0.0.0.0:0", "", true},
+		{"open on loopback", "127.0.0.1:0", "", false},
+		{"tokens on all addresses", "0.0.0.0:0", tokens, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			logs := &logRecorder{}
+			start(t, "", func(c *Config) { c.GRPCAddr, c.AuthFile, c.Logger = tt.addr, tt.auth, slog.New(logs) })
+			if got := len(logs.find("gRPC is open to anyone")) > 0; got != tt.warns {
+				t.Fatalf("warned %v, want %v", got, tt.warns)
+			}
+		})
+	}
+}
