@@ -46,7 +46,7 @@ func TestValue(t *testing.T) {
 		write, want string
 	}{
 		{"two!", "two!"},
-		{"bad!!", "two!"}, // fails: the previous value stays
+		{"bad!!", "two!"},    // fails: the previous value stays
 		{"three!", "three!"}, // sizes differ at each step: a file's mtime may not move within a few ms
 	}
 	for _, s := range steps {
