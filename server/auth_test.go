@@ -25,7 +25,7 @@ import (
 )
 
 // writeTokens writes a token file into dir and returns its path.
-func writeTokens(t *testing.T, dir, body string) string {
+func writeTokens(t testing.TB, dir, body string) string {
 	t.Helper()
 	path := filepath.Join(dir, "tokens.json")
 	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
