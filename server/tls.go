@@ -130,7 +130,7 @@ func (t *tlsFiles) reload() error {
 	return err
 }
 
-// serverOption is the gRPC server option of the listener's transport
+// serverOptions are the gRPC server options of the listener's transport
 // security; none without TLS.
 func (t *tlsFiles) serverOptions() []grpc.ServerOption {
 	if t == nil {
