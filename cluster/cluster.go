@@ -94,6 +94,9 @@ var (
 	// ErrInvalidState is returned by SetState for a value that is not a
 	// State.
 	ErrInvalidState = errors.New("cluster: invalid state")
+	// ErrInvalidKey is wrapped by the errors of a gossip key that is not
+	// 16, 24 or 32 bytes.
+	ErrInvalidKey = errors.New("cluster: invalid gossip key")
 
 	// errBadMeta is wrapped when a member's meta cannot be decoded.
 	errBadMeta = errors.New("cluster: bad member meta")
@@ -261,6 +264,7 @@ func (c *Cluster) memberlistConfig() *memberlist.Config {
 			mc.AdvertisePort = p
 		}
 	}
+	mc.SecretKey, mc.Label = c.cfg.SecretKey, c.cfg.Label
 	d := delegate{c}
 	mc.Delegate, mc.Events, mc.Conflict = d, d, d
 	mc.LogOutput = nil

@@ -242,6 +242,7 @@ func TestBadMetaLeftOut(t *testing.T) {
 	a := start(t, withLogger(testConfig("a"), log))
 	mc := memberlist.DefaultLocalConfig()
 	mc.Name = "rogue"
+	mc.Label = DefaultLabel // the cluster's label, or its packets are dropped before their meta is read
 	mc.BindAddr, mc.BindPort = "127.0.0.1", 0
 	mc.Delegate = rogueDelegate{}
 	mc.LogOutput = io.Discard

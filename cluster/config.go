@@ -53,6 +53,19 @@ type Config struct {
 	// the active members. Required.
 	Shards uint32
 
+	// SecretKey, when set, encrypts and authenticates every gossip message
+	// (memberlist's AES-GCM keyring): 16, 24 or 32 bytes, for AES-128,
+	// -192 or -256. A node without the key, or with another, cannot join
+	// or read the gossip. Default: none, plaintext gossip. See
+	// DecodeKey for the key file's format.
+	SecretKey []byte
+	// Label is stamped on every gossip packet and stream, and a node
+	// drops what carries another label, so two clusters (or timerd and
+	// another memberlist user) on one network never merge by mistake. It
+	// is not a secret (SecretKey is). Default "timerd"; at most 255
+	// bytes. Nodes of one cluster must share it.
+	Label string
+
 	// Memberlist holds the gossip's timing and tuning. Start copies it and
 	// sets the name, the addresses, the delegates and the logger itself,
 	// so those fields are ignored. DefaultConfig declares a killed node
@@ -93,6 +106,7 @@ func DefaultConfig() Config {
 	ml.DeadNodeReclaimTime = 5 * time.Second
 	return Config{
 		BindAddr:       "127.0.0.1:7946",
+		Label:          DefaultLabel,
 		RejoinInterval: 10 * time.Second,
 		Memberlist:     ml,
 	}
@@ -114,6 +128,7 @@ func LocalConfig() Config {
 	ml.DeadNodeReclaimTime = time.Second
 	return Config{
 		BindAddr:       "127.0.0.1:0",
+		Label:          DefaultLabel,
 		RejoinInterval: 500 * time.Millisecond,
 		Memberlist:     ml,
 	}
@@ -165,6 +180,11 @@ func (c Config) Validate() error {
 		return bad("Shards", "must be >= 1, got %d", c.Shards)
 	case c.Memberlist == nil:
 		return bad("Memberlist", "must be set (start from DefaultConfig or LocalConfig)")
+	case len(c.Label) > maxLabelLen:
+		return bad("Label", "must be at most %d bytes, got %d", maxLabelLen, len(c.Label))
+	}
+	if err := validKeyLen(len(c.SecretKey)); c.SecretKey != nil && err != nil {
+		return bad("SecretKey", "%v", err)
 	}
 	return nil
 }

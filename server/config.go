@@ -131,6 +131,25 @@ type Config struct {
 	// metrics. 0 counts every namespace under "(other)".
 	MetricNamespaces int
 
+	// TLS, when set, serves the gRPC API over TLS 1.3 (mutual TLS with
+	// TLS.ClientCAFile) and makes this node's calls to its peers use it
+	// too. Nil (the default): plaintext. The HTTP address stays
+	// plaintext either way: keep it on loopback or an operators' network.
+	TLS *TLSConfig
+	// AuthFile, when set, is the token file (see package auth): every RPC
+	// but the health checks must carry "authorization: Bearer <token>",
+	// and may touch only its token's namespaces with its roles. The file
+	// is read again when it changes (looked at at most once per
+	// AuthReloadInterval) and on Server.Reload. Empty (the default): no
+	// tokens; anyone who reaches GRPCAddr may do anything, and the node
+	// warns at start when that address is not loopback.
+	AuthFile string
+	// NodeToken is the token this node presents on the calls it makes to
+	// its peers on no caller's behalf (see Server.NodeContext); the
+	// peers' token file gives it the role node. Forwarded requests carry
+	// their caller's token instead. Empty: none.
+	NodeToken string
+
 	// Logger receives the server's events. Default: discard.
 	Logger *slog.Logger
 
@@ -242,6 +261,11 @@ func (c Config) Validate() error {
 	if c.RedisURL != "" {
 		if _, err := node.ParseRedisURL(c.RedisURL); err != nil {
 			return fmt.Errorf("%w: RedisURL: %w", ErrInvalidConfig, err)
+		}
+	}
+	if c.TLS != nil {
+		if err := c.TLS.validate(); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 		}
 	}
 	// The shard template is checked as a shard would check it, with the

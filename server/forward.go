@@ -10,7 +10,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -45,6 +44,9 @@ var errForwardLoop = errors.New("forwarded by a peer, but not served here either
 type peers struct {
 	// timeout bounds a forwarded call whose caller set no deadline.
 	timeout time.Duration
+	// dial are the options of every connection to a peer: its transport
+	// security (see tlsFiles.peerDialOptions).
+	dial []grpc.DialOption
 
 	mu sync.Mutex
 	// conns is guarded by mu: by gRPC address. closed is set by close,
@@ -53,8 +55,8 @@ type peers struct {
 	closed bool
 }
 
-func newPeers(timeout time.Duration) *peers {
-	return &peers{timeout: timeout, conns: make(map[string]*grpc.ClientConn)}
+func newPeers(timeout time.Duration, dial []grpc.DialOption) *peers {
+	return &peers{timeout: timeout, dial: dial, conns: make(map[string]*grpc.ClientConn)}
 }
 
 // timers returns a TimerService client for the peer at addr.
@@ -76,7 +78,7 @@ func (p *peers) conn(addr string) (*grpc.ClientConn, error) {
 	if c := p.conns[addr]; c != nil {
 		return c, nil
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, err := grpc.NewClient(addr, p.dial...)
 	if err != nil {
 		return nil, fmt.Errorf("server: peer %s: %w", addr, err)
 	}
@@ -109,10 +111,12 @@ func (p *peers) close() {
 }
 
 // outgoing returns the context of a call forwarded on ctx's behalf: it
-// is marked forwarded and bounded by ctx's deadline, or by the peers'
-// timeout when ctx has none.
+// is marked forwarded, carries the caller's authorization (the peer
+// checks the caller's token again) and is bounded by ctx's deadline, or
+// by the peers' timeout when ctx has none.
 func (p *peers) outgoing(ctx context.Context, extra ...string) (context.Context, context.CancelFunc) {
-	ctx = metadata.AppendToOutgoingContext(ctx, append([]string{forwardedKey, "1"}, extra...)...)
+	kv := append([]string{forwardedKey, "1"}, callerAuthorization(ctx)...)
+	ctx = metadata.AppendToOutgoingContext(ctx, append(kv, extra...)...)
 	if _, ok := ctx.Deadline(); ok {
 		return context.WithCancel(ctx)
 	}

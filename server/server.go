@@ -68,6 +68,10 @@ type Server struct {
 	router router
 	// peers are the connections to the nodes this one forwards to.
 	peers *peers
+	// tls is the node's TLS material, nil without TLS; authz checks
+	// bearer tokens, nil when the node runs open. Both are set by New.
+	tls   *tlsFiles
+	authz *authorizer
 
 	// killed makes Close stop as a crash would (see Kill).
 	killed atomic.Bool
@@ -111,8 +115,8 @@ type Server struct {
 	closing  sync.WaitGroup // Close in progress; later callers wait
 }
 
-// New returns a Server for cfg. It checks cfg but does no I/O; Start
-// opens the store and begins serving.
+// New returns a Server for cfg. It checks cfg and reads its TLS and token
+// files, but opens nothing; Start opens the store and begins serving.
 func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -167,7 +171,17 @@ func New(cfg Config) (*Server, error) {
 		s.router = clusterRouter{n: s.node, self: cfg.NodeName, view: &s.view}
 	}
 	s.handover = make(chan struct{})
-	s.peers = newPeers(cfg.ForwardTimeout)
+	if s.tls, err = loadTLS(cfg.TLS, s.log); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	if s.authz, err = newAuthorizer(cfg.AuthFile, s.log); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	dial, err := s.tls.peerDialOptions()
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	s.peers = newPeers(cfg.ForwardTimeout, dial)
 	return s, nil
 }
 
@@ -242,15 +256,17 @@ func (s *Server) start(ctx context.Context) error {
 		}
 	}
 
-	s.grpc = grpc.NewServer(
+	s.grpc = grpc.NewServer(append(append(s.tls.serverOptions(),
 		grpc.MaxRecvMsgSize(s.cfg.MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(s.cfg.MaxConcurrentStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: s.cfg.KeepaliveMinTime}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepaliveTime, Timeout: s.cfg.KeepaliveTimeout}),
 		grpc.ForceServerCodecV2(newWireCodec()),
 		grpc.ChainUnaryInterceptor(s.metrics.grpc.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(s.metrics.grpc.StreamServerInterceptor(), s.limits.stream),
+		grpc.ChainStreamInterceptor(s.metrics.grpc.StreamServerInterceptor(), s.limits.stream)),
+		s.authz.serverOptions()...)...,
 	)
+	s.warnIfOpen()
 	pb.RegisterTimerServiceServer(s.grpc, &timerService{s: s})
 	pb.RegisterClusterServiceServer(s.grpc, &clusterService{s: s})
 	s.health = health.NewServer()

@@ -241,9 +241,13 @@ func (c *benchCmd) run(ctx context.Context, a *app, args []string) error {
 		if ns == "" {
 			ns = "bench"
 		}
+		sec, err := a.sec.options(a.addr)
+		if err != nil {
+			return err
+		}
 		cctx, cancel := a.callCtx(ctx)
 		td, err := bench.DialTimerd(cctx, strings.Split(a.addr, ","),
-			bench.TimerdOptions{Namespace: ns, MaxInFlight: c.maxInFlight, Workers: c.workers}, client.WithLogger(logger))
+			bench.TimerdOptions{Namespace: ns, MaxInFlight: c.maxInFlight, Workers: c.workers}, append(sec, client.WithLogger(logger))...)
 		cancel()
 		if err != nil {
 			return err

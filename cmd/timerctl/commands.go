@@ -182,7 +182,11 @@ served where the ring assigns them.`,
 
 // dial returns a client of the node at --addr.
 func (a *app) dial(ctx context.Context, opts ...client.Option) (*client.Client, error) {
-	return client.New(ctx, a.addr, opts...)
+	sec, err := a.sec.options(a.addr)
+	if err != nil {
+		return nil, err
+	}
+	return client.New(ctx, a.addr, append(sec, opts...)...)
 }
 
 // connect dials the node and returns the client with ctx bounded by

@@ -67,6 +67,8 @@ type app struct {
 	json      bool
 	namespace string
 	timeout   time.Duration
+	// sec is how the calls are secured: TLS and a bearer token.
+	sec security
 
 	// cmdArgs are the arguments after the command name, as given (bench
 	// hands them on to the runner of a peer).
@@ -101,6 +103,7 @@ func (a *app) main(ctx context.Context, args []string) int {
 		a.addr = v
 	}
 	a.timeout = 10 * time.Second
+	a.sec.token = a.getenv("TIMERD_TOKEN")
 
 	// --json is honoured for the errors of a command line that does not
 	// parse, too.
@@ -251,7 +254,8 @@ func (a *app) help(root *flag.FlagSet, args []string) int {
 // globalFlags names the flags every command accepts, before or after its
 // name.
 // (--version, a global flag in the tool's help, is the tool's alone.)
-var globalFlags = map[string]bool{"addr": true, "json": true, "namespace": true, "timeout": true, "version": true}
+var globalFlags = map[string]bool{"addr": true, "json": true, "namespace": true, "timeout": true, "version": true,
+	"token": true, "tls": true, "tls-ca": true, "tls-cert": true, "tls-key": true, "tls-server-name": true}
 
 // newFlagSet returns a flag set with the global flags, which write to a.
 // It prints nothing itself: the callers report errors and usage.
@@ -263,6 +267,7 @@ func (a *app) newFlagSet(name string) *flag.FlagSet {
 	fs.BoolVar(&a.json, "json", a.json, "print JSON for scripts instead of tables")
 	fs.StringVar(&a.namespace, "namespace", a.namespace, "`namespace` of the timers (empty: \"default\")")
 	fs.DurationVar(&a.timeout, "timeout", a.timeout, "bound on each command's calls (0: none; subscribe: only the connection check)")
+	a.sec.flags(fs)
 	cli.HumanDurations(fs)
 	return fs
 }

@@ -12,6 +12,9 @@
 // and leaves the cluster; then it stops taking requests, flushes,
 // releases what it still holds and exits 0.
 //
+// SIGHUP reads the TLS certificates and the token file again (they are
+// also read again when they change on disk).
+//
 // This package only parses flags; the node is package server.
 package main
 
@@ -72,13 +75,27 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "timerd: %v\n", err)
 		return 1
 	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	code := 0
-	select {
-	case <-ctx.Done():
-		log.Info("signal received; shutting down", "timeout", shutdownTimeout)
-	case <-srv.Done():
-		log.Error("stopped serving", "err", srv.Err())
-		code = 1
+wait:
+	for {
+		select {
+		case <-hup:
+			if err := srv.Reload(); err != nil {
+				log.Error("SIGHUP: reload; what failed keeps its previous version", "err", err)
+			} else {
+				log.Info("SIGHUP: TLS and token files reloaded")
+			}
+		case <-ctx.Done():
+			log.Info("signal received; shutting down", "timeout", shutdownTimeout)
+			break wait
+		case <-srv.Done():
+			log.Error("stopped serving", "err", srv.Err())
+			code = 1
+			break wait
+		}
 	}
 	stop() // a second signal now kills the process
 	closeCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
@@ -132,6 +149,9 @@ Flags:
 		cc       = cluster.DefaultConfig()
 		join     string
 		version  bool
+		tlsc     server.TLSConfig
+		keyFile  string
+		nodeTok  string
 	)
 	fs.BoolVar(&version, "version", false, "print the version, the commit and the Go version timerd was built from, and exit")
 	fs.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "`host:port` of the gRPC API (TimerService, ClusterService, health, reflection)")
@@ -176,6 +196,14 @@ Flags:
 	fs.DurationVar(&cfg.Commit.Linger, "commit-linger", cfg.Commit.Linger, "how long a group commit waits for more writes before it starts (0: none)")
 	fs.DurationVar(&cfg.Commit.GiveUpAfter, "commit-give-up", cfg.Commit.GiveUpAfter, "how long a failing store is retried before writes fail with UNAVAILABLE")
 	fs.IntVar(&cfg.Commit.MaxQueueOps, "commit-max-queue", cfg.Commit.MaxQueueOps, "most `writes` a group commit lane holds; past it calls fail with RESOURCE_EXHAUSTED")
+	fs.StringVar(&tlsc.CertFile, "tls-cert", "", "PEM `file` of this node's TLS certificate (chain); with --tls-key, serves gRPC over TLS 1.3 and calls peers over TLS; reloaded when it changes or on SIGHUP")
+	fs.StringVar(&tlsc.KeyFile, "tls-key", "", "PEM `file` of the key of --tls-cert")
+	fs.StringVar(&tlsc.ClientCAFile, "tls-client-ca", "", "PEM `file` of the CAs client (and peer) certificates must chain to: mutual TLS")
+	fs.StringVar(&tlsc.PeerCAFile, "tls-peer-ca", "", "PEM `file` of the CAs peers' certificates are verified against (default: --tls-client-ca, else the system's)")
+	fs.StringVar(&cfg.AuthFile, "auth-file", "", "JSON token `file` (see docs/SECURITY.md): every RPC must carry a bearer token, limited to its namespaces and roles; reloaded when it changes or on SIGHUP")
+	fs.StringVar(&nodeTok, "node-token-file", "", "`file` holding the token (role node) this node presents on its own calls to peers")
+	fs.StringVar(&keyFile, "gossip-key-file", "", "`file` of the gossip encryption key: 16, 24 or 32 bytes, base64 or raw; every member needs the same")
+	fs.StringVar(&cc.Label, "gossip-label", cc.Label, "`label` on every gossip message; members of one cluster share it, and drop other labels")
 	fs.TextVar(&level, "log-level", level, "log `level`: debug, info, warn or error")
 	fs.DurationVar(&shutdown, "shutdown-timeout", shutdown, "how long a graceful stop may take before RPCs in progress are cut")
 	cli.HumanDurations(fs)
@@ -243,6 +271,31 @@ Flags:
 	}{{"shards", shards}, {"max-attempts", attempts}, {"max-in-flight", maxIn}, {"default-in-flight", defIn}, {"max-concurrent-streams", streams}} {
 		if v.n > 1<<32-1 {
 			return cfg, level, shutdown, fmt.Errorf("--%s %d is too large", v.name, v.n)
+		}
+	}
+	if tlsc != (server.TLSConfig{}) {
+		if tlsc.CertFile == "" || tlsc.KeyFile == "" {
+			return cfg, level, shutdown, errors.New("--tls-cert and --tls-key go together (and --tls-client-ca and --tls-peer-ca need them)")
+		}
+		cfg.TLS = &tlsc
+	}
+	if keyFile != "" {
+		if cfg.Cluster == nil {
+			return cfg, level, shutdown, errors.New("--gossip-key-file needs a cluster member (--join or --gossip-addr)")
+		}
+		k, err := cluster.ReadKeyFile(keyFile)
+		if err != nil {
+			return cfg, level, shutdown, fmt.Errorf("--gossip-key-file: %w", err)
+		}
+		cfg.Cluster.SecretKey = k
+	}
+	if nodeTok != "" {
+		b, err := os.ReadFile(nodeTok)
+		if err != nil {
+			return cfg, level, shutdown, fmt.Errorf("--node-token-file: %w", err)
+		}
+		if cfg.NodeToken = strings.TrimSpace(string(b)); cfg.NodeToken == "" {
+			return cfg, level, shutdown, fmt.Errorf("--node-token-file: %s is empty", nodeTok)
 		}
 	}
 	cfg.Shards = uint32(shards)

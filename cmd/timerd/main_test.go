@@ -2,13 +2,17 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/timerd/timerd/server"
 	"github.com/timerd/timerd/store"
 )
 
@@ -203,6 +207,62 @@ func TestStartFailsWithTheErrorOnly(t *testing.T) {
 			lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
 			if code != 1 || len(lines) != 1 || !strings.HasPrefix(lines[0], "timerd: ") || !strings.Contains(lines[0], tc.want) {
 				t.Errorf("exit %d, stderr:\n%s\nwant 1 and one line: timerd: ... %s", code, stderr.String(), tc.want)
+			}
+		})
+	}
+}
+
+// TestParseSecurity: the TLS, token and gossip flags fill the config, and
+// incomplete or unreadable settings are refused with the flag named.
+func TestParseSecurity(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "gossip.key")
+	if err := os.WriteFile(key, []byte(base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, 32))+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	badKey := filepath.Join(dir, "bad.key")
+	if err := os.WriteFile(badKey, []byte("short"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nodeTok := filepath.Join(dir, "node.token")
+	if err := os.WriteFile(nodeTok, []byte("tok-node\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	member := []string{"--redis", "redis://127.0.0.1:6379", "--gossip-addr", "127.0.0.1:0"}
+	tests := []struct {
+		name    string
+		args    []string
+		check   func(cfg server.Config) bool
+		wantErr string
+	}{
+		{"tls", []string{"--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-client-ca", "ca.pem"}, func(c server.Config) bool {
+			return c.TLS != nil && c.TLS.CertFile == "c.pem" && c.TLS.KeyFile == "k.pem" && c.TLS.ClientCAFile == "ca.pem"
+		}, ""},
+		{"no tls", nil, func(c server.Config) bool { return c.TLS == nil && c.AuthFile == "" }, ""},
+		{"cert without key", []string{"--tls-cert", "c.pem"}, nil, "--tls-cert and --tls-key"},
+		{"client ca alone", []string{"--tls-client-ca", "ca.pem"}, nil, "--tls-cert and --tls-key"},
+		{"auth file", []string{"--auth-file", "tokens.json", "--node-token-file", nodeTok}, func(c server.Config) bool {
+			return c.AuthFile == "tokens.json" && c.NodeToken == "tok-node"
+		}, ""},
+		{"missing node token file", []string{"--node-token-file", filepath.Join(dir, "nope")}, nil, "--node-token-file"},
+		{"gossip key", append(member, "--gossip-key-file", key, "--gossip-label", "prod"), func(c server.Config) bool {
+			return c.Cluster != nil && len(c.Cluster.SecretKey) == 32 && c.Cluster.Label == "prod"
+		}, ""},
+		{"default label", member, func(c server.Config) bool { return c.Cluster.Label == "timerd" && c.Cluster.SecretKey == nil }, ""},
+		{"bad gossip key", append(member, "--gossip-key-file", badKey), nil, "--gossip-key-file"},
+		{"gossip key without a cluster", []string{"--gossip-key-file", key}, nil, "needs a cluster member"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, _, _, err := parse(tt.args, io.Discard)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("parse = %v, want an error naming %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || !tt.check(cfg) {
+				t.Fatalf("parse = %+v, %v", cfg, err)
 			}
 		})
 	}

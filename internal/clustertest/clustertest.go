@@ -64,6 +64,9 @@ type Cluster struct {
 	RedisCluster *redistest.Cluster
 	redisURL     string
 	opts         []Option
+	// dial are the options of the connections the Cluster makes to its
+	// nodes to check them.
+	dial []grpc.DialOption
 
 	mu sync.Mutex
 	// nodes are by index, in start order; a stopped node stays, and
@@ -82,7 +85,20 @@ func Start(tb testing.TB, n int, opts ...Option) *Cluster {
 // StartOn is Start on the given kind of Redis.
 func StartOn(tb testing.TB, r Redis, n int, opts ...Option) *Cluster {
 	tb.Helper()
-	c := &Cluster{tb: tb, opts: opts}
+	return start(tb, r, n, []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts)
+}
+
+// StartDial is Start for nodes that need more than a plaintext
+// connection: the Cluster reaches its nodes with dial (their TLS
+// credentials and a token, say).
+func StartDial(tb testing.TB, n int, dial []grpc.DialOption, opts ...Option) *Cluster {
+	tb.Helper()
+	return start(tb, Standalone, n, dial, opts)
+}
+
+func start(tb testing.TB, r Redis, n int, dial []grpc.DialOption, opts []Option) *Cluster {
+	tb.Helper()
+	c := &Cluster{tb: tb, opts: opts, dial: dial}
 	switch r {
 	case RedisCluster:
 		c.RedisCluster = redistest.StartRedisCluster(tb, 3, 0)
@@ -296,7 +312,7 @@ func (c *Cluster) unstable() string {
 		if !n.Ready() {
 			return n.GRPCAddr() + " not ready"
 		}
-		conn, err := grpc.NewClient(n.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		conn, err := grpc.NewClient(n.GRPCAddr(), c.dial...)
 		if err != nil {
 			return err.Error()
 		}

@@ -81,9 +81,11 @@ type Server struct {
 	port    int
 	busPort int // cluster bus port; 0 when not a cluster node
 	cluster bool
-	id      string   // cluster node ID; set by StartRedisCluster, kept in nodes.conf across restarts
-	fsync   string   // appendfsync policy; "" means everysec
-	extra   []string // further arguments, after the defaults
+	id      string    // cluster node ID; set by StartRedisCluster, kept in nodes.conf across restarts
+	fsync   string    // appendfsync policy; "" means everysec
+	tls     *tlsFiles // TLS listener's files; nil: plaintext only
+	tlsPort int       // TLS listener's port; 0 without TLS
+	extra   []string  // further arguments, after the defaults
 
 	mu   sync.Mutex
 	proc *process // nil when the server is not running
@@ -127,6 +129,17 @@ func AppendFsync(policy string) Option {
 // then loses everything on Kill or Stop.
 func Args(args ...string) Option {
 	return func(s *Server) { s.extra = append(s.extra, args...) }
+}
+
+// tlsFiles are the PEM files of a server's TLS listener.
+type tlsFiles struct{ cert, key, ca string }
+
+// TLS adds a TLS listener (TLSAddr) beside the plaintext one, serving the
+// certificate and key in the PEM files cert and key; clients need not
+// present a certificate, and ca is the CA file Redis requires for its
+// TLS configuration. The plaintext port stays, for the readiness probes.
+func TLS(cert, key, ca string) Option {
+	return func(s *Server) { s.tls = &tlsFiles{cert, key, ca} }
 }
 
 // Start starts a standalone redis-server on a free port of 127.0.0.1 and
@@ -178,6 +191,11 @@ func start(tb testing.TB, m mode, opts []Option) *Server {
 		if s.port, err = freePort(); err != nil {
 			tb.Fatalf("redistest: pick a port: %v", err)
 		}
+		if s.tls != nil {
+			if s.tlsPort, err = freePort(); err != nil {
+				tb.Fatalf("redistest: pick a TLS port: %v", err)
+			}
+		}
 		if s.cluster {
 			if s.busPort, err = freePort(); err != nil {
 				tb.Fatalf("redistest: pick a cluster bus port: %v", err)
@@ -202,6 +220,12 @@ func start(tb testing.TB, m mode, opts []Option) *Server {
 // Addr is the server's host:port.
 func (s *Server) Addr() string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
+}
+
+// TLSAddr is the host:port of the TLS listener of a server started with
+// the TLS option.
+func (s *Server) TLSAddr() string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.tlsPort))
 }
 
 // Dir is the server's data directory (its AOF is under it).
@@ -340,6 +364,15 @@ func (s *Server) launch() error {
 			"--cluster-enabled", "yes",
 			"--cluster-config-file", filepath.Join(s.dir, "nodes.conf"),
 			"--cluster-port", strconv.Itoa(s.busPort),
+		)
+	}
+	if s.tls != nil {
+		args = append(args,
+			"--tls-port", strconv.Itoa(s.tlsPort),
+			"--tls-cert-file", s.tls.cert,
+			"--tls-key-file", s.tls.key,
+			"--tls-ca-cert-file", s.tls.ca,
+			"--tls-auth-clients", "no",
 		)
 	}
 	args = append(args, s.extra...)
