@@ -42,7 +42,7 @@ var methodRoles = map[string]auth.Role{
 	pb.TimerService_Reschedule_FullMethodName:        auth.RoleSchedule,
 	pb.TimerService_Cancel_FullMethodName:            auth.RoleSchedule,
 	pb.TimerService_Get_FullMethodName:               auth.RoleSchedule,
-	pb.TimerService_Subscribe_FullMethodName:         auth.RoleSubscribe,
+	pb.TimerService_Subscribe_FullMethodName:         auth.RoleSubscribe | auth.RoleNode, // node: a peer's relay
 	pb.TimerService_ListDeadLetters_FullMethodName:   auth.RoleAdmin,
 	pb.TimerService_ReplayDeadLetters_FullMethodName: auth.RoleAdmin,
 	pb.ClusterService_Members_FullMethodName:         anyRole,

@@ -98,7 +98,13 @@ func TestAuthorizationMatrix(t *testing.T) {
 			_, err := e.timers.Get(ctx, &pb.GetRequest{Namespace: ns, Id: "exists"})
 			return err
 		}},
-		{"Subscribe", auth.RoleSubscribe, true, func(ctx context.Context, ns string) error {
+		{"Subscribe", auth.RoleSubscribe | auth.RoleNode, true, func(ctx context.Context, ns string) error {
+			// A timer due now for each call: an earlier caller may have
+			// taken the last.
+			n++
+			if _, err := e.timers.Schedule(seed, &pb.ScheduleRequest{Namespace: ns, Timers: []*pb.TimerSpec{spec(fmt.Sprint("d", n), "now", 0)}}); err != nil {
+				return fmt.Errorf("seed a due timer: %w", err)
+			}
 			ctx, cancel := context.WithCancel(ctx)
 			defer cancel()
 			st, err := e.timers.Subscribe(ctx)

@@ -249,7 +249,9 @@ func (r *relays) session(ctx context.Context, k relayKey, l *relayLoop) (reopene
 	if err != nil {
 		return false, err
 	}
-	sctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(ctx, forwardedKey, "1"))
+	// A relay is on no one caller's behalf: it authenticates as the node
+	// (the local subscribers' tokens were checked when they subscribed).
+	sctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(s.NodeContext(ctx), forwardedKey, "1"))
 	defer cancel()
 	stream, err := c.Subscribe(sctx)
 	if err != nil {

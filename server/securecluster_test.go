@@ -27,7 +27,9 @@ import (
 // and reads timers of every shard, so the forwarding node called its
 // peers over mTLS and passed the caller's token on; the peers check it
 // again, so a request sent straight to a peer, marked forwarded but with
-// no token, is refused.
+// no token, is refused. A plain subscriber on that one node receives the
+// timers of every shard: the node's relays to its peers present the
+// node's own token.
 func TestSecureClusterForwards(t *testing.T) {
 	ca := testcert.NewCA(t, "cluster CA")
 	dir := t.TempDir()
@@ -36,7 +38,8 @@ func TestSecureClusterForwards(t *testing.T) {
 	tokens := filepath.Join(dir, "tokens.json")
 	if err := os.WriteFile(tokens, []byte(`{"tokens":[
 		{"name":"app","token":"tok-app","namespaces":["orders"],"roles":["schedule"]},
-		{"name":"ops","token":"tok-ops","namespaces":["*"],"roles":["admin"]}]}`), 0o600); err != nil {
+		{"name":"ops","token":"tok-ops","namespaces":["*"],"roles":["admin","subscribe"]},
+		{"name":"node","token":"tok-node","namespaces":["*"],"roles":["node"]}]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	creds := credentials.NewTLS(&tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{clientCert.TLS(t)}, MinVersion: tls.VersionTLS13})
@@ -44,7 +47,9 @@ func TestSecureClusterForwards(t *testing.T) {
 		func(c *server.Config) {
 			c.TLS = &server.TLSConfig{CertFile: nodeCert.CertFile, KeyFile: nodeCert.KeyFile, ClientCAFile: ca.CertFile}
 			c.AuthFile = tokens
+			c.NodeToken = "tok-node"
 		})
+	col := c.CollectVia("orders", "soon", c.Node(0).GRPCAddr())
 	conn, err := grpc.NewClient(c.Node(0).GRPCAddr(), grpc.WithTransportCredentials(creds))
 	if err != nil {
 		t.Fatal(err)
@@ -87,6 +92,31 @@ func TestSecureClusterForwards(t *testing.T) {
 		t.Fatal("no timer landed on a peer: nothing was forwarded")
 	}
 	t.Logf("100 timers on %d shards, %d of them on peers, scheduled and read through node 0 over mTLS with a token", len(owners), peers)
+
+	// Timers due in a second, on every shard, reach the subscriber on
+	// node 0 whichever node owns them.
+	soon := time.Now().Add(time.Second)
+	due := make(map[string]time.Time)
+	specs = specs[:0]
+	for i := range 200 {
+		id := fmt.Sprint("soon", i)
+		specs = append(specs, &pb.TimerSpec{Id: id, Topic: "soon", When: &pb.TimerSpec_DueTime{DueTime: timestamppb.New(soon)}})
+		due[id] = soon
+	}
+	if resp, err = tc.Schedule(ctx, &pb.ScheduleRequest{Namespace: "orders", Timers: specs}); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range resp.GetResults() {
+		if r.GetCode() != 0 {
+			t.Fatalf("item %d through node 0: %v", i, r)
+		}
+	}
+	col.Wait(due, 60*time.Second)
+	if v := col.Check(due); !v.OK() {
+		t.Fatalf("one-address subscriber over mTLS with tokens: %v", v)
+	} else {
+		t.Logf("200 timers due on every shard reached the subscriber on node 0: %v", v)
+	}
 
 	// A peer checks the token itself: marked forwarded, without one, a
 	// request is refused.

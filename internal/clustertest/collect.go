@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
@@ -36,7 +35,9 @@ type Collector struct {
 	// local sets Subscription.local on every stream: each takes its
 	// node's shards only, as the Go client's streams do. Unset, each is
 	// a one-address subscriber, which its node relays every shard to.
-	local  bool
+	local bool
+	// dial are the options of its connections: the Cluster's.
+	dial   []grpc.DialOption
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -74,7 +75,7 @@ func (c *Cluster) Recorder(ns, topic string) *Collector { return c.collector(ns,
 
 func (c *Cluster) collector(ns, topic string, local bool) *Collector {
 	ctx, cancel := context.WithCancel(context.Background())
-	col := &Collector{ns: ns, topic: topic, local: local, ctx: ctx, cancel: cancel, got: make(map[string][]Delivery), streams: make(map[string]bool)}
+	col := &Collector{ns: ns, topic: topic, local: local, dial: c.dial, ctx: ctx, cancel: cancel, got: make(map[string][]Delivery), streams: make(map[string]bool)}
 	c.tb.Cleanup(col.Close)
 	return col
 }
@@ -94,7 +95,7 @@ func (col *Collector) Follow(addrs ...string) {
 
 // run keeps a stream open to the node at addr until Close.
 func (col *Collector) run(addr string) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, col.dial...)
 	if err != nil {
 		return
 	}
