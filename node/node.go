@@ -79,6 +79,13 @@ type Config struct {
 	// AllowVolatileRedis lets the node use a Redis without an append-only
 	// file, or whose persistence it cannot read (default false).
 	AllowVolatileRedis bool
+	// RedisWaitReplicas and RedisWaitTimeout are store.RedisConfig's
+	// WaitReplicas (default 0: a commit does not wait for replicas) and
+	// WaitTimeout (default 1s): with n > 0 every commit waits until n
+	// replicas of its master have it, so a failover loses no
+	// acknowledged timer.
+	RedisWaitReplicas int
+	RedisWaitTimeout  time.Duration
 	// Shard is the template of every shard's configuration; its ID, Owner,
 	// Store, Committer and Logger are set by the node.
 	Shard shard.Config
@@ -94,14 +101,15 @@ type Config struct {
 // for owner, on the embedded store in dataDir.
 func DefaultConfig(owner, dataDir string) Config {
 	return Config{
-		Owner:           owner,
-		Shards:          64,
-		LoadParallelism: 8,
-		ReleaseTimeout:  10 * time.Second,
-		DataDir:         dataDir,
-		RedisPrefix:     "td",
-		Shard:           shard.DefaultConfig(0, ""),
-		Commit:          store.DefaultCommitterConfig(),
+		Owner:            owner,
+		Shards:           64,
+		LoadParallelism:  8,
+		ReleaseTimeout:   10 * time.Second,
+		DataDir:          dataDir,
+		RedisPrefix:      "td",
+		RedisWaitTimeout: store.DefaultRedisConfig().WaitTimeout,
+		Shard:            shard.DefaultConfig(0, ""),
+		Commit:           store.DefaultCommitterConfig(),
 	}
 }
 
@@ -134,6 +142,8 @@ func (c Config) Validate() error {
 		return bad("DataDir", "must be set when RedisURL is empty")
 	case c.RedisURL != "" && c.RedisPrefix == "":
 		return bad("RedisPrefix", "must be set when RedisURL is set")
+	case c.RedisURL != "" && c.redisConfig().Validate() != nil:
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, c.redisConfig().Validate())
 	}
 	if c.RedisURL != "" {
 		if _, err := ParseRedisURL(c.RedisURL); err != nil {

@@ -40,9 +40,7 @@ func (n *Node) openStore(ctx context.Context) error {
 	if err := checkRedisPersistence(ctx, n.rdb, opts.String(), n.cfg.AllowVolatileRedis, n.log); err != nil {
 		return err
 	}
-	rc := store.DefaultRedisConfig()
-	rc.Prefix = n.cfg.RedisPrefix
-	if n.st, err = store.NewRedis(n.rdb, rc); err != nil {
+	if n.st, err = store.NewRedis(n.rdb, n.cfg.redisConfig()); err != nil {
 		return fmt.Errorf("node: %w", err)
 	}
 	return nil
@@ -161,4 +159,12 @@ func RedisTimeouts(opts RedisOptions, commit store.CommitterConfig) {
 		}
 	}
 	*contextDeadlines = true
+}
+
+// redisConfig is the Redis store's configuration this node's asks for.
+func (c Config) redisConfig() store.RedisConfig {
+	rc := store.DefaultRedisConfig()
+	rc.Prefix = c.RedisPrefix
+	rc.WaitReplicas, rc.WaitTimeout = c.RedisWaitReplicas, c.RedisWaitTimeout
+	return rc
 }

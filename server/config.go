@@ -44,6 +44,14 @@ type Config struct {
 	// Redis answers writes it may lose whole on a restart, so "durable"
 	// then means only "in Redis's memory" (and its RDB snapshots, if any).
 	AllowVolatileRedis bool
+	// RedisWaitReplicas, when above 0, makes every commit wait until that
+	// many replicas of its Redis master have it (Redis's WAIT), so that a
+	// failover which promotes a replica loses no acknowledged timer; it
+	// must not exceed the replicas each master has. Default 0.
+	// RedisWaitTimeout bounds each wait (default 1s); see
+	// store.RedisConfig.
+	RedisWaitReplicas int
+	RedisWaitTimeout  time.Duration
 
 	// NodeName names this node in shard leases and in ClusterService
 	// (default: the host name). With Redis it should be unique per node
@@ -168,6 +176,7 @@ func DefaultConfig() Config {
 		HTTPAddr:             "127.0.0.1:7071",
 		DataDir:              "timerd-data",
 		RedisPrefix:          "td",
+		RedisWaitTimeout:     store.DefaultRedisConfig().WaitTimeout,
 		Shards:               64,
 		LoadParallelism:      8,
 		Shard:                shard.DefaultConfig(0, ""),

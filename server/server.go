@@ -155,6 +155,7 @@ func New(cfg Config) (*Server, error) {
 	nc.Shards = cfg.Shards
 	nc.LoadParallelism = cfg.LoadParallelism
 	nc.RedisURL, nc.RedisPrefix, nc.AllowVolatileRedis = cfg.RedisURL, cfg.RedisPrefix, cfg.AllowVolatileRedis
+	nc.RedisWaitReplicas, nc.RedisWaitTimeout = cfg.RedisWaitReplicas, cfg.RedisWaitTimeout
 	nc.Shard = cfg.Shard
 	nc.Shard.Dispatcher = s.hub
 	nc.Shard.Events = s.metrics

@@ -164,6 +164,8 @@ Flags:
 		"redis-sentinel://[user:pass@]host1:port1,host2:port2[/db]?master=name[&sentinel_password=pw] (the master behind Sentinel); "+
 		"go-redis's options may follow, as ?dial_timeout=3s")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", cfg.RedisPrefix, "`prefix` of every Redis key")
+	fs.IntVar(&cfg.RedisWaitReplicas, "redis-wait-replicas", cfg.RedisWaitReplicas, "make every commit wait until this many replicas of its Redis master have it (WAIT), so a failover loses no acknowledged timer; at most the replicas each master has (0: do not wait)")
+	fs.DurationVar(&cfg.RedisWaitTimeout, "redis-wait-timeout", cfg.RedisWaitTimeout, "how long each commit waits for --redis-wait-replicas replicas before it is retried")
 	fs.BoolVar(&cfg.AllowVolatileRedis, "allow-volatile-redis", cfg.AllowVolatileRedis, "start on a Redis without an append-only file (appendonly no), or whose persistence cannot be read; a restart of such a Redis loses acknowledged timers")
 	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "this node's `name` in shard leases (default: the host name); unique and stable per node (each process adds its own incarnation, so a second process of one name waits for the first's leases)")
 	fs.UintVar(&shards, "shards", shards, "shard `count`; fixed when a store is first used (default 64 for a single node, 1024 for a cluster)")

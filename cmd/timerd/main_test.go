@@ -90,6 +90,8 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{"invalid config", []string{"--shards", "0"}, [2]string{}, "Shards"},
 		{"ack timeout out of bounds", []string{"--ack-timeout", "1h"}, [2]string{}, "AckTimeout"},
 		{"bad Redis seed", []string{"--redis", "redis://127.0.0.1:1,127.0.0.1:x"}, [2]string{}, `--redis: invalid Redis URL: seed 2 of 2: port "x"`},
+		{"negative replicas to wait for", []string{"--redis", "redis://127.0.0.1:1", "--redis-wait-replicas", "-1"}, [2]string{}, "WaitReplicas -1"},
+		{"wait timeout under a millisecond", []string{"--redis", "redis://127.0.0.1:1", "--redis-wait-replicas", "1", "--redis-wait-timeout", "1us"}, [2]string{}, "WaitTimeout"},
 		{"Sentinel without master", nil, [2]string{"TIMERD_REDIS", "redis-sentinel://127.0.0.1:26379"}, "--redis: invalid Redis URL: a redis-sentinel:// URL needs master=name"},
 	}
 	for _, tt := range tests {
