@@ -118,6 +118,15 @@ type subscriber struct {
 	// or not the sweep ran before the redelivery came (when the shard's
 	// backoff is shorter than two sweeps, as first redeliveries are).
 	lapsed, lapsedOld map[string]struct{}
+	// refusedHeld holds the ids of out that a shard offered again on the
+	// first pass and was refused because this stream holds them (a shard
+	// reloaded on this node fires an occurrence this stream still has
+	// from the previous load, as attempt 1 again). Such a shard keeps the
+	// timer, and every later one of its topic, waiting for Ready; credit
+	// coming back is no signal when the stream never ran out, so letting
+	// go of one of these ids is.
+	// Invariant: every id in refusedHeld is in out.
+	refusedHeld map[string]struct{}
 	// sendStart is when the Send in progress began; zero while the sender
 	// is not in Send.
 	sendStart time.Time
@@ -148,13 +157,14 @@ const (
 
 func newSubscriber(key topicKey, limit int, ackTimeout time.Duration) *subscriber {
 	return &subscriber{
-		key:        key,
-		limit:      limit,
-		ackTimeout: ackTimeout,
-		wake:       make(chan struct{}, 1),
-		out:        make(map[string]held, limit),
-		lapsed:     make(map[string]struct{}),
-		lapsedOld:  make(map[string]struct{}),
+		key:         key,
+		limit:       limit,
+		ackTimeout:  ackTimeout,
+		wake:        make(chan struct{}, 1),
+		out:         make(map[string]held, limit),
+		refusedHeld: make(map[string]struct{}),
+		lapsed:      make(map[string]struct{}),
+		lapsedOld:   make(map[string]struct{}),
 	}
 }
 
@@ -189,6 +199,9 @@ func (s *subscriber) offer(d *shard.Delivery, again bool) bool {
 		ok = !full
 	}
 	if !ok {
+		if holds && !s.closed {
+			s.refusedHeld[d.ID] = struct{}{}
+		}
 		s.mu.Unlock()
 		return false
 	}
@@ -274,13 +287,14 @@ func (s *subscriber) blocked(now time.Time) time.Duration {
 // their credit freed, and returned; the others are counted in notHeld
 // (held by another stream, by none, or repeated) and notSent (held but
 // not sent yet). refilled reports whether the subscriber was out of
-// credit before, so the caller tells the shards it can take deliveries
+// credit before, or let go of an id a shard was refused for (see
+// refusedHeld), so the caller tells the shards it can take deliveries
 // again.
 func (s *subscriber) acks(ids, mine []string) (_ []string, notHeld, notSent int, refilled bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	full := len(s.out) >= s.limit
-	wasQueued := false
+	wasQueued, wanted := false, false
 	for _, id := range ids {
 		h, ok := s.out[id]
 		switch {
@@ -291,13 +305,23 @@ func (s *subscriber) acks(ids, mine []string) (_ []string, notHeld, notSent int,
 		default:
 			mine = append(mine, id)
 			wasQueued = wasQueued || h.state == queued
-			delete(s.out, id)
+			wanted = s.letGoLocked(id) || wanted
 		}
 	}
 	if wasQueued {
 		s.compactLocked()
 	}
-	return mine, notHeld, notSent, full && len(s.out) < s.limit
+	return mine, notHeld, notSent, wanted || full && len(s.out) < s.limit
+}
+
+// letGoLocked removes id from out and reports whether a shard was refused
+// it because it was held here, and so waits for Ready.
+func (s *subscriber) letGoLocked(id string) (wanted bool) {
+	delete(s.out, id)
+	if _, wanted = s.refusedHeld[id]; wanted {
+		delete(s.refusedHeld, id)
+	}
+	return wanted
 }
 
 // compactLocked removes from queue the deliveries no longer held: an
@@ -325,25 +349,26 @@ func (s *subscriber) compactLocked() {
 // expire frees the credit of deliveries accepted at least ackTimeout
 // before now: their shards have taken them back for redelivery, so
 // holding their credit would starve the stream. Like acks, it reports
-// whether the subscriber was out of credit before.
+// whether the subscriber was out of credit before, or let go of an id a
+// shard was refused for.
 func (s *subscriber) expire(now time.Time) (refilled bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	full := len(s.out) >= s.limit
 	s.lapsedOld, s.lapsed = s.lapsed, s.lapsedOld
 	clear(s.lapsed)
-	wasQueued := false
+	wasQueued, wanted := false, false
 	for id, h := range s.out {
 		if now.Sub(h.at) >= s.ackTimeout {
 			wasQueued = wasQueued || h.state == queued
-			delete(s.out, id)
+			wanted = s.letGoLocked(id) || wanted
 			s.lapsed[id] = struct{}{}
 		}
 	}
 	if wasQueued {
 		s.compactLocked()
 	}
-	return full && len(s.out) < s.limit
+	return wanted || full && len(s.out) < s.limit
 }
 
 // close refuses further deliveries and returns the attempts it held
@@ -361,6 +386,6 @@ func (s *subscriber) close() []shard.Attempt {
 			out = append(out, shard.Attempt{ID: d, Number: h.attempt, Unsent: h.state != sent})
 		}
 	}
-	s.out, s.queue, s.lapsed, s.lapsedOld = nil, nil, nil, nil
+	s.out, s.queue, s.lapsed, s.lapsedOld, s.refusedHeld = nil, nil, nil, nil, nil
 	return out
 }
