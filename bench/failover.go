@@ -104,8 +104,8 @@ func (r *run) failover(ctx context.Context) {
 	if !killStart.IsZero() && r.failure() == nil {
 		// Who died is read from a node still up, with a context of its own
 		// (a run cut short still says what it saw).
-		actx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		after, _ = r.layout(actx, cl) // a failure fails the run
+		actx, cancel := context.WithTimeout(context.Background(), afterKillWait)
+		after = r.layoutAfterKill(actx, cl, before)
 		cancel()
 	}
 	stop()
@@ -287,6 +287,25 @@ func killedMembers(before, after Layout) []string {
 		}
 	}
 	return dead
+}
+
+// afterKillWait bounds how long failover waits, once its wait for
+// deliveries has ended, for a node still up to see the killed member gone:
+// the failure detector (a few probe intervals and a suspicion timeout)
+// may not have spoken yet when every timer arrived soon after the kill.
+const afterKillWait = 30 * time.Second
+
+// layoutAfterKill reads the target's layout until it shows a member of
+// before gone, not alive or restarted, or until ctx ends; it returns the
+// last layout read (the zero Layout when none could be, and the run then
+// fails).
+func (r *run) layoutAfterKill(ctx context.Context, cl Cluster, before Layout) Layout {
+	for {
+		after, err := r.layout(ctx, cl)
+		if err != nil || len(killedMembers(before, after)) > 0 || !r.clock.Sleep(ctx, 100*time.Millisecond) {
+			return after
+		}
+	}
 }
 
 // layout reads the target's layout, failing the run when it cannot or

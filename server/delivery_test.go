@@ -259,3 +259,38 @@ func TestSilentStreamIsEnded(t *testing.T) {
 		return goroutinesIn("server.(*timerService).Subscribe(") == 0 && goroutinesIn("server.(*Server).first.") == 0
 	})
 }
+
+// TestReloadedShardRefiresHeldOccurrence: a shard reloaded on the node
+// whose stream still holds one of its occurrences (firing writes
+// nothing, so the reload fires it again as attempt 1 under the same
+// delivery id) is refused it by that stream, and keeps it and every later
+// timer of its topic waiting. The stream letting go of the occurrence
+// (here its ack timeout lapses; an ack does the same) must wake the
+// shard: the stream never ran out of credit, so no refill would.
+func TestReloadedShardRefiresHeldOccurrence(t *testing.T) {
+	e := start(t, "", func(c *Config) { c.Shards = 1 })
+	st := e.subscribe(&pb.Subscription{Topic: "t", AckTimeout: durationpb.New(2 * time.Second)})
+	e.schedule(spec("a", "t", 0))
+	first := st.next()
+	if first.Id != "a" || first.Attempt != 1 {
+		t.Fatalf("first delivery %s attempt %d, want a attempt 1", first.Id, first.Attempt)
+	}
+	// Reload shard 0 on this node while the stream holds a, unacked.
+	old := e.srv.node.Shard(0)
+	e.srv.node.Hold(nil)
+	waitFor(t, "shard 0 to close", func() bool { return e.srv.node.Shard(0) == nil })
+	e.srv.node.HoldAll()
+	waitFor(t, "shard 0 to load again", func() bool { sh := e.srv.node.Shard(0); return sh != nil && sh != old })
+	e.schedule(spec("b", "t", 0))
+	got := map[string]uint32{}
+	for len(got) < 2 {
+		d := st.next()
+		if _, ok := got[d.Id]; !ok {
+			got[d.Id] = d.Attempt
+		}
+		if d.Id == "a" && d.DeliveryId != first.DeliveryId {
+			t.Errorf("a came again under delivery id %s, want %s (the same occurrence)", d.DeliveryId, first.DeliveryId)
+		}
+	}
+	t.Logf("delivered after the reload: %v", got)
+}

@@ -165,6 +165,15 @@ type subscriber struct {
 	// or not the sweep ran before the redelivery came (when the shard's
 	// backoff is shorter than two sweeps, as first redeliveries are).
 	lapsed, lapsedOld map[string]struct{}
+	// refusedHeld holds the ids of out that a shard offered again on the
+	// first pass and was refused because this stream holds them (a shard
+	// reloaded on this node fires an occurrence this stream still has
+	// from the previous load, as attempt 1 again). Such a shard keeps the
+	// timer, and every later one of its topic, waiting for Ready; credit
+	// coming back is no signal when the stream never ran out, so letting
+	// go of one of these ids is.
+	// Invariant: every id in refusedHeld is in out.
+	refusedHeld map[string]struct{}
 	// sendStart is when the Send in progress began; zero while the sender
 	// is not in Send.
 	sendStart time.Time
@@ -198,13 +207,14 @@ const (
 
 func newSubscriber(key topicKey, limit int, ackTimeout time.Duration) *subscriber {
 	return &subscriber{
-		key:        key,
-		limit:      limit,
-		ackTimeout: ackTimeout,
-		wake:       make(chan struct{}, 1),
-		out:        make(map[string]held, limit),
-		lapsed:     make(map[string]struct{}),
-		lapsedOld:  make(map[string]struct{}),
+		key:         key,
+		limit:       limit,
+		ackTimeout:  ackTimeout,
+		wake:        make(chan struct{}, 1),
+		out:         make(map[string]held, limit),
+		refusedHeld: make(map[string]struct{}),
+		lapsed:      make(map[string]struct{}),
+		lapsedOld:   make(map[string]struct{}),
 	}
 }
 
@@ -241,6 +251,9 @@ func (s *subscriber) offer(d *shard.Delivery, again bool, via *relayStream) bool
 		ok = !full
 	}
 	if !ok {
+		if holds && !s.closed {
+			s.refusedHeld[d.ID] = struct{}{}
+		}
 		s.mu.Unlock()
 		return false
 	}
@@ -330,8 +343,9 @@ func (s *subscriber) blocked(now time.Time) time.Duration {
 // passed to their relay, which sends them to their owner; the others are
 // counted in notHeld (held by another stream, by none, or repeated) and
 // notSent (held but not sent yet). refilled reports whether the
-// subscriber was out of credit before, so the caller tells the shards it
-// can take deliveries again.
+// subscriber was out of credit before, or let go of an id a shard was
+// refused for (see refusedHeld), so the caller tells the shards it can
+// take deliveries again.
 func (s *subscriber) acks(ids, mine []string) (_ []string, notHeld, notSent int, refilled bool) {
 	notHeld, notSent, refilled = s.settle(ids, func(id string, h held) {
 		if h.via != nil {
@@ -352,7 +366,7 @@ func (s *subscriber) settle(ids []string, each func(id string, h held)) (notHeld
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	full := len(s.out) >= s.limit
-	wasQueued := false
+	wasQueued, wanted := false, false
 	for _, id := range ids {
 		h, ok := s.out[id]
 		switch {
@@ -363,13 +377,23 @@ func (s *subscriber) settle(ids []string, each func(id string, h held)) (notHeld
 		default:
 			each(id, h)
 			wasQueued = wasQueued || h.state == queued
-			delete(s.out, id)
+			wanted = s.letGoLocked(id) || wanted
 		}
 	}
 	if wasQueued {
 		s.compactLocked()
 	}
-	return notHeld, notSent, full && len(s.out) < s.limit
+	return notHeld, notSent, wanted || full && len(s.out) < s.limit
+}
+
+// letGoLocked removes id from out and reports whether a shard was refused
+// it because it was held here, and so waits for Ready.
+func (s *subscriber) letGoLocked(id string) (wanted bool) {
+	delete(s.out, id)
+	if _, wanted = s.refusedHeld[id]; wanted {
+		delete(s.refusedHeld, id)
+	}
+	return wanted
 }
 
 // compactLocked removes from queue the deliveries no longer held: an
@@ -399,18 +423,19 @@ func (s *subscriber) compactLocked() {
 // holding their credit would starve the stream. A relayed one is given
 // back to its relay, which returns it to its owner: the relay's own ack
 // timeout is the longest of its subscribers'. Like acks, it reports
-// whether the subscriber was out of credit before.
+// whether the subscriber was out of credit before, or let go of an id a
+// shard was refused for.
 func (s *subscriber) expire(now time.Time) (refilled bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	full := len(s.out) >= s.limit
 	s.lapsedOld, s.lapsed = s.lapsed, s.lapsedOld
 	clear(s.lapsed)
-	wasQueued := false
+	wasQueued, wanted := false, false
 	for id, h := range s.out {
 		if now.Sub(h.at) >= s.ackTimeout {
 			wasQueued = wasQueued || h.state == queued
-			delete(s.out, id)
+			wanted = s.letGoLocked(id) || wanted
 			s.lapsed[id] = struct{}{}
 			if h.via != nil {
 				h.via.release(id, !h.seen)
@@ -420,7 +445,7 @@ func (s *subscriber) expire(now time.Time) (refilled bool) {
 	if wasQueued {
 		s.compactLocked()
 	}
-	return full && len(s.out) < s.limit
+	return wanted || full && len(s.out) < s.limit
 }
 
 // close refuses further deliveries and returns the attempts it held
@@ -444,7 +469,7 @@ func (s *subscriber) close() []shard.Attempt {
 			out = append(out, shard.Attempt{ID: d, Number: h.attempt, Unsent: h.state != sent})
 		}
 	}
-	s.out, s.queue, s.lapsed, s.lapsedOld = nil, nil, nil, nil
+	s.out, s.queue, s.lapsed, s.lapsedOld, s.refusedHeld = nil, nil, nil, nil, nil
 	return out
 }
 
@@ -460,15 +485,16 @@ func (s *subscriber) drop(via *relayStream) (refilled bool) {
 	}
 	full := len(s.out) >= s.limit
 	n := len(s.out)
+	wanted := false
 	for id, h := range s.out {
 		if h.via == via {
-			delete(s.out, id)
+			wanted = s.letGoLocked(id) || wanted
 		}
 	}
 	if len(s.out) < n {
 		s.compactLocked()
 	}
-	return full && len(s.out) < s.limit
+	return wanted || full && len(s.out) < s.limit
 }
 
 // release sorts the ids of a Release message as acks does, and returns

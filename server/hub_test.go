@@ -317,3 +317,36 @@ func TestSubscriberRelayed(t *testing.T) {
 		}
 	})
 }
+
+// TestRefusedHeldWakesShards: a stream that refused an occurrence because
+// it holds it (a reloaded shard offers it again as attempt 1) reports,
+// when it lets go of it, that the shards must be told, though it never ran
+// out of credit; letting go of any other id reports nothing.
+func TestRefusedHeldWakesShards(t *testing.T) {
+	now := time.Now()
+	for _, tc := range []struct {
+		name   string
+		letGo  func(s *subscriber, id string) bool
+		wanted bool // whether a is offered again and refused first
+	}{
+		{"ack", func(s *subscriber, id string) bool { _, _, _, r := s.acks([]string{id}, nil); return r }, true},
+		{"expiry", func(s *subscriber, _ string) bool { return s.expire(now.Add(time.Second)) }, true},
+		{"ack, not refused", func(s *subscriber, id string) bool { _, _, _, r := s.acks([]string{id}, nil); return r }, false},
+		{"expiry, not refused", func(s *subscriber, _ string) bool { return s.expire(now.Add(time.Second)) }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSubscriber(topicKey{"default", "t"}, 10, time.Second)
+			a := delivery("a", 1, now)
+			if !s.offer(a, false, nil) {
+				t.Fatal("refused with credit")
+			}
+			sendAll(s, now)
+			if tc.wanted && s.offer(delivery("a", 1, now), false, nil) {
+				t.Fatal("an occurrence the stream holds was taken again")
+			}
+			if got := tc.letGo(s, a.ID); got != tc.wanted {
+				t.Fatalf("letting go of a reports %v, want %v", got, tc.wanted)
+			}
+		})
+	}
+}
