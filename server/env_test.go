@@ -24,6 +24,8 @@ type env struct {
 	conn    *grpc.ClientConn
 	timers  pb.TimerServiceClient
 	cluster pb.ClusterServiceClient
+	// token, when set, is the bearer token subscribe sends.
+	token string
 }
 
 // testLogger logs to the test when TIMERD_TEST_LOG is set.
@@ -117,7 +119,7 @@ type stream struct {
 // subscribe opens a stream for topic in the default namespace.
 func (e *env) subscribe(sub *pb.Subscription) *stream {
 	e.t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(bearer(context.Background(), e.token))
 	s, err := e.timers.Subscribe(ctx)
 	if err != nil {
 		cancel()

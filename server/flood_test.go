@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -12,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
@@ -23,15 +26,44 @@ type floodResult struct {
 	bad  map[string]int  // "kind code" -> calls, of the flood
 }
 
+// floodTokens is the token file of a flood on a node that requires
+// tokens: the well-behaved client's, and one of another namespace.
+const floodTokens = `{"tokens":[
+	{"name":"good","token":"tok-good","namespaces":["*"],"roles":["schedule","subscribe"]},
+	{"name":"other","token":"tok-other","namespaces":["other"],"roles":["schedule","subscribe","admin"]}]}`
+
+// startFlood starts a node for floodRun; with tokens it requires them
+// (floodTokens), and the env's calls carry the good client's.
+func startFlood(tb testing.TB, tokens bool) *env {
+	tb.Helper()
+	path := ""
+	if tokens {
+		path = filepath.Join(tb.TempDir(), "tokens.json")
+		if err := os.WriteFile(path, []byte(floodTokens), 0o600); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	e := start(tb, "", func(c *Config) {
+		c.MaxRecvMsgSize = 1 << 20
+		c.AuthFile = path
+	})
+	if tokens {
+		e.token = "tok-good"
+	}
+	return e
+}
+
 // floodRun runs a well-behaved client that schedules n timers due over
 // span and receives and acks them, while (with flood) another client
 // sends malformed, oversized and invalid-namespace requests as fast as
-// it can, some naming the stored timers of namespace victim. It fails
+// it can, some naming the stored timers of namespace victim, and, when
+// the node requires tokens (e.token set), requests without a token,
+// with an unknown one, and with a token of another namespace. It fails
 // tb if a good timer is lost, early or delivered twice, if a flood call
 // gets a code other than its kind's, or if a victim timer changed.
 func floodRun(tb testing.TB, e *env, n int, span time.Duration, flood bool) floodResult {
 	tb.Helper()
-	ctx := context.Background()
+	ctx := bearer(context.Background(), e.token)
 	victims := make([]*pb.TimerSpec, 50)
 	for i := range victims {
 		victims[i] = &pb.TimerSpec{Namespace: "victim", Id: fmt.Sprint("v", i), Topic: "t", Payload: []byte("intact"),
@@ -85,6 +117,37 @@ func floodRun(tb testing.TB, e *env, n int, span time.Duration, flood bool) floo
 				_, err := fc.Schedule(ctx, &pb.ScheduleRequest{Namespace: "victim", Timers: []*pb.TimerSpec{{Id: "v0", Topic: "t", Payload: big}}})
 				return err
 			}},
+		}
+		if e.token != "" {
+			victim := &pb.ScheduleRequest{Namespace: "victim", Timers: []*pb.TimerSpec{{Id: "v0", Topic: "t", Payload: []byte("changed"),
+				When: &pb.TimerSpec_Delay{Delay: durationpb.New(time.Second)}}}}
+			kinds = append(kinds, []struct {
+				name string
+				want codes.Code
+				call func() error
+			}{
+				{"no-token", codes.Unauthenticated, func() error {
+					_, err := fc.Schedule(context.Background(), victim)
+					return err
+				}},
+				{"unknown-token", codes.Unauthenticated, func() error {
+					_, err := fc.Cancel(bearer(context.Background(), "tok-guess"), &pb.CancelRequest{Namespace: "victim", Ids: []string{"v1"}})
+					return err
+				}},
+				{"foreign-token", codes.PermissionDenied, func() error {
+					_, err := fc.Schedule(bearer(context.Background(), "tok-other"), victim)
+					return err
+				}},
+				{"foreign-subscribe", codes.PermissionDenied, func() error {
+					st, err := fc.Subscribe(bearer(context.Background(), "tok-other"))
+					if err != nil {
+						return err
+					}
+					_ = st.Send(&pb.SubscribeRequest{Kind: &pb.SubscribeRequest_Subscription{Subscription: &pb.Subscription{Namespace: "victim", Topic: "t"}}})
+					_, err = st.Recv()
+					return err
+				}},
+			}...)
 		}
 		for w := range 2 {
 			wg.Go(func() {
@@ -167,30 +230,45 @@ func floodRun(tb testing.TB, e *env, n int, span time.Duration, flood bool) floo
 
 // TestFlood: a client flooding a node with bad requests gets the right
 // code for each, and neither loses, hurries nor duplicates a
-// well-behaved client's timers, nor changes a stored one.
+// well-behaved client's timers, nor changes a stored one; on a node that
+// requires tokens, the flood also sends none, unknown ones and another
+// namespace's.
 func TestFlood(t *testing.T) {
-	e := start(t, "", func(c *Config) { c.MaxRecvMsgSize = 1 << 20 })
-	r := floodRun(t, e, 1000, 2*time.Second, true)
-	t.Logf("flood calls by kind and code: %v", r.bad)
-	t.Logf("good timers' lateness under the flood: p50 %v p99 %v", pct(r.late, 50), pct(r.late, 99))
-	for _, kind := range []string{"bad-namespace InvalidArgument", "empty-batch InvalidArgument", "bad-items OK", "bad-get InvalidArgument", "oversized ResourceExhausted"} {
-		if r.bad[kind] == 0 {
-			t.Errorf("no flood call of %q", kind)
-		}
+	kinds := []string{"bad-namespace InvalidArgument", "empty-batch InvalidArgument", "bad-items OK", "bad-get InvalidArgument", "oversized ResourceExhausted"}
+	for _, tc := range []struct {
+		name   string
+		tokens bool
+		kinds  []string
+	}{
+		{"open", false, kinds},
+		{"tokens", true, append(slices.Clone(kinds), "no-token Unauthenticated", "unknown-token Unauthenticated", "foreign-token PermissionDenied", "foreign-subscribe PermissionDenied")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := startFlood(t, tc.tokens)
+			r := floodRun(t, e, 1000, 2*time.Second, true)
+			t.Logf("flood calls by kind and code: %v", r.bad)
+			t.Logf("good timers' lateness under the flood: p50 %v p99 %v", pct(r.late, 50), pct(r.late, 99))
+			for _, kind := range tc.kinds {
+				if r.bad[kind] == 0 {
+					t.Errorf("no flood call of %q", kind)
+				}
+			}
+		})
 	}
 }
 
 // BenchmarkFlood prints a well-behaved client's lateness (1,000 timers
 // due over 2 s) without and with another client flooding the node with
-// bad requests, side by side.
+// bad requests, side by side, and with a flood that adds unauthenticated
+// and foreign-namespace requests on a node that requires tokens.
 func BenchmarkFlood(b *testing.B) {
-	run := func(flood bool) floodResult {
-		e := start(b, "", func(c *Config) { c.MaxRecvMsgSize = 1 << 20 })
+	run := func(flood, tokens bool) floodResult {
+		e := startFlood(b, tokens)
 		defer e.stop()
 		return floodRun(b, e, 1000, 2*time.Second, flood)
 	}
 	for range b.N {
-		quiet, loud := run(false), run(true)
+		quiet, loud, authed := run(false, false), run(true, false), run(true, true)
 		calls := 0
 		for _, n := range loud.bad {
 			calls += n
@@ -200,6 +278,8 @@ func BenchmarkFlood(b *testing.B) {
 		b.ReportMetric(ms(pct(loud.late, 50)), "p50-flood-ms")
 		b.ReportMetric(ms(pct(loud.late, 99)), "p99-flood-ms")
 		b.ReportMetric(float64(calls), "flood-calls")
+		b.ReportMetric(ms(pct(authed.late, 50)), "p50-flood-tokens-ms")
+		b.ReportMetric(ms(pct(authed.late, 99)), "p99-flood-tokens-ms")
 	}
 }
 
