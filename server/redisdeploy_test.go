@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -134,5 +136,143 @@ func TestRedisPersistenceEveryMaster(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRedisClusterMasterFailover: a node on a Redis Cluster of three
+// masters with a replica each, committing with RedisWaitReplicas 1, loses
+// no timer it acknowledged when a master is killed (SIGKILL) and its
+// replica takes over while timers are being scheduled and falling due:
+// every acknowledged timer is delivered, none early. The old master
+// comes back as the new one's replica, which the new master needs before
+// it can commit again.
+func TestRedisClusterMasterFailover(t *testing.T) {
+	rc := redistest.StartRedisCluster(t, 3, 1)
+	e := start(t, "", func(c *Config) {
+		c.RedisURL = "redis://" + strings.Join(rc.Addrs(), ",")
+		c.RedisWaitReplicas = 1
+		c.Shards = 32
+		// The commits of the failed master's shards wait out the
+		// failover and the old master's return rather than fail.
+		c.Commit.GiveUpAfter = time.Minute
+		c.Shard.MaxAttempts = 100
+	})
+	st := e.subscribe(&pb.Subscription{Topic: "failover", MaxInFlight: 1000})
+
+	// fired is guarded by mu: the first fired time of each timer
+	// received, and how often it was.
+	type received struct {
+		fired time.Time
+		n     int
+	}
+	var mu sync.Mutex
+	fired := map[string]*received{}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case d := <-st.got:
+				mu.Lock()
+				r := fired[d.Id]
+				if r == nil {
+					r = &received{fired: d.FiredTime.AsTime()}
+					fired[d.Id] = r
+				}
+				r.n++
+				mu.Unlock()
+				if st.s.Send(&pb.SubscribeRequest{Kind: &pb.SubscribeRequest_Ack{Ack: &pb.Ack{DeliveryIds: []string{d.DeliveryId}}}}) != nil {
+					return
+				}
+			case <-done:
+				return
+			}
+		}
+	})
+	defer func() {
+		close(done)
+		wg.Wait()
+	}()
+
+	// The scheduler is guarded by mu too: the acknowledged timers' due
+	// times, and how many were tried.
+	due, tried := map[string]time.Time{}, 0
+	stop := make(chan struct{})
+	scheduled := make(chan struct{})
+	go func() {
+		defer close(scheduled)
+		for b := 0; ; b++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			specs := make([]*pb.TimerSpec, 50)
+			for i := range specs {
+				specs[i] = spec(fmt.Sprintf("b%d-%d", b, i), "failover", time.Second+time.Duration(i)*20*time.Millisecond)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+			resp, err := e.timers.Schedule(ctx, &pb.ScheduleRequest{Timers: specs})
+			cancel()
+			mu.Lock()
+			tried += len(specs)
+			for i, r := range resp.GetResults() {
+				if err == nil && r.GetCode() == 0 {
+					due[specs[i].Id] = r.GetDueTime().AsTime()
+				}
+			}
+			mu.Unlock()
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+
+	time.Sleep(1500 * time.Millisecond)
+	old := rc.Masters(t)[0]
+	killed := time.Now()
+	rc.KillMaster(t, old)
+	promoted := rc.WaitFailover(t, old)
+	t.Logf("master %s killed; replica %s took over after %v", old.Addr(), promoted.Addr(), time.Since(killed).Round(time.Millisecond))
+	old.Restart(t)
+	rc.WaitHealthy(t)
+	t.Logf("old master back as a replica %v after the kill", time.Since(killed).Round(time.Millisecond))
+	time.Sleep(time.Second)
+	close(stop)
+	<-scheduled
+
+	mu.Lock()
+	want := maps.Clone(due)
+	t.Logf("%d of %d timers acknowledged", len(want), tried)
+	mu.Unlock()
+	if len(want) == 0 {
+		t.Fatal("no timer acknowledged")
+	}
+	var lost []string
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		lost = lost[:0]
+		mu.Lock()
+		dup := 0
+		var maxLate time.Duration
+		for id, w := range want {
+			r := fired[id]
+			switch {
+			case r == nil:
+				lost = append(lost, id)
+				continue
+			case r.fired.Before(w):
+				t.Fatalf("%s fired at %v, before its due time %v", id, r.fired, w)
+			}
+			dup += r.n - 1
+			maxLate = max(maxLate, r.fired.Sub(w))
+		}
+		mu.Unlock()
+		if len(lost) == 0 {
+			t.Logf("all %d acknowledged timers delivered, %d duplicates, the latest fired %v after its due time", len(want), dup, maxLate.Round(time.Millisecond))
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d acknowledged timers never delivered, e.g. %v", len(lost), len(want), lost[:min(5, len(lost))])
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
