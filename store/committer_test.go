@@ -182,7 +182,7 @@ func TestCommitterClose(t *testing.T) {
 // TestCommitterRetriesThroughRestart: a cycle whose round trip fails is
 // retried until the store is back, and then is durable.
 func TestCommitterRetriesThroughRestart(t *testing.T) {
-	srv := redistest.Start(t)
+	srv := redistest.Start(t, redistest.AppendFsync("always")) // the acquires must survive the kill
 	s := newTestRedis(t, srv.Client(t), "td", 1000)
 	c := newTestCommitter(t, s, DefaultCommitterConfig())
 	e := mustAcquire(t, s, 0, "a", longTTL)
@@ -352,7 +352,7 @@ func TestCommitterSplitsBigSubmission(t *testing.T) {
 // lane commits again, for other shards and for the shard under a new
 // epoch.
 func TestCommitterGivesUp(t *testing.T) {
-	srv := redistest.Start(t)
+	srv := redistest.Start(t, redistest.AppendFsync("always")) // the acquires must survive the kill
 	s := newTestRedis(t, srv.Client(t), "td", 1000)
 	cfg := DefaultCommitterConfig()
 	cfg.Lanes = 1
