@@ -376,7 +376,12 @@ func (s *Server) launch() error {
 		)
 	}
 	args = append(args, s.extra...)
-	cmd := exec.Command(s.bin, args...)
+	return s.run(exec.Command(s.bin, args...))
+}
+
+// run starts cmd, a redis-server of s, as s's process in s's directory,
+// and waits until it answers; one that does not is killed. s.mu is held.
+func (s *Server) run(cmd *exec.Cmd) error {
 	cmd.Dir = s.dir
 	cmd.SysProcAttr = sysProcAttr()
 	// Output before the log file is open (bad arguments) goes here.
@@ -384,7 +389,7 @@ func (s *Server) launch() error {
 	cmd.Stdout = &early
 	cmd.Stderr = &early
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("exec %s: %w", s.bin, err)
+		return fmt.Errorf("exec %s: %w", strings.Join(cmd.Args, " "), err)
 	}
 	p := &process{cmd: cmd, done: make(chan struct{})}
 	go func() {

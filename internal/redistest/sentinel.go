@@ -118,29 +118,7 @@ func (s *Server) launchSentinel(masterPort string) error {
 	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
 		return err
 	}
-	cmd := exec.Command(s.bin, conf, "--sentinel")
-	cmd.Dir = s.dir
-	cmd.SysProcAttr = sysProcAttr()
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("exec %s --sentinel: %w", s.bin, err)
-	}
-	p := &process{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	s.proc = p
-	err := s.waitReady(p)
-	if err == nil {
-		return nil
-	}
-	_ = cmd.Process.Kill()
-	<-p.done
-	s.proc = nil
-	if strings.Contains(s.logTail(), "Address already in use") {
-		return fmt.Errorf("port %d: %w", s.port, errAddrInUse)
-	}
-	return err
+	return s.run(exec.Command(s.bin, conf, "--sentinel"))
 }
 
 // Addr is the Sentinel's host:port.
