@@ -66,6 +66,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"math"
 	"math/bits"
 	"slices"
 	"time"
@@ -626,6 +627,82 @@ func (w *Wheel) emit(l uint32, dst []Timer, sort bool) []Timer {
 	return dst
 }
 
+// emitSome appends up to limit live timers of list l to dst, in list
+// order, and frees them; sort is as for emit. If the list holds more, the
+// rest stays in it: the timers handed out become dead entries, which
+// leave with their chunks or the list's next compaction, as cancelled
+// ones do.
+func (w *Wheel) emitSome(l uint32, dst []Timer, limit int, sort bool) []Timer {
+	ls := &w.lists[l]
+	if limit >= int(ls.n-ls.dead) {
+		return w.emit(l, dst, sort)
+	}
+	start := len(dst)
+	for len(dst)-start < limit {
+		c := ls.head
+		fill := uint32(entryChunk)
+		if c == ls.tail {
+			fill = (ls.n-1)&entryMask + 1
+		}
+		ch := &w.chunks[c]
+		for off := range w.entries[c][:fill] {
+			if len(dst)-start == limit {
+				break
+			}
+			e := &w.entries[c][off]
+			if e.idx == none {
+				continue
+			}
+			dst = append(dst, Timer{Handle: makeHandle(e.idx, e.gen), Due: e.due, Value: e.value})
+			w.free(e.idx, w.node(e.idx), e.gen)
+			e.idx = none
+			ch.dead++
+			ls.dead++
+		}
+		if ch.dead == fill {
+			// Invariant: the list still has live entries (limit is less
+			// than its live count), so the chunk is not its last.
+			w.unlinkChunk(l, c, fill)
+		}
+	}
+	w.count -= len(dst) - start
+	if ls.dead*2 >= ls.n {
+		w.refile(l)
+	}
+	if sort && len(dst)-start > 1 {
+		slices.SortStableFunc(dst[start:], func(a, b Timer) int { return cmp.Compare(a.Due, b.Due) })
+	}
+	return dst
+}
+
+// park moves the live entries of level-0 list l, due but left over by a
+// limit, to the ready list, behind the timers already there. Into an empty
+// ready list it moves the whole chain at once, so leaving a herd due costs
+// O(1); otherwise each entry is copied once.
+func (w *Wheel) park(l uint32) {
+	if w.lists[l].scan {
+		w.track(l) // the ready list never scans: its entries' nodes know their positions
+	}
+	if !w.readyPending() {
+		ls := w.lists[l]
+		w.take(l)
+		w.lists[readyList] = ls
+		w.occupied[readyList>>6] |= 1 << (readyList & 63)
+		return
+	}
+	c, n := w.take(l)
+	for n > 0 {
+		k := min(n, entryChunk)
+		for _, e := range w.entries[c][:k] {
+			if e.idx != none {
+				w.node(e.idx).pos = w.push(readyList, w.tickOf(e.due), e)
+			}
+		}
+		n -= k
+		c = w.release(c)
+	}
+}
+
 // readyPending reports whether the ready list has entries.
 func (w *Wheel) readyPending() bool { return w.occupied[readyList>>6]&(1<<(readyList&63)) != 0 }
 
@@ -654,10 +731,37 @@ func (w *Wheel) nextList() (l uint32, at uint64, ok bool) {
 // A now before the current time changes nothing but still returns the
 // timers added with a due time already past.
 func (w *Wheel) Advance(now int64, dst []Timer) []Timer {
-	if w.readyPending() {
-		dst = w.emit(readyList, dst, true)
+	return w.AdvanceLimit(now, dst, math.MaxInt)
+}
+
+// AdvanceLimit is Advance handing out at most limit timers, so that the
+// work of one call is bounded however many timers came due at once. If
+// more than limit are due it returns exactly limit of them and leaves the
+// rest due: Next returns Now, and later calls return them. A call returns
+// its timers in order of due time; the timers a limit leaves behind wait
+// in the order their ticks came due, and each later call gives them at
+// least half its limit (all of it if the clock did not move) and gives the
+// rest to the timers that came due since, so that neither waits for the
+// other to drain: a herd due at one instant takes a bounded share of each
+// call while timers due after it still leave within a call of their tick.
+// A limit below 1 returns dst and changes nothing.
+//
+// Bounded is the firing: the cascades a call makes are not, though each
+// timer cascades at most once per level over its life.
+func (w *Wheel) AdvanceLimit(now int64, dst []Timer, limit int) []Timer {
+	if limit < 1 {
+		return dst
 	}
-	if now <= w.now && w.elapsed > 0 || now < w.origin {
+	start := len(dst)
+	moves := !(now <= w.now && w.elapsed > 0 || now < w.origin)
+	if w.readyPending() {
+		share := limit
+		if moves {
+			share -= limit / 2 // the other half is for what comes due now
+		}
+		dst = w.emitSome(readyList, dst, share, true)
+	}
+	if !moves {
 		return dst
 	}
 	w.now = now
@@ -671,16 +775,25 @@ func (w *Wheel) Advance(now int64, dst []Timer) []Timer {
 			break
 		}
 		w.elapsed = at
-		if l < numSlots {
-			// A level-0 slot holds one tick; its due times differ only
-			// when a tick spans several ms, or in tick 0, which also
-			// holds every timer due before Start.
-			dst = w.emit(l, dst, w.tickMs > 1 || at == 0)
-		} else {
+		if l >= numSlots {
 			w.refile(l)
+			continue
+		}
+		// A level-0 slot holds one tick; its due times differ only when a
+		// tick spans several ms, or in tick 0, which also holds every
+		// timer due before Start.
+		dst = w.emitSome(l, dst, limit-(len(dst)-start), w.tickMs > 1 || at == 0)
+		if w.lists[l].n > 0 {
+			w.park(l)
 		}
 	}
 	w.elapsed = target + 1
+	if left := limit - (len(dst) - start); left > 0 && w.readyPending() {
+		// What came due now left budget over: the timers left behind
+		// take it, and the call's timers are sorted again.
+		dst = w.emitSome(readyList, dst, left, false)
+		slices.SortStableFunc(dst[start:], func(a, b Timer) int { return cmp.Compare(a.Due, b.Due) })
+	}
 	return dst
 }
 
