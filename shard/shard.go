@@ -148,11 +148,12 @@ type Shard struct {
 	// clock does not stretch it.
 	validUntil time.Time
 	// backlog holds due timers taken from the wheel but not yet handled,
-	// served round-robin across namespaces (see fairQueue): a step
-	// handles at most maxStepFires of them, so that a burst does not hold
-	// mu for seconds, and a herd of one namespace does not hold up the
-	// others. Entries whose timer is no longer queued (it was re-armed or
-	// removed meanwhile) are skipped.
+	// served round-robin across namespaces (see fairQueue): it holds at
+	// most maxBacklog, the rest staying due in the wheel, and a step
+	// handles at most maxStepFires, so that a burst does not hold mu for
+	// seconds, and a herd of one namespace does not hold up the others.
+	// Entries whose timer is no longer queued (it was re-armed or removed
+	// meanwhile) are skipped.
 	backlog fairQueue
 	// perNS counts the timers of each namespace (dead letters included);
 	// counted says they are reported to Config.Census (see census.go).
@@ -522,6 +523,13 @@ const idleWait = time.Hour
 // rest after releasing mu, so calls interleave with a burst.
 const maxStepFires = 4096
 
+// maxBacklog bounds the due timers a shard holds taken from its wheel and
+// not yet handled. A step takes from the wheel what the backlog has room
+// for: about maxStepFires once a herd drains, so a step's work stays
+// bounded, and the herd's first maxBacklog timers share turns with other
+// namespaces' timers due in the same tick.
+const maxBacklog = 4 * maxStepFires
+
 // stepLocked fires what is due and returns how long to sleep; ok is false
 // once the shard has stopped.
 func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
@@ -551,11 +559,12 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 	// Lapsed tombstones take at most a quarter of a step: firing on time
 	// comes first, and they are only deleted a little later.
 	budget -= s.forgetLocked(nowMs, min(budget, maxStepFires/4))
-	if budget > 0 {
-		// Taken even while a herd is still queued, so that what came due
-		// since joins its namespace's turn instead of waiting behind the
-		// herd.
-		s.fired = s.wheel.Advance(nowMs, s.fired[:0])
+	if take := maxBacklog - s.backlog.len(); budget > 0 && take > 0 {
+		// Bounded: a herd stays due in the wheel rather than costing
+		// one step all of its timers, and the wheel gives the ticks that
+		// came due since a share of every call, so their timers join
+		// their namespace's turn in the step that reaches them.
+		s.fired = s.wheel.AdvanceLimit(nowMs, s.fired[:0], take)
 		for _, f := range s.fired {
 			t := s.slots[f.Value]
 			t.armed, t.queued = false, true

@@ -675,8 +675,8 @@ func (w *Wheel) emitSome(l uint32, dst []Timer, limit int, sort bool) []Timer {
 	return dst
 }
 
-// park moves the live entries of level-0 list l, due but left over by a
-// limit, to the ready list, behind the timers already there. Into an empty
+// park moves the live entries of level-0 list l, due but over a limit, to
+// the ready list, behind the timers already there. Into an empty
 // ready list it moves the whole chain at once, so leaving a herd due costs
 // O(1); otherwise each entry is copied once.
 func (w *Wheel) park(l uint32) {
@@ -738,16 +738,19 @@ func (w *Wheel) Advance(now int64, dst []Timer) []Timer {
 // work of one call is bounded however many timers came due at once. If
 // more than limit are due it returns exactly limit of them and leaves the
 // rest due: Next returns Now, and later calls return them. A call returns
-// its timers in order of due time; the timers a limit leaves behind wait
-// in the order their ticks came due, and each later call gives them at
-// least half its limit (all of it if the clock did not move) and gives the
-// rest to the timers that came due since, so that neither waits for the
-// other to drain: a herd due at one instant takes a bounded share of each
-// call while timers due after it still leave within a call of their tick.
-// A limit below 1 returns dst and changes nothing.
+// its timers in order of due time, but a limit changes which due timers
+// go first:
+//   - a tick's timers leave together if they fit in what is left of the
+//     limit; otherwise the whole tick is left over, so that a herd due at
+//     one instant does not hold up the few timers of the ticks after it;
+//   - leftovers wait in the order their ticks came due, and each later
+//     call gives them at least half its limit (all of it if the clock did
+//     not move) and gives the rest to the ticks that came due since, so
+//     that neither waits for the other to drain.
 //
-// Bounded is the firing: the cascades a call makes are not, though each
-// timer cascades at most once per level over its life.
+// A limit below 1 returns dst and changes nothing. The firing is bounded;
+// the cascades a call makes are not, though each timer cascades at most
+// once per level over its life.
 func (w *Wheel) AdvanceLimit(now int64, dst []Timer, limit int) []Timer {
 	if limit < 1 {
 		return dst
@@ -782,8 +785,12 @@ func (w *Wheel) AdvanceLimit(now int64, dst []Timer, limit int) []Timer {
 		// A level-0 slot holds one tick; its due times differ only when a
 		// tick spans several ms, or in tick 0, which also holds every
 		// timer due before Start.
-		dst = w.emitSome(l, dst, limit-(len(dst)-start), w.tickMs > 1 || at == 0)
-		if w.lists[l].n > 0 {
+		if ls := &w.lists[l]; int(ls.n-ls.dead) <= limit-(len(dst)-start) {
+			dst = w.emit(l, dst, w.tickMs > 1 || at == 0)
+		} else {
+			// Too many for what is left of the limit: the tick waits
+			// with the leftovers, and the ticks after it, often few
+			// timers each, still leave in this call.
 			w.park(l)
 		}
 	}

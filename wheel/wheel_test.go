@@ -332,6 +332,14 @@ func TestAdvanceLimit(t *testing.T) {
 		},
 		calls: []call{{20, 150, 150, nil}, {20, 100, 100, nil}, {21, 1000, 50, nil}},
 	}, {
+		name: "a herd's tick waits, a later tick in the same call does not",
+		tick: time.Millisecond,
+		setup: func(t *testing.T, w *Wheel) {
+			herd(500, 10, 0)(t, w)
+			mustAdd(t, w, start+11, 1000)
+		},
+		calls: []call{{11, 100, 100, []uint64{1000}}, {11, 1000, 401, nil}},
+	}, {
 		name: "what comes due beside leftovers leaves at once",
 		tick: time.Millisecond,
 		setup: func(t *testing.T, w *Wheel) {
