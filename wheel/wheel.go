@@ -44,7 +44,10 @@
 // compactions. Advance costs O(fired + levels) per call plus,
 // amortized, at most one cascade per level per timer over its life; it
 // never depends on how many timers are pending or on how long the wheel
-// was idle.
+// was idle. AdvanceLimit bounds the fired part: a tick with more due
+// timers than the call may hand out moves to the ready list whole (O(1)
+// when that list is empty, one copy per timer otherwise), and later calls
+// take the leftovers from its head, a chunk at a time, as Cancel would.
 //
 // # Invariants
 //
