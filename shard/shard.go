@@ -154,6 +154,7 @@ type Shard struct {
 	// seconds, and a herd of one namespace does not hold up the others.
 	// Entries whose timer is no longer queued (it was re-armed or removed
 	// meanwhile) are skipped.
+	// Invariant: backlog.len() <= maxBacklog.
 	backlog fairQueue
 	// perNS counts the timers of each namespace (dead letters included);
 	// counted says they are reported to Config.Census (see census.go).
@@ -523,6 +524,12 @@ const idleWait = time.Hour
 // rest after releasing mu, so calls interleave with a burst.
 const maxStepFires = 4096
 
+// refillEvery is how many due timers a step hands out between looks at
+// the clock: each look checks the lease and takes what came due since
+// from the wheel, so a timer due while a step hands out a herd waits for
+// at most this many deliveries.
+const refillEvery = 256
+
 // maxBacklog bounds the due timers a shard holds taken from its wheel and
 // not yet handled. A step takes from the wheel what the backlog has room
 // for: about maxStepFires once a herd drains, so a step's work stays
@@ -559,17 +566,8 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 	// Lapsed tombstones take at most a quarter of a step: firing on time
 	// comes first, and they are only deleted a little later.
 	budget -= s.forgetLocked(nowMs, min(budget, maxStepFires/4))
-	if take := maxBacklog - s.backlog.len(); budget > 0 && take > 0 {
-		// Bounded: a herd stays due in the wheel rather than costing
-		// one step all of its timers, and the wheel gives the ticks that
-		// came due since a share of every call, so their timers join
-		// their namespace's turn in the step that reaches them.
-		s.fired = s.wheel.AdvanceLimit(nowMs, s.fired[:0], take)
-		for _, f := range s.fired {
-			t := s.slots[f.Value]
-			t.armed, t.queued = false, true
-			s.backlog.push(t)
-		}
+	if budget > 0 {
+		s.takeDueLocked(nowMs)
 	}
 	for budget > 0 {
 		t := s.backlog.pop()
@@ -586,8 +584,15 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 		} else {
 			s.deliverLocked(t, nowMs)
 		}
-		if budget%256 == 0 && !s.clock.Now().Before(s.validUntil) {
-			break
+		if budget%refillEvery == 0 {
+			now = s.clock.Now()
+			if !now.Before(s.validUntil) {
+				break
+			}
+			// What came due while this step handed out a herd joins its
+			// namespace's turn now, not a whole step later.
+			nowMs = now.UnixMilli()
+			s.takeDueLocked(nowMs)
 		}
 	}
 	s.submitLocked()
@@ -602,6 +607,24 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 		wait = min(wait, time.Duration(s.goneQ[0].until-nowMs)*time.Millisecond)
 	}
 	return max(wait, 0), true
+}
+
+// takeDueLocked moves timers due at now (unix ms) from the wheel to the
+// backlog, as many as the backlog has room for. The rest stay due in the
+// wheel rather than cost one step a whole herd, and the wheel gives the
+// ticks that came due since the last call a share of every call, so their
+// timers join their namespace's turn without waiting for a herd to drain.
+func (s *Shard) takeDueLocked(now int64) {
+	take := maxBacklog - s.backlog.len()
+	if take <= 0 {
+		return
+	}
+	s.fired = s.wheel.AdvanceLimit(now, s.fired[:0], take)
+	for _, f := range s.fired {
+		t := s.slots[f.Value]
+		t.armed, t.queued = false, true
+		s.backlog.push(t)
+	}
 }
 
 // commitFailedLocked stops the shard, and reports true, if its last

@@ -624,8 +624,8 @@ func (w *Wheel) emit(l uint32, dst []Timer, sort bool) []Timer {
 		c = w.release(c)
 	}
 	w.count -= len(dst) - start
-	if sort && len(dst)-start > 1 {
-		slices.SortStableFunc(dst[start:], func(a, b Timer) int { return cmp.Compare(a.Due, b.Due) })
+	if sort {
+		sortByDue(dst[start:])
 	}
 	return dst
 }
@@ -672,8 +672,8 @@ func (w *Wheel) emitSome(l uint32, dst []Timer, limit int, sort bool) []Timer {
 	if ls.dead*2 >= ls.n {
 		w.refile(l)
 	}
-	if sort && len(dst)-start > 1 {
-		slices.SortStableFunc(dst[start:], func(a, b Timer) int { return cmp.Compare(a.Due, b.Due) })
+	if sort {
+		sortByDue(dst[start:])
 	}
 	return dst
 }
@@ -703,6 +703,16 @@ func (w *Wheel) park(l uint32) {
 		}
 		n -= k
 		c = w.release(c)
+	}
+}
+
+// sortByDue orders ts by due time, keeping the order of equal ones. A
+// herd drained in bounded calls hands out runs that are already in order,
+// and checking costs one pass.
+func sortByDue(ts []Timer) {
+	byDue := func(a, b Timer) int { return cmp.Compare(a.Due, b.Due) }
+	if !slices.IsSortedFunc(ts, byDue) {
+		slices.SortStableFunc(ts, byDue)
 	}
 }
 
@@ -802,7 +812,7 @@ func (w *Wheel) AdvanceLimit(now int64, dst []Timer, limit int) []Timer {
 		// What came due now left budget over: the timers left behind
 		// take it, and the call's timers are sorted again.
 		dst = w.emitSome(readyList, dst, left, false)
-		slices.SortStableFunc(dst[start:], func(a, b Timer) int { return cmp.Compare(a.Due, b.Due) })
+		sortByDue(dst[start:])
 	}
 	return dst
 }
