@@ -434,8 +434,8 @@ func checkInvariants(t *testing.T, step int, w *Wheel) {
 					t.Fatalf("step %d: entry %+v in slot %d of level %d has tick %#x", step, e, slot, lvl, tk)
 				case lvl > 0 && slot <= w.elapsed>>shift&slotMask:
 					t.Fatalf("step %d: entry %+v in slot %d of level %d, not after elapsed %#x", step, e, slot, lvl, w.elapsed)
-				case ls.minTick > tk:
-					t.Fatalf("step %d: list %d minTick %d > entry tick %d", step, l, ls.minTick, tk)
+				case ls.minTick > tk || ls.maxTick < tk:
+					t.Fatalf("step %d: list %d ticks [%d, %d] do not bound entry tick %d", step, l, ls.minTick, ls.maxTick, tk)
 				case w.listOf(tk) != l:
 					t.Fatalf("step %d: entry %+v is in list %d, listOf says %d", step, e, l, w.listOf(tk))
 				}

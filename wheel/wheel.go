@@ -26,7 +26,8 @@
 // cost the garbage collector nothing to scan, and both are recycled, so a
 // wheel in steady state does not allocate. A slot's list is a chain of
 // 256-entry chunks: cascading a slot copies its entries to their new lists
-// sequentially, and firing one reads only its entries, freeing each node
+// sequentially (or, when they all share one tick and that tick's list is
+// empty, hands it the whole chain), and firing one reads only its entries, freeing each node
 // with stores the processor does not wait for. A pending timer costs 40
 // bytes of wheel memory, plus at most one partly filled chunk per slot.
 //
@@ -219,9 +220,10 @@ type list struct {
 	// finds its entry by scanning the list instead.
 	// Invariant: a list with scan set holds at most entryChunk entries.
 	scan bool
-	// minTick is, while n > 0, a lower bound on the tick of the list's
-	// live entries: exact unless the earliest was cancelled or moved.
-	minTick uint64
+	// minTick and maxTick are, while n > 0, bounds on the tick of the
+	// list's live entries: exact unless the earliest or latest was
+	// cancelled or moved. Equal, they say every live entry has that tick.
+	minTick, maxTick uint64
 }
 
 // chunk links an entry chunk into its list, or into the free pool.
@@ -462,7 +464,7 @@ func (w *Wheel) push(l uint32, t uint64, e entry) uint32 {
 		w.chunks[c] = chunk{next: none, prev: none}
 		if ls.n == 0 {
 			ls.head = c
-			ls.minTick = t
+			ls.minTick, ls.maxTick = t, t
 			w.occupied[l>>6] |= 1 << (l & 63)
 		} else {
 			w.chunks[ls.tail].next = c
@@ -474,6 +476,7 @@ func (w *Wheel) push(l uint32, t uint64, e entry) uint32 {
 	w.entries[ls.tail][ls.n&entryMask] = e
 	ls.n++
 	ls.minTick = min(ls.minTick, t)
+	ls.maxTick = max(ls.maxTick, t)
 	return pos
 }
 
@@ -553,6 +556,19 @@ func (w *Wheel) unlinkChunk(l, c, fill uint32) {
 // reached (each entry lands on a lower level) and compacts a slot in place
 // (each entry lands back in l). The pushes reuse the chunks it releases.
 func (w *Wheel) refile(l uint32) {
+	if ls := &w.lists[l]; ls.minTick == ls.maxTick && !ls.scan {
+		// Every live entry has one tick, as a herd due at one instant
+		// does: if that tick's list is another, and empty, the chain
+		// moves there whole, positions and dead entries with it, so a
+		// herd cascades in O(1) instead of one copy per timer per level.
+		if to := w.listOf(ls.minTick); to != l && w.lists[to].n == 0 {
+			moved := *ls
+			w.take(l)
+			w.lists[to] = moved
+			w.occupied[to>>6] |= 1 << (to & 63)
+			return
+		}
+	}
 	c, n := w.take(l)
 	for n > 0 {
 		k := min(n, entryChunk)

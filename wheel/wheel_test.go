@@ -687,6 +687,9 @@ func TestCancelNearFiring(t *testing.T) {
 		for i := range hs {
 			hs[i] = mustAdd(t, w, due, uint64(i))
 		}
+		// A timer of another tick in the same level-1 slot, so that the
+		// cascade copies entries rather than move a one-tick chain whole.
+		mustAdd(t, w, due+2, 1<<20)
 		// Reach due's level-1 slot: its timers cascade into level 0.
 		w.Advance(due-100, nil)
 		l := w.listOf(w.tickOf(due))
@@ -711,6 +714,40 @@ func TestCancelNearFiring(t *testing.T) {
 		if got := w.Advance(due+1, nil); len(got) != 1 || got[0].Handle != hs[5] {
 			t.Fatalf("n=%d: fired %v at due+1, want the rescheduled timer", n, got)
 		}
+	}
+}
+
+// TestHerdCascadesWhole: timers that all share one tick cascade by moving
+// their chain to the lower level whole, each entry where it was, dead
+// ones included, and still fire, cancel and move as before.
+func TestHerdCascadesWhole(t *testing.T) {
+	w := newWheel(t, time.Millisecond, start)
+	due := start + 200_000 // level 2 now
+	hs := make([]Handle, 3*entryChunk+5)
+	for i := range hs {
+		hs[i] = mustAdd(t, w, due, uint64(i))
+	}
+	w.Cancel(hs[7])
+	from := w.listOf(w.tickOf(due))
+	head := w.lists[from].head
+	w.Advance(due-1, nil) // cascades through level 1 into level 0
+	to := w.listOf(w.tickOf(due))
+	if to >= numSlots || w.lists[to].head != head || w.lists[to].dead != 1 {
+		t.Fatalf("herd in list %d (head chunk %d, %d dead), want level 0 with head chunk %d and 1 dead", to, w.lists[to].head, w.lists[to].dead, head)
+	}
+	checkInvariants(t, 0, w)
+	if !w.Cancel(hs[100]) {
+		t.Fatal("Cancel after a whole cascade failed")
+	}
+	if err := w.Reschedule(hs[200], due+1); err != nil {
+		t.Fatalf("Reschedule after a whole cascade: %v", err)
+	}
+	checkInvariants(t, 1, w)
+	if got := w.Advance(due, nil); len(got) != len(hs)-3 {
+		t.Fatalf("fired %d at due, want %d", len(got), len(hs)-3)
+	}
+	if got := w.Advance(due+1, nil); len(got) != 1 || got[0].Handle != hs[200] {
+		t.Fatalf("fired %v at due+1, want the moved timer", values(got))
 	}
 }
 
