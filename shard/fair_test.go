@@ -90,6 +90,78 @@ func TestHerdDoesNotStarveOtherNamespace(t *testing.T) {
 	k.none(t)
 }
 
+// herdProbe is a sink that, at the first delivery, notes how many timers
+// the shard's wheel still holds and moves the clock on by a millisecond,
+// so that a timer comes due while the herd drains.
+type herdProbe struct {
+	*sink
+	clock *fakeClock
+	s     *Shard
+	// left is the wheel's Len at the first delivery, or -1; it is read
+	// and written under s.mu, which the shard holds while it dispatches.
+	left int
+}
+
+func (p *herdProbe) Dispatch(d Delivery) (time.Duration, bool) {
+	if p.left < 0 {
+		p.left = p.s.wheel.Len()
+		p.clock.Advance(time.Millisecond)
+	}
+	return p.sink.Dispatch(d)
+}
+
+// TestHerdStepIsBounded: namespace a has a herd of timers due at one
+// instant, twice maxBacklog, and b one timer due a millisecond later,
+// which comes due while the herd drains. The step that finds the herd due
+// takes at most maxBacklog of it from the wheel, leaving the rest due, so
+// that it does not hold the shard for the whole herd; b's timer goes out
+// at the step's next look at the clock, refillEvery deliveries on, not
+// behind the herd; every timer goes out once, none early.
+func TestHerdStepIsBounded(t *testing.T) {
+	e := newEmbeddedEnv(t)
+	p := &herdProbe{sink: newSink(true), clock: e.clock, left: -1}
+	s := e.open(t, 0, "a", p)
+	p.s = s
+	const herd = 2 * maxBacklog
+	specs := make([]Spec, 0, herd)
+	for i := range herd {
+		sp := spec(fmt.Sprintf("a%05d", i), time.Second)
+		sp.Namespace = "a"
+		specs = append(specs, sp)
+	}
+	mustSchedule(t, s, specs...)
+	b := spec("b", time.Second+time.Millisecond)
+	b.Namespace = "b"
+	mustSchedule(t, s, b)
+
+	e.advance(s, time.Second)
+	got := p.take(t, herd+1)
+	s.mu.Lock()
+	left := p.left
+	s.mu.Unlock()
+	t.Logf("the wheel held %d of %d timers at the first delivery", left, herd+1)
+	if left < herd+1-maxBacklog {
+		t.Fatalf("the first step took %d timers from the wheel, more than maxBacklog %d", herd+1-left, maxBacklog)
+	}
+	at := slices.IndexFunc(got, func(d Delivery) bool { return d.Namespace == "b" })
+	t.Logf("b's timer was delivery %d of %d", at+1, len(got))
+	if at < 0 || at >= 2*refillEvery {
+		t.Fatalf("b's timer was delivery %d of %d, want it within the first %d", at+1, len(got), 2*refillEvery)
+	}
+	seen := map[string]bool{}
+	for _, d := range got {
+		if d.Fired.Before(d.Due) {
+			t.Fatalf("%s/%s fired at %v, before its due time %v", d.Namespace, d.TimerID, d.Fired, d.Due)
+		}
+		key := d.Namespace + "/" + d.TimerID
+		if seen[key] {
+			t.Fatalf("%s delivered twice", key)
+		}
+		seen[key] = true
+	}
+	p.none(t)
+}
+
 // census records what shards report to it.
 type census struct {
 	mu sync.Mutex

@@ -148,11 +148,13 @@ type Shard struct {
 	// clock does not stretch it.
 	validUntil time.Time
 	// backlog holds due timers taken from the wheel but not yet handled,
-	// served round-robin across namespaces (see fairQueue): a step
-	// handles at most maxStepFires of them, so that a burst does not hold
-	// mu for seconds, and a herd of one namespace does not hold up the
-	// others. Entries whose timer is no longer queued (it was re-armed or
-	// removed meanwhile) are skipped.
+	// served round-robin across namespaces (see fairQueue): it holds at
+	// most maxBacklog, the rest staying due in the wheel, and a step
+	// handles at most maxStepFires, so that a burst does not hold mu for
+	// seconds, and a herd of one namespace does not hold up the others.
+	// Entries whose timer is no longer queued (it was re-armed or removed
+	// meanwhile) are skipped.
+	// Invariant: backlog.len() <= maxBacklog.
 	backlog fairQueue
 	// perNS counts the timers of each namespace (dead letters included);
 	// counted says they are reported to Config.Census (see census.go).
@@ -522,6 +524,19 @@ const idleWait = time.Hour
 // rest after releasing mu, so calls interleave with a burst.
 const maxStepFires = 4096
 
+// refillEvery is how many due timers a step hands out between looks at
+// the clock: each look checks the lease and takes what came due since
+// from the wheel, so a timer due while a step hands out a herd waits for
+// at most this many deliveries.
+const refillEvery = 256
+
+// maxBacklog bounds the due timers a shard holds taken from its wheel and
+// not yet handled. A step takes from the wheel what the backlog has room
+// for: about maxStepFires once a herd drains, so a step's work stays
+// bounded, and the herd's first maxBacklog timers share turns with other
+// namespaces' timers due in the same tick.
+const maxBacklog = 4 * maxStepFires
+
 // stepLocked fires what is due and returns how long to sleep; ok is false
 // once the shard has stopped.
 func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
@@ -552,15 +567,7 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 	// comes first, and they are only deleted a little later.
 	budget -= s.forgetLocked(nowMs, min(budget, maxStepFires/4))
 	if budget > 0 {
-		// Taken even while a herd is still queued, so that what came due
-		// since joins its namespace's turn instead of waiting behind the
-		// herd.
-		s.fired = s.wheel.Advance(nowMs, s.fired[:0])
-		for _, f := range s.fired {
-			t := s.slots[f.Value]
-			t.armed, t.queued = false, true
-			s.backlog.push(t)
-		}
+		s.takeDueLocked(nowMs)
 	}
 	for budget > 0 {
 		t := s.backlog.pop()
@@ -577,8 +584,15 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 		} else {
 			s.deliverLocked(t, nowMs)
 		}
-		if budget%256 == 0 && !s.clock.Now().Before(s.validUntil) {
-			break
+		if budget%refillEvery == 0 {
+			now = s.clock.Now()
+			if !now.Before(s.validUntil) {
+				break
+			}
+			// What came due while this step handed out a herd joins its
+			// namespace's turn now, not a whole step later.
+			nowMs = now.UnixMilli()
+			s.takeDueLocked(nowMs)
 		}
 	}
 	s.submitLocked()
@@ -593,6 +607,24 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 		wait = min(wait, time.Duration(s.goneQ[0].until-nowMs)*time.Millisecond)
 	}
 	return max(wait, 0), true
+}
+
+// takeDueLocked moves timers due at now (unix ms) from the wheel to the
+// backlog, as many as the backlog has room for. The rest stay due in the
+// wheel rather than cost one step a whole herd, and the wheel gives the
+// ticks that came due since the last call a share of every call, so their
+// timers join their namespace's turn without waiting for a herd to drain.
+func (s *Shard) takeDueLocked(now int64) {
+	take := maxBacklog - s.backlog.len()
+	if take <= 0 {
+		return
+	}
+	s.fired = s.wheel.AdvanceLimit(now, s.fired[:0], take)
+	for _, f := range s.fired {
+		t := s.slots[f.Value]
+		t.armed, t.queued = false, true
+		s.backlog.push(t)
+	}
 }
 
 // commitFailedLocked stops the shard, and reports true, if its last

@@ -180,6 +180,35 @@ func BenchmarkWheelBurst(b *testing.B) {
 	}
 }
 
+// BenchmarkWheelBurstLimited is BenchmarkWheelBurst drained as a shard
+// drains it: AdvanceLimit calls of 4,096 timers each, so beside
+// BenchmarkWheelBurst it reads as what bounding each call costs. One op
+// is one timer fired.
+func BenchmarkWheelBurstLimited(b *testing.B) {
+	const limit = 4096
+	w := newWheel(b, time.Millisecond, start)
+	dst := make([]Timer, 0, limit)
+	now, fired := start, 0
+	b.ReportAllocs()
+	b.ResetTimer()
+	for fired < b.N {
+		b.StopTimer()
+		now += minDelay
+		for i := range benchPending {
+			mustAdd(b, w, now, uint64(i))
+		}
+		b.StartTimer()
+		for w.Len() > 0 {
+			dst = w.AdvanceLimit(now, dst[:0], limit)
+			fired += len(dst)
+		}
+	}
+	b.StopTimer()
+	if sec := b.Elapsed().Seconds(); sec > 0 {
+		b.ReportMetric(float64(fired)/sec, "timers/s")
+	}
+}
+
 // stdPending starts n runtime timers due over [1 s, 60 s] and returns them
 // with the heap bytes per timer; the caller stops them.
 func stdPending(n int) ([]*time.Timer, float64) {

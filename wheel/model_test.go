@@ -86,6 +86,15 @@ func (m *model) advance(now int64) []refEntry {
 	return fired
 }
 
+// keep puts back due timers a bounded Advance left behind: they are still
+// due, and the next Advance must return them.
+func (m *model) keep(left []refEntry) {
+	for _, e := range left {
+		m.live[e.h] = &e
+		heap.Push(&m.h, e)
+	}
+}
+
 // minTick returns the earliest fire tick of a live timer.
 func (m *model) minTick() (int64, bool) {
 	for len(m.h) > 0 {
@@ -244,9 +253,16 @@ func run(t *testing.T, tickMs int64, origin int64, data []byte) {
 			default:
 				now += o.offset()
 			}
-			dst = w.Advance(now, dst[:0])
-			want := m.advance(now)
-			check(t, step, dst, want)
+			if lb := o.byte(); lb&1 == 0 {
+				dst = w.Advance(now, dst[:0])
+				check(t, step, dst, m.advance(now))
+			} else {
+				// A bounded expiry: at most limit of the due timers,
+				// exactly limit if that many are due; the rest stay due.
+				limit := int(lb>>1) + 1
+				dst = w.AdvanceLimit(now, dst[:0], limit)
+				m.keep(checkSome(t, step, dst, m.advance(now), limit))
+			}
 		}
 		if step%8 == 0 || len(o.b) == 0 {
 			// The full walk costs O(lists + timers); every few steps
@@ -294,6 +310,42 @@ func check(t *testing.T, step int, got []Timer, want []refEntry) {
 			t.Fatalf("step %d: fired %+v, model %+v", step, g[i], want[i])
 		}
 	}
+}
+
+// checkSome checks what a bounded Advance returned against the timers the
+// model says are due: a subset of them in order of due time, limit of them
+// or all. It returns the due timers left behind.
+func checkSome(t *testing.T, step int, got []Timer, due []refEntry, limit int) []refEntry {
+	t.Helper()
+	if want := min(limit, len(due)); len(got) != want {
+		t.Fatalf("step %d: bounded Advance fired %d timers, want %d (limit %d, %d due)", step, len(got), want, limit, len(due))
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i].Due < got[i-1].Due {
+			t.Fatalf("step %d: Advance out of due order: %d after %d", step, got[i].Due, got[i-1].Due)
+		}
+	}
+	byHandle := make(map[Handle]refEntry, len(due))
+	for _, e := range due {
+		byHandle[e.h] = e
+	}
+	for _, g := range got {
+		e, ok := byHandle[g.Handle]
+		if !ok {
+			t.Fatalf("step %d: bounded Advance fired %+v, which is not due (or fired twice)", step, g)
+		}
+		if g.Value != e.value || g.Due != e.due {
+			t.Fatalf("step %d: fired %+v, model %+v", step, g, e)
+		}
+		delete(byHandle, g.Handle)
+	}
+	left := make([]refEntry, 0, len(byHandle))
+	for _, e := range due {
+		if _, ok := byHandle[e.h]; ok {
+			left = append(left, e)
+		}
+	}
+	return left
 }
 
 // TestMatchesModel runs long random operation sequences against the
@@ -382,8 +434,8 @@ func checkInvariants(t *testing.T, step int, w *Wheel) {
 					t.Fatalf("step %d: entry %+v in slot %d of level %d has tick %#x", step, e, slot, lvl, tk)
 				case lvl > 0 && slot <= w.elapsed>>shift&slotMask:
 					t.Fatalf("step %d: entry %+v in slot %d of level %d, not after elapsed %#x", step, e, slot, lvl, w.elapsed)
-				case ls.minTick > tk:
-					t.Fatalf("step %d: list %d minTick %d > entry tick %d", step, l, ls.minTick, tk)
+				case ls.minTick > tk || ls.maxTick < tk:
+					t.Fatalf("step %d: list %d ticks [%d, %d] do not bound entry tick %d", step, l, ls.minTick, ls.maxTick, tk)
 				case w.listOf(tk) != l:
 					t.Fatalf("step %d: entry %+v is in list %d, listOf says %d", step, e, l, w.listOf(tk))
 				}

@@ -26,7 +26,8 @@
 // cost the garbage collector nothing to scan, and both are recycled, so a
 // wheel in steady state does not allocate. A slot's list is a chain of
 // 256-entry chunks: cascading a slot copies its entries to their new lists
-// sequentially, and firing one reads only its entries, freeing each node
+// sequentially (or, when they all share one tick and that tick's list is
+// empty, hands it the whole chain), and firing one reads only its entries, freeing each node
 // with stores the processor does not wait for. A pending timer costs 40
 // bytes of wheel memory, plus at most one partly filled chunk per slot.
 //
@@ -44,7 +45,10 @@
 // compactions. Advance costs O(fired + levels) per call plus,
 // amortized, at most one cascade per level per timer over its life; it
 // never depends on how many timers are pending or on how long the wheel
-// was idle.
+// was idle. AdvanceLimit bounds the fired part: a tick with more due
+// timers than the call may hand out moves to the ready list whole (O(1)
+// when that list is empty, one copy per timer otherwise), and later calls
+// take the leftovers from its head, a chunk at a time, as Cancel would.
 //
 // # Invariants
 //
@@ -66,6 +70,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"math"
 	"math/bits"
 	"slices"
 	"time"
@@ -215,9 +220,10 @@ type list struct {
 	// finds its entry by scanning the list instead.
 	// Invariant: a list with scan set holds at most entryChunk entries.
 	scan bool
-	// minTick is, while n > 0, a lower bound on the tick of the list's
-	// live entries: exact unless the earliest was cancelled or moved.
-	minTick uint64
+	// minTick and maxTick are, while n > 0, bounds on the tick of the
+	// list's live entries: exact unless the earliest or latest was
+	// cancelled or moved. Equal, they say every live entry has that tick.
+	minTick, maxTick uint64
 }
 
 // chunk links an entry chunk into its list, or into the free pool.
@@ -458,7 +464,7 @@ func (w *Wheel) push(l uint32, t uint64, e entry) uint32 {
 		w.chunks[c] = chunk{next: none, prev: none}
 		if ls.n == 0 {
 			ls.head = c
-			ls.minTick = t
+			ls.minTick, ls.maxTick = t, t
 			w.occupied[l>>6] |= 1 << (l & 63)
 		} else {
 			w.chunks[ls.tail].next = c
@@ -470,6 +476,7 @@ func (w *Wheel) push(l uint32, t uint64, e entry) uint32 {
 	w.entries[ls.tail][ls.n&entryMask] = e
 	ls.n++
 	ls.minTick = min(ls.minTick, t)
+	ls.maxTick = max(ls.maxTick, t)
 	return pos
 }
 
@@ -549,6 +556,19 @@ func (w *Wheel) unlinkChunk(l, c, fill uint32) {
 // reached (each entry lands on a lower level) and compacts a slot in place
 // (each entry lands back in l). The pushes reuse the chunks it releases.
 func (w *Wheel) refile(l uint32) {
+	if ls := &w.lists[l]; ls.minTick == ls.maxTick && !ls.scan {
+		// Every live entry has one tick, as a herd due at one instant
+		// does: if that tick's list is another, and empty, the chain
+		// moves there whole, positions and dead entries with it, so a
+		// herd cascades in O(1) instead of one copy per timer per level.
+		if to := w.listOf(ls.minTick); to != l && w.lists[to].n == 0 {
+			moved := *ls
+			w.take(l)
+			w.lists[to] = moved
+			w.occupied[to>>6] |= 1 << (to & 63)
+			return
+		}
+	}
 	c, n := w.take(l)
 	for n > 0 {
 		k := min(n, entryChunk)
@@ -620,10 +640,96 @@ func (w *Wheel) emit(l uint32, dst []Timer, sort bool) []Timer {
 		c = w.release(c)
 	}
 	w.count -= len(dst) - start
-	if sort && len(dst)-start > 1 {
-		slices.SortStableFunc(dst[start:], func(a, b Timer) int { return cmp.Compare(a.Due, b.Due) })
+	if sort {
+		sortByDue(dst[start:])
 	}
 	return dst
+}
+
+// emitSome appends up to limit live timers of list l to dst, in list
+// order, and frees them; sort is as for emit. If the list holds more, the
+// rest stays in it: the timers handed out become dead entries, which
+// leave with their chunks or the list's next compaction, as cancelled
+// ones do.
+func (w *Wheel) emitSome(l uint32, dst []Timer, limit int, sort bool) []Timer {
+	ls := &w.lists[l]
+	if limit >= int(ls.n-ls.dead) {
+		return w.emit(l, dst, sort)
+	}
+	start := len(dst)
+	for len(dst)-start < limit {
+		c := ls.head
+		fill := uint32(entryChunk)
+		if c == ls.tail {
+			fill = (ls.n-1)&entryMask + 1
+		}
+		ch := &w.chunks[c]
+		for off := range w.entries[c][:fill] {
+			if len(dst)-start == limit {
+				break
+			}
+			e := &w.entries[c][off]
+			if e.idx == none {
+				continue
+			}
+			dst = append(dst, Timer{Handle: makeHandle(e.idx, e.gen), Due: e.due, Value: e.value})
+			w.free(e.idx, w.node(e.idx), e.gen)
+			e.idx = none
+			ch.dead++
+			ls.dead++
+		}
+		if ch.dead == fill {
+			// Invariant: the list still has live entries (limit is less
+			// than its live count), so the chunk is not its last.
+			w.unlinkChunk(l, c, fill)
+		}
+	}
+	w.count -= len(dst) - start
+	if ls.dead*2 >= ls.n {
+		w.refile(l)
+	}
+	if sort {
+		sortByDue(dst[start:])
+	}
+	return dst
+}
+
+// park moves the live entries of level-0 list l, due but over a limit, to
+// the ready list, behind the timers already there. Into an empty
+// ready list it moves the whole chain at once, so leaving a herd due costs
+// O(1); otherwise each entry is copied once.
+func (w *Wheel) park(l uint32) {
+	if w.lists[l].scan {
+		w.track(l) // the ready list never scans: its entries' nodes know their positions
+	}
+	if !w.readyPending() {
+		ls := w.lists[l]
+		w.take(l)
+		w.lists[readyList] = ls
+		w.occupied[readyList>>6] |= 1 << (readyList & 63)
+		return
+	}
+	c, n := w.take(l)
+	for n > 0 {
+		k := min(n, entryChunk)
+		for _, e := range w.entries[c][:k] {
+			if e.idx != none {
+				w.node(e.idx).pos = w.push(readyList, w.tickOf(e.due), e)
+			}
+		}
+		n -= k
+		c = w.release(c)
+	}
+}
+
+// sortByDue orders ts by due time, keeping the order of equal ones. A
+// herd drained in bounded calls hands out runs that are already in order,
+// and checking costs one pass.
+func sortByDue(ts []Timer) {
+	byDue := func(a, b Timer) int { return cmp.Compare(a.Due, b.Due) }
+	if !slices.IsSortedFunc(ts, byDue) {
+		slices.SortStableFunc(ts, byDue)
+	}
 }
 
 // readyPending reports whether the ready list has entries.
@@ -654,10 +760,40 @@ func (w *Wheel) nextList() (l uint32, at uint64, ok bool) {
 // A now before the current time changes nothing but still returns the
 // timers added with a due time already past.
 func (w *Wheel) Advance(now int64, dst []Timer) []Timer {
-	if w.readyPending() {
-		dst = w.emit(readyList, dst, true)
+	return w.AdvanceLimit(now, dst, math.MaxInt)
+}
+
+// AdvanceLimit is Advance handing out at most limit timers, so that the
+// work of one call is bounded however many timers came due at once. If
+// more than limit are due it returns exactly limit of them and leaves the
+// rest due: Next returns Now, and later calls return them. A call returns
+// its timers in order of due time, but a limit changes which due timers
+// go first:
+//   - a tick's timers leave together if they fit in what is left of the
+//     limit; otherwise the whole tick is left over, so that a herd due at
+//     one instant does not hold up the few timers of the ticks after it;
+//   - leftovers wait in the order their ticks came due, and each later
+//     call gives them at least half its limit (all of it if the clock did
+//     not move) and gives the rest to the ticks that came due since, so
+//     that neither waits for the other to drain.
+//
+// A limit below 1 returns dst and changes nothing. The firing is bounded;
+// the cascades a call makes are not, though each timer cascades at most
+// once per level over its life.
+func (w *Wheel) AdvanceLimit(now int64, dst []Timer, limit int) []Timer {
+	if limit < 1 {
+		return dst
 	}
-	if now <= w.now && w.elapsed > 0 || now < w.origin {
+	start := len(dst)
+	moves := !(now <= w.now && w.elapsed > 0 || now < w.origin)
+	if w.readyPending() {
+		share := limit
+		if moves {
+			share -= limit / 2 // the other half is for what comes due now
+		}
+		dst = w.emitSome(readyList, dst, share, true)
+	}
+	if !moves {
 		return dst
 	}
 	w.now = now
@@ -671,16 +807,29 @@ func (w *Wheel) Advance(now int64, dst []Timer) []Timer {
 			break
 		}
 		w.elapsed = at
-		if l < numSlots {
-			// A level-0 slot holds one tick; its due times differ only
-			// when a tick spans several ms, or in tick 0, which also
-			// holds every timer due before Start.
+		if l >= numSlots {
+			w.refile(l)
+			continue
+		}
+		// A level-0 slot holds one tick; its due times differ only when a
+		// tick spans several ms, or in tick 0, which also holds every
+		// timer due before Start.
+		if ls := &w.lists[l]; int(ls.n-ls.dead) <= limit-(len(dst)-start) {
 			dst = w.emit(l, dst, w.tickMs > 1 || at == 0)
 		} else {
-			w.refile(l)
+			// Too many for what is left of the limit: the tick waits
+			// with the leftovers, and the ticks after it, often few
+			// timers each, still leave in this call.
+			w.park(l)
 		}
 	}
 	w.elapsed = target + 1
+	if left := limit - (len(dst) - start); left > 0 && w.readyPending() {
+		// What came due now left budget over: the timers left behind
+		// take it, and the call's timers are sorted again.
+		dst = w.emitSome(readyList, dst, left, false)
+		sortByDue(dst[start:])
+	}
 	return dst
 }
 

@@ -285,6 +285,169 @@ func TestManyInOneSlot(t *testing.T) {
 	}
 }
 
+// TestAdvanceLimit checks bounded expiry where the limit cuts: inside a
+// slot's chunk, across the slots and levels one call passes, and beside
+// timers left due before. Every call must return min(limit, due) timers,
+// none early, in due order; every timer must fire exactly once; and what
+// comes due after a herd must leave within the call that reaches it.
+func TestAdvanceLimit(t *testing.T) {
+	type call struct {
+		at    int64 // ms after start
+		limit int
+		want  int      // timers returned
+		must  []uint64 // values that must be among them
+	}
+	herd := func(n int, at int64, first uint64) func(*testing.T, *Wheel) {
+		return func(t *testing.T, w *Wheel) {
+			for i := range n {
+				mustAdd(t, w, start+at, first+uint64(i))
+			}
+		}
+	}
+	cases := []struct {
+		name  string
+		tick  time.Duration
+		setup func(*testing.T, *Wheel)
+		calls []call
+	}{{
+		name:  "mid-chunk of one slot",
+		tick:  time.Millisecond,
+		setup: herd(600, 10, 0), // three chunks in one level-0 slot
+		calls: []call{{9, 100, 0, nil}, {10, 100, 100, nil}, {10, 300, 300, nil}, {10, 1000, 200, nil}, {11, 10, 0, nil}},
+	}, {
+		name: "herd cascaded from level 2, then a later tick",
+		tick: time.Millisecond,
+		setup: func(t *testing.T, w *Wheel) {
+			herd(700, 200_000, 0)(t, w) // level 2 until the wheel nears it
+			mustAdd(t, w, start+200_001, 1000)
+		},
+		calls: []call{{199_999, 50, 0, nil}, {200_000, 50, 50, nil}, {200_001, 50, 50, []uint64{1000}}, {200_001, 1000, 601, nil}},
+	}, {
+		name: "limit ends inside a slot the call passes, later slots wait behind",
+		tick: time.Millisecond,
+		setup: func(t *testing.T, w *Wheel) {
+			for i := range 300 {
+				mustAdd(t, w, start+10+int64(i%3), uint64(i)) // 100 in each of three ticks
+			}
+		},
+		calls: []call{{20, 150, 150, nil}, {20, 100, 100, nil}, {21, 1000, 50, nil}},
+	}, {
+		name: "a herd's tick waits, a later tick in the same call does not",
+		tick: time.Millisecond,
+		setup: func(t *testing.T, w *Wheel) {
+			herd(500, 10, 0)(t, w)
+			mustAdd(t, w, start+11, 1000)
+		},
+		calls: []call{{11, 100, 100, []uint64{1000}}, {11, 1000, 401, nil}},
+	}, {
+		name: "what comes due beside leftovers leaves at once",
+		tick: time.Millisecond,
+		setup: func(t *testing.T, w *Wheel) {
+			herd(1000, 5, 0)(t, w)
+			for i := range 5 {
+				mustAdd(t, w, start+6+int64(i), 1000+uint64(i))
+			}
+		},
+		// Each call gives the leftovers half its limit (32) and the tick
+		// it reaches the rest, so b's timer of that tick is in it.
+		calls: []call{{5, 64, 64, nil}, {6, 64, 64, []uint64{1000}}, {7, 64, 64, []uint64{1001}}, {8, 64, 64, []uint64{1002}},
+			{8, 64, 64, nil}, {10, 64, 64, []uint64{1003, 1004}}, {10, 10_000, 1000 + 5 - 6*64, nil}},
+	}, {
+		name: "coarse tick mixes due times in a slot",
+		tick: 10 * time.Millisecond,
+		setup: func(t *testing.T, w *Wheel) {
+			for i := range 500 {
+				mustAdd(t, w, start+100+int64(i%10), uint64(i))
+			}
+		},
+		// Ticks start at start+10k: those due at start+100 fire at
+		// start+100, the rest at start+110.
+		calls: []call{{99, 7, 0, nil}, {100, 7, 7, nil}, {110, 7, 7, nil}, {110, 300, 300, nil}, {130, 300, 186, nil}},
+	}, {
+		name:  "a limit below one changes nothing",
+		tick:  time.Millisecond,
+		setup: herd(10, 1, 0),
+		calls: []call{{5, 0, 0, nil}, {5, -1, 0, nil}, {5, 4, 4, nil}, {5, 100, 6, nil}},
+	}}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			w := newWheel(t, c.tick, start)
+			c.setup(t, w)
+			pending := w.Len()
+			seen := make(map[uint64]bool)
+			var dst []Timer
+			for i, cl := range c.calls {
+				now := start + cl.at
+				dst = w.AdvanceLimit(now, dst[:0], cl.limit)
+				if len(dst) != cl.want {
+					t.Fatalf("call %d: %d timers, want %d", i, len(dst), cl.want)
+				}
+				for j, tm := range dst {
+					if tm.Due > now {
+						t.Fatalf("call %d: %+v fired early at %d", i, tm, now)
+					}
+					if j > 0 && tm.Due < dst[j-1].Due {
+						t.Fatalf("call %d: out of due order: %d after %d", i, tm.Due, dst[j-1].Due)
+					}
+					if seen[tm.Value] {
+						t.Fatalf("call %d: %+v fired twice", i, tm)
+					}
+					seen[tm.Value] = true
+				}
+				for _, v := range cl.must {
+					if !slices.Contains(values(dst), v) {
+						t.Fatalf("call %d: timer %d did not fire; got %v", i, v, values(dst))
+					}
+				}
+				if next, ok := w.Next(); w.Len() > 0 && len(dst) == cl.limit && (!ok || next > now) {
+					t.Fatalf("call %d: Next() = %d, %v with timers left due at %d", i, next, ok, now)
+				}
+				checkInvariants(t, i, w)
+			}
+			if len(seen) != pending || w.Len() != 0 {
+				t.Fatalf("%d of %d timers fired, Len() = %d", len(seen), pending, w.Len())
+			}
+		})
+	}
+}
+
+// TestLeftoversCanBeCancelled cancels, moves and looks up timers a limit
+// left due, in a ready list moved whole and in one copied into.
+func TestLeftoversCanBeCancelled(t *testing.T) {
+	w := newWheel(t, time.Millisecond, start)
+	var hs []Handle
+	for i := range 600 {
+		hs = append(hs, mustAdd(t, w, start+10+int64(i/300), uint64(i)))
+	}
+	got := w.AdvanceLimit(start+11, nil, 100) // 200 of tick 10 and all of tick 11 left due
+	if len(got) != 100 {
+		t.Fatalf("fired %d, want 100", len(got))
+	}
+	left := hs[100:]
+	if due, v, ok := w.Lookup(left[0]); !ok || v != 100 || due != start+10 {
+		t.Fatalf("Lookup of a leftover = %d, %d, %v", due, v, ok)
+	}
+	if !w.Cancel(left[1]) || !w.Cancel(left[450]) {
+		t.Fatal("Cancel of a leftover failed")
+	}
+	if err := w.Reschedule(left[2], start+50); err != nil {
+		t.Fatalf("Reschedule of a leftover: %v", err)
+	}
+	checkInvariants(t, 0, w)
+	got = w.Advance(start+11, nil)
+	if len(got) != 500-3 {
+		t.Fatalf("then fired %d, want %d", len(got), 500-3)
+	}
+	for _, tm := range got {
+		if tm.Value == 101 || tm.Value == 550 || tm.Value == 102 {
+			t.Fatalf("cancelled or moved timer %d fired", tm.Value)
+		}
+	}
+	if got = w.Advance(start+50, nil); len(got) != 1 || got[0].Value != 102 {
+		t.Fatalf("moved leftover fired as %v", values(got))
+	}
+}
+
 func TestCancelReschedule(t *testing.T) {
 	w := newWheel(t, time.Millisecond, start)
 	a := mustAdd(t, w, start+100, 1)
@@ -413,7 +576,11 @@ func TestZeroAllocs(t *testing.T) {
 		hs[i%len(hs)], _ = w.Add(now+1+int64(i*7919%60_000), uint64(i))
 		_ = w.Reschedule(hs[(i+1)%len(hs)], now+int64(i%5000)+1)
 		now++
-		dst = w.Advance(now, dst[:0])
+		if i%2 == 0 {
+			dst = w.Advance(now, dst[:0])
+		} else {
+			dst = w.AdvanceLimit(now, dst[:0], 1+i%8)
+		}
 		i++
 	})
 	if allocs != 0 {
@@ -520,6 +687,9 @@ func TestCancelNearFiring(t *testing.T) {
 		for i := range hs {
 			hs[i] = mustAdd(t, w, due, uint64(i))
 		}
+		// A timer of another tick in the same level-1 slot, so that the
+		// cascade copies entries rather than move a one-tick chain whole.
+		mustAdd(t, w, due+2, 1<<20)
 		// Reach due's level-1 slot: its timers cascade into level 0.
 		w.Advance(due-100, nil)
 		l := w.listOf(w.tickOf(due))
@@ -544,6 +714,40 @@ func TestCancelNearFiring(t *testing.T) {
 		if got := w.Advance(due+1, nil); len(got) != 1 || got[0].Handle != hs[5] {
 			t.Fatalf("n=%d: fired %v at due+1, want the rescheduled timer", n, got)
 		}
+	}
+}
+
+// TestHerdCascadesWhole: timers that all share one tick cascade by moving
+// their chain to the lower level whole, each entry where it was, dead
+// ones included, and still fire, cancel and move as before.
+func TestHerdCascadesWhole(t *testing.T) {
+	w := newWheel(t, time.Millisecond, start)
+	due := start + 200_000 // level 2 now
+	hs := make([]Handle, 3*entryChunk+5)
+	for i := range hs {
+		hs[i] = mustAdd(t, w, due, uint64(i))
+	}
+	w.Cancel(hs[7])
+	from := w.listOf(w.tickOf(due))
+	head := w.lists[from].head
+	w.Advance(due-1, nil) // cascades through level 1 into level 0
+	to := w.listOf(w.tickOf(due))
+	if to >= numSlots || w.lists[to].head != head || w.lists[to].dead != 1 {
+		t.Fatalf("herd in list %d (head chunk %d, %d dead), want level 0 with head chunk %d and 1 dead", to, w.lists[to].head, w.lists[to].dead, head)
+	}
+	checkInvariants(t, 0, w)
+	if !w.Cancel(hs[100]) {
+		t.Fatal("Cancel after a whole cascade failed")
+	}
+	if err := w.Reschedule(hs[200], due+1); err != nil {
+		t.Fatalf("Reschedule after a whole cascade: %v", err)
+	}
+	checkInvariants(t, 1, w)
+	if got := w.Advance(due, nil); len(got) != len(hs)-3 {
+		t.Fatalf("fired %d at due, want %d", len(got), len(hs)-3)
+	}
+	if got := w.Advance(due+1, nil); len(got) != 1 || got[0].Handle != hs[200] {
+		t.Fatalf("fired %v at due+1, want the moved timer", values(got))
 	}
 }
 
