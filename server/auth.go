@@ -170,6 +170,11 @@ func (a *authorizer) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 	if err != nil {
 		return err
 	}
+	// A forwarded stream is a peer's relay: it takes this node's shards
+	// only and may give deliveries back unsent, which no caller may.
+	if isForwarded(ss.Context()) && !p.Has(auth.RoleNode) {
+		return status.Errorf(codes.PermissionDenied, "token %q (roles %v) may not open a node-to-node stream (%s metadata), which needs the role %v", p.Name, p.Roles(), forwardedKey, auth.RoleNode)
+	}
 	return handler(srv, &authorizedStream{ServerStream: ss, p: p})
 }
 

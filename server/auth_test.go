@@ -187,6 +187,27 @@ func TestAuthorizationMatrix(t *testing.T) {
 	if err := e.conn.Invoke(e.ctx(), "/grpc.health.v1.Health/Check", &healthReq, &healthResp); err != nil {
 		t.Errorf("health check without a token: %v", err)
 	}
+	// A stream marked forwarded is a peer's relay, which may give
+	// deliveries back unsent: only a node may open one.
+	for _, tc := range []struct {
+		token string
+		want  codes.Code
+	}{{"tok-sub", codes.PermissionDenied}, {"tok-node", codes.OK}} {
+		n++
+		if _, err := e.timers.Schedule(seed, &pb.ScheduleRequest{Namespace: "orders", Timers: []*pb.TimerSpec{spec(fmt.Sprint("f", n), "now", 0)}}); err != nil {
+			t.Fatalf("seed a due timer: %v", err)
+		}
+		ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(bearer(context.Background(), tc.token), "timerd-forwarded", "1"), 20*time.Second)
+		st, err := e.timers.Subscribe(ctx)
+		if err == nil {
+			_ = st.Send(&pb.SubscribeRequest{Kind: &pb.SubscribeRequest_Subscription{Subscription: &pb.Subscription{Namespace: "orders", Topic: "now", Local: true}}})
+			_, err = st.Recv()
+		}
+		cancel()
+		if got := status.Code(err); got != tc.want {
+			t.Errorf("a forwarded Subscribe with %s: %v, want %v", tc.token, err, tc.want)
+		}
+	}
 }
 
 // TestAuthFileReload: a token added to the file works once the file is
