@@ -297,13 +297,19 @@ const afterKillWait = 30 * time.Second
 
 // layoutAfterKill reads the target's layout until it shows a member of
 // before gone, not alive or restarted, or until ctx ends; it returns the
-// last layout read (the zero Layout when none could be, and the run then
-// fails).
+// last layout it read whole (the zero Layout when none could be read, and
+// the run then fails). A read that ctx cut short is not a layout: taken
+// for one, its empty member list would say every member died.
 func (r *run) layoutAfterKill(ctx context.Context, cl Cluster, before Layout) Layout {
+	var last Layout
 	for {
 		after, err := r.layout(ctx, cl)
-		if err != nil || len(killedMembers(before, after)) > 0 || !r.clock.Sleep(ctx, 100*time.Millisecond) {
-			return after
+		if err != nil {
+			return last
+		}
+		last = after
+		if len(killedMembers(before, after)) > 0 || !r.clock.Sleep(ctx, 100*time.Millisecond) {
+			return last
 		}
 	}
 }
