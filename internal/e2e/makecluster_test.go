@@ -72,7 +72,7 @@ type started struct {
 // process it started has exited and its directory is gone.
 func TestMakeCluster(t *testing.T) {
 	if runtime.GOOS != "linux" {
-		t.Skip("the script reads /proc")
+		missing(t, "tools/cluster.sh reads /proc, which only Linux has")
 	}
 	redistest.Binary(t) // skips without redis-server, or fails under CI
 	t.Parallel()
