@@ -161,7 +161,10 @@ func TestUnsentDeliveriesUseNoAttempt(t *testing.T) {
 			sub = tp.subs[0]
 			sub.mu.Lock()
 			defer sub.mu.Unlock()
-			return len(sub.out) == n && !sub.sendStart.IsZero()
+			// A Send blocked a while, not one that has just returned and
+			// whose delivery is not yet marked sent: only then are the
+			// states read below the ones the stream's end finds.
+			return len(sub.out) == n && !sub.sendStart.IsZero() && time.Since(sub.sendStart) >= 100*time.Millisecond
 		})
 		sub.mu.Lock()
 		for id, h := range sub.out {
