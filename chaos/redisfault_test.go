@@ -1,0 +1,136 @@
+package chaos
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The checks the Redis fault scenarios (redis-kill, redis-proxy,
+// redis-cluster-failover) share, on what the ledger recorded. They are
+// pure functions of the ledger's records, so their unit tests need no
+// processes.
+
+// staleDeliveries returns, as problems, the deliveries sent by a deposed
+// owner: on each shard, in the order the owners fired them (fired is the
+// sending node's clock; every node runs on the test's machine, so one
+// clock), a delivery whose epoch is below that of one fired strictly
+// before it on the same shard. A shard's owner stops dispatching before
+// its lease can have lapsed and the next owner acquires only after that,
+// under a higher epoch, so the epochs of a shard's deliveries, in fired
+// order, never go down; one that does came from an owner whose lease was
+// taken over (the fencing failed) or from an epoch that went backwards
+// (Redis forgot an acquire and handed out a lower epoch).
+func staleDeliveries(got []delivery) []string {
+	byShard := make(map[uint32][]delivery)
+	for _, d := range got {
+		byShard[d.shard] = append(byShard[d.shard], d)
+	}
+	var problems []string
+	for _, s := range slices.Sorted(maps.Keys(byShard)) {
+		ds := byShard[s]
+		slices.SortStableFunc(ds, func(a, b delivery) int { return a.fired.Compare(b.fired) })
+		var top delivery // the highest epoch fired strictly before ds[i]
+		for i, j := 0, 0; i < len(ds); i++ {
+			for ; j < i && ds[j].fired.Before(ds[i].fired); j++ {
+				if ds[j].epoch > top.epoch {
+					top = ds[j]
+				}
+			}
+			if d := ds[i]; d.epoch < top.epoch {
+				problems = append(problems, fmt.Sprintf("stale owner: shard %d delivered %s under epoch %d, fired %s, after epoch %d had fired %s",
+					s, d.id, d.epoch, d.fired.Format(time.StampMilli), top.epoch, top.fired.Format(time.StampMilli)))
+			}
+		}
+	}
+	return problems
+}
+
+// firedWithin returns the deliveries fired in [from, to), in fired order.
+func firedWithin(got []delivery, from, to time.Time) []delivery {
+	var in []delivery
+	for _, d := range got {
+		if !d.fired.Before(from) && d.fired.Before(to) {
+			in = append(in, d)
+		}
+	}
+	slices.SortStableFunc(in, func(a, b delivery) int { return a.fired.Compare(b.fired) })
+	return in
+}
+
+// firstFiredPerShard returns, for each shard, the first delivery fired at
+// or after from.
+func firstFiredPerShard(got []delivery, from time.Time) map[uint32]time.Time {
+	first := make(map[uint32]time.Time)
+	for _, d := range got {
+		if d.fired.Before(from) {
+			continue
+		}
+		if t, ok := first[d.shard]; !ok || d.fired.Before(t) {
+			first[d.shard] = d.fired
+		}
+	}
+	return first
+}
+
+// TestStaleDeliveries checks the deposed-owner check on made-up
+// deliveries.
+func TestStaleDeliveries(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	at := func(id string, shard uint32, epoch uint64, ms int) delivery {
+		return delivery{id: id, shard: shard, epoch: epoch, fired: t0.Add(time.Duration(ms) * time.Millisecond)}
+	}
+	tests := []struct {
+		name  string
+		got   []delivery
+		stale []string // ids of the stale deliveries, in problem order
+	}{
+		{name: "none"},
+		{name: "epochs grow", got: []delivery{at("a", 1, 5, 0), at("b", 1, 5, 10), at("c", 1, 9, 20), at("d", 1, 9, 30)}},
+		{name: "same instant", got: []delivery{at("a", 1, 9, 10), at("b", 1, 5, 10)}},
+		{name: "other shard", got: []delivery{at("a", 1, 9, 0), at("b", 2, 5, 10)}},
+		{name: "deposed owner fires after the new one", got: []delivery{at("a", 1, 5, 0), at("b", 1, 9, 10), at("c", 1, 5, 20), at("d", 1, 9, 30)},
+			stale: []string{"c"}},
+		{name: "received out of order", got: []delivery{at("c", 1, 5, 20), at("b", 1, 9, 10), at("a", 1, 5, 0)},
+			stale: []string{"c"}},
+		{name: "epoch went backwards", got: []delivery{at("a", 3, 9, 0), at("b", 3, 7, 50), at("c", 3, 8, 60)},
+			stale: []string{"b", "c"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			problems := staleDeliveries(tc.got)
+			if len(problems) != len(tc.stale) {
+				t.Fatalf("staleDeliveries = %q, want %d problems naming %v", problems, len(tc.stale), tc.stale)
+			}
+			for i, id := range tc.stale {
+				if want := fmt.Sprintf(" delivered %s ", id); !strings.Contains(problems[i], want) {
+					t.Errorf("problem %d = %q, want it to name %s", i, problems[i], id)
+				}
+			}
+		})
+	}
+}
+
+// TestFiredWithin checks the window filters on made-up deliveries.
+func TestFiredWithin(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	ms := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Millisecond) }
+	got := []delivery{
+		{id: "late", shard: 2, fired: ms(300)}, {id: "from", shard: 1, fired: ms(100)},
+		{id: "before", shard: 1, fired: ms(99)}, {id: "to", shard: 2, fired: ms(200)}, {id: "in", shard: 2, fired: ms(150)},
+	}
+	var ids []string
+	for _, d := range firedWithin(got, ms(100), ms(200)) {
+		ids = append(ids, d.id)
+	}
+	if fmt.Sprint(ids) != "[from in]" {
+		t.Errorf("firedWithin [100ms, 200ms) = %v, want [from in]", ids)
+	}
+	first := firstFiredPerShard(got, ms(100))
+	if len(first) != 2 || !first[1].Equal(ms(100)) || !first[2].Equal(ms(150)) {
+		t.Errorf("firstFiredPerShard from 100ms = %v, want shard 1 at 100ms, shard 2 at 150ms", first)
+	}
+}
