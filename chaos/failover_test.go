@@ -1,8 +1,13 @@
 package chaos
 
 import (
+	"context"
 	"fmt"
 	"time"
+
+	"google.golang.org/grpc"
+
+	pb "github.com/timerd/timerd/api/timerd/v1"
 )
 
 // failover is how long a killed node's timers waited for another node.
@@ -123,4 +128,48 @@ func (f failover) addTo(v *verdict, victim string) {
 	if f.TakenOver != f.Shards {
 		v.problem("%d of the %d shards %s served were taken over", f.TakenOver, f.Shards, victim)
 	}
+}
+
+// ownerless measures, from kill, how long each of shards went without a
+// live owner: until a node other than victim serves it, as the node up
+// behind conn sees it. It polls every 50ms until every shard has one, or
+// bound passes, and returns the longest wait (bound when one had none).
+func ownerless(ctx context.Context, conn *grpc.ClientConn, victim string, shards []uint32, kill time.Time, bound time.Duration) time.Duration {
+	left := make(map[uint32]bool, len(shards))
+	for _, s := range shards {
+		left[s] = true
+	}
+	var longest time.Duration
+	for len(left) > 0 && time.Since(kill) < bound {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		sm, err := pb.NewClusterServiceClient(conn).ShardMap(cctx, &pb.ShardMapRequest{})
+		cancel()
+		now := time.Since(kill)
+		if err == nil {
+			for _, o := range sm.GetShards() {
+				if left[o.GetShard()] && o.GetState() == pb.ShardState_SHARD_STATE_SERVING && o.GetOwner() != "" && o.GetOwner() != victim {
+					delete(left, o.GetShard())
+					longest = max(longest, now)
+				}
+			}
+		}
+		if !sleepUntil(ctx, time.Now().Add(50*time.Millisecond)) {
+			break
+		}
+	}
+	if len(left) > 0 {
+		return bound
+	}
+	return longest
+}
+
+// shardsOf returns the shards whose owner is name in owners.
+func shardsOf(owners []shardOwner, name string) []uint32 {
+	var out []uint32
+	for s, o := range owners {
+		if o.owner == name {
+			out = append(out, uint32(s))
+		}
+	}
+	return out
 }

@@ -78,7 +78,7 @@ func TestJudge(t *testing.T) {
 			sched("e", 5, outcomeOK), {kind: opCancel, id: "e", sent: sec(1), answered: sec(1.1), outcome: outcomeOK},
 			{kind: opSchedule, id: "e", due: sec(6), sent: sec(2), answered: sec(2.1), outcome: outcomeOK},
 		},
-		got: []delivery{got("a", 5, 5, 1), got("c", 1, 1.1, 1), got("d", 5, 5, 1), got("e", 6, 6, 1)},
+		got:  []delivery{got("a", 5, 5, 1), got("c", 1, 1.1, 1), got("d", 5, 5, 1), got("e", 6, 6, 1)},
 		want: verdict{Scheduled: 5, Acknowledged: 5, Cancelled: 4, Expected: 1, Deliveries: 4, CancelledFired: 1},
 	}, {
 		name: "a failed Cancel leaves the timer to fire",
