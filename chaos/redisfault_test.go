@@ -76,6 +76,72 @@ func firstFiredPerShard(got []delivery, from time.Time) map[uint32]time.Time {
 	return first
 }
 
+// inFlightGrace is how long after Redis went away an OK may still reach
+// the client for a write Redis applied just before: the answer was on
+// its way through the node and gRPC.
+const inFlightGrace = 500 * time.Millisecond
+
+// acksWhileDown returns, as problems, the writes answered OK while Redis
+// could apply nothing, from down (Redis killed or cut off) to up (Redis
+// back): an OK is refused if it was answered after down+inFlightGrace,
+// or if its call was sent after down, and answered before up. An OK
+// answered after up may be for a write the node retried once Redis came
+// back, which is durable.
+func acksWhileDown(ops []op, down, up time.Time) []string {
+	var problems []string
+	for _, o := range ops {
+		if o.outcome != outcomeOK || !o.answered.Before(up) {
+			continue
+		}
+		if !o.answered.Before(down.Add(inFlightGrace)) || o.sent.After(down) {
+			problems = append(problems, fmt.Sprintf("%s of %s answered OK at %s while Redis was unreachable (%s to %s), sent at %s",
+				o.kind, o.id, o.answered.Format(time.StampMilli), down.Format(time.StampMilli), up.Format(time.StampMilli), o.sent.Format(time.StampMilli)))
+		}
+	}
+	return problems
+}
+
+// epochsRegressed returns, as problems, the shards whose epoch in the
+// shard map after is below that in before: epochs only grow, whatever
+// Redis forgot.
+func epochsRegressed(before, after []shardOwner) []string {
+	var problems []string
+	for s := range min(len(before), len(after)) {
+		if after[s].epoch < before[s].epoch {
+			problems = append(problems, fmt.Sprintf("shard %d: epoch %d (%s) after the fault, %d (%s) before it",
+				s, after[s].epoch, after[s].owner, before[s].epoch, before[s].owner))
+		}
+	}
+	return problems
+}
+
+// undelivered returns the timers that must fire and were never delivered.
+func undelivered(exp map[string]expectation, got []delivery) map[string]expectation {
+	seen := make(map[string]bool, len(got))
+	for _, d := range got {
+		seen[d.id] = true
+	}
+	out := make(map[string]expectation)
+	for id, e := range exp {
+		if !seen[id] {
+			out[id] = e
+		}
+	}
+	return out
+}
+
+// addProblems adds each of problems to v, at most maxExamples of them
+// and a count of the rest.
+func addProblems(v *verdict, problems []string) {
+	for i, p := range problems {
+		if i == maxExamples {
+			v.problem("and %d more like it", len(problems)-maxExamples)
+			return
+		}
+		v.problem("%s", p)
+	}
+}
+
 // TestStaleDeliveries checks the deposed-owner check on made-up
 // deliveries.
 func TestStaleDeliveries(t *testing.T) {
@@ -132,5 +198,40 @@ func TestFiredWithin(t *testing.T) {
 	first := firstFiredPerShard(got, ms(100))
 	if len(first) != 2 || !first[1].Equal(ms(100)) || !first[2].Equal(ms(150)) {
 		t.Errorf("firstFiredPerShard from 100ms = %v, want shard 1 at 100ms, shard 2 at 150ms", first)
+	}
+}
+
+// TestAcksWhileDown checks which OKs the outage check refuses, on
+// made-up writes.
+func TestAcksWhileDown(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	ms := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Millisecond) }
+	down, up := ms(1000), ms(5000)
+	ops := []op{
+		{kind: opSchedule, id: "before", sent: ms(900), answered: ms(990), outcome: outcomeOK},
+		{kind: opSchedule, id: "in-transit", sent: ms(900), answered: ms(1200), outcome: outcomeOK},
+		{kind: opSchedule, id: "late-answer", sent: ms(900), answered: ms(1600), outcome: outcomeOK},
+		{kind: opCancel, id: "sent-during", sent: ms(1100), answered: ms(1200), outcome: outcomeOK},
+		{kind: opSchedule, id: "failed-during", sent: ms(1100), answered: ms(3000), outcome: outcomeIndeterminate},
+		{kind: opSchedule, id: "retried-after", sent: ms(2000), answered: ms(5000), outcome: outcomeOK},
+		{kind: opReschedule, id: "after", sent: ms(5100), answered: ms(5200), outcome: outcomeOK},
+	}
+	problems := acksWhileDown(ops, down, up)
+	var ids []string
+	for _, p := range problems {
+		ids = append(ids, strings.Fields(p)[2])
+	}
+	if fmt.Sprint(ids) != "[late-answer sent-during]" {
+		t.Errorf("acksWhileDown named %v, want [late-answer sent-during]:\n%s", ids, strings.Join(problems, "\n"))
+	}
+}
+
+// TestEpochsRegressed checks the shard map comparison.
+func TestEpochsRegressed(t *testing.T) {
+	before := []shardOwner{{"a", 5}, {"b", 7}, {"a", 9}}
+	after := []shardOwner{{"a", 5}, {"a", 8}, {"b", 8}}
+	problems := epochsRegressed(before, after)
+	if len(problems) != 1 || !strings.HasPrefix(problems[0], "shard 2: epoch 8 (b)") {
+		t.Errorf("epochsRegressed = %q, want shard 2 alone", problems)
 	}
 }
