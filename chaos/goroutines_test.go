@@ -19,7 +19,8 @@ import (
 var errNoServingLine = errors.New("no msg=serving line with an http address in the log")
 
 // httpAddrOf returns the HTTP address (metrics, health) a node logged
-// when it began serving, from its log file.
+// when it began serving, from its log file: the last one logged, since a
+// restarted node appends to the same log.
 func httpAddrOf(logPath string) (string, error) {
 	f, err := os.Open(logPath)
 	if err != nil {
@@ -28,15 +29,19 @@ func httpAddrOf(logPath string) (string, error) {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	addr := ""
 	for sc.Scan() {
 		if fs := logFields(sc.Text()); fs["msg"] == "serving" && fs["http"] != "" {
-			return fs["http"], nil
+			addr = fs["http"]
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return "", err
 	}
-	return "", fmt.Errorf("%s: %w", logPath, errNoServingLine)
+	if addr == "" {
+		return "", fmt.Errorf("%s: %w", logPath, errNoServingLine)
+	}
+	return addr, nil
 }
 
 // goroutines reads go_goroutines, the number of goroutines of the node's
