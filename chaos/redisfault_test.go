@@ -101,6 +101,19 @@ func acksWhileDown(ops []op, down, up time.Time) []string {
 	return problems
 }
 
+// answeredWithin counts the writes answered in [from, to), by outcome,
+// for the figures: the evidence that a check over a window looked at
+// something.
+func answeredWithin(ops []op, from, to time.Time) string {
+	var n [3]int
+	for _, o := range ops {
+		if !o.answered.Before(from) && o.answered.Before(to) {
+			n[o.outcome]++
+		}
+	}
+	return fmt.Sprintf("%s ok, %s failed, %s indeterminate", itoa(n[outcomeOK]), itoa(n[outcomeFailed]), itoa(n[outcomeIndeterminate]))
+}
+
 // epochsRegressed returns, as problems, the shards whose epoch in the
 // shard map after is below that in before: epochs only grow, whatever
 // Redis forgot.

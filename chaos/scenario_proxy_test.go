@@ -110,6 +110,8 @@ func redisProxy(t *testing.T, r *run) {
 		v.figure(f.name+"_heal_to_every_shard_delivering", resumed)
 		addProblems(v, stalled)
 		if f.cut {
+			v.figure(f.name+"_writes_answered", answeredWithin(ops, win.began, win.healed))
+			v.figure(f.name+"_fired_within_lease", len(firedWithin(got, win.began, win.began.Add(ttl))))
 			addProblems(v, acksWhileDown(ops, win.began, win.healed))
 			// An owner that cannot renew stops dispatching before its
 			// lease can have lapsed: nothing fires between a lease TTL

@@ -84,6 +84,7 @@ func redisKill(t *testing.T, r *run, kind redisKind) {
 			v.problem("%d of %d shards delivered nothing after the restart", c.opts.Shards-len(resumed), c.opts.Shards)
 		}
 	}
+	v.figure("writes_answered_in_outage", answeredWithin(ops, kill, restartBegan))
 	addProblems(v, acksWhileDown(ops, kill, restartBegan))
 	addProblems(v, epochsRegressed(before, after))
 	addProblems(v, staleDeliveries(got))
@@ -98,7 +99,7 @@ func redisKill(t *testing.T, r *run, kind redisKind) {
 // everysec crash at kill may lose by its own terms, those acknowledged
 // within everysecWindow before the kill (or in flight at it), and adds
 // them as figures: how many, and the span of their acknowledgements
-// before the kill. A lost timer acknowledged earlier stays lost, and is
+// around the kill. A lost timer acknowledged earlier stays lost, and is
 // named as a problem too: Redis lost more than everysec promises.
 func excuseEverysecLoss(v *verdict, lost map[string]expectation, kill time.Time) {
 	var allowed []time.Duration // ack times of the excused, from the kill
@@ -116,5 +117,35 @@ func excuseEverysecLoss(v *verdict, lost map[string]expectation, kill time.Time)
 		return
 	}
 	slices.Sort(allowed)
-	v.figure("lost_acked_before_kill", fmt.Sprintf("%s to %s", ms(-allowed[0].Milliseconds()), ms(-allowed[len(allowed)-1].Milliseconds())))
+	v.figure("lost_acked", fmt.Sprintf("%+.2fs to %+.2fs from the kill", allowed[0].Seconds(), allowed[len(allowed)-1].Seconds()))
+}
+
+// TestExcuseEverysecLoss checks which lost timers an everysec crash
+// excuses: those acknowledged within everysecWindow before the kill.
+func TestExcuseEverysecLoss(t *testing.T) {
+	kill := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	acked := func(ms int) expectation { return expectation{ackedAt: kill.Add(time.Duration(ms) * time.Millisecond)} }
+	tests := []struct {
+		name     string
+		lost     map[string]expectation
+		wantLost int
+		problems int
+		figures  string
+	}{
+		{name: "none", figures: "[{lost_in_everysec_window 0}]"},
+		{name: "within", lost: map[string]expectation{"a": acked(-1900), "b": acked(-100), "c": acked(200)},
+			figures: "[{lost_in_everysec_window 3} {lost_acked -1.90s to +0.20s from the kill}]"},
+		{name: "beyond", lost: map[string]expectation{"a": acked(-2500), "b": acked(-100), "c": acked(3000)},
+			wantLost: 2, problems: 2, figures: "[{lost_in_everysec_window 1} {lost_acked -0.10s to -0.10s from the kill}]"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			v := &verdict{Lost: len(tc.lost)}
+			excuseEverysecLoss(v, tc.lost, kill)
+			if v.Lost != tc.wantLost || len(v.Problems) != tc.problems || fmt.Sprint(v.Figures) != tc.figures {
+				t.Errorf("lost %d, problems %q, figures %v; want lost %d, %d problems, figures %s",
+					v.Lost, v.Problems, v.Figures, tc.wantLost, tc.problems, tc.figures)
+			}
+		})
+	}
 }
