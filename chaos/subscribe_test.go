@@ -33,6 +33,10 @@ type subscribeConfig struct {
 	// 1,000); one unacked for AckTimeout (default 5s) is sent again.
 	MaxInFlight uint32
 	AckTimeout  time.Duration
+	// Local subscribes to each node's own shards only
+	// (Subscription.local): no relays, so the stream a delivery came on
+	// names the process that fired it.
+	Local bool
 }
 
 func (c subscribeConfig) withDefaults() subscribeConfig {
@@ -106,7 +110,7 @@ func (s *subscribers) stream(ctx context.Context, i int) {
 		return
 	}
 	sub := &pb.Subscription{Namespace: s.cfg.Namespace, Topic: s.cfg.Topic, MaxInFlight: s.cfg.MaxInFlight,
-		AckTimeout: durationpb.New(s.cfg.AckTimeout)}
+		AckTimeout: durationpb.New(s.cfg.AckTimeout), Local: s.cfg.Local}
 	if err := st.Send(&pb.SubscribeRequest{Kind: &pb.SubscribeRequest_Subscription{Subscription: sub}}); err != nil {
 		return
 	}
