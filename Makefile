@@ -7,8 +7,8 @@ GO        ?= go
 TOOLS     := $(GO) tool -modfile=tools/go.mod
 # Packages that own goroutines run their tests again under the race
 # detector. The wheel, ring and api packages start none.
-# The chaos package's fault scenarios are skipped without TIMERD_CHAOS=1, so they
-# costs only its build here.
+# The chaos package's fault scenarios are skipped without TIMERD_CHAOS=1,
+# so they cost only their build here (and the verdict's unit tests).
 RACE_PKGS ?= ./store/ ./shard/ ./node/ ./cluster/ ./server/ ./client/ ./bench/ ./cmd/... ./internal/redistest/ ./internal/clustertest/ ./chaos/
 # The bench peers that need dependencies timerctl must not link (asynq;
 # redis-raw, which encodes records with timerd's store) are a module of
