@@ -320,10 +320,18 @@ func (c *testCluster) restart(i int) {
 
 // add starts a new node that joins the cluster, waits until it is ready,
 // tells the onAdd hooks (the subscribers) and returns its index.
-func (c *testCluster) add() int {
+func (c *testCluster) add() int { return c.addNode(true) }
+
+// addServing is add without the wait for ready: it returns once the new
+// node serves gRPC, for a node that may never be ready.
+func (c *testCluster) addServing() int { return c.addNode(false) }
+
+func (c *testCluster) addNode(ready bool) int {
 	i := c.size()
 	c.launch(i, c.freeAddr())
-	c.node(i).waitReady(c.r.t)
+	if ready {
+		c.node(i).waitReady(c.r.t)
+	}
 	c.mu.Lock()
 	hooks := append([]func(int){}, c.onAdd...)
 	c.mu.Unlock()
