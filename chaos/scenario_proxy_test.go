@@ -53,7 +53,7 @@ func redisProxy(t *testing.T, r *run) {
 		p = startToxicProxy(t, "redis", addr)
 		return redisURL(p.Addr())
 	}})
-	subscribe(r, c, subscribeConfig{})
+	subs := subscribe(r, c, subscribeConfig{})
 	before := c.goroutines(r.ctx)
 	w := newWorkload(r, c, workloadConfig{Timers: 30_000, Spread: 30 * time.Second})
 	jitter := func() time.Duration { return time.Duration(r.rng.Int64N(int64(time.Second))) }
@@ -128,6 +128,9 @@ func redisProxy(t *testing.T, r *run) {
 			v.problem("%s runs %d goroutines after the faults, %d before them: more than %d left behind", n.name, after[i], before[i], goroutineSlack)
 		}
 	}
+	// A Redis fault need not break a subscriber's stream: more than one
+	// per node says the node ended streams over it.
+	v.figure("subscriber_streams_opened", fmt.Sprint(subs.opened()))
 	addProblems(v, staleDeliveries(got))
 	c.check(v)
 	w.check(v)
