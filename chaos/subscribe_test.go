@@ -86,6 +86,7 @@ func subscribe(r *run, c *testCluster, cfg subscribeConfig) *subscribers {
 	}
 	c.whenAdded(s.follow)
 	r.t.Cleanup(s.stop)
+	r.subs = append(r.subs, s)
 	return s
 }
 
