@@ -76,27 +76,37 @@ func firstFiredPerShard(got []delivery, from time.Time) map[uint32]time.Time {
 	return first
 }
 
-// inFlightGrace is how long after Redis went away an OK may still reach
-// the client for a write Redis applied just before: the answer was on
-// its way through the node and gRPC.
-const inFlightGrace = 500 * time.Millisecond
-
 // acksWhileDown returns, as problems, the writes answered OK while Redis
 // could apply nothing, from down (Redis killed or cut off) to up (Redis
-// back): an OK is refused if it was answered after down+inFlightGrace,
-// or if its call was sent after down, and answered before up. An OK
+// back), that no attempt sent before down can explain: a write answered
+// OK in [down, up) whose every attempt (the ops of the same kind and id)
+// was sent after down never reached Redis before it went away, so its
+// OK is not durable. An OK for a write one of whose attempts was sent
+// before down may be the late answer to a write Redis applied just
+// before (on a loaded machine the answer may take a while through the
+// node and gRPC), or an idempotent retry of one; either is durable. An OK
 // answered after up may be for a write the node retried once Redis came
-// back, which is durable.
+// back, which is durable too. So the check needs no timing of its own.
 func acksWhileDown(ops []op, down, up time.Time) []string {
+	type key struct {
+		kind opKind
+		id   string
+	}
+	first := make(map[key]time.Time) // the first attempt's send time
+	for _, o := range ops {
+		k := key{o.kind, o.id}
+		if t, ok := first[k]; !ok || o.sent.Before(t) {
+			first[k] = o.sent
+		}
+	}
 	var problems []string
 	for _, o := range ops {
-		if o.outcome != outcomeOK || !o.answered.Before(up) {
+		if o.outcome != outcomeOK || o.answered.Before(down) || !o.answered.Before(up) || !first[key{o.kind, o.id}].After(down) {
 			continue
 		}
-		if !o.answered.Before(down.Add(inFlightGrace)) || o.sent.After(down) {
-			problems = append(problems, fmt.Sprintf("%s of %s answered OK at %s while Redis was unreachable (%s to %s), sent at %s",
-				o.kind, o.id, o.answered.Format(time.StampMilli), down.Format(time.StampMilli), up.Format(time.StampMilli), o.sent.Format(time.StampMilli)))
-		}
+		problems = append(problems, fmt.Sprintf("%s of %s answered OK at %s while Redis was unreachable (%s to %s), first sent at %s",
+			o.kind, o.id, o.answered.Format(time.StampMilli), down.Format(time.StampMilli), up.Format(time.StampMilli),
+			first[key{o.kind, o.id}].Format(time.StampMilli)))
 	}
 	return problems
 }
@@ -222,20 +232,22 @@ func TestAcksWhileDown(t *testing.T) {
 	down, up := ms(1000), ms(5000)
 	ops := []op{
 		{kind: opSchedule, id: "before", sent: ms(900), answered: ms(990), outcome: outcomeOK},
-		{kind: opSchedule, id: "in-transit", sent: ms(900), answered: ms(1200), outcome: outcomeOK},
-		{kind: opSchedule, id: "late-answer", sent: ms(900), answered: ms(1600), outcome: outcomeOK},
+		{kind: opSchedule, id: "late-answer", sent: ms(900), answered: ms(3000), outcome: outcomeOK},
 		{kind: opCancel, id: "sent-during", sent: ms(1100), answered: ms(1200), outcome: outcomeOK},
-		{kind: opSchedule, id: "failed-during", sent: ms(1100), answered: ms(3000), outcome: outcomeIndeterminate},
+		{kind: opSchedule, id: "retry", sent: ms(500), answered: ms(950), outcome: outcomeIndeterminate},
+		{kind: opSchedule, id: "retry", sent: ms(1500), answered: ms(2000), outcome: outcomeOK},
+		{kind: opSchedule, id: "first-sent-during", sent: ms(1100), answered: ms(3000), outcome: outcomeIndeterminate},
+		{kind: opSchedule, id: "first-sent-during", sent: ms(3100), answered: ms(4000), outcome: outcomeOK},
 		{kind: opSchedule, id: "retried-after", sent: ms(2000), answered: ms(5000), outcome: outcomeOK},
-		{kind: opReschedule, id: "after", sent: ms(5100), answered: ms(5200), outcome: outcomeOK},
+		{kind: opReschedule, id: "before", sent: ms(5100), answered: ms(5200), outcome: outcomeOK},
 	}
 	problems := acksWhileDown(ops, down, up)
 	var ids []string
 	for _, p := range problems {
 		ids = append(ids, strings.Fields(p)[2])
 	}
-	if fmt.Sprint(ids) != "[late-answer sent-during]" {
-		t.Errorf("acksWhileDown named %v, want [late-answer sent-during]:\n%s", ids, strings.Join(problems, "\n"))
+	if fmt.Sprint(ids) != "[sent-during first-sent-during]" {
+		t.Errorf("acksWhileDown named %v, want [sent-during first-sent-during]:\n%s", ids, strings.Join(problems, "\n"))
 	}
 }
 
