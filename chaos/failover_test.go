@@ -141,24 +141,30 @@ func (f failover) addTo(v *verdict, victim string) {
 }
 
 // servedAgain measures, from kill, how long each of shards went without
-// a live owner: until a node other than victim serves it, as the node
-// behind conn sees it. It polls every 50ms until every shard has one, or
-// bound passes, and returns the shortest and the longest wait; ok is
-// false if a shard had none within bound.
-func servedAgain(ctx context.Context, conn *grpc.ClientConn, victim string, shards []uint32, kill time.Time, bound time.Duration) (shortest, longest time.Duration, ok bool) {
+// a live owner: until one of the nodes behind conns says it serves it. It
+// asks each node for its own shards only (ShardMapRequest.local): a whole
+// shard map waits, a few seconds, for every member in the answering
+// node's view, the dead one too until it is declared dead. It polls every
+// 50ms until every shard has an owner, or bound passes, and returns the
+// shortest and the longest wait; ok is false if a shard had none within
+// bound.
+func servedAgain(ctx context.Context, conns []*grpc.ClientConn, shards []uint32, kill time.Time, bound time.Duration) (shortest, longest time.Duration, ok bool) {
 	left := make(map[uint32]bool, len(shards))
 	for _, s := range shards {
 		left[s] = true
 	}
 	shortest = bound
 	for len(left) > 0 && time.Since(kill) < bound {
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		sm, err := pb.NewClusterServiceClient(conn).ShardMap(cctx, &pb.ShardMapRequest{})
-		cancel()
-		now := time.Since(kill)
-		if err == nil {
+		for _, conn := range conns {
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			sm, err := pb.NewClusterServiceClient(conn).ShardMap(cctx, &pb.ShardMapRequest{Local: true})
+			cancel()
+			now := time.Since(kill)
+			if err != nil {
+				continue
+			}
 			for _, o := range sm.GetShards() {
-				if left[o.GetShard()] && o.GetState() == pb.ShardState_SHARD_STATE_SERVING && o.GetOwner() != "" && o.GetOwner() != victim {
+				if left[o.GetShard()] && o.GetState() == pb.ShardState_SHARD_STATE_SERVING {
 					delete(left, o.GetShard())
 					shortest, longest = min(shortest, now), max(longest, now)
 				}

@@ -3,6 +3,8 @@ package chaos
 import (
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
 )
 
 // ownerKillBound is what scenario owner-kill allows a timer beyond its
@@ -40,14 +42,14 @@ func ownerKill(t *testing.T, r *run) {
 	}
 	victim := c.mostShards(before)
 	name := c.node(victim).name
-	survivor := c.up()[0]
-	if survivor == victim {
-		survivor = c.up()[1]
-	}
 	pendingDue := r.ledger.missing()
 	kill := time.Now()
 	c.kill9(victim)
-	servedMin, servedMax, servedAll := servedAgain(r.ctx, c.conn(survivor), name, shardsOf(before, name), kill, time.Minute)
+	var survivors []*grpc.ClientConn
+	for _, i := range c.up() {
+		survivors = append(survivors, c.conn(i))
+	}
+	servedMin, servedMax, servedAll := servedAgain(r.ctx, survivors, shardsOf(before, name), kill, time.Minute)
 
 	r.drain(w.lastDue(), c.opts.LeaseTTL+ownerKillBound+5*time.Second)
 	v := r.judge()
