@@ -94,21 +94,29 @@ type node struct {
 }
 
 // startNode starts timerd with args (plus its name, its gossip and gRPC
-// addresses and a free HTTP port) in a process group of its own, its log
-// appended to logPath, and returns once it logs the gRPC address it
-// serves; ready closes when it logs msg=ready. The test's cleanup kills
-// its process group.
-func startNode(t *testing.T, bin, name, gossipAddr, grpcAddr, logPath string, args []string) *node {
+// addresses and a free HTTP port on the gRPC address's host) in a process
+// group of its own, its log appended to logPath, and returns once it logs
+// the gRPC address it serves; ready closes when it logs msg=ready. The
+// test's cleanup kills its process group. A wrap, when given, is the
+// start of the command line, before the binary: a command that execs the
+// rest in place, such as ip netns exec, so the process and its group
+// stay the ones started.
+func startNode(t *testing.T, bin, name, gossipAddr, grpcAddr, logPath string, args []string, wrap ...string) *node {
 	t.Helper()
+	host, _, err := net.SplitHostPort(grpcAddr)
+	if err != nil {
+		t.Fatalf("start %s: gRPC address %q: %v", name, grpcAddr, err)
+	}
 	args = append([]string{"--node-name", name, "--gossip-addr", gossipAddr,
-		"--grpc-addr", grpcAddr, "--http-addr", "127.0.0.1:0"}, args...)
+		"--grpc-addr", grpcAddr, "--http-addr", net.JoinHostPort(host, "0")}, args...)
 	n := &node{name: name, gossipAddr: gossipAddr, args: args, logPath: logPath,
 		ready: make(chan struct{}), exited: make(chan struct{})}
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, args...)
+	argv := append(append(wrap[:len(wrap):len(wrap)], bin), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = filepath.Dir(logPath)
 	cmd.Env = childEnv()
 	cmd.SysProcAttr = procAttr()
@@ -158,8 +166,8 @@ func startNode(t *testing.T, bin, name, gossipAddr, grpcAddr, logPath string, ar
 	case <-time.After(readyTimeout):
 		t.Fatalf("%s did not log msg=serving within %v:\n%s", name, readyTimeout, n.logTail())
 	}
-	if !strings.HasPrefix(n.grpcAddr, "127.0.0.1:") {
-		t.Fatalf("%s logged grpc=%q, want a loopback address", name, n.grpcAddr)
+	if !strings.HasPrefix(n.grpcAddr, host+":") {
+		t.Fatalf("%s logged grpc=%q, want an address of %s", name, n.grpcAddr, host)
 	}
 	return n
 }

@@ -234,11 +234,12 @@ func (l *netLab) ip(i int) string { return l.hosts[i].ip }
 // every host reaches whatever the partition.
 func (l *netLab) bridgeIP() string { return l.subnet + ".1" }
 
-// command returns argv run inside host i's namespace: ip netns exec
-// replaces itself with argv[0], so the process started is argv's own
-// and a signal to its process group reaches it.
-func (l *netLab) command(i int, argv []string) []string {
-	return append([]string{"ip", "netns", "exec", l.hosts[i].ns}, argv...)
+// wrap is the start of a command line that runs the rest inside host
+// i's namespace: ip netns exec replaces itself with the command, so the
+// process started is the command's own and a signal to its process group
+// reaches it.
+func (l *netLab) wrap(i int) []string {
+	return []string{"ip", "netns", "exec", l.hosts[i].ns}
 }
 
 // partition cuts every host in one of sides off from every host in

@@ -147,7 +147,7 @@ func echoOnce(c net.Conn) error {
 // cleanup kills.
 func (l *netLab) helper(t *testing.T, i int, mode, addr string) (*exec.Cmd, io.WriteCloser, *bufio.Reader) {
 	t.Helper()
-	argv := l.command(i, []string{os.Args[0], "-test.run=^TestNetLabHelper$", "-test.count=1"})
+	argv := append(l.wrap(i), os.Args[0], "-test.run=^TestNetLabHelper$", "-test.count=1")
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), netLabHelperEnv+"="+mode+" "+addr)
 	cmd.SysProcAttr = procAttr()

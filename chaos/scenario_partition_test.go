@@ -92,7 +92,7 @@ func partitionRun(t *testing.T, r *run, hold time.Duration) {
 	c := startCluster(r, clusterOptions{
 		Nodes: partitionNodes,
 		Host:  lab.ip,
-		Wrap:  lab.command,
+		Wrap:  lab.wrap,
 		// Redis listens on the bridge too, where every namespace reaches
 		// it; its readiness probes keep using 127.0.0.1.
 		RedisOptions: []redistest.Option{redistest.Args("--bind", "127.0.0.1", bridge)},
@@ -340,11 +340,10 @@ type ownershipFigures struct {
 func (w *clusterWatch) ownership(from, to time.Time) ownershipFigures {
 	samples := w.snapshot()
 	var f ownershipFigures
-	next := make([]int, len(samples)) // per node, the next sample to apply
-	var latest []map[uint32]uint64   // per node, its latest answer
-	latest = make([]map[uint32]uint64, len(samples))
-	owner := make(map[uint32]int)     // shard -> the node last seen serving it
-	movedSet := make(map[uint32]bool) // shards whose owner changed
+	next := make([]int, len(samples))                 // per node, the next sample to apply
+	latest := make([]map[uint32]uint64, len(samples)) // per node, its latest answer
+	owner := make(map[uint32]int)                     // shard -> the node last seen serving it
+	movedSet := make(map[uint32]bool)                 // shards whose owner changed
 	gapStart := make(map[uint32]time.Time)
 	shards := uint32(w.c.opts.Shards)
 	for t := from; !t.After(to); t = t.Add(partitionWatchEvery / 2) {

@@ -3,6 +3,7 @@ package chaos
 import (
 	"context"
 	"fmt"
+	"net"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -56,6 +57,15 @@ type clusterOptions struct {
 	// comma-separated list for a Redis Cluster), e.g. through a proxy.
 	// Default: redis://addr (redis+cluster://addr for a cluster).
 	RedisURL func(addr string) string
+	// RedisOptions are added to a standalone Redis's start, e.g. to make
+	// it listen on another address too.
+	RedisOptions []redistest.Option
+	// Host is the IP node i listens on, gossip, gRPC and HTTP (default
+	// 127.0.0.1); Wrap is the start of its command line, before the
+	// binary (default none), e.g. ip netns exec to run it in a network
+	// namespace of its own.
+	Host func(i int) string
+	Wrap func(i int) []string
 }
 
 func (o clusterOptions) withDefaults() clusterOptions {
@@ -118,10 +128,10 @@ func startCluster(r *run, opts clusterOptions) *testCluster {
 	var addr string
 	switch opts.Redis {
 	case redisStandalone:
-		c.redis = redistest.Start(t, redistest.AppendFsync("always"))
+		c.redis = redistest.Start(t, append([]redistest.Option{redistest.AppendFsync("always")}, opts.RedisOptions...)...)
 		addr = c.redis.Addr()
 	case redisEverysec:
-		c.redis = redistest.Start(t, redistest.AppendFsync("everysec"))
+		c.redis = redistest.Start(t, append([]redistest.Option{redistest.AppendFsync("everysec")}, opts.RedisOptions...)...)
 		addr = c.redis.Addr()
 	case redisCluster:
 		c.rcluster = redistest.StartRedisCluster(t, 3, opts.RedisReplicas)
@@ -131,8 +141,8 @@ func startCluster(r *run, opts clusterOptions) *testCluster {
 	}
 	// Gossip addresses for a few joins more than the start, so every
 	// node can be told the first ones with --join.
-	for range opts.Nodes {
-		c.gossip = append(c.gossip, c.freeAddr())
+	for i := range opts.Nodes {
+		c.gossip = append(c.gossip, c.addrFor(i))
 	}
 	c.redisArgs = []string{"--redis", opts.RedisURL(addr), "--join", strings.Join(c.gossip, ","),
 		"--lease-ttl", opts.LeaseTTL.String(), "--shards", strconv.Itoa(opts.Shards)}
@@ -179,6 +189,17 @@ func (c *testCluster) freeAddr() string {
 	return a
 }
 
+// addrFor returns an address for node i: a free port, on Host(i) when
+// the options set it.
+func (c *testCluster) addrFor(i int) string {
+	a := c.freeAddr()
+	if c.opts.Host == nil {
+		return a
+	}
+	_, port, _ := net.SplitHostPort(a)
+	return net.JoinHostPort(c.opts.Host(i), port)
+}
+
 // launch starts node i (a new one when i is the node count) with gossip
 // address gossip and a fresh gRPC address.
 func (c *testCluster) launch(i int, gossip string) {
@@ -188,8 +209,12 @@ func (c *testCluster) launch(i int, gossip string) {
 		args = append(args, c.opts.NodeArgs(i)...)
 	}
 	name := c.opts.Name(i)
-	grpcAddr := c.freeAddr()
-	n := startNode(t, c.r.bin, name, gossip, grpcAddr, filepath.Join(c.r.dir, fmt.Sprintf("node%d.log", i)), args)
+	grpcAddr := c.addrFor(i)
+	var wrap []string
+	if c.opts.Wrap != nil {
+		wrap = c.opts.Wrap(i)
+	}
+	n := startNode(t, c.r.bin, name, gossip, grpcAddr, filepath.Join(c.r.dir, fmt.Sprintf("node%d.log", i)), args, wrap...)
 	conn := dial(t, n.grpcAddr)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -322,7 +347,7 @@ func (c *testCluster) restart(i int) {
 // tells the onAdd hooks (the subscribers) and returns its index.
 func (c *testCluster) add() int {
 	i := c.size()
-	c.launch(i, c.freeAddr())
+	c.launch(i, c.addrFor(i))
 	c.node(i).waitReady(c.r.t)
 	c.mu.Lock()
 	hooks := append([]func(int){}, c.onAdd...)
