@@ -335,17 +335,22 @@ type ownershipFigures struct {
 }
 
 // ownership reads from the samples, between from and to, which node
-// served each shard: at each instant, a node is taken to serve what its
-// latest answer said.
+// served each shard.
 func (w *clusterWatch) ownership(from, to time.Time) ownershipFigures {
-	samples := w.snapshot()
+	return ownershipOf(w.snapshot(), uint32(w.c.opts.Shards), from, to)
+}
+
+// ownershipOf reads from samples (by node, in the order answered), between
+// from and to, which node served each of shards, in steps of half the
+// watch's interval: at each step a node is taken to serve what its latest
+// answer said.
+func ownershipOf(samples [][]watchSample, shards uint32, from, to time.Time) ownershipFigures {
 	var f ownershipFigures
 	next := make([]int, len(samples))                 // per node, the next sample to apply
 	latest := make([]map[uint32]uint64, len(samples)) // per node, its latest answer
 	owner := make(map[uint32]int)                     // shard -> the node last seen serving it
 	movedSet := make(map[uint32]bool)                 // shards whose owner changed
 	gapStart := make(map[uint32]time.Time)
-	shards := uint32(w.c.opts.Shards)
 	for t := from; !t.After(to); t = t.Add(partitionWatchEvery / 2) {
 		for i, ss := range samples {
 			for next[i] < len(ss) && !ss[next[i]].answered.After(t) {
@@ -442,4 +447,61 @@ func overlappingEpochs(got []delivery) []string {
 		}
 	}
 	return problems
+}
+
+func TestOverlappingEpochs(t *testing.T) {
+	at := func(ms int) time.Time { return time.UnixMilli(int64(1_000_000 + ms)) }
+	d := func(shard uint32, epoch uint64, ms int) delivery {
+		return delivery{id: fmt.Sprintf("t%d", ms), shard: shard, epoch: epoch, fired: at(ms)}
+	}
+	for _, tc := range []struct {
+		name string
+		got  []delivery
+		want int
+	}{
+		{"none", nil, 0},
+		{"one epoch", []delivery{d(1, 5, 0), d(1, 5, 100), d(1, 5, 50)}, 0},
+		{"epochs in turn", []delivery{d(1, 5, 0), d(1, 5, 100), d(1, 6, 101), d(1, 7, 300), d(1, 6, 200)}, 0},
+		{"shards apart", []delivery{d(1, 6, 0), d(2, 5, 100)}, 0},
+		{"old epoch after new", []delivery{d(1, 5, 0), d(1, 6, 100), d(1, 5, 150)}, 1},
+		{"same instant", []delivery{d(1, 5, 100), d(1, 6, 100)}, 1},
+		{"an epoch two back", []delivery{d(1, 5, 500), d(1, 6, 100), d(1, 7, 200)}, 2},
+		{"in any order", []delivery{d(1, 6, 100), d(1, 5, 150), d(1, 5, 0)}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := overlappingEpochs(tc.got); len(got) != tc.want {
+				t.Errorf("overlappingEpochs = %d problems %q, want %d", len(got), got, tc.want)
+			}
+		})
+	}
+}
+
+func TestOwnershipOf(t *testing.T) {
+	base := time.Unix(1_000_000, 0)
+	at := func(ms int) time.Time { return base.Add(time.Duration(ms) * time.Millisecond) }
+	s := func(ms int, shards ...uint32) watchSample {
+		m := make(map[uint32]uint64)
+		for _, sh := range shards {
+			m[sh] = 1
+		}
+		return watchSample{sent: at(ms - 10), answered: at(ms), serving: m}
+	}
+	for _, tc := range []struct {
+		name    string
+		samples [][]watchSample
+		want    ownershipFigures
+	}{
+		{"steady", [][]watchSample{{s(0, 0), s(500, 0), s(1000, 0)}, {s(0, 1), s(1000, 1)}},
+			ownershipFigures{}},
+		{"handed over", [][]watchSample{{s(0, 0, 1), s(200, 1)}, {s(0), s(600, 0)}},
+			ownershipFigures{moved: 1, gapMax: 400 * time.Millisecond, gapTotal: 400 * time.Millisecond}},
+		{"never served again", [][]watchSample{{s(0, 0, 1), s(500, 1)}},
+			ownershipFigures{gapMax: 500 * time.Millisecond, gapTotal: 500 * time.Millisecond}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := ownershipOf(tc.samples, 2, at(0), at(1000)); got != tc.want {
+				t.Errorf("ownershipOf = %+v, want %+v", got, tc.want)
+			}
+		})
+	}
 }
