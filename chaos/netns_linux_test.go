@@ -25,9 +25,9 @@ import (
 // reaches every host in turn.
 //
 // A partition is iptables rules inside the hosts' namespaces that drop
-// every packet, TCP and UDP alike, to and from the hosts of the other
-// sides; established connections stall as on a real cut, they are not
-// reset. The bridge's address is never cut: a partition separates hosts
+// every packet, TCP and UDP alike, that arrives from a host of another
+// side; senders see no error and established connections stall, as on
+// a real cut, they are not reset. The bridge's address is never cut: a partition separates hosts
 // from each other, not from what runs in the root namespace. heal
 // flushes the rules.
 //
@@ -242,8 +242,8 @@ func (l *netLab) wrap(i int) []string {
 }
 
 // partition cuts every host in one of sides off from every host in
-// another: inside each host's namespace, packets to and from the other
-// sides' hosts are dropped. Hosts in no side keep reaching everyone, as
+// another: inside each host's namespace, packets from the other sides'
+// hosts are dropped. Hosts in no side keep reaching everyone, as
 // does the bridge's address. It replaces any partition in place.
 func (l *netLab) partition(sides ...[]int) error {
 	side := make(map[int]int) // host -> its side
@@ -303,13 +303,17 @@ func (l *netLab) setAllRulesLocked(drops map[int][]string) error {
 }
 
 // setRulesLocked replaces, in one iptables-restore, the filter table of
-// host h's namespace with rules that drop packets to and from each of
-// ips (none: no rule at all). l.mu is held.
+// host h's namespace with rules that drop every packet arriving from
+// each of ips (none: no rule at all). Packets are dropped on arrival
+// only: a rule on the way out would fail the sender's sendto and
+// connect at once (EPERM), which no real cut does. Every host of a cut
+// drops what comes from the other side, so both directions are cut.
+// l.mu is held.
 func (l *netLab) setRulesLocked(h int, ips []string) error {
 	var b strings.Builder
 	b.WriteString("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n")
 	for _, ip := range ips {
-		fmt.Fprintf(&b, "-A INPUT -s %s/32 -j DROP\n-A OUTPUT -d %s/32 -j DROP\n", ip, ip)
+		fmt.Fprintf(&b, "-A INPUT -s %s/32 -j DROP\n", ip)
 	}
 	b.WriteString("COMMIT\n")
 	if _, err := runCmd([]byte(b.String()), "ip", "netns", "exec", l.hosts[h].ns, "iptables-restore"); err != nil {

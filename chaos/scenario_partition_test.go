@@ -172,6 +172,12 @@ func partitionRun(t *testing.T, r *run, hold time.Duration) {
 	v.figure("shards_moved", o.moved)
 	v.figure("without_owner_max", o.gapMax)
 	v.figure("without_owner_total", o.gapTotal)
+	// The verdict's lateness counts from the due time, so it includes
+	// how long a Schedule took to be acknowledged while its owner was
+	// across the cut; this counts from the later of the two.
+	p99, worst := lateAfterAck(r.ledger.expected(), r.ledger.deliveries())
+	v.figure("after_ack_p99", p99)
+	v.figure("after_ack_max", worst)
 	for _, p := range overlappingEpochs(r.ledger.deliveries()) {
 		v.problem("%s", p)
 	}
@@ -391,6 +397,33 @@ func ownershipOf(samples [][]watchSample, shards uint32, from, to time.Time) own
 	}
 	f.moved = len(movedSet)
 	return f
+}
+
+// lateAfterAck returns the 99th percentile and the largest lateness of the
+// first delivery of each expected timer, counted from its due time or,
+// when it was acknowledged later, from its acknowledgement.
+func lateAfterAck(exp map[string]expectation, got []delivery) (p99, worst time.Duration) {
+	first := make(map[string]time.Time, len(exp))
+	for _, d := range got {
+		if f, ok := first[d.id]; !ok || d.received.Before(f) {
+			first[d.id] = d.received
+		}
+	}
+	var late []time.Duration
+	for id, e := range exp {
+		if f, ok := first[id]; ok {
+			from := e.due
+			if e.ackedAt.After(from) {
+				from = e.ackedAt
+			}
+			late = append(late, max(0, f.Sub(from)))
+		}
+	}
+	if len(late) == 0 {
+		return 0, 0
+	}
+	slices.Sort(late)
+	return percentile(late, 99), late[len(late)-1]
 }
 
 // overlappingEpochs checks, shard by shard, that every delivery fired
