@@ -144,8 +144,9 @@ func echoOnce(c net.Conn) error {
 
 // helper starts the test binary inside host i's namespace as
 // TestNetLabHelper in mode on addr, in a process group the test's
-// cleanup kills.
-func (l *netLab) helper(t *testing.T, i int, mode, addr string) (*exec.Cmd, io.WriteCloser, *bufio.Reader) {
+// cleanup kills, and returns it and its output. Its stdin stays open
+// until the cleanup.
+func (l *netLab) helper(t *testing.T, i int, mode, addr string) (*exec.Cmd, *bufio.Reader) {
 	t.Helper()
 	argv := append(l.wrap(i), os.Args[0], "-test.run=^TestNetLabHelper$", "-test.count=1")
 	cmd := exec.Command(argv[0], argv[1:]...)
@@ -167,13 +168,13 @@ func (l *netLab) helper(t *testing.T, i int, mode, addr string) (*exec.Cmd, io.W
 		_ = killGroup(cmd.Process.Pid)
 		_ = cmd.Wait()
 	})
-	return cmd, stdin, bufio.NewReader(stdout)
+	return cmd, bufio.NewReader(stdout)
 }
 
 // probe runs a probe from host i to addr and returns what it printed.
 func (l *netLab) probe(t *testing.T, i int, addr string) string {
 	t.Helper()
-	cmd, _, out := l.helper(t, i, "probe", addr)
+	cmd, out := l.helper(t, i, "probe", addr)
 	line, err := out.ReadString('\n')
 	if err != nil {
 		t.Fatalf("probe from host %d to %s: %v", i, addr, err)
@@ -191,7 +192,7 @@ func TestNetLab(t *testing.T) {
 	l := newNetLab(t, 3)
 	echo := func(i int) string { return net.JoinHostPort(l.ip(i), netLabEchoPort) }
 	for i := range 3 {
-		_, _, out := l.helper(t, i, "serve", echo(i))
+		_, out := l.helper(t, i, "serve", echo(i))
 		line, err := out.ReadString('\n')
 		if err != nil || strings.TrimSpace(line) != "ready" {
 			t.Fatalf("echo server in host %d: %q, %v", i, line, err)
