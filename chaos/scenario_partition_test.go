@@ -91,8 +91,11 @@ func partitionRun(t *testing.T, r *run, hold time.Duration) {
 	bridge := lab.bridgeIP()
 	c := startCluster(r, clusterOptions{
 		Nodes: partitionNodes,
-		Host:  lab.ip,
-		Wrap:  lab.wrap,
+		// A fresh namespace has every port free.
+		Addrs: func(i int) (string, string) {
+			return net.JoinHostPort(lab.ip(i), "7946"), net.JoinHostPort(lab.ip(i), "7000")
+		},
+		Command: func(i int, argv []string) []string { return append(lab.wrap(i), argv...) },
 		// Redis listens on the bridge too, where every namespace reaches
 		// it; its readiness probes keep using 127.0.0.1.
 		RedisOptions: []redistest.Option{redistest.Args("--bind", "127.0.0.1", bridge)},
