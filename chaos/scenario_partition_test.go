@@ -54,10 +54,12 @@ const (
 func init() {
 	register(scenario{
 		name: "partition",
-		about: "cut five nodes 2|3 for 4-8s under load (iptables in network namespaces; Redis reachable from both sides), then heal: " +
+		about: "cut five nodes 2|3 for 8-12s under load (iptables in network namespaces; Redis reachable from both sides), then heal: " +
 			"nothing lost, no two epochs of a shard firing at once, full membership within 15s of the heal",
+		// Held for 8s at least: each side takes 4-8s to declare the other
+		// dead, and only then does it move shards.
 		run: func(t *testing.T, r *run) {
-			partitionRun(t, r, 4*time.Second+time.Duration(r.rng.Int64N(int64(4*time.Second))))
+			partitionRun(t, r, 8*time.Second+time.Duration(r.rng.Int64N(int64(4*time.Second))))
 		},
 	})
 	register(scenario{
