@@ -27,9 +27,9 @@ import (
 // A partition is iptables rules inside the hosts' namespaces that drop
 // every packet, TCP and UDP alike, that arrives from a host of another
 // side; senders see no error and established connections stall, as on
-// a real cut, they are not reset. The bridge's address is never cut: a partition separates hosts
-// from each other, not from what runs in the root namespace. heal
-// flushes the rules.
+// a real cut, they are not reset. The bridge's address is never cut: a
+// partition separates hosts from each other, not from what runs in the
+// root namespace. heal flushes the rules.
 //
 // Names carry the test binary's pid, so two runs never share one, and
 // newNetLab first removes what an earlier run whose process is gone
