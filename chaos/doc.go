@@ -4,7 +4,9 @@
 // on 127.0.0.1 with free ports, driven only through the public gRPC
 // contract (api/timerd/v1), while faults are injected: kill -9, SIGSTOP
 // and SIGCONT, graceful stops, restarts, joins, a duplicate name, a proxy
-// in front of Redis.
+// in front of Redis, a network partition between nodes (each in a
+// network namespace of its own, on a private subnet, cut apart by
+// iptables: see netLab; as root only).
 //
 // A scenario (a name, what it proves and its run) lives in a file of its
 // own, scenario_<name>_test.go, and registers itself from init. TestChaos

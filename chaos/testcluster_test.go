@@ -65,6 +65,9 @@ type clusterOptions struct {
 	// binary), e.g. to prefix "ip netns exec <ns>". The process it starts
 	// must become timerd (exec), so signals reach it.
 	Command func(i int, argv []string) []string
+	// RedisOptions are added to a standalone Redis's start, e.g. to make
+	// it listen on another address too.
+	RedisOptions []redistest.Option
 }
 
 func (o clusterOptions) withDefaults() clusterOptions {
@@ -127,10 +130,10 @@ func startCluster(r *run, opts clusterOptions) *testCluster {
 	var addr string
 	switch opts.Redis {
 	case redisStandalone:
-		c.redis = redistest.Start(t, redistest.AppendFsync("always"))
+		c.redis = redistest.Start(t, append([]redistest.Option{redistest.AppendFsync("always")}, opts.RedisOptions...)...)
 		addr = c.redis.Addr()
 	case redisEverysec:
-		c.redis = redistest.Start(t, redistest.AppendFsync("everysec"))
+		c.redis = redistest.Start(t, append([]redistest.Option{redistest.AppendFsync("everysec")}, opts.RedisOptions...)...)
 		addr = c.redis.Addr()
 	case redisCluster:
 		c.rcluster = redistest.StartRedisCluster(t, 3, opts.RedisReplicas)
