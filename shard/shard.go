@@ -302,6 +302,11 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 		validUntil: start.Add(cfg.LeaseTTL - cfg.ClockDrift),
 	}
 	s.stepped.L = &s.mu
+	// This line and the loop's "shard stopped firing" bound, in the log,
+	// when this process may dispatch the shard under this epoch: from
+	// here (the acquire is done; nothing fires before the load) until the
+	// earlier of the stop and its valid_until.
+	s.log.Debug("shard lease acquired", "owner", cfg.Owner, "valid_until", s.validUntil)
 	// The keeper runs from the start: the lease counts from Acquire, and
 	// loading a big shard can take a good part of its TTL.
 	go s.keepLease(s.clock.NewAlarm(cfg.LeaseTTL / 3))
@@ -483,6 +488,16 @@ func (s *Shard) run(t Alarm) {
 		s.mu.Unlock()
 	}()
 	defer t.Stop()
+	defer func() {
+		// Logged once the loop, which alone dispatches, has stopped:
+		// valid_until is the lease the shard last confirmed, past which
+		// it dispatched nothing even if it stopped later (a paused
+		// process learns it lost the lease only when it runs again).
+		s.mu.Lock()
+		until, why := s.validUntil, s.stopErr
+		s.mu.Unlock()
+		s.log.Debug("shard stopped firing", "valid_until", until, "err", why)
+	}()
 	for {
 		s.mu.Lock()
 		wait, ok := s.stepLocked()
