@@ -12,7 +12,7 @@ import (
 )
 
 // TestFiringBoundsLogged: at debug level a shard logs when it may start
-// dispatching under its epoch ("shard lease acquired") and when its
+// dispatching under its epoch ("shard firing") and when its
 // firing loop has stopped ("shard stopped firing"), each with the lease's
 // validity as the shard last knew it. The fault tests rebuild from these
 // lines which process may dispatch a shard when, to check that no two
@@ -46,7 +46,7 @@ func TestFiringBoundsLogged(t *testing.T) {
 			tt.stop(t, e, s)
 
 			lines := logLines(t, out.String())
-			acq, stopped := lines["shard lease acquired"], lines["shard stopped firing"]
+			acq, stopped := lines["shard firing"], lines["shard stopped firing"]
 			if len(acq) != 1 || len(stopped) != 1 {
 				t.Fatalf("got %d acquire and %d stop lines, want one each; log:\n%s", len(acq), len(stopped), out.String())
 			}

@@ -302,11 +302,6 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 		validUntil: start.Add(cfg.LeaseTTL - cfg.ClockDrift),
 	}
 	s.stepped.L = &s.mu
-	// This line and the loop's "shard stopped firing" bound, in the log,
-	// when this process may dispatch the shard under this epoch: from
-	// here (the acquire is done; nothing fires before the load) until the
-	// earlier of the stop and its valid_until.
-	s.log.Debug("shard lease acquired", "owner", cfg.Owner, "valid_until", s.validUntil)
 	// The keeper runs from the start: the lease counts from Acquire, and
 	// loading a big shard can take a good part of its TTL.
 	go s.keepLease(s.clock.NewAlarm(cfg.LeaseTTL / 3))
@@ -331,7 +326,12 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 	s.log.Debug("shard loaded", "timers", len(s.timers), "dead", len(s.dead), "took", time.Since(began))
 	s.mu.Lock()
 	s.startCountingLocked()
+	until := s.validUntil
 	s.mu.Unlock()
+	// This line and the loop's "shard stopped firing" bound, in the log,
+	// when this process may dispatch the shard under this epoch: from
+	// here until the earlier of the stop and the lease's validity then.
+	s.log.Debug("shard firing", "owner", cfg.Owner, "valid_until", until)
 	go s.run(s.clock.NewAlarm(idleWait))
 	return s, nil
 }
