@@ -57,47 +57,43 @@ const holdResolution = time.Millisecond
 // without a chance to log (kill -9), or zero: its open holdings end
 // then.
 func readHoldings(node, path string, died time.Time) ([]holding, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
 	type key struct {
 		shard uint32
 		epoch uint64
 	}
 	open := make(map[key]int) // index in out
 	var out []holding
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		l := logline.Parse(sc.Text())
+	var bad error
+	err := eachLogLine(path, func(l map[string]string) bool {
 		msg := l["msg"]
 		if msg != "shard firing" && msg != "shard stopped firing" {
-			continue
+			return true
 		}
 		at, err1 := logline.Time(l["time"])
 		valid, err2 := logline.Time(l["valid_until"])
 		shard, err3 := strconv.ParseUint(l["shard"], 10, 32)
 		epoch, err4 := strconv.ParseUint(l["epoch"], 10, 64)
 		if err := errors.Join(err1, err2, err3, err4); err != nil {
-			return nil, fmt.Errorf("%s: %q: %w", path, sc.Text(), err)
+			bad = fmt.Errorf("%s: %q line: %w", path, msg, err)
+			return false
 		}
 		k := key{uint32(shard), epoch}
 		if msg == "shard firing" {
 			open[k] = len(out)
 			out = append(out, holding{node: node, shard: k.shard, epoch: epoch, from: at})
-			continue
+			return true
 		}
 		i, ok := open[k]
 		if !ok {
-			return nil, fmt.Errorf("%s: shard %d stopped firing under epoch %d it never acquired", path, shard, epoch)
+			bad = fmt.Errorf("%s: shard %d stopped firing under epoch %d, which it never began firing", path, shard, epoch)
+			return false
 		}
 		delete(open, k)
 		out[i].until, out[i].stopped, out[i].cause = minTime(at, valid), true, l["err"]
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return true
+	})
+	if err = errors.Join(err, bad); err != nil {
+		return nil, err
 	}
 	if !died.IsZero() {
 		for _, i := range open {
@@ -105,6 +101,27 @@ func readHoldings(node, path string, died time.Time) ([]holding, error) {
 		}
 	}
 	return out, nil
+}
+
+// eachLogLine calls fn with the fields of each line of the log at path,
+// until fn returns false.
+func eachLogLine(path string, fn func(map[string]string) bool) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		if !fn(logline.Parse(sc.Text())) {
+			return nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
 }
 
 // overlappingHoldings returns, one line each, the holdings of a shard
@@ -280,6 +297,45 @@ func TestHoldings(t *testing.T) {
 				if !strings.Contains(problems[i], w) {
 					t.Errorf("problem %d = %q, want it to contain %q", i, problems[i], w)
 				}
+			}
+		})
+	}
+}
+
+// TestStaleDeliveries: a delivery under a paused owner's old epoch is
+// late only if it was fired after that lease's validity and received
+// after the shard's first delivery under a higher epoch.
+func TestStaleDeliveries(t *testing.T) {
+	t0 := time.Date(2026, 12, 5, 18, 0, 0, 0, time.UTC)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	old := map[uint32]uint64{1: 5, 2: 9}
+	validity := map[uint32]time.Time{1: at(2000), 2: at(2000)}
+	d := func(id string, shard uint32, epoch uint64, firedMS, receivedMS int) delivery {
+		return delivery{id: id, shard: shard, epoch: epoch, fired: at(firedMS), received: at(receivedMS)}
+	}
+	tests := []struct {
+		name      string
+		got       []delivery
+		wantLate  []string
+		wantStale int
+	}{
+		{"before the takeover", []delivery{d("a", 1, 5, 1000, 1001), d("b", 1, 6, 4000, 4001)}, nil, 0},
+		{"in time, received after the takeover", []delivery{d("b", 1, 6, 4000, 4001), d("a", 1, 5, 1999, 9000)}, nil, 1},
+		{"fired past validity after the takeover", []delivery{d("b", 1, 6, 4000, 4001), d("a", 1, 5, 2001, 9000)}, []string{"a"}, 1},
+		{"past validity but no takeover seen", []delivery{d("a", 1, 5, 2001, 9000)}, nil, 0},
+		{"another shard's takeover does not count", []delivery{d("b", 2, 10, 4000, 4001), d("a", 1, 5, 2001, 9000)}, nil, 0},
+		{"a shard not paused", []delivery{d("b", 3, 2, 4000, 4001), d("a", 3, 1, 9000, 9000)}, nil, 0},
+		{"in order of receipt", []delivery{d("n", 2, 10, 3000, 3000), d("y", 2, 9, 5000, 7000), d("x", 2, 9, 4000, 6000)}, []string{"x", "y"}, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			late, stale := staleDeliveries(tt.got, old, validity)
+			var ids []string
+			for _, d := range late {
+				ids = append(ids, d.id)
+			}
+			if !slices.Equal(ids, tt.wantLate) || stale != tt.wantStale {
+				t.Errorf("late %v, stale %d; want %v, %d", ids, stale, tt.wantLate, tt.wantStale)
 			}
 		})
 	}
