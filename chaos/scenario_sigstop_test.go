@@ -75,9 +75,7 @@ func sigstop(t *testing.T, r *run) {
 	}
 
 	hs := clusterHoldings(t, c, nil)
-	for _, p := range overlappingHoldings(hs) {
-		v.problem("%s", p)
-	}
+	checkHoldings(v, hs, c.opts.Shards)
 	// The victim's holdings at the stop, and what ended them.
 	old := make(map[uint32]holding, len(shards))
 	for _, h := range hs {
@@ -118,6 +116,10 @@ func sigstop(t *testing.T, r *run) {
 			d.id, name, d.epoch, d.fired.Sub(validity[d.shard]))
 	}
 
+	held, heldMax := heldByPaused(r.ledger.deliveries(), victim, stopAt, contAt)
+	v.figure("held_by_paused_relay", held)
+	v.figure("held_by_paused_relay_max", heldMax)
+
 	// The resumed node's own count of the writes the store fenced, and of
 	// the shards that stopped on their own.
 	if addr, err := loggedValue(c.node(victim).logPath, "serving", "http"); err != nil {
@@ -144,6 +146,25 @@ func sigstop(t *testing.T, r *run) {
 // debugLog makes a node log at debug level, where a shard logs when it
 // starts and stops firing (readHoldings).
 func debugLog(int) []string { return []string{"--log-level", "debug"} }
+
+// checkHoldings adds to v a problem for every overlap of holdings, and
+// for every shard of shards that no log shows held: a node that logs no
+// holdings (not at debug level, or a message renamed) must not pass the
+// check by having nothing to check.
+func checkHoldings(v *verdict, hs []holding, shards int) {
+	held := make(map[uint32]bool)
+	for _, h := range hs {
+		if int(h.shard) < shards {
+			held[h.shard] = true
+		}
+	}
+	if n := shards - len(held); n > 0 {
+		v.problem("%d of %d shards have no holding in the nodes' logs (are they at debug level?)", n, shards)
+	}
+	for _, p := range overlappingHoldings(hs) {
+		v.problem("%s", p)
+	}
+}
 
 // clusterHoldings reads the holdings in the log of every process of c;
 // died says when a process killed without a chance to log ended, by node
@@ -226,6 +247,23 @@ func staleDeliveries(got []delivery, old map[uint32]uint64, validity map[uint32]
 	}
 	slices.SortFunc(late, func(a, b delivery) int { return a.received.Compare(b.received) })
 	return late, stale
+}
+
+// heldByPaused counts the deliveries fired during a node's pause (from
+// stop to cont) that reached their subscriber on that node's stream only
+// after it resumed, and the longest of their waits from fired to
+// received. Its stream takes deliveries of the other nodes' shards
+// through its relays, whose sockets stay open while it is stopped: what
+// a survivor hands to such a relay waits for the resume or the ack
+// timeout.
+func heldByPaused(got []delivery, node int, stop, cont time.Time) (n int, longest time.Duration) {
+	for _, d := range got {
+		if d.node == node && !d.fired.Before(stop) && d.fired.Before(cont) && !d.received.Before(cont) {
+			n++
+			longest = max(longest, d.received.Sub(d.fired))
+		}
+	}
+	return n, longest
 }
 
 // loggedValue returns the value of key in the first line of the log at
