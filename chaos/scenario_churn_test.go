@@ -137,10 +137,7 @@ func churn(t *testing.T, r *run) {
 	start := w.begin()
 
 	died := make(map[int]time.Time)
-	owners, err := c.shardMap()
-	if err != nil {
-		t.Fatal(err)
-	}
+	owners := shardMapRetried(t, r, c)
 	var steps []churnStep
 	for _, kind := range plan {
 		if !sleepUntil(r.ctx, time.Now().Add(500*time.Millisecond+time.Duration(r.rng.Int64N(int64(time.Second))))) {

@@ -38,10 +38,7 @@ func sigstop(t *testing.T, r *run) {
 	if !sleepUntil(r.ctx, start.Add(stopOffset)) {
 		t.Fatal("run timed out before the stop")
 	}
-	before, err := c.shardMap()
-	if err != nil {
-		t.Fatal(err)
-	}
+	before := shardMapRetried(t, r, c)
 	victim := c.mostShards(before)
 	name := c.node(victim).name
 	shards := shardsOf(before, name)
@@ -141,6 +138,24 @@ func sigstop(t *testing.T, r *run) {
 	}
 	c.check(v)
 	w.check(v)
+}
+
+// shardMapRetried returns c's shard map, asking again for up to
+// stableTimeout while no node answers in time: a loaded machine may keep
+// a node from answering within a call's 5s.
+func shardMapRetried(t *testing.T, r *run, c *testCluster) []shardOwner {
+	t.Helper()
+	deadline := time.Now().Add(stableTimeout)
+	for {
+		owners, err := c.shardMap()
+		if err == nil {
+			return owners
+		}
+		if time.Now().After(deadline) || !sleepUntil(r.ctx, time.Now().Add(100*time.Millisecond)) {
+			t.Fatalf("shard map: %v", err)
+		}
+		r.logf("shard map: %v; asking again", err)
+	}
 }
 
 // debugLog makes a node log at debug level, where a shard logs when it
