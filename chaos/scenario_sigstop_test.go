@@ -77,7 +77,7 @@ func sigstop(t *testing.T, r *run) {
 	// The victim's holdings at the stop, and what ended them.
 	old := make(map[uint32]holding, len(shards))
 	for _, h := range hs {
-		if h.node == name && before[h.shard].owner == name && h.epoch == before[h.shard].epoch {
+		if h.node == name && int(h.shard) < len(before) && before[h.shard] == (shardOwner{name, h.epoch}) {
 			old[h.shard] = h
 		}
 	}
