@@ -122,6 +122,15 @@ func churn(t *testing.T, r *run) {
 	c := startCluster(r, clusterOptions{NodeArgs: debugLog})
 	subscribe(r, c, subscribeConfig{})
 	timers := churnTimers()
+	if timers != 200_000 {
+		// The harness's replay line names the seed and the scenario, not
+		// this size.
+		t.Cleanup(func() {
+			if t.Failed() {
+				fmt.Printf("chaos: churn ran with %s timers: replay it with TIMERD_CHAOS_FULL=1 as well\n", itoa(timers))
+			}
+		})
+	}
 	// Every timer is sent at once, in big batches over several
 	// connections, due after the scheduling and throughout the churn.
 	// The full run's spread keeps its firing rate near the default's
