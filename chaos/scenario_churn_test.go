@@ -32,6 +32,15 @@ func churnTimers() int {
 	return 200_000
 }
 
+// churnTimeout bounds a run of scenario churn: the harness's default,
+// or 8 minutes for the full run.
+func churnTimeout() time.Duration {
+	if churnTimers() > 200_000 {
+		return 8 * time.Minute
+	}
+	return 0
+}
+
 func init() {
 	register(scenario{
 		name: "churn",
@@ -39,6 +48,9 @@ func init() {
 			"(1,000,000 with TIMERD_CHAOS_FULL=1): nothing lost, and at most one epoch of a shard may fire at any " +
 			"instant, as the nodes' own logs say",
 		run: churn,
+		// Two shared cores schedule and fire 1,000,000 timers, through the
+		// churn, in 4 to 5 minutes.
+		timeout: churnTimeout(),
 	})
 }
 
