@@ -29,6 +29,8 @@ type scenario struct {
 	name  string
 	about string
 	run   func(t *testing.T, r *run)
+	// timeout bounds a run of the scenario (default runTimeout).
+	timeout time.Duration
 }
 
 // scenarios holds the registered scenarios by name.
@@ -186,7 +188,11 @@ func runScenario(t *testing.T, sc scenario, seed uint64) {
 			fmt.Printf("chaos: %s FAILED with seed %d; replay it with:\n  %s\n", sc.name, seed, replay)
 		}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
+	timeout := runTimeout
+	if sc.timeout > 0 {
+		timeout = sc.timeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	r := &run{t: t, name: sc.name, seed: seed, rng: rand.New(rand.NewPCG(seed, 0x7469_6d65_7264)), // "timerd"
 		ctx: ctx, dir: t.TempDir(), bin: timerdBinary(t), ledger: newLedger(), began: time.Now()}

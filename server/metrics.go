@@ -210,6 +210,10 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 			Namespace: "timerd", Name: "store_commit_refused_total",
 			Help: "Calls refused at once because the group commit's queue was full (RESOURCE_EXHAUSTED).",
 		}, func() float64 { return float64(queue().Refused) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "store_commit_fenced_total",
+			Help: "Shard batches of the group commit the store refused because the shard's epoch had moved on: writes of an owner that had lost the shard (paused, cut off) and not yet learnt it. The writes changed nothing; the shard stopped.",
+		}, func() float64 { return float64(queue().Fenced) }),
 		shardCollector{stats},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

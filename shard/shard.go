@@ -326,7 +326,12 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 	s.log.Debug("shard loaded", "timers", len(s.timers), "dead", len(s.dead), "took", time.Since(began))
 	s.mu.Lock()
 	s.startCountingLocked()
+	until := s.validUntil
 	s.mu.Unlock()
+	// This line and the loop's "shard stopped firing" bound, in the log,
+	// when this process may dispatch the shard under this epoch: from
+	// here until the earlier of the stop and the lease's validity then.
+	s.log.Debug("shard firing", "owner", cfg.Owner, "valid_until", until)
 	go s.run(s.clock.NewAlarm(idleWait))
 	return s, nil
 }
@@ -483,6 +488,16 @@ func (s *Shard) run(t Alarm) {
 		s.mu.Unlock()
 	}()
 	defer t.Stop()
+	defer func() {
+		// Logged once the loop, which alone dispatches, has stopped:
+		// valid_until is the lease the shard last confirmed, past which
+		// it dispatched nothing even if it stopped later (a paused
+		// process learns it lost the lease only when it runs again).
+		s.mu.Lock()
+		until, why := s.validUntil, s.stopErr
+		s.mu.Unlock()
+		s.log.Debug("shard stopped firing", "valid_until", until, "err", why)
+	}()
 	for {
 		s.mu.Lock()
 		wait, ok := s.stepLocked()

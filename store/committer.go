@@ -235,6 +235,8 @@ type Committer struct {
 
 	// refused counts the Reserve calls that failed with ErrOverloaded.
 	refused atomic.Uint64
+	// fenced counts the shard batches the store refused with ErrFenced.
+	fenced atomic.Uint64
 }
 
 // route is the lane of a shard that holds writes in it.
@@ -478,6 +480,10 @@ type QueueStats struct {
 	// Refused counts the Reserve calls refused with ErrOverloaded since
 	// the Committer started.
 	Refused uint64
+	// Fenced counts the shard batches the store refused with ErrFenced
+	// since the Committer started: writes of a shard whose epoch had moved
+	// on, from an owner that had not yet learnt it lost the shard.
+	Fenced uint64
 }
 
 // Queue returns a snapshot of what the Committer holds.
@@ -489,6 +495,7 @@ func (c *Committer) Queue() QueueStats {
 	}
 	c.mu.Unlock()
 	st.Refused = c.refused.Load()
+	st.Fenced = c.fenced.Load()
 	return st
 }
 
@@ -683,6 +690,9 @@ func (l *lane) done(b *pendingBatch, err error) {
 	l.held.Add(-n)
 	l.load.Add(-n)
 	l.c.unroute(b.Shard, len(b.Ops))
+	if errors.Is(err, ErrFenced) {
+		l.c.fenced.Add(1)
+	}
 	b.commit.finish(err)
 }
 

@@ -143,6 +143,9 @@ func TestCommitterFencedBatch(t *testing.T) {
 		if err := empty.Wait(context.Background()); err != nil {
 			t.Fatalf("empty batch: %v", err)
 		}
+		if q := c.Queue(); q.Fenced != 1 {
+			t.Fatalf("Queue().Fenced = %d, want 1 (the stale batch alone)", q.Fenced)
+		}
 		if got := loadAll(t, s, 1, current); len(got) != 0 {
 			t.Fatalf("fenced write landed: %v", got)
 		}

@@ -8,11 +8,8 @@
 package clustertest
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -24,6 +21,7 @@ import (
 	pb "github.com/timerd/timerd/api/timerd/v1"
 	"github.com/timerd/timerd/cluster"
 	"github.com/timerd/timerd/internal/redistest"
+	"github.com/timerd/timerd/internal/scrape"
 	"github.com/timerd/timerd/server"
 )
 
@@ -232,27 +230,11 @@ func (c *Cluster) MetricSum(name string) float64 {
 	c.tb.Helper()
 	var sum float64
 	for _, n := range c.Live() {
-		resp, err := http.Get("http://" + n.HTTPAddr() + "/metrics")
+		v, err := scrape.Sum(context.Background(), n.HTTPAddr(), name)
 		if err != nil {
-			c.tb.Fatalf("scrape %s: %v", n.HTTPAddr(), err)
-		}
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-				continue
-			}
-			v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-			if err != nil {
-				c.tb.Fatalf("%s: %q: %v", n.HTTPAddr(), line, err)
-			}
-			sum += v
-		}
-		resp.Body.Close()
-		if err := sc.Err(); err != nil {
 			c.tb.Fatal(err)
 		}
+		sum += v
 	}
 	return sum
 }
