@@ -302,10 +302,10 @@ func TestHoldings(t *testing.T) {
 	}
 }
 
-// TestStaleDeliveries: a delivery under a paused owner's old epoch is
+// TestPastLeaseDeliveries: a delivery under a paused owner's old epoch is
 // late only if it was fired after that lease's validity and received
 // after the shard's first delivery under a higher epoch.
-func TestStaleDeliveries(t *testing.T) {
+func TestPastLeaseDeliveries(t *testing.T) {
 	t0 := time.Date(2026, 12, 5, 18, 0, 0, 0, time.UTC)
 	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
 	old := map[uint32]uint64{1: 5, 2: 9}
@@ -329,7 +329,7 @@ func TestStaleDeliveries(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			late, stale := staleDeliveries(tt.got, old, validity)
+			late, stale := pastLeaseDeliveries(tt.got, old, validity)
 			var ids []string
 			for _, d := range late {
 				ids = append(ids, d.id)

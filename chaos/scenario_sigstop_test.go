@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/timerd/timerd/internal/scrape"
 )
 
@@ -42,14 +44,16 @@ func sigstop(t *testing.T, r *run) {
 	victim := c.mostShards(before)
 	name := c.node(victim).name
 	shards := shardsOf(before, name)
-	survivor := c.up()[0]
-	if survivor == victim {
-		survivor = c.up()[1]
+	var survivors []*grpc.ClientConn
+	for _, i := range c.up() {
+		if i != victim {
+			survivors = append(survivors, c.conn(i))
+		}
 	}
 	pause := sigstopPause * c.opts.LeaseTTL
 	stopAt := time.Now()
 	c.stop(victim)
-	servedMin, servedMax, servedAll := servedAgain(r.ctx, c.conn(survivor), name, shards, stopAt, pause)
+	servedMin, servedMax, servedAll := servedAgain(r.ctx, survivors, shards, stopAt, pause)
 	if !sleepUntil(r.ctx, stopAt.Add(pause)) {
 		t.Fatal("run timed out while the owner was stopped")
 	}
@@ -107,7 +111,7 @@ func sigstop(t *testing.T, r *run) {
 	for _, s := range shards {
 		oldEpochs[s] = before[s].epoch
 	}
-	late, stale := staleDeliveries(r.ledger.deliveries(), oldEpochs, validity)
+	late, stale := pastLeaseDeliveries(r.ledger.deliveries(), oldEpochs, validity)
 	v.figure("old_epoch_after_takeover", stale)
 	for _, d := range late {
 		v.problem("timer %s: %s delivered it under epoch %d, fired %v after its lease's validity, after the shard's new owner had delivered under a higher epoch",
@@ -230,7 +234,7 @@ func takeoverGaps(hs []holding, old map[uint32]holding, stop, cont time.Time) (g
 	return gaps, fenced
 }
 
-// staleDeliveries returns the deliveries of the shards of old, under
+// pastLeaseDeliveries returns the deliveries of the shards of old, under
 // the epoch old gives them, that were fired after validity (when the
 // holder's lease may have lapsed) and received after the shard's first
 // delivery under a higher epoch: a paused owner dispatching past its
@@ -238,7 +242,7 @@ func takeoverGaps(hs []holding, old map[uint32]holding, stop, cont time.Time) (g
 // old epoch received after that first one, fired in time or not: the
 // paused owner's deliveries that reached their subscriber only after it
 // resumed, duplicates that at least once allows.
-func staleDeliveries(got []delivery, old map[uint32]uint64, validity map[uint32]time.Time) (late []delivery, stale int) {
+func pastLeaseDeliveries(got []delivery, old map[uint32]uint64, validity map[uint32]time.Time) (late []delivery, stale int) {
 	newFirst := make(map[uint32]time.Time)
 	for _, d := range got {
 		if e, ok := old[d.shard]; ok && d.epoch > e {
