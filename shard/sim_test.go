@@ -56,6 +56,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -90,11 +91,15 @@ func TestSimulation(t *testing.T) {
 	seeds := simSeeds(t)
 	dir := simDir(t)
 	began := time.Now()
+	total := map[string]int{}
 	for _, seed := range seeds {
 		w := newSimWorld(t, seed, dir)
 		w.run()
 		v := w.judge()
 		w.close()
+		for k, n := range w.counts {
+			total[k] += n
+		}
 		if !v.ok() {
 			t.Errorf("seed %d: %s\nreplay: TIMERD_SIM_SEED=%d go test -count=1 -run '^TestSimulation$' ./shard/\nlast steps:\n%s",
 				seed, v.line(), seed, w.traceTail())
@@ -105,9 +110,18 @@ func TestSimulation(t *testing.T) {
 		}
 		if len(seeds) == 1 {
 			t.Logf("seed %d: %s", seed, v.line())
+			if testing.Verbose() {
+				t.Logf("trace:\n  %s", strings.Join(w.trace, "\n  "))
+			}
 		}
 	}
 	t.Logf("%d seeds in %v", len(seeds), time.Since(began).Round(time.Millisecond))
+	names := slices.Sorted(maps.Keys(total))
+	var b strings.Builder
+	for _, k := range names {
+		fmt.Fprintf(&b, " %s=%d", k, total[k])
+	}
+	t.Logf("over all seeds:%s", b.String())
 }
 
 // simSeeds returns the seeds to run: TIMERD_SIM_SEED alone, or
@@ -182,6 +196,9 @@ type simWorld struct {
 	dels     []simDelivery
 	problems []string
 	trace    []string
+	// counts counts what the schedule did (faults, takeovers, calls by
+	// outcome), for the figures of a run.
+	counts map[string]int
 }
 
 // simNode is one simulated process: a clock, a group commit and a
@@ -195,6 +212,8 @@ type simNode struct {
 	shards  []*simShard // opened, not known to have stopped
 	crashed bool
 	paused  bool
+	// queued holds the calls sent to the node while it was paused.
+	queued []func()
 }
 
 func (n *simNode) owner() string { return fmt.Sprintf("%s.%d", n.name, n.inc) }
@@ -240,6 +259,13 @@ type simOp struct {
 	sent, ans uint64
 	outcome   simOutcome
 	err       error
+	// retry: a Schedule of an id scheduled before, with the same spec
+	// and request id. Its success says the first call succeeded, so it
+	// sets the timer's due time only when no call before it was
+	// acknowledged: the owner that answers it may be one that has lost
+	// the shard and answers from its memory (it writes nothing, so no
+	// fence stops it), where the timer is as it was.
+	retry bool
 }
 
 // simDelivery is one dispatch in the ledger.
@@ -277,11 +303,12 @@ func (s *simSub) Dispatch(d Delivery) (time.Duration, bool) {
 
 func newSimWorld(t *testing.T, seed uint64, dir string) *simWorld {
 	w := &simWorld{
-		t:     t,
-		seed:  seed,
-		rng:   rand.New(rand.NewPCG(seed, 0x5eed)),
-		world: newFakeClock(),
-		spec:  map[string]Spec{},
+		t:      t,
+		seed:   seed,
+		rng:    rand.New(rand.NewPCG(seed, 0x5eed)),
+		world:  newFakeClock(),
+		spec:   map[string]Spec{},
+		counts: map[string]int{},
 	}
 	cfg := store.DefaultEmbeddedConfig(fmt.Sprintf("%s/%d", dir, seed))
 	cfg.Now = w.world.Now
@@ -312,7 +339,7 @@ func (w *simWorld) start(n *simNode) {
 	n.com = com
 	n.sub = &simSub{w: w, n: n, open: true}
 	n.crashed, n.paused = false, false
-	n.shards = nil
+	n.shards, n.queued = nil, nil
 }
 
 // close stops every node and the store.
@@ -411,20 +438,37 @@ func (w *simWorld) route(id int) *simShard {
 	return h
 }
 
+// send makes call on shard id's holder. A call to a paused holder
+// waits in that process half of the time, as a request in its socket
+// buffer does, and is made when the process resumes, before its lease
+// keeper has looked at the clock; otherwise, and when there is no live
+// holder, the client gives up before sending and the call is not made.
+// It reports whether the call was made or queued.
+func (w *simWorld) send(id int, what string, call func(h *simShard)) bool {
+	h := w.holder[id]
+	switch {
+	case h != nil && h.n.live():
+		call(h)
+		return true
+	case h != nil && h.n.paused && w.rng.IntN(2) == 0:
+		w.tracef("%s waits in paused %s", what, h.n.owner())
+		h.n.queued = append(h.n.queued, func() { call(h) })
+		return true
+	}
+	w.tracef("%s: shard %d has no live holder; not sent", what, id)
+	return false
+}
+
 func (w *simWorld) schedule() {
 	id := w.rng.IntN(simShards)
 	name := fmt.Sprintf("s%d-%d", id, w.next)
 	w.next++
 	sp := Spec{Namespace: simNamespace, ID: name, Topic: simTopic, Due: w.dueIn(),
 		Payload: []byte(name), Req: w.rng.Uint64() | 1}
-	h := w.route(id)
-	if h == nil {
-		w.tracef("schedule %s: shard %d has no live holder; not sent", name, id)
-		return
-	}
 	w.spec[name] = sp
-	w.ids[id] = append(w.ids[id], name)
-	w.callSchedule(h, sp)
+	if w.send(id, "schedule "+name, func(h *simShard) { w.callSchedule(h, sp) }) {
+		w.ids[id] = append(w.ids[id], name)
+	}
 }
 
 // retry sends a Schedule again, as a client whose first attempt timed
@@ -434,12 +478,8 @@ func (w *simWorld) retry() {
 	if len(w.ids[id]) == 0 {
 		return
 	}
-	name := w.ids[id][w.rng.IntN(len(w.ids[id]))]
-	h := w.route(id)
-	if h == nil {
-		return
-	}
-	w.callSchedule(h, w.spec[name])
+	sp := w.spec[w.ids[id][w.rng.IntN(len(w.ids[id]))]]
+	w.send(id, "retry schedule "+sp.ID, func(h *simShard) { w.callSchedule(h, sp) })
 }
 
 func (w *simWorld) callSchedule(h *simShard, sp Spec) {
@@ -456,16 +496,14 @@ func (w *simWorld) reschedule() {
 		return
 	}
 	name := w.ids[id][w.rng.IntN(len(w.ids[id]))]
-	h := w.route(id)
-	if h == nil {
-		return
-	}
-	due := w.dueIn()
-	op := w.sent(simReschedule, name, due.UnixMilli())
-	ctx, cancel := context.WithTimeout(context.Background(), simHang)
-	res := h.sh.Reschedule(ctx, simNamespace, []Move{{ID: name, Due: due, Req: w.rng.Uint64() | 1}})
-	cancel()
-	w.answered(op, res[0], h)
+	mv := Move{ID: name, Due: w.dueIn(), Req: w.rng.Uint64() | 1}
+	w.send(id, "reschedule "+name, func(h *simShard) {
+		op := w.sent(simReschedule, name, mv.Due.UnixMilli())
+		ctx, cancel := context.WithTimeout(context.Background(), simHang)
+		res := h.sh.Reschedule(ctx, simNamespace, []Move{mv})
+		cancel()
+		w.answered(op, res[0], h)
+	})
 }
 
 func (w *simWorld) cancel() {
@@ -475,19 +513,19 @@ func (w *simWorld) cancel() {
 	}
 	i := w.rng.IntN(len(w.ids[id]))
 	name := w.ids[id][i]
-	h := w.route(id)
-	if h == nil {
-		return
+	sent := w.send(id, "cancel "+name, func(h *simShard) {
+		op := w.sent(simCancel, name, 0)
+		ctx, cancel := context.WithTimeout(context.Background(), simHang)
+		errs := h.sh.Cancel(ctx, simNamespace, []string{name})
+		cancel()
+		w.answered(op, Result{Err: errs[0]}, h)
+	})
+	if sent {
+		// The id is retired whatever the outcome: it is never
+		// scheduled again, so every delivery after an acknowledged
+		// cancel is one too many.
+		w.ids[id] = slices.Delete(w.ids[id], i, i+1)
 	}
-	// The id is retired whatever the outcome: it is never scheduled
-	// again, so every delivery after an acknowledged cancel is one too
-	// many.
-	w.ids[id] = slices.Delete(w.ids[id], i, i+1)
-	op := w.sent(simCancel, name, 0)
-	ctx, cancel := context.WithTimeout(context.Background(), simHang)
-	errs := h.sh.Cancel(ctx, simNamespace, []string{name})
-	cancel()
-	w.answered(op, Result{Err: errs[0]}, h)
 }
 
 // ack acks what one node's subscriber holds, through the shard's holder
@@ -516,6 +554,7 @@ func (w *simWorld) ack(lossy bool) {
 		byShard[d.Shard] = append(byShard[d.Shard], id)
 	}
 	w.tracef("%s acks %d deliveries, loses %d", n.name, len(inbox)-lost, lost)
+	w.countN("lost acks", lost)
 	for id := range simShards {
 		ids := byShard[uint32(id)]
 		h := w.route(id)
@@ -544,6 +583,7 @@ func (w *simWorld) disconnect() {
 	n.sub.inbox = nil
 	n.sub.mu.Unlock()
 	w.tracef("%s's subscriber disconnects with %d unacked", n.name, len(inbox))
+	w.countN("returned", len(inbox))
 	byShard := map[uint32][]Attempt{}
 	for _, d := range inbox {
 		id, err := ParseDeliveryID(d.ID)
@@ -586,11 +626,12 @@ func (w *simWorld) crash() {
 		return
 	}
 	w.tracef("crash %s", n.owner())
+	w.count("crashes")
 	for _, s := range n.shards {
 		s.sh.Abandon()
 	}
 	n.com.Close()
-	n.crashed, n.shards = true, nil
+	n.crashed, n.shards, n.queued = true, nil, nil
 }
 
 // restart starts a crashed node again under a new incarnation.
@@ -612,20 +653,32 @@ func (w *simWorld) pause() {
 		return
 	}
 	w.tracef("pause %s", n.owner())
+	w.count("pauses")
 	n.paused = true
 }
 
 // resume lets a paused node's clock jump to the true time.
 func (w *simWorld) resume() {
 	for _, n := range w.nodes {
-		if n.paused {
-			w.locked(func() {
-				n.paused = false
-				n.clock.Advance(w.world.Now().Sub(n.clock.Now()))
-			})
-			w.tracef("resume %s", n.owner())
-			return
+		if !n.paused {
+			continue
 		}
+		n.paused = false
+		w.tracef("resume %s with %d calls waiting", n.owner(), len(n.queued))
+		// The clock jumps first, as a process's does, but its alarms go
+		// off only after the waiting calls were made: the lease keeper
+		// has not run yet when the first request is served.
+		w.locked(func() {
+			n.clock.mu.Lock()
+			n.clock.now = w.world.Now()
+			n.clock.mu.Unlock()
+		})
+		for _, call := range n.queued {
+			call()
+		}
+		n.queued = nil
+		w.locked(func() { n.clock.Advance(0) })
+		return
 	}
 }
 
@@ -642,6 +695,7 @@ func (w *simWorld) move() {
 	err := h.sh.Close(ctx)
 	cancel()
 	w.tracef("move shard %d from %s: close: %v", id, h.n.owner(), err)
+	w.count("moves")
 	w.open(to, id)
 }
 
@@ -715,6 +769,7 @@ func (w *simWorld) open(n *simNode, id int) {
 		return
 	}
 	w.tracef("open shard %d on %s: epoch %d, %d timers", id, n.owner(), sh.Epoch(), sh.Stats().Timers)
+	w.count("opens")
 	if sh.Epoch() <= w.maxEpoch[id] {
 		w.problemf("shard %d opened at epoch %d, not past epoch %d opened before", id, sh.Epoch(), w.maxEpoch[id])
 	}
@@ -866,7 +921,11 @@ func (w *simWorld) sent(kind simOpKind, id string, due int64) int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.seq++
-	w.ops = append(w.ops, simOp{kind: kind, id: id, due: due, sent: w.seq})
+	retry := false
+	for i := range w.ops {
+		retry = retry || (kind == simSchedule && w.ops[i].kind == simSchedule && w.ops[i].id == id)
+	}
+	w.ops = append(w.ops, simOp{kind: kind, id: id, due: due, sent: w.seq, retry: retry})
 	return len(w.ops) - 1
 }
 
@@ -881,6 +940,10 @@ func (w *simWorld) answered(i int, res Result, h *simShard) {
 	op := &w.ops[i]
 	op.ans, op.err = w.seq, res.Err
 	op.outcome = simOutcomeOf(res.Err)
+	w.counts[op.kind.String()+" "+op.outcome.String()]++
+	if errors.Is(res.Err, ErrFenced) || errors.Is(res.Err, ErrNotOwner) {
+		w.counts["calls refused by a stopped or fenced shard"]++
+	}
 	if op.outcome == simOK && op.kind != simCancel {
 		op.due = res.Due.UnixMilli()
 	}
@@ -918,6 +981,7 @@ func (w *simWorld) delivered(n *simNode, d Delivery) {
 	w.seq++
 	now := w.world.Now()
 	w.dels = append(w.dels, simDelivery{Delivery: d, node: n.owner(), seq: w.seq, at: now})
+	w.counts["deliveries"]++
 	w.traceLocked(fmt.Sprintf("deliver %s due %s attempt %d by %s@%d at %s", d.TimerID, w.simTime(d.Due), d.Attempt, n.owner(), d.Epoch, w.simTime(now)))
 	switch {
 	case err != nil:
@@ -934,6 +998,15 @@ var simEpoch = newFakeClock().Now()
 // simTime renders t as an offset from the start of the run.
 func (w *simWorld) simTime(t time.Time) string {
 	return "T" + t.Sub(simEpoch).String()
+}
+
+// count adds one to the figure name.
+func (w *simWorld) count(name string) { w.countN(name, 1) }
+
+func (w *simWorld) countN(name string, n int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.counts[name] += n
 }
 
 func (w *simWorld) problemf(format string, args ...any) {
@@ -1057,7 +1130,7 @@ func (w *simWorld) judgeDelivery(v *simVerdict, d *simDelivery, ops []*simOp) {
 		if op.outcome != simFailed && op.due == due && op.sent < d.seq {
 			asked = true
 		}
-		if op.outcome == simOK && op.ans < d.seq {
+		if op.outcome == simOK && op.ans < d.seq && !(op.retry && last != nil) {
 			last = op
 		}
 	}
@@ -1089,7 +1162,7 @@ func (w *simWorld) judgeTimer(v *simVerdict, id string, ops []*simOp, dels []*si
 		switch {
 		case op.kind == simCancel && op.outcome != simFailed:
 			return // cancelled, or may have been
-		case op.kind != simCancel && op.outcome == simOK:
+		case op.kind != simCancel && op.outcome == simOK && !(op.retry && last != nil):
 			last = op
 		}
 	}
