@@ -889,8 +889,16 @@ func (w *simWorld) drain() {
 	w.supervise()
 	w.quiesce()
 	for id := range simShards {
-		if h := w.route(id); h == nil || h.sh.Err() != nil {
+		h := w.route(id)
+		if h == nil || h.sh.Err() != nil {
 			w.problemf("shard %d has no holder after the drain", id)
+			continue
+		}
+		// Every timer came due, and every delivery was acked or its
+		// timer ran out of attempts: none may be left pending or in
+		// flight.
+		if st := h.sh.Stats(); st.Timers != st.Dead {
+			w.problemf("shard %d holds %d timers after the drain (%d in flight), none of them dead letters", id, st.Timers-st.Dead, st.InFlight)
 		}
 	}
 }
