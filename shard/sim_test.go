@@ -70,8 +70,13 @@ import (
 )
 
 // simDefaultSeeds is how many seeds TestSimulation runs without
-// TIMERD_SIM_SEEDS: about 20-40 s on a loaded 2-core machine.
-const simDefaultSeeds = 300
+// TIMERD_SIM_SEEDS: about 30 s on a quiet 2-core machine, where a seed
+// takes about 0.1 s; simRaceSeeds under the race detector, which makes
+// a seed several times slower.
+const (
+	simDefaultSeeds = 300
+	simRaceSeeds    = 30
+)
 
 // Shape of one seed's run.
 const (
@@ -135,6 +140,9 @@ func simSeeds(t *testing.T) []uint64 {
 		return []uint64{n}
 	}
 	k := simDefaultSeeds
+	if raceEnabled {
+		k = simRaceSeeds
+	}
 	if s := os.Getenv("TIMERD_SIM_SEEDS"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
@@ -361,10 +369,11 @@ func (w *simWorld) run() {
 	w.quiesce()
 	for range simSteps {
 		w.step()
+		w.quiesce()
 		if w.rng.IntN(10) < 7 {
 			w.supervise() // the ring reacts, most of the time at once
+			w.quiesce()
 		}
-		w.quiesce()
 		w.checkOwners()
 	}
 	w.drain()
