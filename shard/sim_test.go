@@ -70,11 +70,11 @@ import (
 )
 
 // simDefaultSeeds is how many seeds TestSimulation runs without
-// TIMERD_SIM_SEEDS: about 30 s on a quiet 2-core machine, where a seed
-// takes about 0.1 s; simRaceSeeds under the race detector, which makes
-// a seed several times slower.
+// TIMERD_SIM_SEEDS: 15-35 s on a 2-core machine, where a seed takes
+// 0.07-0.16 s as the load varies; simRaceSeeds under the race detector,
+// which makes a seed several times slower.
 const (
-	simDefaultSeeds = 300
+	simDefaultSeeds = 200
 	simRaceSeeds    = 30
 )
 
