@@ -951,6 +951,7 @@ func (w *simWorld) sent(kind simOpKind, id string, due int64) int {
 // Schedule answers with the due time of the timer it finds, which a
 // Reschedule may have moved.
 func (w *simWorld) answered(i int, res Result, h *simShard) {
+	l, lerr := w.st.Lease(context.Background(), h.sh.ID())
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.seq++
@@ -964,12 +965,33 @@ func (w *simWorld) answered(i int, res Result, h *simShard) {
 	if op.outcome == simOK && op.kind != simCancel {
 		op.due = res.Due.UnixMilli()
 	}
+	// An answer that tells the caller something about the timer (done,
+	// not found, exists, dead) must come from the shard's owner: no
+	// clock moves during a call, so the lease now is the lease while it
+	// was served. A write of a node that lost the lease is fenced; an
+	// answer from its memory alone is not, and may be stale.
+	if op.outcome == simOK || errors.Is(res.Err, ErrNotFound) || errors.Is(res.Err, ErrExists) || errors.Is(res.Err, ErrDead) {
+		if lerr != nil || l.Owner != h.n.owner() || l.Epoch != h.sh.Epoch() {
+			p := fmt.Sprintf("%s %s answered %v by %s@%d, when the store's lease was %q at epoch %d",
+				op.kind, op.id, simAnswer(res.Err), h.n.owner(), h.sh.Epoch(), l.Owner, l.Epoch)
+			w.problems = append(w.problems, p)
+			w.traceLocked("PROBLEM: " + p)
+		}
+	}
 	err := res.Err
 	due := ""
 	if op.kind != simCancel {
 		due = " due " + w.simTime(time.UnixMilli(op.due))
 	}
 	w.traceLocked(fmt.Sprintf("%s %s%s on %s@%d: %v (%v)", op.kind, op.id, due, h.n.owner(), h.sh.Epoch(), op.outcome, err))
+}
+
+// simAnswer names what err told a caller.
+func simAnswer(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return err.Error()
 }
 
 // simOutcomeOf classifies a call's error as its caller must read it.
