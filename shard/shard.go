@@ -455,6 +455,28 @@ func (s *Shard) releaseLease() {
 	}
 }
 
+// ownedLocked returns why the shard may not answer a call now: the error
+// that stopped it, or ErrNotOwner while its lease may have lapsed (its
+// keeper has not confirmed the lease for LeaseTTL less ClockDrift: the
+// process was paused, or the store is out of reach), until the keeper
+// renews it or finds it lost. A write the shard would make then is
+// fenced if another owner has the shard, but an answer from memory alone
+// is not: a retry found done, an id not found, a Get. Answered by an
+// owner that lost the shard while it was paused, those would tell the
+// caller what it last knew, not what is; a Cancel told "not found" for a
+// timer its new owner holds would leave it to fire. So every call waits
+// for the lease, as firing does.
+func (s *Shard) ownedLocked(now time.Time) error {
+	if s.stopErr != nil {
+		return s.stopErr
+	}
+	if !now.Before(s.validUntil) {
+		return fmt.Errorf("%w: shard %d: its lease may have lapsed (confirmed until %v, now %v)",
+			ErrNotOwner, s.id, s.validUntil.Format(time.RFC3339Nano), now.Format(time.RFC3339Nano))
+	}
+	return nil
+}
+
 // loseLocked stops the shard because it no longer owns it.
 func (s *Shard) loseLocked(cause error) {
 	if s.stopErr != nil {
