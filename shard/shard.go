@@ -22,8 +22,10 @@
 //     it again.
 //   - Fenced: every write names the shard's Grant (epoch and lease token);
 //     once a newer owner has acquired the shard, writes fail with ErrFenced
-//     and the shard stops. The shard stops firing before its lease can
-//     have lapsed if it cannot renew it.
+//     and the shard stops. The shard stops firing, and answers no call,
+//     before its lease can have lapsed if it cannot renew it: an answer
+//     from memory alone (not found, a retry found done, a Get) writes
+//     nothing a fence could refuse.
 //   - Never ahead of the store for long: a write that fails definitively
 //     (fenced, or given up by the group commit while the store is down)
 //     stops the shard, whose memory already holds it; the next owner, or
@@ -143,7 +145,7 @@ type Shard struct {
 	// seq numbers the occurrences created under epoch.
 	seq uint64
 	// validUntil is when the lease may be about to lapse: nothing is
-	// dispatched at or after it. It comes from Clock.Now, so with the
+	// dispatched, and no call answered, at or after it. It comes from Clock.Now, so with the
 	// system clock it carries a monotonic reading and a step of the wall
 	// clock does not stretch it.
 	validUntil time.Time
