@@ -44,7 +44,10 @@ package shard
 //   - owner: a dispatch by a shard that did not hold the lease under its
 //     epoch at that instant by the store, two shards of one id both able
 //     to dispatch (unstopped, lease valid by the true clock) at one
-//     instant, or an epoch that went back (0);
+//     instant, an epoch that went back, or an answer about a timer (ok,
+//     not found, exists, dead) from a shard that did not hold the lease
+//     (0);
+//   - stalled: a timer left pending or in flight after the drain (0);
 //   - duplicates (deliveries of one occurrence after its first) are
 //     counted, with the lateness of first deliveries.
 //
