@@ -51,7 +51,8 @@ func (s *Shard) Submit(specs []Spec) *Submitted {
 	res := make([]Result, len(specs))
 	commits := make([]*store.Commit, len(specs))
 	s.mu.Lock()
-	if err := s.stopErr; err != nil {
+	clockNow := s.clock.Now()
+	if err := s.ownedLocked(clockNow); err != nil {
 		s.mu.Unlock()
 		return &Submitted{res: fillErr(res, err)}
 	}
@@ -59,7 +60,6 @@ func (s *Shard) Submit(specs []Spec) *Submitted {
 		s.mu.Unlock()
 		return &Submitted{res: fillErr(res, err)}
 	}
-	clockNow := s.clock.Now()
 	now := clockNow.UnixMilli()
 	var fresh []int // indexes of items whose writes this call makes
 	for i := range specs {
@@ -139,7 +139,8 @@ func (s *Shard) Reschedule(ctx context.Context, namespace string, moves []Move) 
 	res := make([]Result, len(moves))
 	commits := make([]*store.Commit, len(moves))
 	s.mu.Lock()
-	if err := s.stopErr; err != nil {
+	clockNow := s.clock.Now()
+	if err := s.ownedLocked(clockNow); err != nil {
 		s.mu.Unlock()
 		return fillErr(res, err)
 	}
@@ -147,7 +148,6 @@ func (s *Shard) Reschedule(ctx context.Context, namespace string, moves []Move) 
 		s.mu.Unlock()
 		return fillErr(res, err)
 	}
-	clockNow := s.clock.Now()
 	now := clockNow.UnixMilli()
 	var moved []int
 	for i := range moves {
@@ -219,7 +219,7 @@ func (s *Shard) Cancel(ctx context.Context, namespace string, ids []string) []er
 	res := make([]Result, len(ids))
 	commits := make([]*store.Commit, len(ids))
 	s.mu.Lock()
-	if err := s.stopErr; err != nil {
+	if err := s.ownedLocked(s.clock.Now()); err != nil {
 		s.mu.Unlock()
 		return errs(fillErr(res, err))
 	}
@@ -245,7 +245,7 @@ func (s *Shard) Cancel(ctx context.Context, namespace string, ids []string) []er
 func (s *Shard) Get(namespace, id string) (Timer, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.stopErr; err != nil {
+	if err := s.ownedLocked(s.clock.Now()); err != nil {
 		return Timer{}, err
 	}
 	t, err := s.lookupLocked(namespace, id)
@@ -415,11 +415,12 @@ func (s *Shard) DeadLetters(namespace, topic, after string, limit int) ([]Timer,
 // armed stays one.
 func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topic string, due time.Time, delay time.Duration) ([]Result, int, error) {
 	s.mu.Lock()
-	if err := s.stopErr; err != nil {
+	now := s.clock.Now()
+	if err := s.ownedLocked(now); err != nil {
 		s.mu.Unlock()
 		return fillErr(make([]Result, len(ids)), err), 0, err
 	}
-	at, err := s.cfg.ResolveDue(due, delay, s.clock.Now())
+	at, err := s.cfg.ResolveDue(due, delay, now)
 	if err != nil {
 		s.mu.Unlock()
 		return fillErr(make([]Result, len(ids)), err), 0, err

@@ -119,8 +119,8 @@ func TestUnarmable(t *testing.T) {
 		})
 	})
 	// The other two need the wheel to stand still while the clock moves
-	// on: a shard whose renewals fail stops firing but keeps taking
-	// calls. Only Redis's leases outlast such a jump of the test's clock.
+	// on: a shard whose renewals fail stops firing (and refuses calls).
+	// Only Redis's leases outlast such a jump of the test's clock.
 	t.Run("ack deadline", func(t *testing.T) {
 		e := newRedisEnv(t)
 		k := newSink(false)
@@ -160,6 +160,12 @@ func TestUnarmable(t *testing.T) {
 		mustState(t, s, "x", Dead, 1)
 		h.hold(true)
 		e.advance(s, 20*365*24*time.Hour)
+		// The keeper has just renewed, and the loop, not yet kicked, has
+		// not stepped: the shard takes calls again while its wheel still
+		// stands where it was.
+		s.mu.Lock()
+		s.validUntil = e.clock.Now().Add(cfg.LeaseTTL)
+		s.mu.Unlock()
 		// Within MaxHorizon of the clock, past the wheel's horizon.
 		far := 125 * 365 * 24 * time.Hour
 		// A Reschedule the wheel refuses leaves the timer armed where it

@@ -54,11 +54,30 @@ func (c *fakeClock) Advance(d time.Duration) {
 	}
 }
 
+// idle reports whether every alarm that went off has been set again or
+// stopped by its goroutine: the goroutines the clock woke are done with
+// what it woke them for (the shard's loop sets its alarm after each step,
+// the lease keeper after each renewal).
+func (c *fakeClock) idle() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, a := range c.alarms {
+		if a.fired {
+			return false
+		}
+	}
+	return true
+}
+
 type fakeAlarm struct {
 	c     *fakeClock
 	ch    chan time.Time
 	at    time.Time // guarded by c.mu
 	armed bool      // guarded by c.mu
+	// fired: the alarm went off and its goroutine has not yet set it
+	// again or stopped it, so it may still be acting on it. Guarded by
+	// c.mu.
+	fired bool
 }
 
 func (a *fakeAlarm) C() <-chan time.Time { return a.ch }
@@ -70,19 +89,19 @@ func (a *fakeAlarm) Reset(d time.Duration) {
 	case <-a.ch:
 	default:
 	}
-	a.at, a.armed = a.c.now.Add(d), true
+	a.at, a.armed, a.fired = a.c.now.Add(d), true, false
 	a.fireLocked()
 }
 
 func (a *fakeAlarm) Stop() {
 	a.c.mu.Lock()
 	defer a.c.mu.Unlock()
-	a.armed = false
+	a.armed, a.fired = false, false
 }
 
 func (a *fakeAlarm) fireLocked() {
 	if a.armed && !a.at.After(a.c.now) {
-		a.armed = false
+		a.armed, a.fired = false, true
 		select {
 		case a.ch <- a.c.now:
 		default:

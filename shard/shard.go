@@ -22,8 +22,10 @@
 //     it again.
 //   - Fenced: every write names the shard's Grant (epoch and lease token);
 //     once a newer owner has acquired the shard, writes fail with ErrFenced
-//     and the shard stops. The shard stops firing before its lease can
-//     have lapsed if it cannot renew it.
+//     and the shard stops. The shard stops firing, and answers no call,
+//     before its lease can have lapsed if it cannot renew it: an answer
+//     from memory alone (not found, a retry found done, a Get) writes
+//     nothing a fence could refuse.
 //   - Never ahead of the store for long: a write that fails definitively
 //     (fenced, or given up by the group commit while the store is down)
 //     stops the shard, whose memory already holds it; the next owner, or
@@ -143,7 +145,7 @@ type Shard struct {
 	// seq numbers the occurrences created under epoch.
 	seq uint64
 	// validUntil is when the lease may be about to lapse: nothing is
-	// dispatched at or after it. It comes from Clock.Now, so with the
+	// dispatched, and no call answered, at or after it. It comes from Clock.Now, so with the
 	// system clock it carries a monotonic reading and a step of the wall
 	// clock does not stretch it.
 	validUntil time.Time
@@ -458,6 +460,28 @@ func (s *Shard) releaseLease() {
 	if err := s.st.Release(ctx, s.id, s.grant); err != nil {
 		s.log.Warn("lease release failed; it will lapse", "err", err)
 	}
+}
+
+// ownedLocked returns why the shard may not answer a call now: the error
+// that stopped it, or ErrNotOwner while its lease may have lapsed (its
+// keeper has not confirmed the lease for LeaseTTL less ClockDrift: the
+// process was paused, or the store is out of reach), until the keeper
+// renews it or finds it lost. A write the shard would make then is
+// fenced if another owner has the shard, but an answer from memory alone
+// is not: a retry found done, an id not found, a Get. Answered by an
+// owner that lost the shard while it was paused, those would tell the
+// caller what it last knew, not what is; a Cancel told "not found" for a
+// timer its new owner holds would leave it to fire. So every call waits
+// for the lease, as firing does.
+func (s *Shard) ownedLocked(now time.Time) error {
+	if s.stopErr != nil {
+		return s.stopErr
+	}
+	if !now.Before(s.validUntil) {
+		return fmt.Errorf("%w: shard %d: its lease may have lapsed (confirmed until %v, now %v)",
+			ErrNotOwner, s.id, s.validUntil.Format(time.RFC3339Nano), now.Format(time.RFC3339Nano))
+	}
+	return nil
 }
 
 // loseLocked stops the shard because it no longer owns it.

@@ -643,6 +643,14 @@ func TestFencing(t *testing.T) {
 				t.Fatalf("A's Schedule (item %d) after losing the lease = %v, want fenced", i, r.Err)
 			}
 		}
+		// A stops: fenced by its write (Redis, where A's clock has not
+		// reached a renewal), or, having refused the write because its
+		// lease may have lapsed (embedded, where the test's clock moved
+		// past it), when its keeper finds the lease gone.
+		select {
+		case <-a.Done():
+		case <-time.After(10 * time.Second):
+		}
 		if !errors.Is(a.Err(), ErrNotOwner) {
 			t.Fatalf("A still running after being fenced: %v", a.Err())
 		}
@@ -720,7 +728,18 @@ func TestStopsFiringWithoutLease(t *testing.T) {
 			k.none(t)
 			e.advance(s, cfg.LeaseTTL)
 			k.none(t)
-			mustState(t, s, "after", Pending, 0)
+			// It answers no call either until it has the lease back,
+			// and still holds the timer, pending.
+			if _, err := s.Get("ns", "after"); !errors.Is(err, ErrNotOwner) {
+				t.Fatalf("Get without the lease = %v, want ErrNotOwner", err)
+			}
+			s.mu.Lock()
+			after := s.timers[store.Key("ns", "after")]
+			pending := after != nil && after.state() == Pending
+			s.mu.Unlock()
+			if !pending {
+				t.Fatal("the timer due after the lease may have lapsed is not pending")
+			}
 		})
 	}
 }
@@ -979,5 +998,58 @@ func TestSlowLoadKeepsLease(t *testing.T) {
 	}
 	if err := s.Err(); err != nil {
 		t.Fatalf("shard stopped: %v", err)
+	}
+}
+
+// TestStaleOwnerAnswersNothing: owner A is paused past its lease (its
+// clock stands still, so its keeper renews nothing), B takes the shard,
+// cancels one timer and makes another; then A resumes and is asked
+// before its keeper has run. A call A could answer from its memory
+// alone writes nothing the fence could refuse, so A must refuse every
+// call while its lease may have lapsed rather than answer from what it
+// last knew: a Cancel told "not found" for a timer B holds would leave
+// it to fire.
+func TestStaleOwnerAnswersNothing(t *testing.T) {
+	x := spec("x", time.Hour)
+	x.Due, x.Delay, x.Req = time.Date(2026, 1, 1, 1, 0, 0, 0, time.UTC), 0, 7
+	tests := []struct {
+		name string
+		call func(a *Shard) error
+	}{
+		{"Cancel of a timer B made", func(a *Shard) error { return a.Cancel(ctx, "ns", []string{"y"})[0] }},
+		{"Get of a timer B cancelled", func(a *Shard) error { _, err := a.Get("ns", "x"); return err }},
+		{"retried Schedule of a timer B cancelled", func(a *Shard) error { return a.Schedule(ctx, []Spec{x})[0].Err }},
+		{"Reschedule of a timer B made", func(a *Shard) error {
+			return a.Reschedule(ctx, "ns", []Move{{ID: "y", Delay: time.Minute}})[0].Err
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEmbeddedEnv(t) // its leases follow e.clock
+			cfg := e.config(1, "a", newSink(true))
+			cfg.LeaseTTL = 2 * time.Second
+			clockA := newFakeClock() // A's own clock, which stands still while A is paused
+			cfg.Clock = clockA
+			a := e.openConfig(t, cfg)
+			mustSchedule(t, a, x)
+
+			e.clock.Advance(cfg.LeaseTTL + time.Second) // A's lease lapses in the store
+			cfgB := cfg
+			cfgB.Owner, cfgB.Clock = "b", e.clock
+			b := e.openConfig(t, cfgB)
+			mustSchedule(t, b, spec("y", time.Hour))
+			if err := b.Cancel(ctx, "ns", []string{"x"})[0]; err != nil {
+				t.Fatalf("B's Cancel: %v", err)
+			}
+
+			// A resumes: its clock jumps to the true time, and the call
+			// comes before its alarms (and so its keeper) have run.
+			clockA.mu.Lock()
+			clockA.now = e.clock.Now()
+			clockA.mu.Unlock()
+			if err := tt.call(a); !errors.Is(err, ErrNotOwner) {
+				t.Fatalf("A's answer after its lease lapsed = %v, want ErrNotOwner", err)
+			}
+		})
 	}
 }
