@@ -20,6 +20,9 @@ import (
 // loadConfig shapes the timers a run schedules and how.
 type loadConfig struct {
 	timers int
+	// idPrefix starts every timer id (and batch request id), so that the
+	// loads of one run never share one; "t" when empty.
+	idPrefix string
 	// The due times are spread uniformly over [firstDue, firstDue+spread)
 	// after the start of the run, to the millisecond.
 	firstDue, spread time.Duration
@@ -52,10 +55,11 @@ type batchPlan struct {
 
 // planLoad draws the timers and batches of a run from rng.
 func planLoad(rng *rand.Rand, cfg loadConfig, nodes int) []batchPlan {
+	prefix := cmp.Or(cfg.idPrefix, "t")
 	timers := make([]timerPlan, cfg.timers)
 	for i := range timers {
 		timers[i] = timerPlan{
-			id:  fmt.Sprintf("t%06d", i),
+			id:  fmt.Sprintf("%s%06d", prefix, i),
 			due: cfg.firstDue + time.Duration(rng.Int64N(cfg.spread.Milliseconds()))*time.Millisecond,
 		}
 	}
@@ -163,7 +167,7 @@ func (l *loader) due(t timerPlan) time.Time { return l.start.Add(t.due) }
 // outcome.
 func (l *loader) send(ctx context.Context, b batchPlan) {
 	rng := rand.New(rand.NewPCG(l.seed, uint64(b.index)))
-	reqID := fmt.Sprintf("chaos-%d-%d", l.seed, b.index)
+	reqID := fmt.Sprintf("chaos-%s-%d-%d", cmp.Or(l.cfg.idPrefix, "t"), l.seed, b.index)
 	l.res.mu.Lock()
 	for _, t := range b.timers {
 		l.res.attempted[t.id] = l.due(t)
