@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -37,13 +38,18 @@ import (
 // occurrence (one delivery id) however often it is delivered.
 const (
 	// raceTimers timers are cancelled, and raceMoves rescheduled, at their
-	// due time plus an offset drawn from ±raceSkew, to the millisecond;
-	// their due times fall in raceWindow, raceFirstDue into the run.
-	raceTimers   = 2000
-	raceMoves    = 1000
-	raceSkew     = 25 * time.Millisecond
+	// due time plus an offset drawn from [-raceEarly, raceLate], to the
+	// millisecond; their due times fall in raceWindow, raceFirstDue into
+	// the run. The offsets lean early: a call is answered a few
+	// milliseconds after it is sent, and on a loaded machine its sender
+	// wakes late, so that the answers still fall on both sides of the due
+	// time.
+	raceTimers   = 1500
+	raceMoves    = 750
+	raceEarly    = 80 * time.Millisecond
+	raceLate     = 40 * time.Millisecond
 	raceFirstDue = 3 * time.Second
-	raceWindow   = time.Second
+	raceWindow   = 2 * time.Second
 	// A rescheduled timer moves raceMoveBy later.
 	raceMoveBy = 1500 * time.Millisecond
 	// retryTimers timers are scheduled by the retrying client, due
@@ -52,10 +58,16 @@ const (
 	// retryLate after its due time.
 	retryTimers   = 600
 	retryCopies   = 3
-	retryFirstDue = 5 * time.Second
+	retryFirstDue = 6 * time.Second
 	retryLate     = time.Second
+	retryLead     = 3 * time.Second
 	// raceCallTimeout bounds every Cancel, Reschedule and retry call.
 	raceCallTimeout = 5 * time.Second
+	// A forgetful subscriber process takes up to forgetCredit deliveries
+	// and acks none; each comes again forgetAckTimeout later, on another
+	// stream, unless a Cancel or a Reschedule took its timer.
+	forgetCredit     = 200
+	forgetAckTimeout = time.Second
 )
 
 // TestCancelRace runs the cancel-race scenario.
@@ -76,6 +88,7 @@ func cancelRace(t *testing.T, e *scenarioEnv) {
 	ctx := e.ctx
 	subs := subscribe(namespace, topic, maxInFlight, ackTimeout, e.conns)
 	t.Cleanup(subs.stop)
+	forgetful := startSubscriberProcess(t, e.nodes[e.rng.IntN(len(e.nodes))].grpcAddr, namespace, topic, forgetCredit, forgetAckTimeout, fromProcess)
 	runStart := time.Now().Add(200 * time.Millisecond).Truncate(time.Millisecond)
 
 	// The timers to cancel and to move, scheduled 2s to 2.5s ahead.
@@ -98,7 +111,7 @@ func cancelRace(t *testing.T, e *scenarioEnv) {
 	race := func(batches []batchPlan, l *loader, move bool) {
 		for _, b := range batches {
 			for _, tp := range b.timers {
-				skew := time.Duration(e.rng.Int64N(int64(2*raceSkew/time.Millisecond)+1))*time.Millisecond - raceSkew
+				skew := time.Duration(e.rng.Int64N(int64((raceEarly+raceLate)/time.Millisecond)+1))*time.Millisecond - raceEarly
 				node := e.rng.IntN(len(e.conns))
 				due := l.due(tp)
 				wg.Go(func() {
@@ -127,8 +140,8 @@ func cancelRace(t *testing.T, e *scenarioEnv) {
 	// The retrying client.
 	rc := newRetryClient(e, runStart)
 	wg.Go(func() { rc.run(ctx) })
-	t.Logf("run started: %d timers cancelled and %d moved within ±%v of their due times over %v; %d timers scheduled %d times at once by a retrying client",
-		raceTimers, raceMoves, raceSkew, raceWindow, retryTimers, retryCopies)
+	t.Logf("run started: %d timers cancelled and %d moved from %v before to %v after their due times over %v; %d timers scheduled %d times at once by a retrying client",
+		raceTimers, raceMoves, raceEarly, raceLate, raceWindow, retryTimers, retryCopies)
 	wg.Wait()
 	if ctx.Err() != nil {
 		t.Fatalf("the run did not end within %v", runTimeout)
@@ -167,8 +180,9 @@ func cancelRace(t *testing.T, e *scenarioEnv) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	time.Sleep(settleFor)
+	forgetful.kill9()
 	subs.stop()
-	got := subs.deliveries()
+	got := append(subs.deliveries(), forgetful.deliveries()...)
 
 	// The rescheduled timers are judged apart: a delivery of one may
 	// carry its old or its new due time.
@@ -201,20 +215,22 @@ func cancelRace(t *testing.T, e *scenarioEnv) {
 	v.Corrupt += mv.corrupt
 	v.Problems = append(v.Problems, cs.problems...)
 	v.Problems = append(v.Problems, mv.problems...)
-	v.Problems = append(v.Problems, liveTwice(got)...)
 	rc.mu.Lock()
+	twice, recreated := liveTwice(got, rc.recreatable)
+	v.Problems = append(v.Problems, twice...)
 	v.Problems = append(v.Problems, rc.problems...)
 	cut, calls := rc.cut, rc.calls
 	rc.mu.Unlock()
 	v.Pass = v.Pass && mv.lost == 0 && mv.early == 0 && mv.corrupt == 0 && len(v.Problems) == 0
 
 	figures := []string{
-		fmt.Sprintf("cancels %s: OK before due %d, OK in flight %d (of them delivered %d), NOT_FOUND %d, other %d; cancelled-fired %d, reported as both %d",
-			itoa(len(cancelOps)), cs.okBefore, cs.okInFlight, cs.okDelivered, cs.notFound, cs.other, cs.cancelledFired, cs.both),
+		fmt.Sprintf("cancels %s: OK before due %d, OK in flight %d (of them delivered %d, held unacked %d), NOT_FOUND %d, other %d; cancelled-fired %d, reported as both %d",
+			itoa(len(cancelOps)), cs.okBefore, cs.okInFlight, cs.okDelivered, cs.okHeld, cs.notFound, cs.other, cs.cancelledFired, cs.both),
 		fmt.Sprintf("reschedules %s: OK before due %d, OK in flight %d, NOT_FOUND %d, other %d; old occurrence sent after the move %d",
 			itoa(len(moveOps)), mv.okBefore, mv.okInFlight, mv.notFound, mv.other, mv.oldAfter),
-		fmt.Sprintf("retrying client: %s calls, %s cut mid-flight", itoa(calls), itoa(cut)),
-		fmt.Sprintf("cancel sent relative to due p50 %s", pct(sentSkew(cancelOps), 50)),
+		fmt.Sprintf("retrying client: %s calls, %s cut mid-flight, %d timers made again by a copy without request id that came after they fired", itoa(calls), itoa(cut), recreated),
+		fmt.Sprintf("cancels answered after the due time p10 %s p50 %s p90 %s, in p50 %s p99 %s",
+			pct(answerSkew(cancelOps), 10), pct(answerSkew(cancelOps), 50), pct(answerSkew(cancelOps), 90), pct(took(cancelOps), 50), pct(took(cancelOps), 99)),
 	}
 	reportScenario(t, "cancel-race", v, figures)
 }
@@ -246,12 +262,21 @@ func sendRaceOp(ctx context.Context, conn *grpc.ClientConn, op *raceOp) {
 	op.code, op.definite = codes.Code(results[0].GetCode()), true
 }
 
-// sentSkew returns how long after its timer's due time each op was sent
-// (negative: before).
-func sentSkew(ops []raceOp) []time.Duration {
+// answerSkew returns how long after its timer's due time each op was
+// answered (negative: before).
+func answerSkew(ops []raceOp) []time.Duration {
 	out := make([]time.Duration, len(ops))
 	for i, op := range ops {
-		out[i] = op.sent.Sub(op.due)
+		out[i] = op.answered.Sub(op.due)
+	}
+	return out
+}
+
+// took returns how long each op took to be answered.
+func took(ops []raceOp) []time.Duration {
+	out := make([]time.Duration, len(ops))
+	for i, op := range ops {
+		out[i] = op.answered.Sub(op.sent)
 	}
 	return out
 }
@@ -259,6 +284,10 @@ func sentSkew(ops []raceOp) []time.Duration {
 // cancelCheck is what the Cancels' answers and the deliveries say.
 type cancelCheck struct {
 	okBefore, okInFlight, okDelivered, notFound, other int
+	// okHeld counts the Cancels answered OK of timers a subscriber
+	// process held unacked when the Cancel was sent: without the Cancel
+	// they would be sent again.
+	okHeld int
 	// cancelledFired counts the timers whose Cancel was answered OK before
 	// their due time and that were delivered all the same; both those
 	// whose Cancel was answered OK and that were sent after the answer.
@@ -293,6 +322,9 @@ func checkCancels(ops []raceOp, scheduled *loadResult, got []delivery) cancelChe
 			c.okInFlight++
 			if len(ds) > 0 {
 				c.okDelivered++
+			}
+			if slices.ContainsFunc(ds, func(d delivery) bool { return d.node == fromProcess && d.received.Before(op.sent) }) {
+				c.okHeld++
 			}
 			for _, d := range ds {
 				if d.fired.After(op.answered) {
@@ -389,10 +421,14 @@ func checkMoves(ops []raceOp, scheduled *loadResult, got []delivery) moveCheck {
 
 // liveTwice names, as problems, the timers with more than one occurrence
 // (delivery id) among the deliveries of timers never moved: scheduled
-// once, however often the request was sent (a late copy always with its
-// request id), they are one live timer each.
-func liveTwice(got []delivery) []string {
+// once, however often the request was sent, they are one live timer each.
+// The exception is a timer recreatable after it first fired: a copy sent
+// without a request id that reached the server after the first
+// occurrence may have been acknowledged creates the timer anew, as the
+// contract says; liveTwice counts those apart.
+func liveTwice(got []delivery, recreatable map[string]time.Time) (problems []string, recreated int) {
 	occurrences := make(map[string]map[string]bool)
+	firstFired := make(map[string]time.Time)
 	for _, d := range got {
 		if d.id[0] == 'r' {
 			continue
@@ -401,14 +437,27 @@ func liveTwice(got []delivery) []string {
 			occurrences[d.id] = make(map[string]bool)
 		}
 		occurrences[d.id][d.deliveryID] = true
-	}
-	var problems []string
-	for _, id := range sortedKeys(occurrences) {
-		if n := len(occurrences[id]); n > 1 {
-			problems = append(problems, fmt.Sprintf("%s scheduled once has %d occurrences (delivery ids), two live timers", id, n))
+		if f, ok := firstFired[d.id]; !ok || d.fired.Before(f) {
+			firstFired[d.id] = d.fired
 		}
 	}
-	return problems
+	for _, id := range sortedKeys(occurrences) {
+		n := len(occurrences[id])
+		if n <= 1 {
+			continue
+		}
+		if last, ok := recreatable[id]; ok && last.After(firstFired[id]) {
+			recreated++
+			continue
+		}
+		last := "with its request id"
+		if t, ok := recreatable[id]; ok {
+			last = "last answered " + t.Format(time.StampMicro)
+		}
+		problems = append(problems, fmt.Sprintf("%s scheduled once (copies %s) has %d occurrences (delivery ids), first fired %s: more than one live timer",
+			id, last, n, firstFired[id].Format(time.StampMicro)))
+	}
+	return problems, recreated
 }
 
 // retryClient schedules retryTimers timers the way a client that retries
@@ -425,8 +474,12 @@ type retryClient struct {
 	attempted     map[string]time.Time
 	acked         map[string]time.Time
 	indeterminate map[string]string
-	problems      []string
-	calls, cut    int
+	// recreatable holds, for the timers sent without a request id, when
+	// the last answer to one of their copies came: a copy the server took
+	// after the timer fired and was acknowledged creates it anew.
+	recreatable map[string]time.Time
+	problems    []string
+	calls, cut  int
 }
 
 // retryPlan is one timer of the retrying client.
@@ -441,7 +494,7 @@ type retryPlan struct {
 
 func newRetryClient(e *scenarioEnv, start time.Time) *retryClient {
 	rc := &retryClient{e: e, start: start, attempted: make(map[string]time.Time), acked: make(map[string]time.Time),
-		indeterminate: make(map[string]string)}
+		indeterminate: make(map[string]string), recreatable: make(map[string]time.Time)}
 	for i := range retryTimers {
 		p := retryPlan{
 			id:  fmt.Sprintf("s%06d", i),
@@ -458,10 +511,10 @@ func newRetryClient(e *scenarioEnv, start time.Time) *retryClient {
 	return rc
 }
 
-// run sends every timer's copies, 2s before the first due time, and the
-// late retries after theirs.
+// run sends every timer's copies, from retryLead before the first due
+// time, and the late retries after theirs.
 func (rc *retryClient) run(ctx context.Context) {
-	if !sleepUntil(ctx, rc.start.Add(retryFirstDue-2*time.Second)) {
+	if !sleepUntil(ctx, rc.start.Add(retryFirstDue-retryLead)) {
 		return
 	}
 	var wg sync.WaitGroup
@@ -513,6 +566,9 @@ func (rc *retryClient) send(ctx context.Context, p retryPlan, node int, cut bool
 		if cut && attempt == 0 {
 			rc.cut++
 		}
+		if p.reqID == "" {
+			rc.recreatable[p.id] = later(rc.recreatable[p.id], time.Now())
+		}
 		rc.mu.Unlock()
 		code := status.Code(err)
 		if err == nil && len(resp.GetResults()) == 1 {
@@ -540,4 +596,121 @@ func (rc *retryClient) send(ctx context.Context, p retryPlan, node int, cut bool
 		rc.indeterminate[p.id] = "no answer: " + last
 	}
 	rc.mu.Unlock()
+}
+
+// TestCheckCancels checks, on made-up answers and deliveries, what counts
+// as cancelled-fired and as reported as both.
+func TestCheckCancels(t *testing.T) {
+	due := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	off := func(n int) time.Time { return due.Add(time.Duration(n) * time.Millisecond) }
+	scheduled := newLoadResult()
+	for _, id := range []string{"a", "b", "c", "d", "e", "f"} {
+		scheduled.acked[id], scheduled.ackedAt[id] = due, off(-2000)
+	}
+	op := func(id string, sent, answered int, code codes.Code) raceOp {
+		return raceOp{id: id, due: due, sent: off(sent), answered: off(answered), code: code, definite: true}
+	}
+	ops := []raceOp{
+		op("a", -20, -10, codes.OK),       // cancelled before due, delivered: cancelled-fired
+		op("b", -5, 5, codes.OK),          // in flight, sent before the answer: fine
+		op("c", 2, 6, codes.OK),           // in flight, sent again after the answer: both
+		op("d", -30, -25, codes.NotFound), // scheduled, not found before due
+		op("e", 10, 12, codes.NotFound),   // fired and acked: fine
+		{id: "f", due: due, sent: off(0), answered: off(5000), code: codes.DeadlineExceeded},
+	}
+	got := []delivery{
+		{id: "a", fired: off(0), received: off(1)},
+		{id: "b", fired: off(1), received: off(2), node: fromProcess},
+		{id: "c", fired: off(1), received: off(2), attempt: 1},
+		{id: "c", fired: off(7), received: off(8), attempt: 2},
+		{id: "e", fired: off(0), received: off(1)},
+		{id: "f", fired: off(4000), received: off(4001)},
+	}
+	c := checkCancels(ops, scheduled, got)
+	want := cancelCheck{okBefore: 1, okInFlight: 2, okDelivered: 2, okHeld: 0, notFound: 2, other: 1, cancelledFired: 1, both: 1}
+	probs := c.problems
+	c.problems = nil
+	if fmt.Sprint(c) != fmt.Sprint(want) {
+		t.Errorf("checkCancels = %+v, want %+v", c, want)
+	}
+	if len(probs) != 3 || !strings.HasPrefix(probs[0], "cancelled-fired: a ") || !strings.HasPrefix(probs[1], "reported as both: c ") ||
+		!strings.HasPrefix(probs[2], "d ") {
+		t.Errorf("problems = %q, want a cancelled-fired, c reported as both, d not found before due", probs)
+	}
+}
+
+// TestCheckMoves checks, on made-up answers and deliveries, the checks of
+// the rescheduled timers.
+func TestCheckMoves(t *testing.T) {
+	due := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	newDue := due.Add(raceMoveBy)
+	off := func(n int) time.Time { return due.Add(time.Duration(n) * time.Millisecond) }
+	scheduled := newLoadResult()
+	op := func(id string, answered int, code codes.Code) raceOp {
+		scheduled.acked[id] = due
+		return raceOp{id: id, due: due, newDue: newDue, sent: off(answered - 2), answered: off(answered), code: code, definite: true}
+	}
+	at := func(id string, due time.Time, fired, received int) delivery {
+		return delivery{id: id, due: due, fired: off(fired), received: off(received), payloadOK: true}
+	}
+	tests := []struct {
+		name string
+		op   raceOp
+		got  []delivery
+		want moveCheck // without problems
+	}{
+		{"moved before due", op("a", -5, codes.OK), []delivery{at("a", newDue, 1500, 1501)}, moveCheck{okBefore: 1}},
+		{"moved in flight", op("b", 3, codes.OK), []delivery{at("b", due, 1, 2), at("b", newDue, 1500, 1501)}, moveCheck{okInFlight: 1}},
+		{"never at the new due time", op("c", -5, codes.OK), nil, moveCheck{okBefore: 1, lost: 1}},
+		{"old occurrence after the move", op("d", 3, codes.OK), []delivery{at("d", due, 4, 5), at("d", newDue, 1500, 1501)},
+			moveCheck{okInFlight: 1, oldAfter: 1}},
+		{"early at the new due time", op("e", -5, codes.OK), []delivery{at("e", newDue, 1400, 1401)}, moveCheck{okBefore: 1, early: 1}},
+		{"another due time", op("f", -5, codes.OK), []delivery{at("f", newDue, 1500, 1501), at("f", off(700), 700, 701)},
+			moveCheck{okBefore: 1, corrupt: 1}},
+		{"not found, delivered", op("g", 5, codes.NotFound), []delivery{at("g", due, 0, 1)}, moveCheck{notFound: 1}},
+		{"not found, never delivered", op("h", 5, codes.NotFound), nil, moveCheck{notFound: 1, lost: 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := checkMoves([]raceOp{tt.op}, scheduled, tt.got)
+			bad := m.lost + m.early + m.corrupt + m.oldAfter
+			if len(m.problems) != bad {
+				t.Errorf("%d problems %q for %d failures", len(m.problems), m.problems, bad)
+			}
+			m.problems = nil
+			if fmt.Sprint(m) != fmt.Sprint(tt.want) {
+				t.Errorf("checkMoves = %+v, want %+v", m, tt.want)
+			}
+		})
+	}
+}
+
+// TestLiveTwice checks that two occurrences of one id are a problem and
+// repeated deliveries of one occurrence are not.
+func TestLiveTwice(t *testing.T) {
+	got := []delivery{
+		{id: "s1", deliveryID: "x"}, {id: "s1", deliveryID: "x"}, // one occurrence, twice
+		{id: "s2", deliveryID: "y"}, {id: "s2", deliveryID: "z"}, // two live timers
+		{id: "r1", deliveryID: "u"}, {id: "r1", deliveryID: "v"}, // moved: a new occurrence
+	}
+	if p, _ := liveTwice(got, nil); len(p) != 1 || !strings.HasPrefix(p[0], "s2 ") {
+		t.Errorf("liveTwice = %q, want s2 alone", p)
+	}
+	fired := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for i := range got {
+		got[i].fired = fired
+	}
+	for _, tt := range []struct {
+		name        string
+		lastAnswer  time.Time
+		wantProblem bool
+	}{
+		{"copies all answered before it fired", fired.Add(-time.Millisecond), true},
+		{"a copy answered after it fired", fired.Add(time.Millisecond), false},
+	} {
+		p, recreated := liveTwice(got, map[string]time.Time{"s2": tt.lastAnswer})
+		if (len(p) == 1) != tt.wantProblem || (recreated == 1) == tt.wantProblem {
+			t.Errorf("%s: liveTwice = %q, %d recreated, want a problem: %v", tt.name, p, recreated, tt.wantProblem)
+		}
+	}
 }

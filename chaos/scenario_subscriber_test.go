@@ -73,11 +73,12 @@ var subscriberLoad = loadConfig{
 	concurrency: 16,
 }
 
-// Deliveries received by the killed process and by the slow subscriber are
-// recorded under these node indexes, below the healthy streams' 0..n-1.
+// Deliveries received by a subscriber process and by the slow subscriber
+// are recorded under these node indexes, below the healthy streams'
+// 0..n-1.
 const (
-	fromKilled = -1
-	fromSlow   = -2
+	fromProcess = -1
+	fromSlow    = -2
 )
 
 // TestSubscriberFaults runs the subscriber-faults scenario.
@@ -93,7 +94,7 @@ func subscriberFaults(t *testing.T, e *scenarioEnv) {
 
 	healthy := subscribe(namespace, topic, maxInFlight, ackTimeout, e.conns)
 	t.Cleanup(healthy.stop)
-	killed := startSubscriberProcess(t, e.nodes[killedNode].grpcAddr, namespace, topic, killedCredit, killedAckTimeout, fromKilled)
+	killed := startSubscriberProcess(t, e.nodes[killedNode].grpcAddr, namespace, topic, killedCredit, killedAckTimeout, fromProcess)
 	slowCtx, stopSlow := context.WithCancel(ctx)
 	defer stopSlow()
 	slow := &slowSubscriber{}
@@ -216,7 +217,7 @@ func heldNotRedelivered(held []delivery, kill time.Time, got []delivery) []deliv
 func redeliveries(kill time.Time, got []delivery) map[string]delivery {
 	again := make(map[string]delivery)
 	for _, d := range got {
-		if d.node == fromKilled || d.received.Before(kill) {
+		if d.node == fromProcess || d.received.Before(kill) {
 			continue
 		}
 		if a, ok := again[d.deliveryID]; !ok || d.attempt > a.attempt {
@@ -231,7 +232,7 @@ func redeliveries(kill time.Time, got []delivery) map[string]delivery {
 func redeliveryDelays(held []delivery, kill time.Time, got []delivery) []time.Duration {
 	first := make(map[string]time.Time)
 	for _, d := range got {
-		if d.node == fromKilled || d.received.Before(kill) {
+		if d.node == fromProcess || d.received.Before(kill) {
 			continue
 		}
 		if t, ok := first[d.deliveryID]; !ok || d.received.Before(t) {
@@ -461,4 +462,48 @@ func (p *prober) result() ([]time.Duration, []string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.took, p.stalled
+}
+
+// TestHeldNotRedelivered checks, on made-up deliveries, which deliveries a
+// killed subscriber held count as never delivered again.
+func TestHeldNotRedelivered(t *testing.T) {
+	kill := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	at := func(s float64) time.Time { return kill.Add(time.Duration(s * float64(time.Second))) }
+	held := []delivery{
+		{id: "a", deliveryID: "da", attempt: 1, node: fromProcess, received: at(-1)},
+		{id: "b", deliveryID: "db", attempt: 2, node: fromProcess, received: at(-1)},
+	}
+	tests := []struct {
+		name  string
+		again []delivery
+		want  []string // ids not delivered again
+	}{
+		{"both again with a higher attempt", []delivery{
+			{id: "a", deliveryID: "da", attempt: 2, node: 0, received: at(0.1)},
+			{id: "b", deliveryID: "db", attempt: 3, node: fromSlow, received: at(0.2)},
+		}, nil},
+		{"the same attempt again", []delivery{
+			{id: "a", deliveryID: "da", attempt: 1, node: 1, received: at(0.1)},
+			{id: "b", deliveryID: "db", attempt: 3, node: 0, received: at(0.2)},
+		}, []string{"a"}},
+		{"another delivery id", []delivery{
+			{id: "a", deliveryID: "da2", attempt: 2, node: 1, received: at(0.1)},
+			{id: "b", deliveryID: "db", attempt: 3, node: 0, received: at(0.2)},
+		}, []string{"a"}},
+		{"before the kill, or to the killed process", []delivery{
+			{id: "a", deliveryID: "da", attempt: 2, node: 1, received: at(-0.5)},
+			{id: "b", deliveryID: "db", attempt: 3, node: fromProcess, received: at(0.2)},
+		}, []string{"a", "b"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var ids []string
+			for _, d := range heldNotRedelivered(held, kill, slices.Concat(held, tt.again)) {
+				ids = append(ids, d.id)
+			}
+			if !slices.Equal(ids, tt.want) {
+				t.Errorf("not delivered again: %v, want %v", ids, tt.want)
+			}
+		})
+	}
 }
