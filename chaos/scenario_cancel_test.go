@@ -3,7 +3,6 @@ package chaos
 import (
 	"context"
 	"fmt"
-	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -70,12 +69,18 @@ const (
 	forgetAckTimeout = time.Second
 )
 
-// TestCancelRace runs the cancel-race scenario.
-func TestCancelRace(t *testing.T) {
-	runScenario(t, "TestCancelRace", cancelRace)
+func init() {
+	register(scenario{
+		name: "cancel-race",
+		about: "Cancel and Reschedule sent at their timer's due instant, give or take a few milliseconds, and a client that sends each " +
+			"Schedule several times at once and again after cutting it: no timer is cancelled and then sent, a moved timer's old " +
+			"occurrence is not sent after the move, and every id scheduled once is one live timer",
+		run: cancelRace,
+	})
 }
 
-// raceOp is one Cancel or Reschedule and its answer.
+// raceOp is one Cancel or Reschedule of a timer due at due, and its
+// answer.
 type raceOp struct {
 	id             string
 	due, newDue    time.Time // newDue: a Reschedule's
@@ -84,190 +89,159 @@ type raceOp struct {
 	definite       bool       // an item answer, not a failed call
 }
 
-func cancelRace(t *testing.T, e *scenarioEnv) {
-	ctx := e.ctx
-	subs := subscribe(namespace, topic, maxInFlight, ackTimeout, e.conns)
-	t.Cleanup(subs.stop)
-	forgetful := startSubscriberProcess(t, e.nodes[e.rng.IntN(len(e.nodes))].grpcAddr, namespace, topic, forgetCredit, forgetAckTimeout, fromProcess)
-	runStart := time.Now().Add(200 * time.Millisecond).Truncate(time.Millisecond)
-
-	// The timers to cancel and to move, scheduled 2s to 2.5s ahead.
-	cfg := func(prefix string, n int) loadConfig {
-		return loadConfig{timers: n, idPrefix: prefix, firstDue: raceFirstDue, spread: raceWindow, minBatch: 100, maxBatch: 500,
-			leadMin: 2 * time.Second, leadMax: 2500 * time.Millisecond, retryFor: 2 * time.Second, callTimeout: time.Second, concurrency: 8}
+// ledgerOp is o as the ledger records it.
+func (o raceOp) ledgerOp() op {
+	l := op{kind: opCancel, id: o.id, sent: o.sent, answered: o.answered, code: o.code, outcome: callOutcome(o.code)}
+	if o.definite {
+		l.outcome = itemOutcome(o.code)
 	}
-	cancels, moves := cfg("c", raceTimers), cfg("r", raceMoves)
-	cancelLoad := newLoader(cancels, e.seed, namespace, topic, e.conns, runStart)
-	moveLoad := newLoader(moves, e.seed, namespace, topic, e.conns, runStart)
-	cancelBatches, moveBatches := planLoad(e.rng, cancels, len(e.conns)), planLoad(e.rng, moves, len(e.conns))
-	var wg sync.WaitGroup
-	wg.Go(func() { cancelLoad.run(ctx, cancelBatches) })
-	wg.Go(func() { moveLoad.run(ctx, moveBatches) })
-
-	// The races, each at its timer's due time plus a seeded offset, on a
-	// seeded node.
-	var mu sync.Mutex
-	var cancelOps, moveOps []raceOp
-	race := func(batches []batchPlan, l *loader, move bool) {
-		for _, b := range batches {
-			for _, tp := range b.timers {
-				skew := time.Duration(e.rng.Int64N(int64((raceEarly+raceLate)/time.Millisecond)+1))*time.Millisecond - raceEarly
-				node := e.rng.IntN(len(e.conns))
-				due := l.due(tp)
-				wg.Go(func() {
-					if !sleepUntil(ctx, due.Add(skew)) {
-						return
-					}
-					op := raceOp{id: tp.id, due: due}
-					if move {
-						op.newDue = due.Add(raceMoveBy)
-					}
-					sendRaceOp(ctx, e.conns[node], &op)
-					mu.Lock()
-					defer mu.Unlock()
-					if move {
-						moveOps = append(moveOps, op)
-					} else {
-						cancelOps = append(cancelOps, op)
-					}
-				})
-			}
-		}
+	if !o.newDue.IsZero() {
+		l.kind, l.due = opReschedule, o.newDue
 	}
-	race(cancelBatches, cancelLoad, false)
-	race(moveBatches, moveLoad, true)
-
-	// The retrying client.
-	rc := newRetryClient(e, runStart)
-	wg.Go(func() { rc.run(ctx) })
-	t.Logf("run started: %d timers cancelled and %d moved from %v before to %v after their due times over %v; %d timers scheduled %d times at once by a retrying client",
-		raceTimers, raceMoves, raceEarly, raceLate, raceWindow, retryTimers, retryCopies)
-	wg.Wait()
-	if ctx.Err() != nil {
-		t.Fatalf("the run did not end within %v", runTimeout)
-	}
-
-	// Every timer that must be delivered: the acknowledged timers of the
-	// retrying client, those a Cancel found gone (NOT_FOUND), and the new
-	// due times of those a Reschedule moved.
-	rc.mu.Lock()
-	expect := maps.Clone(rc.acked)
-	attempted := maps.Clone(rc.attempted)
-	indeterminate := maps.Clone(rc.indeterminate)
-	rc.mu.Unlock()
-	for _, l := range []*loader{cancelLoad, moveLoad} {
-		l.res.mu.Lock()
-		maps.Copy(attempted, l.res.attempted)
-		maps.Copy(indeterminate, l.res.indeterminate)
-		l.res.mu.Unlock()
-	}
-	cancelLoad.res.mu.Lock()
-	for _, op := range cancelOps {
-		if _, ok := cancelLoad.res.acked[op.id]; ok && op.definite && op.code == codes.NotFound {
-			expect[op.id] = op.due
-		}
-	}
-	cancelLoad.res.mu.Unlock()
-	moveLoad.res.mu.Lock()
-	for _, op := range moveOps {
-		if _, ok := moveLoad.res.acked[op.id]; ok && op.definite && op.code == codes.OK {
-			expect[op.id] = op.newDue
-		}
-	}
-	moveLoad.res.mu.Unlock()
-	deadline := runStart.Add(retryFirstDue + raceWindow + retryLate).Add(drainFor)
-	for time.Now().Before(deadline) && missing(expect, subs.deliveries()) > 0 {
-		time.Sleep(200 * time.Millisecond)
-	}
-	time.Sleep(settleFor)
-	forgetful.kill9()
-	subs.stop()
-	got := append(subs.deliveries(), forgetful.deliveries()...)
-
-	// The rescheduled timers are judged apart: a delivery of one may
-	// carry its old or its new due time.
-	var plain, moved []delivery
-	for _, d := range got {
-		if d.id[0] == 'r' {
-			moved = append(moved, d)
-		} else {
-			plain = append(plain, d)
-		}
-	}
-	plainExpect := make(map[string]time.Time)
-	for id, due := range expect {
-		if id[0] != 'r' {
-			plainExpect[id] = due
-		}
-	}
-	for id := range attempted {
-		if id[0] == 'r' {
-			delete(attempted, id)
-		}
-	}
-	v := judge(attempted, plainExpect, indeterminate, plain)
-	v.Seed = e.seed
-	v.Problems = append(v.Problems, e.exitedUnasked()...)
-	cs := checkCancels(cancelOps, cancelLoad.res, got)
-	mv := checkMoves(moveOps, moveLoad.res, moved)
-	v.Lost += mv.lost
-	v.Early += mv.early
-	v.Corrupt += mv.corrupt
-	v.Problems = append(v.Problems, cs.problems...)
-	v.Problems = append(v.Problems, mv.problems...)
-	rc.mu.Lock()
-	twice, recreated := liveTwice(got, rc.recreatable)
-	v.Problems = append(v.Problems, twice...)
-	v.Problems = append(v.Problems, rc.problems...)
-	cut, calls := rc.cut, rc.calls
-	rc.mu.Unlock()
-	v.Pass = v.Pass && mv.lost == 0 && mv.early == 0 && mv.corrupt == 0 && len(v.Problems) == 0
-
-	figures := []string{
-		fmt.Sprintf("cancels %s: OK before due %d, OK in flight %d (of them delivered %d, held unacked %d), NOT_FOUND %d, other %d; cancelled-fired %d, reported as both %d",
-			itoa(len(cancelOps)), cs.okBefore, cs.okInFlight, cs.okDelivered, cs.okHeld, cs.notFound, cs.other, cs.cancelledFired, cs.both),
-		fmt.Sprintf("reschedules %s: OK before due %d, OK in flight %d, NOT_FOUND %d, other %d; old occurrence sent after the move %d",
-			itoa(len(moveOps)), mv.okBefore, mv.okInFlight, mv.notFound, mv.other, mv.oldAfter),
-		fmt.Sprintf("retrying client: %s calls, %s cut mid-flight, %d timers made again by a copy without request id that came after they fired", itoa(calls), itoa(cut), recreated),
-		fmt.Sprintf("cancels answered after the due time p10 %s p50 %s p90 %s, in p50 %s p99 %s",
-			pct(answerSkew(cancelOps), 10), pct(answerSkew(cancelOps), 50), pct(answerSkew(cancelOps), 90), pct(took(cancelOps), 50), pct(took(cancelOps), 99)),
-	}
-	reportScenario(t, "cancel-race", v, figures)
+	return l
 }
 
-// sendRaceOp sends op's Cancel (or Reschedule, when it has a new due time)
+func cancelRace(t *testing.T, r *run) {
+	c := startCluster(r, clusterOptions{})
+	subscribe(r, c, subscribeConfig{})
+	forgetful := startSubscriberProcess(r, c, r.rng.IntN(c.size()), forgetCredit, forgetAckTimeout)
+
+	// The timers to cancel and to move, scheduled 2s to 2.5s ahead.
+	w := newWorkload(r, c, workloadConfig{Timers: raceTimers + raceMoves, FirstDue: raceFirstDue, Spread: raceWindow,
+		LeadMin: 2 * time.Second, LeadMax: 2500 * time.Millisecond, RetryFor: 2 * time.Second, CallTimeout: time.Second, Concurrency: 8})
+	start := w.begin()
+
+	// The races, each at its timer's due time plus a seeded offset, on a
+	// seeded node; a seeded raceMoves of the timers are moved, the others
+	// cancelled.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var cancels, moves []raceOp
+	moved := make(map[string]bool)
+	for _, b := range w.batches {
+		for _, tp := range b.timers {
+			move := r.rng.IntN(raceTimers+raceMoves) < raceMoves
+			skew := time.Duration(r.rng.Int64N(int64((raceEarly+raceLate)/time.Millisecond)+1))*time.Millisecond - raceEarly
+			conn := c.conn(r.rng.IntN(c.size()))
+			o := raceOp{id: tp.id, due: w.due(tp)}
+			if move {
+				o.newDue = o.due.Add(raceMoveBy)
+				moved[o.id] = true
+			}
+			wg.Go(func() {
+				if !sleepUntil(r.ctx, o.due.Add(skew)) {
+					return
+				}
+				sendRaceOp(r.ctx, conn, &o)
+				r.ledger.record(o.ledgerOp())
+				mu.Lock()
+				defer mu.Unlock()
+				if move {
+					moves = append(moves, o)
+				} else {
+					cancels = append(cancels, o)
+				}
+			})
+		}
+	}
+	rc := newRetryClient(r, c, start)
+	wg.Go(func() { rc.run(r.ctx) })
+	r.logf("%d timers cancelled and %d moved from %v before to %v after their due times over %v; %d timers scheduled %d times at once by a retrying client",
+		raceTimers, raceMoves, raceEarly, raceLate, raceWindow, retryTimers, retryCopies)
+	wg.Wait()
+	if !w.wait() || r.ctx.Err() != nil {
+		t.Fatalf("the run did not end within its bound")
+	}
+	r.drain(start.Add(retryFirstDue+raceWindow+retryLate), 40*time.Second)
+	forgetful.kill9()
+
+	v := r.judge()
+	ops, got := r.ledger.snapshot()
+	acked := scheduledAt(ops)
+	held := make(map[string]time.Time)
+	for _, d := range forgetful.deliveries() {
+		if t, ok := held[d.id]; !ok || d.received.Before(t) {
+			held[d.id] = d.received
+		}
+	}
+	cs := checkCancels(cancels, acked, got, held)
+	mv := checkMoves(moves, acked, got)
+	rc.mu.Lock()
+	twice, recreated := liveTwice(got, moved, rc.recreatable)
+	retryProblems, calls, cut := rc.problems, rc.calls, rc.cut
+	rc.mu.Unlock()
+	for _, p := range slices.Concat(cs.problems, mv.problems, twice, retryProblems) {
+		v.problem("%s", p)
+	}
+	v.figure("cancels", len(cancels))
+	v.figure("cancel_ok_before_due", cs.okBefore)
+	v.figure("cancel_ok_in_flight", cs.okInFlight)
+	v.figure("cancel_ok_in_flight_delivered", cs.okDelivered)
+	v.figure("cancel_ok_held_unacked", cs.okHeld)
+	v.figure("cancel_not_found", cs.notFound)
+	v.figure("cancel_other", cs.other)
+	v.figure("reported_as_both", cs.both)
+	v.figure("reschedules", len(moves))
+	v.figure("reschedule_ok_before_due", mv.okBefore)
+	v.figure("reschedule_ok_in_flight", mv.okInFlight)
+	v.figure("reschedule_not_found", mv.notFound)
+	v.figure("old_occurrence_after_move", mv.oldAfter)
+	v.figure("retry_calls", calls)
+	v.figure("retry_calls_cut", cut)
+	v.figure("recreated_by_late_copy", recreated)
+	v.figure("cancel_answered_after_due_p10", pctOf(answerSkew(cancels), 10))
+	v.figure("cancel_answered_after_due_p50", pctOf(answerSkew(cancels), 50))
+	v.figure("cancel_answered_after_due_p90", pctOf(answerSkew(cancels), 90))
+	v.figure("cancel_took_p99", pctOf(took(cancels), 99))
+	c.check(v)
+	w.check(v)
+}
+
+// scheduledAt returns, for every timer with a Schedule answered OK in
+// ops, when the first was answered.
+func scheduledAt(ops []op) map[string]time.Time {
+	at := make(map[string]time.Time)
+	for _, o := range ops {
+		if _, ok := at[o.id]; !ok && o.kind == opSchedule && o.outcome == outcomeOK {
+			at[o.id] = o.answered
+		}
+	}
+	return at
+}
+
+// sendRaceOp sends o's Cancel (or Reschedule, when it has a new due time)
 // of one timer and records its answer.
-func sendRaceOp(ctx context.Context, conn *grpc.ClientConn, op *raceOp) {
+func sendRaceOp(ctx context.Context, conn *grpc.ClientConn, o *raceOp) {
 	tc := pb.NewTimerServiceClient(conn)
 	cctx, cancel := context.WithTimeout(ctx, raceCallTimeout)
 	defer cancel()
-	op.sent = time.Now()
+	o.sent = time.Now()
 	var results []*pb.ItemResult
 	var err error
-	if op.newDue.IsZero() {
+	if o.newDue.IsZero() {
 		var resp *pb.CancelResponse
-		resp, err = tc.Cancel(cctx, &pb.CancelRequest{Namespace: namespace, Ids: []string{op.id}})
+		resp, err = tc.Cancel(cctx, &pb.CancelRequest{Namespace: namespace, Ids: []string{o.id}})
 		results = resp.GetResults()
 	} else {
 		var resp *pb.RescheduleResponse
-		resp, err = tc.Reschedule(cctx, &pb.RescheduleRequest{Namespace: namespace, RequestId: "move-" + op.id,
-			Items: []*pb.RescheduleItem{{Id: op.id, When: &pb.RescheduleItem_DueTime{DueTime: timestamppb.New(op.newDue)}}}})
+		resp, err = tc.Reschedule(cctx, &pb.RescheduleRequest{Namespace: namespace, RequestId: "move-" + o.id,
+			Items: []*pb.RescheduleItem{{Id: o.id, When: &pb.RescheduleItem_DueTime{DueTime: timestamppb.New(o.newDue)}}}})
 		results = resp.GetResults()
 	}
-	op.answered = time.Now()
+	o.answered = time.Now()
 	if err != nil || len(results) != 1 {
-		op.code = status.Code(err)
+		o.code = status.Code(err)
 		return
 	}
-	op.code, op.definite = codes.Code(results[0].GetCode()), true
+	o.code, o.definite = codes.Code(results[0].GetCode()), true
 }
 
 // answerSkew returns how long after its timer's due time each op was
 // answered (negative: before).
 func answerSkew(ops []raceOp) []time.Duration {
 	out := make([]time.Duration, len(ops))
-	for i, op := range ops {
-		out[i] = op.answered.Sub(op.due)
+	for i, o := range ops {
+		out[i] = o.answered.Sub(o.due)
 	}
 	return out
 }
@@ -275,144 +249,123 @@ func answerSkew(ops []raceOp) []time.Duration {
 // took returns how long each op took to be answered.
 func took(ops []raceOp) []time.Duration {
 	out := make([]time.Duration, len(ops))
-	for i, op := range ops {
-		out[i] = op.answered.Sub(op.sent)
+	for i, o := range ops {
+		out[i] = o.answered.Sub(o.sent)
 	}
 	return out
 }
 
-// cancelCheck is what the Cancels' answers and the deliveries say.
+// cancelCheck is what the Cancels' answers and the deliveries say, beside
+// the verdict's cancelled-fired (a Cancel answered OK before the due time,
+// and a delivery after it).
 type cancelCheck struct {
 	okBefore, okInFlight, okDelivered, notFound, other int
 	// okHeld counts the Cancels answered OK of timers a subscriber
 	// process held unacked when the Cancel was sent: without the Cancel
 	// they would be sent again.
 	okHeld int
-	// cancelledFired counts the timers whose Cancel was answered OK before
-	// their due time and that were delivered all the same; both those
-	// whose Cancel was answered OK and that were sent after the answer.
-	cancelledFired, both int
-	problems             []string
+	// both counts the timers whose Cancel was answered OK at or after
+	// their due time and that were sent (fired) after the answer:
+	// reported as both cancelled and delivered.
+	both     int
+	problems []string
 }
 
-// checkCancels checks every Cancel against the deliveries.
-func checkCancels(ops []raceOp, scheduled *loadResult, got []delivery) cancelCheck {
+// checkCancels checks every Cancel against the deliveries; acked holds
+// when each timer's Schedule was first answered OK, held when a
+// subscriber process that never acks first received it.
+func checkCancels(ops []raceOp, acked map[string]time.Time, got []delivery, held map[string]time.Time) cancelCheck {
 	var c cancelCheck
 	byID := make(map[string][]delivery)
 	for _, d := range got {
 		byID[d.id] = append(byID[d.id], d)
 	}
-	scheduled.mu.Lock()
-	defer scheduled.mu.Unlock()
-	for _, op := range ops {
-		_, acked := scheduled.acked[op.id]
-		ackedAt := scheduled.ackedAt[op.id]
-		ds := byID[op.id]
+	for _, o := range ops {
+		ds := byID[o.id]
 		switch {
-		case !op.definite || (op.code != codes.OK && op.code != codes.NotFound):
+		case !o.definite || (o.code != codes.OK && o.code != codes.NotFound):
 			c.other++
-		case op.code == codes.OK && op.answered.Before(op.due):
-			c.okBefore++
-			if len(ds) > 0 {
-				c.cancelledFired++
-				c.problems = append(c.problems, fmt.Sprintf("cancelled-fired: %s (due %s) cancelled OK %v before its due time, delivered %d times",
-					op.id, op.due.Format(time.StampMilli), op.due.Sub(op.answered), len(ds)))
-			}
-		case op.code == codes.OK:
-			c.okInFlight++
+		case o.code == codes.OK:
 			if len(ds) > 0 {
 				c.okDelivered++
 			}
-			if slices.ContainsFunc(ds, func(d delivery) bool { return d.node == fromProcess && d.received.Before(op.sent) }) {
+			if o.answered.Before(o.due) {
+				c.okBefore++ // a delivery is the verdict's cancelled-fired
+				continue
+			}
+			c.okInFlight++
+			if t, ok := held[o.id]; ok && t.Before(o.sent) {
 				c.okHeld++
 			}
 			for _, d := range ds {
-				if d.fired.After(op.answered) {
+				if d.fired.After(o.answered) {
 					c.both++
 					c.problems = append(c.problems, fmt.Sprintf("reported as both: %s cancelled OK at %s, then sent at %s (attempt %d)",
-						op.id, op.answered.Format(time.StampMicro), d.fired.Format(time.StampMicro), d.attempt))
+						o.id, o.answered.Format(time.StampMicro), d.fired.Format(time.StampMicro), d.attempt))
 					break
 				}
 			}
 		default: // NOT_FOUND
 			c.notFound++
-			if acked && ackedAt.Before(op.sent) && op.answered.Before(op.due) {
+			if at, ok := acked[o.id]; ok && at.Before(o.sent) && o.answered.Before(o.due) {
 				c.problems = append(c.problems, fmt.Sprintf("%s (due %s, scheduled OK before the Cancel was sent) answered NOT_FOUND before its due time",
-					op.id, op.due.Format(time.StampMilli)))
+					o.id, o.due.Format(time.StampMilli)))
 			}
 		}
 	}
 	return c
 }
 
-// moveCheck is what the Reschedules' answers and the deliveries say.
+// moveCheck is what the Reschedules' answers and the deliveries say,
+// beside the verdict's early and corrupt.
 type moveCheck struct {
 	okBefore, okInFlight, notFound, other int
-	// lost: moved (OK) and never delivered at the new due time, or found
-	// gone (NOT_FOUND) and never delivered; early: received before the
-	// due time it carries; corrupt: carrying neither due time, or a
-	// payload other than the scheduled one; oldAfter: the old occurrence
-	// sent after the move was answered OK.
-	lost, early, corrupt, oldAfter int
-	problems                       []string
+	// oldAfter counts the timers whose old occurrence was sent after
+	// their move was answered OK.
+	oldAfter int
+	problems []string
 }
 
 // checkMoves checks every Reschedule against the deliveries of the timers
-// it moved.
-func checkMoves(ops []raceOp, scheduled *loadResult, got []delivery) moveCheck {
+// it moved: one answered OK is delivered at its new due time, and its old
+// occurrence not sent after the answer; one answered NOT_FOUND fired and
+// was acknowledged, so it is not delivered at the new due time.
+func checkMoves(ops []raceOp, acked map[string]time.Time, got []delivery) moveCheck {
 	var m moveCheck
 	byID := make(map[string][]delivery)
 	for _, d := range got {
 		byID[d.id] = append(byID[d.id], d)
 	}
-	scheduled.mu.Lock()
-	defer scheduled.mu.Unlock()
-	for _, op := range ops {
-		_, acked := scheduled.acked[op.id]
-		ds := byID[op.id]
-		for _, d := range ds {
-			switch {
-			case !d.due.Equal(op.due) && !d.due.Equal(op.newDue) || !d.payloadOK:
-				m.corrupt++
-				m.problems = append(m.problems, fmt.Sprintf("corrupt: %s delivered with due %s, scheduled %s, moved to %s, payload as sent: %v",
-					op.id, d.due.Format(time.StampMilli), op.due.Format(time.StampMilli), op.newDue.Format(time.StampMilli), d.payloadOK))
-			case d.received.Before(d.due):
-				m.early++
-				m.problems = append(m.problems, fmt.Sprintf("early: %s received %v before its due time %s", op.id, d.due.Sub(d.received), d.due.Format(time.StampMilli)))
-			}
-		}
+	for _, o := range ops {
+		ds := byID[o.id]
+		_, scheduled := acked[o.id]
 		has := func(due time.Time) bool {
 			return slices.ContainsFunc(ds, func(d delivery) bool { return d.due.Equal(due) })
 		}
 		switch {
-		case !op.definite || (op.code != codes.OK && op.code != codes.NotFound):
+		case !o.definite || (o.code != codes.OK && o.code != codes.NotFound):
 			m.other++
-		case op.code == codes.OK:
-			if op.answered.Before(op.due) {
+		case o.code == codes.OK:
+			if o.answered.Before(o.due) {
 				m.okBefore++
 			} else {
 				m.okInFlight++
 			}
-			if acked && !has(op.newDue) {
-				m.lost++
-				m.problems = append(m.problems, fmt.Sprintf("lost: %s moved OK to %s, never delivered at it", op.id, op.newDue.Format(time.StampMilli)))
+			if scheduled && !has(o.newDue) {
+				m.problems = append(m.problems, fmt.Sprintf("%s moved OK to %s, never delivered at it", o.id, o.newDue.Format(time.StampMilli)))
 			}
 			for _, d := range ds {
-				if d.due.Equal(op.due) && d.fired.After(op.answered) {
+				if d.due.Equal(o.due) && d.fired.After(o.answered) {
 					m.oldAfter++
 					m.problems = append(m.problems, fmt.Sprintf("%s moved OK at %s, its old occurrence then sent at %s",
-						op.id, op.answered.Format(time.StampMicro), d.fired.Format(time.StampMicro)))
+						o.id, o.answered.Format(time.StampMicro), d.fired.Format(time.StampMicro)))
 					break
 				}
 			}
 		default: // NOT_FOUND: it fired and was acknowledged
 			m.notFound++
-			if acked && !has(op.due) {
-				m.lost++
-				m.problems = append(m.problems, fmt.Sprintf("lost: %s answered NOT_FOUND to its move, never delivered", op.id))
-			}
-			if has(op.newDue) {
-				m.problems = append(m.problems, fmt.Sprintf("%s answered NOT_FOUND to its move, delivered at the new due time all the same", op.id))
+			if has(o.newDue) {
+				m.problems = append(m.problems, fmt.Sprintf("%s answered NOT_FOUND to its move, delivered at the new due time all the same", o.id))
 			}
 		}
 	}
@@ -420,17 +373,17 @@ func checkMoves(ops []raceOp, scheduled *loadResult, got []delivery) moveCheck {
 }
 
 // liveTwice names, as problems, the timers with more than one occurrence
-// (delivery id) among the deliveries of timers never moved: scheduled
-// once, however often the request was sent, they are one live timer each.
-// The exception is a timer recreatable after it first fired: a copy sent
+// (delivery id) among the deliveries of timers not moved: scheduled once,
+// however often the request was sent, they are one live timer each. The
+// exception is a timer recreatable after it first fired: a copy sent
 // without a request id that reached the server after the first
 // occurrence may have been acknowledged creates the timer anew, as the
 // contract says; liveTwice counts those apart.
-func liveTwice(got []delivery, recreatable map[string]time.Time) (problems []string, recreated int) {
+func liveTwice(got []delivery, moved map[string]bool, recreatable map[string]time.Time) (problems []string, recreated int) {
 	occurrences := make(map[string]map[string]bool)
 	firstFired := make(map[string]time.Time)
 	for _, d := range got {
-		if d.id[0] == 'r' {
+		if moved[d.id] {
 			continue
 		}
 		if occurrences[d.id] == nil {
@@ -461,19 +414,18 @@ func liveTwice(got []delivery, recreatable map[string]time.Time) (problems []str
 }
 
 // retryClient schedules retryTimers timers the way a client that retries
-// does: each request sent retryCopies times at once to different nodes
-// (half of them with one request id, half with none), one in three also
-// cut mid-flight and sent again until answered, and one in three sent
-// again with its request id retryLate after its due time.
+// does, recording every call's outcome in the ledger: each request sent
+// retryCopies times at once to different nodes (half of them with one
+// request id, half with none), one in three also cut mid-flight and sent
+// again until answered, and one in three sent again with its request id
+// retryLate after its due time.
 type retryClient struct {
-	e     *scenarioEnv
+	r     *run
+	c     *testCluster
 	start time.Time
 	plan  []retryPlan
 
-	mu            sync.Mutex
-	attempted     map[string]time.Time
-	acked         map[string]time.Time
-	indeterminate map[string]string
+	mu sync.Mutex
 	// recreatable holds, for the timers sent without a request id, when
 	// the last answer to one of their copies came: a copy the server took
 	// after the timer fired and was acknowledged creates it anew.
@@ -492,19 +444,18 @@ type retryPlan struct {
 	late     bool
 }
 
-func newRetryClient(e *scenarioEnv, start time.Time) *retryClient {
-	rc := &retryClient{e: e, start: start, attempted: make(map[string]time.Time), acked: make(map[string]time.Time),
-		indeterminate: make(map[string]string), recreatable: make(map[string]time.Time)}
+func newRetryClient(r *run, c *testCluster, start time.Time) *retryClient {
+	rc := &retryClient{r: r, c: c, start: start, recreatable: make(map[string]time.Time)}
 	for i := range retryTimers {
 		p := retryPlan{
 			id:  fmt.Sprintf("s%06d", i),
-			due: start.Add(retryFirstDue + time.Duration(e.rng.Int64N(raceWindow.Milliseconds()))*time.Millisecond),
+			due: start.Add(retryFirstDue + time.Duration(r.rng.Int64N(raceWindow.Milliseconds()))*time.Millisecond),
 		}
 		if i%2 == 0 {
-			p.reqID = fmt.Sprintf("retry-%d-%d", e.seed, i)
+			p.reqID = fmt.Sprintf("retry-%d-%d", r.seed, i)
 		}
 		p.cutFirst = i%3 == 1
-		p.cutAfter = time.Duration(e.rng.Int64N(3000)) * time.Microsecond
+		p.cutAfter = time.Duration(r.rng.Int64N(3000)) * time.Microsecond
 		p.late = i%3 == 2 && p.reqID != ""
 		rc.plan = append(rc.plan, p)
 	}
@@ -520,15 +471,12 @@ func (rc *retryClient) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 32)
 	for i, p := range rc.plan {
-		rc.mu.Lock()
-		rc.attempted[p.id] = p.due
-		rc.mu.Unlock()
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
 			var copies sync.WaitGroup
 			for c := range retryCopies {
-				copies.Go(func() { rc.send(ctx, p, (i+c)%len(rc.e.conns), p.cutFirst && c == 0) })
+				copies.Go(func() { rc.send(ctx, p, i+c, p.cutFirst && c == 0) })
 			}
 			copies.Wait()
 		})
@@ -541,176 +489,164 @@ func (rc *retryClient) run(ctx context.Context) {
 		if !sleepUntil(ctx, p.due.Add(retryLate)) {
 			return
 		}
-		wg.Go(func() { rc.send(ctx, p, i%len(rc.e.conns), false) })
+		wg.Go(func() { rc.send(ctx, p, i, false) })
 	}
 	wg.Wait()
 }
 
-// send sends p's Schedule to node until it is answered (a cut call first
-// cut after p.cutAfter), and records the answer.
+// send sends p's Schedule to node (modulo the cluster's size) until it is
+// answered (a cut call first cut after p.cutAfter), recording each call.
 func (rc *retryClient) send(ctx context.Context, p retryPlan, node int, cut bool) {
-	tc := pb.NewTimerServiceClient(rc.e.conns[node])
+	tc := pb.NewTimerServiceClient(rc.c.conn(node % rc.c.size()))
 	req := &pb.ScheduleRequest{Namespace: namespace, RequestId: p.reqID, Timers: []*pb.TimerSpec{{Id: p.id, Topic: topic,
 		Payload: []byte(p.id), When: &pb.TimerSpec_DueTime{DueTime: timestamppb.New(p.due)}}}}
-	var last string
 	for attempt := 0; attempt < 10 && ctx.Err() == nil; attempt++ {
 		timeout := raceCallTimeout
 		if cut && attempt == 0 {
 			timeout = p.cutAfter
 		}
 		cctx, cancel := context.WithTimeout(ctx, timeout)
+		o := op{kind: opSchedule, id: p.id, due: p.due, sent: time.Now()}
 		resp, err := tc.Schedule(cctx, req)
+		o.answered = time.Now()
 		cancel()
+		o.code = status.Code(err)
+		o.outcome = callOutcome(o.code)
+		if err == nil && len(resp.GetResults()) == 1 {
+			o.code = codes.Code(resp.GetResults()[0].GetCode())
+			o.outcome = itemOutcome(o.code)
+		}
+		rc.r.ledger.record(o)
 		rc.mu.Lock()
 		rc.calls++
 		if cut && attempt == 0 {
 			rc.cut++
 		}
-		if p.reqID == "" {
-			rc.recreatable[p.id] = later(rc.recreatable[p.id], time.Now())
+		if p.reqID == "" && o.answered.After(rc.recreatable[p.id]) {
+			rc.recreatable[p.id] = o.answered
 		}
 		rc.mu.Unlock()
-		code := status.Code(err)
-		if err == nil && len(resp.GetResults()) == 1 {
-			code = codes.Code(resp.GetResults()[0].GetCode())
-		}
-		last = fmt.Sprintf("%v", code)
-		switch code {
+		switch o.code {
 		case codes.OK:
-			rc.mu.Lock()
-			rc.acked[p.id] = p.due
-			delete(rc.indeterminate, p.id)
-			rc.mu.Unlock()
 			return
 		case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.ResourceExhausted:
 			sleepUntil(ctx, time.Now().Add(50*time.Millisecond))
 			continue
 		}
 		rc.mu.Lock()
-		rc.problems = append(rc.problems, fmt.Sprintf("%s: a copy of its Schedule answered %v", p.id, code))
+		rc.problems = append(rc.problems, fmt.Sprintf("%s: a copy of its Schedule answered %v", p.id, o.code))
 		rc.mu.Unlock()
 		return
 	}
-	rc.mu.Lock()
-	if _, ok := rc.acked[p.id]; !ok {
-		rc.indeterminate[p.id] = "no answer: " + last
-	}
-	rc.mu.Unlock()
 }
 
 // TestCheckCancels checks, on made-up answers and deliveries, what counts
-// as cancelled-fired and as reported as both.
+// as reported as both.
 func TestCheckCancels(t *testing.T) {
-	due := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	due := t0
 	off := func(n int) time.Time { return due.Add(time.Duration(n) * time.Millisecond) }
-	scheduled := newLoadResult()
+	acked := make(map[string]time.Time)
 	for _, id := range []string{"a", "b", "c", "d", "e", "f"} {
-		scheduled.acked[id], scheduled.ackedAt[id] = due, off(-2000)
+		acked[id] = off(-2000)
 	}
-	op := func(id string, sent, answered int, code codes.Code) raceOp {
+	cancel := func(id string, sent, answered int, code codes.Code) raceOp {
 		return raceOp{id: id, due: due, sent: off(sent), answered: off(answered), code: code, definite: true}
 	}
 	ops := []raceOp{
-		op("a", -20, -10, codes.OK),       // cancelled before due, delivered: cancelled-fired
-		op("b", -5, 5, codes.OK),          // in flight, sent before the answer: fine
-		op("c", 2, 6, codes.OK),           // in flight, sent again after the answer: both
-		op("d", -30, -25, codes.NotFound), // scheduled, not found before due
-		op("e", 10, 12, codes.NotFound),   // fired and acked: fine
+		cancel("a", -20, -10, codes.OK),       // cancelled before due, delivered: the verdict's cancelled-fired
+		cancel("b", -5, 5, codes.OK),          // in flight, sent before the answer, held unacked: fine
+		cancel("c", 2, 6, codes.OK),           // in flight, sent again after the answer: both
+		cancel("d", -30, -25, codes.NotFound), // scheduled, not found before due
+		cancel("e", 10, 12, codes.NotFound),   // fired and acked: fine
 		{id: "f", due: due, sent: off(0), answered: off(5000), code: codes.DeadlineExceeded},
 	}
 	got := []delivery{
 		{id: "a", fired: off(0), received: off(1)},
-		{id: "b", fired: off(1), received: off(2), node: fromProcess},
+		{id: "b", fired: off(1), received: off(2)},
 		{id: "c", fired: off(1), received: off(2), attempt: 1},
 		{id: "c", fired: off(7), received: off(8), attempt: 2},
 		{id: "e", fired: off(0), received: off(1)},
 		{id: "f", fired: off(4000), received: off(4001)},
 	}
-	c := checkCancels(ops, scheduled, got)
-	want := cancelCheck{okBefore: 1, okInFlight: 2, okDelivered: 2, okHeld: 0, notFound: 2, other: 1, cancelledFired: 1, both: 1}
+	c := checkCancels(ops, acked, got, map[string]time.Time{"b": off(-6), "c": off(3)})
+	want := cancelCheck{okBefore: 1, okInFlight: 2, okDelivered: 3, okHeld: 1, notFound: 2, other: 1, both: 1}
 	probs := c.problems
 	c.problems = nil
 	if fmt.Sprint(c) != fmt.Sprint(want) {
 		t.Errorf("checkCancels = %+v, want %+v", c, want)
 	}
-	if len(probs) != 3 || !strings.HasPrefix(probs[0], "cancelled-fired: a ") || !strings.HasPrefix(probs[1], "reported as both: c ") ||
-		!strings.HasPrefix(probs[2], "d ") {
-		t.Errorf("problems = %q, want a cancelled-fired, c reported as both, d not found before due", probs)
+	if len(probs) != 2 || !strings.HasPrefix(probs[0], "reported as both: c ") || !strings.HasPrefix(probs[1], "d ") {
+		t.Errorf("problems = %q, want c reported as both, d not found before due", probs)
 	}
 }
 
 // TestCheckMoves checks, on made-up answers and deliveries, the checks of
 // the rescheduled timers.
 func TestCheckMoves(t *testing.T) {
-	due := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	due := t0
 	newDue := due.Add(raceMoveBy)
 	off := func(n int) time.Time { return due.Add(time.Duration(n) * time.Millisecond) }
-	scheduled := newLoadResult()
-	op := func(id string, answered int, code codes.Code) raceOp {
-		scheduled.acked[id] = due
+	acked := make(map[string]time.Time)
+	move := func(id string, answered int, code codes.Code) raceOp {
+		acked[id] = off(-2000)
 		return raceOp{id: id, due: due, newDue: newDue, sent: off(answered - 2), answered: off(answered), code: code, definite: true}
 	}
-	at := func(id string, due time.Time, fired, received int) delivery {
-		return delivery{id: id, due: due, fired: off(fired), received: off(received), payloadOK: true}
+	at := func(id string, due time.Time, fired int) delivery {
+		return delivery{id: id, due: due, fired: off(fired), received: off(fired + 1), payloadOK: true}
 	}
-	tests := []struct {
-		name string
-		op   raceOp
-		got  []delivery
-		want moveCheck // without problems
+	for _, tc := range []struct {
+		name     string
+		move     raceOp
+		got      []delivery
+		want     moveCheck // without problems
+		problems int
 	}{
-		{"moved before due", op("a", -5, codes.OK), []delivery{at("a", newDue, 1500, 1501)}, moveCheck{okBefore: 1}},
-		{"moved in flight", op("b", 3, codes.OK), []delivery{at("b", due, 1, 2), at("b", newDue, 1500, 1501)}, moveCheck{okInFlight: 1}},
-		{"never at the new due time", op("c", -5, codes.OK), nil, moveCheck{okBefore: 1, lost: 1}},
-		{"old occurrence after the move", op("d", 3, codes.OK), []delivery{at("d", due, 4, 5), at("d", newDue, 1500, 1501)},
-			moveCheck{okInFlight: 1, oldAfter: 1}},
-		{"early at the new due time", op("e", -5, codes.OK), []delivery{at("e", newDue, 1400, 1401)}, moveCheck{okBefore: 1, early: 1}},
-		{"another due time", op("f", -5, codes.OK), []delivery{at("f", newDue, 1500, 1501), at("f", off(700), 700, 701)},
-			moveCheck{okBefore: 1, corrupt: 1}},
-		{"not found, delivered", op("g", 5, codes.NotFound), []delivery{at("g", due, 0, 1)}, moveCheck{notFound: 1}},
-		{"not found, never delivered", op("h", 5, codes.NotFound), nil, moveCheck{notFound: 1, lost: 1}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			m := checkMoves([]raceOp{tt.op}, scheduled, tt.got)
-			bad := m.lost + m.early + m.corrupt + m.oldAfter
-			if len(m.problems) != bad {
-				t.Errorf("%d problems %q for %d failures", len(m.problems), m.problems, bad)
+		{"moved before due", move("a", -5, codes.OK), []delivery{at("a", newDue, 1500)}, moveCheck{okBefore: 1}, 0},
+		{"moved in flight", move("b", 3, codes.OK), []delivery{at("b", due, 1), at("b", newDue, 1500)}, moveCheck{okInFlight: 1}, 0},
+		{"never at the new due time", move("c", -5, codes.OK), nil, moveCheck{okBefore: 1}, 1},
+		{"old occurrence after the move", move("d", 3, codes.OK), []delivery{at("d", due, 4), at("d", newDue, 1500)},
+			moveCheck{okInFlight: 1, oldAfter: 1}, 1},
+		{"not found, delivered at the old due time", move("g", 5, codes.NotFound), []delivery{at("g", due, 0)}, moveCheck{notFound: 1}, 0},
+		{"not found, delivered at the new due time", move("h", 5, codes.NotFound), []delivery{at("h", due, 0), at("h", newDue, 1500)},
+			moveCheck{notFound: 1}, 1},
+		{"a cut call", raceOp{id: "i", due: due, newDue: newDue, code: codes.DeadlineExceeded}, nil, moveCheck{other: 1}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := checkMoves([]raceOp{tc.move}, acked, tc.got)
+			if len(m.problems) != tc.problems {
+				t.Errorf("problems %q, want %d", m.problems, tc.problems)
 			}
 			m.problems = nil
-			if fmt.Sprint(m) != fmt.Sprint(tt.want) {
-				t.Errorf("checkMoves = %+v, want %+v", m, tt.want)
+			if fmt.Sprint(m) != fmt.Sprint(tc.want) {
+				t.Errorf("checkMoves = %+v, want %+v", m, tc.want)
 			}
 		})
 	}
 }
 
-// TestLiveTwice checks that two occurrences of one id are a problem and
-// repeated deliveries of one occurrence are not.
+// TestLiveTwice checks that two occurrences of one id are a problem,
+// unless a copy without request id came after it fired, and that
+// repeated deliveries of one occurrence, or a moved timer's two, are not.
 func TestLiveTwice(t *testing.T) {
 	got := []delivery{
-		{id: "s1", deliveryID: "x"}, {id: "s1", deliveryID: "x"}, // one occurrence, twice
-		{id: "s2", deliveryID: "y"}, {id: "s2", deliveryID: "z"}, // two live timers
-		{id: "r1", deliveryID: "u"}, {id: "r1", deliveryID: "v"}, // moved: a new occurrence
+		{id: "s1", deliveryID: "x", fired: t0}, {id: "s1", deliveryID: "x", fired: t0}, // one occurrence, twice
+		{id: "s2", deliveryID: "y", fired: t0}, {id: "s2", deliveryID: "z", fired: t0}, // two live timers
+		{id: "r1", deliveryID: "u", fired: t0}, {id: "r1", deliveryID: "v", fired: t0}, // moved: a new occurrence
 	}
-	if p, _ := liveTwice(got, nil); len(p) != 1 || !strings.HasPrefix(p[0], "s2 ") {
-		t.Errorf("liveTwice = %q, want s2 alone", p)
-	}
-	fired := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	for i := range got {
-		got[i].fired = fired
-	}
-	for _, tt := range []struct {
+	moved := map[string]bool{"r1": true}
+	for _, tc := range []struct {
 		name        string
-		lastAnswer  time.Time
-		wantProblem bool
+		recreatable map[string]time.Time
+		problems    int
+		recreated   int
 	}{
-		{"copies all answered before it fired", fired.Add(-time.Millisecond), true},
-		{"a copy answered after it fired", fired.Add(time.Millisecond), false},
+		{"with request ids", nil, 1, 0},
+		{"copies all answered before it fired", map[string]time.Time{"s2": t0.Add(-time.Millisecond)}, 1, 0},
+		{"a copy answered after it fired", map[string]time.Time{"s2": t0.Add(time.Millisecond)}, 0, 1},
 	} {
-		p, recreated := liveTwice(got, map[string]time.Time{"s2": tt.lastAnswer})
-		if (len(p) == 1) != tt.wantProblem || (recreated == 1) == tt.wantProblem {
-			t.Errorf("%s: liveTwice = %q, %d recreated, want a problem: %v", tt.name, p, recreated, tt.wantProblem)
+		p, recreated := liveTwice(got, moved, tc.recreatable)
+		if len(p) != tc.problems || recreated != tc.recreated || (len(p) == 1 && !strings.HasPrefix(p[0], "s2 ")) {
+			t.Errorf("%s: liveTwice = %q, %d recreated; want %d problems (s2), %d recreated", tc.name, p, recreated, tc.problems, tc.recreated)
 		}
 	}
 }

@@ -111,15 +111,16 @@ type subProc struct {
 	got []delivery
 }
 
-// startSubscriberProcess starts a subscriber process on addr for the
-// namespace and topic, with the credit and ack timeout given, in a
-// process group of its own that the test's cleanup kills, and returns once
-// it has sent its subscription. node is the index its deliveries are
-// recorded under.
-func startSubscriberProcess(t *testing.T, addr, ns, topic string, credit uint32, ackTimeout time.Duration, node int) *subProc {
+// startSubscriberProcess starts a subscriber process on node i of c for
+// the workload's namespace and topic, with the credit and ack timeout
+// given, in a process group of its own that the test's cleanup kills, and
+// returns once it has sent its subscription. Its deliveries go to r's
+// ledger too.
+func startSubscriberProcess(r *run, c *testCluster, i int, credit uint32, ackTimeout time.Duration) *subProc {
+	t := r.t
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run", "^TestSubscriberProcess$", "-test.count", "1")
-	cmd.Env = append(childEnv(), fmt.Sprintf("%s=%s|%s|%s|%d|%v", subProcEnv, addr, ns, topic, credit, ackTimeout))
+	cmd.Env = append(childEnv(), fmt.Sprintf("%s=%s|%s|%s|%d|%v", subProcEnv, c.node(i).grpcAddr, namespace, topic, credit, ackTimeout))
 	cmd.SysProcAttr = procAttr()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -149,10 +150,12 @@ func startSubscriberProcess(t *testing.T, addr, ns, topic string, credit uint32,
 			if err := json.Unmarshal([]byte(js), &d); err != nil {
 				continue // a line cut by the kill
 			}
-			p.mu.Lock()
-			p.got = append(p.got, delivery{id: d.ID, deliveryID: d.DeliveryID, due: time.Unix(0, d.DueNS),
+			got := delivery{id: d.ID, deliveryID: d.DeliveryID, due: time.Unix(0, d.DueNS),
 				fired: time.Unix(0, d.FiredNS), received: time.Unix(0, d.ReceivedNS), attempt: d.Attempt,
-				shard: d.Shard, epoch: d.Epoch, node: node, payloadOK: d.PayloadOK})
+				shard: d.Shard, epoch: d.Epoch, node: i, payloadOK: d.PayloadOK}
+			r.ledger.deliver(got)
+			p.mu.Lock()
+			p.got = append(p.got, got)
 			p.mu.Unlock()
 		}
 		_ = cmd.Wait()
