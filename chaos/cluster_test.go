@@ -21,8 +21,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
-
-	"github.com/timerd/timerd/internal/binary"
 )
 
 const (
@@ -34,16 +32,6 @@ const (
 	// logTailLines is how much of a node's log a failing test shows.
 	logTailLines = 40
 )
-
-// buildTimerd builds ./cmd/timerd into dir and returns the binary's path.
-func buildTimerd(t *testing.T, dir string) string {
-	t.Helper()
-	paths, err := binary.Build(dir, "timerd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return paths[0]
-}
 
 // freeAddr returns a 127.0.0.1 address whose port is free for both
 // TCP and UDP (memberlist binds both), as far as the kernel says now.
