@@ -52,6 +52,9 @@ const (
 	// turn), each within probeTimeout.
 	probeEvery   = 250 * time.Millisecond
 	probeTimeout = 10 * time.Second
+	// quietProbes is how long the probes run before the faults and the
+	// load, for their baseline.
+	quietProbes = 2 * time.Second
 	// maxNodeRSS bounds a node's resident memory: a bound against a leak
 	// or an unbounded queue, far above what a node needs here.
 	maxNodeRSS = 512 << 20
@@ -73,6 +76,12 @@ func init() {
 func subscriberFaults(t *testing.T, r *run) {
 	c := startCluster(r, clusterOptions{})
 	subscribe(r, c, subscribeConfig{})
+	// The probes' baseline, before any fault and any load: what a
+	// Schedule takes on this machine now.
+	quiet := &prober{r: r, prefix: "quiet", start: time.Now()}
+	quietCtx, stopQuiet := context.WithTimeout(r.ctx, quietProbes)
+	quiet.run(quietCtx, c)
+	stopQuiet()
 	killAfter := killAfterMin + time.Duration(r.rng.Int64N(int64(killAfterMax-killAfterMin)+1))
 	killedNode, slowNode, stuckNode := r.rng.IntN(c.size()), r.rng.IntN(c.size()), r.rng.IntN(c.size())
 	killed := startSubscriberProcess(r, c, killedNode, killedCredit, killedAckTimeout)
@@ -95,7 +104,7 @@ func subscriberFaults(t *testing.T, r *run) {
 	probeCtx, stopProbes := context.WithCancel(r.ctx)
 	defer stopProbes()
 	mem := &rssWatch{}
-	pr := &prober{r: r, start: start}
+	pr := &prober{r: r, prefix: "probe", start: start}
 	var watchers sync.WaitGroup
 	defer watchers.Wait()
 	watchers.Go(func() { mem.run(watchCtx, c) })
@@ -138,7 +147,8 @@ func subscriberFaults(t *testing.T, r *run) {
 		v.problem("%s reached %d MiB of resident memory, above the %d MiB bound", peakNode, peak>>20, maxNodeRSS>>20)
 	}
 	probes, stalled := pr.result()
-	for _, p := range stalled {
+	quietProbes, quietStalled := quiet.result()
+	for _, p := range slices.Concat(quietStalled, stalled) {
 		v.problem("%s", p)
 	}
 	// A first attempt on a healthy stream shows a stall of the dispatch;
@@ -161,6 +171,7 @@ func subscriberFaults(t *testing.T, r *run) {
 	v.figure("schedule_probes", len(probes))
 	v.figure("schedule_probe_p99", pctOf(probes, 99))
 	v.figure("schedule_probe_max", pctOf(probes, 100))
+	v.figure("schedule_probe_quiet_p99", pctOf(quietProbes, 99))
 	c.check(v)
 	w.check(v)
 }
@@ -384,8 +395,9 @@ func residentBytes(pid int) (int64, error) {
 // recording it in the ledger and timing how long the answer takes: a node
 // whose Schedule stalls behind its subscribers shows here.
 type prober struct {
-	r     *run
-	start time.Time
+	r      *run
+	prefix string // of the probes' timer ids
+	start  time.Time
 
 	mu      sync.Mutex
 	took    []time.Duration
@@ -395,7 +407,7 @@ type prober struct {
 // run probes until ctx ends.
 func (p *prober) run(ctx context.Context, c *testCluster) {
 	for i := 0; sleepUntil(ctx, time.Now().Add(probeEvery)); i++ {
-		id := fmt.Sprintf("probe%05d", i)
+		id := fmt.Sprintf("%s%05d", p.prefix, i)
 		node := i % c.size()
 		due := time.Now().Add(time.Second).Truncate(time.Millisecond)
 		cctx, cancel := context.WithTimeout(ctx, probeTimeout)
