@@ -136,8 +136,11 @@ func subscriberFaults(t *testing.T, r *run) {
 	got := r.ledger.deliveries()
 	notAgain := heldNotRedelivered(held, got)
 	for _, d := range notAgain[:min(len(notAgain), maxExamples)] {
-		v.problem("%s (delivery %s, attempt %d) held by the killed subscriber, never delivered again with a higher attempt",
-			d.id, d.deliveryID, d.attempt)
+		v.problem("%s (shard %d, delivery %s, attempt %d, fired %s) held by the killed subscriber on %s, never delivered again with a higher attempt; %s",
+			d.id, d.shard, d.deliveryID, d.attempt, d.fired.Format(time.StampMilli), c.node(killedNode).name, otherDeliveries(d, held, got, kill))
+	}
+	if len(notAgain) > maxExamples {
+		v.problem("and %d more held deliveries never delivered again with a higher attempt", len(notAgain)-maxExamples)
 	}
 	if len(held) == 0 {
 		v.problem("the killed subscriber held no delivery: the kill tested nothing")
@@ -146,8 +149,8 @@ func subscriberFaults(t *testing.T, r *run) {
 	if peak > maxNodeRSS {
 		v.problem("%s reached %d MiB of resident memory, above the %d MiB bound", peakNode, peak>>20, maxNodeRSS>>20)
 	}
-	probes, stalled := pr.result()
-	quietProbes, quietStalled := quiet.result()
+	probes, retries, stalled := pr.result()
+	quietProbes, _, quietStalled := quiet.result()
 	for _, p := range slices.Concat(quietStalled, stalled) {
 		v.problem("%s", p)
 	}
@@ -169,6 +172,7 @@ func subscriberFaults(t *testing.T, r *run) {
 	v.figure("healthy_first_attempt_lateness_p99", pctOf(healthy, 99))
 	v.figure("healthy_first_attempt_lateness_max", pctOf(healthy, 100))
 	v.figure("schedule_probes", len(probes))
+	v.figure("schedule_probe_retries", retries)
 	v.figure("schedule_probe_p99", pctOf(probes, 99))
 	v.figure("schedule_probe_max", pctOf(probes, 100))
 	v.figure("schedule_probe_quiet_p99", pctOf(quietProbes, 99))
@@ -187,6 +191,27 @@ func heldNotRedelivered(held, got []delivery) []delivery {
 		}
 	}
 	return out
+}
+
+// otherDeliveries describes the deliveries of d's timer in got other
+// than held's, relative to kill.
+func otherDeliveries(d delivery, held, got []delivery, kill time.Time) string {
+	own := make(map[string]bool)
+	for _, h := range held {
+		own[h.deliveryID+"/"+h.received.String()] = true
+	}
+	var parts []string
+	for _, o := range got {
+		if o.id != d.id || own[o.deliveryID+"/"+o.received.String()] {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("attempt %d of delivery %s fired %+.3fs received %+.3fs after the kill on node %d (shard %d epoch %d)",
+			o.attempt, o.deliveryID, o.fired.Sub(kill).Seconds(), o.received.Sub(kill).Seconds(), o.node, o.shard, o.epoch))
+	}
+	if len(parts) == 0 {
+		return "no other delivery of it"
+	}
+	return "other deliveries: " + strings.Join(parts, "; ")
 }
 
 // redelivered returns, by delivery id, the first delivery received of
@@ -392,8 +417,12 @@ func residentBytes(pid int) (int64, error) {
 }
 
 // prober schedules one timer on a node (each in turn) every probeEvery,
-// recording it in the ledger and timing how long the answer takes: a node
-// whose Schedule stalls behind its subscribers shows here.
+// as a careful client does: an answer the contract calls transient
+// (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) is retried after
+// probeRetry, for up to probeTimeout in all. Every call goes to the
+// ledger. How long each probe took to be answered OK shows a node whose
+// Schedule stalls behind its subscribers; one never answered OK within
+// probeTimeout is a stall.
 type prober struct {
 	r      *run
 	prefix string // of the probes' timer ids
@@ -401,38 +430,58 @@ type prober struct {
 
 	mu      sync.Mutex
 	took    []time.Duration
+	retries int
 	stalled []string
 }
+
+// probeRetry is the pause before a probe's transient answer is retried.
+const probeRetry = 100 * time.Millisecond
 
 // run probes until ctx ends.
 func (p *prober) run(ctx context.Context, c *testCluster) {
 	for i := 0; sleepUntil(ctx, time.Now().Add(probeEvery)); i++ {
 		id := fmt.Sprintf("%s%05d", p.prefix, i)
 		node := i % c.size()
+		tc := pb.NewTimerServiceClient(c.conn(node))
 		due := time.Now().Add(time.Second).Truncate(time.Millisecond)
-		cctx, cancel := context.WithTimeout(ctx, probeTimeout)
-		sent := time.Now()
-		resp, err := pb.NewTimerServiceClient(c.conn(node)).Schedule(cctx, &pb.ScheduleRequest{Namespace: namespace,
-			Timers: []*pb.TimerSpec{{Id: id, Topic: topic, Payload: []byte(id), When: &pb.TimerSpec_DueTime{DueTime: timestamppb.New(due)}}}})
-		answered := time.Now()
-		cancel()
-		o := op{kind: opSchedule, id: id, due: due, sent: sent, answered: answered}
-		o.code = status.Code(err)
-		o.outcome = callOutcome(o.code)
-		if err == nil && len(resp.GetResults()) == 1 {
-			o.code = codes.Code(resp.GetResults()[0].GetCode())
-			o.outcome = itemOutcome(o.code)
+		req := &pb.ScheduleRequest{Namespace: namespace, RequestId: id,
+			Timers: []*pb.TimerSpec{{Id: id, Topic: topic, Payload: []byte(id), When: &pb.TimerSpec_DueTime{DueTime: timestamppb.New(due)}}}}
+		began := time.Now()
+		var o op
+		var why string
+		for attempt := 0; ; attempt++ {
+			cctx, cancel := context.WithDeadline(ctx, began.Add(probeTimeout))
+			o = op{kind: opSchedule, id: id, due: due, sent: time.Now()}
+			resp, err := tc.Schedule(cctx, req)
+			o.answered = time.Now()
+			cancel()
+			o.code, why = status.Code(err), status.Convert(err).Message()
+			o.outcome = callOutcome(o.code)
+			if err == nil && len(resp.GetResults()) == 1 {
+				o.code, why = codes.Code(resp.GetResults()[0].GetCode()), resp.GetResults()[0].GetMessage()
+				o.outcome = itemOutcome(o.code)
+			}
+			p.r.ledger.record(o)
+			transient := o.code == codes.Unavailable || o.code == codes.DeadlineExceeded || o.code == codes.ResourceExhausted
+			if !transient || ctx.Err() != nil || !sleepUntil(ctx, time.Now().Add(probeRetry)) || time.Since(began) > probeTimeout {
+				break
+			}
+			p.mu.Lock()
+			p.retries++
+			if p.retries <= 3 {
+				p.r.logf("a Schedule probe of %s answered %v (%s): sent again", c.node(node).name, o.code, why)
+			}
+			p.mu.Unlock()
 		}
-		p.r.ledger.record(o)
 		if ctx.Err() != nil {
 			return // the probe was cut by the end of the run
 		}
 		p.mu.Lock()
 		if o.code == codes.OK {
-			p.took = append(p.took, answered.Sub(sent))
+			p.took = append(p.took, o.answered.Sub(began))
 		} else {
-			p.stalled = append(p.stalled, fmt.Sprintf("a Schedule probe of %s at +%v answered %v after %v",
-				c.node(node).name, sent.Sub(p.start).Round(time.Millisecond), o.code, answered.Sub(sent).Round(time.Millisecond)))
+			p.stalled = append(p.stalled, fmt.Sprintf("a Schedule probe of %s at +%v not answered OK within %v: last %v (%s)",
+				c.node(node).name, began.Sub(p.start).Round(time.Millisecond), o.answered.Sub(began).Round(time.Millisecond), o.code, why))
 		}
 		p.mu.Unlock()
 	}
@@ -440,10 +489,10 @@ func (p *prober) run(ctx context.Context, c *testCluster) {
 
 // result returns how long each answered probe took and the probes that
 // failed.
-func (p *prober) result() ([]time.Duration, []string) {
+func (p *prober) result() (took []time.Duration, retries int, stalled []string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.took, p.stalled
+	return p.took, p.retries, p.stalled
 }
 
 // TestHeldNotRedelivered checks, on made-up deliveries, which deliveries a
