@@ -82,21 +82,30 @@ type node struct {
 }
 
 // startNode starts timerd with args (plus its name, its gossip and gRPC
-// addresses and a free HTTP port) in a process group of its own, its log
-// appended to logPath, and returns once it logs the gRPC address it
-// serves; ready closes when it logs msg=ready. The test's cleanup kills
-// its process group.
-func startNode(t *testing.T, bin, name, gossipAddr, grpcAddr, logPath string, args []string) *node {
+// addresses and a free HTTP port on the gRPC address's host) in a process
+// group of its own, its log appended to logPath, and returns once it logs
+// the gRPC address it serves; ready closes when it logs msg=ready. wrap,
+// if not nil, rewrites the command line (argv[0] is bin), e.g. to run it
+// in a network namespace. The test's cleanup kills its process group.
+func startNode(t *testing.T, bin, name, gossipAddr, grpcAddr, logPath string, args []string, wrap func([]string) []string) *node {
 	t.Helper()
+	host, _, err := net.SplitHostPort(grpcAddr)
+	if err != nil {
+		t.Fatalf("%s: gRPC address %q: %v", name, grpcAddr, err)
+	}
 	args = append([]string{"--node-name", name, "--gossip-addr", gossipAddr,
-		"--grpc-addr", grpcAddr, "--http-addr", "127.0.0.1:0"}, args...)
+		"--grpc-addr", grpcAddr, "--http-addr", net.JoinHostPort(host, "0")}, args...)
 	n := &node{name: name, gossipAddr: gossipAddr, args: args, logPath: logPath,
 		ready: make(chan struct{}), exited: make(chan struct{})}
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, args...)
+	argv := append([]string{bin}, args...)
+	if wrap != nil {
+		argv = wrap(argv)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = filepath.Dir(logPath)
 	cmd.Env = childEnv()
 	cmd.SysProcAttr = procAttr()
@@ -146,8 +155,8 @@ func startNode(t *testing.T, bin, name, gossipAddr, grpcAddr, logPath string, ar
 	case <-time.After(readyTimeout):
 		t.Fatalf("%s did not log msg=serving within %v:\n%s", name, readyTimeout, n.logTail())
 	}
-	if !strings.HasPrefix(n.grpcAddr, "127.0.0.1:") {
-		t.Fatalf("%s logged grpc=%q, want a loopback address", name, n.grpcAddr)
+	if n.grpcAddr != grpcAddr {
+		t.Fatalf("%s logged grpc=%q, want the address it was given, %s", name, n.grpcAddr, grpcAddr)
 	}
 	return n
 }

@@ -99,10 +99,8 @@ func callOutcome(c codes.Code) outcome {
 // for concurrent use.
 type ledger struct {
 	mu sync.Mutex
-	// ops holds every item of every write, in the order recorded; byID
-	// indexes them.
-	ops  []op
-	byID map[string][]int
+	// ops holds every item of every write, in the order recorded.
+	ops []op
 	// exp is expectedOf(ops), kept up to date op by op.
 	exp map[string]expectation
 	// got holds every delivery, in the order received; delivered the ids
@@ -112,7 +110,7 @@ type ledger struct {
 }
 
 func newLedger() *ledger {
-	return &ledger{byID: make(map[string][]int), exp: make(map[string]expectation), delivered: make(map[string]bool)}
+	return &ledger{exp: make(map[string]expectation), delivered: make(map[string]bool)}
 }
 
 // record adds one item of a write.
@@ -132,7 +130,6 @@ func (l *ledger) recordAll(ops []op) {
 }
 
 func (l *ledger) recordLocked(o op) {
-	l.byID[o.id] = append(l.byID[o.id], len(l.ops))
 	l.ops = append(l.ops, o)
 	expect(l.exp, o)
 }
