@@ -100,11 +100,13 @@ type relays struct {
 type relayLoop struct {
 	cancel context.CancelFunc
 	// reopen (cap 1) asks the stream open to end at once, so that the
-	// loop opens it again with the credit asked now.
+	// loop opens it again with the credit and ack timeout asked now.
 	reopen chan struct{}
-	// credit is what the stream open asked for; run reads it.
-	mu     sync.Mutex
-	credit int
+	// credit and ackTimeout are what the stream open asked for; run
+	// reads them.
+	mu         sync.Mutex
+	credit     int
+	ackTimeout time.Duration
 }
 
 func newRelays(s *Server) *relays {
@@ -166,7 +168,18 @@ func (r *relays) run() {
 
 // reconcile starts a relay for every topic with one-address subscribers
 // and every peer, stops the others, and reopens those whose credit is
-// off by a factor of two.
+// off by a factor of two or whose ack timeout is shorter than a
+// subscriber's.
+//
+// Invariant: a relay's ack timeout is at least the longest of its
+// topic's one-address subscribers here (once reconcile has run). The
+// owner takes a relayed delivery back when the relay's ack timeout
+// lapses, so a shorter one would send again, elsewhere, what a
+// subscriber still holds within its own ack timeout; this node expires
+// each delivery by its subscriber's ack timeout and gives it back itself.
+// A longer ack timeout than needed only delays the owner's taking back
+// when this node stops relaying without ending the stream, so a relay is
+// not reopened when its subscribers' ack timeouts shrink.
 func (r *relays) reconcile() {
 	s := r.s
 	asks := s.hub.relayed()
@@ -181,14 +194,15 @@ func (r *relays) reconcile() {
 	want := make(map[relayKey]bool)
 	for key, ask := range asks {
 		credit := min(ask.credit, int(s.cfg.MaxInFlight))
+		ackTimeout := s.relayAckTimeout(ask)
 		for _, addr := range peers {
 			k := relayKey{key, addr}
 			want[k] = true
 			if l := r.loops[k]; l != nil {
 				l.mu.Lock()
-				cur := l.credit
+				cur, curAck := l.credit, l.ackTimeout
 				l.mu.Unlock()
-				if cur > 0 && (credit >= 2*cur || 2*credit <= cur) {
+				if cur > 0 && (credit >= 2*cur || 2*credit <= cur || ackTimeout > curAck) {
 					signal(l.reopen)
 				}
 				continue
@@ -205,6 +219,12 @@ func (r *relays) reconcile() {
 			delete(r.loops, k)
 		}
 	}
+}
+
+// relayAckTimeout is the ack timeout a relay asks its peer for: the
+// longest its subscribers ask, within the bounds a subscription may ask.
+func (s *Server) relayAckTimeout(ask relayAsk) time.Duration {
+	return min(max(ask.ackTimeout, s.cfg.MinAckTimeout), s.cfg.MaxAckTimeout)
 }
 
 // loop keeps the relay k open until ctx ends, opening it again with
@@ -244,7 +264,7 @@ func (r *relays) session(ctx context.Context, k relayKey, l *relayLoop) (reopene
 		return false, nil // the subscribers left; run stops the loop
 	}
 	credit := min(ask.credit, int(s.cfg.MaxInFlight))
-	ackTimeout := min(max(ask.ackTimeout, s.cfg.MinAckTimeout), s.cfg.MaxAckTimeout)
+	ackTimeout := s.relayAckTimeout(ask)
 	c, err := s.peers.timers(k.addr)
 	if err != nil {
 		return false, err
@@ -263,7 +283,7 @@ func (r *relays) session(ctx context.Context, k relayKey, l *relayLoop) (reopene
 		return false, err
 	}
 	l.mu.Lock()
-	l.credit = credit
+	l.credit, l.ackTimeout = credit, ackTimeout
 	l.mu.Unlock()
 	rs := newRelayStream(k, s.cfg.MaxBatch)
 	r.opened(rs)

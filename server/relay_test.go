@@ -287,3 +287,87 @@ func TestRelayStopsWithSubscribers(t *testing.T) {
 		}
 	}
 }
+
+// TestRelayAckTimeoutFollowsSubscribers: a one-address subscriber that
+// joins a topic whose relays are open already, asking a longer ack
+// timeout than theirs (and too little credit to reopen them), keeps the
+// deliveries relayed to it for its own ack timeout: the owner does not
+// take them back after the relay's shorter one and send them again to the
+// topic's other subscriber while this one still holds them.
+func TestRelayAckTimeoutFollowsSubscribers(t *testing.T) {
+	c := clustertest.Start(t, 2, patientAttempts)
+	const topic = "patient"
+	quick := c.CollectVia("default", topic, c.Node(0).GRPCAddr()) // credit 1000, ack timeout 5s, acks at once
+	deadline := time.Now().Add(30 * time.Second)
+	for c.MetricSum("timerd_relays_opened_total") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("node 0 opened no relay to node 1 within 30s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The patient subscriber: 400 more credit (the relay's stays within a
+	// factor of two), a minute's ack timeout, and no ack ever.
+	tc := pb.NewTimerServiceClient(dialNode(t, c.Node(0).GRPCAddr()))
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	st, err := tc.Subscribe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := &pb.Subscription{Topic: topic, MaxInFlight: 400, AckTimeout: durationpb.New(time.Minute)}
+	if err := st.Send(&pb.SubscribeRequest{Kind: &pb.SubscribeRequest_Subscription{Subscription: sub}}); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	held := make(map[string]*pb.Delivery) // by timer id, guarded by mu
+	go func() {                           // ends with ctx, at the end of the test
+		for {
+			m, err := st.Recv()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held[m.GetDelivery().GetId()] = m.GetDelivery()
+			mu.Unlock()
+		}
+	}()
+	s := newScheduler(t, c.Node(1).GRPCAddr(), topic)
+	s.schedule("t", 2000, time.Now().Add(500*time.Millisecond), time.Second)
+	due := s.acknowledged()
+	received := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for id := range due {
+			if _, ok := held[id]; ok || len(quick.Got(id)) > 0 {
+				n++
+			}
+		}
+		return n
+	}
+	for deadline := time.Now().Add(60 * time.Second); received() < len(due) && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Past the relay's ack timeout (5s) and a redelivery's backoff, well
+	// within the patient subscriber's minute.
+	time.Sleep(8 * time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	again := 0
+	for id, d := range held {
+		for _, q := range quick.Got(id) {
+			if q.Attempt > d.GetAttempt() {
+				again++
+				if again <= 5 {
+					t.Errorf("%s, held unacked by the patient subscriber (attempt %d, shard %d), sent again to the other one (attempt %d) after %v",
+						id, d.GetAttempt(), d.GetShard(), q.Attempt, q.Received.Sub(d.GetFiredTime().AsTime()).Round(time.Millisecond))
+				}
+				break
+			}
+		}
+	}
+	t.Logf("the patient subscriber holds %d deliveries; %d of them were sent again elsewhere", len(held), again)
+	if len(held) == 0 {
+		t.Error("the patient subscriber received nothing: the test tested nothing")
+	}
+}
