@@ -24,7 +24,9 @@ type trueSink struct {
 	ch  chan string
 }
 
-func newTrueSink() *trueSink { return &trueSink{got: make(map[string]time.Time), ch: make(chan string, 1<<12)} }
+func newTrueSink() *trueSink {
+	return &trueSink{got: make(map[string]time.Time), ch: make(chan string, 1<<12)}
+}
 
 func (k *trueSink) Dispatch(d Delivery) (time.Duration, bool) {
 	now := time.Now()
@@ -102,17 +104,31 @@ func TestClockStep(t *testing.T) {
 	}
 }
 
-// wallClock is what SystemClock is when the machine's wall clock steps:
-// it fires by the wall.
-type wallClock struct {
-	SystemClock
-	wall *steppedWall
-}
-
-func (c wallClock) Now() time.Time { return c.wall.Now() }
-
-// stepClock returns the clock a node runs its shards on, reading wall.
+// stepClock returns the clock a node runs its shards on: a SteadyClock
+// anchored at wall and refereed by the true clock (the store's, in a
+// deployment), checking often so that the test sees several checks per
+// step.
 func stepClock(t *testing.T, wall *steppedWall) Clock {
-	_ = context.Background
-	return wallClock{wall: wall}
+	cfg := DefaultSteadyConfig()
+	cfg.Wall = wall.Now
+	cfg.Every = 20 * time.Millisecond
+	cfg.Referee = func(context.Context) (time.Time, error) { return time.Now(), nil }
+	c, err := NewSteadyClock(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return c
 }
