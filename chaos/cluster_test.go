@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
@@ -44,9 +45,9 @@ func buildTimerd(t *testing.T, dir string) string {
 	return paths[0]
 }
 
-// freeGossipAddr returns a 127.0.0.1 address whose port is free for both
+// freeAddr returns a 127.0.0.1 address whose port is free for both
 // TCP and UDP (memberlist binds both), as far as the kernel says now.
-func freeGossipAddr() (string, error) {
+func freeAddr() (string, error) {
 	for range 20 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -76,11 +77,12 @@ func childEnv() []string {
 	return env
 }
 
-// node is one timerd process.
+// node is one timerd process. A restart starts a new one in its place,
+// with the same name and addresses.
 type node struct {
 	name       string
 	gossipAddr string
-	grpcAddr   string // the gRPC address it bound, from its log
+	grpcAddr   string // the gRPC address it serves, as it logged it
 	args       []string
 	logPath    string
 	cmd        *exec.Cmd
@@ -91,17 +93,18 @@ type node struct {
 	state  *os.ProcessState // set before exited is closed
 }
 
-// startNode starts timerd with args (plus free gRPC and HTTP ports) in a
-// process group of its own, its log in logPath, and returns once it logs
-// the gRPC address it serves; ready closes when it logs msg=ready. The
-// test's cleanup kills its process group.
-func startNode(t *testing.T, bin, name, gossipAddr, logPath string, args []string) *node {
+// startNode starts timerd with args (plus its name, its gossip and gRPC
+// addresses and a free HTTP port) in a process group of its own, its log
+// appended to logPath, and returns once it logs the gRPC address it
+// serves; ready closes when it logs msg=ready. The test's cleanup kills
+// its process group.
+func startNode(t *testing.T, bin, name, gossipAddr, grpcAddr, logPath string, args []string) *node {
 	t.Helper()
 	args = append([]string{"--node-name", name, "--gossip-addr", gossipAddr,
-		"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}, args...)
+		"--grpc-addr", grpcAddr, "--http-addr", "127.0.0.1:0"}, args...)
 	n := &node{name: name, gossipAddr: gossipAddr, args: args, logPath: logPath,
 		ready: make(chan struct{}), exited: make(chan struct{})}
-	logFile, err := os.Create(logPath)
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,10 +247,14 @@ func logFields(line string) map[string]string {
 	return f
 }
 
-// dial opens a client connection to addr; it connects lazily.
+// dial opens a client connection to addr; it connects lazily, and
+// reconnects within a second of its node's coming back (gRPC's default
+// backoff grows to two minutes, longer than a scenario).
 func dial(t *testing.T, addr string) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
+			BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}}))
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
 	}
@@ -259,78 +266,6 @@ func dial(t *testing.T, addr string) *grpc.ClientConn {
 type shardOwner struct {
 	owner string
 	epoch uint64
-}
-
-// waitStable waits until every node sees all of them as active members
-// and every shard served by exactly one of them, the one the ring
-// assigns it to, and returns that shard map.
-func waitStable(t *testing.T, nodes []*node, conns []*grpc.ClientConn) []shardOwner {
-	t.Helper()
-	deadline := time.Now().Add(stableTimeout)
-	var why string
-	for time.Now().Before(deadline) {
-		var owners []shardOwner
-		if owners, why = unstable(nodes, conns); why == "" {
-			return owners
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	for _, n := range nodes {
-		t.Logf("%s log tail:\n%s", n.name, n.logTail())
-	}
-	t.Fatalf("cluster not stable within %v: %s", stableTimeout, why)
-	return nil
-}
-
-// unstable returns the shard map when the cluster is stable, or says why
-// it is not.
-func unstable(nodes []*node, conns []*grpc.ClientConn) ([]shardOwner, string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	var owners []shardOwner
-	for i, conn := range conns {
-		cs := pb.NewClusterServiceClient(conn)
-		mr, err := cs.Members(ctx, &pb.MembersRequest{})
-		if err != nil {
-			return nil, fmt.Sprintf("%s: Members: %v", nodes[i].name, err)
-		}
-		active := 0
-		for _, m := range mr.GetMembers() {
-			if m.GetState() == pb.MemberState_MEMBER_STATE_ALIVE && m.GetNodeState() == pb.NodeState_NODE_STATE_ACTIVE {
-				active++
-			}
-		}
-		if active != len(nodes) {
-			return nil, fmt.Sprintf("%s sees %d active members of %d", nodes[i].name, active, len(nodes))
-		}
-		sm, err := cs.ShardMap(ctx, &pb.ShardMapRequest{})
-		if err != nil {
-			return nil, fmt.Sprintf("%s: ShardMap: %v", nodes[i].name, err)
-		}
-		got := make([]shardOwner, sm.GetShardCount())
-		entries := 0
-		for _, o := range sm.GetShards() {
-			if o.GetState() != pb.ShardState_SHARD_STATE_SERVING || o.GetOwner() == "" || o.GetOwner() != o.GetAssigned() {
-				return nil, fmt.Sprintf("%s: shard %d is %v on %q, assigned to %q", nodes[i].name,
-					o.GetShard(), o.GetState(), o.GetOwner(), o.GetAssigned())
-			}
-			if o.GetShard() >= sm.GetShardCount() {
-				return nil, fmt.Sprintf("%s: ShardMap has shard %d of %d", nodes[i].name, o.GetShard(), sm.GetShardCount())
-			}
-			got[o.GetShard()] = shardOwner{o.GetOwner(), o.GetEpoch()}
-			entries++
-		}
-		if entries != int(sm.GetShardCount()) || entries != shardCount {
-			return nil, fmt.Sprintf("%s: ShardMap has %d entries for %d shards, want %d", nodes[i].name, entries, sm.GetShardCount(), shardCount)
-		}
-		for s := range owners { // the previous node's map
-			if owners[s] != got[s] {
-				return nil, fmt.Sprintf("shard %d: %s says %v, another node %v", s, nodes[i].name, got[s], owners[s])
-			}
-		}
-		owners = got
-	}
-	return owners, ""
 }
 
 // shardMap asks the node behind conn for the whole shard map.

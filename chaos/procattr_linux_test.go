@@ -17,3 +17,13 @@ func procAttr() *syscall.SysProcAttr {
 func killGroup(pid int) error {
 	return syscall.Kill(-pid, syscall.SIGKILL)
 }
+
+// stopGroup sends SIGSTOP to the process group of pid: it stops running,
+// its sockets stay open, as a long pause or a frozen VM would.
+func stopGroup(pid int) error { return syscall.Kill(-pid, syscall.SIGSTOP) }
+
+// contGroup sends SIGCONT to the process group of pid.
+func contGroup(pid int) error { return syscall.Kill(-pid, syscall.SIGCONT) }
+
+// termGroup sends SIGTERM to the process group of pid: a graceful stop.
+func termGroup(pid int) error { return syscall.Kill(-pid, syscall.SIGTERM) }

@@ -3,6 +3,7 @@
 package chaos
 
 import (
+	"errors"
 	"os"
 	"syscall"
 )
@@ -19,4 +20,17 @@ func killGroup(pid int) error {
 		return err
 	}
 	return p.Kill()
+}
+
+// stopGroup and contGroup need Linux's signals to process groups.
+func stopGroup(int) error { return errors.ErrUnsupported }
+func contGroup(int) error { return errors.ErrUnsupported }
+
+// termGroup asks the process pid to stop.
+func termGroup(pid int) error {
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return err
+	}
+	return p.Signal(os.Interrupt)
 }

@@ -6,7 +6,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
@@ -23,57 +22,91 @@ type delivery struct {
 	shard      uint32
 	epoch      uint64
 	node       int  // index of the node whose stream carried it
-	payloadOK  bool // the payload is the id, as scheduled
+	payloadOK  bool // the payload is the id, as the workload sends it
 }
 
-// subscribers keep one Subscribe stream open on every node, record every
-// delivery and ack it at once. A stream that ends is opened again, after
-// reconnectDelay, until stop.
-type subscribers struct {
-	ns, topic   string
-	maxInFlight uint32
-	ackTimeout  time.Duration
+// subscribeConfig shapes the subscribers.
+type subscribeConfig struct {
+	// Namespace and Topic subscribed to (default: the workload's).
+	Namespace, Topic string
+	// MaxInFlight deliveries at most are unacked on a stream (default
+	// 1,000); one unacked for AckTimeout (default 5s) is sent again.
+	MaxInFlight uint32
+	AckTimeout  time.Duration
+}
 
+func (c subscribeConfig) withDefaults() subscribeConfig {
+	if c.Namespace == "" {
+		c.Namespace = namespace
+	}
+	if c.Topic == "" {
+		c.Topic = topic
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = 1000
+	}
+	if c.AckTimeout == 0 {
+		c.AckTimeout = 5 * time.Second
+	}
+	return c
+}
+
+// subscribers keep one Subscribe stream open on every node of a cluster
+// (those added later too), record every delivery in the ledger and ack it
+// at once. A stream that ends is opened again, after reconnectDelay,
+// until stop.
+type subscribers struct {
+	cfg subscribeConfig
+	c   *testCluster
+	l   *ledger
+
+	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
 	mu      sync.Mutex
-	got     []delivery
-	streams []int // streams opened, by node
+	streams map[int]int // streams opened, by node
 }
 
 // reconnectDelay is the pause before a stream that ended is opened again.
 const reconnectDelay = 100 * time.Millisecond
 
-// subscribe starts a subscriber on each of conns.
-func subscribe(ns, topic string, maxInFlight uint32, ackTimeout time.Duration, conns []*grpc.ClientConn) *subscribers {
+// subscribe starts a subscriber on every node of c, recording into r's
+// ledger; the test's cleanup stops them.
+func subscribe(r *run, c *testCluster, cfg subscribeConfig) *subscribers {
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &subscribers{ns: ns, topic: topic, maxInFlight: maxInFlight, ackTimeout: ackTimeout,
-		cancel: cancel, streams: make([]int, len(conns))}
-	for i, c := range conns {
-		tc := pb.NewTimerServiceClient(c)
-		s.wg.Go(func() {
-			for ctx.Err() == nil {
-				s.stream(ctx, tc, i)
-				select {
-				case <-ctx.Done():
-				case <-time.After(reconnectDelay):
-				}
-			}
-		})
+	s := &subscribers{cfg: cfg.withDefaults(), c: c, l: r.ledger, ctx: ctx, cancel: cancel, streams: make(map[int]int)}
+	for i := range c.size() {
+		s.follow(i)
 	}
+	c.whenAdded(s.follow)
+	r.t.Cleanup(s.stop)
 	return s
 }
 
+// follow keeps a stream open on node i.
+func (s *subscribers) follow(i int) {
+	s.wg.Go(func() {
+		for s.ctx.Err() == nil {
+			s.stream(s.ctx, i)
+			select {
+			case <-s.ctx.Done():
+			case <-time.After(reconnectDelay):
+			}
+		}
+	})
+}
+
 // stream runs one Subscribe stream on node i until it ends.
-func (s *subscribers) stream(ctx context.Context, tc pb.TimerServiceClient, i int) {
+func (s *subscribers) stream(ctx context.Context, i int) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st, err := tc.Subscribe(ctx)
+	st, err := pb.NewTimerServiceClient(s.c.conn(i)).Subscribe(ctx)
 	if err != nil {
 		return
 	}
-	sub := &pb.Subscription{Namespace: s.ns, Topic: s.topic, MaxInFlight: s.maxInFlight, AckTimeout: durationpb.New(s.ackTimeout)}
+	sub := &pb.Subscription{Namespace: s.cfg.Namespace, Topic: s.cfg.Topic, MaxInFlight: s.cfg.MaxInFlight,
+		AckTimeout: durationpb.New(s.cfg.AckTimeout)}
 	if err := st.Send(&pb.SubscribeRequest{Kind: &pb.SubscribeRequest_Subscription{Subscription: sub}}); err != nil {
 		return
 	}
@@ -87,13 +120,11 @@ func (s *subscribers) stream(ctx context.Context, tc pb.TimerServiceClient, i in
 		}
 		now := time.Now()
 		d := m.GetDelivery()
-		s.mu.Lock()
-		s.got = append(s.got, delivery{
+		s.l.deliver(delivery{
 			id: d.GetId(), deliveryID: d.GetDeliveryId(), due: d.GetDueTime().AsTime(), fired: d.GetFiredTime().AsTime(),
 			received: now, attempt: d.GetAttempt(), shard: d.GetShard(), epoch: d.GetEpoch(), node: i,
 			payloadOK: bytes.Equal(d.GetPayload(), []byte(d.GetId())),
 		})
-		s.mu.Unlock()
 		ack := &pb.Ack{DeliveryIds: []string{d.GetDeliveryId()}}
 		if err := st.Send(&pb.SubscribeRequest{Kind: &pb.SubscribeRequest_Ack{Ack: ack}}); err != nil {
 			return
@@ -101,39 +132,19 @@ func (s *subscribers) stream(ctx context.Context, tc pb.TimerServiceClient, i in
 	}
 }
 
-// stop ends every stream and waits for them.
+// stop ends every stream and waits for them. It is safe to call twice.
 func (s *subscribers) stop() {
 	s.cancel()
 	s.wg.Wait()
 }
 
-// deliveries returns a copy of what has been received so far.
-func (s *subscribers) deliveries() []delivery {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]delivery(nil), s.got...)
-}
-
 // opened returns how many streams were opened on each node.
-func (s *subscribers) opened() []int {
+func (s *subscribers) opened() map[int]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]int(nil), s.streams...)
-}
-
-// missing returns how many of the timers in want have not been received.
-func (s *subscribers) missing(want map[string]time.Time) int {
-	s.mu.Lock()
-	seen := make(map[string]bool, len(s.got))
-	for _, d := range s.got {
-		seen[d.id] = true
+	out := make(map[int]int, len(s.streams))
+	for i, n := range s.streams {
+		out[i] = n
 	}
-	s.mu.Unlock()
-	n := 0
-	for id := range want {
-		if !seen[id] {
-			n++
-		}
-	}
-	return n
+	return out
 }

@@ -1,213 +1,260 @@
 package chaos
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
-	"testing"
 	"time"
 )
 
 // maxExamples bounds the failures a verdict names.
 const maxExamples = 10
 
-// verdict is the outcome of a run, as printed and as JSON.
+// verdict is the outcome of one scenario run, as printed and as JSON.
+//
+// The checks, each of which must be 0: an acknowledged timer never
+// delivered is lost; a delivery of a timer whose every Schedule certainly
+// failed, or that was never sent, is unexpected; a delivery received
+// before its due time (the test's clock) is early; a timer whose Cancel
+// was acknowledged before its due time and that was delivered after that
+// acknowledgement is cancelled-fired; a delivery whose payload or due
+// time is none the client sent is corrupt. Problems are the scenario's
+// own checks that failed; any makes the run fail too.
 type verdict struct {
-	Pass      bool   `json:"pass"`
-	Seed      uint64 `json:"seed"`
-	Scheduled int    `json:"scheduled"` // timers sent in at least one request
-	// Acknowledged timers were answered OK; indeterminate ones failed for
-	// good or were left without an answer, so may or may not exist.
+	Pass     bool   `json:"pass"`
+	Scenario string `json:"scenario"`
+	Seed     uint64 `json:"seed"`
+	// Scheduled counts the timers sent in at least one Schedule:
+	// Acknowledged of them answered OK at least once, Failed certainly
+	// never written, Indeterminate neither (a timeout, a cut call).
+	Scheduled     int `json:"scheduled"`
 	Acknowledged  int `json:"acknowledged"`
+	Failed        int `json:"failed"`
 	Indeterminate int `json:"indeterminate"`
-	// Deliveries counts every delivery received; of the indeterminate
-	// timers, IndeterminateDelivered were delivered all the same.
-	Deliveries             int `json:"deliveries"`
+	// Rescheduled and Cancelled count the timers with a Reschedule, a
+	// Cancel answered OK; Expected the timers that must fire.
+	Rescheduled int `json:"rescheduled"`
+	Cancelled   int `json:"cancelled"`
+	Expected    int `json:"expected"`
+	// Deliveries counts every delivery received.
+	Deliveries int `json:"deliveries"`
+
+	Lost           int `json:"lost"`
+	Unexpected     int `json:"unexpected"`
+	Early          int `json:"early"`
+	CancelledFired int `json:"cancelled_fired"`
+	Corrupt        int `json:"corrupt"`
+
+	// Duplicates are the deliveries of a timer after its first, which at
+	// least once allows; Redelivered the deliveries with attempt > 1;
+	// IndeterminateDelivered the indeterminate timers delivered all the
+	// same.
+	Duplicates             int `json:"duplicates"`
+	Redelivered            int `json:"redelivered"`
 	IndeterminateDelivered int `json:"indeterminate_delivered"`
-	// The checks: an acknowledged timer never delivered is lost; a
-	// delivery received before its due time is early; one of a timer
-	// never sent is unexpected; one whose payload or due time is not the
-	// scheduled one is corrupt. Duplicates are the deliveries of a timer
-	// after its first, which at-least-once allows.
-	Lost       int `json:"lost"`
-	Early      int `json:"early"`
-	Unexpected int `json:"unexpected"`
-	Corrupt    int `json:"corrupt"`
-	Duplicates int `json:"duplicates"`
-	// Redelivered counts the deliveries with attempt > 1.
-	Redelivered int `json:"redelivered"`
-	// MaxLatenessMS is the largest lateness of a first delivery, and
-	// P99LatenessMS the 99th percentile, of the acknowledged timers.
-	MaxLatenessMS int64 `json:"max_lateness_ms"`
-	P99LatenessMS int64 `json:"p99_lateness_ms"`
-	// Killed names the node killed, KillAtMS when (after the start of the
-	// run), and Failover what its death cost.
-	Killed   string   `json:"killed"`
-	KillAtMS int64    `json:"kill_at_ms"`
-	Failover failover `json:"failover"`
-	// Problems are failures of the run outside the checks above (a node
-	// that died unasked, a due time answered differently).
+	// Lateness of the first delivery of each expected timer after the
+	// due time it carried, in milliseconds.
+	LatenessP50MS int64 `json:"lateness_p50_ms"`
+	LatenessP99MS int64 `json:"lateness_p99_ms"`
+	LatenessMaxMS int64 `json:"lateness_max_ms"`
+
+	// Figures are what the fault cost, in the order the scenario added
+	// them; Problems its own checks that failed; Examples a few of the
+	// failures of the checks above.
+	Figures  []figure `json:"figures,omitempty"`
 	Problems []string `json:"problems,omitempty"`
-	// Examples names a few of the failures.
 	Examples []string `json:"examples,omitempty"`
 }
 
-// failover is how long the killed node's timers waited for another node.
-type failover struct {
-	// Shards the killed node served before the kill (of ShardCount), and
-	// Pending the acknowledged timers on them, acknowledged before the
-	// kill and not yet received at it.
-	Shards     int `json:"shards"`
-	ShardCount int `json:"shard_count"`
-	Pending    int `json:"pending"`
-	// TakenOver counts the dead shards that delivered under a higher
-	// epoch after the kill; TakeoverMinMS and TakeoverMaxMS are the
-	// first such delivery of the fastest and of the slowest shard, after
-	// the kill.
-	TakenOver     int   `json:"taken_over"`
-	TakeoverMinMS int64 `json:"takeover_min_ms"`
-	TakeoverMaxMS int64 `json:"takeover_max_ms"`
-	// Stranded are the killed node's timers that came due (or were in
-	// flight) while their shard had no live owner: not received before
-	// the kill and due no later than their shard's takeover. FirstMS and
-	// LastMS are, after the kill, the first delivery elsewhere of the
-	// first and of the last of them to be fired.
-	Stranded int   `json:"stranded"`
-	FirstMS  int64 `json:"first_ms"`
-	LastMS   int64 `json:"last_ms"`
+// figure is one measured figure of a scenario run.
+type figure struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
 }
 
-// judge checks the deliveries against what the client knows: the due
-// times of the timers it sent (attempted) and of those it was told are
-// scheduled (acked).
-func judge(attempted, acked map[string]time.Time, indeterminate map[string]string, got []delivery) verdict {
-	v := verdict{Scheduled: len(attempted), Acknowledged: len(acked), Indeterminate: len(indeterminate), Deliveries: len(got)}
-	byID := make(map[string][]delivery, len(attempted))
+// figure adds a figure: a time.Duration is printed in seconds, an int
+// with thousands separators.
+func (v *verdict) figure(name string, value any) {
+	var s string
+	switch x := value.(type) {
+	case time.Duration:
+		s = ms(x.Milliseconds())
+	case int:
+		s = itoa(x)
+	default:
+		s = fmt.Sprint(x)
+	}
+	v.Figures = append(v.Figures, figure{name, s})
+}
+
+// problem adds a failed check of the scenario's own.
+func (v *verdict) problem(format string, args ...any) {
+	v.Problems = append(v.Problems, fmt.Sprintf(format, args...))
+}
+
+// note names one failure, up to maxExamples.
+func (v *verdict) note(format string, args ...any) {
+	if len(v.Examples) < maxExamples {
+		v.Examples = append(v.Examples, fmt.Sprintf(format, args...))
+	}
+}
+
+// seal sets Pass from the checks and the problems.
+func (v *verdict) seal() {
+	v.Pass = v.Lost == 0 && v.Unexpected == 0 && v.Early == 0 && v.CancelledFired == 0 && v.Corrupt == 0 && len(v.Problems) == 0
+}
+
+// history is what the ledger holds of one timer.
+type history struct {
+	ops        []op
+	deliveries []delivery
+}
+
+// judge checks the deliveries in l against its writes.
+func judge(l *ledger) verdict {
+	ops, got := l.snapshot()
+	var v verdict
+	v.Deliveries = len(got)
+	hist := make(map[string]*history)
+	at := func(id string) *history {
+		h := hist[id]
+		if h == nil {
+			h = &history{}
+			hist[id] = h
+		}
+		return h
+	}
+	for _, o := range ops {
+		at(o.id).ops = append(at(o.id).ops, o)
+	}
 	for _, d := range got {
-		byID[d.id] = append(byID[d.id], d)
+		at(d.id).deliveries = append(at(d.id).deliveries, d)
 	}
-	note := func(format string, args ...any) {
-		if len(v.Examples) < maxExamples {
-			v.Examples = append(v.Examples, fmt.Sprintf(format, args...))
-		}
-	}
+	exp := expectedOf(ops)
+	v.Expected = len(exp)
 	var lateness []time.Duration
-	for _, id := range sortedKeys(acked) {
-		ds := byID[id]
+	for _, id := range sortedKeys(hist) {
+		h := hist[id]
+		var scheduled, acked, indeterminate, rescheduled, cancelled bool
+		var dues []time.Time // every due time that may be in effect
+		for _, o := range h.ops {
+			switch o.kind {
+			case opSchedule:
+				scheduled = true
+				acked = acked || o.outcome == outcomeOK
+				indeterminate = indeterminate || o.outcome == outcomeIndeterminate
+			case opReschedule:
+				rescheduled = true
+			case opCancel:
+				cancelled = cancelled || o.outcome == outcomeOK
+			}
+			if o.kind != opCancel && o.outcome != outcomeFailed {
+				dues = append(dues, o.due)
+			}
+		}
+		if scheduled {
+			v.Scheduled++
+			switch {
+			case acked:
+				v.Acknowledged++
+			case indeterminate:
+				v.Indeterminate++
+				if len(h.deliveries) > 0 {
+					v.IndeterminateDelivered++
+				}
+			default:
+				v.Failed++
+			}
+		}
+		if rescheduled {
+			v.Rescheduled++
+		}
+		if cancelled {
+			v.Cancelled++
+		}
+		ds := h.deliveries
+		if e, ok := exp[id]; ok {
+			if len(ds) == 0 {
+				v.Lost++
+				v.note("lost: %s (due %s, acknowledged %s) never delivered", id, e.due.Format(time.StampMilli), e.ackedAt.Format(time.StampMilli))
+			} else {
+				first := slices.MinFunc(ds, func(a, b delivery) int { return a.received.Compare(b.received) })
+				lateness = append(lateness, first.received.Sub(first.due))
+			}
+		}
 		if len(ds) == 0 {
-			v.Lost++
-			note("lost: %s (due %s) acknowledged, never delivered", id, acked[id].Format(time.StampMilli))
 			continue
 		}
-		first := slices.MinFunc(ds, func(a, b delivery) int { return a.received.Compare(b.received) })
-		lateness = append(lateness, first.received.Sub(acked[id]))
-	}
-	for _, id := range sortedKeys(byID) {
-		ds := byID[id]
-		due, ok := attempted[id]
-		if !ok {
+		if !acked && !indeterminate {
 			v.Unexpected += len(ds)
-			note("unexpected: %s delivered %d times, never scheduled", id, len(ds))
+			v.note("unexpected: %s delivered %d times, its every Schedule failed or none was sent", id, len(ds))
 			continue
-		}
-		if _, ok := indeterminate[id]; ok {
-			v.IndeterminateDelivered++
 		}
 		v.Duplicates += len(ds) - 1
+		earliest := slices.MinFunc(dues, time.Time.Compare)
 		for _, d := range ds {
 			if d.attempt > 1 {
 				v.Redelivered++
 			}
-			if d.received.Before(due) {
+			if d.received.Before(d.due) || d.received.Before(earliest) {
 				v.Early++
-				note("early: %s (due %s) received %v early, attempt %d, shard %d epoch %d, on node %d",
-					id, due.Format(time.StampMilli), due.Sub(d.received), d.attempt, d.shard, d.epoch, d.node)
+				v.note("early: %s (due %s) received at %s, attempt %d, shard %d epoch %d, on node %d",
+					id, d.due.Format(time.StampMilli), d.received.Format(time.StampMilli), d.attempt, d.shard, d.epoch, d.node)
 			}
-			if !d.payloadOK || !d.due.Equal(due) {
+			if !d.payloadOK || !slices.ContainsFunc(dues, d.due.Equal) {
 				v.Corrupt++
-				note("corrupt: %s delivered with due %s (scheduled %s), payload as sent: %v",
-					id, d.due.Format(time.StampMilli), due.Format(time.StampMilli), d.payloadOK)
+				v.note("corrupt: %s delivered with due %s, payload as sent: %v", id, d.due.Format(time.StampMilli), d.payloadOK)
+			}
+		}
+		if c, ok := cancelledBeforeDue(h.ops, earliest); ok {
+			for _, d := range ds {
+				if d.received.After(c.answered) {
+					v.CancelledFired++
+					v.note("cancelled-fired: %s cancelled at %s (due %s), delivered at %s by node %d",
+						id, c.answered.Format(time.StampMilli), earliest.Format(time.StampMilli), d.received.Format(time.StampMilli), d.node)
+					break
+				}
 			}
 		}
 	}
 	if len(lateness) > 0 {
 		slices.Sort(lateness)
-		v.MaxLatenessMS = lateness[len(lateness)-1].Milliseconds()
-		v.P99LatenessMS = lateness[(len(lateness)-1)*99/100].Milliseconds()
+		v.LatenessP50MS = percentile(lateness, 50).Milliseconds()
+		v.LatenessP99MS = percentile(lateness, 99).Milliseconds()
+		v.LatenessMaxMS = lateness[len(lateness)-1].Milliseconds()
 	}
-	v.Pass = v.Lost == 0 && v.Early == 0 && v.Unexpected == 0 && v.Corrupt == 0
+	v.seal()
 	return v
 }
 
-// measureFailover computes the failover figures of a kill at kill of the
-// node victim, which served the shards whose owner is victim in before
-// (indexed by shard), from the acknowledged timers (acked: due time,
-// ackedAt: when acknowledged) and the deliveries.
-func measureFailover(before []shardOwner, victim string, kill time.Time, acked, ackedAt map[string]time.Time, got []delivery) failover {
-	f := failover{ShardCount: len(before)}
-	dead := make(map[uint32]bool)
-	for s, o := range before {
-		if o.owner == victim {
-			dead[uint32(s)] = true
-			f.Shards++
+// percentile is the p-th percentile of sorted, by nearest rank: the
+// smallest value at least p% of them are no greater than.
+func percentile(sorted []time.Duration, p int) time.Duration {
+	rank := (len(sorted)*p + 99) / 100 // ceil(n*p/100)
+	return sorted[max(rank, 1)-1]
+}
+
+// cancelledBeforeDue returns the last Cancel of ops answered OK before
+// due, when no Schedule that may have applied was sent after its answer
+// (which would bring the timer back).
+func cancelledBeforeDue(ops []op, due time.Time) (op, bool) {
+	var c op
+	found := false
+	for _, o := range ops {
+		if o.kind == opCancel && o.outcome == outcomeOK && o.answered.Before(due) {
+			c, found = o, true
 		}
 	}
-	// A timer's shard is known from its deliveries; what was received
-	// before the kill, and the first delivery under a new owner.
-	shardOf := make(map[string]uint32)
-	seenBefore := make(map[string]bool)
-	elsewhere := make(map[string]time.Time)
-	takeover := make(map[uint32]time.Time)
-	for _, d := range got {
-		if !dead[d.shard] {
-			continue
-		}
-		shardOf[d.id] = d.shard
-		if d.received.Before(kill) {
-			seenBefore[d.id] = true
-		}
-		if d.epoch > before[d.shard].epoch {
-			if t, ok := elsewhere[d.id]; !ok || d.received.Before(t) {
-				elsewhere[d.id] = d.received
-			}
-			if t, ok := takeover[d.shard]; !ok || d.received.Before(t) {
-				takeover[d.shard] = d.received
-			}
+	if !found {
+		return op{}, false
+	}
+	for _, o := range ops {
+		if o.kind == opSchedule && o.outcome != outcomeFailed && o.sent.After(c.answered) {
+			return op{}, false
 		}
 	}
-	f.TakenOver = len(takeover)
-	for i, t := range sortedTimes(takeover) {
-		if i == 0 {
-			f.TakeoverMinMS = t.Sub(kill).Milliseconds()
-		}
-		f.TakeoverMaxMS = t.Sub(kill).Milliseconds()
-	}
-	var first, last time.Time
-	for id, s := range shardOf {
-		due, ok := acked[id]
-		if !ok || seenBefore[id] {
-			continue
-		}
-		if ackedAt[id].Before(kill) {
-			f.Pending++
-		}
-		if t, ok := takeover[s]; !ok || due.After(t) {
-			continue
-		}
-		f.Stranded++
-		if t, ok := elsewhere[id]; ok {
-			if first.IsZero() || t.Before(first) {
-				first = t
-			}
-			if t.After(last) {
-				last = t
-			}
-		}
-	}
-	if !first.IsZero() {
-		f.FirstMS, f.LastMS = first.Sub(kill).Milliseconds(), last.Sub(kill).Milliseconds()
-	}
-	return f
+	return c, true
 }
 
 // line is the one-line verdict.
@@ -216,19 +263,32 @@ func (v verdict) line() string {
 	if !v.Pass {
 		result = "FAIL"
 	}
-	return fmt.Sprintf("chaos verdict: %s seed=%d killed=%s at +%.1fs: %s scheduled, %s acknowledged, %s indeterminate (%s of them delivered); "+
-		"%s deliveries: lost %d, early %d, unexpected %d, corrupt %d, duplicates %s (%s redeliveries); first-delivery lateness p99 %s, max %s",
-		result, v.Seed, v.Killed, float64(v.KillAtMS)/1000, itoa(v.Scheduled), itoa(v.Acknowledged), itoa(v.Indeterminate),
-		itoa(v.IndeterminateDelivered), itoa(v.Deliveries), v.Lost, v.Early, v.Unexpected, v.Corrupt, itoa(v.Duplicates),
-		itoa(v.Redelivered), ms(v.P99LatenessMS), ms(v.MaxLatenessMS))
+	var b strings.Builder
+	fmt.Fprintf(&b, "chaos verdict: %s %s seed=%d: %s scheduled (%s acknowledged, %s failed, %s indeterminate, %s of them delivered), "+
+		"%s rescheduled, %s cancelled; %s deliveries: lost %d, unexpected %d, early %d, cancelled-fired %d, corrupt %d; "+
+		"duplicates %s (%s redeliveries); lateness p50 %s, p99 %s, max %s",
+		result, v.Scenario, v.Seed, itoa(v.Scheduled), itoa(v.Acknowledged), itoa(v.Failed), itoa(v.Indeterminate),
+		itoa(v.IndeterminateDelivered), itoa(v.Rescheduled), itoa(v.Cancelled), itoa(v.Deliveries),
+		v.Lost, v.Unexpected, v.Early, v.CancelledFired, v.Corrupt, itoa(v.Duplicates), itoa(v.Redelivered),
+		ms(v.LatenessP50MS), ms(v.LatenessP99MS), ms(v.LatenessMaxMS))
+	for i, f := range v.Figures {
+		sep := ", "
+		if i == 0 {
+			sep = "; "
+		}
+		fmt.Fprintf(&b, "%s%s %s", sep, f.Name, f.Value)
+	}
+	fmt.Fprintf(&b, "; problems %d", len(v.Problems))
+	return b.String()
 }
 
-// line is the one-line failover figures.
-func (f failover) line(victim string) string {
-	return fmt.Sprintf("chaos failover: %s served %d of %d shards with %s timers pending; %d shards taken over %s to %s after the kill; "+
-		"of its %s timers stranded while their shard had no owner, the first fired elsewhere %s and the last %s after the kill",
-		victim, f.Shards, f.ShardCount, itoa(f.Pending), f.TakenOver, ms(f.TakeoverMinMS), ms(f.TakeoverMaxMS),
-		itoa(f.Stranded), ms(f.FirstMS), ms(f.LastMS))
+// json is the verdict as one line of JSON.
+func (v verdict) json() string {
+	js, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Sprintf(`{"error":%q}`, err.Error())
+	}
+	return string(js)
 }
 
 // ms formats milliseconds as seconds.
@@ -250,62 +310,4 @@ func sortedTimes[K comparable](m map[K]time.Time) []time.Time {
 	}
 	slices.SortFunc(ts, time.Time.Compare)
 	return ts
-}
-
-// TestJudge checks the verdict's arithmetic on made-up deliveries; it
-// needs no processes, so it runs without TIMERD_CHAOS.
-func TestJudge(t *testing.T) {
-	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	due := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
-	attempted := map[string]time.Time{"a": due(1), "b": due(2), "c": due(3), "d": due(4), "e": due(5)}
-	acked := map[string]time.Time{"a": due(1), "b": due(2), "c": due(3), "d": due(4)}
-	indeterminate := map[string]string{"e": "gave up"}
-	at := func(id string, s float64, attempt uint32) delivery {
-		return delivery{id: id, due: attempted[id], received: t0.Add(time.Duration(s * float64(time.Second))), attempt: attempt, payloadOK: true}
-	}
-	got := []delivery{
-		at("a", 1.5, 1), at("a", 2, 2), at("a", 9, 1), // two duplicates
-		at("b", 1.9, 1),             // early
-		at("d", 4, 1),               // on time, to the nanosecond
-		at("e", 6, 1),               // indeterminate, delivered: fine
-		{id: "z", received: due(7)}, // never scheduled
-		{id: "d", due: due(9), received: due(9), attempt: 2}, // corrupt: due and payload
-	}
-	v := judge(attempted, acked, indeterminate, got)
-	want := verdict{Scheduled: 5, Acknowledged: 4, Indeterminate: 1, Deliveries: 8, IndeterminateDelivered: 1,
-		Lost: 1, Early: 1, Unexpected: 1, Corrupt: 1, Duplicates: 3, Redelivered: 2, MaxLatenessMS: 500, P99LatenessMS: 0}
-	v.Examples = nil
-	if fmt.Sprint(v) != fmt.Sprint(want) {
-		t.Errorf("judge =\n%+v, want\n%+v", v, want)
-	}
-	if v := judge(attempted, acked, indeterminate, got[:1]); v.Pass || v.Lost != 3 || len(v.Examples) != 3 || !strings.HasPrefix(v.Examples[0], "lost: b ") {
-		t.Errorf("judge with only a's first delivery = %+v, want 3 lost, b first", v)
-	}
-	if v := judge(map[string]time.Time{"a": due(1)}, map[string]time.Time{"a": due(1)}, nil, got[:2]); !v.Pass || v.Duplicates != 1 {
-		t.Errorf("judge of a delivered twice = %+v, want a pass with one duplicate", v)
-	}
-}
-
-// TestMeasureFailover checks the failover figures on made-up deliveries.
-func TestMeasureFailover(t *testing.T) {
-	kill := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	at := func(s float64) time.Time { return kill.Add(time.Duration(s * float64(time.Second))) }
-	before := []shardOwner{{"n0", 5}, {"n1", 7}, {"n1", 3}}
-	acked := map[string]time.Time{"a": at(-1), "b": at(1), "c": at(2), "d": at(10), "e": at(-2), "f": at(1)}
-	ackedAt := map[string]time.Time{"a": at(-5), "b": at(-5), "c": at(1), "d": at(-5), "e": at(-5), "f": at(-5)}
-	got := []delivery{
-		{id: "e", shard: 1, epoch: 7, received: at(-1.9)}, // delivered before the kill: neither pending nor stranded
-		{id: "e", shard: 1, epoch: 8, received: at(3)},    // its duplicate from the new owner
-		{id: "a", shard: 1, epoch: 8, received: at(3.5)},  // stranded
-		{id: "b", shard: 2, epoch: 4, received: at(4)},    // stranded; shard 2 taken over at +4s
-		{id: "c", shard: 1, epoch: 8, received: at(3.2)},  // stranded, acknowledged after the kill
-		{id: "d", shard: 1, epoch: 8, received: at(10)},   // due after the takeover: pending, not stranded
-		{id: "f", shard: 0, epoch: 5, received: at(1)},    // another node's shard
-	}
-	f := measureFailover(before, "n1", kill, acked, ackedAt, got)
-	want := failover{Shards: 2, ShardCount: 3, Pending: 3, TakenOver: 2, TakeoverMinMS: 3000, TakeoverMaxMS: 4000,
-		Stranded: 3, FirstMS: 3200, LastMS: 4000}
-	if f != want {
-		t.Errorf("measureFailover =\n%+v, want\n%+v", f, want)
-	}
 }
