@@ -94,11 +94,12 @@ type node struct {
 }
 
 // startNode starts timerd with args (plus its name, its gossip and gRPC
-// addresses and a free HTTP port) in a process group of its own, its log
-// appended to logPath, and returns once it logs the gRPC address it
-// serves; ready closes when it logs msg=ready. The test's cleanup kills
-// its process group.
-func startNode(t *testing.T, bin, name, gossipAddr, grpcAddr, logPath string, args []string) *node {
+// addresses and a free HTTP port) and env (NAME=value, added to the
+// test's environment less its TIMERD_* variables) in a process group of
+// its own, its log appended to logPath, and returns once it logs the gRPC
+// address it serves; ready closes when it logs msg=ready. The test's
+// cleanup kills its process group.
+func startNode(t *testing.T, bin, name, gossipAddr, grpcAddr, logPath string, args []string, env ...string) *node {
 	t.Helper()
 	args = append([]string{"--node-name", name, "--gossip-addr", gossipAddr,
 		"--grpc-addr", grpcAddr, "--http-addr", "127.0.0.1:0"}, args...)
@@ -110,7 +111,7 @@ func startNode(t *testing.T, bin, name, gossipAddr, grpcAddr, logPath string, ar
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = filepath.Dir(logPath)
-	cmd.Env = childEnv()
+	cmd.Env = append(childEnv(), env...)
 	cmd.SysProcAttr = procAttr()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

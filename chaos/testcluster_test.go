@@ -52,6 +52,9 @@ type clusterOptions struct {
 	// NodeArgs adds flags to node i's command line, after the cluster's
 	// own (a later flag wins).
 	NodeArgs func(i int) []string
+	// NodeEnv adds NAME=value variables to node i's environment, such as
+	// timerd's test hooks.
+	NodeEnv func(i int) []string
 	// RedisURL makes the --redis URL of the Redis at addr (host:port; a
 	// comma-separated list for a Redis Cluster), e.g. through a proxy.
 	// Default: redis://addr (redis+cluster://addr for a cluster).
@@ -187,9 +190,13 @@ func (c *testCluster) launch(i int, gossip string) {
 	if c.opts.NodeArgs != nil {
 		args = append(args, c.opts.NodeArgs(i)...)
 	}
+	var env []string
+	if c.opts.NodeEnv != nil {
+		env = c.opts.NodeEnv(i)
+	}
 	name := c.opts.Name(i)
 	grpcAddr := c.freeAddr()
-	n := startNode(t, c.r.bin, name, gossip, grpcAddr, filepath.Join(c.r.dir, fmt.Sprintf("node%d.log", i)), args)
+	n := startNode(t, c.r.bin, name, gossip, grpcAddr, filepath.Join(c.r.dir, fmt.Sprintf("node%d.log", i)), args, env...)
 	conn := dial(t, n.grpcAddr)
 	c.mu.Lock()
 	defer c.mu.Unlock()
