@@ -336,7 +336,9 @@ func (n *Node) Open(ctx context.Context) error {
 }
 
 // startClock anchors the node's SteadyClock, refereed by the store's
-// clock when the store has one, and starts keeping it in step.
+// clock when the store has one (at the store's time when the wall
+// disagrees with it; at the wall when the store does not answer), and
+// starts keeping it in step.
 func (n *Node) startClock(ctx context.Context) error {
 	sc := n.cfg.SteadyClock
 	sc.Logger = n.log.With("clock", "steady")
@@ -348,7 +350,9 @@ func (n *Node) startClock(ctx context.Context) error {
 		return fmt.Errorf("node: %w", err)
 	}
 	if err := c.Sync(ctx); err != nil {
-		return fmt.Errorf("node: %w", err)
+		// The wall anchors the clock then; a later step is settled when
+		// the store answers again.
+		n.log.Warn("clock: could not read the store's time; anchored at the wall clock", "err", err)
 	}
 	n.clock.Store(c)
 	var run context.Context
