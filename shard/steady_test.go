@@ -68,12 +68,12 @@ func TestSteadyClock(t *testing.T) {
 				if now.Before(prev) {
 					t.Fatalf("the clock went back from %v to %v", prev, now)
 				}
-				if off := now.Sub(time.Now()); off > tc.store && !tc.noStore && tc.store > 0 {
+				if off := time.Until(now); off > tc.store && !tc.noStore && tc.store > 0 {
 					t.Fatalf("the clock is %v ahead of the true clock, past the store's %v", off, tc.store)
 				}
 				prev = now
 			}
-			if got := c.Now().Round(0).Sub(time.Now()); got < tc.want-step || got > tc.want+step {
+			if got := time.Until(c.Now().Round(0)); got < tc.want-step || got > tc.want+step {
 				t.Errorf("the clock is %v from the true clock, want %v ± %v", got, tc.want, step)
 			}
 			if got := c.Skew(); got < tc.wantSkew-step || got > tc.wantSkew+step {

@@ -41,7 +41,7 @@ func TestWallOffsetFile(t *testing.T) {
 	} {
 		write(tc.file)
 		time.Sleep(wallOffsetReread) // the file is read again this often
-		if got := cfg.Wall().Sub(time.Now()); got < tc.want-time.Second || got > tc.want+time.Second {
+		if got := time.Until(cfg.Wall()); got < tc.want-time.Second || got > tc.want+time.Second {
 			t.Errorf("file %q: the wall is %v from the machine's clock, want %v", tc.file, got, tc.want)
 		}
 	}
