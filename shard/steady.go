@@ -258,8 +258,10 @@ func (c *SteadyClock) check(ctx context.Context) {
 		c.log.Warn("the clock was behind the wall and the store's clock; stepped forward", "step", time.Duration(behind))
 	case behind < 0 && abs(skew-behind) <= step:
 		c.slew(behind)
-		c.log.Error("the clock is ahead of the wall and the store's clock; slewing back, timers may fire early by up to the skew",
-			"skew", time.Duration(behind))
+		if first {
+			c.log.Error("the clock is ahead of the wall and the store's clock; slewing back, timers may fire early by up to the skew",
+				"skew", time.Duration(behind))
+		}
 	default:
 		if first {
 			c.log.Warn("the wall clock, the store's and the node's all disagree; not followed",
