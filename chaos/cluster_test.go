@@ -21,8 +21,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
-
-	"github.com/timerd/timerd/internal/binary"
 )
 
 const (
@@ -34,16 +32,6 @@ const (
 	// logTailLines is how much of a node's log a failing test shows.
 	logTailLines = 40
 )
-
-// buildTimerd builds ./cmd/timerd into dir and returns the binary's path.
-func buildTimerd(t *testing.T, dir string) string {
-	t.Helper()
-	paths, err := binary.Build(dir, "timerd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return paths[0]
-}
 
 // freeAddr returns a 127.0.0.1 address whose port is free for both
 // TCP and UDP (memberlist binds both), as far as the kernel says now.
@@ -94,24 +82,32 @@ type node struct {
 }
 
 // startNode starts timerd with args (plus its name, its gossip and gRPC
-// addresses and a free HTTP port) and env (NAME=value, added to the
-// test's environment less its TIMERD_* variables) in a process group of
-// its own, its log appended to logPath, and returns once it logs the gRPC
-// address it serves; ready closes when it logs msg=ready. The test's
-// cleanup kills its process group.
-func startNode(t *testing.T, bin, name, gossipAddr, grpcAddr, logPath string, args []string, env ...string) *node {
+// addresses and a free HTTP port on the gRPC address's host) in a process
+// group of its own, its log appended to logPath, and returns once it logs
+// the gRPC address it serves; ready closes when it logs msg=ready. wrap,
+// if not nil, rewrites the command line (argv[0] is bin), e.g. to run it
+// in a network namespace. The test's cleanup kills its process group.
+func startNode(t *testing.T, bin, name, gossipAddr, grpcAddr, logPath string, args []string, wrap func([]string) []string) *node {
 	t.Helper()
+	host, _, err := net.SplitHostPort(grpcAddr)
+	if err != nil {
+		t.Fatalf("%s: gRPC address %q: %v", name, grpcAddr, err)
+	}
 	args = append([]string{"--node-name", name, "--gossip-addr", gossipAddr,
-		"--grpc-addr", grpcAddr, "--http-addr", "127.0.0.1:0"}, args...)
+		"--grpc-addr", grpcAddr, "--http-addr", net.JoinHostPort(host, "0")}, args...)
 	n := &node{name: name, gossipAddr: gossipAddr, args: args, logPath: logPath,
 		ready: make(chan struct{}), exited: make(chan struct{})}
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, args...)
+	argv := append([]string{bin}, args...)
+	if wrap != nil {
+		argv = wrap(argv)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = filepath.Dir(logPath)
-	cmd.Env = append(childEnv(), env...)
+	cmd.Env = childEnv()
 	cmd.SysProcAttr = procAttr()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -159,8 +155,8 @@ func startNode(t *testing.T, bin, name, gossipAddr, grpcAddr, logPath string, ar
 	case <-time.After(readyTimeout):
 		t.Fatalf("%s did not log msg=serving within %v:\n%s", name, readyTimeout, n.logTail())
 	}
-	if !strings.HasPrefix(n.grpcAddr, "127.0.0.1:") {
-		t.Fatalf("%s logged grpc=%q, want a loopback address", name, n.grpcAddr)
+	if n.grpcAddr != grpcAddr {
+		t.Fatalf("%s logged grpc=%q, want the address it was given, %s", name, n.grpcAddr, grpcAddr)
 	}
 	return n
 }

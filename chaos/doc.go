@@ -1,23 +1,46 @@
-// Package chaos owns the fault tests of timerd as a cluster of real
-// processes: it builds timerd from ./cmd/timerd into a temporary
-// directory, starts a real redis-server and three timerd nodes on
-// 127.0.0.1 with free ports, drives them only through the public gRPC
-// contract (api/timerd/v1), injects faults (kill -9 of a node) while a
-// client schedules and subscribers consume, and gives a verdict on the
-// guarantee of docs/ARCHITECTURE.md: every acknowledged timer delivered
-// at least once, never early, nothing delivered that was never asked
-// for. It also measures how long a dead node's timers wait for another
-// node to fire them.
+// Package chaos owns the fault scenarios of timerd as a cluster of real
+// processes: real redis-server (standalone, or a Redis Cluster) from
+// internal/redistest and timerd processes built once from ./cmd/timerd,
+// on 127.0.0.1 with free ports, driven only through the public gRPC
+// contract (api/timerd/v1), while faults are injected: kill -9, SIGSTOP
+// and SIGCONT, graceful stops, restarts, joins, a duplicate name, a proxy
+// in front of Redis.
 //
-// The package holds tests only and imports no server internals. Its
-// fault tests take about a minute, so they run only with TIMERD_CHAOS=1
-// (make chaos); without it they skip. A run is drawn from a seed
-// (TIMERD_CHAOS_SEED, random by default) that picks the node to kill, the
-// moment of the kill, the due times and the batches; a failing run prints
-// the seed and the command that replays it. The processes' own timing is
-// not reproducible, so a replay repeats the plan, not the interleaving.
+// A scenario (a name, what it proves and its run) lives in a file of its
+// own, scenario_<name>_test.go, and registers itself from init. TestChaos
+// runs each registered scenario once per seed as TestChaos/<name>/seed=<n>;
+// TIMERD_CHAOS_SCENARIOS (a regexp) picks scenarios, TIMERD_CHAOS_SEED
+// replays one seed and TIMERD_CHAOS_SEEDS=k runs k random ones. A run
+// draws its plan from its seed (due times, batches, victims, moments), so
+// a replay repeats the plan; the processes' own timing is not
+// reproducible.
 //
-// Every process a test starts runs in a process group of its own and is
-// killed with its group when the test ends, passed, failed or timed out;
-// on Linux the kernel also kills it if the test binary dies first.
+// Every write the workload sends (Schedule, Reschedule, Cancel) is
+// recorded in a ledger with its outcome (acknowledged, certainly failed or
+// indeterminate) and every delivery with its receive time, attempt, shard,
+// epoch and the node whose stream carried it. The judge checks the
+// deliveries against the writes:
+//
+//   - lost: an acknowledged timer, not cancelled since, never delivered;
+//   - unexpected: a delivery of a timer never sent or whose every Schedule
+//     certainly failed;
+//   - early: a delivery received, by the test's clock, before its due time;
+//   - cancelled-fired: a timer whose Cancel was acknowledged before its
+//     due time, delivered after that acknowledgement;
+//   - corrupt: a payload or a due time that no write sent;
+//
+// each of which must be 0, and counts duplicates, the indeterminate
+// timers delivered all the same and the lateness of first deliveries.
+// A scenario adds its own figures (what the fault cost, in time) and
+// problems (its own checks that failed). Every run prints one verdict
+// line and the verdict as JSON; a failing one prints its seed and the
+// command that replays it.
+//
+// Invariants: the package holds tests only and imports no server
+// internals; the checks are the oracle, never wall-clock thresholds
+// (timings are figures, with generous bounds against hangs only); every
+// run is bounded by a context, and every process it starts runs in a
+// process group of its own that the test's cleanup kills, passed, failed
+// or timed out; on Linux the kernel also kills it if the test binary dies
+// first.
 package chaos

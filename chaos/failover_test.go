@@ -36,6 +36,10 @@ type failover struct {
 	// VictimLatenessMax is the largest lateness of the first delivery of
 	// a pending timer of the killed node, after its due time.
 	VictimLatenessMax time.Duration `json:"victim_lateness_max_ns"`
+	// OthersMoved counts the survivors' shards that delivered under a
+	// higher epoch after the kill: their leases lapsed too, a stall (of
+	// Redis, of the machine) beyond the kill.
+	OthersMoved int `json:"others_moved"`
 }
 
 // measureFailover computes the failover figures of a kill at kill of the
@@ -57,8 +61,12 @@ func measureFailover(before []shardOwner, victim string, kill time.Time, exp map
 	firstAt := make(map[string]time.Time)
 	elsewhere := make(map[string]time.Time)
 	takeover := make(map[uint32]time.Time)
+	moved := make(map[uint32]bool)
 	for _, d := range got {
 		if !dead[d.shard] {
+			if int(d.shard) < len(before) && d.epoch > before[d.shard].epoch && !d.received.Before(kill) {
+				moved[d.shard] = true
+			}
 			continue
 		}
 		shardOf[d.id] = d.shard
@@ -78,6 +86,7 @@ func measureFailover(before []shardOwner, victim string, kill time.Time, exp map
 		}
 	}
 	f.TakenOver = len(takeover)
+	f.OthersMoved = len(moved)
 	for i, t := range sortedTimes(takeover) {
 		if i == 0 {
 			f.TakeoverMin = t.Sub(kill)
@@ -125,31 +134,39 @@ func (f failover) addTo(v *verdict, victim string) {
 	v.figure("stranded_first", f.First)
 	v.figure("stranded_last", f.Last)
 	v.figure("victim_lateness_max", f.VictimLatenessMax)
+	v.figure("survivor_shards_moved", f.OthersMoved)
 	if f.TakenOver != f.Shards {
 		v.problem("%d of the %d shards %s served were taken over", f.TakenOver, f.Shards, victim)
 	}
 }
 
-// ownerless measures, from kill, how long each of shards went without a
-// live owner: until a node other than victim serves it, as the node up
-// behind conn sees it. It polls every 50ms until every shard has one, or
-// bound passes, and returns the longest wait (bound when one had none).
-func ownerless(ctx context.Context, conn *grpc.ClientConn, victim string, shards []uint32, kill time.Time, bound time.Duration) time.Duration {
+// servedAgain measures, from kill, how long each of shards went without
+// a live owner: until one of the nodes behind conns says it serves it. It
+// asks each node for its own shards only (ShardMapRequest.local): a whole
+// shard map waits, a few seconds, for every member in the answering
+// node's view, the dead one too until it is declared dead. It polls every
+// 50ms until every shard has an owner, or bound passes, and returns the
+// shortest and the longest wait; ok is false if a shard had none within
+// bound.
+func servedAgain(ctx context.Context, conns []*grpc.ClientConn, shards []uint32, kill time.Time, bound time.Duration) (shortest, longest time.Duration, ok bool) {
 	left := make(map[uint32]bool, len(shards))
 	for _, s := range shards {
 		left[s] = true
 	}
-	var longest time.Duration
+	shortest = bound
 	for len(left) > 0 && time.Since(kill) < bound {
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		sm, err := pb.NewClusterServiceClient(conn).ShardMap(cctx, &pb.ShardMapRequest{})
-		cancel()
-		now := time.Since(kill)
-		if err == nil {
+		for _, conn := range conns {
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			sm, err := pb.NewClusterServiceClient(conn).ShardMap(cctx, &pb.ShardMapRequest{Local: true})
+			cancel()
+			now := time.Since(kill)
+			if err != nil {
+				continue
+			}
 			for _, o := range sm.GetShards() {
-				if left[o.GetShard()] && o.GetState() == pb.ShardState_SHARD_STATE_SERVING && o.GetOwner() != "" && o.GetOwner() != victim {
+				if left[o.GetShard()] && o.GetState() == pb.ShardState_SHARD_STATE_SERVING {
 					delete(left, o.GetShard())
-					longest = max(longest, now)
+					shortest, longest = min(shortest, now), max(longest, now)
 				}
 			}
 		}
@@ -157,10 +174,7 @@ func ownerless(ctx context.Context, conn *grpc.ClientConn, victim string, shards
 			break
 		}
 	}
-	if len(left) > 0 {
-		return bound
-	}
-	return longest
+	return shortest, longest, len(left) == 0
 }
 
 // shardsOf returns the shards whose owner is name in owners.

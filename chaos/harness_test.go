@@ -58,8 +58,9 @@ type run struct {
 	bin    string
 	ledger *ledger
 	began  time.Time
-	// verdict is set by judge.
+	// verdict is set by judge; subs are the subscriber sets started.
 	verdict *verdict
+	subs    []*subscribers
 }
 
 // logf logs with the time since the run began.
@@ -203,6 +204,9 @@ func runScenario(t *testing.T, sc scenario, seed uint64) {
 	v.seal()
 	fmt.Println(v.line())
 	fmt.Printf("chaos verdict json: %s\n", v.json())
+	for _, s := range r.subs {
+		t.Logf("subscriber streams opened, by node: %v", s.opened())
+	}
 	t.Logf("run took %v", time.Since(r.began).Round(time.Millisecond))
 	if !v.Pass {
 		t.Errorf("%s: lost %d, unexpected %d, early %d, cancelled-fired %d, corrupt %d, problems %d\n  %s",

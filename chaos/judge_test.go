@@ -166,10 +166,12 @@ func TestMeasureFailover(t *testing.T) {
 		{id: "c", shard: 1, epoch: 8, received: sec(3.2)},  // stranded, acknowledged after the kill
 		{id: "d", shard: 1, epoch: 8, received: sec(10)},   // due after the takeover: pending, not stranded
 		{id: "f", shard: 0, epoch: 5, received: sec(1)},    // another node's shard
+		{id: "g", shard: 0, epoch: 6, received: sec(-1)},   // which moved before the kill: not counted
+		{id: "h", shard: 0, epoch: 6, received: sec(5)},    // and delivered under a new epoch after it
 	}
 	f := measureFailover(before, "n1", kill, exp, deliveries)
 	want := failover{Shards: 2, ShardCount: 3, Pending: 3, TakenOver: 2, TakeoverMin: 3 * time.Second, TakeoverMax: 4 * time.Second,
-		Stranded: 3, First: 3200 * time.Millisecond, Last: 4 * time.Second, VictimLatenessMax: 4500 * time.Millisecond}
+		Stranded: 3, First: 3200 * time.Millisecond, Last: 4 * time.Second, VictimLatenessMax: 4500 * time.Millisecond, OthersMoved: 1}
 	if f != want {
 		t.Errorf("measureFailover =\n%+v, want\n%+v", f, want)
 	}

@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"maps"
 	"sync"
 	"time"
 
@@ -98,10 +99,10 @@ func callOutcome(c codes.Code) outcome {
 // for concurrent use.
 type ledger struct {
 	mu sync.Mutex
-	// ops holds every item of every write, in the order recorded; byID
-	// indexes them.
-	ops  []op
-	byID map[string][]int
+	// ops holds every item of every write, in the order recorded.
+	ops []op
+	// exp is expectedOf(ops), kept up to date op by op.
+	exp map[string]expectation
 	// got holds every delivery, in the order received; delivered the ids
 	// with at least one.
 	got       []delivery
@@ -109,7 +110,7 @@ type ledger struct {
 }
 
 func newLedger() *ledger {
-	return &ledger{byID: make(map[string][]int), delivered: make(map[string]bool)}
+	return &ledger{exp: make(map[string]expectation), delivered: make(map[string]bool)}
 }
 
 // record adds one item of a write.
@@ -129,8 +130,8 @@ func (l *ledger) recordAll(ops []op) {
 }
 
 func (l *ledger) recordLocked(o op) {
-	l.byID[o.id] = append(l.byID[o.id], len(l.ops))
 	l.ops = append(l.ops, o)
+	expect(l.exp, o)
 }
 
 // deliver adds one delivery.
@@ -169,7 +170,7 @@ type expectation struct {
 func (l *ledger) expected() map[string]expectation {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return expectedOf(l.ops)
+	return maps.Clone(l.exp)
 }
 
 // missing returns how many of the timers that must fire have not been
@@ -178,7 +179,7 @@ func (l *ledger) missing() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	n := 0
-	for id := range expectedOf(l.ops) {
+	for id := range l.exp {
 		if !l.delivered[id] {
 			n++
 		}
@@ -189,26 +190,32 @@ func (l *ledger) missing() int {
 // expectedOf is expected over ops, in the order recorded.
 //
 // A timer must fire when a Schedule of it was answered OK and no Cancel
-// answered OK or left indeterminate may have applied after that Schedule:
-// none answered after the Schedule was sent. Its due time is that of the last Schedule or Reschedule
-// answered OK; a Reschedule left indeterminate makes either due time
-// possible, which the early check allows for.
+// answered OK or left indeterminate may have applied after that
+// Schedule: none answered after the Schedule was sent. Its due time is
+// that of the last Schedule or Reschedule answered OK; a Reschedule left
+// indeterminate makes either due time possible, which the early check
+// allows for.
 func expectedOf(ops []op) map[string]expectation {
 	exp := make(map[string]expectation)
 	for _, o := range ops {
-		switch {
-		case o.kind == opSchedule && o.outcome == outcomeOK:
-			exp[o.id] = expectation{due: o.due, ackedAt: o.answered, sent: o.sent}
-		case o.kind == opReschedule && o.outcome == outcomeOK:
-			if e, ok := exp[o.id]; ok {
-				e.due = o.due
-				exp[o.id] = e
-			}
-		case o.kind == opCancel && o.outcome != outcomeFailed:
-			if e, ok := exp[o.id]; ok && o.answered.After(e.sent) {
-				delete(exp, o.id)
-			}
-		}
+		expect(exp, o)
 	}
 	return exp
+}
+
+// expect applies one op, the next in the order recorded, to exp.
+func expect(exp map[string]expectation, o op) {
+	switch {
+	case o.kind == opSchedule && o.outcome == outcomeOK:
+		exp[o.id] = expectation{due: o.due, ackedAt: o.answered, sent: o.sent}
+	case o.kind == opReschedule && o.outcome == outcomeOK:
+		if e, ok := exp[o.id]; ok {
+			e.due = o.due
+			exp[o.id] = e
+		}
+	case o.kind == opCancel && o.outcome != outcomeFailed:
+		if e, ok := exp[o.id]; ok && o.answered.After(e.sent) {
+			delete(exp, o.id)
+		}
+	}
 }

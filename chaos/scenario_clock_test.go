@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -37,11 +38,18 @@ func clockStepRun(t *testing.T, r *run) {
 	stepped := r.rng.IntN(nodes)
 	offsetFile := filepath.Join(r.dir, "wall-offset")
 	writeOffset(t, offsetFile, 0)
-	c := startCluster(r, clusterOptions{Nodes: nodes, NodeEnv: func(i int) []string {
+	// The hook reaches the stepped node through env(1), which execs
+	// timerd with it set: the harness gives the nodes no TIMERD_*
+	// variable of its own.
+	envBin, err := exec.LookPath("env")
+	if err != nil {
+		t.Fatalf("env(1), to set the stepped node's wall clock hook: %v", err)
+	}
+	c := startCluster(r, clusterOptions{Nodes: nodes, Command: func(i int, argv []string) []string {
 		if i != stepped {
-			return nil
+			return argv
 		}
-		return []string{"TIMERD_TEST_WALL_OFFSET_FILE=" + offsetFile}
+		return append([]string{envBin, "TIMERD_TEST_WALL_OFFSET_FILE=" + offsetFile}, argv...)
 	}})
 	name := c.node(stepped).name
 	subscribe(r, c, subscribeConfig{})

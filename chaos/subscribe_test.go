@@ -33,6 +33,10 @@ type subscribeConfig struct {
 	// 1,000); one unacked for AckTimeout (default 5s) is sent again.
 	MaxInFlight uint32
 	AckTimeout  time.Duration
+	// Local subscribes to each node's own shards only
+	// (Subscription.local): no relays, so the stream a delivery came on
+	// names the process that fired it.
+	Local bool
 }
 
 func (c subscribeConfig) withDefaults() subscribeConfig {
@@ -66,6 +70,7 @@ type subscribers struct {
 
 	mu      sync.Mutex
 	streams map[int]int // streams opened, by node
+	stopped bool        // set by stop; follow starts nothing after it
 }
 
 // reconnectDelay is the pause before a stream that ended is opened again.
@@ -81,11 +86,17 @@ func subscribe(r *run, c *testCluster, cfg subscribeConfig) *subscribers {
 	}
 	c.whenAdded(s.follow)
 	r.t.Cleanup(s.stop)
+	r.subs = append(r.subs, s)
 	return s
 }
 
-// follow keeps a stream open on node i.
+// follow keeps a stream open on node i. After stop it does nothing.
 func (s *subscribers) follow(i int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return
+	}
 	s.wg.Go(func() {
 		for s.ctx.Err() == nil {
 			s.stream(s.ctx, i)
@@ -106,7 +117,7 @@ func (s *subscribers) stream(ctx context.Context, i int) {
 		return
 	}
 	sub := &pb.Subscription{Namespace: s.cfg.Namespace, Topic: s.cfg.Topic, MaxInFlight: s.cfg.MaxInFlight,
-		AckTimeout: durationpb.New(s.cfg.AckTimeout)}
+		AckTimeout: durationpb.New(s.cfg.AckTimeout), Local: s.cfg.Local}
 	if err := st.Send(&pb.SubscribeRequest{Kind: &pb.SubscribeRequest_Subscription{Subscription: sub}}); err != nil {
 		return
 	}
@@ -134,6 +145,9 @@ func (s *subscribers) stream(ctx context.Context, i int) {
 
 // stop ends every stream and waits for them. It is safe to call twice.
 func (s *subscribers) stop() {
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
 	s.cancel()
 	s.wg.Wait()
 }

@@ -52,13 +52,19 @@ type clusterOptions struct {
 	// NodeArgs adds flags to node i's command line, after the cluster's
 	// own (a later flag wins).
 	NodeArgs func(i int) []string
-	// NodeEnv adds NAME=value variables to node i's environment, such as
-	// timerd's test hooks.
-	NodeEnv func(i int) []string
 	// RedisURL makes the --redis URL of the Redis at addr (host:port; a
 	// comma-separated list for a Redis Cluster), e.g. through a proxy.
 	// Default: redis://addr (redis+cluster://addr for a cluster).
 	RedisURL func(addr string) string
+	// Addrs gives node i's gossip and gRPC addresses (host:port). It is
+	// called at every start of node i; a restart keeps the gossip address
+	// of the first start and takes the gRPC one. Default: free ports of
+	// 127.0.0.1.
+	Addrs func(i int) (gossip, grpc string)
+	// Command rewrites node i's command line (argv[0] is the timerd
+	// binary), e.g. to prefix "ip netns exec <ns>". The process it starts
+	// must become timerd (exec), so signals reach it.
+	Command func(i int, argv []string) []string
 }
 
 func (o clusterOptions) withDefaults() clusterOptions {
@@ -132,10 +138,10 @@ func startCluster(r *run, opts clusterOptions) *testCluster {
 	default:
 		t.Fatalf("clusterOptions.Redis = %d: unknown", opts.Redis)
 	}
-	// Gossip addresses for a few joins more than the start, so every
-	// node can be told the first ones with --join.
-	for range opts.Nodes {
-		c.gossip = append(c.gossip, c.freeAddr())
+	// Every node is told the first nodes' gossip addresses with --join.
+	for i := range opts.Nodes {
+		g, _ := c.addrs(i)
+		c.gossip = append(c.gossip, g)
 	}
 	c.redisArgs = []string{"--redis", opts.RedisURL(addr), "--join", strings.Join(c.gossip, ","),
 		"--lease-ttl", opts.LeaseTTL.String(), "--shards", strconv.Itoa(opts.Shards)}
@@ -148,10 +154,10 @@ func startCluster(r *run, opts clusterOptions) *testCluster {
 	})
 	// The first node creates the cluster (and fixes its shard count);
 	// the others join it.
-	c.launch(0, c.gossip[0])
+	c.launch(0, c.gossip[0], c.grpcAddr(0))
 	c.node(0).waitReady(t)
 	for i := 1; i < opts.Nodes; i++ {
-		c.launch(i, c.gossip[i])
+		c.launch(i, c.gossip[i], c.grpcAddr(i))
 	}
 	for i := 1; i < opts.Nodes; i++ {
 		c.node(i).waitReady(t)
@@ -174,6 +180,16 @@ func (k redisKind) String() string {
 	return "redis?"
 }
 
+// grpcAddr returns a gRPC address for node i's next start: Addrs's, or a
+// free port of 127.0.0.1.
+func (c *testCluster) grpcAddr(i int) string {
+	if c.opts.Addrs != nil {
+		_, a := c.opts.Addrs(i)
+		return a
+	}
+	return c.freeAddr()
+}
+
 func (c *testCluster) freeAddr() string {
 	a, err := freeAddr()
 	if err != nil {
@@ -182,21 +198,28 @@ func (c *testCluster) freeAddr() string {
 	return a
 }
 
+// addrs returns node i's gossip and gRPC addresses for a start.
+func (c *testCluster) addrs(i int) (gossip, grpc string) {
+	if c.opts.Addrs != nil {
+		return c.opts.Addrs(i)
+	}
+	return c.freeAddr(), c.freeAddr()
+}
+
 // launch starts node i (a new one when i is the node count) with gossip
-// address gossip and a fresh gRPC address.
-func (c *testCluster) launch(i int, gossip string) {
+// address gossip and gRPC address grpcAddr.
+func (c *testCluster) launch(i int, gossip, grpcAddr string) {
 	t := c.r.t
 	args := append([]string(nil), c.redisArgs...)
 	if c.opts.NodeArgs != nil {
 		args = append(args, c.opts.NodeArgs(i)...)
 	}
-	var env []string
-	if c.opts.NodeEnv != nil {
-		env = c.opts.NodeEnv(i)
+	var wrap func([]string) []string
+	if c.opts.Command != nil {
+		wrap = func(argv []string) []string { return c.opts.Command(i, argv) }
 	}
 	name := c.opts.Name(i)
-	grpcAddr := c.freeAddr()
-	n := startNode(t, c.r.bin, name, gossip, grpcAddr, filepath.Join(c.r.dir, fmt.Sprintf("node%d.log", i)), args, env...)
+	n := startNode(t, c.r.bin, name, gossip, grpcAddr, filepath.Join(c.r.dir, fmt.Sprintf("node%d.log", i)), args, wrap)
 	conn := dial(t, n.grpcAddr)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -319,7 +342,7 @@ func (c *testCluster) restart(i int) {
 	if old.running() {
 		c.r.t.Fatalf("restart %s: still running", old.name)
 	}
-	c.launch(i, old.gossipAddr)
+	c.launch(i, old.gossipAddr, c.grpcAddr(i))
 	c.node(i).waitReady(c.r.t)
 	c.setDown(i, "")
 	c.r.logf("restarted %s (pid %d)", old.name, c.node(i).cmd.Process.Pid)
@@ -327,10 +350,19 @@ func (c *testCluster) restart(i int) {
 
 // add starts a new node that joins the cluster, waits until it is ready,
 // tells the onAdd hooks (the subscribers) and returns its index.
-func (c *testCluster) add() int {
+func (c *testCluster) add() int { return c.addNode(true) }
+
+// addServing is add without the wait for ready: it returns once the new
+// node serves gRPC, for a node that may never be ready.
+func (c *testCluster) addServing() int { return c.addNode(false) }
+
+func (c *testCluster) addNode(ready bool) int {
 	i := c.size()
-	c.launch(i, c.freeAddr())
-	c.node(i).waitReady(c.r.t)
+	g, a := c.addrs(i)
+	c.launch(i, g, a)
+	if ready {
+		c.node(i).waitReady(c.r.t)
+	}
 	c.mu.Lock()
 	hooks := append([]func(int){}, c.onAdd...)
 	c.mu.Unlock()
