@@ -160,6 +160,9 @@ func newWorkload(r *run, c *testCluster, cfg workloadConfig) *workload {
 // the start of the workload; wait waits for every batch's outcome.
 func (w *workload) begin() time.Time {
 	w.start = time.Now().Add(200 * time.Millisecond).Truncate(time.Millisecond)
+	// The run's context ends before the test's cleanups run, which wait
+	// for the sender to see it.
+	w.r.t.Cleanup(func() { <-w.done })
 	go func() {
 		defer close(w.done)
 		w.send(w.r.ctx)
