@@ -87,8 +87,16 @@ type Config struct {
 	RedisWaitReplicas int
 	RedisWaitTimeout  time.Duration
 	// Shard is the template of every shard's configuration; its ID, Owner,
-	// Store, Committer and Logger are set by the node.
+	// Store, Committer and Logger are set by the node. A Clock left at
+	// shard.SystemClock (the default) is replaced by the node's
+	// SteadyClock.
 	Shard shard.Config
+	// SteadyClock configures the clock the node's shards fire by and
+	// measure their leases on, which a step of the wall clock does not
+	// move (see shard.SteadyClock); its Referee (the store's clock, when
+	// the store has one: Redis TIME) and Logger are set by the node.
+	// Defaults: shard.DefaultSteadyConfig.
+	SteadyClock shard.SteadyConfig
 	// Commit configures the group commit; its Logger is set by the node.
 	Commit store.CommitterConfig
 	// Observer hears of shards gained, lost and failing. Optional.
@@ -109,6 +117,7 @@ func DefaultConfig(owner, dataDir string) Config {
 		RedisPrefix:      "td",
 		RedisWaitTimeout: store.DefaultRedisConfig().WaitTimeout,
 		Shard:            shard.DefaultConfig(0, ""),
+		SteadyClock:      shard.DefaultSteadyConfig(),
 		Commit:           store.DefaultCommitterConfig(),
 	}
 }
@@ -144,6 +153,8 @@ func (c Config) Validate() error {
 		return bad("RedisPrefix", "must be set when RedisURL is set")
 	case c.RedisURL != "" && c.redisConfig().Validate() != nil:
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, c.redisConfig().Validate())
+	case c.steady() && c.SteadyClock.Validate() != nil:
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, c.SteadyClock.Validate())
 	}
 	if c.RedisURL != "" {
 		if _, err := ParseRedisURL(c.RedisURL); err != nil {
@@ -152,6 +163,10 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
+
+// steady reports whether the node runs its shards on a SteadyClock: when
+// Shard.Clock is the default.
+func (c Config) steady() bool { return c.Shard.Clock == shard.Clock(shard.SystemClock{}) }
 
 // Observer hears of what happens to the node's shards, for metrics and
 // logs. Its methods are called from the shards' supervisors, concurrently
@@ -209,6 +224,12 @@ type Node struct {
 	rdb redis.UniversalClient // nil with the embedded store
 	st  store.Store
 	com *store.Committer
+	// clock is what the shards fire by, nil when Config.Shard.Clock is
+	// not the default; set by Open. stopClock ends its goroutine, which
+	// closes clockDone.
+	clock     atomic.Pointer[shard.SteadyClock]
+	stopClock context.CancelFunc
+	clockDone chan struct{}
 
 	// sem bounds the shards loading at once.
 	sem chan struct{}
@@ -308,8 +329,45 @@ func (n *Node) Open(ctx context.Context) error {
 	if n.com, err = store.NewCommitter(n.st, cc); err != nil {
 		return fmt.Errorf("node: %w", err)
 	}
+	if n.cfg.steady() {
+		return n.startClock(ctx)
+	}
 	return nil
 }
+
+// startClock anchors the node's SteadyClock, refereed by the store's
+// clock when the store has one (at the store's time when the wall
+// disagrees with it; at the wall when the store does not answer), and
+// starts keeping it in step.
+func (n *Node) startClock(ctx context.Context) error {
+	sc := n.cfg.SteadyClock
+	sc.Logger = n.log.With("clock", "steady")
+	if tk, ok := n.st.(store.Timekeeper); ok {
+		sc.Referee = tk.Time
+	}
+	c, err := shard.NewSteadyClock(sc)
+	if err != nil {
+		return fmt.Errorf("node: %w", err)
+	}
+	if err := c.Sync(ctx); err != nil {
+		// The wall anchors the clock then; a later step is settled when
+		// the store answers again.
+		n.log.Warn("clock: could not read the store's time; anchored at the wall clock", "err", err)
+	}
+	n.clock.Store(c)
+	var run context.Context
+	run, n.stopClock = context.WithCancel(context.Background())
+	n.clockDone = make(chan struct{})
+	go func() {
+		defer close(n.clockDone)
+		c.Run(run)
+	}()
+	return nil
+}
+
+// Clock returns the node's SteadyClock, or nil before Open or when
+// Config.Shard.Clock was set to another clock.
+func (n *Node) Clock() *shard.SteadyClock { return n.clock.Load() }
 
 // Store returns the node's store, or nil before Open.
 func (n *Node) Store() store.Store { return n.st }
@@ -538,6 +596,9 @@ func (n *Node) open(ctx context.Context, id uint32) (*shard.Shard, error) {
 	cfg.Store = n.st
 	cfg.Committer = n.com
 	cfg.Logger = n.log
+	if c := n.clock.Load(); c != nil {
+		cfg.Clock = c
+	}
 	return shard.Open(ctx, cfg) // ending ctx cuts a load short
 }
 
@@ -688,6 +749,10 @@ func (n *Node) Close(ctx context.Context) error {
 		<-done
 	}
 	n.stopCut()
+	if n.stopClock != nil {
+		n.stopClock()
+		<-n.clockDone
+	}
 	if n.com != nil {
 		errs = append(errs, n.com.Close())
 	}

@@ -73,6 +73,11 @@ type Config struct {
 	// ID, Owner, Store, Committer, Dispatcher, Events and Logger are set
 	// by the server.
 	Shard shard.Config
+	// Wall is the wall clock the node's steady clock is anchored at and
+	// slews toward (see shard.SteadyClock). Default (nil) time.Now; a
+	// test hook of timerd (TIMERD_TEST_WALL_OFFSET_FILE) moves it to
+	// step one node's clock without stepping the machine's.
+	Wall func() time.Time
 	// Commit configures the group commit (see store.CommitterConfig); its
 	// Logger and OnCommit are set by the server. Its MaxQueueOps must be
 	// at least MaxBatch, since a call reserves room for all its writes at

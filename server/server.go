@@ -157,6 +157,9 @@ func New(cfg Config) (*Server, error) {
 	nc.RedisURL, nc.RedisPrefix, nc.AllowVolatileRedis = cfg.RedisURL, cfg.RedisPrefix, cfg.AllowVolatileRedis
 	nc.RedisWaitReplicas, nc.RedisWaitTimeout = cfg.RedisWaitReplicas, cfg.RedisWaitTimeout
 	nc.Shard = cfg.Shard
+	if cfg.Wall != nil {
+		nc.SteadyClock.Wall = cfg.Wall
+	}
 	nc.Shard.Dispatcher = s.hub
 	nc.Shard.Events = s.metrics
 	nc.Shard.Census = s.limits.census()
@@ -167,6 +170,7 @@ func New(cfg Config) (*Server, error) {
 	if s.node, err = node.New(nc); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
+	registerClock(s.reg, s.node.Clock)
 	s.router = localRouter{s.node}
 	if cfg.Cluster != nil {
 		s.router = clusterRouter{n: s.node, self: cfg.NodeName, view: &s.view}

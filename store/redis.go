@@ -757,6 +757,19 @@ func bytesOf(s string) []byte {
 	return unsafe.Slice(unsafe.StringData(s), len(s))
 }
 
+// Time implements Timekeeper with Redis TIME. On a Redis Cluster it asks
+// one master, whose clock the others' should agree with.
+func (r *Redis) Time(ctx context.Context) (time.Time, error) {
+	if r.closed.Load() {
+		return time.Time{}, ErrClosed
+	}
+	t, err := r.client.Time(ctx).Result()
+	if err != nil {
+		return time.Time{}, fmt.Errorf("store: TIME: %w", err)
+	}
+	return t, nil
+}
+
 // Close implements Store. It does not close the client, which is the
 // caller's.
 func (r *Redis) Close() error {

@@ -133,6 +133,15 @@ type Store interface {
 	Close() error
 }
 
+// Timekeeper is a Store with a clock of its own, which its nodes share
+// and by which it expires leases: a node's clock (shard.SteadyClock) asks
+// it to settle a step of the node's wall clock. The Redis store is one;
+// the embedded store, on the node's own machine, is not.
+type Timekeeper interface {
+	// Time returns the store's current time.
+	Time(ctx context.Context) (time.Time, error)
+}
+
 // shardCountError is the ErrShardCount failure of ClaimShards.
 func shardCountError(stored, asked uint32) error {
 	return fmt.Errorf("%w: the store holds %d shards and this node was started with %d; "+

@@ -300,6 +300,13 @@ Flags:
 			return cfg, level, shutdown, fmt.Errorf("--node-token-file: %s is empty", nodeTok)
 		}
 	}
+	if path := os.Getenv(wallOffsetEnv); path != "" {
+		w, err := newOffsetWall(path)
+		if err != nil {
+			return cfg, level, shutdown, err
+		}
+		cfg.Wall = w.Now
+	}
 	cfg.Shards = uint32(shards)
 	cfg.Shard.MaxAttempts = uint32(attempts)
 	// The drift allowance follows the lease's TTL (shard.ClockDriftFor).
