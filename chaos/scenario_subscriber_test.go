@@ -85,11 +85,13 @@ func subscriberFaults(t *testing.T, r *run) {
 	killAfter := killAfterMin + time.Duration(r.rng.Int64N(int64(killAfterMax-killAfterMin)+1))
 	killedNode, slowNode, stuckNode := r.rng.IntN(c.size()), r.rng.IntN(c.size()), r.rng.IntN(c.size())
 	killed := startSubscriberProcess(r, c, killedNode, killedCredit, killedAckTimeout)
+	// Each wait is deferred before its stop, so that a run that ends
+	// early stops its goroutines before it waits for them.
+	var streams sync.WaitGroup
+	defer streams.Wait()
 	slowCtx, stopSlow := context.WithCancel(r.ctx)
 	defer stopSlow()
 	slow := &slowSubscriber{l: r.ledger, node: slowNode}
-	var streams sync.WaitGroup
-	defer streams.Wait()
 	streams.Go(func() { slow.run(slowCtx, pb.NewTimerServiceClient(c.conn(slowNode))) })
 	streams.Go(func() { stuck(slowCtx, pb.NewTimerServiceClient(c.conn(stuckNode))) })
 
@@ -99,14 +101,14 @@ func subscriberFaults(t *testing.T, r *run) {
 	start := w.begin()
 	// The memory is watched until the end, the probes while the
 	// workload runs: a probe's timer comes due a second after it.
+	var watchers sync.WaitGroup
+	defer watchers.Wait()
 	watchCtx, stopWatch := context.WithCancel(r.ctx)
 	defer stopWatch()
 	probeCtx, stopProbes := context.WithCancel(r.ctx)
 	defer stopProbes()
 	mem := &rssWatch{}
 	pr := &prober{r: r, prefix: "probe", start: start}
-	var watchers sync.WaitGroup
-	defer watchers.Wait()
 	watchers.Go(func() { mem.run(watchCtx, c) })
 	watchers.Go(func() { pr.run(probeCtx, c) })
 	r.logf("the subscriber process on %s to be killed at +%v; slow subscriber on %s, stuck on %s",
