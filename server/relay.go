@@ -48,6 +48,12 @@ import (
 //   - A relayed delivery is held here by at most one subscriber, with the
 //     relay it came on; acks and give-backs of it go on that relay only
 //     while it is open, and it is forgotten when the relay ends.
+//   - A relay names the node that opened it (relayNodeKey). On the
+//     owner, a relay stream of a peer that was a member and is no
+//     longer in the view the owner acts on is ended, and handed nothing
+//     more, when that view is taken up: a peer partitioned away or
+//     paused keeps its connections open, and what the owner handed it
+//     would wait out the ack timeout (see peerRelays).
 //   - Each relay (one per topic and peer) is a goroutine of the Server's
 //     wait group, with two helpers it waits for; all end when their
 //     topic has no one-address subscriber left, the peer leaves the
