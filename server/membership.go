@@ -101,10 +101,13 @@ func (s *Server) followMembers() {
 			s.node.Hold(v.Assigned(s.cfg.NodeName))
 		}
 		addrs := make(map[string]bool, len(v.Members))
+		names := make(map[string]bool, len(v.Members))
 		for _, m := range v.Members {
 			addrs[m.GRPCAddr] = true
+			names[m.Name] = true
 		}
 		s.peers.keep(addrs)
+		s.metrics.peerRelaysEnded.Add(float64(s.peerRelays.follow(names)))
 		s.relays.changed()
 		select {
 		case <-c.Changed():

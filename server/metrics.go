@@ -52,6 +52,9 @@ type metrics struct {
 	// relayedReleases count what came and went on them.
 	relaysOpen                                                    prometheus.Gauge
 	relaysOpened, relayedDeliveries, relayedAcks, relayedReleases prometheus.Counter
+	// peerRelaysEnded counts the relay streams peers opened here that
+	// this node ended because the peer left its membership view.
+	peerRelaysEnded prometheus.Counter
 	// grpc counts the node's gRPC calls and messages and times them, by
 	// service, method and code; its interceptors go on the gRPC server.
 	grpc *grpcprom.ServerMetrics
@@ -167,6 +170,10 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 			Namespace: "timerd", Name: "relays_opened_total",
 			Help: "Relay streams opened to peers, those opened again after a break or to change their credit included.",
 		}),
+		peerRelaysEnded: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "peer_relays_ended_total",
+			Help: "Relay streams that peers opened to this node, ended because the membership declared the peer dead or gone; what they held went back to be redelivered.",
+		}),
 		relayedDeliveries: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "timerd", Name: "relayed_deliveries_total",
 			Help: "Deliveries of the peers' shards that came on relays, for one-address subscribers here.",
@@ -201,7 +208,7 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 		m.commitSeconds, m.commitOps, m.commitBatches, m.commitRetries, m.commitGivenUp, ignored,
 		m.shardsAcquired, m.shardsReleased, m.shardsLost, m.shardLoad, m.shardTakeover, m.shardRelease,
 		m.forwardedItems, m.forwardedCalls, m.grpc, m.limited, m.streamsRefused,
-		m.relaysOpen, m.relaysOpened, m.relayedDeliveries, m.relayedAcks, m.relayedReleases,
+		m.relaysOpen, m.relaysOpened, m.relayedDeliveries, m.relayedAcks, m.relayedReleases, m.peerRelaysEnded,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: "timerd", Name: "store_commit_queue_ops",
 			Help: "Writes the group commit holds, queued or in a round trip not yet finished.",

@@ -48,6 +48,12 @@ import (
 //   - A relayed delivery is held here by at most one subscriber, with the
 //     relay it came on; acks and give-backs of it go on that relay only
 //     while it is open, and it is forgotten when the relay ends.
+//   - A relay names the node that opened it (relayNodeKey). On the
+//     owner, a relay stream of a peer that was a member and is no
+//     longer in the view the owner acts on is ended, and handed nothing
+//     more, when that view is taken up: a peer partitioned away or
+//     paused keeps its connections open, and what the owner handed it
+//     would wait out the ack timeout (see peerRelays).
 //   - Each relay (one per topic and peer) is a goroutine of the Server's
 //     wait group, with two helpers it waits for; all end when their
 //     topic has no one-address subscriber left, the peer leaves the
@@ -271,7 +277,7 @@ func (r *relays) session(ctx context.Context, k relayKey, l *relayLoop) (reopene
 	}
 	// A relay is on no one caller's behalf: it authenticates as the node
 	// (the local subscribers' tokens were checked when they subscribed).
-	sctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(s.NodeContext(ctx), forwardedKey, "1"))
+	sctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(s.NodeContext(ctx), forwardedKey, "1", relayNodeKey, s.cfg.NodeName))
 	defer cancel()
 	stream, err := c.Subscribe(sctx)
 	if err != nil {
@@ -520,4 +526,118 @@ func signal(ch chan struct{}) {
 	case ch <- struct{}{}:
 	default:
 	}
+}
+
+// relayNodeKey is the metadata key that names, on a relay stream, the
+// node that opened it. With tokens on, only a node token may open a
+// relay (see authorizer.stream), so the name is a peer's own word.
+const relayNodeKey = "timerd-relay-node"
+
+// relayNode returns the node that opened the relay stream of ctx, "" for
+// a stream that names none (a client's, or a peer's of an older version).
+func relayNode(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get(relayNodeKey); len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// peerRelays are the relay streams the peers opened here, by the peer
+// that opened each. The owner of a shard hands deliveries into a relay
+// like into any stream, and a peer that is cut off or paused keeps its
+// TCP connections open until keepalive gives up: every delivery handed
+// to its relay then waits out the ack timeout. So once the membership
+// declares the peer dead or gone, its relays here are ended: the
+// handler gives back what they held (as for any stream that ends) and
+// the hub hands them nothing more. Its methods may be called
+// concurrently.
+type peerRelays struct {
+	mu sync.Mutex
+	// byPeer holds the relays open here, by peer name. members are the
+	// names in the view follow was last given; departed the peers that
+	// were members and are not any longer, whose new relays are refused.
+	// Invariant: no relay in byPeer is of a departed peer and seen.
+	byPeer   map[string]map[*peerRelay]struct{}
+	members  map[string]bool
+	departed map[string]struct{}
+}
+
+// peerRelay is one relay stream a peer opened here.
+type peerRelay struct {
+	// gone is closed when the peer leaves the membership: the stream's
+	// handler then ends it.
+	gone chan struct{}
+	// seen is set once the peer was a member since the stream opened;
+	// only then does its absence end the stream (a peer that just joined
+	// may open a relay before this node's view has it). Guarded by
+	// peerRelays.mu.
+	seen bool
+}
+
+func newPeerRelays() *peerRelays {
+	return &peerRelays{byPeer: make(map[string]map[*peerRelay]struct{}), departed: make(map[string]struct{})}
+}
+
+// add registers a relay stream that peer opened. It returns nil when the
+// peer has left the membership since it was last a member: the stream
+// is refused.
+func (p *peerRelays) add(peer string) *peerRelay {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.departed[peer]; ok {
+		return nil
+	}
+	r := &peerRelay{gone: make(chan struct{}), seen: p.members[peer]}
+	m := p.byPeer[peer]
+	if m == nil {
+		m = make(map[*peerRelay]struct{})
+		p.byPeer[peer] = m
+	}
+	m[r] = struct{}{}
+	return r
+}
+
+// remove takes r, which peer opened, off once its stream has ended.
+func (p *peerRelays) remove(peer string, r *peerRelay) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.byPeer[peer], r)
+	if len(p.byPeer[peer]) == 0 {
+		delete(p.byPeer, peer)
+	}
+}
+
+// follow ends the relays of every peer that was a member and is not in
+// members, the names in the view this node acts on from now, and
+// returns how many it ended. members must not be changed afterwards.
+func (p *peerRelays) follow(members map[string]bool) (ended int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for name := range p.members {
+		if !members[name] {
+			p.departed[name] = struct{}{}
+		}
+	}
+	for name := range members {
+		delete(p.departed, name)
+	}
+	p.members = members
+	for peer, rs := range p.byPeer {
+		present := members[peer]
+		for r := range rs {
+			switch {
+			case present:
+				r.seen = true
+			case r.seen:
+				close(r.gone)
+				delete(rs, r)
+				ended++
+			}
+		}
+		if len(rs) == 0 {
+			delete(p.byPeer, peer)
+		}
+	}
+	return ended
 }

@@ -3,6 +3,9 @@ package server_test
 import (
 	"context"
 	"io"
+	"net"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +17,7 @@ import (
 	pb "github.com/timerd/timerd/api/timerd/v1"
 	"github.com/timerd/timerd/client"
 	"github.com/timerd/timerd/internal/clustertest"
+	"github.com/timerd/timerd/internal/netfault"
 	"github.com/timerd/timerd/server"
 )
 
@@ -369,5 +373,99 @@ func TestRelayAckTimeoutFollowsSubscribers(t *testing.T) {
 	t.Logf("the patient subscriber holds %d deliveries; %d of them were sent again elsewhere", len(held), again)
 	if len(held) == 0 {
 		t.Error("the patient subscriber received nothing: the test tested nothing")
+	}
+}
+
+// TestRelayOfDeadPeer: a node whose relay to an owner is held open but
+// silent (a partition, or a paused process: its TCP connections stay up
+// and nothing closes them) and which the owner's membership declares
+// dead is handed no delivery from then on: the owner ends that relay
+// stream, takes back what it held, and sends every timer due later to a
+// subscriber that can take it, at its first attempt, not one ack
+// timeout later.
+func TestRelayOfDeadPeer(t *testing.T) {
+	// Node 0 advertises a proxy in front of its gRPC port, so that node
+	// 1's relay to it runs through the proxy, which can hold it.
+	port, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	grpcAddr := port.Addr().String()
+	port.Close()
+	proxy, err := netfault.Listen(grpcAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := clustertest.Start(t, 2, patientAttempts, func(cfg *server.Config) {
+		if cfg.NodeName == "node-0" {
+			cfg.GRPCAddr, cfg.AdvertiseAddr = grpcAddr, proxy.Addr()
+		}
+	})
+	t.Cleanup(func() { proxy.Close() })
+	local := c.Recorder("default", "held")
+	local.Follow(c.Node(0).GRPCAddr())
+	relayed := c.CollectVia("default", "held", c.Node(1).GRPCAddr())
+	defer relayed.Close()
+	for deadline := time.Now().Add(15 * time.Second); c.MetricSum("timerd_relays_open") < 1; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("node 1 opened no relay to node 0")
+		}
+	}
+	s := newScheduler(t, c.Node(0).GRPCAddr(), "held")
+	// Due around the cut, for the log: these may be in flight on the
+	// held relay when it is cut.
+	s.schedule("around", 2_000, time.Now().Add(500*time.Millisecond), 3*time.Second)
+	time.Sleep(time.Second)
+	proxy.Pause()
+	c.Kill(1)
+	cut := time.Now()
+	c.WaitStable() // node 0 has declared node 1 dead and serves every shard
+	declared := time.Since(cut)
+
+	// Due once node 0 knows node 1 is dead: none may go to its relay.
+	s.schedule("after", 2_000, time.Now().Add(500*time.Millisecond), 2*time.Second)
+	due := make(map[string]time.Time)
+	for id, at := range s.acknowledged() {
+		if strings.HasPrefix(id, "after-") {
+			due[id] = at
+		}
+	}
+	local.Wait(due, 60*time.Second)
+	// Check counts the timers due around the cut as unexpected.
+	if v := local.Check(due); v.Lost > 0 || v.Early > 0 {
+		t.Fatalf("verdict: %v", v)
+	}
+	retried := 0
+	var late []time.Duration
+	for id, at := range due {
+		got := local.Got(id)
+		late = append(late, got[0].Received.Sub(at))
+		if got[0].Attempt > 1 {
+			retried++
+		}
+	}
+	// The timers due around the cut that reached node 0's subscriber:
+	// those handed to the held relay came back when node 0 ended it.
+	var around []time.Duration
+	for id, at := range s.acknowledged() {
+		if got := local.Got(id); strings.HasPrefix(id, "around-") && len(got) > 0 && got[0].Received.After(cut) {
+			around = append(around, got[0].Received.Sub(at))
+		}
+	}
+	slices.Sort(late)
+	slices.Sort(around)
+	t.Logf("node 1 declared dead %v after the cut; %v relays of a departed peer ended", declared.Round(time.Millisecond),
+		c.MetricSum("timerd_peer_relays_ended_total"))
+	t.Logf("due after: lateness p50 %v, p99 %v, max %v over %d timers, %d at attempt > 1",
+		late[len(late)/2], late[len(late)*99/100], late[len(late)-1], len(late), retried)
+	if len(around) > 0 {
+		t.Logf("due around the cut, received by node 0's subscriber after it: %d, lateness p50 %v, max %v",
+			len(around), around[len(around)/2], around[len(around)-1])
+	}
+	if retried > 0 {
+		t.Errorf("%d of the timers due after node 1 was declared dead first went to its held relay (attempt > 1)", retried)
+	}
+	if c.MetricSum("timerd_peer_relays_ended_total") < 1 {
+		t.Errorf("node 0 ended no relay stream of node 1 after declaring it dead")
 	}
 }

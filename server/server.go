@@ -55,6 +55,9 @@ type Server struct {
 	// relays bring the peers' deliveries to this node's one-address
 	// subscribers; they run only in a cluster.
 	relays *relays
+	// peerRelays are the relay streams the peers opened here, which end
+	// when their peer leaves the membership.
+	peerRelays *peerRelays
 
 	grpc    *grpc.Server
 	health  *health.Server
@@ -151,6 +154,7 @@ func New(cfg Config) (*Server, error) {
 	s.hub = newHub()
 	s.limits = newLimiter(cfg.Limits, s.shardShare, s.metrics)
 	s.relays = newRelays(s)
+	s.peerRelays = newPeerRelays()
 	nc := node.DefaultConfig(s.owner, cfg.DataDir)
 	nc.Shards = cfg.Shards
 	nc.LoadParallelism = cfg.LoadParallelism

@@ -34,6 +34,17 @@ func (t *timerService) Subscribe(stream pb.TimerService_SubscribeServer) error {
 	// also takes the peers' deliveries, which relays bring here.
 	fwd := isForwarded(stream.Context())
 	sub.oneAddr = s.member != nil && !fwd && !first.GetSubscription().GetLocal()
+	// A peer's relay ends when the membership declares the peer dead or
+	// gone: its connection may stay open long after (see peerRelays).
+	var peerGone <-chan struct{}
+	if peer := relayNode(stream.Context()); fwd && s.member != nil && peer != "" {
+		r := s.peerRelays.add(peer)
+		if r == nil {
+			return status.Errorf(codes.Unavailable, "node %q, which opens this relay, has left the membership; relay again once it is a member", peer)
+		}
+		defer s.peerRelays.remove(peer, r)
+		peerGone = r.gone
+	}
 	s.hub.add(sub)
 	if sub.oneAddr {
 		s.relays.changed()
@@ -103,6 +114,11 @@ func (t *timerService) Subscribe(stream pb.TimerService_SubscribeServer) error {
 			return status.Error(codes.Unavailable, "server is shutting down; subscribe again")
 		case <-stream.Context().Done():
 			return status.FromContextError(stream.Context().Err()).Err()
+		case <-peerGone:
+			s.log.Info("relay of a departed peer ended; its deliveries go back to be redelivered",
+				"peer", relayNode(stream.Context()), "namespace", sub.key.namespace, "topic", sub.key.topic)
+			return status.Errorf(codes.Unavailable, "node %q, which opened this relay, has left the membership; its deliveries went back to be redelivered",
+				relayNode(stream.Context()))
 		case now := <-sweep.C:
 			if sub.expire(now) {
 				s.readyAll(sub.key)

@@ -44,8 +44,9 @@ func Listen(target string) (*Proxy, error) {
 // target.
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
-// Pause holds every byte sent either way until Resume; connections stay
-// open and new ones are accepted (and held too).
+// Pause holds every byte sent either way until Resume, and the closing
+// of a connection by either side too; connections stay open and new ones
+// are accepted (and held too).
 func (p *Proxy) Pause() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -132,7 +133,11 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 			}
 		}
 		if err != nil {
-			return // EOF or a closed side: both close
+			// EOF or a closed side: both close, once bytes may flow. A
+			// close is held like a byte: a paused process sends no FIN,
+			// and a partition drops it, so the other side sees nothing.
+			p.wait()
+			return
 		}
 	}
 }
