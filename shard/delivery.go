@@ -75,14 +75,17 @@ type DeliveryID struct {
 // String encodes the id: URL-safe base64 of the shard, the occurrence
 // and the timer's key, so any node can route an ack to the owning shard.
 func (d DeliveryID) String() string {
-	b := make([]byte, 0, 3*binary.MaxVarintLen64+len(d.Namespace)+1+len(d.TimerID))
-	b = binary.AppendUvarint(b, uint64(d.Shard))
+	// Encoded in buffers on the stack, for every id a shard sends out
+	// within limits: one allocation per delivery, the string itself.
+	var raw [rawDeliveryIDLen]byte
+	var enc [maxDeliveryIDLen]byte
+	b := binary.AppendUvarint(raw[:0], uint64(d.Shard))
 	b = binary.AppendUvarint(b, d.OccEpoch)
 	b = binary.AppendUvarint(b, d.OccSeq)
 	b = append(b, d.Namespace...)
 	b = append(b, 0)
 	b = append(b, d.TimerID...)
-	return base64.RawURLEncoding.EncodeToString(b)
+	return string(base64.RawURLEncoding.AppendEncode(enc[:0], b))
 }
 
 // ParseDeliveryID decodes s, an id made by DeliveryID.String. Errors wrap
@@ -116,6 +119,10 @@ func ParseDeliveryID(s string) (DeliveryID, error) {
 	return d, nil
 }
 
-// maxDeliveryIDLen bounds an encoded id: three varints, the longest
-// namespace and id and a separator, in base64.
-const maxDeliveryIDLen = (3*binary.MaxVarintLen64 + MaxNamespaceLen + 1 + MaxIDLen + 2) / 3 * 4
+// rawDeliveryIDLen bounds a decoded id, in bytes: three varints, the
+// longest namespace and id and a separator.
+const rawDeliveryIDLen = 3*binary.MaxVarintLen64 + MaxNamespaceLen + 1 + MaxIDLen
+
+// maxDeliveryIDLen bounds an encoded id: rawDeliveryIDLen bytes in
+// base64.
+const maxDeliveryIDLen = (rawDeliveryIDLen + 2) / 3 * 4

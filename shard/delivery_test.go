@@ -24,6 +24,26 @@ func TestDeliveryIDRoundTrip(t *testing.T) {
 	}
 }
 
+// TestDeliveryIDStringAllocs: a shard encodes an id per delivery, so the
+// encoding allocates the string it returns and nothing else, however long
+// the timer's key within the limits.
+func TestDeliveryIDStringAllocs(t *testing.T) {
+	cases := []DeliveryID{
+		{Shard: 7, Namespace: "orders", TimerID: "o-1", OccEpoch: 3, OccSeq: 12},
+		{Shard: 1<<32 - 1, Namespace: strings.Repeat("n", MaxNamespaceLen), TimerID: strings.Repeat("i", MaxIDLen), OccEpoch: 1<<64 - 1, OccSeq: 1<<64 - 1},
+	}
+	for _, c := range cases {
+		var s string
+		allocs := testing.AllocsPerRun(100, func() { s = c.String() })
+		if allocs != 1 {
+			t.Errorf("String of a %d-byte id allocated %v times, want 1", len(c.TimerID), allocs)
+		}
+		if got, err := ParseDeliveryID(s); err != nil || got != c {
+			t.Errorf("ParseDeliveryID(%q) = %+v, %v; want %+v", s, got, err, c)
+		}
+	}
+}
+
 func TestParseDeliveryIDRejects(t *testing.T) {
 	long := DeliveryID{Namespace: "a", TimerID: strings.Repeat("x", MaxIDLen+1)}.String()
 	for _, s := range []string{"", "!!!", "AAAA", DeliveryID{Namespace: "a b", TimerID: "x"}.String(), long, strings.Repeat("A", 1000)} {

@@ -564,10 +564,13 @@ const idleWait = time.Hour
 const maxStepFires = 4096
 
 // refillEvery is how many due timers a step hands out between looks at
-// the clock: each look checks the lease and takes what came due since
+// the clock: each look checks the lease and, once the clock has moved to
+// a new millisecond (the wheel's finest tick), takes what came due since
 // from the wheel, so a timer due while a step hands out a herd waits for
-// at most this many deliveries.
-const refillEvery = 256
+// at most this many deliveries after its millisecond begins. A look costs
+// one clock read; the wheel is advanced at most once a millisecond, since
+// a second advance within the same millisecond finds nothing new due.
+const refillEvery = 32
 
 // maxBacklog bounds the due timers a shard holds taken from its wheel and
 // not yet handled. A step takes from the wheel what the backlog has room
@@ -629,9 +632,14 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 				break
 			}
 			// What came due while this step handed out a herd joins its
-			// namespace's turn now, not a whole step later.
-			nowMs = now.UnixMilli()
-			s.takeDueLocked(nowMs)
+			// namespace's turn now, not a whole step later. The backlog
+			// still holds at least maxBacklog-maxStepFires timers taken
+			// at the step's start, so only a new millisecond needs the
+			// wheel.
+			if ms := now.UnixMilli(); ms != nowMs {
+				nowMs = ms
+				s.takeDueLocked(nowMs)
+			}
 		}
 	}
 	s.submitLocked()
