@@ -20,6 +20,8 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/timerd/timerd/internal/logline"
+
 	pb "github.com/timerd/timerd/api/timerd/v1"
 )
 
@@ -71,6 +73,7 @@ type node struct {
 	name       string
 	gossipAddr string
 	grpcAddr   string // the gRPC address it serves, as it logged it
+	httpAddr   string // its HTTP address (/metrics), as it logged it
 	args       []string
 	logPath    string
 	cmd        *exec.Cmd
@@ -119,7 +122,7 @@ func startNode(t *testing.T, bin, name, gossipAddr, grpcAddr, logPath string, ar
 	n.cmd = cmd
 	t.Cleanup(n.kill)
 
-	serving := make(chan string, 1)
+	serving := make(chan [2]string, 1) // the gRPC and HTTP addresses
 	go func() {
 		defer close(n.exited)
 		defer logFile.Close()
@@ -129,11 +132,11 @@ func startNode(t *testing.T, bin, name, gossipAddr, grpcAddr, logPath string, ar
 		for sc.Scan() {
 			line := sc.Text()
 			fmt.Fprintln(logFile, line)
-			f := logFields(line)
+			f := logline.Parse(line)
 			switch {
 			case f["msg"] == "serving":
 				select {
-				case serving <- f["grpc"]:
+				case serving <- [2]string{f["grpc"], f["http"]}:
 				default:
 				}
 			case f["msg"] == "ready" && !sawReady:
@@ -149,7 +152,8 @@ func startNode(t *testing.T, bin, name, gossipAddr, grpcAddr, logPath string, ar
 	}()
 
 	select {
-	case n.grpcAddr = <-serving:
+	case addrs := <-serving:
+		n.grpcAddr, n.httpAddr = addrs[0], addrs[1]
 	case <-n.exited:
 		t.Fatalf("%s exited before serving (%v):\n%s", name, n.exitState(), n.logTail())
 	case <-time.After(readyTimeout):
@@ -229,19 +233,6 @@ func (n *node) logTail() string {
 		lines = lines[len(lines)-logTailLines:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-// logFields splits a log/slog text line into its key=value fields.
-// Quoted values are unquoted; a value with spaces in it is only partly
-// read, which is fine for the unquoted fields looked at here.
-func logFields(line string) map[string]string {
-	f := make(map[string]string)
-	for _, kv := range strings.Fields(line) {
-		if k, v, ok := strings.Cut(kv, "="); ok {
-			f[k] = strings.Trim(v, `"`)
-		}
-	}
-	return f
 }
 
 // dial opens a client connection to addr; it connects lazily, and

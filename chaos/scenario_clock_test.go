@@ -1,19 +1,17 @@
 package chaos
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/timerd/timerd/internal/scrape"
 )
 
 // clockStep is one step of the stepped node's wall clock: at, after the
@@ -57,7 +55,6 @@ func clockStepRun(t *testing.T, r *run) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	metrics := metricsURL(t, c.node(stepped))
 
 	// Steady load: timers due over 24s from 2s on, each batch sent shortly
 	// before its due times; the steps come in the middle of it, each at
@@ -71,7 +68,7 @@ func clockStepRun(t *testing.T, r *run) {
 		{at: 18*time.Second + jitter(), to: 0},
 	}
 	start := w.begin()
-	skews := sampleSkew(r.ctx, metrics)
+	skews := sampleSkew(r.ctx, c.node(stepped).httpAddr)
 	for _, s := range steps {
 		if !sleepUntil(r.ctx, start.Add(s.at)) {
 			t.Fatalf("the run ended before the step at +%v", s.at)
@@ -139,26 +136,6 @@ func writeOffset(t *testing.T, path string, d time.Duration) {
 	}
 }
 
-// metricsURL returns the /metrics URL of n, from the HTTP address its
-// log says it serves.
-func metricsURL(t *testing.T, n *node) string {
-	t.Helper()
-	f, err := os.Open(n.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		if kv := logFields(sc.Text()); kv["msg"] == "serving" && kv["http"] != "" {
-			return "http://" + kv["http"] + "/metrics"
-		}
-	}
-	t.Fatalf("%s logged no msg=serving with its http address", n.name)
-	return ""
-}
-
 // skewSampler reads a node's timerd_clock_skew_seconds every
 // skewSampleEvery and keeps, for each wall clock offset the test set,
 // the samples taken while it held.
@@ -174,13 +151,16 @@ type skewSampler struct {
 // skewSampleEvery is how often the skew is read.
 const skewSampleEvery = 200 * time.Millisecond
 
-func sampleSkew(ctx context.Context, url string) *skewSampler {
+func sampleSkew(ctx context.Context, httpAddr string) *skewSampler {
 	ctx, cancel := context.WithCancel(ctx)
 	s := &skewSampler{cancel: cancel, done: make(chan struct{}), samples: make(map[time.Duration][]time.Duration)}
 	go func() {
 		defer close(s.done)
 		for sleepUntil(ctx, time.Now().Add(skewSampleEvery)) {
-			skew, err := readGauge(ctx, url, "timerd_clock_skew_seconds")
+			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			secs, err := scrape.Sum(rctx, httpAddr, "timerd_clock_skew_seconds")
+			cancel()
+			skew := time.Duration(secs * float64(time.Second))
 			if err != nil {
 				continue // a scrape cut by the run's end, or a busy node
 			}
@@ -221,36 +201,6 @@ func (s *skewSampler) reported(to time.Duration) (time.Duration, bool) {
 func (s *skewSampler) stop() {
 	s.cancel()
 	<-s.done
-}
-
-// readGauge reads one unlabelled gauge from a Prometheus text page.
-func readGauge(ctx context.Context, url, name string) (time.Duration, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err != nil {
-				return 0, fmt.Errorf("%s: %w", name, err)
-			}
-			return time.Duration(f * float64(time.Second)), nil
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return 0, err
-	}
-	return 0, fmt.Errorf("%s not on %s", name, url)
 }
 
 // latenessByOwner returns, sorted, the lateness of the first delivery of

@@ -143,13 +143,9 @@ func (c *testCluster) goroutines(ctx context.Context) []int {
 	nodes := c.all()
 	counts := make([]int, len(nodes))
 	for i, n := range nodes {
-		addr, err := httpAddrOf(n.logPath)
-		if err != nil {
-			c.r.t.Fatal(err)
-		}
 		counts[i] = -1
 		for range 3 {
-			g, err := goroutines(ctx, addr)
+			g, err := goroutines(ctx, n)
 			if err != nil {
 				c.r.t.Fatalf("%s: %v", n.name, err)
 			}

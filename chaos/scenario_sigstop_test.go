@@ -2,7 +2,6 @@ package chaos
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -124,22 +123,19 @@ func sigstop(t *testing.T, r *run) {
 
 	// The resumed node's own count of the writes the store fenced, and of
 	// the shards that stopped on their own.
-	if addr, err := loggedValue(c.node(victim).logPath, "serving", "http"); err != nil {
-		v.problem("%s's metrics address: %v", name, err)
-	} else {
-		for _, m := range []struct{ figure, metric string }{
-			{"victim_fenced_batches", "timerd_store_commit_fenced_total"},
-			{"victim_shards_lost", "timerd_shards_lost_total"},
-		} {
-			ctx, cancel := context.WithTimeout(r.ctx, 5*time.Second)
-			n, err := scrape.Sum(ctx, addr, m.metric)
-			cancel()
-			if err != nil {
-				v.problem("%s: %v", name, err)
-				continue
-			}
-			v.figure(m.figure, int(n))
+	addr := c.node(victim).httpAddr
+	for _, m := range []struct{ figure, metric string }{
+		{"victim_fenced_batches", "timerd_store_commit_fenced_total"},
+		{"victim_shards_lost", "timerd_shards_lost_total"},
+	} {
+		ctx, cancel := context.WithTimeout(r.ctx, 5*time.Second)
+		n, err := scrape.Sum(ctx, addr, m.metric)
+		cancel()
+		if err != nil {
+			v.problem("%s: %v", name, err)
+			continue
 		}
+		v.figure(m.figure, int(n))
 	}
 	c.check(v)
 	w.check(v)
@@ -284,21 +280,4 @@ func heldByPaused(got []delivery, node int, stop, cont time.Time) (n int, longes
 		}
 	}
 	return n, longest
-}
-
-// loggedValue returns the value of key in the first line of the log at
-// path whose message is msg.
-func loggedValue(path, msg, key string) (string, error) {
-	var val string
-	found := false
-	err := eachLogLine(path, func(l map[string]string) bool {
-		if l["msg"] == msg {
-			val, found = l[key], true
-		}
-		return !found
-	})
-	if err == nil && !found {
-		err = fmt.Errorf("%s: no line %q", path, msg)
-	}
-	return val, err
 }

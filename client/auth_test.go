@@ -1,8 +1,6 @@
 package client_test
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -23,10 +21,7 @@ func TestTLSAndToken(t *testing.T) {
 	ca := testcert.NewCA(t, "test CA")
 	node := ca.Issue(t, "", "node")
 	cl := ca.Issue(t, "", "client")
-	tokens := filepath.Join(t.TempDir(), "tokens.json")
-	if err := os.WriteFile(tokens, []byte(`{"tokens":[{"name":"app","token":"tok-app","namespaces":["orders"],"roles":["schedule"]}]}`), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	tokens := servertest.TokenFile(t, `{"tokens":[{"name":"app","token":"tok-app","namespaces":["orders"],"roles":["schedule"]}]}`)
 	cfg := localConfig(t.TempDir())
 	cfg.TLS = &server.TLSConfig{CertFile: node.CertFile, KeyFile: node.KeyFile, ClientCAFile: ca.CertFile}
 	cfg.AuthFile = tokens

@@ -3,8 +3,6 @@ package server
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -38,10 +36,7 @@ func startFlood(tb testing.TB, tokens bool) *env {
 	tb.Helper()
 	path := ""
 	if tokens {
-		path = filepath.Join(tb.TempDir(), "tokens.json")
-		if err := os.WriteFile(path, []byte(floodTokens), 0o600); err != nil {
-			tb.Fatal(err)
-		}
+		path = writeTokens(tb, tb.TempDir(), floodTokens)
 	}
 	e := start(tb, "", func(c *Config) {
 		c.MaxRecvMsgSize = 1 << 20

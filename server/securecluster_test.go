@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -18,6 +16,7 @@ import (
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
 	"github.com/timerd/timerd/internal/clustertest"
+	"github.com/timerd/timerd/internal/servertest"
 	"github.com/timerd/timerd/internal/testcert"
 	"github.com/timerd/timerd/server"
 )
@@ -35,13 +34,10 @@ func TestSecureClusterForwards(t *testing.T) {
 	dir := t.TempDir()
 	nodeCert := ca.Issue(t, dir, "node")
 	clientCert := ca.Issue(t, "", "client")
-	tokens := filepath.Join(dir, "tokens.json")
-	if err := os.WriteFile(tokens, []byte(`{"tokens":[
+	tokens := servertest.TokenFile(t, `{"tokens":[
 		{"name":"app","token":"tok-app","namespaces":["orders"],"roles":["schedule"]},
 		{"name":"ops","token":"tok-ops","namespaces":["*"],"roles":["admin","subscribe"]},
-		{"name":"node","token":"tok-node","namespaces":["*"],"roles":["node"]}]}`), 0o600); err != nil {
-		t.Fatal(err)
-	}
+		{"name":"node","token":"tok-node","namespaces":["*"],"roles":["node"]}]}`)
 	creds := credentials.NewTLS(&tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{clientCert.TLS(t)}, MinVersion: tls.VersionTLS13})
 	c := clustertest.StartDial(t, 3, []grpc.DialOption{grpc.WithTransportCredentials(creds), grpc.WithPerRPCCredentials(testToken("tok-ops"))},
 		func(c *server.Config) {

@@ -1,10 +1,9 @@
 package main
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
 
+	"github.com/timerd/timerd/internal/servertest"
 	"github.com/timerd/timerd/internal/testcert"
 	"github.com/timerd/timerd/server"
 )
@@ -17,10 +16,7 @@ func TestTLSAndTokenFlags(t *testing.T) {
 	ca := testcert.NewCA(t, "test CA")
 	node := ca.Issue(t, "", "node")
 	cl := ca.Issue(t, "", "client")
-	tokens := filepath.Join(t.TempDir(), "tokens.json")
-	if err := os.WriteFile(tokens, []byte(`{"tokens":[{"name":"ops","token":"tok-ops","namespaces":["*"],"roles":["schedule"]}]}`), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	tokens := servertest.TokenFile(t, `{"tokens":[{"name":"ops","token":"tok-ops","namespaces":["*"],"roles":["schedule"]}]}`)
 	srv := startServer(t, func(c *server.Config) {
 		c.TLS = &server.TLSConfig{CertFile: node.CertFile, KeyFile: node.KeyFile, ClientCAFile: ca.CertFile}
 		c.AuthFile = tokens

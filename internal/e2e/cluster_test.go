@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/timerd/timerd/internal/logline"
 	"github.com/timerd/timerd/internal/redistest"
 )
 
@@ -16,7 +17,7 @@ func (n *node) gossipAddr() string {
 	n.t.Helper()
 	for line := range strings.Lines(n.logs.String()) {
 		if strings.Contains(line, `msg="cluster: started"`) {
-			return logFields(line)["gossip"]
+			return logline.Parse(line)["gossip"]
 		}
 	}
 	n.t.Fatal("timerd did not log its gossip address")

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/client"
+	"github.com/timerd/timerd/internal/logline"
 	"github.com/timerd/timerd/internal/redistest"
 )
 
@@ -452,17 +453,17 @@ func TestStartupLog(t *testing.T) {
 			var lines []string
 			for l := range strings.Lines(n.logs.String()) {
 				lines = append(lines, l)
-				if logFields(l)["msg"] == "ready" {
+				if logline.Parse(l)["msg"] == "ready" {
 					break
 				}
 			}
 			var got []string
 			for _, l := range lines {
 				if !strings.Contains(l, "msg=\"Redis ") { // what Redis's persistence makes durable is said once
-					got = append(got, logFields(l)["msg"])
+					got = append(got, logline.Parse(l)["msg"])
 				}
 			}
-			ready := logFields(lines[len(lines)-1])
+			ready := logline.Parse(lines[len(lines)-1])
 			if !slices.Equal(got, []string{"serving", "ready"}) {
 				t.Errorf("start logged at info:\n%s\nwant serving and ready (and, on Redis, what its persistence makes durable)", strings.Join(lines, ""))
 			}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/timerd/timerd/internal/binary"
+	"github.com/timerd/timerd/internal/logline"
 )
 
 const (
@@ -132,7 +133,7 @@ func startNode(t *testing.T, dataDir string, extra ...string) *node {
 		for sc.Scan() {
 			line := sc.Text()
 			fmt.Fprintln(n.logs, line)
-			f := logFields(line)
+			f := logline.Parse(line)
 			switch {
 			case f["msg"] == "serving":
 				select {
@@ -170,19 +171,6 @@ func startNode(t *testing.T, dataDir string, extra ...string) *node {
 		t.Fatalf("timerd logged grpc=%q http=%q, want loopback addresses", n.grpcAddr, n.httpAddr)
 	}
 	return n
-}
-
-// logFields splits a log/slog text line into its key=value fields.
-// Quoted values are unquoted; a value with spaces in it is only partly
-// read, which is fine for the unquoted fields the tests look at.
-func logFields(line string) map[string]string {
-	f := make(map[string]string)
-	for _, kv := range strings.Fields(line) {
-		if k, v, ok := strings.Cut(kv, "="); ok {
-			f[k] = strings.Trim(v, `"`)
-		}
-	}
-	return f
 }
 
 // stop sends sig to the node and waits for it to exit. With SIGTERM it

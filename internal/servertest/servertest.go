@@ -8,6 +8,8 @@ package servertest
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -36,4 +38,16 @@ func Start(tb testing.TB, cfg server.Config) *server.Server {
 		}
 	})
 	return srv
+}
+
+// TokenFile writes body, a token file (see package auth), into a
+// temporary directory of the test, readable by its owner only, and
+// returns its path, for Config.AuthFile.
+func TokenFile(tb testing.TB, body string) string {
+	tb.Helper()
+	path := filepath.Join(tb.TempDir(), "tokens.json")
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return path
 }
