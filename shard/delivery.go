@@ -4,8 +4,10 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 	"strings"
 	"time"
+	"unsafe"
 )
 
 // Delivery is one attempt to deliver one occurrence of a due timer.
@@ -75,17 +77,62 @@ type DeliveryID struct {
 // String encodes the id: URL-safe base64 of the shard, the occurrence
 // and the timer's key, so any node can route an ack to the owning shard.
 func (d DeliveryID) String() string {
-	// Encoded in buffers on the stack, for every id a shard sends out
-	// within limits: one allocation per delivery, the string itself.
-	var raw [rawDeliveryIDLen]byte
+	// Encoded in a buffer on the stack, for every id a shard sends out
+	// within limits: one allocation, the string itself.
 	var enc [maxDeliveryIDLen]byte
+	return string(d.appendEncoded(enc[:0]))
+}
+
+// appendEncoded appends the encoded id, encodedLen bytes, to dst.
+func (d DeliveryID) appendEncoded(dst []byte) []byte {
+	var raw [rawDeliveryIDLen]byte
 	b := binary.AppendUvarint(raw[:0], uint64(d.Shard))
 	b = binary.AppendUvarint(b, d.OccEpoch)
 	b = binary.AppendUvarint(b, d.OccSeq)
 	b = append(b, d.Namespace...)
 	b = append(b, 0)
 	b = append(b, d.TimerID...)
-	return string(base64.RawURLEncoding.AppendEncode(enc[:0], b))
+	return base64.RawURLEncoding.AppendEncode(dst, b)
+}
+
+// encodedLen is the length of the encoded id.
+func (d DeliveryID) encodedLen() int {
+	n := uvarintLen(uint64(d.Shard)) + uvarintLen(d.OccEpoch) + uvarintLen(d.OccSeq) + len(d.Namespace) + 1 + len(d.TimerID)
+	return base64.RawURLEncoding.EncodedLen(n)
+}
+
+// uvarintLen is the length of v as a uvarint.
+func uvarintLen(v uint64) int {
+	return (bits.Len64(v|1) + 6) / 7
+}
+
+// idBlockSize is the size of the blocks idArena carves ids from, in
+// bytes: about forty ids of a typical timer key.
+const idBlockSize = 2048
+
+// idArena makes delivery ids for a shard's deliveries, carved out of
+// shared blocks: a herd of deliveries allocates a block per idBlockSize
+// bytes of ids rather than a string each. The shard's loop makes them
+// with its lock held, and the fewer allocations it makes, the less the
+// garbage collector has it assist while another namespace's timers wait
+// for it. A block lives as long as the longest-lived id in it (ids are
+// kept until their delivery is acked or lapses), which is why blocks are
+// small. An idArena is not safe for concurrent use.
+type idArena struct {
+	// Invariant: the bytes of block before len(block) are never
+	// written again: the strings handed out alias them.
+	block []byte
+}
+
+// id returns d encoded, as DeliveryID.String does.
+func (a *idArena) id(d DeliveryID) string {
+	n := d.encodedLen()
+	if cap(a.block)-len(a.block) < n {
+		a.block = make([]byte, 0, max(idBlockSize, n))
+	}
+	start := len(a.block)
+	a.block = d.appendEncoded(a.block)
+	return unsafe.String(&a.block[start], n)
 }
 
 // ParseDeliveryID decodes s, an id made by DeliveryID.String. Errors wrap

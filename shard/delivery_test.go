@@ -2,6 +2,7 @@ package shard
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -71,4 +72,38 @@ func FuzzParseDeliveryID(f *testing.F) {
 			t.Fatalf("re-encoding %+v gives %+v, %v", d, again, err)
 		}
 	})
+}
+
+// TestIDArena: ids carved from shared blocks are the ids String makes,
+// stay intact while later ones are carved after them, and cost a
+// fraction of an allocation each.
+func TestIDArena(t *testing.T) {
+	long := DeliveryID{Shard: 1<<32 - 1, Namespace: strings.Repeat("n", MaxNamespaceLen), TimerID: strings.Repeat("i", MaxIDLen), OccEpoch: 1<<64 - 1, OccSeq: 1<<64 - 1}
+	var a idArena
+	type made struct {
+		id DeliveryID
+		s  string
+	}
+	var all []made
+	for i := range 5000 {
+		d := DeliveryID{Shard: uint32(i % 64), Namespace: "orders", TimerID: fmt.Sprintf("order-%d", i), OccEpoch: uint64(i / 100), OccSeq: uint64(i)}
+		if i%97 == 0 {
+			d = long
+		}
+		s := a.id(d)
+		if want := d.String(); s != want || d.encodedLen() != len(want) {
+			t.Fatalf("id %d: arena made %q (encodedLen %d), String makes %q", i, s, d.encodedLen(), want)
+		}
+		all = append(all, made{d, s})
+	}
+	for i, m := range all {
+		if m.s != m.id.String() {
+			t.Fatalf("id %d changed after later ids were made: %q", i, m.s)
+		}
+	}
+	d := DeliveryID{Shard: 7, Namespace: "orders", TimerID: "order-12345", OccEpoch: 3, OccSeq: 12}
+	allocs := testing.AllocsPerRun(1000, func() { _ = a.id(d) })
+	if allocs > 0.1 {
+		t.Fatalf("%v allocations per id, want a block every few dozen ids", allocs)
+	}
 }

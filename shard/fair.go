@@ -44,6 +44,18 @@ func (f *fairQueue) push(t *timer) {
 		f.queues[ns] = q
 		f.ring = append(f.ring, q)
 	}
+	if len(q.items) == cap(q.items) && q.head >= len(q.items)/2 {
+		// Full, and at least half of it popped: slide what is queued to
+		// the front rather than grow. A herd streams through its queue a
+		// few timers at a time, so the array stays about twice what the
+		// queue holds, not as long as the herd; and each slide moves at
+		// most half the array, after as many pops, so push stays O(1)
+		// amortized.
+		n := copy(q.items, q.items[q.head:])
+		clear(q.items[n:])
+		q.items = q.items[:n]
+		q.head = 0
+	}
 	q.items = append(q.items, t)
 	f.n++
 	f.last = q

@@ -232,3 +232,44 @@ func TestCensus(t *testing.T) {
 		t.Fatalf("loaded: census counts %d timers of a, the shard %d; want 1", got, s2.Timers("a"))
 	}
 }
+
+// TestFairQueueStreamKeepsSmallArray: a herd streams through a
+// namespace's queue, pushed a few at a time as the shard takes it from
+// the wheel and popped as fast: the queue's array stays about twice what
+// it holds, rather than growing as long as the herd with every timer it
+// ever held (each growth copying all of it, with the shard's mutex held).
+func TestFairQueueStreamKeepsSmallArray(t *testing.T) {
+	var f fairQueue
+	const (
+		held = 1000    // entries queued at any time
+		herd = 200_000 // entries streamed through
+	)
+	for i := range held {
+		tm := &timer{key: fmt.Sprint(i)}
+		tm.rec.Namespace = "a"
+		f.push(tm)
+	}
+	next := 0 // key of the next pop
+	for i := held; i < herd; i++ {
+		tm := &timer{key: fmt.Sprint(i)}
+		tm.rec.Namespace = "a"
+		f.push(tm)
+		got := f.pop()
+		if want := fmt.Sprint(next); got.key != want {
+			t.Fatalf("popped %s, want %s", got.key, want)
+		}
+		next++
+		if c := cap(f.queues["a"].items); c > 4*held {
+			t.Fatalf("after %d pushes the queue holding %d has an array of %d", i+1, f.len(), c)
+		}
+	}
+	for tm := f.pop(); tm != nil; tm = f.pop() {
+		if want := fmt.Sprint(next); tm.key != want {
+			t.Fatalf("popped %s, want %s", tm.key, want)
+		}
+		next++
+	}
+	if next != herd {
+		t.Fatalf("popped %d of %d", next, herd)
+	}
+}

@@ -166,6 +166,7 @@ type Shard struct {
 	stopErr  error
 	inFlight int
 	fired    []wheel.Timer // reused by step
+	ids      idArena       // makes the ids of deliveries
 	ops      []store.Op    // writes not yet submitted
 	touched  []*timer      // timers whose writes are in ops
 	lastSub  *store.Commit // the last submitted writes
@@ -666,7 +667,17 @@ func (s *Shard) takeDueLocked(now int64) {
 	if take <= 0 {
 		return
 	}
-	s.fired = s.wheel.AdvanceLimit(now, s.fired[:0], take)
+	// Take what fits in s.fired first. If that fills it, a herd came due:
+	// make room for the rest in one allocation and take it. Growing by
+	// appends would copy and fault in several times the memory while the
+	// other namespaces' timers wait, and a shard that never sees a herd
+	// keeps a small s.fired.
+	first := min(take, max(cap(s.fired), 64))
+	s.fired = s.wheel.AdvanceLimit(now, s.fired[:0], first)
+	if len(s.fired) == first && first < take {
+		s.fired = slices.Grow(s.fired, take-first)
+		s.fired = s.wheel.AdvanceLimit(now, s.fired, take-first)
+	}
 	for _, f := range s.fired {
 		t := s.slots[f.Value]
 		t.armed, t.queued = false, true
@@ -787,7 +798,7 @@ func (s *Shard) tidyLocked(tk topicKey, q *waitQueue) {
 // it comes from its topic's waiting queue.
 func (s *Shard) dispatchLocked(t *timer, now int64, waited bool) bool {
 	d := Delivery{
-		ID:        s.deliveryID(t).String(),
+		ID:        s.ids.id(s.deliveryID(t)),
 		Namespace: t.rec.Namespace,
 		TimerID:   t.rec.ID,
 		Topic:     t.rec.Topic,

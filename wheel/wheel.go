@@ -26,8 +26,9 @@
 // cost the garbage collector nothing to scan, and both are recycled, so a
 // wheel in steady state does not allocate. A slot's list is a chain of
 // 256-entry chunks: cascading a slot copies its entries to their new lists
-// sequentially (or, when they all share one tick and that tick's list is
-// empty, hands it the whole chain), and firing one reads only its entries, freeing each node
+// sequentially (or, when most of them share one tick, as a herd due at one
+// instant does, and that tick's list is empty, hands it the whole chain and
+// copies out only the others), and firing one reads only its entries, freeing each node
 // with stores the processor does not wait for. A pending timer costs 40
 // bytes of wheel memory, plus at most one partly filled chunk per slot.
 //
@@ -224,6 +225,14 @@ type list struct {
 	// list's live entries: exact unless the earliest or latest was
 	// cancelled or moved. Equal, they say every live entry has that tick.
 	minTick, maxTick uint64
+	// herd and votes are a majority vote (Boyer and Moore's) over the
+	// ticks pushed: if more than half the pushes had one tick, herd is
+	// that tick, and votes is a lower bound on how many more pushes had
+	// it than had any other. refile uses them to move a herd due at one
+	// instant, mixed with a few other timers, without copying the herd.
+	// A hint only: cancels and moves do not update them.
+	herd  uint64
+	votes uint32
 }
 
 // chunk links an entry chunk into its list, or into the free pool.
@@ -477,6 +486,14 @@ func (w *Wheel) push(l uint32, t uint64, e entry) uint32 {
 	ls.n++
 	ls.minTick = min(ls.minTick, t)
 	ls.maxTick = max(ls.maxTick, t)
+	switch {
+	case ls.votes == 0:
+		ls.herd, ls.votes = t, 1
+	case ls.herd == t:
+		ls.votes++
+	default:
+		ls.votes--
+	}
 	return pos
 }
 
@@ -569,28 +586,106 @@ func (w *Wheel) refile(l uint32) {
 			return
 		}
 	}
+	if ls := &w.lists[l]; ls.n >= handOffMin && ls.votes > ls.n/2 && !ls.scan {
+		// Most entries share one tick, as a herd due at one instant
+		// among a few other timers does: the chain moves to that tick's
+		// list whole, if it is another and empty, and only the others
+		// are copied out. Moving a herd stays O(1) per timer it does not
+		// copy, and its nodes (cold, a cache miss each) are not written.
+		if to := w.listOf(ls.herd); to != l && w.lists[to].n == 0 {
+			w.handOff(l, to)
+			return
+		}
+	}
 	c, n := w.take(l)
 	for n > 0 {
 		k := min(n, entryChunk)
 		for _, e := range w.entries[c][:k] {
-			if e.idx == none {
-				continue
+			if e.idx != none {
+				w.repush(e)
 			}
-			t := w.tickOf(e.due)
-			to := w.listOf(t)
-			if ls := &w.lists[to]; to < numSlots && (ls.n == 0 || ls.scan) && ls.n < entryChunk {
-				// Most cascades end in a small level-0 list that fires
-				// within 256 ticks: leave the cold node alone (about a
-				// tenth of the cost of firing a timer) and let the rare
-				// cancel this late scan the one chunk instead.
-				w.push(to, t, e)
-				ls.scan = true
-				continue
-			}
-			w.node(e.idx).pos = w.push(to, t, e)
 		}
 		n -= k
 		c = w.release(c)
+	}
+}
+
+// handOffMin is the fewest entries a list needs for refile to hand its
+// chain to the tick most of them share rather than copy them all: below
+// it copying is cheap, and a cascade into a list of one chunk can leave
+// its nodes alone (see repush), which a hand-off cannot.
+const handOffMin = 4 * entryChunk
+
+// repush pushes live entry e to the list its tick belongs in now.
+func (w *Wheel) repush(e entry) {
+	t := w.tickOf(e.due)
+	to := w.listOf(t)
+	if ls := &w.lists[to]; to < numSlots && (ls.n == 0 || ls.scan) && ls.n < entryChunk {
+		// Most cascades end in a small level-0 list that fires within
+		// 256 ticks: leave the cold node alone (about a tenth of the
+		// cost of firing a timer) and let the rare cancel this late
+		// scan the one chunk instead.
+		w.push(to, t, e)
+		ls.scan = true
+		return
+	}
+	w.node(e.idx).pos = w.push(to, t, e)
+}
+
+// handOff moves the chain of list l, not a scan list, to the empty list
+// to, and then copies out every live entry that belongs elsewhere, leaving
+// a dead entry behind, as a cancel would. Entries that stay keep their
+// positions, so their nodes stay right. If that leaves to half dead (the
+// vote that chose it overstated its share), to is compacted as any list
+// is.
+func (w *Wheel) handOff(l, to uint32) {
+	ls := w.lists[l]
+	w.take(l)
+	w.lists[to] = ls
+	w.occupied[to>>6] |= 1 << (to & 63)
+	dst := &w.lists[to]
+	lo, hi := uint64(math.MaxUint64), uint64(0)
+	// A herd's entries share their due time, so the tick and list of the
+	// previous entry's due time answer for most: the division in tickOf
+	// is the dearest part of the walk.
+	lastDue, stays := int64(math.MinInt64), false
+	for c := dst.head; c != none; {
+		next := w.chunks[c].next
+		fill := uint32(entryChunk)
+		if c == dst.tail {
+			fill = (dst.n-1)&entryMask + 1
+		}
+		for off := range w.entries[c][:fill] {
+			e := &w.entries[c][off]
+			if e.idx == none {
+				continue
+			}
+			if e.due != lastDue {
+				t := w.tickOf(e.due)
+				lastDue, stays = e.due, w.listOf(t) == to
+				if stays {
+					lo, hi = min(lo, t), max(hi, t)
+				}
+			}
+			if stays {
+				continue
+			}
+			w.repush(*e) // may grow w.chunks: index it afresh below
+			e.idx = none
+			w.chunks[c].dead++
+			dst.dead++
+		}
+		if w.chunks[c].dead == fill {
+			w.unlinkChunk(to, c, fill)
+			if dst.n == 0 {
+				return
+			}
+		}
+		c = next
+	}
+	dst.minTick, dst.maxTick = lo, hi
+	if dst.dead*2 >= dst.n {
+		w.refile(to)
 	}
 }
 

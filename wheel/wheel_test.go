@@ -792,3 +792,77 @@ func FuzzConfig(f *testing.F) {
 		}
 	})
 }
+
+// TestHerdHandOff: a herd due at one instant, mixed with timers of other
+// ticks in the same slots (before, after and at the herd's tick) and with
+// cancelled entries, cascades by handing its chain down and copying out
+// only the others; every timer still fires exactly in its tick, once.
+// The second case leaves too many dead entries for the hand-off and
+// takes the compaction that follows it.
+func TestHerdHandOff(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		herd, others   int
+		cancelEveryNth int  // cancel every nth herd timer before the cascade (0: none)
+		sameChain      bool // the herd keeps its chain down to level 0
+	}{
+		{"few others", 3000, 200, 0, true},
+		{"half the herd cancelled", 2200, 700, 2, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWheel(t, time.Millisecond, start)
+			due := start + 200_000 + 77 // level 2 now
+			want := map[uint64]int64{}  // value -> due, of timers to fire
+			var herd []Handle
+			v := uint64(0)
+			add := func(at int64) Handle {
+				v++
+				want[v] = at
+				return mustAdd(t, w, at, v)
+			}
+			for i := range tc.herd + tc.others {
+				if i%(tc.herd/tc.others+1) == 0 && len(want)-len(herd) < tc.others {
+					// Spread over the herd's level-1 slot and the next.
+					add(due - 150 + int64(i%400))
+					continue
+				}
+				herd = append(herd, add(due))
+			}
+			if tc.cancelEveryNth > 0 {
+				for i := 0; i < len(herd); i += tc.cancelEveryNth {
+					_, val, _ := w.Lookup(herd[i])
+					if !w.Cancel(herd[i]) {
+						t.Fatalf("cancel of herd timer %d failed", i)
+					}
+					delete(want, val)
+				}
+			}
+			checkInvariants(t, 0, w)
+			head := w.lists[w.listOf(w.tickOf(due))].head
+			for now := start; now <= due+300; now++ {
+				if now == due {
+					to := w.listOf(w.tickOf(due))
+					if got := to < numSlots && w.lists[to].head == head; got != tc.sameChain {
+						t.Fatalf("herd in list %d with head chunk %d (was %d): same chain %v, want %v", to, w.lists[to].head, head, got, tc.sameChain)
+					}
+				}
+				for _, f := range w.Advance(now, nil) {
+					at, ok := want[f.Value]
+					if !ok {
+						t.Fatalf("at %d: fired %d, not pending", now-due, f.Value)
+					}
+					if at != now {
+						t.Fatalf("at %d: fired %d due at %d", now-due, f.Value, at-due)
+					}
+					delete(want, f.Value)
+				}
+				if now >= due-300 && now%16 == 0 {
+					checkInvariants(t, int(now-due), w)
+				}
+			}
+			if len(want) != 0 || w.Len() != 0 {
+				t.Fatalf("%d timers never fired; %d left in the wheel", len(want), w.Len())
+			}
+		})
+	}
+}
