@@ -3,6 +3,7 @@ package server
 import (
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/timerd/timerd/cluster"
@@ -109,6 +110,15 @@ type Config struct {
 	// connection (default 1,024); a client's further calls on that
 	// connection wait for one to end.
 	MaxConcurrentStreams uint32
+	// BadCallRate and BadCallBurst slow down a client address that keeps
+	// making calls the node refuses as malformed, unauthenticated or
+	// forbidden: after BadCallBurst of them (default 100), its bad calls
+	// are answered at BadCallRate a second (default 50), each waiting at
+	// most BadCallDelay (default 1s) for its turn. Calls that succeed are
+	// never delayed. A BadCallRate of 0 turns this off. See tarpit.
+	BadCallRate  float64
+	BadCallBurst int
+	BadCallDelay time.Duration
 	// Limits bounds what one namespace may take (pending timers, schedule
 	// rate; off by default) and the Subscribe streams of the node (see
 	// Limits).
@@ -194,6 +204,9 @@ func DefaultConfig() Config {
 		SubscriptionTimeout:  10 * time.Second,
 		MaxRecvMsgSize:       16 << 20,
 		MaxConcurrentStreams: 1024,
+		BadCallRate:          50,
+		BadCallBurst:         100,
+		BadCallDelay:         time.Second,
 		Limits:               DefaultLimits(),
 		KeepaliveMinTime:     10 * time.Second,
 		KeepaliveTime:        60 * time.Second,
@@ -257,6 +270,12 @@ func (c Config) Validate() error {
 		return bad("MaxRecvMsgSize", "must be >= 1 MiB, got %d", c.MaxRecvMsgSize)
 	case c.MaxConcurrentStreams < 1:
 		return bad("MaxConcurrentStreams", "must be >= 1, got %d", c.MaxConcurrentStreams)
+	case c.BadCallRate < 0 || math.IsNaN(c.BadCallRate) || math.IsInf(c.BadCallRate, 0):
+		return bad("BadCallRate", "must be a number >= 0 (0: off), got %v", c.BadCallRate)
+	case c.BadCallRate > 0 && c.BadCallBurst < 1:
+		return bad("BadCallBurst", "must be >= 1 with BadCallRate, got %d", c.BadCallBurst)
+	case c.BadCallRate > 0 && c.BadCallDelay <= 0:
+		return bad("BadCallDelay", "must be > 0 with BadCallRate, got %v", c.BadCallDelay)
 	case c.KeepaliveMinTime <= 0:
 		return bad("KeepaliveMinTime", "must be > 0, got %v", c.KeepaliveMinTime)
 	case c.KeepaliveTime <= 0:

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
+	"github.com/timerd/timerd/internal/scrape"
 )
 
 // floodResult is what a floodRun saw.
@@ -31,8 +32,9 @@ const floodTokens = `{"tokens":[
 	{"name":"other","token":"tok-other","namespaces":["other"],"roles":["schedule","subscribe","admin"]}]}`
 
 // startFlood starts a node for floodRun; with tokens it requires them
-// (floodTokens), and the env's calls carry the good client's.
-func startFlood(tb testing.TB, tokens bool) *env {
+// (floodTokens), and the env's calls carry the good client's. Without
+// tarpit the node answers bad calls as fast as they come.
+func startFlood(tb testing.TB, tokens, tarpit bool) *env {
 	tb.Helper()
 	path := ""
 	if tokens {
@@ -41,6 +43,9 @@ func startFlood(tb testing.TB, tokens bool) *env {
 	e := start(tb, "", func(c *Config) {
 		c.MaxRecvMsgSize = 1 << 20
 		c.AuthFile = path
+		if !tarpit {
+			c.BadCallRate = 0
+		}
 	})
 	if tokens {
 		e.token = "tok-good"
@@ -227,19 +232,23 @@ func floodRun(tb testing.TB, e *env, n int, span time.Duration, flood bool) floo
 // code for each, and neither loses, hurries nor duplicates a
 // well-behaved client's timers, nor changes a stored one; on a node that
 // requires tokens, the flood also sends none, unknown ones and another
-// namespace's.
+// namespace's. The first two runs turn the node's tarpit off, so that
+// the flood comes as fast as the client can send it; the last leaves it
+// on, and the node slows the flood down.
 func TestFlood(t *testing.T) {
 	kinds := []string{"bad-namespace InvalidArgument", "empty-batch InvalidArgument", "bad-items OK", "bad-get InvalidArgument", "oversized ResourceExhausted"}
+	withTokens := append(slices.Clone(kinds), "no-token Unauthenticated", "unknown-token Unauthenticated", "foreign-token PermissionDenied", "foreign-subscribe PermissionDenied")
 	for _, tc := range []struct {
-		name   string
-		tokens bool
-		kinds  []string
+		name           string
+		tokens, tarpit bool
+		kinds          []string
 	}{
-		{"open", false, kinds},
-		{"tokens", true, append(slices.Clone(kinds), "no-token Unauthenticated", "unknown-token Unauthenticated", "foreign-token PermissionDenied", "foreign-subscribe PermissionDenied")},
+		{"open", false, false, kinds},
+		{"tokens", true, false, withTokens},
+		{"tokens and tarpit", true, true, withTokens},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := startFlood(t, tc.tokens)
+			e := startFlood(t, tc.tokens, tc.tarpit)
 			r := floodRun(t, e, 1000, 2*time.Second, true)
 			t.Logf("flood calls by kind and code: %v", r.bad)
 			t.Logf("good timers' lateness under the flood: p50 %v p99 %v", pct(r.late, 50), pct(r.late, 99))
@@ -248,6 +257,16 @@ func TestFlood(t *testing.T) {
 					t.Errorf("no flood call of %q", kind)
 				}
 			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			slowed, err := scrape.Sum(ctx, e.srv.HTTPAddr(), "timerd_bad_calls_slowed_total")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("bad calls slowed: %v", slowed)
+			if tc.tarpit != (slowed > 0) {
+				t.Errorf("with the tarpit %v, %v bad calls were slowed", tc.tarpit, slowed)
+			}
 		})
 	}
 }
@@ -255,26 +274,34 @@ func TestFlood(t *testing.T) {
 // BenchmarkFlood prints a well-behaved client's lateness (1,000 timers
 // due over 2 s) without and with another client flooding the node with
 // bad requests, side by side, and with a flood that adds unauthenticated
-// and foreign-namespace requests on a node that requires tokens.
+// and foreign-namespace requests on a node that requires tokens. The
+// node slows a client's bad calls past a burst (Config.BadCallRate); the
+// last run floods a node with that off, to show what it saves.
 func BenchmarkFlood(b *testing.B) {
-	run := func(flood, tokens bool) floodResult {
-		e := startFlood(b, tokens)
+	run := func(flood, tokens, tarpit bool) floodResult {
+		e := startFlood(b, tokens, tarpit)
 		defer e.stop()
 		return floodRun(b, e, 1000, 2*time.Second, flood)
 	}
-	for range b.N {
-		quiet, loud, authed := run(false, false), run(true, false), run(true, true)
-		calls := 0
-		for _, n := range loud.bad {
-			calls += n
+	calls := func(r floodResult) float64 {
+		n := 0
+		for _, c := range r.bad {
+			n += c
 		}
+		return float64(n)
+	}
+	for range b.N {
+		quiet, loud, authed, open := run(false, false, true), run(true, false, true), run(true, true, true), run(true, false, false)
 		b.ReportMetric(ms(pct(quiet.late, 50)), "p50-quiet-ms")
 		b.ReportMetric(ms(pct(quiet.late, 99)), "p99-quiet-ms")
 		b.ReportMetric(ms(pct(loud.late, 50)), "p50-flood-ms")
 		b.ReportMetric(ms(pct(loud.late, 99)), "p99-flood-ms")
-		b.ReportMetric(float64(calls), "flood-calls")
+		b.ReportMetric(calls(loud), "flood-calls")
 		b.ReportMetric(ms(pct(authed.late, 50)), "p50-flood-tokens-ms")
 		b.ReportMetric(ms(pct(authed.late, 99)), "p99-flood-tokens-ms")
+		b.ReportMetric(ms(pct(open.late, 50)), "p50-flood-no-tarpit-ms")
+		b.ReportMetric(ms(pct(open.late, 99)), "p99-flood-no-tarpit-ms")
+		b.ReportMetric(calls(open), "flood-calls-no-tarpit")
 	}
 }
 

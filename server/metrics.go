@@ -44,6 +44,10 @@ type metrics struct {
 	// streams refused by Limits.MaxSubscribeStreams.
 	limited        *prometheus.CounterVec
 	streamsRefused prometheus.Counter
+	// badCalls counts the calls refused as malformed, unauthenticated or
+	// forbidden, and badCallsSlowed those of them the tarpit answered
+	// late.
+	badCalls, badCallsSlowed prometheus.Counter
 	// forwarded counts the items and requests this node sent on to the
 	// shards' owners.
 	forwardedItems, forwardedCalls *prometheus.CounterVec
@@ -193,6 +197,14 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 			Namespace: "timerd", Name: "limit_rejections_total",
 			Help: "Schedule items refused with RESOURCE_EXHAUSTED because their namespace reached a limit, by namespace and limit: pending (--ns-max-pending) or rate (--ns-schedule-rate).",
 		}, []string{"namespace", "limit"}),
+		badCalls: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "bad_calls_total",
+			Help: "Calls refused as malformed, unauthenticated or forbidden (INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, UNIMPLEMENTED, or every item of a batch so), counted when --bad-call-rate is on.",
+		}),
+		badCallsSlowed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "bad_calls_slowed_total",
+			Help: "Bad calls answered late because their client address made more than --bad-call-burst of them at over --bad-call-rate a second.",
+		}),
 		streamsRefused: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "timerd", Name: "subscribe_streams_refused_total",
 			Help: "Subscribe streams refused with RESOURCE_EXHAUSTED because the node served --max-subscribe-streams.",
@@ -207,7 +219,7 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 	reg.MustRegister(m.scheduled, m.fired, m.redelivered, m.acked, m.dead, m.lateness, m.wait, m.subscribers,
 		m.commitSeconds, m.commitOps, m.commitBatches, m.commitRetries, m.commitGivenUp, ignored,
 		m.shardsAcquired, m.shardsReleased, m.shardsLost, m.shardLoad, m.shardTakeover, m.shardRelease,
-		m.forwardedItems, m.forwardedCalls, m.grpc, m.limited, m.streamsRefused,
+		m.forwardedItems, m.forwardedCalls, m.grpc, m.limited, m.streamsRefused, m.badCalls, m.badCallsSlowed,
 		m.relaysOpen, m.relaysOpened, m.relayedDeliveries, m.relayedAcks, m.relayedReleases, m.peerRelaysEnded,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: "timerd", Name: "store_commit_queue_ops",

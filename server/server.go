@@ -265,7 +265,7 @@ func (s *Server) start(ctx context.Context) error {
 		}
 	}
 
-	s.grpc = grpc.NewServer(append(append(s.tls.serverOptions(),
+	s.grpc = grpc.NewServer(append(append(append(s.tls.serverOptions(), newTarpit(s.cfg, s.metrics).serverOptions()...),
 		grpc.MaxRecvMsgSize(s.cfg.MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(s.cfg.MaxConcurrentStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: s.cfg.KeepaliveMinTime}),

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/timerd/timerd/server"
 )
@@ -24,6 +25,12 @@ func TestParseLimits(t *testing.T) {
 		}},
 		{"streams", [2]string{"TIMERD_MAX_SUBSCRIBE_STREAMS", "7"}, []string{"--max-concurrent-streams", "9"}, func(c server.Config) bool {
 			return c.Limits.MaxSubscribeStreams == 7 && c.MaxConcurrentStreams == 9
+		}},
+		{"bad calls", [2]string{"TIMERD_BAD_CALL_BURST", "20"}, []string{"--bad-call-rate", "5", "--bad-call-delay", "250ms"}, func(c server.Config) bool {
+			return c.BadCallRate == 5 && c.BadCallBurst == 20 && c.BadCallDelay == 250*time.Millisecond
+		}},
+		{"bad calls default", [2]string{}, nil, func(c server.Config) bool {
+			return c.BadCallRate == def.BadCallRate && c.BadCallBurst == def.BadCallBurst && c.BadCallDelay == def.BadCallDelay
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -51,6 +58,9 @@ func TestRunRejectsBadLimits(t *testing.T) {
 		{[]string{"--ns-schedule-burst", "5"}, "Limits.ScheduleBurst needs"},
 		{[]string{"--max-subscribe-streams", "0"}, "Limits.MaxSubscribeStreams"},
 		{[]string{"--max-concurrent-streams", "0"}, "MaxConcurrentStreams"},
+		{[]string{"--bad-call-rate", "-1"}, "BadCallRate"},
+		{[]string{"--bad-call-burst", "0"}, "BadCallBurst"},
+		{[]string{"--bad-call-delay", "0s"}, "BadCallDelay"},
 		{[]string{"--max-concurrent-streams", "5000000000"}, "--max-concurrent-streams 5000000000 is too large"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
