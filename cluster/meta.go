@@ -40,8 +40,8 @@ func (m meta) encode() []byte {
 }
 
 // decodeMeta decodes what encode wrote. It fails, wrapping errBadMeta, on
-// an unknown version or state, an empty or truncated field, or trailing
-// bytes. The strings it returns do not share b's memory.
+// an unknown version or state, an empty or truncated field, a length not
+// in its shortest encoding, or trailing bytes. The strings it returns do not share b's memory.
 func decodeMeta(b []byte) (meta, error) {
 	if len(b) < 2 {
 		return meta{}, fmt.Errorf("%w: %d bytes", errBadMeta, len(b))
@@ -56,7 +56,9 @@ func decodeMeta(b []byte) (meta, error) {
 	rest := b[2:]
 	field := func(name string) (string, error) {
 		n, k := binary.Uvarint(rest)
-		if k <= 0 || n == 0 || n > uint64(len(rest)-k) {
+		// A length ending in a zero byte is not the shortest encoding
+		// (n is not 0): one meta has one encoding, as encode writes it.
+		if k <= 0 || n == 0 || rest[k-1] == 0 || n > uint64(len(rest)-k) {
 			return "", fmt.Errorf("%w: bad %s", errBadMeta, name)
 		}
 		s := string(rest[k : k+int(n)])
