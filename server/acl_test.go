@@ -23,7 +23,7 @@ import (
 // begin "td:", as docs/SECURITY.md gives it: the keys of its prefix
 // only, no channels, and only the commands timerd sends (the lease and
 // commit scripts' commands too, which Redis checks inside scripts).
-const redisACL = "on resetkeys ~td:* resetchannels -@all +hello +ping +select +info +cluster|slots +cluster|shards +command +asking +config|get +evalsha +eval +script|load +get +set +setnx +del +hset +hdel +hscan +pexpire +pttl +time"
+const redisACL = "on resetkeys ~td:* resetchannels -@all +hello +ping +select +info +cluster|slots +cluster|shards +command +asking +config|get +evalsha +eval +script|load +get +set +setnx +del +hset +hdel +hscan +pexpire +pttl +time +wait"
 
 // TestRedisLeastPrivilegeACL runs a node as a Redis user that has
 // redisACL (with and without CONFIG GET, which the persistence check can
@@ -60,6 +60,7 @@ func TestRedisLeastPrivilegeACL(t *testing.T) {
 				var redisURL string
 				var as redis.UniversalClient
 				var denied func(testing.TB) []string
+				var onRedis []func(*Config)
 				switch rules := strings.Fields(tt.acl); dep {
 				case "standalone":
 					rs := redistest.Start(t)
@@ -82,6 +83,9 @@ func TestRedisLeastPrivilegeACL(t *testing.T) {
 						}
 						return out
 					}
+					// With a replica per master, every commit waits for it
+					// (WAIT), as --redis-wait-replicas 1 has it.
+					onRedis = append(onRedis, func(c *Config) { c.RedisWaitReplicas = 1 })
 					// While a resharding moves a slot, go-redis follows a
 					// -ASK redirect with ASKING: the user may send it.
 					key := "td:{acl-ask}:k"
@@ -91,7 +95,7 @@ func TestRedisLeastPrivilegeACL(t *testing.T) {
 					}
 				}
 				defer as.Close()
-				aclWorkload(t, redisURL)
+				aclWorkload(t, redisURL, onRedis...)
 				// A node that works only after being refused something
 				// (go-redis gives up on what it may not ask, and asks
 				// again at each command) shows in the ACL log.
@@ -106,13 +110,14 @@ func TestRedisLeastPrivilegeACL(t *testing.T) {
 	}
 }
 
-// aclWorkload runs a node on redisURL through every kind of Redis call
-// it makes: schedule, delivery, ack, cancel, dead letters and their
-// replay, and a restart that loads the pending timers again.
-func aclWorkload(t *testing.T, redisURL string) {
+// aclWorkload runs a node on redisURL, its configuration changed by
+// opts, through every kind of Redis call it makes: schedule, delivery,
+// ack, cancel, dead letters and their replay, and a restart that loads
+// the pending timers again.
+func aclWorkload(t *testing.T, redisURL string, opts ...func(*Config)) {
 	t.Helper()
-	onRedis := func(c *Config) { c.RedisURL = redisURL }
-	e := start(t, "", onRedis)
+	opts = append([]func(*Config){func(c *Config) { c.RedisURL = redisURL }}, opts...)
+	e := start(t, "", opts...)
 	st := e.subscribe(&pb.Subscription{Topic: "acl"})
 	e.schedule(spec("a", "acl", 0), spec("later", "acl", time.Hour))
 	d := st.next()
@@ -157,7 +162,7 @@ func aclWorkload(t *testing.T, redisURL string) {
 
 	e.schedule(spec("kept", "acl", time.Hour))
 	e.stop()
-	e = start(t, "", onRedis)
+	e = start(t, "", opts...)
 	if got, err := e.timers.Get(e.ctx(), &pb.GetRequest{Id: "kept"}); err != nil || got.GetTimer().GetState() != pb.TimerState_TIMER_STATE_PENDING {
 		t.Fatalf("kept after a restart: %v, %v; want it pending", got, err)
 	}
