@@ -9,8 +9,8 @@
 // shutdown, and that acknowledged timers survive a restart or a kill -9 of
 // the node and still fire, none early; and that SIGHUP alone makes a
 // node take a new token file and certificate (TestSIGHUPReload replaces
-// them so that the files' watcher cannot see it). It imports no server
-// internals.
+// them so that the files' watcher cannot see it), even while it starts.
+// It imports no server internals.
 //
 // TestMakeCluster runs tools/cluster.sh, the script of make cluster, on
 // free ports and with the binaries it built: a redis-server and three

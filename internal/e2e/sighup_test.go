@@ -154,8 +154,16 @@ func hup(t *testing.T, n *node, msg string) map[string]string {
 	if err := n.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatalf("SIGHUP: %v", err)
 	}
+	return n.waitLogged(from, msg)
+}
+
+// waitLogged returns the fields of the first line with message msg that
+// n logs after the first from bytes of its log; it fails the test if
+// none comes within reloadTimeout.
+func (n *node) waitLogged(from int, msg string) map[string]string {
+	n.t.Helper()
 	var found map[string]string
-	waitFor(t, reloadTimeout, "timerd to log msg="+msg, func() bool {
+	waitFor(n.t, reloadTimeout, "timerd to log msg="+msg, func() bool {
 		for l := range strings.SplitSeq(n.logs.String()[from:], "\n") {
 			if f := logline.Parse(l); f["msg"] == msg {
 				found = f
@@ -207,4 +215,21 @@ func replaceUnseen(t *testing.T, path string, b []byte) {
 	if now, err := os.Stat(path); err != nil || now.Size() != fi.Size() || !now.ModTime().Equal(fi.ModTime()) {
 		t.Fatalf("%s replaced: %v, %v; want size %d and time %v", path, now, err, fi.Size(), fi.ModTime())
 	}
+}
+
+// TestSIGHUPWhileStarting sends SIGHUP as soon as timerd logs its first
+// line, while it is still starting (an operator's rotation may reach a
+// node that is restarting): the node must start as if it had not come,
+// not die of it (SIGHUP's default action), serve, and reload once
+// started.
+func TestSIGHUPWhileStarting(t *testing.T) {
+	t.Parallel()
+	var sigErr error
+	n := startNodeWatch(t, t.TempDir(), func(p *os.Process) { sigErr = p.Signal(syscall.SIGHUP) })
+	if sigErr != nil {
+		t.Fatalf("SIGHUP: %v", sigErr)
+	}
+	n.waitLogged(0, "SIGHUP: TLS and token files reloaded")
+	mustTimerctl(t, n.grpcAddr, "schedule", "a", "--topic", "t", "--in", "1h")
+	n.stop(syscall.SIGTERM)
 }
