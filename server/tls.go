@@ -195,22 +195,12 @@ func (t *tlsFiles) peerConfig() *tls.Config {
 // gRPC's TLS credentials keep the tls.Config they were made with, so
 // peerCreds make new ones from tlsFiles.peerConfig for each handshake.
 // They dial only: the listener has its own (tlsFiles.serverOptions).
-type peerCreds struct {
-	t *tlsFiles
-	// serverName overrides the name the peer's certificate must carry
-	// (default: the host of the address dialled).
-	serverName string
-}
+type peerCreds struct{ t *tlsFiles }
 
-func (p peerCreds) current() credentials.TransportCredentials {
-	c := p.t.peerConfig()
-	c.ServerName = p.serverName
-	return credentials.NewTLS(c)
-}
-
-// ClientHandshake makes the TLS handshake of a new connection to a peer.
+// ClientHandshake makes the TLS handshake of a new connection to a peer,
+// whose certificate must carry the host of the address dialled.
 func (p peerCreds) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	return p.current().ClientHandshake(ctx, authority, conn)
+	return credentials.NewTLS(p.t.peerConfig()).ClientHandshake(ctx, authority, conn)
 }
 
 // ServerHandshake fails: peerCreds only dial.
@@ -218,13 +208,16 @@ func (peerCreds) ServerHandshake(net.Conn) (net.Conn, credentials.AuthInfo, erro
 	return nil, nil, errors.New("server: peer credentials make outgoing connections only")
 }
 
-func (p peerCreds) Info() credentials.ProtocolInfo { return p.current().Info() }
+// Info is that of gRPC's TLS credentials; it reads no file.
+func (peerCreds) Info() credentials.ProtocolInfo {
+	return credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13}).Info()
+}
 
 func (p peerCreds) Clone() credentials.TransportCredentials { return p }
 
 // OverrideServerName is part of credentials.TransportCredentials; gRPC
-// no longer calls it. The receiver is a value, so it cannot change p:
-// it fails instead of being ignored.
+// no longer calls it. peerCreds always check the address dialled, so it
+// fails instead of being ignored.
 func (peerCreds) OverrideServerName(string) error {
 	return errors.New("server: peer credentials: OverrideServerName is not supported")
 }
