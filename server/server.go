@@ -186,11 +186,7 @@ func New(cfg Config) (*Server, error) {
 	if s.authz, err = newAuthorizer(cfg.AuthFile, s.log); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	dial, err := s.tls.peerDialOptions()
-	if err != nil {
-		return nil, fmt.Errorf("server: %w", err)
-	}
-	s.peers = newPeers(cfg.ForwardTimeout, dial)
+	s.peers = newPeers(cfg.ForwardTimeout, s.tls.peerDialOptions())
 	return s, nil
 }
 

@@ -1,11 +1,13 @@
 package server
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"time"
 
@@ -36,7 +38,10 @@ type TLSConfig struct {
 	ClientCAFile string
 	// PeerCAFile holds the CAs a peer's certificate is verified against
 	// when this node calls it (default: ClientCAFile, or else the
-	// system's roots). It is read when a connection to a peer is made.
+	// system's roots). Like the other files it is read again when it
+	// changes (looked at when a connection to a peer is made) or on
+	// Server.Reload; each new connection to a peer is verified against
+	// the CAs as they are then, and a connection already open stays.
 	PeerCAFile string
 }
 
@@ -56,10 +61,16 @@ func (c *TLSConfig) validate() error {
 }
 
 // tlsFiles are the node's TLS material, each reloaded from its files.
+//
+// Invariant: every handshake, the listener's and those of the
+// connections to peers, reads the values below as they are at that
+// handshake; none is copied into a longer-lived tls.Config, so a rotation
+// reaches every connection made after it.
 type tlsFiles struct {
 	cfg     TLSConfig
 	cert    *reload.Value[*tls.Certificate]
 	clients *reload.Value[*x509.CertPool] // nil without mTLS
+	peers   *reload.Value[*x509.CertPool] // nil without TLSConfig.PeerCAFile
 }
 
 // loadTLS reads the files of c once; nil c means no TLS.
@@ -82,6 +93,12 @@ func loadTLS(c *TLSConfig, log *slog.Logger) (*tlsFiles, error) {
 	if c.ClientCAFile != "" {
 		if t.clients, err = reload.New(func() (*x509.CertPool, error) { return readCAs(c.ClientCAFile) },
 			TLSReloadInterval, log, c.ClientCAFile); err != nil {
+			return nil, err
+		}
+	}
+	if c.PeerCAFile != "" {
+		if t.peers, err = reload.New(func() (*x509.CertPool, error) { return readCAs(c.PeerCAFile) },
+			TLSReloadInterval, log, c.PeerCAFile); err != nil {
 			return nil, err
 		}
 	}
@@ -127,6 +144,9 @@ func (t *tlsFiles) reload() error {
 	if t.clients != nil {
 		err = errors.Join(err, t.clients.Reload())
 	}
+	if t.peers != nil {
+		err = errors.Join(err, t.peers.Reload())
+	}
 	return err
 }
 
@@ -142,27 +162,62 @@ func (t *tlsFiles) serverOptions() []grpc.ServerOption {
 // peerDialOptions are the dial options of every connection this node
 // makes to a peer: forwarded requests and anything else node to node go
 // through them, so they all use the node's TLS (or none, without it).
-// The peer's certificate is verified against TLSConfig.PeerCAFile (or
-// ClientCAFile), and the node presents its own certificate for mTLS.
-func (t *tlsFiles) peerDialOptions() ([]grpc.DialOption, error) {
+// Each handshake verifies the peer's certificate against the current
+// TLSConfig.PeerCAFile (or ClientCAFile, or the system's roots) and
+// presents the node's current certificate for mTLS: gRPC makes a new
+// handshake whenever it connects again, so a peer connection that drops
+// comes back under the CAs of the moment.
+func (t *tlsFiles) peerDialOptions() []grpc.DialOption {
 	if t == nil {
-		return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, nil
+		return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	}
+	return []grpc.DialOption{grpc.WithTransportCredentials(peerCreds{t: t})}
+}
+
+// peerConfig is the tls.Config of one handshake with a peer.
+func (t *tlsFiles) peerConfig() *tls.Config {
 	c := &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			return t.cert.Get(), nil
 		},
 	}
-	switch ca := t.cfg.PeerCAFile; {
-	case ca != "":
-		pool, err := readCAs(ca)
-		if err != nil {
-			return nil, err
-		}
-		c.RootCAs = pool
+	switch {
+	case t.peers != nil:
+		c.RootCAs = t.peers.Get()
 	case t.clients != nil:
 		c.RootCAs = t.clients.Get()
 	}
-	return []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(c))}, nil
+	return c
+}
+
+// peerCreds are the transport credentials of the connections to peers.
+// gRPC's TLS credentials keep the tls.Config they were made with, so
+// peerCreds make new ones from tlsFiles.peerConfig for each handshake.
+// They dial only: the listener has its own (tlsFiles.serverOptions).
+type peerCreds struct{ t *tlsFiles }
+
+// ClientHandshake makes the TLS handshake of a new connection to a peer,
+// whose certificate must carry the host of the address dialled.
+func (p peerCreds) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return credentials.NewTLS(p.t.peerConfig()).ClientHandshake(ctx, authority, conn)
+}
+
+// ServerHandshake fails: peerCreds only dial.
+func (peerCreds) ServerHandshake(net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return nil, nil, errors.New("server: peer credentials make outgoing connections only")
+}
+
+// Info is that of gRPC's TLS credentials; it reads no file.
+func (peerCreds) Info() credentials.ProtocolInfo {
+	return credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13}).Info()
+}
+
+func (p peerCreds) Clone() credentials.TransportCredentials { return p }
+
+// OverrideServerName is part of credentials.TransportCredentials; gRPC
+// no longer calls it. peerCreds always check the address dialled, so it
+// fails instead of being ignored.
+func (peerCreds) OverrideServerName(string) error {
+	return errors.New("server: peer credentials: OverrideServerName is not supported")
 }

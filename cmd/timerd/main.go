@@ -12,8 +12,9 @@
 // and leaves the cluster; then it stops taking requests, flushes,
 // releases what it still holds and exits 0.
 //
-// SIGHUP reads the TLS certificates and the token file again (they are
-// also read again when they change on disk).
+// SIGHUP reads the TLS certificate, the CA files and the token file
+// again (they are also read again when they change on disk); one that
+// comes while the node starts is handled once it has started.
 //
 // This package only parses flags; the node is package server.
 package main
@@ -54,6 +55,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "timerd: %v\nRun 'timerd --help' for usage.\n", err)
 		return 2
 	}
+	// SIGHUP is caught before anything is logged: one that comes while
+	// the node starts (its default action is to exit) waits for the start
+	// to end, and then reloads.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	build := cli.ReadBuild()
 	cfg.Version, cfg.Revision = build.Version, build.CommitLabel()
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
@@ -75,9 +82,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "timerd: %v\n", err)
 		return 1
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	code := 0
 wait:
 	for {
@@ -204,7 +208,7 @@ Flags:
 	fs.StringVar(&tlsc.CertFile, "tls-cert", "", "PEM `file` of this node's TLS certificate (chain); with --tls-key, serves gRPC over TLS 1.3 and calls peers over TLS; reloaded when it changes or on SIGHUP")
 	fs.StringVar(&tlsc.KeyFile, "tls-key", "", "PEM `file` of the key of --tls-cert")
 	fs.StringVar(&tlsc.ClientCAFile, "tls-client-ca", "", "PEM `file` of the CAs client (and peer) certificates must chain to: mutual TLS")
-	fs.StringVar(&tlsc.PeerCAFile, "tls-peer-ca", "", "PEM `file` of the CAs peers' certificates are verified against (default: --tls-client-ca, else the system's)")
+	fs.StringVar(&tlsc.PeerCAFile, "tls-peer-ca", "", "PEM `file` of the CAs peers' certificates are verified against (default: --tls-client-ca, else the system's); reloaded when it changes or on SIGHUP, for the next connection to each peer")
 	fs.StringVar(&cfg.AuthFile, "auth-file", "", "JSON token `file` (see docs/SECURITY.md): every RPC must carry a bearer token, limited to its namespaces and roles; reloaded when it changes or on SIGHUP")
 	fs.StringVar(&nodeTok, "node-token-file", "", "`file` holding the token (role node) this node presents on its own calls to peers")
 	fs.StringVar(&keyFile, "gossip-key-file", "", "`file` of the gossip encryption key: 16, 24 or 32 bytes, base64 or raw; every member needs the same")

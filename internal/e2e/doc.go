@@ -7,7 +7,10 @@
 // The package holds tests only. It checks what only whole processes show:
 // flag and environment handling, exit codes and startup errors, graceful
 // shutdown, and that acknowledged timers survive a restart or a kill -9 of
-// the node and still fire, none early. It imports no server internals.
+// the node and still fire, none early; and that SIGHUP alone makes a
+// node take a new token file and certificate (TestSIGHUPReload replaces
+// them so that the files' watcher cannot see it), even while it starts.
+// It imports no server internals.
 //
 // TestMakeCluster runs tools/cluster.sh, the script of make cluster, on
 // free ports and with the binaries it built: a redis-server and three

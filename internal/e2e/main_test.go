@@ -103,6 +103,13 @@ type node struct {
 // is shown if the test failed.
 func startNode(t *testing.T, dataDir string, extra ...string) *node {
 	t.Helper()
+	return startNodeWatch(t, dataDir, nil, extra...)
+}
+
+// startNodeWatch is startNode that also calls first, when set, with the
+// process as soon as it logs its first line, before it is ready.
+func startNodeWatch(t *testing.T, dataDir string, first func(*os.Process), extra ...string) *node {
+	t.Helper()
 	args := append([]string{"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir", dataDir}, extra...)
 	cmd := exec.Command(bin.timerd, args...)
 	cmd.Dir = t.TempDir()
@@ -133,6 +140,10 @@ func startNode(t *testing.T, dataDir string, extra ...string) *node {
 		for sc.Scan() {
 			line := sc.Text()
 			fmt.Fprintln(n.logs, line)
+			if first != nil {
+				first(cmd.Process)
+				first = nil
+			}
 			f := logline.Parse(line)
 			switch {
 			case f["msg"] == "serving":

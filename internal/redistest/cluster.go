@@ -144,6 +144,65 @@ func (c *Cluster) ClusterClient(tb testing.TB) *redis.ClusterClient {
 	return cc
 }
 
+// SetUser creates (or changes) the ACL user name on every running node,
+// masters and replicas, as Server.SetUser does: Redis Cluster does not
+// pass ACL users from node to node, and a client may send a command
+// (CLUSTER SLOTS, say) to any of them.
+func (c *Cluster) SetUser(tb testing.TB, name, password string, rules ...string) {
+	tb.Helper()
+	for _, s := range c.nodes {
+		if s.Running() {
+			s.SetUser(tb, name, password, rules...)
+		}
+	}
+}
+
+// ACLDenials returns the ACL log entries of every running node (see
+// Server.ACLDenials), each after its node's address.
+func (c *Cluster) ACLDenials(tb testing.TB) []string {
+	tb.Helper()
+	var out []string
+	for _, s := range c.nodes {
+		if s.Running() {
+			for _, d := range s.ACLDenials(tb) {
+				out = append(out, s.Addr()+" "+d)
+			}
+		}
+	}
+	return out
+}
+
+// StartMigration starts moving the slot of key from its master to
+// another master, as a resharding does before it moves the slot's keys
+// (CLUSTER SETSLOT IMPORTING on the target, then MIGRATING on the
+// source), and leaves it there: a command on a key of that slot that the
+// source does not hold is redirected with -ASK, and a client must send
+// ASKING to the target before it. It returns the source and the target.
+func (c *Cluster) StartMigration(tb testing.TB, key string) (from, to *Server) {
+	tb.Helper()
+	from = c.MasterOf(tb, key)
+	for _, m := range c.Masters(tb) {
+		if m != from {
+			to = m
+			break
+		}
+	}
+	if to == nil {
+		tb.Fatal("redistest: StartMigration needs two masters")
+	}
+	slot, err := from.do("CLUSTER", "KEYSLOT", key)
+	if err != nil {
+		tb.Fatalf("redistest: CLUSTER KEYSLOT %s: %v", key, err)
+	}
+	if _, err := to.do("CLUSTER", "SETSLOT", slot, "IMPORTING", from.id); err != nil {
+		tb.Fatalf("redistest: CLUSTER SETSLOT %s IMPORTING on %s: %v", slot, to.Addr(), err)
+	}
+	if _, err := from.do("CLUSTER", "SETSLOT", slot, "MIGRATING", to.id); err != nil {
+		tb.Fatalf("redistest: CLUSTER SETSLOT %s MIGRATING on %s: %v", slot, from.Addr(), err)
+	}
+	return from, to
+}
+
 // ID is the node's cluster node ID (empty for a server not started by
 // StartRedisCluster). It survives Kill and Restart, which keep nodes.conf.
 func (s *Server) ID() string { return s.id }

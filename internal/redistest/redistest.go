@@ -30,6 +30,7 @@ import (
 	"bufio"
 	"bytes"
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -249,6 +250,38 @@ func (s *Server) ClusterClient(tb testing.TB) *redis.ClusterClient {
 	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{s.Addr()}})
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+// SetUser creates (or changes) the ACL user name on the server, with
+// password and rules, each one ACL SETUSER rule ("~td:*", "+get", ...).
+// The user lives in the server's memory only: a Restart forgets it.
+func (s *Server) SetUser(tb testing.TB, name, password string, rules ...string) {
+	tb.Helper()
+	args := append([]string{"ACL", "SETUSER", name, ">" + password}, rules...)
+	if _, err := s.do(args...); err != nil {
+		tb.Fatalf("redistest: ACL SETUSER %s on %s: %v", name, s.Addr(), err)
+	}
+}
+
+// ACLDenials returns the entries of the server's ACL log, each a
+// command, key or channel it refused a user since it started, as
+// "user: reason object" (e.g. "timerd: command cluster|slots"), oldest
+// first.
+func (s *Server) ACLDenials(tb testing.TB) []string {
+	tb.Helper()
+	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	log, err := c.ACLLog(ctx, 128).Result()
+	if err != nil {
+		tb.Fatalf("redistest: ACL LOG on %s: %v", s.Addr(), err)
+	}
+	out := make([]string, 0, len(log))
+	for i := len(log) - 1; i >= 0; i-- { // ACL LOG lists the newest first
+		out = append(out, fmt.Sprintf("%s: %s %s", log[i].Username, log[i].Reason, log[i].Object))
+	}
+	return out
 }
 
 // Kill kills the server with SIGKILL, a crash, and waits for it to exit.

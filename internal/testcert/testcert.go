@@ -65,6 +65,18 @@ func (ca *CA) Pool() *x509.CertPool {
 	return p
 }
 
+// Bundle writes the certificates of cas into one PEM file at path (a CA
+// bundle, as a CA file flag takes it), replacing it atomically, as an
+// operator adding or removing a CA during a rotation should.
+func Bundle(tb testing.TB, path string, cas ...*CA) {
+	tb.Helper()
+	var b []byte
+	for _, ca := range cas {
+		b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw})...)
+	}
+	writeFile(tb, path, b)
+}
+
 // Leaf is a certificate the CA signed, and its key.
 type Leaf struct {
 	CertFile, KeyFile string
@@ -138,8 +150,15 @@ func serial(tb testing.TB) *big.Int {
 // operator rotating a certificate should.
 func writePEM(tb testing.TB, path, typ string, der []byte) {
 	tb.Helper()
+	writeFile(tb, path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}))
+}
+
+// writeFile writes b to path atomically: a reader sees the old file or
+// the new one, never a part.
+func writeFile(tb testing.TB, path string, b []byte) {
+	tb.Helper()
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		tb.Fatal(err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
