@@ -3,6 +3,8 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -18,6 +20,8 @@ import (
 // of a namespace's limits (the fraction of the shards it serves), so the
 // cluster as a whole admits at most the limit plus one per member,
 // whichever node the requests go to; the refused items say when to retry.
+// A namespace the limits file names is counted the same way against its
+// own limit.
 func TestClusterNamespaceLimits(t *testing.T) {
 	const (
 		members    = 3
@@ -92,5 +96,35 @@ func TestClusterNamespaceLimits(t *testing.T) {
 	}
 	if held != total {
 		t.Fatalf("the cluster holds %d timers of the namespace, %d were admitted", held, total)
+	}
+
+	// The limits file: every node takes its share of a namespace's own
+	// limit as it does of the flags'.
+	const smallPending = 60
+	path := filepath.Join(t.TempDir(), "ns-limits.json")
+	if err := os.WriteFile(path, fmt.Appendf(nil, `{"namespaces": {"small": {"max_pending": %d}, "unlimited": {"max_pending": 0}}}`, smallPending), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c = clustertest.Start(t, members, func(cfg *server.Config) {
+		cfg.Limits.MaxPending = maxPending
+		cfg.NamespaceLimitsFile = path
+	})
+	for _, tc := range []struct {
+		ns       string
+		min, max int
+	}{
+		{"small", smallPending / 2, smallPending + members},
+		{"unlimited", 600, 600},
+		{"flags", maxPending / 2, maxPending + members},
+	} {
+		total := 0
+		for round := range 6 {
+			ok, _ := schedule(round%members, tc.ns, fmt.Sprintf("p%d-", round), 100)
+			total += ok
+		}
+		t.Logf("namespace %s: %d timers admitted of 600 sent through all %d nodes", tc.ns, total, members)
+		if total < tc.min || total > tc.max {
+			t.Fatalf("namespace %s: %d timers admitted, want between %d and %d", tc.ns, total, tc.min, tc.max)
+		}
 	}
 }
