@@ -15,34 +15,6 @@ import (
 	"github.com/timerd/timerd/shard"
 )
 
-// The namespace limits file (Config.NamespaceLimitsFile, --ns-limits-file)
-// gives chosen namespaces limits of their own in place of those of
-// Limits:
-//
-//	{"namespaces": {
-//	  "orders":  {"max_pending": 5000000, "schedule_rate": 20000, "schedule_burst": 40000},
-//	  "reports": {"max_pending": 0},
-//	  "noisy":   {"max_pending": 1000, "schedule_rate": 5}
-//	}}
-//
-// Each field means what its flag means (--ns-max-pending,
-// --ns-schedule-rate, --ns-schedule-burst), for that namespace alone,
-// across the cluster:
-//
-//   - A namespace absent from the file has the flags' limits.
-//   - max_pending omitted: the flag's; 0: no limit; N: N timers.
-//   - schedule_rate omitted: the flags' rate and burst, both; 0: no limit;
-//     R: R timers per second.
-//   - schedule_burst goes with the schedule_rate of its entry and needs
-//     it: omitted or 0, one second's worth of that rate; B: B timers.
-//
-// Unknown fields, a namespace named twice, an invalid namespace name,
-// negative numbers and a burst without a rate are errors that name the
-// namespace and the field. The file is read again when it changes
-// (looked at at most once per LimitsReloadInterval, on a Schedule or a
-// scrape) and on Server.Reload; a version that fails keeps the previous
-// one, and the error is logged.
-
 // LimitsReloadInterval is how often, at most, the node looks at the
 // namespace limits file's modification time (1s).
 const LimitsReloadInterval = time.Second
@@ -83,8 +55,36 @@ type nsLimitEntry struct {
 	ScheduleBurst *int     `json:"schedule_burst"`
 }
 
-// nsLimits is a parsed namespace limits file: the entries it gives, by
-// namespace. It is immutable once parsed.
+// The namespace limits file (Config.NamespaceLimitsFile, --ns-limits-file)
+// gives chosen namespaces limits of their own in place of those of
+// Limits:
+//
+//	{"namespaces": {
+//	  "orders":  {"max_pending": 5000000, "schedule_rate": 20000, "schedule_burst": 40000},
+//	  "reports": {"max_pending": 0},
+//	  "noisy":   {"max_pending": 1000, "schedule_rate": 5}
+//	}}
+//
+// Each field means what its flag means (--ns-max-pending,
+// --ns-schedule-rate, --ns-schedule-burst), for that namespace alone,
+// across the cluster:
+//
+//   - A namespace absent from the file has the flags' limits.
+//   - max_pending omitted: the flag's; 0: no limit; N: N timers.
+//   - schedule_rate omitted: the flags' rate and burst, both; 0: no limit;
+//     R: R timers per second.
+//   - schedule_burst goes with the schedule_rate of its entry and needs
+//     it: omitted or 0, one second's worth of that rate; B: B timers.
+//
+// Unknown fields, a namespace named twice, an invalid namespace name,
+// negative numbers and a burst without a rate are errors that name the
+// namespace and the field. The file is read again when it changes
+// (looked at at most once per LimitsReloadInterval, on a Schedule or a
+// scrape) and on Server.Reload; a version that fails keeps the previous
+// one, and the error is logged.
+//
+// An nsLimits is such a file parsed: the entries it gives, by namespace.
+// It is immutable once parsed.
 type nsLimits map[string]nsLimitEntry
 
 // limit returns the limits of namespace: its entry's, with what the entry
