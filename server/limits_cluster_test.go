@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
@@ -81,6 +82,7 @@ func TestClusterNamespaceLimits(t *testing.T) {
 	}
 	// What the nodes hold is what they admitted.
 	held := 0
+	var missing []string
 	for i := range members {
 		tc := pb.NewTimerServiceClient(dialNode(t, c.Node(i).GRPCAddr()))
 		for round := range 6 {
@@ -88,14 +90,16 @@ func TestClusterNamespaceLimits(t *testing.T) {
 				continue
 			}
 			for k := range 100 {
-				if _, err := tc.Get(ctx, &pb.GetRequest{Namespace: "held", Id: fmt.Sprintf("p%d-%d", round, k)}); err == nil {
+				if id := fmt.Sprintf("p%d-%d", round, k); found(t, tc, "held", id) {
 					held++
+				} else {
+					missing = append(missing, id)
 				}
 			}
 		}
 	}
 	if held != total {
-		t.Fatalf("the cluster holds %d timers of the namespace, %d were admitted", held, total)
+		t.Fatalf("the cluster holds %d timers of the namespace, %d were admitted (not found: %v)", held, total, missing)
 	}
 
 	// The limits file: every node takes its share of a namespace's own
@@ -126,5 +130,27 @@ func TestClusterNamespaceLimits(t *testing.T) {
 		if total < tc.min || total > tc.max {
 			t.Fatalf("namespace %s: %d timers admitted, want between %d and %d", tc.ns, total, tc.min, tc.max)
 		}
+	}
+}
+
+// found reports whether the cluster holds timer id of ns, asking through
+// tc. A shard that is moving answers UNAVAILABLE (on a loaded machine the
+// membership may flap), which is asked again, for at most 30s; any other
+// error fails the test.
+func found(t *testing.T, tc pb.TimerServiceClient, ns, id string) bool {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := tc.Get(context.Background(), &pb.GetRequest{Namespace: ns, Id: id})
+		switch code := status.Code(err); {
+		case code == codes.OK:
+			return true
+		case code == codes.NotFound:
+			return false
+		case code != codes.Unavailable || time.Now().After(deadline):
+			t.Fatalf("Get %s/%s: %v", ns, id, err)
+		}
+		t.Logf("Get %s/%s: %v; asking again", ns, id, err)
+		time.Sleep(100 * time.Millisecond)
 	}
 }
