@@ -232,9 +232,10 @@ func (s *Server) warnIfOpen() {
 	s.log.Warn("gRPC is open to anyone who reaches it: no --auth-file, and it listens beyond loopback", "addr", s.grpcLis.Addr().String())
 }
 
-// Reload reads the TLS files and the token file again now, whether or not
-// they changed (cmd/timerd calls it on SIGHUP). What fails to load keeps
-// its previous version, and the error says which.
+// Reload reads the TLS files, the token file and the namespace limits
+// file again now, whether or not they changed (cmd/timerd calls it on
+// SIGHUP). What fails to load keeps its previous version, and the error
+// says which.
 func (s *Server) Reload() error {
 	var err error
 	if s.tls != nil {
@@ -242,6 +243,9 @@ func (s *Server) Reload() error {
 	}
 	if s.authz != nil {
 		err = errors.Join(err, s.authz.policy.Reload())
+	}
+	if s.limits.file != nil {
+		err = errors.Join(err, s.limits.file.Reload())
 	}
 	return err
 }

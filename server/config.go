@@ -123,6 +123,16 @@ type Config struct {
 	// rate; off by default) and the Subscribe streams of the node (see
 	// Limits).
 	Limits Limits
+	// NamespaceLimitsFile, when set, is a JSON file that gives chosen
+	// namespaces their own pending, rate and burst limits in place of
+	// Limits' (the format is in nslimits.go and docs/SECURITY.md). It is
+	// read again when it changes (looked at at most once per
+	// LimitsReloadInterval) and on Server.Reload; a version that does not
+	// parse or validate keeps the previous one and is logged, and New
+	// fails on one. Every node of a cluster should have the same file:
+	// each enforces its share of the limits it reads. Empty (the
+	// default): Limits for every namespace.
+	NamespaceLimitsFile string
 	// KeepaliveMinTime is the shortest interval at which clients may ping
 	// (default 10s, which the Go client's 30s pings respect); a client
 	// that pings more often is disconnected. KeepaliveTime is how long a

@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"log/slog"
 	"math"
 	"slices"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
+	"github.com/timerd/timerd/internal/reload"
 	"github.com/timerd/timerd/shard"
 )
 
@@ -49,6 +51,12 @@ import (
 //
 // Idempotent retries of a stored timer are counted like new timers: a
 // namespace at its limit is refused those too, and retries later.
+//
+// MaxPending, ScheduleRate and ScheduleBurst are every namespace's limits
+// unless Config.NamespaceLimitsFile gives it its own (see nslimits.go);
+// a limit changed there while the node runs applies from the next
+// Schedule on, and touches nothing stored: a namespace that holds more
+// than its new MaxPending is refused new timers until it holds less.
 type Limits struct {
 	// MaxPending is the most timers one namespace may hold across the
 	// cluster, in flight and dead letters included (default 0: no limit).
@@ -88,26 +96,28 @@ func DefaultLimits() Limits {
 
 // validate reports the first invalid field through bad.
 func (l Limits) validate(bad func(field, format string, args ...any) error) error {
-	switch {
-	case l.MaxPending < 0:
-		return bad("Limits.MaxPending", "must be >= 0 (0: no limit), got %d", l.MaxPending)
-	case l.ScheduleRate < 0 || math.IsNaN(l.ScheduleRate) || math.IsInf(l.ScheduleRate, 0):
-		return bad("Limits.ScheduleRate", "must be a finite number >= 0 (0: no limit), got %v", l.ScheduleRate)
-	case l.ScheduleBurst < 0:
-		return bad("Limits.ScheduleBurst", "must be >= 0 (0: ScheduleRate), got %d", l.ScheduleBurst)
-	case l.ScheduleBurst > 0 && l.ScheduleRate == 0:
-		return bad("Limits.ScheduleBurst", "needs Limits.ScheduleRate")
-	case l.MaxSubscribeStreams < 1:
+	if err := checkNSLimit(l.MaxPending, l.ScheduleRate, l.ScheduleBurst, configLimitFields, bad); err != nil {
+		return err
+	}
+	if l.MaxSubscribeStreams < 1 {
 		return bad("Limits.MaxSubscribeStreams", "must be >= 1, got %d", l.MaxSubscribeStreams)
 	}
 	return nil
 }
 
+// nsLimit returns the namespace limits of l: those of every namespace
+// the limits file does not name.
+func (l Limits) nsLimit() nsLimit { return newNSLimit(l.MaxPending, l.ScheduleRate, l.ScheduleBurst) }
+
 // limiter enforces Limits on one node. Its methods may be called
 // concurrently; Count is called under shards' locks and does not block
 // on anything but its own map.
 type limiter struct {
+	// cfg holds the flags' limits, which file overrides per namespace.
 	cfg Limits
+	// file is the namespace limits file, reloaded as it changes; nil
+	// without one.
+	file *reload.Value[nsLimits]
 	// share returns the shards the ring gives this node and the cluster's
 	// shard count.
 	share func() (held, total uint32)
@@ -134,7 +144,9 @@ type nsBudget struct {
 	// reserved counts timers admitted whose shards have not counted them
 	// yet (see admit).
 	reserved int
-	// tokens is what the rate bucket holds, as of at.
+	// tokens is what the rate bucket holds, as of at. Invariant: +Inf
+	// while the namespace has no rate, so that a rate it is given later
+	// (the limits file reloaded) starts from a full bucket.
 	tokens float64
 	at     time.Time
 }
@@ -142,17 +154,36 @@ type nsBudget struct {
 // minSweep is the smallest budgets map that is swept.
 const minSweep = 1024
 
-func newLimiter(cfg Limits, share func() (held, total uint32), m *metrics) *limiter {
-	if cfg.ScheduleBurst == 0 {
-		cfg.ScheduleBurst = int(math.Ceil(cfg.ScheduleRate))
+// newLimiter returns the limiter of cfg and of the namespace limits file
+// at path ("": none), which it reads now; an invalid file is an error
+// that names the namespace and field at fault.
+func newLimiter(cfg Limits, path string, share func() (held, total uint32), m *metrics, log *slog.Logger) (*limiter, error) {
+	l := &limiter{cfg: cfg, share: share, now: time.Now, m: m, budgets: make(map[string]*nsBudget), sweepAt: minSweep}
+	if path != "" {
+		v, err := reload.New(func() (nsLimits, error) { return readNSLimits(path) }, LimitsReloadInterval, log, path)
+		if err != nil {
+			return nil, err
+		}
+		l.file = v
 	}
-	return &limiter{cfg: cfg, share: share, now: time.Now, m: m, budgets: make(map[string]*nsBudget), sweepAt: minSweep}
+	return l, nil
+}
+
+// overrides returns the limits file's entries as of now (none without a
+// file).
+func (l *limiter) overrides() nsLimits {
+	if l.file == nil {
+		return nil
+	}
+	return l.file.Get()
 }
 
 // census returns the limiter as the shards' census when MaxPending needs
-// their counts, or nil: with no limit the shards count for no one.
+// their counts, or nil: with no limit the shards count for no one. With
+// a limits file they always count, since a reload may set a MaxPending
+// at any time.
 func (l *limiter) census() shard.Census {
-	if l.cfg.MaxPending == 0 {
+	if l.cfg.MaxPending == 0 && l.file == nil {
 		return nil
 	}
 	return l
@@ -180,19 +211,20 @@ func (l *limiter) pending(namespace string) int {
 // out for the items refused. release must be called once the admitted
 // parts are submitted to their shards, which count them from then on.
 func (l *limiter) admit(local []localPart, specs []shard.Spec, out []*pb.ItemResult) (admitted []localPart, release func()) {
-	if l.cfg.MaxPending == 0 && l.cfg.ScheduleRate == 0 || len(local) == 0 {
+	if l.file == nil && l.cfg.nsLimit().off() || len(local) == 0 {
 		return local, func() {}
 	}
+	files := l.overrides()
 	held, total := l.share()
 	frac := float64(held) / float64(total)
-	maxPending := int(math.Ceil(float64(l.cfg.MaxPending) * frac))
-	rate := l.cfg.ScheduleRate * frac
-	burst := max(1, float64(l.cfg.ScheduleBurst)*frac)
 
 	reserved := map[string]int{}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
+	if len(l.budgets) >= l.sweepAt {
+		l.sweepLocked(now, frac, files)
+	}
 	// Items are decided in request order, so that a batch cut short by a
 	// limit keeps its first items.
 	var all []int
@@ -203,31 +235,39 @@ func (l *limiter) admit(local []localPart, specs []shard.Spec, out []*pb.ItemRes
 	refusedItem := map[int]bool{}
 	var (
 		ns      string
+		lim     nsLimit // ns's limits across the cluster
 		b       *nsBudget
 		pending int
 		refused int // items of ns refused by the rate so far
+		// ns's share of its limits on this node
+		maxPending  int
+		rate, burst float64
 	)
 	for _, i := range all {
 		if sp := &specs[i]; b == nil || sp.Namespace != ns {
 			ns, refused = sp.Namespace, 0
+			lim = files.limit(ns, l.cfg)
+			maxPending, rate, burst = lim.share(frac)
 			b = l.budgetLocked(ns, now, rate, burst)
 			pending = l.pending(ns)
 		}
 		switch {
-		case l.cfg.ScheduleRate > 0 && b.tokens < 1:
+		case rate > 0 && b.tokens < 1:
 			refused++
 			wait := time.Duration((float64(refused) - b.tokens) / rate * float64(time.Second))
 			out[i] = limited(specs[i].ID, wait, "namespace %q reached its schedule rate of %g timers/s (%.3g/s with a burst of %.3g on this node, which serves %d of %d shards); retry in %v",
-				ns, l.cfg.ScheduleRate, rate, burst, held, total, wait.Round(time.Millisecond))
+				ns, lim.rate, rate, burst, held, total, wait.Round(time.Millisecond))
 			l.m.ns(ns).limitedRate.Inc()
 			refusedItem[i] = true
-		case l.cfg.MaxPending > 0 && pending+b.reserved >= maxPending:
+		case lim.maxPending > 0 && pending+b.reserved >= maxPending:
 			out[i] = limited(specs[i].ID, PendingRetryDelay, "namespace %q holds its limit of %d pending timers (%d on this node, which serves %d of %d shards); retry once some have fired",
-				ns, l.cfg.MaxPending, maxPending, held, total)
+				ns, lim.maxPending, maxPending, held, total)
 			l.m.ns(ns).limitedPending.Inc()
 			refusedItem[i] = true
 		default:
-			b.tokens--
+			if rate > 0 {
+				b.tokens--
+			}
 			b.reserved++
 			reserved[ns]++
 		}
@@ -251,32 +291,42 @@ func (l *limiter) admit(local []localPart, specs []shard.Spec, out []*pb.ItemRes
 	}
 }
 
+// share returns a node's share of l, for a node that serves frac of the
+// cluster's shards: the pending timers it admits, and the rate and burst
+// of its bucket (0 for no limit).
+func (l nsLimit) share(frac float64) (maxPending int, rate, burst float64) {
+	if l.rate > 0 {
+		rate, burst = l.rate*frac, max(1, l.burst*frac)
+	}
+	return shareOf(l.maxPending, frac), rate, burst
+}
+
 // budgetLocked returns namespace's budget with its bucket filled up to
-// now.
+// now, for a rate and burst of this node's (rate 0: no limit).
 func (l *limiter) budgetLocked(namespace string, now time.Time, rate, burst float64) *nsBudget {
 	b := l.budgets[namespace]
 	if b == nil {
-		if len(l.budgets) >= l.sweepAt {
-			l.sweepLocked(now, rate, burst)
-		}
 		b = &nsBudget{tokens: burst, at: now}
 		l.budgets[namespace] = b
-		return b
 	}
 	if d := now.Sub(b.at); d > 0 {
 		b.tokens = min(burst, b.tokens+d.Seconds()*rate)
 		b.at = now
 	}
-	b.tokens = min(b.tokens, burst) // the share may have shrunk
+	b.tokens = min(b.tokens, burst) // the share, or the limit, may have shrunk
+	if rate == 0 {
+		b.tokens = math.Inf(1)
+	}
 	return b
 }
 
 // sweepLocked drops the budgets that hold nothing a new one would not:
 // no reservation and a full bucket. It keeps the map within twice the
 // namespaces in use, at O(1) amortized per budget made.
-func (l *limiter) sweepLocked(now time.Time, rate, burst float64) {
+func (l *limiter) sweepLocked(now time.Time, frac float64, files nsLimits) {
 	for ns, b := range l.budgets {
-		if b.reserved == 0 && (l.cfg.ScheduleRate == 0 || b.tokens+now.Sub(b.at).Seconds()*rate >= burst) {
+		_, rate, burst := files.limit(ns, l.cfg).share(frac)
+		if b.reserved == 0 && (rate == 0 || b.tokens+now.Sub(b.at).Seconds()*rate >= burst) {
 			delete(l.budgets, ns)
 		}
 	}

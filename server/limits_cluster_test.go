@@ -3,10 +3,13 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
@@ -18,6 +21,8 @@ import (
 // of a namespace's limits (the fraction of the shards it serves), so the
 // cluster as a whole admits at most the limit plus one per member,
 // whichever node the requests go to; the refused items say when to retry.
+// A namespace the limits file names is counted the same way against its
+// own limit.
 func TestClusterNamespaceLimits(t *testing.T) {
 	const (
 		members    = 3
@@ -77,6 +82,7 @@ func TestClusterNamespaceLimits(t *testing.T) {
 	}
 	// What the nodes hold is what they admitted.
 	held := 0
+	var missing []string
 	for i := range members {
 		tc := pb.NewTimerServiceClient(dialNode(t, c.Node(i).GRPCAddr()))
 		for round := range 6 {
@@ -84,13 +90,67 @@ func TestClusterNamespaceLimits(t *testing.T) {
 				continue
 			}
 			for k := range 100 {
-				if _, err := tc.Get(ctx, &pb.GetRequest{Namespace: "held", Id: fmt.Sprintf("p%d-%d", round, k)}); err == nil {
+				if id := fmt.Sprintf("p%d-%d", round, k); found(t, tc, "held", id) {
 					held++
+				} else {
+					missing = append(missing, id)
 				}
 			}
 		}
 	}
 	if held != total {
-		t.Fatalf("the cluster holds %d timers of the namespace, %d were admitted", held, total)
+		t.Fatalf("the cluster holds %d timers of the namespace, %d were admitted (not found: %v)", held, total, missing)
+	}
+
+	// The limits file: every node takes its share of a namespace's own
+	// limit as it does of the flags'.
+	const smallPending = 60
+	path := filepath.Join(t.TempDir(), "ns-limits.json")
+	if err := os.WriteFile(path, fmt.Appendf(nil, `{"namespaces": {"small": {"max_pending": %d}, "unlimited": {"max_pending": 0}}}`, smallPending), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c = clustertest.Start(t, members, func(cfg *server.Config) {
+		cfg.Limits.MaxPending = maxPending
+		cfg.NamespaceLimitsFile = path
+	})
+	for _, tc := range []struct {
+		ns       string
+		min, max int
+	}{
+		{"small", smallPending / 2, smallPending + members},
+		{"unlimited", 600, 600},
+		{"flags", maxPending / 2, maxPending + members},
+	} {
+		total := 0
+		for round := range 6 {
+			ok, _ := schedule(round%members, tc.ns, fmt.Sprintf("p%d-", round), 100)
+			total += ok
+		}
+		t.Logf("namespace %s: %d timers admitted of 600 sent through all %d nodes", tc.ns, total, members)
+		if total < tc.min || total > tc.max {
+			t.Fatalf("namespace %s: %d timers admitted, want between %d and %d", tc.ns, total, tc.min, tc.max)
+		}
+	}
+}
+
+// found reports whether the cluster holds timer id of ns, asking through
+// tc. A shard that is moving answers UNAVAILABLE (on a loaded machine the
+// membership may flap), which is asked again, for at most 30s; any other
+// error fails the test.
+func found(t *testing.T, tc pb.TimerServiceClient, ns, id string) bool {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := tc.Get(context.Background(), &pb.GetRequest{Namespace: ns, Id: id})
+		switch code := status.Code(err); {
+		case code == codes.OK:
+			return true
+		case code == codes.NotFound:
+			return false
+		case code != codes.Unavailable || time.Now().After(deadline):
+			t.Fatalf("Get %s/%s: %v", ns, id, err)
+		}
+		t.Logf("Get %s/%s: %v; asking again", ns, id, err)
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -45,6 +45,13 @@ func batch(ns, prefix string, n int, delay time.Duration) []*pb.TimerSpec {
 	return out
 }
 
+// setLimitsNow stops the clock of the limiter's rate buckets at at.
+func (e *env) setLimitsNow(at time.Time) {
+	e.srv.limits.mu.Lock()
+	e.srv.limits.now = func() time.Time { return at }
+	e.srv.limits.mu.Unlock()
+}
+
 func countCodes(cs []codes.Code) map[codes.Code]int {
 	out := map[codes.Code]int{}
 	for _, c := range cs {
@@ -108,11 +115,7 @@ func grepLines(body, substr string) string {
 func TestNamespaceScheduleRate(t *testing.T) {
 	e := start(t, "", func(c *Config) { c.Limits.ScheduleRate, c.Limits.ScheduleBurst = 10, 5 })
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	setNow := func(at time.Time) {
-		e.srv.limits.mu.Lock()
-		e.srv.limits.now = func() time.Time { return at }
-		e.srv.limits.mu.Unlock()
-	}
+	setNow := e.setLimitsNow
 	setNow(now)
 	got, res := e.scheduleCodes(batch("a", "x", 8, time.Hour)...)
 	if c := countCodes(got); c[codes.OK] != 5 || c[codes.ResourceExhausted] != 3 {

@@ -195,7 +195,7 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 		maxNS: maxNS,
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "timerd", Name: "limit_rejections_total",
-			Help: "Schedule items refused with RESOURCE_EXHAUSTED because their namespace reached a limit, by namespace and limit: pending (--ns-max-pending) or rate (--ns-schedule-rate).",
+			Help: "Schedule items refused with RESOURCE_EXHAUSTED because their namespace reached a limit, by namespace and limit: pending (--ns-max-pending) or rate (--ns-schedule-rate), or their values in --ns-limits-file.",
 		}, []string{"namespace", "limit"}),
 		badCalls: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "timerd", Name: "bad_calls_total",

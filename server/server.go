@@ -33,6 +33,9 @@ var (
 	ErrStarted = errors.New("server: already started")
 	// ErrClosed reports a Start after Close.
 	ErrClosed = errors.New("server: closed")
+	// ErrInvalidLimitsFile is wrapped by the errors of a namespace limits
+	// file (Config.NamespaceLimitsFile) that does not parse or validate.
+	ErrInvalidLimitsFile = errors.New("server: invalid namespace limits file")
 )
 
 // Server is one timerd node: the gRPC services and HTTP endpoints in
@@ -152,7 +155,10 @@ func New(cfg Config) (*Server, error) {
 	s.metrics = newMetrics(s.reg, cfg.MetricNamespaces, s.shardStats, s.commitQueue)
 	registerBuildInfo(s.reg, cfg.Version, cfg.Revision)
 	s.hub = newHub()
-	s.limits = newLimiter(cfg.Limits, s.shardShare, s.metrics)
+	if s.limits, err = newLimiter(cfg.Limits, cfg.NamespaceLimitsFile, s.shardShare, s.metrics, s.log); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	s.reg.MustRegister(limitsCollector{s.limits})
 	s.relays = newRelays(s)
 	s.peerRelays = newPeerRelays()
 	nc := node.DefaultConfig(s.owner, cfg.DataDir)

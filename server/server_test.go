@@ -244,22 +244,30 @@ func TestCompetingConsumers(t *testing.T) {
 		specs = append(specs, spec(fmt.Sprint(i), "t", 0))
 	}
 	e.schedule(specs...)
+	// The deliveries are never acked: on a slow machine (the race
+	// detector, a busy CI) some time out before the last is sent and come
+	// again, which is not a second consumer's share. Only first attempts
+	// are counted.
 	seen := map[string]int{}
 	per := [2]int{}
+	count := func(k int, d *pb.Delivery) {
+		if d.Attempt == 1 {
+			seen[d.Id]++
+			per[k]++
+		}
+	}
 	for len(seen) < n {
 		select {
 		case d := <-s1.got:
-			seen[d.Id]++
-			per[0]++
+			count(0, d)
 		case d := <-s2.got:
-			seen[d.Id]++
-			per[1]++
+			count(1, d)
 		case <-time.After(15 * time.Second):
 			t.Fatalf("got %d of %d", len(seen), n)
 		}
 	}
 	if per[0] == 0 || per[1] == 0 || per[0]+per[1] != n {
-		t.Fatalf("split %v over two subscribers; want both used and %d in all", per, n)
+		t.Fatalf("split %v of first attempts over two subscribers; want both used and %d in all", per, n)
 	}
 }
 

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +24,9 @@ func TestParseLimits(t *testing.T) {
 		}},
 		{"namespace limits", [2]string{}, []string{"--ns-max-pending", "1000", "--ns-schedule-rate", "50.5", "--ns-schedule-burst", "200"}, func(c server.Config) bool {
 			return c.Limits.MaxPending == 1000 && c.Limits.ScheduleRate == 50.5 && c.Limits.ScheduleBurst == 200
+		}},
+		{"limits file", [2]string{"TIMERD_NS_LIMITS_FILE", "limits.json"}, nil, func(c server.Config) bool {
+			return c.NamespaceLimitsFile == "limits.json"
 		}},
 		{"streams", [2]string{"TIMERD_MAX_SUBSCRIBE_STREAMS", "7"}, []string{"--max-concurrent-streams", "9"}, func(c server.Config) bool {
 			return c.Limits.MaxSubscribeStreams == 7 && c.MaxConcurrentStreams == 9
@@ -49,6 +54,10 @@ func TestParseLimits(t *testing.T) {
 }
 
 func TestRunRejectsBadLimits(t *testing.T) {
+	badFile := filepath.Join(t.TempDir(), "limits.json")
+	if err := os.WriteFile(badFile, []byte(`{"namespaces": {"orders": {"max_pending": -5}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -57,6 +66,7 @@ func TestRunRejectsBadLimits(t *testing.T) {
 		{[]string{"--ns-schedule-rate", "-5"}, "Limits.ScheduleRate"},
 		{[]string{"--ns-schedule-burst", "5"}, "Limits.ScheduleBurst needs"},
 		{[]string{"--max-subscribe-streams", "0"}, "Limits.MaxSubscribeStreams"},
+		{[]string{"--ns-limits-file", badFile, "--data-dir", t.TempDir()}, `namespaces["orders"].max_pending must be >= 0`},
 		{[]string{"--max-concurrent-streams", "0"}, "MaxConcurrentStreams"},
 		{[]string{"--bad-call-rate", "-1"}, "BadCallRate"},
 		{[]string{"--bad-call-burst", "0"}, "BadCallBurst"},

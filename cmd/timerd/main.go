@@ -12,9 +12,10 @@
 // and leaves the cluster; then it stops taking requests, flushes,
 // releases what it still holds and exits 0.
 //
-// SIGHUP reads the TLS certificate, the CA files and the token file
-// again (they are also read again when they change on disk); one that
-// comes while the node starts is handled once it has started.
+// SIGHUP reads the TLS certificate, the CA files, the token file and the
+// namespace limits file again (they are also read again when they change
+// on disk); one that comes while the node starts is handled once it has
+// started.
 //
 // This package only parses flags; the node is package server.
 package main
@@ -90,7 +91,7 @@ wait:
 			if err := srv.Reload(); err != nil {
 				log.Error("SIGHUP: reload; what failed keeps its previous version", "err", err)
 			} else {
-				log.Info("SIGHUP: TLS and token files reloaded")
+				log.Info("SIGHUP: TLS, token and namespace limits files reloaded")
 			}
 		case <-ctx.Done():
 			log.Info("signal received; shutting down", "timeout", shutdownTimeout)
@@ -201,6 +202,7 @@ Flags:
 	fs.IntVar(&cfg.Limits.MaxPending, "ns-max-pending", cfg.Limits.MaxPending, "most `timers` one namespace may hold across the cluster (0: no limit); past it Schedule items fail with RESOURCE_EXHAUSTED")
 	fs.Float64Var(&cfg.Limits.ScheduleRate, "ns-schedule-rate", cfg.Limits.ScheduleRate, "most timers per second (`rate`) one namespace may schedule across the cluster (0: no limit)")
 	fs.IntVar(&cfg.Limits.ScheduleBurst, "ns-schedule-burst", cfg.Limits.ScheduleBurst, "most `timers` one namespace may schedule at once above --ns-schedule-rate (0: one second's worth)")
+	fs.StringVar(&cfg.NamespaceLimitsFile, "ns-limits-file", cfg.NamespaceLimitsFile, "JSON `file` of per-namespace max_pending, schedule_rate and schedule_burst (see docs/SECURITY.md); a namespace it omits, or a field, has the --ns-* flags' limit; reloaded when it changes or on SIGHUP")
 	fs.IntVar(&cfg.Commit.Lanes, "commit-lanes", cfg.Commit.Lanes, "group commit `lanes` whose round trips overlap")
 	fs.DurationVar(&cfg.Commit.Linger, "commit-linger", cfg.Commit.Linger, "how long a group commit waits for more writes before it starts (0: none)")
 	fs.DurationVar(&cfg.Commit.GiveUpAfter, "commit-give-up", cfg.Commit.GiveUpAfter, "how long a failing store is retried before writes fail with UNAVAILABLE")

@@ -115,7 +115,7 @@ func TestHelp(t *testing.T) {
 	if code := run([]string{"--help"}, &out, io.Discard); code != 0 {
 		t.Fatalf("--help exits %d", code)
 	}
-	for _, want := range []string{"--grpc-addr host:port", "--data-dir", "--redis", "TIMERD_GRPC_ADDR", "embedded store", "--version"} {
+	for _, want := range []string{"--grpc-addr host:port", "--data-dir", "--redis", "TIMERD_GRPC_ADDR", "embedded store", "--version", "--ns-limits-file file"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--help lacks %q", want)
 		}
