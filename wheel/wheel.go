@@ -225,14 +225,6 @@ type list struct {
 	// list's live entries: exact unless the earliest or latest was
 	// cancelled or moved. Equal, they say every live entry has that tick.
 	minTick, maxTick uint64
-	// herd and votes are a majority vote (Boyer and Moore's) over the
-	// ticks pushed: if more than half the pushes had one tick, herd is
-	// that tick, and votes is a lower bound on how many more pushes had
-	// it than had any other. refile uses them to move a herd due at one
-	// instant, mixed with a few other timers, without copying the herd.
-	// A hint only: cancels and moves do not update them.
-	herd  uint64
-	votes uint32
 }
 
 // chunk links an entry chunk into its list, or into the free pool.
@@ -486,14 +478,6 @@ func (w *Wheel) push(l uint32, t uint64, e entry) uint32 {
 	ls.n++
 	ls.minTick = min(ls.minTick, t)
 	ls.maxTick = max(ls.maxTick, t)
-	switch {
-	case ls.votes == 0:
-		ls.herd, ls.votes = t, 1
-	case ls.herd == t:
-		ls.votes++
-	default:
-		ls.votes--
-	}
 	return pos
 }
 
@@ -586,15 +570,17 @@ func (w *Wheel) refile(l uint32) {
 			return
 		}
 	}
-	if ls := &w.lists[l]; ls.n >= handOffMin && ls.votes > ls.n/2 && !ls.scan {
+	if ls := &w.lists[l]; ls.n >= handOffMin && !ls.scan {
 		// Most entries share one tick, as a herd due at one instant
 		// among a few other timers does: the chain moves to that tick's
 		// list whole, if it is another and empty, and only the others
-		// are copied out. Moving a herd stays O(1) per timer it does not
-		// copy, and its nodes (cold, a cache miss each) are not written.
-		if to := w.listOf(ls.herd); to != l && w.lists[to].n == 0 {
-			w.handOff(l, to)
-			return
+		// are copied out. Their nodes (cold, a cache miss each) are not
+		// written, and the herd is read once, not copied.
+		if herd, ok := w.herdOf(l); ok {
+			if to := w.listOf(herd); to != l && w.lists[to].n == 0 {
+				w.handOff(l, to)
+				return
+			}
 		}
 	}
 	c, n := w.take(l)
@@ -615,6 +601,48 @@ func (w *Wheel) refile(l uint32) {
 // it copying is cheap, and a cascade into a list of one chunk can leave
 // its nodes alone (see repush), which a hand-off cannot.
 const handOffMin = 4 * entryChunk
+
+// herdSamples is how many chunks of a list herdOf reads an entry of.
+const herdSamples = 16
+
+// herdOf guesses the tick most entries of list l share, if any: the tick
+// of one entry of each of up to herdSamples chunks spread over the list,
+// when at least three quarters of them agree. It walks the list's chunk
+// links, not its entries. A guess only, which costs Add nothing: handOff
+// stays correct, if dearer, when it is wrong.
+func (w *Wheel) herdOf(l uint32) (uint64, bool) {
+	ls := &w.lists[l]
+	chunks := (ls.n + entryMask) >> entryBits
+	stride := max(1, chunks/herdSamples)
+	var ticks [herdSamples]uint64
+	k := 0
+	for c, i := ls.head, uint32(0); c != none && k < herdSamples; c, i = w.chunks[c].next, i+1 {
+		if i%stride != 0 {
+			continue
+		}
+		fill := uint32(entryChunk)
+		if c == ls.tail {
+			fill = (ls.n-1)&entryMask + 1
+		}
+		// A different offset in each chunk, so that timers added in a
+		// pattern that repeats every chunk cannot hide the herd.
+		off := (uint32(k)*97 + 41) % fill
+		ticks[k] = w.tickOf(w.entries[c][off].due) // a dead entry keeps its due time
+		k++
+	}
+	for _, cand := range ticks[:k] {
+		agree := 0
+		for _, t := range ticks[:k] {
+			if t == cand {
+				agree++
+			}
+		}
+		if 4*agree >= 3*k {
+			return cand, true
+		}
+	}
+	return 0, false
+}
 
 // repush pushes live entry e to the list its tick belongs in now.
 func (w *Wheel) repush(e entry) {
