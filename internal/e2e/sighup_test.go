@@ -99,7 +99,7 @@ func TestSIGHUPReload(t *testing.T) {
 	if !tokenOne() {
 		t.Fatalf("the token file's watcher saw a change it cannot see: token one %v, token two %v", get("token-one"), get("token-two"))
 	}
-	hup(t, n, "SIGHUP: TLS and token files reloaded")
+	hup(t, n, "SIGHUP: TLS, token and namespace limits files reloaded")
 	waitFor(t, reloadTimeout, "token two to work and token one to be refused after SIGHUP", tokenTwo)
 
 	// The certificate.
@@ -115,7 +115,7 @@ func TestSIGHUPReload(t *testing.T) {
 	if s := serial(); s.Cmp(first.Serial) != 0 {
 		t.Fatalf("the certificate's watcher saw a change it cannot see: serial %v, want %v", s, first.Serial)
 	}
-	hup(t, n, "SIGHUP: TLS and token files reloaded")
+	hup(t, n, "SIGHUP: TLS, token and namespace limits files reloaded")
 	waitFor(t, reloadTimeout, "the new certificate after SIGHUP", func() bool { return serial().Cmp(second.Serial) == 0 })
 	t.Logf("SIGHUP: token two replaced token one; serial %v replaced %v", second.Serial, first.Serial)
 
@@ -229,7 +229,7 @@ func TestSIGHUPWhileStarting(t *testing.T) {
 	if sigErr != nil {
 		t.Fatalf("SIGHUP: %v", sigErr)
 	}
-	n.waitLogged(0, "SIGHUP: TLS and token files reloaded")
+	n.waitLogged(0, "SIGHUP: TLS, token and namespace limits files reloaded")
 	mustTimerctl(t, n.grpcAddr, "schedule", "a", "--topic", "t", "--in", "1h")
 	n.stop(syscall.SIGTERM)
 }
