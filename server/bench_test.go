@@ -184,48 +184,7 @@ func BenchmarkServerFireAck(b *testing.B) {
 			b.ResetTimer()
 			var wg sync.WaitGroup
 			for range streams {
-				st, err := c.Subscribe(ctx)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if err := st.Send(sub(&pb.Subscription{Topic: "bench", MaxInFlight: 10_000})); err != nil {
-					b.Fatal(err)
-				}
-				got := make(chan string, 10_000)
-				wg.Go(func() { // receives
-					defer close(got)
-					for {
-						m, err := st.Recv()
-						if err != nil {
-							return
-						}
-						got <- m.Delivery.DeliveryId
-					}
-				})
-				wg.Go(func() { // acks in batches of up to 256, or what came in 1ms
-					linger := time.NewTicker(time.Millisecond)
-					defer linger.Stop()
-					ids := make([]string, 0, 256)
-					flush := func() {
-						if len(ids) > 0 {
-							_ = st.Send(&pb.SubscribeRequest{Kind: &pb.SubscribeRequest_Ack{Ack: &pb.Ack{DeliveryIds: ids}}})
-							ids = make([]string, 0, 256)
-						}
-					}
-					for {
-						select {
-						case id, ok := <-got:
-							if !ok {
-								return
-							}
-							if ids = append(ids, id); len(ids) == cap(ids) {
-								flush()
-							}
-						case <-linger.C:
-							flush()
-						}
-					}
-				})
+				subscribeAcking(b, ctx, c, &wg, &pb.Subscription{Topic: "bench", MaxInFlight: 10_000}, func(*pb.Delivery, time.Time) {})
 			}
 			// Done when the shards hold no timers: every ack applied.
 			for {

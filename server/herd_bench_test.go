@@ -62,7 +62,6 @@ func nodeHerdRun(b *testing.B, herd, rate int, window time.Duration) nodeHerdRes
 	defer conn.Close()
 	cb := pb.NewTimerServiceClient(conn)
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	var (
 		mu    sync.Mutex
 		late  []time.Duration

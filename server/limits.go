@@ -144,11 +144,10 @@ type nsBudget struct {
 	// reserved counts timers admitted whose shards have not counted them
 	// yet (see admit).
 	reserved int
-	// tokens is what the rate bucket holds, as of at. Invariant: +Inf
-	// while the namespace has no rate, so that a rate it is given later
-	// (the limits file reloaded) starts from a full bucket.
-	tokens float64
-	at     time.Time
+	// bucket is the rate's. Invariant: its tokens are +Inf while the
+	// namespace has no rate, so that a rate it is given later (the
+	// limits file reloaded) starts from a full bucket.
+	bucket
 }
 
 // minSweep is the smallest budgets map that is swept.
@@ -306,13 +305,10 @@ func (l nsLimit) share(frac float64) (maxPending int, rate, burst float64) {
 func (l *limiter) budgetLocked(namespace string, now time.Time, rate, burst float64) *nsBudget {
 	b := l.budgets[namespace]
 	if b == nil {
-		b = &nsBudget{tokens: burst, at: now}
+		b = &nsBudget{bucket: bucket{tokens: burst, at: now}}
 		l.budgets[namespace] = b
 	}
-	if d := now.Sub(b.at); d > 0 {
-		b.tokens = min(burst, b.tokens+d.Seconds()*rate)
-		b.at = now
-	}
+	b.fill(now, rate, burst)
 	b.tokens = min(b.tokens, burst) // the share, or the limit, may have shrunk
 	if rate == 0 {
 		b.tokens = math.Inf(1)
@@ -326,7 +322,7 @@ func (l *limiter) budgetLocked(namespace string, now time.Time, rate, burst floa
 func (l *limiter) sweepLocked(now time.Time, frac float64, files nsLimits) {
 	for ns, b := range l.budgets {
 		_, rate, burst := files.limit(ns, l.cfg).share(frac)
-		if b.reserved == 0 && (rate == 0 || b.tokens+now.Sub(b.at).Seconds()*rate >= burst) {
+		if b.reserved == 0 && (rate == 0 || b.fullAt(now, rate, burst)) {
 			delete(l.budgets, ns)
 		}
 	}

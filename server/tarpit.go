@@ -39,19 +39,13 @@ type tarpit struct {
 	maxDelay time.Duration // the longest an answer waits
 	metrics  *metrics
 
-	// mu guards clients and sweepAt.
+	// mu guards clients, the bad-call bucket of each client address,
+	// and sweepAt.
 	mu      sync.Mutex
-	clients map[string]*badCalls
+	clients map[string]*bucket
 	// sweepAt is the size of clients at which the next new address
 	// sweeps it first.
 	sweepAt int
-}
-
-// badCalls is the bucket of one client address. Its tokens go below zero
-// by the calls waiting for their turn, to at most maxDelay's worth.
-type badCalls struct {
-	tokens float64
-	at     time.Time // when tokens was last refilled
 }
 
 // newTarpit returns the tarpit of cfg, or nil when BadCallRate is 0.
@@ -64,7 +58,7 @@ func newTarpit(cfg Config, m *metrics) *tarpit {
 		burst:    float64(cfg.BadCallBurst),
 		maxDelay: cfg.BadCallDelay,
 		metrics:  m,
-		clients:  make(map[string]*badCalls),
+		clients:  make(map[string]*bucket),
 		sweepAt:  minSweep,
 	}
 }
@@ -147,12 +141,11 @@ func (t *tarpit) take(addr string, now time.Time) time.Duration {
 		if len(t.clients) >= t.sweepAt {
 			t.sweepLocked(now)
 		}
-		b = &badCalls{tokens: t.burst, at: now}
+		b = &bucket{tokens: t.burst, at: now}
 		t.clients[addr] = b
-	} else if d := now.Sub(b.at); d > 0 {
-		b.tokens = min(t.burst, b.tokens+d.Seconds()*t.rate)
-		b.at = now
 	}
+	b.fill(now, t.rate, t.burst)
+	// Tokens go below zero by the calls waiting for their turn.
 	// Invariant: tokens >= -rate*maxDelay, so an address that stops
 	// is served again within maxDelay of its last bad call.
 	b.tokens = max(b.tokens-1, -t.rate*t.maxDelay.Seconds())
@@ -167,7 +160,7 @@ func (t *tarpit) take(addr string, now time.Time) time.Duration {
 // bad calls lately, at O(1) amortized per bucket made.
 func (t *tarpit) sweepLocked(now time.Time) {
 	for addr, b := range t.clients {
-		if b.tokens+now.Sub(b.at).Seconds()*t.rate >= t.burst {
+		if b.fullAt(now, t.rate, t.burst) {
 			delete(t.clients, addr)
 		}
 	}
