@@ -31,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,6 +65,13 @@ type Config struct {
 	Shards uint32
 	// LoadParallelism bounds how many shards load at once (default 8).
 	LoadParallelism int
+	// DrainTurns is how many of the node's shards may drain a herd at
+	// once, each a step of a few hundred microseconds at a time (see
+	// shard.Turns); the others sleep until their turn, or until a timer
+	// of theirs that is not part of a herd comes due. Default: half of
+	// GOMAXPROCS, at least 1, so that a herd spread over every shard
+	// leaves processors for the other namespaces' timers.
+	DrainTurns int
 	// ReleaseTimeout bounds how long closing a departing shard may take
 	// to flush its writes and release its lease (default 10s). Past it
 	// the shard stops anyway and its lease lapses on its own.
@@ -112,6 +120,7 @@ func DefaultConfig(owner, dataDir string) Config {
 		Owner:            owner,
 		Shards:           64,
 		LoadParallelism:  8,
+		DrainTurns:       max(1, runtime.GOMAXPROCS(0)/2),
 		ReleaseTimeout:   10 * time.Second,
 		DataDir:          dataDir,
 		RedisPrefix:      "td",
@@ -145,6 +154,8 @@ func (c Config) Validate() error {
 		return bad("Shards", "must be at least 1")
 	case c.LoadParallelism < 1:
 		return bad("LoadParallelism", "must be at least 1, got %d", c.LoadParallelism)
+	case c.DrainTurns < 1:
+		return bad("DrainTurns", "must be at least 1, got %d", c.DrainTurns)
 	case c.ReleaseTimeout <= 0:
 		return bad("ReleaseTimeout", "must be positive, got %v", c.ReleaseTimeout)
 	case c.RedisURL == "" && c.DataDir == "":
@@ -233,6 +244,8 @@ type Node struct {
 
 	// sem bounds the shards loading at once.
 	sem chan struct{}
+	// turns is shared by the shards to take turns at herds.
+	turns *shard.Turns
 	// cut is done when Close's context ends before every shard is
 	// released: the releases still flushing are cut short.
 	cut     context.Context
@@ -293,6 +306,7 @@ func New(cfg Config) (*Node, error) {
 		cfg:     cfg,
 		log:     cfg.Logger,
 		sem:     make(chan struct{}, cfg.LoadParallelism),
+		turns:   shard.NewTurns(cfg.DrainTurns),
 		slots:   make([]slot, cfg.Shards),
 		changed: make(chan struct{}),
 	}
@@ -595,6 +609,7 @@ func (n *Node) open(ctx context.Context, id uint32) (*shard.Shard, error) {
 	cfg.Owner = n.cfg.Owner
 	cfg.Store = n.st
 	cfg.Committer = n.com
+	cfg.Turns = n.turns
 	cfg.Logger = n.log
 	if c := n.clock.Load(); c != nil {
 		cfg.Clock = c

@@ -189,6 +189,7 @@ func TestConfigValidate(t *testing.T) {
 		{"Owner", func(c *Config) { c.Owner = "" }},
 		{"Shards", func(c *Config) { c.Shards = 0 }},
 		{"LoadParallelism", func(c *Config) { c.LoadParallelism = 0 }},
+		{"DrainTurns", func(c *Config) { c.DrainTurns = 0 }},
 		{"ReleaseTimeout", func(c *Config) { c.ReleaseTimeout = 0 }},
 		{"DataDir", func(c *Config) { c.DataDir = "" }},
 		{"RedisPrefix", func(c *Config) { c.RedisURL, c.RedisPrefix = "redis://x", "" }},

@@ -179,6 +179,10 @@ type subscriber struct {
 	sendStart time.Time
 	// closed is set when the stream ends; offer then refuses.
 	closed bool
+	// starved is set when offer refuses a delivery for want of credit,
+	// and cleared when the shards are told the subscriber takes
+	// deliveries again (see refilledLocked).
+	starved bool
 }
 
 // held is a delivery a subscriber holds.
@@ -249,6 +253,9 @@ func (s *subscriber) offer(d *shard.Delivery, again bool, via *relayStream) bool
 		ok = again && !full
 	default:
 		ok = !full
+	}
+	if full && !ok && !holds {
+		s.starved = true
 	}
 	if !ok {
 		if holds && !s.closed {
@@ -342,10 +349,10 @@ func (s *subscriber) blocked(now time.Time) time.Duration {
 // freed, and are appended to mine when they are of this node's shards or
 // passed to their relay, which sends them to their owner; the others are
 // counted in notHeld (held by another stream, by none, or repeated) and
-// notSent (held but not sent yet). refilled reports whether the
-// subscriber was out of credit before, or let go of an id a shard was
-// refused for (see refusedHeld), so the caller tells the shards it can
-// take deliveries again.
+// notSent (held but not sent yet). refilled reports whether credit a
+// shard was refused for came back (see refilledLocked), or the stream let
+// go of an id a shard was refused for (see refusedHeld), so the caller
+// tells the shards it can take deliveries again.
 func (s *subscriber) acks(ids, mine []string) (_ []string, notHeld, notSent int, refilled bool) {
 	notHeld, notSent, refilled = s.settle(ids, func(id string, h held) {
 		if h.via != nil {
@@ -360,12 +367,10 @@ func (s *subscriber) acks(ids, mine []string) (_ []string, notHeld, notSent int,
 // settle takes the ids the stream may settle (it holds them and was sent
 // an attempt of them) off the subscriber, freeing their credit, after
 // passing each to each, which runs with mu held. It counts the others as
-// acks describes, and reports whether the subscriber was out of credit
-// before.
+// acks describes, and reports refilled as acks does.
 func (s *subscriber) settle(ids []string, each func(id string, h held)) (notHeld, notSent int, refilled bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	full := len(s.out) >= s.limit
 	wasQueued, wanted := false, false
 	for _, id := range ids {
 		h, ok := s.out[id]
@@ -383,7 +388,23 @@ func (s *subscriber) settle(ids []string, each func(id string, h held)) (notHeld
 	if wasQueued {
 		s.compactLocked()
 	}
-	return notHeld, notSent, wanted || full && len(s.out) < s.limit
+	return notHeld, notSent, s.refilledLocked() || wanted
+}
+
+// refilledLocked reports whether the shards should hear that the
+// subscriber takes deliveries again: a shard was refused for want of
+// credit since they last heard it, and a quarter of the credit is free
+// now. Waiting for a quarter, not one ack, spares the shards most of the
+// wakeups: a herd's subscriber runs out of credit after every ack
+// message, and every shard holding its deliveries wakes for every
+// Ready, to find the first few took the credit. The credit still in
+// flight comes back acked or expired, so the quarter comes.
+func (s *subscriber) refilledLocked() bool {
+	if !s.starved || s.limit-len(s.out) < max(s.limit/4, 1) {
+		return false
+	}
+	s.starved = false
+	return true
 }
 
 // letGoLocked removes id from out and reports whether a shard was refused
@@ -422,13 +443,11 @@ func (s *subscriber) compactLocked() {
 // before now: their shards have taken them back for redelivery, so
 // holding their credit would starve the stream. A relayed one is given
 // back to its relay, which returns it to its owner: the relay's own ack
-// timeout is the longest of its subscribers'. Like acks, it reports
-// whether the subscriber was out of credit before, or let go of an id a
-// shard was refused for.
+// timeout is the longest of its subscribers'. It reports refilled as
+// acks does.
 func (s *subscriber) expire(now time.Time) (refilled bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	full := len(s.out) >= s.limit
 	s.lapsedOld, s.lapsed = s.lapsed, s.lapsedOld
 	clear(s.lapsed)
 	wasQueued, wanted := false, false
@@ -445,7 +464,7 @@ func (s *subscriber) expire(now time.Time) (refilled bool) {
 	if wasQueued {
 		s.compactLocked()
 	}
-	return wanted || full && len(s.out) < s.limit
+	return s.refilledLocked() || wanted
 }
 
 // close refuses further deliveries and returns the attempts it held
@@ -475,15 +494,13 @@ func (s *subscriber) close() []shard.Attempt {
 
 // drop forgets the deliveries that came on the relay via, which has
 // ended: its owner has them back and redelivers them, and an ack of them
-// here would go nowhere. Like acks, it reports whether the subscriber was
-// out of credit before.
+// here would go nowhere. It reports refilled as acks does.
 func (s *subscriber) drop(via *relayStream) (refilled bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return false
 	}
-	full := len(s.out) >= s.limit
 	n := len(s.out)
 	wanted := false
 	for id, h := range s.out {
@@ -494,7 +511,7 @@ func (s *subscriber) drop(via *relayStream) (refilled bool) {
 	if len(s.out) < n {
 		s.compactLocked()
 	}
-	return wanted || full && len(s.out) < s.limit
+	return s.refilledLocked() || wanted
 }
 
 // release sorts the ids of a Release message as acks does, and returns

@@ -289,8 +289,11 @@ func TestSubscriberRelayed(t *testing.T) {
 		if !s.offer(delivery("r", 1, now), false, rs) || !s.offer(delivery("l", 1, now), false, nil) {
 			t.Fatal("refused within the credit")
 		}
+		if s.offer(delivery("x", 1, now), false, nil) {
+			t.Fatal("took a delivery beyond its credit")
+		}
 		if !s.drop(rs) {
-			t.Error("a full subscriber got no credit back when its relay ended")
+			t.Error("a full subscriber that refused a delivery got no credit back when its relay ended")
 		}
 		got := sendAll(s, now)
 		if len(got) != 1 || got[0].ID != delivery("l", 1, now).ID {
@@ -348,5 +351,62 @@ func TestRefusedHeldWakesShards(t *testing.T) {
 				t.Fatalf("letting go of a reports %v, want %v", got, tc.wanted)
 			}
 		})
+	}
+}
+
+// TestSubscriberRefillsAQuarter: a subscriber tells the shards it takes
+// deliveries again only when one was refused for want of credit, and a
+// quarter of its credit is free: a herd's subscriber runs out of credit
+// after every ack message, and waking every shard for each would spend
+// the node on wakeups that find the credit taken.
+func TestSubscriberRefillsAQuarter(t *testing.T) {
+	now := time.Now()
+	ack := func(s *subscriber, id string) bool {
+		t.Helper()
+		mine, _, _, refilled := s.acks([]string{delivery(id, 1, now).ID}, nil)
+		if len(mine) != 1 {
+			t.Fatalf("ack of %s applied %v", id, mine)
+		}
+		return refilled
+	}
+	fill := func(s *subscriber, n int) {
+		t.Helper()
+		for i := range n {
+			if !s.offer(delivery(fmt.Sprint("d", i), 1, now), false, nil) {
+				t.Fatalf("refused delivery %d within the credit of %d", i, n)
+			}
+		}
+		sendAll(s, now)
+	}
+
+	s := newSubscriber(topicKey{"default", "t"}, 8, time.Second)
+	fill(s, 8)
+	if ack(s, "d0") || ack(s, "d1") {
+		t.Error("refilled though no delivery was refused")
+	}
+
+	s = newSubscriber(topicKey{"default", "t"}, 8, time.Second)
+	fill(s, 8)
+	if s.offer(delivery("x", 1, now), false, nil) {
+		t.Fatal("took a delivery beyond its credit")
+	}
+	if ack(s, "d0") {
+		t.Error("refilled with 1 of 8 free")
+	}
+	if !ack(s, "d1") {
+		t.Error("not refilled with 2 of 8 free after a refusal")
+	}
+	if ack(s, "d2") {
+		t.Error("refilled twice for one refusal")
+	}
+
+	// A credit of 1 refills on its one ack, as before.
+	s = newSubscriber(topicKey{"default", "t"}, 1, time.Second)
+	fill(s, 1)
+	if s.offer(delivery("x", 1, now), false, nil) {
+		t.Fatal("took a delivery beyond its credit")
+	}
+	if !ack(s, "d0") {
+		t.Error("a credit of 1 was not refilled by its ack")
 	}
 }

@@ -28,6 +28,10 @@ type Config struct {
 	// Census, when set, hears how many timers of each namespace the
 	// shard holds (see Census).
 	Census Census
+	// Turns, when set, is shared by the shards of a node, which then
+	// take turns at draining herds (see Turns). Without it a shard drains
+	// a herd in steps of up to 4,096 timers, one after another.
+	Turns *Turns
 	// Clock tells the time. Default SystemClock.
 	Clock Clock
 	// Logger receives the shard's events. Default: discard.

@@ -158,6 +158,19 @@ func (k *sink) take(t testing.TB, n int) []Delivery {
 	return out
 }
 
+// ready returns the deliveries waiting now, without waiting for more.
+func (k *sink) ready() []Delivery {
+	var out []Delivery
+	for {
+		select {
+		case d := <-k.ch:
+			out = append(out, d)
+		default:
+			return out
+		}
+	}
+}
+
 // none fails the test if a delivery is waiting.
 func (k *sink) none(t testing.TB) {
 	t.Helper()

@@ -523,12 +523,38 @@ func (s *Shard) run(t Alarm) {
 		s.mu.Unlock()
 		s.log.Debug("shard stopped firing", "valid_until", until, "err", why)
 	}()
+	var turns chan struct{} // nil: the shard does not take turns
+	if s.cfg.Turns != nil {
+		turns = s.cfg.Turns.c
+	}
+	held := false // a turn is held for the next step
 	for {
+		budget := maxStepFires
+		if turns != nil {
+			budget = lightFires
+			if held {
+				budget = turnFires
+			}
+		}
 		s.mu.Lock()
-		wait, ok := s.stepLocked()
+		wait, busy, ok := s.stepLocked(budget)
 		s.mu.Unlock()
+		if held {
+			<-turns
+			held = false
+		}
 		if !ok {
 			return
+		}
+		// With more due work than the step handled, the loop goes on at
+		// once, or, taking turns, as soon as it has one: wait is then
+		// when the next timer that is not part of that work comes due.
+		var take chan struct{}
+		if busy {
+			if turns == nil {
+				wait = 0
+			}
+			take = turns
 		}
 		t.Reset(wait)
 		select {
@@ -536,6 +562,8 @@ func (s *Shard) run(t Alarm) {
 			return
 		case <-s.kick:
 		case <-t.C():
+		case take <- struct{}{}:
+			held = true
 		}
 	}
 }
@@ -580,37 +608,45 @@ const refillEvery = 32
 // namespaces' timers due in the same tick.
 const maxBacklog = 4 * maxStepFires
 
-// stepLocked fires what is due and returns how long to sleep; ok is false
-// once the shard has stopped.
-func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
+// stepLocked handles at most budget due timers and returns how long to
+// sleep, leaving out work that is due already: busy says there is some
+// (due timers not yet handled, or waiting ones a subscriber can take
+// now). ok is false once the shard has stopped.
+func (s *Shard) stepLocked(budget int) (wait time.Duration, busy, ok bool) {
 	s.steps++
 	defer s.stepped.Broadcast()
 	if s.stopErr != nil {
-		return 0, false
+		return 0, false, false
 	}
 	if s.commitFailedLocked() {
-		return 0, false
+		return 0, false, false
 	}
 	now := s.clock.Now()
 	if !now.Before(s.validUntil) {
 		// The lease may be about to lapse: fire nothing until the
 		// keeper renews it (and kicks) or gives up.
-		return idleWait, true
+		return idleWait, false, true
 	}
 	nowMs := now.UnixMilli()
-	budget := maxStepFires
+	take := 4 * budget // from the wheel: what a step may take beyond what it handles
+	// Timers that waited for a subscriber get at most half the step:
+	// the other half is for the timers coming due, which would otherwise
+	// wait while a herd's subscriber takes its backlog as fast as it acks.
+	drains := budget - budget/2
 	for tk := range s.ready {
-		if budget <= 0 {
+		if drains <= 0 {
 			break
 		}
 		delete(s.ready, tk)
-		budget -= s.drainLocked(tk, nowMs, budget)
+		sent := s.drainLocked(tk, nowMs, drains)
+		drains -= sent
+		budget -= sent
 	}
 	// Lapsed tombstones take at most a quarter of a step: firing on time
 	// comes first, and they are only deleted a little later.
-	budget -= s.forgetLocked(nowMs, min(budget, maxStepFires/4))
+	budget -= s.forgetLocked(nowMs, budget/4)
 	if budget > 0 {
-		s.takeDueLocked(nowMs)
+		s.takeDueLocked(nowMs, take)
 	}
 	for budget > 0 {
 		t := s.backlog.pop()
@@ -639,31 +675,33 @@ func (s *Shard) stepLocked() (wait time.Duration, ok bool) {
 			// wheel.
 			if ms := now.UnixMilli(); ms != nowMs {
 				nowMs = ms
-				s.takeDueLocked(nowMs)
+				s.takeDueLocked(nowMs, take)
 			}
 		}
 	}
 	s.submitLocked()
-	if s.backlog.len() > 0 || len(s.ready) > 0 {
-		return 0, true
+	busy = s.backlog.len() > 0 || len(s.ready) > 0
+	if next, ok := s.wheel.Next(); ok && next <= nowMs {
+		busy = true // leftovers of a herd, or timers not taken yet
 	}
 	wait = min(s.validUntil.Sub(now), idleWait)
-	if next, ok := s.wheel.Next(); ok {
+	if next, ok := s.wheel.Upcoming(); ok {
 		wait = min(wait, time.Duration(next-nowMs)*time.Millisecond)
 	}
 	if len(s.goneQ) > 0 {
 		wait = min(wait, time.Duration(s.goneQ[0].until-nowMs)*time.Millisecond)
 	}
-	return max(wait, 0), true
+	return max(wait, 0), busy, true
 }
 
 // takeDueLocked moves timers due at now (unix ms) from the wheel to the
-// backlog, as many as the backlog has room for. The rest stay due in the
-// wheel rather than cost one step a whole herd, and the wheel gives the
-// ticks that came due since the last call a share of every call, so their
-// timers join their namespace's turn without waiting for a herd to drain.
-func (s *Shard) takeDueLocked(now int64) {
-	take := maxBacklog - s.backlog.len()
+// backlog, at most limit, and no more than the backlog has room for. The
+// rest stay due in the wheel rather than cost one step a whole herd, and
+// the wheel gives the ticks that came due since the last call a share of
+// every call, so their timers join their namespace's turn without waiting
+// for a herd to drain.
+func (s *Shard) takeDueLocked(now int64, limit int) {
+	take := min(maxBacklog-s.backlog.len(), limit)
 	if take <= 0 {
 		return
 	}

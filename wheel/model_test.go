@@ -289,6 +289,23 @@ func run(t *testing.T, tickMs int64, origin int64, data []byte) {
 				t.Fatalf("step %d: Next() = %d is not after the processed tick %d", step, next, m.done)
 			}
 		}
+		// Upcoming leaves out what is due already, but is no later than
+		// the earliest timer that is not.
+		up, uok := w.Upcoming()
+		if uok && !ok {
+			t.Fatalf("step %d: Upcoming() = %d with no timer pending", step, up)
+		}
+		first := int64(-1)
+		if step%8 == 0 { // a walk over every live timer
+			for _, e := range m.live {
+				if e.tick > m.done && (first < 0 || e.tick < first) {
+					first = e.tick
+				}
+			}
+		}
+		if first >= 0 && (!uok || up > origin+first*tickMs) {
+			t.Fatalf("step %d: Upcoming() = %d, %v; the earliest timer not yet due fires at %d", step, up, uok, origin+first*tickMs)
+		}
 	}
 }
 

@@ -969,6 +969,16 @@ func (w *Wheel) Next() (int64, bool) {
 	if w.readyPending() {
 		return w.now, true
 	}
+	return w.Upcoming()
+}
+
+// Upcoming is Next leaving out the leftovers of an AdvanceLimit: the
+// earliest time (ms) at which a timer that has not come due yet would
+// come due, and false if there is none. A caller that takes leftovers at
+// its own pace sleeps until then to take the new timers' share. It is
+// Now or earlier when such a timer is due already (it was added with a
+// due time past, or the wheel has not been advanced to now).
+func (w *Wheel) Upcoming() (int64, bool) {
 	l, at, ok := w.nextList()
 	if !ok {
 		return 0, false
