@@ -3,7 +3,6 @@ package server
 import (
 	"errors"
 	"io"
-	"runtime"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -136,18 +135,6 @@ func (t *timerService) Subscribe(stream pb.TimerService_SubscribeServer) error {
 
 // send sends sub's deliveries on stream until stop is closed or a Send
 // fails. It is the only goroutine that calls Send.
-// sendsPerYield is how many deliveries a stream's sender writes in a row
-// before it lets the scheduler run another goroutine: a stream taking a
-// herd would otherwise hold a processor for milliseconds, and Go has no
-// priorities, so the goroutines carrying other namespaces' deliveries
-// would wait for it.
-const sendsPerYield = 16
-
-// acksPerYield is how many acks a stream's receiver applies in a row
-// before it yields, for the same reason: a herd's acks come in faster
-// than they are applied, so its receiver never waits for the network.
-const acksPerYield = 64
-
 func (s *Server) send(stream pb.TimerService_SubscribeServer, sub *subscriber, stop <-chan struct{}) error {
 	var buf []shard.Delivery
 	var (
@@ -163,9 +150,6 @@ func (s *Server) send(stream pb.TimerService_SubscribeServer, sub *subscriber, s
 		}
 		buf = sub.take(buf)
 		for i := range buf {
-			if i > 0 && i%sendsPerYield == 0 {
-				runtime.Gosched()
-			}
 			select {
 			case <-stop: // the stream is ending: send no more
 				return nil
@@ -304,7 +288,6 @@ func (s *Server) ack(sub *subscriber, ids []string, mine []string, groups map[ui
 	mine, notHeld, notSent, refilled := sub.acks(ids, mine[:0])
 	s.metrics.ignoredAcks(notHeld, notSent)
 	s.byShard(mine, groups)
-	applied := 0
 	for id, g := range groups {
 		if len(g) == 0 {
 			continue
@@ -313,10 +296,6 @@ func (s *Server) ack(sub *subscriber, ids []string, mine []string, groups map[ui
 			_, _ = sh.Ack(g) // durable soon; until then a crash only redelivers
 		}
 		groups[id] = g[:0]
-		if applied += len(g); applied >= acksPerYield {
-			runtime.Gosched() // as send does
-			applied = 0
-		}
 	}
 	if refilled {
 		s.readyAll(sub.key)
