@@ -95,7 +95,7 @@ type Config struct {
 	RedisWaitReplicas int
 	RedisWaitTimeout  time.Duration
 	// Shard is the template of every shard's configuration; its ID, Owner,
-	// Store, Committer and Logger are set by the node. A Clock left at
+	// Store, Committer, Turns and Logger are set by the node. A Clock left at
 	// shard.SystemClock (the default) is replaced by the node's
 	// SteadyClock.
 	Shard shard.Config
