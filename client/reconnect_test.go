@@ -16,8 +16,10 @@ import (
 )
 
 // oneAndDone is a TimerService whose every Subscribe stream sends one
-// delivery and then fails with UNAVAILABLE, and which notes when each
-// stream opened.
+// delivery and then fails with UNAVAILABLE, once the delivery is acked or
+// after 100ms, and which notes when each stream opened. Failing at once
+// raced the client's handler: a delivery whose stream has ended is not
+// handled (its ack could go nowhere), and some runs lost every race.
 type oneAndDone struct {
 	timerdv1.UnimplementedTimerServiceServer
 	mu     sync.Mutex
@@ -35,6 +37,16 @@ func (o *oneAndDone) Subscribe(stream timerdv1.TimerService_SubscribeServer) err
 	d := &timerdv1.Delivery{DeliveryId: "d", Namespace: "default", Id: "x", Topic: "t", Attempt: uint32(n)}
 	if err := stream.Send(&timerdv1.SubscribeResponse{Delivery: d}); err != nil {
 		return err
+	}
+	acked := make(chan struct{})
+	go func() { // ends with the stream
+		if _, err := stream.Recv(); err == nil {
+			close(acked)
+		}
+	}()
+	select {
+	case <-acked:
+	case <-time.After(100 * time.Millisecond):
 	}
 	return status.Error(codes.Unavailable, "stream lost right after a delivery")
 }
