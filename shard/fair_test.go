@@ -47,6 +47,22 @@ func TestFairQueueOrder(t *testing.T) {
 	}
 }
 
+// scheduleHerd schedules on s a herd of n timers of namespace a due in a
+// second, then one timer of namespace b, "b", due in bDue.
+func scheduleHerd(t *testing.T, s *Shard, n int, bDue time.Duration) {
+	t.Helper()
+	specs := make([]Spec, 0, n+1)
+	for i := range n {
+		sp := spec(fmt.Sprintf("a%05d", i), time.Second)
+		sp.Namespace = "a"
+		specs = append(specs, sp)
+	}
+	mustSchedule(t, s, specs...)
+	b := spec("b", bDue)
+	b.Namespace = "b"
+	mustSchedule(t, s, b)
+}
+
 // TestHerdDoesNotStarveOtherNamespace: namespace a has a herd of timers
 // due at one instant and b one timer due at the same instant, scheduled
 // after the herd. b's timer goes out among the first deliveries, not
@@ -56,16 +72,7 @@ func TestHerdDoesNotStarveOtherNamespace(t *testing.T) {
 	k := newSink(true)
 	s := e.open(t, 0, "a", k)
 	const herd = 3*maxStepFires + 17
-	specs := make([]Spec, 0, herd)
-	for i := range herd {
-		sp := spec(fmt.Sprintf("a%05d", i), time.Second)
-		sp.Namespace = "a"
-		specs = append(specs, sp)
-	}
-	mustSchedule(t, s, specs...)
-	b := spec("b", time.Second)
-	b.Namespace = "b"
-	mustSchedule(t, s, b)
+	scheduleHerd(t, s, herd, time.Second)
 
 	e.advance(s, time.Second)
 	got := k.take(t, herd+1)
@@ -123,16 +130,7 @@ func TestHerdStepIsBounded(t *testing.T) {
 	s := e.open(t, 0, "a", p)
 	p.s = s
 	const herd = 2 * maxBacklog
-	specs := make([]Spec, 0, herd)
-	for i := range herd {
-		sp := spec(fmt.Sprintf("a%05d", i), time.Second)
-		sp.Namespace = "a"
-		specs = append(specs, sp)
-	}
-	mustSchedule(t, s, specs...)
-	b := spec("b", time.Second+time.Millisecond)
-	b.Namespace = "b"
-	mustSchedule(t, s, b)
+	scheduleHerd(t, s, herd, time.Second+time.Millisecond)
 
 	e.advance(s, time.Second)
 	got := p.take(t, herd+1)

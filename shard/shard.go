@@ -628,7 +628,9 @@ func (s *Shard) stepLocked(budget int) (wait time.Duration, busy, ok bool) {
 		return idleWait, false, true
 	}
 	nowMs := now.UnixMilli()
-	take := 4 * budget // from the wheel: what a step may take beyond what it handles
+	// A take from the wheel is at most four steps' worth, as maxBacklog
+	// is of a step without turns, so a light step stays light.
+	take := 4 * budget
 	// Timers that waited for a subscriber get at most half the step:
 	// the other half is for the timers coming due, which would otherwise
 	// wait while a herd's subscriber takes its backlog as fast as it acks.

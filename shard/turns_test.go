@@ -1,7 +1,6 @@
 package shard
 
 import (
-	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -20,16 +19,7 @@ func TestTurnsHoldHerdNotComingDue(t *testing.T) {
 	cfg.Turns = turns
 	s := e.openConfig(t, cfg)
 	const herd = 8 * turnFires
-	specs := make([]Spec, 0, herd)
-	for i := range herd {
-		sp := spec(fmt.Sprintf("a%05d", i), time.Second)
-		sp.Namespace = "a"
-		specs = append(specs, sp)
-	}
-	mustSchedule(t, s, specs...)
-	b := spec("b", time.Second+5*time.Millisecond)
-	b.Namespace = "b"
-	mustSchedule(t, s, b)
+	scheduleHerd(t, s, herd, time.Second+5*time.Millisecond)
 
 	turns.c <- struct{}{} // another shard's turn
 	e.advance(s, time.Second)
@@ -100,16 +90,7 @@ func TestWaitingDrainLeavesHalfAStep(t *testing.T) {
 	p := &drainProbe{sink: newSink(true), clock: e.clock}
 	s := e.open(t, 0, "a", p)
 	const herd = 3 * maxStepFires
-	specs := make([]Spec, 0, herd)
-	for i := range herd {
-		sp := spec(fmt.Sprintf("a%05d", i), time.Second)
-		sp.Namespace = "a"
-		specs = append(specs, sp)
-	}
-	mustSchedule(t, s, specs...)
-	b := spec("b", time.Second+5*time.Millisecond)
-	b.Namespace = "b"
-	mustSchedule(t, s, b)
+	scheduleHerd(t, s, herd, time.Second+5*time.Millisecond)
 	e.advance(s, time.Second) // the herd comes due and waits
 	p.sink.none(t)
 
