@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -23,14 +25,17 @@ import (
 
 // BenchmarkNodeHerdFairness is the shard's BenchmarkHerdFairness on a
 // whole node, over gRPC: namespace b has 1,000 timers a second due over
-// 3 s, and its p99 lateness (received minus due) is measured alone and
+// 3 s, and its p99 lateness (received minus due) is measured alone, and
 // while namespace a has 500,000 timers due at one instant in the middle
-// of them, spread over all the node's shards as b's are. Each namespace
-// has a subscriber of its own, as two services would: a child process
-// of this test binary with one Subscribe stream that acks what it gets.
-// b-fired is the node's part of b's lateness (fired minus due), and the
-// -late figures leave out b's timers due in the herd's first 100 ms to
-// show the rest of the drain apart. Run it with -benchtime 1x.
+// of them, spread over all the node's shards as b's are: first with a
+// delivery rate for a of -herd-pace timers/s in the namespace limits
+// file (the -paced figures), then with none (the -herd figures). Each
+// run is a new node. Each namespace has a subscriber of its own, as two
+// services would: a child process of this test binary with one
+// Subscribe stream that acks what it gets. b-fired is the node's part
+// of b's lateness (fired minus due), and the -late figures leave out
+// b's timers due in the herd's first 100 ms to show the rest of the
+// drain apart. Run it with -benchtime 1x.
 func BenchmarkNodeHerdFairness(b *testing.B) {
 	if spec := os.Getenv(herdSubscriberEnv); spec != "" {
 		herdSubscriber(b, spec)
@@ -42,8 +47,9 @@ func BenchmarkNodeHerdFairness(b *testing.B) {
 		window = 3 * time.Second
 	)
 	for range b.N {
-		alone := nodeHerdRun(b, 0, rate, window)
-		with := nodeHerdRun(b, herd, rate, window)
+		alone := nodeHerdRun(b, 0, rate, window, 0)
+		paced := nodeHerdRun(b, herd, rate, window, *herdPace)
+		with := nodeHerdRun(b, herd, rate, window, 0)
 		b.ReportMetric(ms(pct(alone.late, 50)), "b-p50-alone-ms")
 		b.ReportMetric(ms(pct(alone.late, 99)), "b-p99-alone-ms")
 		b.ReportMetric(ms(pct(with.late, 50)), "b-p50-herd-ms")
@@ -52,8 +58,16 @@ func BenchmarkNodeHerdFairness(b *testing.B) {
 		b.ReportMetric(ms(pct(alone.fired, 99)), "b-fired-p99-alone-ms")
 		b.ReportMetric(ms(pct(with.fired, 99)), "b-fired-p99-herd-ms")
 		b.ReportMetric(ms(with.drain), "herd-drain-ms")
+		b.ReportMetric(ms(pct(paced.late, 99)), "b-p99-paced-ms")
+		b.ReportMetric(ms(pct(paced.after, 99)), "b-p99-paced-late-ms")
+		b.ReportMetric(ms(pct(paced.fired, 99)), "b-fired-p99-paced-ms")
+		b.ReportMetric(ms(paced.drain), "herd-drain-paced-ms")
 	}
 }
+
+// herdPace is the delivery rate of namespace a in BenchmarkNodeHerdFairness's
+// paced run.
+var herdPace = flag.Float64("herd-pace", 50_000, "BenchmarkNodeHerdFairness: the herd's delivery `rate` in its paced run (timers/s)")
 
 // herdSubscriberEnv, when set, makes BenchmarkNodeHerdFairness a
 // subscriber (see herdSubscriber) rather than the benchmark.
@@ -166,9 +180,16 @@ type nodeHerdResult struct {
 	drain time.Duration   // from the herd's due time to its last delivery received
 }
 
-func nodeHerdRun(b *testing.B, herd, rate int, window time.Duration) nodeHerdResult {
+// nodeHerdRun runs b's rate over window, and a's herd of timers due at
+// once in its middle, delivered at pace timers/s (0: no limit).
+func nodeHerdRun(b *testing.B, herd, rate int, window time.Duration, pace float64) nodeHerdResult {
 	b.Helper()
-	srv, c := benchServer(b)
+	runtime.GC() // the last run's garbage is not this one's
+	srv, c := benchServer(b, func(cfg *Config) {
+		if pace > 0 {
+			cfg.NamespaceLimitsFile = limitsFile(b, b.TempDir(), fmt.Sprintf(`{"namespaces": {"a": {"deliver_rate": %g}}}`, pace))
+		}
+	})
 	// Far enough ahead for the subscribers to start and the herd to be
 	// scheduled first.
 	at := time.Now().Add(5*time.Second + time.Duration(herd)*40*time.Microsecond).Truncate(time.Millisecond)
@@ -241,8 +262,8 @@ func nodeHerdRun(b *testing.B, herd, rate int, window time.Duration) nodeHerdRes
 	if herd > 0 {
 		r.drain = time.Duration(waitA().Last - at.UnixNano())
 	}
-	b.Logf("herd %d: b p50 %v p99 %v max %v, p99 after the herd's first 100 ms %v (fired p50 %v p99 %v); herd drained in %v",
-		herd, pct(r.late, 50), pct(r.late, 99), r.late[len(r.late)-1], pct(r.after, 99), pct(r.fired, 50), pct(r.fired, 99), r.drain)
+	b.Logf("herd %d (pace %g/s): b p50 %v p99 %v max %v, p99 after the herd's first 100 ms %v (fired p50 %v p99 %v); herd drained in %v",
+		herd, pace, pct(r.late, 50), pct(r.late, 99), r.late[len(r.late)-1], pct(r.after, 99), pct(r.fired, 50), pct(r.fired, 99), r.drain)
 	return r
 }
 

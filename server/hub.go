@@ -18,6 +18,10 @@ type topicKey struct{ namespace, topic string }
 // called concurrently from every shard; add and remove from stream
 // handlers.
 type hub struct {
+	// pace holds deliveries to their namespaces' delivery rates; nil
+	// when none can have one. Set before the shards start.
+	pace *pacer
+
 	// mu serializes add and remove, which replace topics; Dispatch only
 	// loads it and never locks.
 	mu     sync.Mutex
@@ -43,10 +47,22 @@ func newHub() *hub {
 // occurrence if one has credit: the one that still holds it let the
 // earlier attempt time out, and may have stopped reading. Only when none
 // can take it does it replace the stale attempt on the stream holding
-// it, in that attempt's credit.
+// it, in that attempt's credit. A delivery past its namespace's delivery
+// rate is refused, to be offered again once the pacer tells its shard
+// Ready.
 func (h *hub) Dispatch(d shard.Delivery) (time.Duration, bool) {
+	var paced *paceBucket
+	if h.pace != nil {
+		var ok bool
+		if paced, ok = h.pace.take(&d); !ok {
+			return 0, false
+		}
+	}
 	if sub := h.hand(&d, nil); sub != nil {
 		return sub.ackTimeout, true
+	}
+	if paced != nil {
+		paced.giveBack()
 	}
 	return 0, false
 }

@@ -25,7 +25,7 @@ import (
 //
 // # How the namespace limits are counted across a cluster
 //
-// Both are enforced where a timer's shard is served, by the node that
+// All are enforced where a timer's shard is served, by the node that
 // owns it, on the items of that node's shards (forwarded items included),
 // each node taking its share of the limit: the fraction of the cluster's
 // shards that the ring gives it (1 for a single node). A namespace's ids
@@ -48,14 +48,20 @@ import (
 //     The cluster admits at most ScheduleRate per second plus the
 //     members' bursts, whichever node the clients send to, since the
 //     items go to their owners.
+//   - DeliverRate: a token bucket per namespace and node, filled at
+//     DeliverRate × share per second up to max(1, DeliverBurst × share),
+//     from which each delivery of the node's shards takes one, whichever
+//     node its subscriber is connected to (a relayed delivery is counted
+//     where its shard is served, once). Redeliveries count.
 //
 // Idempotent retries of a stored timer are counted like new timers: a
 // namespace at its limit is refused those too, and retries later.
 //
-// MaxPending, ScheduleRate and ScheduleBurst are every namespace's limits
-// unless Config.NamespaceLimitsFile gives it its own (see nslimits.go);
-// a limit changed there while the node runs applies from the next
-// Schedule on, and touches nothing stored: a namespace that holds more
+// MaxPending, ScheduleRate, ScheduleBurst, DeliverRate and DeliverBurst
+// are every namespace's limits unless Config.NamespaceLimitsFile gives it
+// its own (see nslimits.go). A limit changed there while the node runs
+// applies from the next Schedule on (a delivery rate within
+// paceRecheck), and touches nothing stored: a namespace that holds more
 // than its new MaxPending is refused new timers until it holds less.
 type Limits struct {
 	// MaxPending is the most timers one namespace may hold across the
@@ -71,6 +77,15 @@ type Limits struct {
 	// admits them.
 	ScheduleRate  float64
 	ScheduleBurst int
+	// DeliverRate is how many of one namespace's timers per second the
+	// cluster delivers (default 0: no limit), and DeliverBurst how many it
+	// may deliver at once (default 0, which means a hundredth of a
+	// second's worth of DeliverRate, at least 1). A namespace's timers
+	// past them stay due in their shards, in order, and go out as the
+	// rate allows: a herd of them then takes its time, and leaves the
+	// node's processors to other namespaces meanwhile (see pacer).
+	DeliverRate  float64
+	DeliverBurst int
 	// MaxSubscribeStreams is the most Subscribe streams one node serves
 	// at once (default 10,000); one more fails with RESOURCE_EXHAUSTED
 	// and a retry delay of StreamRetryDelay. Each stream costs a few
@@ -96,7 +111,13 @@ func DefaultLimits() Limits {
 
 // validate reports the first invalid field through bad.
 func (l Limits) validate(bad func(field, format string, args ...any) error) error {
-	if err := checkNSLimit(l.MaxPending, l.ScheduleRate, l.ScheduleBurst, configLimitFields, bad); err != nil {
+	if l.MaxPending < 0 {
+		return bad("Limits.MaxPending", "must be >= 0 (0: no limit), got %d", l.MaxPending)
+	}
+	if err := checkRate(l.ScheduleRate, l.ScheduleBurst, configLimitFields.schedule, bad); err != nil {
+		return err
+	}
+	if err := checkRate(l.DeliverRate, l.DeliverBurst, configLimitFields.deliver, bad); err != nil {
 		return err
 	}
 	if l.MaxSubscribeStreams < 1 {
@@ -107,7 +128,13 @@ func (l Limits) validate(bad func(field, format string, args ...any) error) erro
 
 // nsLimit returns the namespace limits of l: those of every namespace
 // the limits file does not name.
-func (l Limits) nsLimit() nsLimit { return newNSLimit(l.MaxPending, l.ScheduleRate, l.ScheduleBurst) }
+func (l Limits) nsLimit() nsLimit {
+	return nsLimit{
+		maxPending: l.MaxPending,
+		schedule:   newRateLimit(l.ScheduleRate, l.ScheduleBurst, scheduleBurstSeconds),
+		deliver:    newRateLimit(l.DeliverRate, l.DeliverBurst, deliverBurstSeconds),
+	}
+}
 
 // limiter enforces Limits on one node. Its methods may be called
 // concurrently; Count is called under shards' locks and does not block
@@ -210,7 +237,7 @@ func (l *limiter) pending(namespace string) int {
 // out for the items refused. release must be called once the admitted
 // parts are submitted to their shards, which count them from then on.
 func (l *limiter) admit(local []localPart, specs []shard.Spec, out []*pb.ItemResult) (admitted []localPart, release func()) {
-	if l.file == nil && l.cfg.nsLimit().off() || len(local) == 0 {
+	if l.file == nil && l.cfg.nsLimit().admitsAll() || len(local) == 0 {
 		return local, func() {}
 	}
 	files := l.overrides()
@@ -255,7 +282,7 @@ func (l *limiter) admit(local []localPart, specs []shard.Spec, out []*pb.ItemRes
 			refused++
 			wait := time.Duration((float64(refused) - b.tokens) / rate * float64(time.Second))
 			out[i] = limited(specs[i].ID, wait, "namespace %q reached its schedule rate of %g timers/s (%.3g/s with a burst of %.3g on this node, which serves %d of %d shards); retry in %v",
-				ns, lim.rate, rate, burst, held, total, wait.Round(time.Millisecond))
+				ns, lim.schedule.rate, rate, burst, held, total, wait.Round(time.Millisecond))
 			l.m.ns(ns).limitedRate.Inc()
 			refusedItem[i] = true
 		case lim.maxPending > 0 && pending+b.reserved >= maxPending:
@@ -290,13 +317,11 @@ func (l *limiter) admit(local []localPart, specs []shard.Spec, out []*pb.ItemRes
 	}
 }
 
-// share returns a node's share of l, for a node that serves frac of the
-// cluster's shards: the pending timers it admits, and the rate and burst
-// of its bucket (0 for no limit).
+// share returns a node's share of l's Schedule limits, for a node that
+// serves frac of the cluster's shards: the pending timers it admits, and
+// the rate and burst of its bucket (0 for no limit).
 func (l nsLimit) share(frac float64) (maxPending int, rate, burst float64) {
-	if l.rate > 0 {
-		rate, burst = l.rate*frac, max(1, l.burst*frac)
-	}
+	rate, burst = l.schedule.share(frac)
 	return shareOf(l.maxPending, frac), rate, burst
 }
 

@@ -221,6 +221,11 @@ func TestLimitsValidate(t *testing.T) {
 		{"infinite rate", func(l *Limits) { l.ScheduleRate = math.Inf(1) }, "Limits.ScheduleRate"},
 		{"burst without rate", func(l *Limits) { l.ScheduleBurst = 3 }, "Limits.ScheduleBurst"},
 		{"negative burst", func(l *Limits) { l.ScheduleRate, l.ScheduleBurst = 1, -1 }, "Limits.ScheduleBurst"},
+		{"delivery rate", func(l *Limits) { l.DeliverRate, l.DeliverBurst = 5000, 10 }, ""},
+		{"negative delivery rate", func(l *Limits) { l.DeliverRate = -1 }, "Limits.DeliverRate"},
+		{"NaN delivery rate", func(l *Limits) { l.DeliverRate = math.NaN() }, "Limits.DeliverRate"},
+		{"delivery burst without rate", func(l *Limits) { l.DeliverBurst = 3 }, "Limits.DeliverBurst"},
+		{"negative delivery burst", func(l *Limits) { l.DeliverRate, l.DeliverBurst = 1, -1 }, "Limits.DeliverBurst"},
 		{"no streams", func(l *Limits) { l.MaxSubscribeStreams = 0 }, "Limits.MaxSubscribeStreams"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -44,6 +44,9 @@ type metrics struct {
 	// streams refused by Limits.MaxSubscribeStreams.
 	limited        *prometheus.CounterVec
 	streamsRefused prometheus.Counter
+	// paced counts, by namespace, the shards' topics held back by their
+	// namespace's delivery rate.
+	paced *prometheus.CounterVec
 	// badCalls counts the calls refused as malformed, unauthenticated or
 	// forbidden, and badCallsSlowed those of them the tarpit answered
 	// late.
@@ -81,6 +84,7 @@ type nsMetrics struct {
 	lateness, wait                             prometheus.Observer
 	subscribers                                prometheus.Gauge
 	limitedPending, limitedRate                prometheus.Counter
+	paced                                      prometheus.Counter
 }
 
 // newMetrics registers the node's metrics in reg. stats reads the loaded
@@ -197,6 +201,10 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 			Namespace: "timerd", Name: "limit_rejections_total",
 			Help: "Schedule items refused with RESOURCE_EXHAUSTED because their namespace reached a limit, by namespace and limit: pending (--ns-max-pending) or rate (--ns-schedule-rate), or their values in --ns-limits-file.",
 		}, []string{"namespace", "limit"}),
+		paced: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "timerd", Name: "deliveries_paced_total",
+			Help: "Times a shard's deliveries of a namespace's topic were held back because the namespace reached its delivery rate on this node (--ns-deliver-rate, or deliver_rate in --ns-limits-file), by namespace: they wait in order and go out as the rate allows.",
+		}, []string{"namespace"}),
 		badCalls: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "timerd", Name: "bad_calls_total",
 			Help: "Calls refused as malformed, unauthenticated or forbidden (INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, UNIMPLEMENTED, or every item of a batch so), counted when --bad-call-rate is on.",
@@ -219,7 +227,7 @@ func newMetrics(reg *prometheus.Registry, maxNS int, stats func() []shardStats, 
 	reg.MustRegister(m.scheduled, m.fired, m.redelivered, m.acked, m.dead, m.lateness, m.wait, m.subscribers,
 		m.commitSeconds, m.commitOps, m.commitBatches, m.commitRetries, m.commitGivenUp, ignored,
 		m.shardsAcquired, m.shardsReleased, m.shardsLost, m.shardLoad, m.shardTakeover, m.shardRelease,
-		m.forwardedItems, m.forwardedCalls, m.grpc, m.limited, m.streamsRefused, m.badCalls, m.badCallsSlowed,
+		m.forwardedItems, m.forwardedCalls, m.grpc, m.limited, m.paced, m.streamsRefused, m.badCalls, m.badCallsSlowed,
 		m.relaysOpen, m.relaysOpened, m.relayedDeliveries, m.relayedAcks, m.relayedReleases, m.peerRelaysEnded,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: "timerd", Name: "store_commit_queue_ops",
@@ -274,6 +282,7 @@ func (m *metrics) series(label string) *nsMetrics {
 		subscribers:    m.subscribers.WithLabelValues(label),
 		limitedPending: m.limited.WithLabelValues(label, "pending"),
 		limitedRate:    m.limited.WithLabelValues(label, "rate"),
+		paced:          m.paced.WithLabelValues(label),
 	}
 }
 

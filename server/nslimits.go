@@ -24,28 +24,54 @@ const LimitsReloadInterval = time.Second
 const maxLimitsFileSize = 16 << 20
 
 // nsLimit is the namespace limits in force for one namespace across the
-// cluster. 0 is no limit. Invariant: burst >= 1 when rate > 0 (one
-// second's worth when none was given), and 0 when rate is 0.
+// cluster. 0 is no limit.
 type nsLimit struct {
 	maxPending int
-	rate       float64 // timers per second
-	burst      float64 // timers
+	// schedule bounds the timers scheduled, and deliver the deliveries
+	// of the namespace's due timers (see pacer).
+	schedule, deliver rateLimit
 }
 
-// newNSLimit resolves a rate's burst: 0 stands for one second's worth.
-func newNSLimit(maxPending int, rate float64, burst int) nsLimit {
-	l := nsLimit{maxPending: maxPending, rate: rate}
-	if rate > 0 {
-		l.burst = float64(burst)
-		if burst == 0 {
-			l.burst = max(1, math.Ceil(rate))
-		}
+// rateLimit is a token bucket's rate and burst across the cluster.
+// Invariant: burst >= 1 when rate > 0, and 0 when rate is 0 (no limit).
+type rateLimit struct {
+	rate  float64 // timers per second
+	burst float64 // timers
+}
+
+// Default bursts of a rate given none, in seconds' worth of the rate:
+// Schedule calls come in batches, so one second's worth; deliveries are
+// paced to spare the node's processors for other namespaces, which a
+// burst of a second's worth at once would not, so a hundredth.
+const (
+	scheduleBurstSeconds = 1
+	deliverBurstSeconds  = 0.01
+)
+
+// newRateLimit resolves a rate's burst: 0 stands for seconds' worth of
+// the rate, at least 1.
+func newRateLimit(rate float64, burst int, seconds float64) rateLimit {
+	if rate <= 0 {
+		return rateLimit{}
 	}
-	return l
+	r := rateLimit{rate: rate, burst: float64(burst)}
+	if burst == 0 {
+		r.burst = max(1, math.Ceil(rate*seconds))
+	}
+	return r
 }
 
-// off reports whether l limits nothing.
-func (l nsLimit) off() bool { return l.maxPending == 0 && l.rate == 0 }
+// share returns a node's share of r, for a node that serves frac of the
+// cluster's shards: the rate and burst of its bucket (0: no limit).
+func (r rateLimit) share(frac float64) (rate, burst float64) {
+	if r.rate > 0 {
+		rate, burst = r.rate*frac, max(1, r.burst*frac)
+	}
+	return rate, burst
+}
+
+// admitsAll reports whether l limits nothing at Schedule.
+func (l nsLimit) admitsAll() bool { return l.maxPending == 0 && l.schedule.rate == 0 }
 
 // nsLimitEntry is one namespace's entry in the file, as written: a nil
 // field was omitted.
@@ -53,6 +79,8 @@ type nsLimitEntry struct {
 	MaxPending    *int     `json:"max_pending"`
 	ScheduleRate  *float64 `json:"schedule_rate"`
 	ScheduleBurst *int     `json:"schedule_burst"`
+	DeliverRate   *float64 `json:"deliver_rate"`
+	DeliverBurst  *int     `json:"deliver_burst"`
 }
 
 // The namespace limits file (Config.NamespaceLimitsFile, --ns-limits-file)
@@ -61,13 +89,13 @@ type nsLimitEntry struct {
 //
 //	{"namespaces": {
 //	  "orders":  {"max_pending": 5000000, "schedule_rate": 20000, "schedule_burst": 40000},
-//	  "reports": {"max_pending": 0},
+//	  "reports": {"max_pending": 0, "deliver_rate": 50000},
 //	  "noisy":   {"max_pending": 1000, "schedule_rate": 5}
 //	}}
 //
 // Each field means what its flag means (--ns-max-pending,
-// --ns-schedule-rate, --ns-schedule-burst), for that namespace alone,
-// across the cluster:
+// --ns-schedule-rate, --ns-schedule-burst, --ns-deliver-rate,
+// --ns-deliver-burst), for that namespace alone, across the cluster:
 //
 //   - A namespace absent from the file has the flags' limits.
 //   - max_pending omitted: the flag's; 0: no limit; N: N timers.
@@ -75,13 +103,15 @@ type nsLimitEntry struct {
 //     R: R timers per second.
 //   - schedule_burst goes with the schedule_rate of its entry and needs
 //     it: omitted or 0, one second's worth of that rate; B: B timers.
+//   - deliver_rate and deliver_burst are the same for deliveries, but a
+//     deliver_burst omitted or 0 is a hundredth of a second's worth.
 //
 // Unknown fields, a namespace named twice, an invalid namespace name,
 // negative numbers and a burst without a rate are errors that name the
 // namespace and the field. The file is read again when it changes
-// (looked at at most once per LimitsReloadInterval, on a Schedule or a
-// scrape) and on Server.Reload; a version that fails keeps the previous
-// one, and the error is logged.
+// (looked at at most once per LimitsReloadInterval, on a Schedule, a
+// scrape or a delivery) and on Server.Reload; a version that fails keeps
+// the previous one, and the error is logged.
 //
 // An nsLimits is such a file parsed: the entries it gives, by namespace.
 // It is immutable once parsed.
@@ -94,17 +124,25 @@ func (f nsLimits) limit(namespace string, def Limits) nsLimit {
 	if !ok {
 		return def.nsLimit()
 	}
-	maxPending, rate, burst := def.MaxPending, def.ScheduleRate, def.ScheduleBurst
+	l := def.nsLimit()
 	if e.MaxPending != nil {
-		maxPending = *e.MaxPending
+		l.maxPending = *e.MaxPending
 	}
 	if e.ScheduleRate != nil {
-		rate, burst = *e.ScheduleRate, 0
-		if e.ScheduleBurst != nil {
-			burst = *e.ScheduleBurst
-		}
+		l.schedule = newRateLimit(*e.ScheduleRate, deref(e.ScheduleBurst), scheduleBurstSeconds)
 	}
-	return newNSLimit(maxPending, rate, burst)
+	if e.DeliverRate != nil {
+		l.deliver = newRateLimit(*e.DeliverRate, deref(e.DeliverBurst), deliverBurstSeconds)
+	}
+	return l
+}
+
+// deref returns *p, or 0 for a nil p (a field omitted).
+func deref[T int | float64](p *T) T {
+	if p == nil {
+		return 0
+	}
+	return *p
 }
 
 // validate reports the first invalid field of the entry of namespace.
@@ -118,33 +156,39 @@ func (e nsLimitEntry) validate(namespace string) error {
 	if e.ScheduleBurst != nil && e.ScheduleRate == nil {
 		return bad("schedule_burst", "needs schedule_rate in the same entry")
 	}
-	deref := func(p *int) int {
-		if p == nil {
-			return 0
-		}
-		return *p
+	if e.DeliverBurst != nil && e.DeliverRate == nil {
+		return bad("deliver_burst", "needs deliver_rate in the same entry")
 	}
-	rate := 0.0
-	if e.ScheduleRate != nil {
-		rate = *e.ScheduleRate
+	if deref(e.MaxPending) < 0 {
+		return bad("max_pending", "must be >= 0 (0: no limit), got %d", *e.MaxPending)
 	}
-	return checkNSLimit(deref(e.MaxPending), rate, deref(e.ScheduleBurst), fileLimitFields, bad)
+	if err := checkRate(deref(e.ScheduleRate), deref(e.ScheduleBurst), fileLimitFields.schedule, bad); err != nil {
+		return err
+	}
+	return checkRate(deref(e.DeliverRate), deref(e.DeliverBurst), fileLimitFields.deliver, bad)
 }
 
-// limitFields names the namespace limits' fields where they are checked.
-type limitFields struct{ maxPending, rate, burst string }
+// rateFields names a rate's fields where they are checked.
+type rateFields struct{ rate, burst string }
+
+// limitFields names the namespace rates' fields where they are checked.
+type limitFields struct{ schedule, deliver rateFields }
 
 var (
-	configLimitFields = limitFields{"Limits.MaxPending", "Limits.ScheduleRate", "Limits.ScheduleBurst"}
-	fileLimitFields   = limitFields{"max_pending", "schedule_rate", "schedule_burst"}
+	configLimitFields = limitFields{
+		rateFields{"Limits.ScheduleRate", "Limits.ScheduleBurst"},
+		rateFields{"Limits.DeliverRate", "Limits.DeliverBurst"},
+	}
+	fileLimitFields = limitFields{
+		rateFields{"schedule_rate", "schedule_burst"},
+		rateFields{"deliver_rate", "deliver_burst"},
+	}
 )
 
-// checkNSLimit reports the first invalid namespace limit through bad,
-// naming it as names says.
-func checkNSLimit(maxPending int, rate float64, burst int, names limitFields, bad func(field, format string, args ...any) error) error {
+// checkRate reports an invalid rate or burst through bad, naming it as
+// names says.
+func checkRate(rate float64, burst int, names rateFields, bad func(field, format string, args ...any) error) error {
 	switch {
-	case maxPending < 0:
-		return bad(names.maxPending, "must be >= 0 (0: no limit), got %d", maxPending)
 	case rate < 0 || math.IsNaN(rate) || math.IsInf(rate, 0):
 		return bad(names.rate, "must be a finite number >= 0 (0: no limit), got %v", rate)
 	case burst < 0:
@@ -236,7 +280,7 @@ func readNSLimits(path string) (nsLimits, error) {
 const defaultLimitsLabel = "(default)"
 
 var nsLimitDesc = prometheus.NewDesc("timerd_namespace_limit",
-	"Namespace limits in force across the cluster, by namespace and kind (max_pending timers, schedule_rate timers/s, schedule_burst timers); 0 is no limit. Namespace \"(default)\" has the flags' limits, which every namespace absent from --ns-limits-file has.",
+	"Namespace limits in force across the cluster, by namespace and kind (max_pending timers, schedule_rate and deliver_rate timers/s, schedule_burst and deliver_burst timers); 0 is no limit. Namespace \"(default)\" has the flags' limits, which every namespace absent from --ns-limits-file has.",
 	[]string{"namespace", "kind"}, nil)
 
 // limitsCollector reports the namespace limits in force when scraped:
@@ -248,8 +292,10 @@ func (c limitsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- nsLimitDes
 func (c limitsCollector) Collect(ch chan<- prometheus.Metric) {
 	emit := func(ns string, l nsLimit) {
 		ch <- prometheus.MustNewConstMetric(nsLimitDesc, prometheus.GaugeValue, float64(l.maxPending), ns, "max_pending")
-		ch <- prometheus.MustNewConstMetric(nsLimitDesc, prometheus.GaugeValue, l.rate, ns, "schedule_rate")
-		ch <- prometheus.MustNewConstMetric(nsLimitDesc, prometheus.GaugeValue, l.burst, ns, "schedule_burst")
+		ch <- prometheus.MustNewConstMetric(nsLimitDesc, prometheus.GaugeValue, l.schedule.rate, ns, "schedule_rate")
+		ch <- prometheus.MustNewConstMetric(nsLimitDesc, prometheus.GaugeValue, l.schedule.burst, ns, "schedule_burst")
+		ch <- prometheus.MustNewConstMetric(nsLimitDesc, prometheus.GaugeValue, l.deliver.rate, ns, "deliver_rate")
+		ch <- prometheus.MustNewConstMetric(nsLimitDesc, prometheus.GaugeValue, l.deliver.burst, ns, "deliver_burst")
 	}
 	emit(defaultLimitsLabel, c.l.cfg.nsLimit())
 	f := c.l.overrides()

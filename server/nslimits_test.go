@@ -23,7 +23,7 @@ import (
 
 // limitsFile writes body as a namespace limits file in dir and returns
 // its path; writing again replaces it.
-func limitsFile(t *testing.T, dir, body string) string {
+func limitsFile(t testing.TB, dir, body string) string {
 	t.Helper()
 	path := filepath.Join(dir, "ns-limits.json")
 	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
@@ -214,6 +214,16 @@ func TestNamespaceLimitsFileValidate(t *testing.T) {
 		{"negative schedule_burst, decoded", "", &nsLimitEntry{ScheduleRate: &one, ScheduleBurst: &neg}, `namespaces["a"].schedule_burst must be >= 0`},
 		{"schedule_burst without schedule_rate", `{"namespaces": {"a": {"schedule_burst": 5}}}`, nil, `namespaces["a"].schedule_burst needs schedule_rate in the same entry`},
 		{"schedule_burst with no rate", `{"namespaces": {"a": {"schedule_rate": 0, "schedule_burst": 5}}}`, nil, `namespaces["a"].schedule_burst needs schedule_rate`},
+		{"deliver fields", `{"namespaces": {"a": {"deliver_rate": 50000, "deliver_burst": 100}, "b": {"deliver_rate": 0.5}}}`, nil, ""},
+		{"negative deliver_rate", `{"namespaces": {"a": {"deliver_rate": -1}}}`, nil, `namespaces["a"].deliver_rate must be a finite number >= 0`},
+		{"NaN deliver_rate", "", &nsLimitEntry{DeliverRate: &nan}, `namespaces["a"].deliver_rate must be a finite number`},
+		{"infinite deliver_rate", "", &nsLimitEntry{DeliverRate: &inf}, `namespaces["a"].deliver_rate must be a finite number`},
+		{"deliver_rate a string", `{"namespaces": {"a": {"deliver_rate": "10"}}}`, nil, `nsLimitEntry.deliver_rate`},
+		{"negative deliver_burst", `{"namespaces": {"a": {"deliver_rate": 1, "deliver_burst": -1}}}`, nil, `namespaces["a"].deliver_burst must be >= 0`},
+		{"negative deliver_burst, decoded", "", &nsLimitEntry{DeliverRate: &one, DeliverBurst: &neg}, `namespaces["a"].deliver_burst must be >= 0`},
+		{"deliver_burst without deliver_rate", `{"namespaces": {"a": {"deliver_burst": 5}}}`, nil, `namespaces["a"].deliver_burst needs deliver_rate in the same entry`},
+		{"deliver_burst with no rate", `{"namespaces": {"a": {"deliver_rate": 0, "deliver_burst": 5}}}`, nil, `namespaces["a"].deliver_burst needs deliver_rate`},
+		{"deliver_burst with the schedule_rate", `{"namespaces": {"a": {"schedule_rate": 1, "deliver_burst": 5}}}`, nil, `namespaces["a"].deliver_burst needs deliver_rate in the same entry`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var err error
@@ -252,6 +262,7 @@ func FuzzNamespaceLimitsFile(f *testing.F) {
 		`{"namespaces": {"a": {"max_pending": 10, "schedule_rate": 0.5, "schedule_burst": 3}}}`,
 		`{"namespaces": {"a": {}, "b.c-d_e": {"max_pending": 0}, "x": {"schedule_rate": 1e9}}}`,
 		`{"namespaces": {"a": {"schedule_burst": 5}}}`,
+		`{"namespaces": {"a": {"deliver_rate": 2.5, "deliver_burst": 7}, "b": {"deliver_burst": 1}}}`,
 		`{"namespaces": {"a": {"max_pending": 1}, "a": {"max_pending": 2}}}`,
 		`{"namespaces": null}`,
 		`{"namespaces": []}`,
@@ -259,7 +270,7 @@ func FuzzNamespaceLimitsFile(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	def := Limits{MaxPending: 7, ScheduleRate: 3, ScheduleBurst: 2}
+	def := Limits{MaxPending: 7, ScheduleRate: 3, ScheduleBurst: 2, DeliverRate: 1000}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		got, err := parseNSLimits(data)
 		if err != nil {
@@ -273,8 +284,10 @@ func FuzzNamespaceLimitsFile(f *testing.F) {
 				t.Fatalf("accepted an invalid entry: %v", err)
 			}
 			l := got.limit(ns, def)
-			if l.maxPending < 0 || l.rate < 0 || l.rate > 0 && l.burst < 1 || l.rate == 0 && l.burst != 0 {
-				t.Fatalf("namespace %q resolves to %+v", ns, l)
+			for _, r := range []rateLimit{l.schedule, l.deliver} {
+				if l.maxPending < 0 || r.rate < 0 || r.rate > 0 && r.burst < 1 || r.rate == 0 && r.burst != 0 {
+					t.Fatalf("namespace %q resolves to %+v", ns, l)
+				}
 			}
 			for _, frac := range []float64{1, 0.5, 1.0 / 1024} {
 				if p, _, _ := l.share(frac); p < 0 {

@@ -159,6 +159,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.reg.MustRegister(limitsCollector{s.limits})
+	s.hub.pace = newPacer(s.limits, s.readyShard)
 	s.relays = newRelays(s)
 	s.peerRelays = newPeerRelays()
 	nc := node.DefaultConfig(s.owner, cfg.DataDir)
@@ -548,6 +549,7 @@ func (s *Server) shutdown(ctx context.Context) error {
 	// The shards close last, so that the RPCs let finish above found them
 	// open: each flushes its writes and releases its lease.
 	errs = append(errs, s.node.Close(ctx))
+	s.hub.pace.close()
 	if s.grpc != nil { // it said it was serving; a failed start says only why
 		s.log.Info("stopped")
 	}

@@ -332,6 +332,14 @@ func (s *Server) giveBack(attempts []shard.Attempt) {
 	}
 }
 
+// readyShard tells shard id, if this node serves it, that a subscriber of
+// key can take deliveries.
+func (s *Server) readyShard(id uint32, key topicKey) {
+	if sh := s.shard(id); sh != nil {
+		sh.Ready(key.namespace, key.topic)
+	}
+}
+
 // readyAll tells every shard that a subscriber of key can take
 // deliveries.
 func (s *Server) readyAll(key topicKey) {

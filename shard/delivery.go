@@ -44,7 +44,8 @@ type Delivery struct {
 type Dispatcher interface {
 	// Dispatch offers d to a subscriber of its namespace and topic. It
 	// returns false when no subscriber can take it now (none connected,
-	// or none with credit): the timer then waits, without using up an
+	// or none with credit), or when the dispatcher holds it back (the
+	// server's delivery rates): the timer then waits, without using up an
 	// attempt, until Shard.Ready is called for its topic. On true,
 	// ackTimeout is how long the subscriber has to acknowledge (zero
 	// means the shard's default).
