@@ -190,6 +190,9 @@ func nodeHerdRun(b *testing.B, herd, rate int, window time.Duration, pace float6
 			cfg.NamespaceLimitsFile = limitsFile(b, b.TempDir(), fmt.Sprintf(`{"namespaces": {"a": {"deliver_rate": %g}}}`, pace))
 		}
 	})
+	// The node stops with the run, not with the benchmark: a node left
+	// running compacts its store, which the next run would pay for.
+	defer func() { _ = srv.Close(context.Background()) }()
 	// Far enough ahead for the subscribers to start and the herd to be
 	// scheduled first.
 	at := time.Now().Add(5*time.Second + time.Duration(herd)*40*time.Microsecond).Truncate(time.Millisecond)

@@ -25,6 +25,9 @@ func TestParseLimits(t *testing.T) {
 		{"namespace limits", [2]string{}, []string{"--ns-max-pending", "1000", "--ns-schedule-rate", "50.5", "--ns-schedule-burst", "200"}, func(c server.Config) bool {
 			return c.Limits.MaxPending == 1000 && c.Limits.ScheduleRate == 50.5 && c.Limits.ScheduleBurst == 200
 		}},
+		{"delivery rate", [2]string{"TIMERD_NS_DELIVER_BURST", "300"}, []string{"--ns-deliver-rate", "25000"}, func(c server.Config) bool {
+			return c.Limits.DeliverRate == 25000 && c.Limits.DeliverBurst == 300
+		}},
 		{"limits file", [2]string{"TIMERD_NS_LIMITS_FILE", "limits.json"}, nil, func(c server.Config) bool {
 			return c.NamespaceLimitsFile == "limits.json"
 		}},
@@ -65,6 +68,8 @@ func TestRunRejectsBadLimits(t *testing.T) {
 		{[]string{"--ns-max-pending", "-1"}, "Limits.MaxPending"},
 		{[]string{"--ns-schedule-rate", "-5"}, "Limits.ScheduleRate"},
 		{[]string{"--ns-schedule-burst", "5"}, "Limits.ScheduleBurst needs"},
+		{[]string{"--ns-deliver-rate", "-5"}, "Limits.DeliverRate"},
+		{[]string{"--ns-deliver-burst", "5"}, "Limits.DeliverBurst needs"},
 		{[]string{"--max-subscribe-streams", "0"}, "Limits.MaxSubscribeStreams"},
 		{[]string{"--ns-limits-file", badFile, "--data-dir", t.TempDir()}, `namespaces["orders"].max_pending must be >= 0`},
 		{[]string{"--max-concurrent-streams", "0"}, "MaxConcurrentStreams"},
