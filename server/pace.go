@@ -10,7 +10,8 @@ import (
 
 // paceRecheck is how long a namespace's delivery rate is used before the
 // pacer looks at the limits, and at the node's share of the cluster's
-// shards, again (100ms): a Dispatch does not read them for itself.
+// shards, again (100ms): deliveries do not each read them, and a rate
+// changed in the limits file applies within that.
 const paceRecheck = 100 * time.Millisecond
 
 // paceStep is how many deliveries the pacer counts on each shard it
@@ -71,7 +72,8 @@ type paceBucket struct {
 	// starved holds the shards' topics refused for want of a token, in
 	// the order they were refused, and queued the same as a set.
 	// Invariant: queued holds exactly the entries of starved; timer is
-	// armed (non-nil) while starved is not empty. Guarded by mu.
+	// armed (non-nil) while starved is not empty, until the pacer is
+	// closed. Guarded by mu.
 	starved []paceWait
 	queued  map[paceWait]struct{}
 	timer   *time.Timer
@@ -106,7 +108,10 @@ func (p *pacer) take(d *shard.Delivery) (*paceBucket, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if now.Sub(b.checked) >= paceRecheck {
-		p.checkLocked(b, now)
+		b.mu.Unlock()
+		rate, burst := p.limit(b.ns)
+		b.mu.Lock()
+		b.setLocked(rate, burst, now)
 	}
 	if b.rate == 0 {
 		return nil, true
@@ -165,12 +170,19 @@ func (p *pacer) sweep() {
 	})
 }
 
-// checkLocked reads b's namespace's delivery rate and this node's share
-// of it anew. A bucket given a rate starts full, and one whose rate or
-// burst shrank keeps no more than its new burst.
-func (p *pacer) checkLocked(b *paceBucket, now time.Time) {
+// limit returns namespace's delivery rate and burst on this node, as the
+// limits and the node's share of the cluster's shards are now. It may
+// read the limits file (see limiter.overrides), so no bucket's mu is held
+// while it runs.
+func (p *pacer) limit(namespace string) (rate, burst float64) {
 	held, total := p.l.share()
-	rate, burst := p.l.overrides().limit(b.ns, p.l.cfg).deliver.share(float64(held) / float64(total))
+	return p.l.overrides().limit(namespace, p.l.cfg).deliver.share(float64(held) / float64(total))
+}
+
+// setLocked gives b the rate and burst read at now. A bucket given a
+// rate starts full, and one whose rate or burst shrank keeps no more
+// than its new burst.
+func (b *paceBucket) setLocked(rate, burst float64, now time.Time) {
 	if b.rate == 0 && rate > 0 {
 		b.bucket = bucket{tokens: burst, at: now}
 	}
@@ -205,8 +217,9 @@ func (p *pacer) armLocked(b *paceBucket, have float64) {
 // rest.
 func (p *pacer) wake(b *paceBucket) {
 	now := time.Now()
+	rate, burst := p.limit(b.ns)
 	b.mu.Lock()
-	p.checkLocked(b, now)
+	b.setLocked(rate, burst, now)
 	n := len(b.starved)
 	if b.rate > 0 {
 		b.fill(now, b.rate, b.burst)
