@@ -111,13 +111,7 @@ func DefaultLimits() Limits {
 
 // validate reports the first invalid field through bad.
 func (l Limits) validate(bad func(field, format string, args ...any) error) error {
-	if l.MaxPending < 0 {
-		return bad("Limits.MaxPending", "must be >= 0 (0: no limit), got %d", l.MaxPending)
-	}
-	if err := checkRate(l.ScheduleRate, l.ScheduleBurst, configLimitFields.schedule, bad); err != nil {
-		return err
-	}
-	if err := checkRate(l.DeliverRate, l.DeliverBurst, configLimitFields.deliver, bad); err != nil {
+	if err := l.checkNS(configLimitFields, bad); err != nil {
 		return err
 	}
 	if l.MaxSubscribeStreams < 1 {

@@ -159,31 +159,48 @@ func (e nsLimitEntry) validate(namespace string) error {
 	if e.DeliverBurst != nil && e.DeliverRate == nil {
 		return bad("deliver_burst", "needs deliver_rate in the same entry")
 	}
-	if deref(e.MaxPending) < 0 {
-		return bad("max_pending", "must be >= 0 (0: no limit), got %d", *e.MaxPending)
+	written := Limits{
+		MaxPending:   deref(e.MaxPending),
+		ScheduleRate: deref(e.ScheduleRate), ScheduleBurst: deref(e.ScheduleBurst),
+		DeliverRate: deref(e.DeliverRate), DeliverBurst: deref(e.DeliverBurst),
 	}
-	if err := checkRate(deref(e.ScheduleRate), deref(e.ScheduleBurst), fileLimitFields.schedule, bad); err != nil {
-		return err
-	}
-	return checkRate(deref(e.DeliverRate), deref(e.DeliverBurst), fileLimitFields.deliver, bad)
+	return written.checkNS(fileLimitFields, bad)
 }
 
 // rateFields names a rate's fields where they are checked.
 type rateFields struct{ rate, burst string }
 
-// limitFields names the namespace rates' fields where they are checked.
-type limitFields struct{ schedule, deliver rateFields }
+// limitFields names the namespace limits' fields where they are checked.
+type limitFields struct {
+	maxPending        string
+	schedule, deliver rateFields
+}
 
 var (
 	configLimitFields = limitFields{
+		"Limits.MaxPending",
 		rateFields{"Limits.ScheduleRate", "Limits.ScheduleBurst"},
 		rateFields{"Limits.DeliverRate", "Limits.DeliverBurst"},
 	}
 	fileLimitFields = limitFields{
+		"max_pending",
 		rateFields{"schedule_rate", "schedule_burst"},
 		rateFields{"deliver_rate", "deliver_burst"},
 	}
 )
+
+// checkNS reports the first invalid namespace limit of l through bad,
+// naming it as names says: the flags' limits and a limits file's entry
+// are checked alike.
+func (l Limits) checkNS(names limitFields, bad func(field, format string, args ...any) error) error {
+	if l.MaxPending < 0 {
+		return bad(names.maxPending, "must be >= 0 (0: no limit), got %d", l.MaxPending)
+	}
+	if err := checkRate(l.ScheduleRate, l.ScheduleBurst, names.schedule, bad); err != nil {
+		return err
+	}
+	return checkRate(l.DeliverRate, l.DeliverBurst, names.deliver, bad)
+}
 
 // checkRate reports an invalid rate or burst through bad, naming it as
 // names says.

@@ -1,14 +1,12 @@
 package server
 
 import (
-	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/timerd/timerd/api/timerd/v1"
 	"github.com/timerd/timerd/shard"
@@ -46,14 +44,8 @@ func TestDeliverRate(t *testing.T) {
 	slow := e.subscribe(&pb.Subscription{Namespace: "slow", Topic: "t", MaxInFlight: n})
 	fast := e.subscribe(&pb.Subscription{Topic: "t", MaxInFlight: n})
 	e.waitSubscribers("t", 1)
-	due := time.Now().Add(300 * time.Millisecond)
-	var slowSpecs, fastSpecs []*pb.TimerSpec
-	for i := range n {
-		slowSpecs = append(slowSpecs, &pb.TimerSpec{Namespace: "slow", Id: fmt.Sprint("s", i), Topic: "t", When: &pb.TimerSpec_DueTime{DueTime: timestamppb.New(due)}})
-		fastSpecs = append(fastSpecs, &pb.TimerSpec{Id: fmt.Sprint("f", i), Topic: "t", When: &pb.TimerSpec_DueTime{DueTime: timestamppb.New(due)}})
-	}
-	e.schedule(slowSpecs...)
-	e.schedule(fastSpecs...)
+	e.schedule(batch("slow", "s", n, 300*time.Millisecond)...)
+	e.schedule(batch("", "f", n, 300*time.Millisecond)...)
 
 	fastGot := receiveAll(t, fast, n)
 	slowGot := receiveAll(t, slow, n)
@@ -77,7 +69,7 @@ func TestDeliverRate(t *testing.T) {
 		t.Errorf("the last of the other namespace fired at %v, not before the paced namespace's last at %v", lastFast, fired[n-1])
 	}
 	t.Logf("paced: %d deliveries over %v (%.0f/s); the other namespace's %d over %v",
-		n, fired[n-1].Sub(fired[0]), float64(n-1)/fired[n-1].Sub(fired[0]).Seconds(), n, lastFast.Sub(due))
+		n, fired[n-1].Sub(fired[0]), float64(n-1)/fired[n-1].Sub(fired[0]).Seconds(), n, lastFast.Sub(fastGot[0].GetDueTime().AsTime()))
 	if body := e.metricsText(); !strings.Contains(body, `timerd_deliveries_paced_total{namespace="slow"}`) ||
 		!strings.Contains(body, `timerd_namespace_limit{kind="deliver_rate",namespace="slow"} 200`) {
 		t.Errorf("/metrics lacks the paced namespace:\n%s", grepLines(body, "slow"))
@@ -94,12 +86,7 @@ func TestDeliverRateLifted(t *testing.T) {
 	path := limitsFile(t, dir, `{"namespaces": {"slow": {"deliver_rate": 0.2, "deliver_burst": 2}}}`)
 	e := start(t, "", func(c *Config) { c.NamespaceLimitsFile = path })
 	slow := e.subscribe(&pb.Subscription{Namespace: "slow", Topic: "t", MaxInFlight: n})
-	due := time.Now().Add(200 * time.Millisecond)
-	var specs []*pb.TimerSpec
-	for i := range n {
-		specs = append(specs, &pb.TimerSpec{Namespace: "slow", Id: fmt.Sprint("s", i), Topic: "t", When: &pb.TimerSpec_DueTime{DueTime: timestamppb.New(due)}})
-	}
-	e.schedule(specs...)
+	e.schedule(batch("slow", "s", n, 200*time.Millisecond)...)
 	got := receiveAll(t, slow, 2) // the burst
 	// At 0.2/s the next would come 5 s after the burst.
 	slow.none(time.Second)
@@ -128,12 +115,7 @@ func TestDeliverRateLifted(t *testing.T) {
 	if err := e.srv.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	specs = specs[:0]
-	due = time.Now().Add(100 * time.Millisecond)
-	for i := range 5 {
-		specs = append(specs, &pb.TimerSpec{Namespace: "slow", Id: fmt.Sprint("again", i), Topic: "t", When: &pb.TimerSpec_DueTime{DueTime: timestamppb.New(due)}})
-	}
-	e.schedule(specs...)
+	e.schedule(batch("slow", "again", 5, 100*time.Millisecond)...)
 	receiveAll(t, slow, 3)
 	slow.none(time.Second)
 }

@@ -344,9 +344,7 @@ func (s *Server) readyShard(id uint32, key topicKey) {
 // deliveries.
 func (s *Server) readyAll(key topicKey) {
 	for i := range s.node.Shards() {
-		if sh := s.node.Shard(i); sh != nil {
-			sh.Ready(key.namespace, key.topic)
-		}
+		s.readyShard(i, key)
 	}
 	s.relays.ready(key)
 }
