@@ -1,7 +1,6 @@
 package shard
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -74,8 +73,8 @@ func (s *Shard) Submit(specs []Spec) *Submitted {
 			continue
 		}
 		key := store.Key(sp.Namespace, sp.ID)
-		if t := s.timers[key]; t != nil {
-			if !sameSpec(&t.rec, sp) {
+		if t := s.timers.get(key); t != nil {
+			if !sameSpec(t, sp) {
 				res[i].Err = fmt.Errorf("%w: namespace %q id %q", ErrExists, sp.Namespace, sp.ID)
 				continue
 			}
@@ -99,7 +98,7 @@ func (s *Shard) Submit(specs []Spec) *Submitted {
 			Namespace: sp.Namespace,
 			ID:        sp.ID,
 			Topic:     sp.Topic,
-			Payload:   bytes.Clone(sp.Payload),
+			Payload:   sp.Payload, // copied into the timer's blob
 			Delay:     -1,
 			Interval:  sp.Interval.Milliseconds(),
 			Created:   now,
@@ -111,7 +110,7 @@ func (s *Shard) Submit(specs []Spec) *Submitted {
 		} else {
 			rec.SpecDue = due
 		}
-		t := s.newTimerLocked(rec)
+		t := s.newTimerLocked(&rec)
 		if err := s.occurLocked(t, due); err != nil {
 			s.removeLocked(t)
 			res[i].Err = err
@@ -234,8 +233,8 @@ func (s *Shard) Cancel(ctx context.Context, namespace string, ids []string) []er
 			res[i].Err = err
 			continue
 		}
+		s.deleteLocked(t.key())
 		s.removeLocked(t)
-		s.deleteLocked(t.key)
 		gone = append(gone, i)
 	}
 	return errs(s.submitAndWait(ctx, res, commits, gone, len(ids)))
@@ -278,12 +277,12 @@ func (s *Shard) Ack(ids []DeliveryID) (*store.Commit, error) {
 			continue
 		}
 		if s.cfg.Events != nil {
-			s.cfg.Events.Acked(t.rec.Namespace)
+			s.cfg.Events.Acked(t.namespace())
 		}
 		if t.rec.Interval <= 0 {
-			s.removeLocked(t)
-			s.deleteLocked(t.key)
+			s.deleteLocked(t.key())
 			s.tombstoneLocked(t, now)
+			s.removeLocked(t)
 			continue
 		}
 		n := int64(1)
@@ -292,8 +291,8 @@ func (s *Shard) Ack(ids []DeliveryID) (*store.Commit, error) {
 		}
 		if err := s.occurLocked(t, t.rec.Due+n*t.rec.Interval); err != nil {
 			// Past the wheel's horizon (~139 years): nothing more to fire.
+			s.deleteLocked(t.key())
 			s.removeLocked(t)
-			s.deleteLocked(t.key)
 		}
 	}
 	c := s.submitLocked()
@@ -442,7 +441,7 @@ func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topi
 		switch {
 		case err != nil:
 			res[i].Err = err
-		case topic != "" && t.rec.Topic != topic:
+		case topic != "" && t.topic() != topic:
 			res[i].Err = fmt.Errorf("%w: namespace %q id %q has another topic", ErrNotFound, namespace, id)
 		case t.rec.State != store.Dead:
 			res[i].Err = fmt.Errorf("%w: namespace %q id %q is %v", ErrNotDead, namespace, id, t.state())
@@ -486,7 +485,7 @@ func (s *Shard) replayAllUnlock(ctx context.Context, namespace, topic string, at
 	var keys []string
 	prefix := namespace + "\x00"
 	for key := range s.dead {
-		if t := s.timers[key]; strings.HasPrefix(key, prefix) && (topic == "" || t.rec.Topic == topic) {
+		if t := s.timers.get(key); strings.HasPrefix(key, prefix) && (topic == "" || t.topic() == topic) {
 			keys = append(keys, key)
 		}
 	}
@@ -509,7 +508,7 @@ func (s *Shard) replayAllUnlock(ctx context.Context, namespace, topic string, at
 		for _, key := range page {
 			// Cancelled, replayed or rescheduled since the keys were
 			// listed: no longer this call's.
-			if t := s.timers[key]; t != nil && t.rec.State == store.Dead && (topic == "" || t.rec.Topic == topic) {
+			if t := s.timers.get(key); t != nil && t.rec.State == store.Dead && (topic == "" || t.topic() == topic) {
 				// ResolveDue checked at against the clock, but the
 				// wheel's horizon counts from where the wheel is: a
 				// timer it refuses stays a dead letter.
@@ -543,7 +542,7 @@ func (s *Shard) lookupLocked(namespace, id string) (*timer, error) {
 	if err := ValidID(id); err != nil {
 		return nil, fmt.Errorf("id: %w", err)
 	}
-	t := s.timers[store.Key(namespace, id)]
+	t := s.timers.get(store.Key(namespace, id))
 	if t == nil {
 		return nil, fmt.Errorf("%w: namespace %q id %q", ErrNotFound, namespace, id)
 	}
@@ -555,7 +554,7 @@ func (s *Shard) occurrenceLocked(id *DeliveryID) *timer {
 	if id.Shard != s.id {
 		return nil
 	}
-	t := s.timers[store.Key(id.Namespace, id.TimerID)]
+	t := s.timers.get(store.Key(id.Namespace, id.TimerID))
 	if t == nil || t.rec.OccEpoch != id.OccEpoch || t.rec.OccSeq != id.OccSeq {
 		return nil
 	}
@@ -565,18 +564,18 @@ func (s *Shard) occurrenceLocked(id *DeliveryID) *timer {
 func (s *Shard) snapshotLocked(t *timer) Timer {
 	tm := Timer{
 		Spec: Spec{
-			Namespace: t.rec.Namespace,
-			ID:        t.rec.ID,
-			Topic:     t.rec.Topic,
+			Namespace: t.namespace(),
+			ID:        t.id(),
+			Topic:     t.topic(),
 			Due:       time.UnixMilli(t.rec.Due),
-			Payload:   t.rec.Payload,
+			Payload:   t.payload(),
 			Interval:  time.Duration(t.rec.Interval) * time.Millisecond,
 		},
 		State:    t.state(),
 		Attempts: t.attempts,
 		Shard:    s.id,
 		Created:  time.UnixMilli(t.rec.Created),
-		Reason:   t.rec.Reason,
+		Reason:   t.reason(),
 	}
 	if t.rec.Delay >= 0 {
 		tm.Delay = time.Duration(t.rec.Delay) * time.Millisecond

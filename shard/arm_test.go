@@ -174,7 +174,7 @@ func TestUnarmable(t *testing.T) {
 			t.Fatalf("Reschedule(p) = %v, want ErrInvalidDue", r.Err)
 		}
 		s.mu.Lock()
-		armed := s.timers[store.Key("ns", "p")].armed
+		armed := s.timers.get(store.Key("ns", "p")).armed
 		s.mu.Unlock()
 		if !armed {
 			t.Fatal("a refused Reschedule disarmed the timer")

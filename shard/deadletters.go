@@ -18,13 +18,13 @@ func (x *deadIndex) insert(t *timer) {
 		x.byNamespace = make(map[string]*deadSet)
 		x.byTopic = make(map[topicKey]*deadSet)
 	}
-	ns := x.byNamespace[t.rec.Namespace]
+	ns := x.byNamespace[t.namespace()]
 	if ns == nil {
 		ns = &deadSet{}
-		x.byNamespace[t.rec.Namespace] = ns
+		x.byNamespace[t.namespace()] = ns
 	}
 	ns.insert(t)
-	tk := topicKey{t.rec.Namespace, t.rec.Topic}
+	tk := topicKey{t.namespace(), t.topic()}
 	tp := x.byTopic[tk]
 	if tp == nil {
 		tp = &deadSet{}
@@ -34,11 +34,11 @@ func (x *deadIndex) insert(t *timer) {
 }
 
 func (x *deadIndex) remove(t *timer) {
-	if ns := x.byNamespace[t.rec.Namespace]; ns != nil && ns.remove(t.rec.ID) && ns.len == 0 {
-		delete(x.byNamespace, t.rec.Namespace)
+	if ns := x.byNamespace[t.namespace()]; ns != nil && ns.remove(t.id()) && ns.len == 0 {
+		delete(x.byNamespace, t.namespace())
 	}
-	tk := topicKey{t.rec.Namespace, t.rec.Topic}
-	if tp := x.byTopic[tk]; tp != nil && tp.remove(t.rec.ID) && tp.len == 0 {
+	tk := topicKey{t.namespace(), t.topic()}
+	if tp := x.byTopic[tk]; tp != nil && tp.remove(t.id()) && tp.len == 0 {
 		delete(x.byTopic, tk)
 	}
 }
@@ -77,7 +77,7 @@ func insertNode(n, x *deadNode) *deadNode {
 	if n == nil {
 		return x
 	}
-	if x.t.rec.ID < n.t.rec.ID {
+	if x.t.id() < n.t.id() {
 		n.left = insertNode(n.left, x)
 		if n.left.prio > n.prio {
 			l := n.left // rotate right
@@ -110,7 +110,7 @@ func removeNode(n *deadNode, id string) (*deadNode, bool) {
 		return nil, false
 	}
 	var ok bool
-	switch c := strings.Compare(id, n.t.rec.ID); {
+	switch c := strings.Compare(id, n.t.id()); {
 	case c < 0:
 		n.left, ok = removeNode(n.left, id)
 	case c > 0:
@@ -145,7 +145,7 @@ func (d *deadSet) appendAfter(out []*timer, after string, limit int) []*timer {
 	var buf [64]*deadNode
 	stack := buf[:0]
 	for n := d.root; n != nil; {
-		if n.t.rec.ID > after {
+		if n.t.id() > after {
 			stack = append(stack, n)
 			n = n.left
 		} else {

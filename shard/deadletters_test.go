@@ -328,13 +328,13 @@ func deadLettersScan(s *Shard, namespace, topic, after string, limit int) ([]Tim
 		if !ok || id <= after {
 			continue
 		}
-		t := s.timers[key]
-		if topic != "" && t.rec.Topic != topic {
+		t := s.timers.get(key)
+		if topic != "" && t.topic() != topic {
 			continue
 		}
 		hits = append(hits, t)
 	}
-	slices.SortFunc(hits, func(a, b *timer) int { return strings.Compare(a.rec.ID, b.rec.ID) })
+	slices.SortFunc(hits, func(a, b *timer) int { return strings.Compare(a.id(), b.id()) })
 	limit = max(limit, 1)
 	more := len(hits) > limit
 	if more {

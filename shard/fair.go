@@ -22,16 +22,16 @@ type fairQueue struct {
 // nsQueue is one namespace's due timers, oldest at head.
 type nsQueue struct {
 	ns    string
-	items []*timer
+	items []waitEntry
 	head  int
 }
 
 // len returns the entries queued, stale ones included.
 func (f *fairQueue) len() int { return f.n }
 
-// push queues t behind the due timers of its namespace.
-func (f *fairQueue) push(t *timer) {
-	ns := t.rec.Namespace
+// push queues e behind the due timers of its namespace.
+func (f *fairQueue) push(e waitEntry) {
+	ns := e.t.namespace()
 	q := f.last
 	if q == nil || q.ns != ns {
 		q = f.queues[ns]
@@ -56,24 +56,24 @@ func (f *fairQueue) push(t *timer) {
 		q.items = q.items[:n]
 		q.head = 0
 	}
-	q.items = append(q.items, t)
+	q.items = append(q.items, e)
 	f.n++
 	f.last = q
 }
 
-// pop returns the oldest timer of the next namespace in turn, or nil when
-// nothing is queued. The entry may be stale: its timer is no longer
-// queued (see timer.queued).
-func (f *fairQueue) pop() *timer {
+// pop returns the oldest entry of the next namespace in turn; ok is false
+// when nothing is queued. The entry may be stale: its timer is no longer
+// queued there (see waitEntry.due).
+func (f *fairQueue) pop() (e waitEntry, ok bool) {
 	if f.n == 0 {
-		return nil
+		return waitEntry{}, false
 	}
 	if f.next >= len(f.ring) {
 		f.next = 0
 	}
 	q := f.ring[f.next]
-	t := q.items[q.head]
-	q.items[q.head] = nil // let the timer go once it is handled
+	e = q.items[q.head]
+	q.items[q.head] = waitEntry{}
 	q.head++
 	f.n--
 	if q.head == len(q.items) {
@@ -88,8 +88,8 @@ func (f *fairQueue) pop() *timer {
 		f.ring[f.next] = f.ring[last]
 		f.ring[last] = nil
 		f.ring = f.ring[:last]
-		return t
+		return e, true
 	}
 	f.next++
-	return t
+	return e, true
 }

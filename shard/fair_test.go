@@ -23,17 +23,16 @@ func TestFairQueueOrder(t *testing.T) {
 			var f fairQueue
 			order := map[string][]string{} // keys pushed per namespace
 			for i, ns := range tc.push {
-				tm := &timer{key: fmt.Sprint(i)}
-				tm.rec.Namespace = ns
-				f.push(tm)
-				order[ns] = append(order[ns], tm.key)
+				tm := testTimer(ns, fmt.Sprint(i))
+				f.push(waitEntry{t: tm})
+				order[ns] = append(order[ns], tm.id())
 			}
 			var got []string
-			for tm := f.pop(); tm != nil; tm = f.pop() {
-				ns := tm.rec.Namespace
+			for e, ok := f.pop(); ok; e, ok = f.pop() {
+				ns := e.t.namespace()
 				got = append(got, ns)
-				if tm.key != order[ns][0] {
-					t.Fatalf("namespace %s popped %s before %s", ns, tm.key, order[ns][0])
+				if e.t.id() != order[ns][0] {
+					t.Fatalf("namespace %s popped %s before %s", ns, e.t.id(), order[ns][0])
 				}
 				order[ns] = order[ns][1:]
 			}
@@ -243,31 +242,34 @@ func TestFairQueueStreamKeepsSmallArray(t *testing.T) {
 		herd = 200_000 // entries streamed through
 	)
 	for i := range held {
-		tm := &timer{key: fmt.Sprint(i)}
-		tm.rec.Namespace = "a"
-		f.push(tm)
+		f.push(waitEntry{t: testTimer("a", fmt.Sprint(i))})
 	}
 	next := 0 // key of the next pop
 	for i := held; i < herd; i++ {
-		tm := &timer{key: fmt.Sprint(i)}
-		tm.rec.Namespace = "a"
-		f.push(tm)
-		got := f.pop()
-		if want := fmt.Sprint(next); got.key != want {
-			t.Fatalf("popped %s, want %s", got.key, want)
+		f.push(waitEntry{t: testTimer("a", fmt.Sprint(i))})
+		got, _ := f.pop()
+		if want := fmt.Sprint(next); got.t.id() != want {
+			t.Fatalf("popped %s, want %s", got.t.id(), want)
 		}
 		next++
 		if c := cap(f.queues["a"].items); c > 4*held {
 			t.Fatalf("after %d pushes the queue holding %d has an array of %d", i+1, f.len(), c)
 		}
 	}
-	for tm := f.pop(); tm != nil; tm = f.pop() {
-		if want := fmt.Sprint(next); tm.key != want {
-			t.Fatalf("popped %s, want %s", tm.key, want)
+	for e, ok := f.pop(); ok; e, ok = f.pop() {
+		if want := fmt.Sprint(next); e.t.id() != want {
+			t.Fatalf("popped %s, want %s", e.t.id(), want)
 		}
 		next++
 	}
 	if next != herd {
 		t.Fatalf("popped %d of %d", next, herd)
 	}
+}
+
+// testTimer returns a timer of namespace and id, held by no table.
+func testTimer(namespace, id string) *timer {
+	t := new(timer)
+	t.setBlob(namespace, id, "topic", nil, "")
+	return t
 }

@@ -36,7 +36,7 @@
 // # Invariants
 //
 // Under Shard.mu:
-//   - every timer is in timers under its key, and its slot in slots;
+//   - every timer is in timers, found by its key (see table);
 //   - a Pending or InFlight timer that is not waiting for a subscriber is
 //     armed in the wheel exactly once: at rec.Next while pending, at its
 //     ack deadline while in flight; a waiting or Dead timer is not armed;
@@ -123,11 +123,8 @@ type Shard struct {
 	mu sync.Mutex
 	// Invariants: see the package doc.
 	wheel  *wheel.Wheel
-	timers map[string]*timer
-	slots  []*timer
-	free   []uint64 // unused indexes of slots
+	timers *table
 	dead   map[string]struct{}
-	names  map[string]string // interned namespaces and topics
 	// waiting holds, per topic, due timers no subscriber could take, in
 	// the order they came due. A timer cancelled or moved while it waits
 	// leaves a stale entry behind, which draining skips and compaction
@@ -208,21 +205,34 @@ type waitQueue struct {
 	live int
 }
 
-// waitEntry is one visit of a timer to its topic's queue.
+// waitEntry is one visit of a timer to a queue: its topic's in waiting,
+// or the backlog.
 type waitEntry struct {
 	t     *timer
 	visit uint32 // t.visit when it was queued
 }
 
-// live reports whether e's timer still waits at e: it has not been
-// dispatched, cancelled or moved since, nor come back for a later visit.
+// live reports whether e's timer still waits at e in its topic's queue:
+// it has not been dispatched, cancelled or moved since, nor come back for
+// a later visit, nor left its slot to another timer.
 func (e waitEntry) live() bool { return e.t.waiting && e.t.visit == e.visit }
 
-// timer is a timer in memory.
+// due reports whether e's timer is still in the backlog at e: it has not
+// been re-armed or removed since it came due.
+func (e waitEntry) due() bool { return e.t.queued && e.t.visit == e.visit }
+
+// timer is a timer in memory, in its slot of the shard's table. Nothing
+// in it is a pointer but blob and commit (see table).
 type timer struct {
-	rec  store.Record
-	key  string
-	slot uint64 // index in Shard.slots
+	rec record
+	// blob holds the timer's strings and payload (see setBlob), which
+	// are not written again: a reason makes a new blob.
+	blob string
+	// nsLen, keyLen, topicEnd and payloadEnd are the ends, in blob, of
+	// the namespace, the key, the topic and the payload.
+	nsLen, keyLen, topicEnd, payloadEnd uint32
+	slot                                uint32 // in Shard.timers
+	hnext                               uint32 // next slot in the key's index chain, or noSlot
 	// handle is the timer's wheel entry; valid when armed.
 	handle wheel.Handle
 	armed  bool
@@ -240,8 +250,10 @@ type timer struct {
 	// Invariant: while in flight, rec.Attempts == attempts-1 and
 	// rec.LastAttempt is the attempt before's (firing writes nothing).
 	attempts uint32
-	// visit counts the timer's visits to its topic's queue, so that a
-	// stale entry from an earlier visit is told from the current one.
+	// visit counts the visits of the timer's slot to a queue (the
+	// backlog or its topic's queue), so that a stale entry from an
+	// earlier visit, or of an earlier timer of the slot, is told from the
+	// current one. Invariant: it only grows (see table).
 	visit uint32
 	sent  int64 // unix ms of the last attempt
 	// commit reports the durability of the timer's last write.
@@ -295,10 +307,9 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 		loopDone:   make(chan struct{}),
 		keepDone:   make(chan struct{}),
 		wheel:      w,
-		timers:     make(map[string]*timer),
+		timers:     newTable(),
 		dead:       make(map[string]struct{}),
 		gone:       make(map[string]goneMark),
-		names:      make(map[string]string),
 		waiting:    make(map[topicKey]*waitQueue),
 		ready:      make(map[topicKey]struct{}),
 		perNS:      make(map[string]int),
@@ -326,7 +337,7 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 		s.releaseLease()
 		return nil, fmt.Errorf("shard %d: load: %w", cfg.ID, err)
 	}
-	s.log.Debug("shard loaded", "timers", len(s.timers), "dead", len(s.dead), "took", time.Since(began))
+	s.log.Debug("shard loaded", "timers", s.timers.len(), "dead", len(s.dead), "took", time.Since(began))
 	s.mu.Lock()
 	s.startCountingLocked()
 	until := s.validUntil
@@ -340,11 +351,10 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 }
 
 func (s *Shard) loadLocked(rec *store.Record) {
-	key := store.Key(rec.Namespace, rec.ID)
-	if old := s.timers[key]; old != nil {
+	if old := s.timers.get(store.Key(rec.Namespace, rec.ID)); old != nil {
 		s.removeLocked(old) // a scan may repeat a key
 	}
-	t := s.newTimerLocked(*rec)
+	t := s.newTimerLocked(rec)
 	t.attempts = rec.Attempts
 	t.sent = rec.LastAttempt
 	if rec.State == store.Dead {
@@ -393,7 +403,7 @@ type Stats struct {
 func (s *Shard) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Stats{Timers: len(s.timers), InFlight: s.inFlight, Dead: len(s.dead)}
+	return Stats{Timers: s.timers.len(), InFlight: s.inFlight, Dead: len(s.dead)}
 }
 
 // Close stops firing, waits until the shard's writes are durable and
@@ -651,13 +661,14 @@ func (s *Shard) stepLocked(budget int) (wait time.Duration, busy, ok bool) {
 		s.takeDueLocked(nowMs, take)
 	}
 	for budget > 0 {
-		t := s.backlog.pop()
-		if t == nil {
+		e, ok := s.backlog.pop()
+		if !ok {
 			break
 		}
-		if !t.queued {
+		if !e.due() {
 			continue // re-armed or removed since it came due
 		}
+		t := e.t
 		t.queued = false
 		budget--
 		if t.inFlight {
@@ -719,9 +730,10 @@ func (s *Shard) takeDueLocked(now int64, limit int) {
 		s.fired = s.wheel.AdvanceLimit(now, s.fired, take-first)
 	}
 	for _, f := range s.fired {
-		t := s.slots[f.Value]
+		t := s.timers.at(uint32(f.Value))
 		t.armed, t.queued = false, true
-		s.backlog.push(t)
+		t.visit++
+		s.backlog.push(waitEntry{t: t, visit: t.visit})
 	}
 }
 
@@ -751,7 +763,7 @@ func (s *Shard) commitFailedLocked() bool {
 // deliverLocked hands a due timer to the dispatcher, or queues it for its
 // topic when no subscriber can take it.
 func (s *Shard) deliverLocked(t *timer, now int64) {
-	tk := topicKey{t.rec.Namespace, t.rec.Topic}
+	tk := topicKey{t.namespace(), t.topic()}
 	q := s.waiting[tk]
 	if q == nil && s.dispatchLocked(t, now, false) {
 		return
@@ -805,7 +817,7 @@ func (s *Shard) unwaitLocked(t *timer) {
 		return
 	}
 	t.waiting = false
-	tk := topicKey{t.rec.Namespace, t.rec.Topic}
+	tk := topicKey{t.namespace(), t.topic()}
 	if q := s.waiting[tk]; q != nil {
 		q.live--
 		s.tidyLocked(tk, q)
@@ -839,10 +851,10 @@ func (s *Shard) tidyLocked(tk topicKey, q *waitQueue) {
 func (s *Shard) dispatchLocked(t *timer, now int64, waited bool) bool {
 	d := Delivery{
 		ID:        s.ids.id(s.deliveryID(t)),
-		Namespace: t.rec.Namespace,
-		TimerID:   t.rec.ID,
-		Topic:     t.rec.Topic,
-		Payload:   t.rec.Payload,
+		Namespace: t.namespace(),
+		TimerID:   t.id(),
+		Topic:     t.topic(),
+		Payload:   t.payload(),
 		Due:       time.UnixMilli(t.rec.Due),
 		Fired:     s.clock.Now(),
 		Attempt:   t.attempts + 1,
@@ -878,7 +890,7 @@ func (s *Shard) dispatchLocked(t *timer, now int64, waited bool) bool {
 const maxAckTimeout = 24 * time.Hour
 
 func (s *Shard) deliveryID(t *timer) DeliveryID {
-	return DeliveryID{Shard: s.id, Namespace: t.rec.Namespace, TimerID: t.rec.ID, OccEpoch: t.rec.OccEpoch, OccSeq: t.rec.OccSeq}
+	return DeliveryID{Shard: s.id, Namespace: t.namespace(), TimerID: t.id(), OccEpoch: t.rec.OccEpoch, OccSeq: t.rec.OccSeq}
 }
 
 // timeoutLocked ends an attempt that was not acked, because its deadline
@@ -915,11 +927,11 @@ func (s *Shard) buryLocked(t *timer, reason string) {
 	t.rec.LastAttempt = t.sent
 	t.rec.State = store.Dead
 	t.rec.Next = t.rec.Due
-	t.rec.Reason = reason
+	t.setReason(reason)
 	s.addDeadLocked(t)
 	s.putLocked(t)
 	if s.cfg.Events != nil {
-		s.cfg.Events.DeadLettered(t.rec.Namespace)
+		s.cfg.Events.DeadLettered(t.namespace())
 	}
 }
 
@@ -987,7 +999,7 @@ func (s *Shard) tombstoneLocked(t *timer, now int64) {
 	if t.rec.Req == 0 || now >= until {
 		return
 	}
-	s.keepGoneLocked(t.key, goneMark{req: t.rec.Req, due: t.rec.Due, until: until})
+	s.keepGoneLocked(t.key(), goneMark{req: t.rec.Req, due: t.rec.Due, until: until})
 }
 
 // retriedLocked returns the tombstone of key if req (non-zero) is a retry
@@ -1019,40 +1031,12 @@ func (s *Shard) forgetLocked(now int64, limit int) int {
 	return n
 }
 
-// newTimerLocked adds a timer for rec to the maps, unarmed. The id shares
-// the key's memory and namespaces and topics are interned: a shard of a
-// million timers then holds two strings per timer, not five, which is
-// less memory and less for the garbage collector to mark.
-func (s *Shard) newTimerLocked(rec store.Record) *timer {
-	key := store.Key(rec.Namespace, rec.ID)
-	rec.ID = key[len(rec.Namespace)+1:]
-	rec.Namespace = s.internLocked(rec.Namespace)
-	rec.Topic = s.internLocked(rec.Topic)
-	t := &timer{rec: rec, key: key}
-	if n := len(s.free); n > 0 {
-		t.slot = s.free[n-1]
-		s.free = s.free[:n-1]
-		s.slots[t.slot] = t
-	} else {
-		t.slot = uint64(len(s.slots))
-		s.slots = append(s.slots, t)
-	}
-	s.timers[t.key] = t
-	s.countLocked(rec.Namespace, 1)
+// newTimerLocked adds a timer for rec, whose key the shard does not
+// hold, to the table, unarmed. It does not retain rec.
+func (s *Shard) newTimerLocked(rec *store.Record) *timer {
+	t := s.timers.add(rec)
+	s.countLocked(t.namespace(), 1)
 	return t
-}
-
-// maxInterned bounds the interned names; beyond it names are not shared.
-const maxInterned = 1 << 16
-
-func (s *Shard) internLocked(name string) string {
-	if v, ok := s.names[name]; ok {
-		return v
-	}
-	if len(s.names) < maxInterned {
-		s.names[name] = name
-	}
-	return name
 }
 
 // removeLocked forgets t entirely.
@@ -1061,17 +1045,15 @@ func (s *Shard) removeLocked(t *timer) {
 	s.landLocked(t)
 	s.unwaitLocked(t)
 	s.dropDeadLocked(t)
-	delete(s.timers, t.key)
-	s.countLocked(t.rec.Namespace, -1)
-	s.slots[t.slot] = nil
-	s.free = append(s.free, t.slot)
+	s.countLocked(t.namespace(), -1)
+	s.timers.remove(t)
 }
 
 // armLocked puts t in the wheel at due (unix ms), in place of the entry
 // it had, and takes it out of the backlog. If the wheel refuses due
 // (past its horizon), t is left as it was.
 func (s *Shard) armLocked(t *timer, due int64) error {
-	h, err := s.wheel.Add(due, t.slot)
+	h, err := s.wheel.Add(due, uint64(t.slot))
 	if err != nil {
 		return fmt.Errorf("due_time: %w: %w", ErrInvalidDue, err)
 	}
@@ -1115,14 +1097,14 @@ func (s *Shard) occurLocked(t *timer, due int64) error {
 	t.rec.State = store.Pending
 	t.rec.Attempts, t.attempts = 0, 0
 	t.rec.LastAttempt, t.sent = 0, 0
-	t.rec.Reason = ""
+	t.setReason("")
 	s.putLocked(t)
 	return nil
 }
 
 // addDeadLocked records that t, whose record is final, is a dead letter.
 func (s *Shard) addDeadLocked(t *timer) {
-	s.dead[t.key] = struct{}{}
+	s.dead[t.key()] = struct{}{}
 	s.deadMu.Lock()
 	s.deadIdx.insert(t)
 	s.deadMu.Unlock()
@@ -1134,14 +1116,15 @@ func (s *Shard) dropDeadLocked(t *timer) {
 	if t.rec.State != store.Dead {
 		return
 	}
-	delete(s.dead, t.key)
+	delete(s.dead, t.key())
 	s.deadMu.Lock()
 	s.deadIdx.remove(t)
 	s.deadMu.Unlock()
 }
 
 func (s *Shard) putLocked(t *timer) {
-	s.ops = append(s.ops, store.Op{Key: t.key, Value: t.rec.AppendBinary(nil)})
+	rec := t.record()
+	s.ops = append(s.ops, store.Op{Key: t.key(), Value: rec.AppendBinary(nil)})
 	if !t.dirty {
 		t.dirty = true
 		s.touched = append(s.touched, t)

@@ -734,7 +734,7 @@ func TestStopsFiringWithoutLease(t *testing.T) {
 				t.Fatalf("Get without the lease = %v, want ErrNotOwner", err)
 			}
 			s.mu.Lock()
-			after := s.timers[store.Key("ns", "after")]
+			after := s.timers.get(store.Key("ns", "after"))
 			pending := after != nil && after.state() == Pending
 			s.mu.Unlock()
 			if !pending {

@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"time"
 	"unicode/utf8"
-
-	"github.com/timerd/timerd/store"
 )
 
 // Limits of a timer's fields, from the public contract.
@@ -194,12 +192,13 @@ func delayMilli(d time.Duration) int64 {
 	return (d + time.Millisecond - 1).Milliseconds()
 }
 
-// sameSpec reports whether a retried Schedule asks for what rec holds. A
+// sameSpec reports whether a retried Schedule asks for what t holds. A
 // spec given as a delay is compared by its delay in whole milliseconds,
 // not the due time it resolved to, since a retry arrives later: another
 // delay is another spec, even one that would resolve to the same time.
-func sameSpec(rec *store.Record, spec *Spec) bool {
-	if rec.Topic != spec.Topic || rec.Interval != spec.Interval.Milliseconds() || string(rec.Payload) != string(spec.Payload) {
+func sameSpec(t *timer, spec *Spec) bool {
+	rec := &t.rec
+	if t.topic() != spec.Topic || rec.Interval != spec.Interval.Milliseconds() || string(t.payload()) != string(spec.Payload) {
 		return false
 	}
 	if spec.Due.IsZero() {

@@ -1,0 +1,148 @@
+package shard
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/timerd/timerd/store"
+)
+
+// TestTableModel adds and removes random keys, with hashes narrowed so
+// that most keys share a chain, and checks the table against a map after
+// every step: every key held is found with its fields, no other key is,
+// and a slot's visit never goes back.
+func TestTableModel(t *testing.T) {
+	for _, mask := range []uint64{0, 3, 255, ^uint64(0)} {
+		t.Run(fmt.Sprintf("mask %#x", mask), func(t *testing.T) {
+			tb := newTable()
+			tb.mask = mask
+			rng := rand.New(rand.NewPCG(1, mask))
+			held := map[string]*timer{}
+			visits := map[uint32]uint32{} // the highest visit seen per slot
+			for step := range 20_000 {
+				id := fmt.Sprint(rng.IntN(300))
+				key := store.Key("ns", id)
+				if tm := held[key]; tm != nil {
+					tb.remove(tm)
+					delete(held, key)
+				} else {
+					rec := store.Record{Namespace: "ns", ID: id, Topic: "topic." + id, Payload: []byte("payload " + id), Due: int64(step), Reason: "r" + id}
+					tm := tb.add(&rec)
+					if tm.visit < visits[tm.slot] {
+						t.Fatalf("step %d: slot %d reused with visit %d after %d", step, tm.slot, tm.visit, visits[tm.slot])
+					}
+					tm.visit++ // as a queue would
+					visits[tm.slot] = tm.visit
+					held[key] = tm
+				}
+				if tb.len() != len(held) {
+					t.Fatalf("step %d: len %d, want %d", step, tb.len(), len(held))
+				}
+				if step%97 != 0 {
+					continue
+				}
+				for i := range 300 {
+					id := fmt.Sprint(i)
+					key := store.Key("ns", id)
+					got, want := tb.get(key), held[key]
+					if got != want {
+						t.Fatalf("step %d: get(%q) = %p, want %p", step, id, got, want)
+					}
+					if got == nil {
+						continue
+					}
+					r := got.record()
+					if r.Namespace != "ns" || r.ID != id || r.Topic != "topic."+id || string(r.Payload) != "payload "+id || r.Reason != "r"+id {
+						t.Fatalf("step %d: record of %q = %+v", step, id, r)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestTableStaleEntry checks that an entry left in a queue by a timer
+// that is gone does not match the timer that takes its slot, queued
+// there or waiting anywhere.
+func TestTableStaleEntry(t *testing.T) {
+	tb := newTable()
+	a := tb.add(&store.Record{Namespace: "ns", ID: "a", Topic: "t"})
+	a.queued = true
+	a.visit++
+	stale := waitEntry{t: a, visit: a.visit}
+	if !stale.due() {
+		t.Fatal("a's own entry is not due")
+	}
+	tb.remove(a)
+	b := tb.add(&store.Record{Namespace: "ns", ID: "b", Topic: "t"})
+	if b != a {
+		t.Fatal("b did not take a's slot")
+	}
+	b.queued, b.waiting = true, true
+	if stale.due() || stale.live() {
+		t.Fatal("a's entry matches b, which took its slot")
+	}
+	b.visit++
+	if stale.due() || stale.live() {
+		t.Fatal("a's entry matches b's first visit")
+	}
+}
+
+// TestTableRecordRoundTrip checks that a timer gives back the record it
+// was made of, an empty payload as nil, and keeps it across a new reason.
+func TestTableRecordRoundTrip(t *testing.T) {
+	for _, rec := range []store.Record{
+		{Namespace: "n", ID: "i", Topic: "t"},
+		{Namespace: "orders", ID: "o-1", Topic: "orders.timeout", Payload: []byte{0, 1, 2}, Due: 5, Next: 9, SpecDue: 5, Delay: -1,
+			Interval: 7, Created: 1, State: store.Dead, Attempts: 3, LastAttempt: 8, Reason: "why", OccEpoch: 2, OccSeq: 4, Req: 6, ReqAt: 1},
+	} {
+		tb := newTable()
+		tm := tb.add(&rec)
+		got := tm.record()
+		if a, b := got.AppendBinary(nil), rec.AppendBinary(nil); string(a) != string(b) {
+			t.Fatalf("record() = %+v, want %+v", got, rec)
+		}
+		if len(rec.Payload) == 0 && got.Payload != nil {
+			t.Fatalf("empty payload = %#v, want nil", got.Payload)
+		}
+		tm.setReason("another")
+		got = tm.record()
+		got.Reason = rec.Reason
+		if a, b := got.AppendBinary(nil), rec.AppendBinary(nil); string(a) != string(b) || tm.reason() != "another" {
+			t.Fatalf("after setReason: %+v, reason %q", got, tm.reason())
+		}
+	}
+}
+
+// BenchmarkTableGet is a lookup by key in a table of a million timers,
+// beside a map from key to timer, the index it replaced.
+func BenchmarkTableGet(b *testing.B) {
+	const n = 1_000_000
+	keys := make([]string, n)
+	tb := newTable()
+	byKey := make(map[string]*timer, n)
+	for i := range keys {
+		keys[i] = store.Key("bench", "t"+fmt.Sprint(i))
+		rec := store.Record{Namespace: "bench", ID: "t" + fmt.Sprint(i), Topic: "orders.timeout"}
+		byKey[keys[i]] = tb.add(&rec)
+	}
+	b.Run("table", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			if tb.get(keys[i]) == nil {
+				b.Fatal("not found")
+			}
+			i = (i + 7919) % n
+		}
+	})
+	b.Run("map", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			if byKey[keys[i]] == nil {
+				b.Fatal("not found")
+			}
+			i = (i + 7919) % n
+		}
+	})
+}
