@@ -63,6 +63,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -999,7 +1000,9 @@ func (s *Shard) tombstoneLocked(t *timer, now int64) {
 	if t.rec.Req == 0 || now >= until {
 		return
 	}
-	s.keepGoneLocked(t.key(), goneMark{req: t.rec.Req, due: t.rec.Due, until: until})
+	// A copy of the key: the tombstone outlives the timer, whose blob
+	// holds its payload too.
+	s.keepGoneLocked(strings.Clone(t.key()), goneMark{req: t.rec.Req, due: t.rec.Due, until: until})
 }
 
 // retriedLocked returns the tombstone of key if req (non-zero) is a retry
