@@ -82,7 +82,7 @@ func (s *Shard) Submit(specs []Spec) *Submitted {
 			if t.dirty {
 				fresh = append(fresh, i) // created earlier in this batch
 			} else {
-				commits[i] = t.commit
+				commits[i] = s.lastSub
 			}
 			continue
 		}
@@ -173,7 +173,7 @@ func (s *Shard) Reschedule(ctx context.Context, namespace string, moves []Move) 
 			// if t is dirty: then an earlier item of this very call set
 			// Req, and this one is the next move of the same id.
 			res[i].Due = time.UnixMilli(t.rec.Due)
-			commits[i] = t.commit
+			commits[i] = s.lastSub
 			continue
 		case t.rec.State == store.Dead:
 			res[i].Err = fmt.Errorf("%w: namespace %q id %q: replay it instead", ErrDead, namespace, m.ID)
@@ -190,7 +190,7 @@ func (s *Shard) Reschedule(ctx context.Context, namespace string, moves []Move) 
 			case t.dirty:
 				moved = append(moved, i) // moved earlier in this batch
 			default:
-				commits[i] = t.commit
+				commits[i] = s.lastSub
 			}
 			continue
 		}

@@ -167,7 +167,12 @@ type Shard struct {
 	ids      idArena       // makes the ids of deliveries
 	ops      []store.Op    // writes not yet submitted
 	touched  []*timer      // timers whose writes are in ops
-	lastSub  *store.Commit // the last submitted writes
+	// lastSub is the last submitted writes. The group commit makes a
+	// shard's writes durable in the order they were submitted, so once
+	// lastSub is, every write before it is: a call that depends on an
+	// earlier write (a retry answered from memory) waits for lastSub,
+	// and timers do not each keep the Commit of their last write.
+	lastSub *store.Commit
 	// steps counts the loop's steps; stepped is broadcast after each, so
 	// settle can wait for a step that began after it was called.
 	steps   uint64
@@ -223,7 +228,7 @@ func (e waitEntry) live() bool { return e.t.waiting && e.t.visit == e.visit }
 func (e waitEntry) due() bool { return e.t.queued && e.t.visit == e.visit }
 
 // timer is a timer in memory, in its slot of the shard's table. Nothing
-// in it is a pointer but blob and commit (see table).
+// in it is a pointer but blob (see table).
 type timer struct {
 	rec record
 	// blob holds the timer's strings and payload (see setBlob), which
@@ -257,8 +262,6 @@ type timer struct {
 	// current one. Invariant: it only grows (see table).
 	visit uint32
 	sent  int64 // unix ms of the last attempt
-	// commit reports the durability of the timer's last write.
-	commit *store.Commit
 }
 
 func (t *timer) state() State {
@@ -1149,7 +1152,7 @@ func (s *Shard) submitLocked() *store.Commit {
 	s.ops = nil
 	s.lastSub = c
 	for _, t := range s.touched {
-		t.commit, t.dirty = c, false
+		t.dirty = false
 	}
 	clear(s.touched)
 	s.touched = s.touched[:0]

@@ -12,7 +12,7 @@ import (
 // with Shard.mu held.
 //
 // It is laid out for the garbage collector. A timer holds no pointer but
-// its blob (its strings and payload, one object) and its commit; the slab
+// its blob (its strings and payload, one object); the slab
 // is a few hundred chunks, and the index maps hashes to slots, so holds
 // nothing for the collector to follow. A shard of a million timers is
 // then a million small objects without pointers and a few hundred chunks
