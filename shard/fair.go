@@ -29,9 +29,9 @@ type nsQueue struct {
 // len returns the entries queued, stale ones included.
 func (f *fairQueue) len() int { return f.n }
 
-// push queues e behind the due timers of its namespace.
-func (f *fairQueue) push(e waitEntry) {
-	ns := e.t.namespace()
+// push queues e, of a timer of namespace ns, behind the due timers of
+// ns.
+func (f *fairQueue) push(e waitEntry, ns string) {
 	q := f.last
 	if q == nil || q.ns != ns {
 		q = f.queues[ns]
@@ -73,7 +73,6 @@ func (f *fairQueue) pop() (e waitEntry, ok bool) {
 	}
 	q := f.ring[f.next]
 	e = q.items[q.head]
-	q.items[q.head] = waitEntry{}
 	q.head++
 	f.n--
 	if q.head == len(q.items) {

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/timerd/timerd/store"
 )
 
 func TestFairQueueOrder(t *testing.T) {
@@ -21,18 +23,19 @@ func TestFairQueueOrder(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var f fairQueue
-			order := map[string][]string{} // keys pushed per namespace
+			tb := newTable()
+			order := map[string][]uint32{} // slots pushed per namespace
 			for i, ns := range tc.push {
-				tm := testTimer(ns, fmt.Sprint(i))
-				f.push(waitEntry{t: tm})
-				order[ns] = append(order[ns], tm.id())
+				tm := tb.add(&store.Record{Namespace: ns, ID: fmt.Sprint(i), Topic: "topic"})
+				f.push(waitEntry{slot: tm.slot}, ns)
+				order[ns] = append(order[ns], tm.slot)
 			}
 			var got []string
 			for e, ok := f.pop(); ok; e, ok = f.pop() {
-				ns := e.t.namespace()
+				ns := tb.at(e.slot).namespace()
 				got = append(got, ns)
-				if e.t.id() != order[ns][0] {
-					t.Fatalf("namespace %s popped %s before %s", ns, e.t.id(), order[ns][0])
+				if e.slot != order[ns][0] {
+					t.Fatalf("namespace %s popped slot %d before %d", ns, e.slot, order[ns][0])
 				}
 				order[ns] = order[ns][1:]
 			}
@@ -242,14 +245,14 @@ func TestFairQueueStreamKeepsSmallArray(t *testing.T) {
 		herd = 200_000 // entries streamed through
 	)
 	for i := range held {
-		f.push(waitEntry{t: testTimer("a", fmt.Sprint(i))})
+		f.push(waitEntry{slot: uint32(i)}, "a")
 	}
 	next := 0 // key of the next pop
 	for i := held; i < herd; i++ {
-		f.push(waitEntry{t: testTimer("a", fmt.Sprint(i))})
+		f.push(waitEntry{slot: uint32(i)}, "a")
 		got, _ := f.pop()
-		if want := fmt.Sprint(next); got.t.id() != want {
-			t.Fatalf("popped %s, want %s", got.t.id(), want)
+		if got.slot != uint32(next) {
+			t.Fatalf("popped %d, want %d", got.slot, next)
 		}
 		next++
 		if c := cap(f.queues["a"].items); c > 4*held {
@@ -257,19 +260,12 @@ func TestFairQueueStreamKeepsSmallArray(t *testing.T) {
 		}
 	}
 	for e, ok := f.pop(); ok; e, ok = f.pop() {
-		if want := fmt.Sprint(next); e.t.id() != want {
-			t.Fatalf("popped %s, want %s", e.t.id(), want)
+		if e.slot != uint32(next) {
+			t.Fatalf("popped %d, want %d", e.slot, next)
 		}
 		next++
 	}
 	if next != herd {
 		t.Fatalf("popped %d of %d", next, herd)
 	}
-}
-
-// testTimer returns a timer of namespace and id, held by no table.
-func testTimer(namespace, id string) *timer {
-	t := new(timer)
-	t.setBlob(namespace, id, "topic", nil, "")
-	return t
 }

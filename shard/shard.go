@@ -212,20 +212,27 @@ type waitQueue struct {
 }
 
 // waitEntry is one visit of a timer to a queue: its topic's in waiting,
-// or the backlog.
+// or the backlog. It names the timer's slot rather than point at it, so
+// the queues of a herd hold nothing for the garbage collector to follow.
 type waitEntry struct {
-	t     *timer
-	visit uint32 // t.visit when it was queued
+	slot  uint32 // the timer's slot in Shard.timers
+	visit uint32 // the timer's visit when it was queued
 }
 
-// live reports whether e's timer still waits at e in its topic's queue:
-// it has not been dispatched, cancelled or moved since, nor come back for
-// a later visit, nor left its slot to another timer.
-func (e waitEntry) live() bool { return e.t.waiting && e.t.visit == e.visit }
+// live returns e's timer if it still waits at e in its topic's queue: it
+// has not been dispatched, cancelled or moved since, nor come back for a
+// later visit, nor left its slot to another timer.
+func (e waitEntry) live(tb *table) (*timer, bool) {
+	t := tb.at(e.slot)
+	return t, t.waiting && t.visit == e.visit
+}
 
-// due reports whether e's timer is still in the backlog at e: it has not
+// due returns e's timer if it is still in the backlog at e: it has not
 // been re-armed or removed since it came due.
-func (e waitEntry) due() bool { return e.t.queued && e.t.visit == e.visit }
+func (e waitEntry) due(tb *table) (*timer, bool) {
+	t := tb.at(e.slot)
+	return t, t.queued && t.visit == e.visit
+}
 
 // timer is a timer in memory, in its slot of the shard's table. Nothing
 // in it is a pointer but blob (see table).
@@ -669,10 +676,10 @@ func (s *Shard) stepLocked(budget int) (wait time.Duration, busy, ok bool) {
 		if !ok {
 			break
 		}
-		if !e.due() {
+		t, due := e.due(s.timers)
+		if !due {
 			continue // re-armed or removed since it came due
 		}
-		t := e.t
 		t.queued = false
 		budget--
 		if t.inFlight {
@@ -737,7 +744,7 @@ func (s *Shard) takeDueLocked(now int64, limit int) {
 		t := s.timers.at(uint32(f.Value))
 		t.armed, t.queued = false, true
 		t.visit++
-		s.backlog.push(waitEntry{t: t, visit: t.visit})
+		s.backlog.push(waitEntry{slot: t.slot, visit: t.visit}, t.namespace())
 	}
 }
 
@@ -778,7 +785,7 @@ func (s *Shard) deliverLocked(t *timer, now int64) {
 	}
 	t.waiting = true
 	t.visit++
-	q.entries = append(q.entries, waitEntry{t: t, visit: t.visit})
+	q.entries = append(q.entries, waitEntry{slot: t.slot, visit: t.visit})
 	q.live++
 }
 
@@ -792,17 +799,17 @@ func (s *Shard) drainLocked(tk topicKey, now int64, limit int) int {
 	}
 	i, sent := 0, 0
 	for ; i < len(q.entries); i++ {
-		e := q.entries[i]
-		if !e.live() {
+		t, live := q.entries[i].live(s.timers)
+		if !live {
 			continue // cancelled, rescheduled or acked while waiting
 		}
 		if sent == limit {
 			s.ready[tk] = struct{}{}
 			break
 		}
-		e.t.waiting = false
-		if !s.dispatchLocked(e.t, now, true) {
-			e.t.waiting = true
+		t.waiting = false
+		if !s.dispatchLocked(t, now, true) {
+			t.waiting = true
 			break
 		}
 		q.live--
@@ -838,11 +845,10 @@ func (s *Shard) tidyLocked(tk topicKey, q *waitQueue) {
 	case len(q.entries)-q.live > q.live:
 		kept := q.entries[:0]
 		for _, e := range q.entries {
-			if e.live() {
+			if _, live := e.live(s.timers); live {
 				kept = append(kept, e)
 			}
 		}
-		clear(q.entries[len(kept):]) // let the stale timers go
 		if cap(kept) > 4*len(kept) {
 			kept = slices.Clone(kept) // and the array of a burst
 		}

@@ -70,8 +70,8 @@ func TestTableStaleEntry(t *testing.T) {
 	a := tb.add(&store.Record{Namespace: "ns", ID: "a", Topic: "t"})
 	a.queued = true
 	a.visit++
-	stale := waitEntry{t: a, visit: a.visit}
-	if !stale.due() {
+	stale := waitEntry{slot: a.slot, visit: a.visit}
+	if _, due := stale.due(tb); !due {
 		t.Fatal("a's own entry is not due")
 	}
 	tb.remove(a)
@@ -80,11 +80,11 @@ func TestTableStaleEntry(t *testing.T) {
 		t.Fatal("b did not take a's slot")
 	}
 	b.queued, b.waiting = true, true
-	if stale.due() || stale.live() {
+	if stale.matches(tb) {
 		t.Fatal("a's entry matches b, which took its slot")
 	}
 	b.visit++
-	if stale.due() || stale.live() {
+	if stale.matches(tb) {
 		t.Fatal("a's entry matches b's first visit")
 	}
 }
@@ -145,4 +145,12 @@ func BenchmarkTableGet(b *testing.B) {
 			i = (i + 7919) % n
 		}
 	})
+}
+
+// matches reports whether e names its slot's timer, in the backlog or in
+// its topic's queue.
+func (e waitEntry) matches(tb *table) bool {
+	_, due := e.due(tb)
+	_, live := e.live(tb)
+	return due || live
 }
