@@ -74,7 +74,7 @@ func (s *Shard) Submit(specs []Spec) *Submitted {
 		}
 		key := store.Key(sp.Namespace, sp.ID)
 		if t := s.timers.get(key); t != nil {
-			if !sameSpec(t, sp) {
+			if !sameSpec(s.timers, t, sp) {
 				res[i].Err = fmt.Errorf("%w: namespace %q id %q", ErrExists, sp.Namespace, sp.ID)
 				continue
 			}
@@ -233,7 +233,7 @@ func (s *Shard) Cancel(ctx context.Context, namespace string, ids []string) []er
 			res[i].Err = err
 			continue
 		}
-		s.deleteLocked(t.key())
+		s.deleteLocked(s.timers.key(t))
 		s.removeLocked(t)
 		gone = append(gone, i)
 	}
@@ -277,10 +277,10 @@ func (s *Shard) Ack(ids []DeliveryID) (*store.Commit, error) {
 			continue
 		}
 		if s.cfg.Events != nil {
-			s.cfg.Events.Acked(t.namespace())
+			s.cfg.Events.Acked(s.timers.namespace(t))
 		}
 		if t.rec.Interval <= 0 {
-			s.deleteLocked(t.key())
+			s.deleteLocked(s.timers.key(t))
 			s.tombstoneLocked(t, now)
 			s.removeLocked(t)
 			continue
@@ -291,7 +291,7 @@ func (s *Shard) Ack(ids []DeliveryID) (*store.Commit, error) {
 		}
 		if err := s.occurLocked(t, t.rec.Due+n*t.rec.Interval); err != nil {
 			// Past the wheel's horizon (~139 years): nothing more to fire.
-			s.deleteLocked(t.key())
+			s.deleteLocked(s.timers.key(t))
 			s.removeLocked(t)
 		}
 	}
@@ -441,7 +441,7 @@ func (s *Shard) Replay(ctx context.Context, namespace string, ids []string, topi
 		switch {
 		case err != nil:
 			res[i].Err = err
-		case topic != "" && t.topic() != topic:
+		case topic != "" && s.timers.topic(t) != topic:
 			res[i].Err = fmt.Errorf("%w: namespace %q id %q has another topic", ErrNotFound, namespace, id)
 		case t.rec.State != store.Dead:
 			res[i].Err = fmt.Errorf("%w: namespace %q id %q is %v", ErrNotDead, namespace, id, t.state())
@@ -485,7 +485,7 @@ func (s *Shard) replayAllUnlock(ctx context.Context, namespace, topic string, at
 	var keys []string
 	prefix := namespace + "\x00"
 	for key := range s.dead {
-		if t := s.timers.get(key); strings.HasPrefix(key, prefix) && (topic == "" || t.topic() == topic) {
+		if t := s.timers.get(key); strings.HasPrefix(key, prefix) && (topic == "" || s.timers.topic(t) == topic) {
 			keys = append(keys, key)
 		}
 	}
@@ -508,7 +508,7 @@ func (s *Shard) replayAllUnlock(ctx context.Context, namespace, topic string, at
 		for _, key := range page {
 			// Cancelled, replayed or rescheduled since the keys were
 			// listed: no longer this call's.
-			if t := s.timers.get(key); t != nil && t.rec.State == store.Dead && (topic == "" || t.topic() == topic) {
+			if t := s.timers.get(key); t != nil && t.rec.State == store.Dead && (topic == "" || s.timers.topic(t) == topic) {
 				// ResolveDue checked at against the clock, but the
 				// wheel's horizon counts from where the wheel is: a
 				// timer it refuses stays a dead letter.
@@ -564,18 +564,18 @@ func (s *Shard) occurrenceLocked(id *DeliveryID) *timer {
 func (s *Shard) snapshotLocked(t *timer) Timer {
 	tm := Timer{
 		Spec: Spec{
-			Namespace: t.namespace(),
-			ID:        t.id(),
-			Topic:     t.topic(),
+			Namespace: s.timers.namespace(t),
+			ID:        s.timers.id(t),
+			Topic:     s.timers.topic(t),
 			Due:       time.UnixMilli(t.rec.Due),
-			Payload:   t.payload(),
+			Payload:   s.timers.payload(t),
 			Interval:  time.Duration(t.rec.Interval) * time.Millisecond,
 		},
 		State:    t.state(),
 		Attempts: t.attempts,
 		Shard:    s.id,
 		Created:  time.UnixMilli(t.rec.Created),
-		Reason:   t.reason(),
+		Reason:   s.timers.reason(t),
 	}
 	if t.rec.Delay >= 0 {
 		tm.Delay = time.Duration(t.rec.Delay) * time.Millisecond

@@ -13,32 +13,37 @@ type deadIndex struct {
 	byTopic     map[topicKey]*deadSet
 }
 
-func (x *deadIndex) insert(t *timer) {
+// insert adds t, of namespace, topic and id. It keeps copies of the
+// strings: those of the table point into its byte chunks, which it drops
+// when it compacts them.
+func (x *deadIndex) insert(t *timer, namespace, topic, id string) {
 	if x.byNamespace == nil {
 		x.byNamespace = make(map[string]*deadSet)
 		x.byTopic = make(map[topicKey]*deadSet)
 	}
-	ns := x.byNamespace[t.namespace()]
+	id = strings.Clone(id)
+	ns := x.byNamespace[namespace]
 	if ns == nil {
 		ns = &deadSet{}
-		x.byNamespace[t.namespace()] = ns
+		x.byNamespace[strings.Clone(namespace)] = ns
 	}
-	ns.insert(t)
-	tk := topicKey{t.namespace(), t.topic()}
+	ns.insert(t, id)
+	tk := topicKey{namespace, topic}
 	tp := x.byTopic[tk]
 	if tp == nil {
 		tp = &deadSet{}
-		x.byTopic[tk] = tp
+		x.byTopic[topicKey{strings.Clone(namespace), strings.Clone(topic)}] = tp
 	}
-	tp.insert(t)
+	tp.insert(t, id)
 }
 
-func (x *deadIndex) remove(t *timer) {
-	if ns := x.byNamespace[t.namespace()]; ns != nil && ns.remove(t.id()) && ns.len == 0 {
-		delete(x.byNamespace, t.namespace())
+// remove takes out the timer of namespace, topic and id.
+func (x *deadIndex) remove(namespace, topic, id string) {
+	if ns := x.byNamespace[namespace]; ns != nil && ns.remove(id) && ns.len == 0 {
+		delete(x.byNamespace, namespace)
 	}
-	tk := topicKey{t.namespace(), t.topic()}
-	if tp := x.byTopic[tk]; tp != nil && tp.remove(t.id()) && tp.len == 0 {
+	tk := topicKey{namespace, topic}
+	if tp := x.byTopic[tk]; tp != nil && tp.remove(id) && tp.len == 0 {
 		delete(x.byTopic, tk)
 	}
 }
@@ -63,13 +68,14 @@ type deadSet struct {
 
 type deadNode struct {
 	t           *timer
+	id          string // t's
 	prio        uint32
 	left, right *deadNode
 }
 
 // insert adds t, whose id must not be in the set.
-func (d *deadSet) insert(t *timer) {
-	d.root = insertNode(d.root, &deadNode{t: t, prio: rand.Uint32()})
+func (d *deadSet) insert(t *timer, id string) {
+	d.root = insertNode(d.root, &deadNode{t: t, id: id, prio: rand.Uint32()})
 	d.len++
 }
 
@@ -77,7 +83,7 @@ func insertNode(n, x *deadNode) *deadNode {
 	if n == nil {
 		return x
 	}
-	if x.t.id() < n.t.id() {
+	if x.id < n.id {
 		n.left = insertNode(n.left, x)
 		if n.left.prio > n.prio {
 			l := n.left // rotate right
@@ -110,7 +116,7 @@ func removeNode(n *deadNode, id string) (*deadNode, bool) {
 		return nil, false
 	}
 	var ok bool
-	switch c := strings.Compare(id, n.t.id()); {
+	switch c := strings.Compare(id, n.id); {
 	case c < 0:
 		n.left, ok = removeNode(n.left, id)
 	case c > 0:
@@ -145,7 +151,7 @@ func (d *deadSet) appendAfter(out []*timer, after string, limit int) []*timer {
 	var buf [64]*deadNode
 	stack := buf[:0]
 	for n := d.root; n != nil; {
-		if n.t.id() > after {
+		if n.id > after {
 			stack = append(stack, n)
 			n = n.left
 		} else {

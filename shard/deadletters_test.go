@@ -329,12 +329,12 @@ func deadLettersScan(s *Shard, namespace, topic, after string, limit int) ([]Tim
 			continue
 		}
 		t := s.timers.get(key)
-		if topic != "" && t.topic() != topic {
+		if topic != "" && s.timers.topic(t) != topic {
 			continue
 		}
 		hits = append(hits, t)
 	}
-	slices.SortFunc(hits, func(a, b *timer) int { return strings.Compare(a.id(), b.id()) })
+	slices.SortFunc(hits, func(a, b *timer) int { return strings.Compare(s.timers.id(a), s.timers.id(b)) })
 	limit = max(limit, 1)
 	more := len(hits) > limit
 	if more {

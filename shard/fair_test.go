@@ -23,7 +23,7 @@ func TestFairQueueOrder(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var f fairQueue
-			tb := newTable()
+			tb := newTable(new(sync.Mutex))
 			order := map[string][]uint32{} // slots pushed per namespace
 			for i, ns := range tc.push {
 				tm := tb.add(&store.Record{Namespace: ns, ID: fmt.Sprint(i), Topic: "topic"})
@@ -32,7 +32,7 @@ func TestFairQueueOrder(t *testing.T) {
 			}
 			var got []string
 			for e, ok := f.pop(); ok; e, ok = f.pop() {
-				ns := tb.at(e.slot).namespace()
+				ns := tb.namespace(tb.at(e.slot))
 				got = append(got, ns)
 				if e.slot != order[ns][0] {
 					t.Fatalf("namespace %s popped slot %d before %d", ns, e.slot, order[ns][0])

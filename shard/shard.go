@@ -235,14 +235,15 @@ func (e waitEntry) due(tb *table) (*timer, bool) {
 }
 
 // timer is a timer in memory, in its slot of the shard's table. Nothing
-// in it is a pointer but blob (see table).
+// in it is a pointer (see table).
 type timer struct {
 	rec record
-	// blob holds the timer's strings and payload (see setBlob), which
-	// are not written again: a reason makes a new blob.
-	blob string
-	// nsLen, keyLen, topicEnd and payloadEnd are the ends, in blob, of
-	// the namespace, the key, the topic and the payload.
+	// The timer's blob, its strings and payload (see table.setBlob),
+	// is blobLen bytes at off in the table's byte chunk number chunk.
+	// It is not written again: a new reason makes a new blob.
+	chunk, off, blobLen uint32
+	// nsLen, keyLen, topicEnd and payloadEnd are the ends, in the blob,
+	// of the namespace, the key, the topic and the payload.
 	nsLen, keyLen, topicEnd, payloadEnd uint32
 	slot                                uint32 // in Shard.timers
 	hnext                               uint32 // next slot in the key's index chain, or noSlot
@@ -318,7 +319,6 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 		loopDone:   make(chan struct{}),
 		keepDone:   make(chan struct{}),
 		wheel:      w,
-		timers:     newTable(),
 		dead:       make(map[string]struct{}),
 		gone:       make(map[string]goneMark),
 		waiting:    make(map[topicKey]*waitQueue),
@@ -327,6 +327,7 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 		validUntil: start.Add(cfg.LeaseTTL - cfg.ClockDrift),
 	}
 	s.stepped.L = &s.mu
+	s.timers = newTable(&s.deadMu)
 	// The keeper runs from the start: the lease counts from Acquire, and
 	// loading a big shard can take a good part of its TTL.
 	go s.keepLease(s.clock.NewAlarm(cfg.LeaseTTL / 3))
@@ -744,7 +745,7 @@ func (s *Shard) takeDueLocked(now int64, limit int) {
 		t := s.timers.at(uint32(f.Value))
 		t.armed, t.queued = false, true
 		t.visit++
-		s.backlog.push(waitEntry{slot: t.slot, visit: t.visit}, t.namespace())
+		s.backlog.push(waitEntry{slot: t.slot, visit: t.visit}, s.timers.namespace(t))
 	}
 }
 
@@ -774,7 +775,7 @@ func (s *Shard) commitFailedLocked() bool {
 // deliverLocked hands a due timer to the dispatcher, or queues it for its
 // topic when no subscriber can take it.
 func (s *Shard) deliverLocked(t *timer, now int64) {
-	tk := topicKey{t.namespace(), t.topic()}
+	tk := topicKey{s.timers.namespace(t), s.timers.topic(t)}
 	q := s.waiting[tk]
 	if q == nil && s.dispatchLocked(t, now, false) {
 		return
@@ -828,7 +829,7 @@ func (s *Shard) unwaitLocked(t *timer) {
 		return
 	}
 	t.waiting = false
-	tk := topicKey{t.namespace(), t.topic()}
+	tk := topicKey{s.timers.namespace(t), s.timers.topic(t)}
 	if q := s.waiting[tk]; q != nil {
 		q.live--
 		s.tidyLocked(tk, q)
@@ -861,10 +862,10 @@ func (s *Shard) tidyLocked(tk topicKey, q *waitQueue) {
 func (s *Shard) dispatchLocked(t *timer, now int64, waited bool) bool {
 	d := Delivery{
 		ID:        s.ids.id(s.deliveryID(t)),
-		Namespace: t.namespace(),
-		TimerID:   t.id(),
-		Topic:     t.topic(),
-		Payload:   t.payload(),
+		Namespace: s.timers.namespace(t),
+		TimerID:   s.timers.id(t),
+		Topic:     s.timers.topic(t),
+		Payload:   s.timers.payload(t),
 		Due:       time.UnixMilli(t.rec.Due),
 		Fired:     s.clock.Now(),
 		Attempt:   t.attempts + 1,
@@ -900,7 +901,7 @@ func (s *Shard) dispatchLocked(t *timer, now int64, waited bool) bool {
 const maxAckTimeout = 24 * time.Hour
 
 func (s *Shard) deliveryID(t *timer) DeliveryID {
-	return DeliveryID{Shard: s.id, Namespace: t.namespace(), TimerID: t.id(), OccEpoch: t.rec.OccEpoch, OccSeq: t.rec.OccSeq}
+	return DeliveryID{Shard: s.id, Namespace: s.timers.namespace(t), TimerID: s.timers.id(t), OccEpoch: t.rec.OccEpoch, OccSeq: t.rec.OccSeq}
 }
 
 // timeoutLocked ends an attempt that was not acked, because its deadline
@@ -937,11 +938,11 @@ func (s *Shard) buryLocked(t *timer, reason string) {
 	t.rec.LastAttempt = t.sent
 	t.rec.State = store.Dead
 	t.rec.Next = t.rec.Due
-	t.setReason(reason)
+	s.timers.setReason(t, reason)
 	s.addDeadLocked(t)
 	s.putLocked(t)
 	if s.cfg.Events != nil {
-		s.cfg.Events.DeadLettered(t.namespace())
+		s.cfg.Events.DeadLettered(s.timers.namespace(t))
 	}
 }
 
@@ -1011,7 +1012,7 @@ func (s *Shard) tombstoneLocked(t *timer, now int64) {
 	}
 	// A copy of the key: the tombstone outlives the timer, whose blob
 	// holds its payload too.
-	s.keepGoneLocked(strings.Clone(t.key()), goneMark{req: t.rec.Req, due: t.rec.Due, until: until})
+	s.keepGoneLocked(strings.Clone(s.timers.key(t)), goneMark{req: t.rec.Req, due: t.rec.Due, until: until})
 }
 
 // retriedLocked returns the tombstone of key if req (non-zero) is a retry
@@ -1047,7 +1048,7 @@ func (s *Shard) forgetLocked(now int64, limit int) int {
 // hold, to the table, unarmed. It does not retain rec.
 func (s *Shard) newTimerLocked(rec *store.Record) *timer {
 	t := s.timers.add(rec)
-	s.countLocked(t.namespace(), 1)
+	s.countLocked(s.timers.namespace(t), 1)
 	return t
 }
 
@@ -1057,7 +1058,7 @@ func (s *Shard) removeLocked(t *timer) {
 	s.landLocked(t)
 	s.unwaitLocked(t)
 	s.dropDeadLocked(t)
-	s.countLocked(t.namespace(), -1)
+	s.countLocked(s.timers.namespace(t), -1)
 	s.timers.remove(t)
 }
 
@@ -1109,16 +1110,16 @@ func (s *Shard) occurLocked(t *timer, due int64) error {
 	t.rec.State = store.Pending
 	t.rec.Attempts, t.attempts = 0, 0
 	t.rec.LastAttempt, t.sent = 0, 0
-	t.setReason("")
+	s.timers.setReason(t, "")
 	s.putLocked(t)
 	return nil
 }
 
 // addDeadLocked records that t, whose record is final, is a dead letter.
 func (s *Shard) addDeadLocked(t *timer) {
-	s.dead[t.key()] = struct{}{}
+	s.dead[s.timers.key(t)] = struct{}{}
 	s.deadMu.Lock()
-	s.deadIdx.insert(t)
+	s.deadIdx.insert(t, s.timers.namespace(t), s.timers.topic(t), s.timers.id(t))
 	s.deadMu.Unlock()
 }
 
@@ -1128,15 +1129,15 @@ func (s *Shard) dropDeadLocked(t *timer) {
 	if t.rec.State != store.Dead {
 		return
 	}
-	delete(s.dead, t.key())
+	delete(s.dead, s.timers.key(t))
 	s.deadMu.Lock()
-	s.deadIdx.remove(t)
+	s.deadIdx.remove(s.timers.namespace(t), s.timers.topic(t), s.timers.id(t))
 	s.deadMu.Unlock()
 }
 
 func (s *Shard) putLocked(t *timer) {
-	rec := t.record()
-	s.ops = append(s.ops, store.Op{Key: t.key(), Value: rec.AppendBinary(nil)})
+	rec := s.timers.record(t)
+	s.ops = append(s.ops, store.Op{Key: s.timers.key(t), Value: rec.AppendBinary(nil)})
 	if !t.dirty {
 		t.dirty = true
 		s.touched = append(s.touched, t)

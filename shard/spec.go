@@ -196,9 +196,9 @@ func delayMilli(d time.Duration) int64 {
 // spec given as a delay is compared by its delay in whole milliseconds,
 // not the due time it resolved to, since a retry arrives later: another
 // delay is another spec, even one that would resolve to the same time.
-func sameSpec(t *timer, spec *Spec) bool {
+func sameSpec(tb *table, t *timer, spec *Spec) bool {
 	rec := &t.rec
-	if t.topic() != spec.Topic || rec.Interval != spec.Interval.Milliseconds() || string(t.payload()) != string(spec.Payload) {
+	if tb.topic(t) != spec.Topic || rec.Interval != spec.Interval.Milliseconds() || string(tb.payload(t)) != string(spec.Payload) {
 		return false
 	}
 	if spec.Due.IsZero() {

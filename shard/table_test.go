@@ -3,31 +3,53 @@ package shard
 import (
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"testing"
 
 	"github.com/timerd/timerd/store"
 )
 
-// TestTableModel adds and removes random keys, with hashes narrowed so
-// that most keys share a chain, and checks the table against a map after
-// every step: every key held is found with its fields, no other key is,
-// and a slot's visit never goes back.
+// TestTableModel adds and removes random keys with payloads of up to 3
+// KB, and now and then one bigger than a quarter chunk, with hashes
+// narrowed so that most keys share a chain, and checks the table against
+// a map: every key held is found with its fields, no other key is, a
+// slot's visit never goes back, the byte chunks hold no more than twice
+// the live blobs and a chunk's worth, and a payload handed out stays as
+// it was after its timer is gone and its chunk compacted.
 func TestTableModel(t *testing.T) {
 	for _, mask := range []uint64{0, 3, 255, ^uint64(0)} {
 		t.Run(fmt.Sprintf("mask %#x", mask), func(t *testing.T) {
-			tb := newTable()
+			tb := newTable(new(sync.Mutex))
 			tb.mask = mask
 			rng := rand.New(rand.NewPCG(1, mask))
 			held := map[string]*timer{}
+			payloads := map[string][]byte{}
 			visits := map[uint32]uint32{} // the highest visit seen per slot
+			type handed struct {
+				got  []byte
+				want string
+			}
+			var out []handed
 			for step := range 20_000 {
 				id := fmt.Sprint(rng.IntN(300))
 				key := store.Key("ns", id)
 				if tm := held[key]; tm != nil {
+					if step%50 == 0 {
+						out = append(out, handed{tb.payload(tm), string(payloads[key])})
+					}
 					tb.remove(tm)
 					delete(held, key)
 				} else {
-					rec := store.Record{Namespace: "ns", ID: id, Topic: "topic." + id, Payload: []byte("payload " + id), Due: int64(step), Reason: "r" + id}
+					n := rng.IntN(3000)
+					if rng.IntN(100) == 0 {
+						n = blobChunkSize/4 + rng.IntN(1000)
+					}
+					payload := make([]byte, n)
+					for i := range payload {
+						payload[i] = byte(step + i)
+					}
+					payloads[key] = payload
+					rec := store.Record{Namespace: "ns", ID: id, Topic: "topic." + id, Payload: payload, Due: int64(step), Reason: "r" + id}
 					tm := tb.add(&rec)
 					if tm.visit < visits[tm.slot] {
 						t.Fatalf("step %d: slot %d reused with visit %d after %d", step, tm.slot, tm.visit, visits[tm.slot])
@@ -52,10 +74,23 @@ func TestTableModel(t *testing.T) {
 					if got == nil {
 						continue
 					}
-					r := got.record()
-					if r.Namespace != "ns" || r.ID != id || r.Topic != "topic."+id || string(r.Payload) != "payload "+id || r.Reason != "r"+id {
+					r := tb.record(got)
+					if r.Namespace != "ns" || r.ID != id || r.Topic != "topic."+id || string(r.Payload) != string(payloads[key]) || r.Reason != "r"+id {
 						t.Fatalf("step %d: record of %q = %+v", step, id, r)
 					}
+				}
+				live, size := 0, 0
+				for _, c := range tb.blobs {
+					live += c.live
+					size += len(c.buf)
+				}
+				if size > 2*live+2*blobChunkSize {
+					t.Fatalf("step %d: chunks of %d bytes hold %d live", step, size, live)
+				}
+			}
+			for i, h := range out {
+				if string(h.got) != h.want {
+					t.Fatalf("payload %d handed out changed after its timer went", i)
 				}
 			}
 		})
@@ -66,7 +101,7 @@ func TestTableModel(t *testing.T) {
 // that is gone does not match the timer that takes its slot, queued
 // there or waiting anywhere.
 func TestTableStaleEntry(t *testing.T) {
-	tb := newTable()
+	tb := newTable(new(sync.Mutex))
 	a := tb.add(&store.Record{Namespace: "ns", ID: "a", Topic: "t"})
 	a.queued = true
 	a.visit++
@@ -97,20 +132,20 @@ func TestTableRecordRoundTrip(t *testing.T) {
 		{Namespace: "orders", ID: "o-1", Topic: "orders.timeout", Payload: []byte{0, 1, 2}, Due: 5, Next: 9, SpecDue: 5, Delay: -1,
 			Interval: 7, Created: 1, State: store.Dead, Attempts: 3, LastAttempt: 8, Reason: "why", OccEpoch: 2, OccSeq: 4, Req: 6, ReqAt: 1},
 	} {
-		tb := newTable()
+		tb := newTable(new(sync.Mutex))
 		tm := tb.add(&rec)
-		got := tm.record()
+		got := tb.record(tm)
 		if a, b := got.AppendBinary(nil), rec.AppendBinary(nil); string(a) != string(b) {
 			t.Fatalf("record() = %+v, want %+v", got, rec)
 		}
 		if len(rec.Payload) == 0 && got.Payload != nil {
 			t.Fatalf("empty payload = %#v, want nil", got.Payload)
 		}
-		tm.setReason("another")
-		got = tm.record()
+		tb.setReason(tm, "another")
+		got = tb.record(tm)
 		got.Reason = rec.Reason
-		if a, b := got.AppendBinary(nil), rec.AppendBinary(nil); string(a) != string(b) || tm.reason() != "another" {
-			t.Fatalf("after setReason: %+v, reason %q", got, tm.reason())
+		if a, b := got.AppendBinary(nil), rec.AppendBinary(nil); string(a) != string(b) || tb.reason(tm) != "another" {
+			t.Fatalf("after setReason: %+v, reason %q", got, tb.reason(tm))
 		}
 	}
 }
@@ -120,7 +155,7 @@ func TestTableRecordRoundTrip(t *testing.T) {
 func BenchmarkTableGet(b *testing.B) {
 	const n = 1_000_000
 	keys := make([]string, n)
-	tb := newTable()
+	tb := newTable(new(sync.Mutex))
 	byKey := make(map[string]*timer, n)
 	for i := range keys {
 		keys[i] = store.Key("bench", "t"+fmt.Sprint(i))
