@@ -247,6 +247,9 @@ type timer struct {
 	nsLen, keyLen, topicEnd, payloadEnd uint32
 	slot                                uint32 // in Shard.timers
 	hnext                               uint32 // next slot in the key's index chain, or noSlot
+	// nsName and topicName number the interned namespace and topic in
+	// the table's names, or are noSlot (see table).
+	nsName, topicName uint32
 	// handle is the timer's wheel entry; valid when armed.
 	handle wheel.Handle
 	armed  bool
@@ -1117,7 +1120,9 @@ func (s *Shard) occurLocked(t *timer, due int64) error {
 
 // addDeadLocked records that t, whose record is final, is a dead letter.
 func (s *Shard) addDeadLocked(t *timer) {
-	s.dead[s.timers.key(t)] = struct{}{}
+	// A copy of the key: a dead letter may outlive the chunk its blob
+	// is in now.
+	s.dead[strings.Clone(s.timers.key(t))] = struct{}{}
 	s.deadMu.Lock()
 	s.deadIdx.insert(t, s.timers.namespace(t), s.timers.topic(t), s.timers.id(t))
 	s.deadMu.Unlock()

@@ -3,6 +3,7 @@ package shard
 import (
 	"encoding/binary"
 	"hash/maphash"
+	"strings"
 	"sync"
 	"unsafe"
 
@@ -28,9 +29,15 @@ import (
 // no string or payload handed out from it is left. So what the accessors
 // return stays valid, and unchanged, after its timer is gone.
 //
+// Namespaces and topics are interned: namespace and topic return a
+// string of the table's names, not one into a chunk, so the maps that
+// outlive a timer (the census, the node's delivery rates, metric labels)
+// do not keep a dropped chunk alive by a name. Only past maxNames names
+// do they come from the blob.
+//
 // DeadLetters reads the blobs of dead letters holding only guard (the
-// shard's deadMu): the chunk list and a blob's place change only with
-// guard held too.
+// shard's deadMu): the chunk list, the names and a blob's place change
+// only with guard held too.
 //
 // Invariants:
 //   - a slot holds a timer (blobLen > 0) or is in free;
@@ -59,7 +66,16 @@ type table struct {
 	blobs []blobChunk
 	spare []uint32
 	cur   uint32 // the chunk blobs are appended to
+
+	// names are the interned namespaces and topics; named finds them.
+	// Invariant: named[names[i]] == i.
+	names []string
+	named map[string]uint32
 }
+
+// maxNames bounds the interned names; past it a timer's namespace and
+// topic come from its blob.
+const maxNames = 1 << 16
 
 // blobChunk is one byte chunk of blobs, each after an 8-byte header: the
 // slot of its timer and its length, so that compaction can walk it.
@@ -85,7 +101,8 @@ const noSlot = ^uint32(0)
 // newTable returns an empty table whose blobs change place only with
 // guard held.
 func newTable(guard *sync.Mutex) *table {
-	return &table{index: make(map[uint64]uint32), seed: maphash.MakeSeed(), mask: ^uint64(0), guard: guard, cur: noSlot}
+	return &table{index: make(map[uint64]uint32), seed: maphash.MakeSeed(), mask: ^uint64(0), guard: guard, cur: noSlot,
+		named: make(map[string]uint32)}
 }
 
 func (tb *table) hash(key string) uint64 { return maphash.String(tb.seed, key) & tb.mask }
@@ -128,9 +145,8 @@ func (tb *table) add(rec *store.Record) *timer {
 			tb.chunks = append(tb.chunks, new([tableChunk]timer))
 		}
 	}
-	t := tb.at(slot)
-	visit := t.visit
-	*t = timer{slot: slot, visit: visit}
+	t := tb.at(slot) // zero but for its visit (see remove)
+	t.slot = slot
 	t.rec = record{
 		Due: rec.Due, Next: rec.Next, SpecDue: rec.SpecDue, Delay: rec.Delay, Interval: rec.Interval, Created: rec.Created,
 		LastAttempt: rec.LastAttempt, ReqAt: rec.ReqAt,
@@ -138,6 +154,7 @@ func (tb *table) add(rec *store.Record) *timer {
 		Attempts: rec.Attempts, State: rec.State,
 	}
 	tb.setBlob(t, rec.Namespace, rec.ID, rec.Topic, rec.Payload, rec.Reason)
+	t.nsName, t.topicName = tb.intern(rec.Namespace), tb.intern(rec.Topic)
 	h := tb.hash(tb.key(t))
 	t.hnext = noSlot
 	if head, ok := tb.index[h]; ok {
@@ -172,6 +189,24 @@ func (tb *table) remove(t *timer) {
 	tb.n--
 }
 
+// intern returns the number of name, or noSlot once the table holds
+// maxNames names.
+func (tb *table) intern(name string) uint32 {
+	if i, ok := tb.named[name]; ok {
+		return i
+	}
+	if len(tb.names) >= maxNames {
+		return noSlot
+	}
+	name = strings.Clone(name) // not the caller's, which may be a blob's
+	tb.guard.Lock()
+	tb.names = append(tb.names, name)
+	tb.guard.Unlock()
+	i := uint32(len(tb.names) - 1)
+	tb.named[name] = i
+	return i
+}
+
 // setBlob writes t's blob, in place of the one it had: the key
 // (namespace, a zero byte, id), the topic, the payload, the reason.
 func (tb *table) setBlob(t *timer, namespace, id, topic string, payload []byte, reason string) {
@@ -199,27 +234,32 @@ func (tb *table) setBlob(t *timer, namespace, id, topic string, payload []byte, 
 // where its bytes go: chunk c at off. Its header is written.
 func (tb *table) alloc(slot uint32, n int) (c uint32, off int) {
 	need := blobHeader + n
-	switch {
-	case need > blobChunkSize/4:
-		c = tb.newChunk(need)
-	case tb.cur != noSlot && tb.blobs[tb.cur].used+need <= len(tb.blobs[tb.cur].buf):
-		c = tb.cur
-	default:
+	if need > blobChunkSize/4 {
+		tb.guard.Lock()
+		c = tb.newChunkLocked(need)
+		tb.guard.Unlock()
+		return c, tb.place(c, slot, n)
+	}
+	if !tb.fits(need) {
+		tb.guard.Lock()
 		old := tb.cur
-		tb.cur = tb.newChunk(blobChunkSize)
-		c = tb.cur
+		tb.cur = tb.newChunkLocked(blobChunkSize)
+		tb.guard.Unlock()
 		if old != noSlot {
 			tb.tidyChunk(old) // no longer filled: it may be mostly gone
 		}
 	}
-	return c, tb.place(c, slot, n)
+	return tb.cur, tb.place(tb.cur, slot, n)
 }
 
-// newChunk adds a chunk of size bytes and returns its number.
-func (tb *table) newChunk(size int) uint32 {
+// fits reports whether the chunk being filled has need bytes left.
+func (tb *table) fits(need int) bool {
+	return tb.cur != noSlot && tb.blobs[tb.cur].used+need <= len(tb.blobs[tb.cur].buf)
+}
+
+// newChunkLocked adds a chunk of size bytes and returns its number.
+func (tb *table) newChunkLocked(size int) uint32 {
 	ch := blobChunk{buf: make([]byte, size)}
-	tb.guard.Lock()
-	defer tb.guard.Unlock()
 	if n := len(tb.spare); n > 0 {
 		c := tb.spare[n-1]
 		tb.spare = tb.spare[:n-1]
@@ -242,7 +282,8 @@ func (tb *table) freeBlob(t *timer) {
 // blob, or copies its live blobs to the chunk being filled and drops it if
 // fewer than half its bytes are live. Each byte copied was written once
 // and is copied once per time as many bytes of its chunk are let go, so
-// copying costs O(1) amortized per byte of blob made.
+// copying costs O(1) amortized per byte of blob made. A chunk that stops
+// being filled while it copies is tidied when its next blob goes.
 func (tb *table) tidyChunk(c uint32) {
 	if ch := &tb.blobs[c]; c == tb.cur || ch.live > 0 && ch.live*2 >= len(ch.buf) {
 		return
@@ -250,41 +291,28 @@ func (tb *table) tidyChunk(c uint32) {
 	tb.guard.Lock()
 	defer tb.guard.Unlock()
 	// buf and used stay as they are while the chunk is walked; live is
-	// read from tb.blobs, which allocLocked may grow.
+	// read from tb.blobs, which newChunkLocked may grow. Only blobs of a
+	// quarter chunk or less share a chunk, so each fits a new one.
 	buf, used := tb.blobs[c].buf, tb.blobs[c].used
-	slots := uint32(len(tb.chunks) * tableChunk)
 	for p := 0; tb.blobs[c].live > 0 && p < used; {
 		slot := binary.LittleEndian.Uint32(buf[p:])
 		n := int(binary.LittleEndian.Uint32(buf[p+4:]))
 		off := p + blobHeader
 		p = off + n
-		if slot >= slots {
-			continue
-		}
 		t := tb.at(slot)
 		if t.blobLen == 0 || t.chunk != c || int(t.off) != off {
 			continue // gone, or moved since
 		}
-		to, at := tb.allocLocked(slot, n)
-		copy(tb.blobs[to].buf[at:], buf[off:off+n])
+		if !tb.fits(blobHeader + n) {
+			tb.cur = tb.newChunkLocked(blobChunkSize)
+		}
+		at := tb.place(tb.cur, slot, n)
+		copy(tb.blobs[tb.cur].buf[at:], buf[off:off+n])
 		tb.blobs[c].live -= blobHeader + n
-		t.chunk, t.off = to, uint32(at)
+		t.chunk, t.off = tb.cur, uint32(at)
 	}
 	tb.blobs[c] = blobChunk{}
 	tb.spare = append(tb.spare, c)
-}
-
-// allocLocked is alloc with guard held, for compaction: a blob goes in
-// the chunk being filled, or in a new one that then is. The chunk filled
-// before is tidied when its next blob goes.
-func (tb *table) allocLocked(slot uint32, n int) (c uint32, off int) {
-	need := blobHeader + n
-	if tb.cur == noSlot || tb.blobs[tb.cur].used+need > len(tb.blobs[tb.cur].buf) {
-		tb.blobs = append(tb.blobs, blobChunk{buf: make([]byte, max(blobChunkSize, need))})
-		tb.cur = uint32(len(tb.blobs) - 1)
-	}
-	c = tb.cur
-	return c, tb.place(c, slot, n)
 }
 
 // place takes the room for a blob of n bytes of the timer in slot at the
@@ -310,18 +338,34 @@ func (tb *table) setReason(t *timer, reason string) {
 	if reason == tb.reason(t) {
 		return
 	}
-	b := tb.blob(t) // stays as it is: setBlob writes elsewhere
-	tb.setBlob(t, b[:t.nsLen], b[t.nsLen+1:t.keyLen], b[t.keyLen:t.topicEnd], []byte(b[t.topicEnd:t.payloadEnd]), reason)
+	// The old blob stays as it is (setBlob writes elsewhere), and so
+	// do the strings and payload taken from it.
+	b, payload := tb.blob(t), tb.payload(t)
+	tb.setBlob(t, b[:t.nsLen], b[t.nsLen+1:t.keyLen], b[t.keyLen:t.topicEnd], payload, reason)
 }
 
 // key returns t's key, as store.Key makes it.
 func (tb *table) key(t *timer) string { return tb.blob(t)[:t.keyLen] }
 
-func (tb *table) namespace(t *timer) string { return tb.blob(t)[:t.nsLen] }
+// namespace returns t's namespace, interned unless the table holds
+// maxNames names.
+func (tb *table) namespace(t *timer) string {
+	if t.nsName != noSlot {
+		return tb.names[t.nsName]
+	}
+	return tb.blob(t)[:t.nsLen]
+}
 
 func (tb *table) id(t *timer) string { return tb.blob(t)[t.nsLen+1 : t.keyLen] }
 
-func (tb *table) topic(t *timer) string { return tb.blob(t)[t.keyLen:t.topicEnd] }
+// topic returns t's topic, interned unless the table holds maxNames
+// names.
+func (tb *table) topic(t *timer) string {
+	if t.topicName != noSlot {
+		return tb.names[t.topicName]
+	}
+	return tb.blob(t)[t.keyLen:t.topicEnd]
+}
 
 func (tb *table) reason(t *timer) string { return tb.blob(t)[t.payloadEnd:] }
 

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"testing"
+	"unsafe"
 
 	"github.com/timerd/timerd/store"
 )
@@ -188,4 +189,24 @@ func (e waitEntry) matches(tb *table) bool {
 	_, due := e.due(tb)
 	_, live := e.live(tb)
 	return due || live
+}
+
+// TestTableInternsNames checks that a timer's namespace and topic are
+// the table's interned strings, shared by its timers, not strings into a
+// byte chunk that a map outliving the timer would keep alive.
+func TestTableInternsNames(t *testing.T) {
+	tb := newTable(new(sync.Mutex))
+	a := tb.add(&store.Record{Namespace: "orders", ID: "a", Topic: "timeout"})
+	b := tb.add(&store.Record{Namespace: "orders", ID: "b", Topic: "timeout"})
+	for _, get := range []func(*timer) string{tb.namespace, tb.topic} {
+		x, y := get(a), get(b)
+		if unsafe.StringData(x) != unsafe.StringData(y) {
+			t.Fatalf("%q of two timers is two strings", x)
+		}
+		blob := tb.blob(a)
+		start := uintptr(unsafe.Pointer(unsafe.StringData(blob)))
+		if p := uintptr(unsafe.Pointer(unsafe.StringData(x))); p >= start && p < start+uintptr(len(blob)) {
+			t.Fatalf("%q points into the timer's blob", x)
+		}
+	}
 }
