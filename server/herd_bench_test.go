@@ -35,7 +35,11 @@ import (
 // Subscribe stream that acks what it gets. b-fired is the node's part
 // of b's lateness (fired minus due), and the -late figures leave out
 // b's timers due in the herd's first 100 ms to show the rest of the
-// drain apart. Run it with -benchtime 1x.
+// drain apart. Its peer is a third child process on the same machine:
+// one time.AfterFunc per b timer, due when b's is (probe-p99 is its
+// lateness, fired minus due), so each run also shows what the machine
+// does to the timers of a process that holds no herd and sends nothing.
+// Run it with -benchtime 1x.
 func BenchmarkNodeHerdFairness(b *testing.B) {
 	if spec := os.Getenv(herdSubscriberEnv); spec != "" {
 		herdSubscriber(b, spec)
@@ -62,6 +66,9 @@ func BenchmarkNodeHerdFairness(b *testing.B) {
 		b.ReportMetric(ms(pct(paced.after, 99)), "b-p99-paced-late-ms")
 		b.ReportMetric(ms(pct(paced.fired, 99)), "b-fired-p99-paced-ms")
 		b.ReportMetric(ms(paced.drain), "herd-drain-paced-ms")
+		b.ReportMetric(ms(pct(alone.probe, 99)), "probe-p99-alone-ms")
+		b.ReportMetric(ms(pct(paced.probe, 99)), "probe-p99-paced-ms")
+		b.ReportMetric(ms(pct(with.probe, 99)), "probe-p99-herd-ms")
 	}
 }
 
@@ -77,6 +84,17 @@ const herdSubscriberEnv = "TIMERD_BENCH_HERD_SUBSCRIBER"
 type herdSubscription struct {
 	Addr, Namespace, Topic string
 	Want                   int // deliveries to receive before reporting
+	// Probe, when set, makes the process the benchmark's peer rather
+	// than a subscriber: it opens no stream and runs runHerdProbe.
+	Probe *herdProbe
+}
+
+// herdProbe asks for N timers of Go's time.AfterFunc, the first due at
+// First (unix ns) and one every Every after it: b's due times.
+type herdProbe struct {
+	First int64
+	Every time.Duration
+	N     int
 }
 
 // herdReceived is what a subscriber process reports on its last line.
@@ -92,6 +110,10 @@ func herdSubscriber(b *testing.B, spec string) {
 	var sub herdSubscription
 	if err := json.Unmarshal([]byte(spec), &sub); err != nil {
 		b.Fatal(err)
+	}
+	if sub.Probe != nil {
+		runHerdProbe(b, *sub.Probe)
+		return
 	}
 	conn, err := grpc.NewClient(sub.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -126,9 +148,41 @@ func herdSubscriber(b *testing.B, spec string) {
 	fmt.Println("subscribed")
 	<-done
 	time.Sleep(100 * time.Millisecond) // the last acks
+	printReceived(b, &mu, &got)
+}
+
+// runHerdProbe arms the timers p asks for, prints "subscribed", and once
+// they have all fired prints a herdReceived of their due and fired
+// times (in Due and Received).
+func runHerdProbe(b *testing.B, p herdProbe) {
+	var (
+		mu   sync.Mutex
+		got  = herdReceived{Due: make([]int64, 0, p.N), Received: make([]int64, 0, p.N)}
+		done = make(chan struct{})
+	)
+	for i := range p.N {
+		due := time.Unix(0, p.First).Add(time.Duration(i) * p.Every)
+		time.AfterFunc(time.Until(due), func() {
+			fired := time.Now()
+			mu.Lock()
+			defer mu.Unlock()
+			got.Due = append(got.Due, due.UnixNano())
+			got.Received = append(got.Received, fired.UnixNano())
+			if len(got.Due) == p.N {
+				close(done)
+			}
+		})
+	}
+	fmt.Println("subscribed")
+	<-done
+	printReceived(b, &mu, &got)
+}
+
+// printReceived prints got, which mu guards, as the process's report.
+func printReceived(b *testing.B, mu *sync.Mutex, got *herdReceived) {
 	mu.Lock()
 	defer mu.Unlock()
-	out, err := json.Marshal(&got)
+	out, err := json.Marshal(got)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -139,6 +193,10 @@ func herdSubscriber(b *testing.B, spec string) {
 // its stream is open; wait returns what it received.
 func startHerdSubscriber(b *testing.B, ctx context.Context, sub herdSubscription) (wait func() herdReceived) {
 	b.Helper()
+	who := "subscriber of " + sub.Namespace
+	if sub.Probe != nil {
+		who = "probe"
+	}
 	spec, err := json.Marshal(sub)
 	if err != nil {
 		b.Fatal(err)
@@ -167,7 +225,7 @@ func startHerdSubscriber(b *testing.B, ctx context.Context, sub herdSubscription
 			}
 		}
 		if err := cmd.Wait(); err != nil {
-			b.Fatalf("subscriber of %s: %v", sub.Namespace, err)
+			b.Fatalf("%s: %v", who, err)
 		}
 		return got
 	}
@@ -178,6 +236,7 @@ type nodeHerdResult struct {
 	after []time.Duration // late of b's timers not due in the herd's first 100 ms
 	fired []time.Duration // b's, fired minus due (the node's part of late), sorted
 	drain time.Duration   // from the herd's due time to its last delivery received
+	probe []time.Duration // the peer's time.AfterFunc timers, fired minus due, sorted
 }
 
 // nodeHerdRun runs b's rate over window, and a's herd of timers due at
@@ -205,6 +264,7 @@ func nodeHerdRun(b *testing.B, herd, rate int, window time.Duration, pace float6
 		waitA = startHerdSubscriber(b, ctx, herdSubscription{Addr: srv.GRPCAddr(), Namespace: "a", Topic: "herd", Want: herd})
 	}
 	waitB := startHerdSubscriber(b, ctx, herdSubscription{Addr: srv.GRPCAddr(), Namespace: "b", Topic: "steady", Want: nB})
+	waitProbe := startHerdSubscriber(b, ctx, herdSubscription{Probe: &herdProbe{First: bFirst.UnixNano(), Every: time.Second / time.Duration(rate), N: nB}})
 
 	var specs []*pb.TimerSpec
 	for i := range nB {
@@ -253,9 +313,17 @@ func nodeHerdRun(b *testing.B, herd, rate int, window time.Duration, pace float6
 			r.after = append(r.after, late)
 		}
 	}
+	gotProbe := waitProbe()
+	for i, due := range gotProbe.Due {
+		r.probe = append(r.probe, time.Duration(gotProbe.Received[i]-due))
+	}
 	slices.Sort(r.late)
 	slices.Sort(r.after)
 	slices.Sort(r.fired)
+	slices.Sort(r.probe)
+	if len(r.probe) != nB {
+		b.Fatalf("%d of %d probe timers fired", len(r.probe), nB)
+	}
 	if len(r.late) != nB {
 		b.Fatalf("%d of %d b timers arrived", len(r.late), nB)
 	}
@@ -265,8 +333,9 @@ func nodeHerdRun(b *testing.B, herd, rate int, window time.Duration, pace float6
 	if herd > 0 {
 		r.drain = time.Duration(waitA().Last - at.UnixNano())
 	}
-	b.Logf("herd %d (pace %g/s): b p50 %v p99 %v max %v, p99 after the herd's first 100 ms %v (fired p50 %v p99 %v); herd drained in %v",
-		herd, pace, pct(r.late, 50), pct(r.late, 99), r.late[len(r.late)-1], pct(r.after, 99), pct(r.fired, 50), pct(r.fired, 99), r.drain)
+	b.Logf("herd %d (pace %g/s): b p50 %v p99 %v max %v, p99 after the herd's first 100 ms %v (fired p50 %v p99 %v); herd drained in %v; peer time.AfterFunc p50 %v p99 %v max %v",
+		herd, pace, pct(r.late, 50), pct(r.late, 99), r.late[len(r.late)-1], pct(r.after, 99), pct(r.fired, 50), pct(r.fired, 99), r.drain,
+		pct(r.probe, 50), pct(r.probe, 99), r.probe[len(r.probe)-1])
 	return r
 }
 
