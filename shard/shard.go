@@ -201,12 +201,19 @@ type goneEntry struct {
 }
 
 // waitQueue is one topic's due timers that no subscriber could take, in
-// the order they came due.
+// the order they came due: entries[head:]. A drain takes from the front
+// by moving head, not the entries behind it, so draining a herd's queue
+// a few timers at a time costs O(1) per timer, not the queue's length.
 type waitQueue struct {
 	entries []waitEntry
+	// head is where the queue begins: entries before it went out.
+	// Invariant: head <= len(entries)-head: once the drained prefix
+	// outgrows the queue, the queue moves to the front, which costs
+	// less than the drains that made the prefix.
+	head int
 	// live counts the entries whose timer still waits there.
-	// Invariant: len(entries)-live <= live, and live > 0: a queue is
-	// compacted once its stale entries outnumber the live ones, which
+	// Invariant: len(entries)-head-live <= live, and live > 0: a queue
+	// is compacted once its stale entries outnumber the live ones, which
 	// costs O(1) amortized per stale entry, and dropped once empty.
 	live int
 }
@@ -801,7 +808,7 @@ func (s *Shard) drainLocked(tk topicKey, now int64, limit int) int {
 	if q == nil {
 		return 0
 	}
-	i, sent := 0, 0
+	i, sent := q.head, 0
 	for ; i < len(q.entries); i++ {
 		t, live := q.entries[i].live(s.timers)
 		if !live {
@@ -819,7 +826,7 @@ func (s *Shard) drainLocked(tk topicKey, now int64, limit int) int {
 		q.live--
 		sent++
 	}
-	q.entries = slices.Delete(q.entries, 0, i)
+	q.head = i
 	s.tidyLocked(tk, q)
 	return sent
 }
@@ -839,24 +846,32 @@ func (s *Shard) unwaitLocked(t *timer) {
 	}
 }
 
-// tidyLocked restores the invariant of tk's queue q after entries left it
-// or went stale: it drops a queue with no live entry and compacts one
-// whose stale entries outnumber the live ones.
+// tidyLocked restores the invariants of tk's queue q after entries left
+// it or went stale: it drops a queue with no live entry, compacts one
+// whose stale entries outnumber the live ones, and moves one whose
+// drained prefix outgrew it to the front of its array.
 func (s *Shard) tidyLocked(tk topicKey, q *waitQueue) {
+	n := len(q.entries) - q.head
 	switch {
 	case q.live == 0:
 		delete(s.waiting, tk)
-	case len(q.entries)-q.live > q.live:
+		return
+	case n-q.live > q.live:
 		kept := q.entries[:0]
-		for _, e := range q.entries {
+		for _, e := range q.entries[q.head:] {
 			if _, live := e.live(s.timers); live {
 				kept = append(kept, e)
 			}
 		}
-		if cap(kept) > 4*len(kept) {
-			kept = slices.Clone(kept) // and the array of a burst
-		}
 		q.entries = kept
+	case q.head > n:
+		q.entries = q.entries[:copy(q.entries, q.entries[q.head:])]
+	default:
+		return
+	}
+	q.head = 0
+	if cap(q.entries) > 4*len(q.entries) {
+		q.entries = slices.Clone(q.entries) // and the array of a burst
 	}
 }
 
