@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/timerd/timerd/store"
@@ -483,10 +482,10 @@ const replayPage = 1000
 // released.
 func (s *Shard) replayAllUnlock(ctx context.Context, namespace, topic string, at int64) (int, error) {
 	var keys []string
-	prefix := namespace + "\x00"
-	for key := range s.dead {
-		if t := s.timers.get(key); strings.HasPrefix(key, prefix) && (topic == "" || s.timers.topic(t) == topic) {
-			keys = append(keys, key)
+	if set := s.deadIdx.set(namespace, topic); set != nil {
+		keys = make([]string, 0, set.len)
+		for _, t := range set.appendAfter(make([]*timer, 0, set.len), "", set.len) {
+			keys = append(keys, s.timers.key(t))
 		}
 	}
 	s.mu.Unlock()

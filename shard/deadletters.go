@@ -7,11 +7,17 @@ import (
 
 // deadIndex orders a shard's dead letters by id, per namespace and per
 // (namespace, topic), so that a page of them costs O(log n + page) and
-// needs no sort, whatever the filter. It is guarded by Shard.deadMu.
+// needs no sort, whatever the filter. It is the shard's only record of
+// which timers are dead letters. It changes with Shard.mu and
+// Shard.deadMu both held, so either is enough to read it.
 type deadIndex struct {
 	byNamespace map[string]*deadSet
 	byTopic     map[topicKey]*deadSet
+	n           int // dead letters held
 }
+
+// len returns the dead letters held.
+func (x *deadIndex) len() int { return x.n }
 
 // insert adds t, of namespace, topic and id. It keeps copies of the
 // strings: those of the table point into its byte chunks, which it drops
@@ -35,11 +41,17 @@ func (x *deadIndex) insert(t *timer, namespace, topic, id string) {
 		x.byTopic[topicKey{strings.Clone(namespace), strings.Clone(topic)}] = tp
 	}
 	tp.insert(t, id)
+	x.n++
 }
 
 // remove takes out the timer of namespace, topic and id.
 func (x *deadIndex) remove(namespace, topic, id string) {
-	if ns := x.byNamespace[namespace]; ns != nil && ns.remove(id) && ns.len == 0 {
+	ns := x.byNamespace[namespace]
+	if ns == nil || !ns.remove(id) {
+		return
+	}
+	x.n--
+	if ns.len == 0 {
 		delete(x.byNamespace, namespace)
 	}
 	tk := topicKey{namespace, topic}

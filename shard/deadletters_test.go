@@ -316,23 +316,24 @@ func BenchmarkDeadLetterPage(b *testing.B) {
 	}
 }
 
-// deadLettersScan is DeadLetters as it was before the index: a scan of
-// every dead letter and a sort, under the shard's mutex.
+// deadLettersScan is DeadLetters without the index: a scan of every
+// timer, which in openDead's shard is every dead letter, and a sort, under
+// the shard's mutex.
 func deadLettersScan(s *Shard, namespace, topic, after string, limit int) ([]Timer, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var hits []*timer
-	prefix := namespace + "\x00"
-	for key := range s.dead {
-		id, ok := strings.CutPrefix(key, prefix)
-		if !ok || id <= after {
-			continue
+	for _, chunk := range s.timers.chunks {
+		for i := range chunk {
+			t := &chunk[i]
+			if t.blobLen == 0 || t.rec.State != store.Dead || s.timers.namespace(t) != namespace || s.timers.id(t) <= after {
+				continue
+			}
+			if topic != "" && s.timers.topic(t) != topic {
+				continue
+			}
+			hits = append(hits, t)
 		}
-		t := s.timers.get(key)
-		if topic != "" && s.timers.topic(t) != topic {
-			continue
-		}
-		hits = append(hits, t)
 	}
 	slices.SortFunc(hits, func(a, b *timer) int { return strings.Compare(s.timers.id(a), s.timers.id(b)) })
 	limit = max(limit, 1)

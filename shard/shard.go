@@ -45,8 +45,7 @@
 //     those entries (live), holds no more stale ones than live ones, and
 //     is dropped once none is live, so the queues hold at most twice the
 //     waiting timers;
-//   - a Dead timer's key is in dead, and the timer in deadIdx (under
-//     deadMu as well);
+//   - a timer is in deadIdx if and only if it is Dead;
 //   - a key is in timers or in gone, never in both; every key in gone has
 //     an entry in goneQ with the same until.
 //
@@ -125,7 +124,6 @@ type Shard struct {
 	// Invariants: see the package doc.
 	wheel  *wheel.Wheel
 	timers *table
-	dead   map[string]struct{}
 	// waiting holds, per topic, due timers no subscriber could take, in
 	// the order they came due. A timer cancelled or moved while it waits
 	// leaves a stale entry behind, which draining skips and compaction
@@ -178,10 +176,12 @@ type Shard struct {
 	steps   uint64
 	stepped sync.Cond
 
-	// deadMu is taken under mu to change deadIdx, and alone to read it.
+	// deadMu is taken under mu to change deadIdx; either of the two is
+	// enough to read it.
 	deadMu sync.Mutex
-	// deadIdx orders the dead letters for DeadLetters. Invariant: it
-	// holds exactly the Dead timers (see the package doc).
+	// deadIdx orders the dead letters, for DeadLetters, Replay and
+	// Stats. Invariant: it holds exactly the Dead timers (see the
+	// package doc).
 	deadIdx deadIndex
 }
 
@@ -329,7 +329,6 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 		loopDone:   make(chan struct{}),
 		keepDone:   make(chan struct{}),
 		wheel:      w,
-		dead:       make(map[string]struct{}),
 		gone:       make(map[string]goneMark),
 		waiting:    make(map[topicKey]*waitQueue),
 		ready:      make(map[topicKey]struct{}),
@@ -359,7 +358,7 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 		s.releaseLease()
 		return nil, fmt.Errorf("shard %d: load: %w", cfg.ID, err)
 	}
-	s.log.Debug("shard loaded", "timers", s.timers.len(), "dead", len(s.dead), "took", time.Since(began))
+	s.log.Debug("shard loaded", "timers", s.timers.len(), "dead", s.deadIdx.len(), "took", time.Since(began))
 	s.mu.Lock()
 	s.startCountingLocked()
 	until := s.validUntil
@@ -425,7 +424,7 @@ type Stats struct {
 func (s *Shard) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Stats{Timers: s.timers.len(), InFlight: s.inFlight, Dead: len(s.dead)}
+	return Stats{Timers: s.timers.len(), InFlight: s.inFlight, Dead: s.deadIdx.len()}
 }
 
 // Close stops firing, waits until the shard's writes are durable and
@@ -1135,9 +1134,6 @@ func (s *Shard) occurLocked(t *timer, due int64) error {
 
 // addDeadLocked records that t, whose record is final, is a dead letter.
 func (s *Shard) addDeadLocked(t *timer) {
-	// A copy of the key: a dead letter may outlive the chunk its blob
-	// is in now.
-	s.dead[strings.Clone(s.timers.key(t))] = struct{}{}
 	s.deadMu.Lock()
 	s.deadIdx.insert(t, s.timers.namespace(t), s.timers.topic(t), s.timers.id(t))
 	s.deadMu.Unlock()
@@ -1149,7 +1145,6 @@ func (s *Shard) dropDeadLocked(t *timer) {
 	if t.rec.State != store.Dead {
 		return
 	}
-	delete(s.dead, s.timers.key(t))
 	s.deadMu.Lock()
 	s.deadIdx.remove(s.timers.namespace(t), s.timers.topic(t), s.timers.id(t))
 	s.deadMu.Unlock()

@@ -350,9 +350,15 @@ func TestReplayAll(t *testing.T) {
 			}
 			mustSchedule(t, s, sp)
 		}
+		other := spec("d0", 0) // another namespace's dead letter, of the same id
+		other.Namespace = "ns2"
+		mustSchedule(t, s, other)
 		e.advance(s, 0)
-		k.take(t, 5)
+		k.take(t, 6)
 		e.advance(s, cfg.AckTimeout)
+		if got := s.Stats().Dead; got != 6 {
+			t.Fatalf("%d dead letters, want 6", got)
+		}
 		page, more, _ := s.DeadLetters("ns", "", "", 2)
 		if len(page) != 2 || !more || page[0].ID != "d0" || page[1].ID != "d1" {
 			t.Fatalf("first page = %v, %v", page, more)
@@ -375,6 +381,9 @@ func TestReplayAll(t *testing.T) {
 		}
 		if _, n, _ := s.Replay(ctx, "ns", nil, "", time.Time{}, 0); n != 3 {
 			t.Fatalf("Replay(all) replayed %d, want 3", n)
+		}
+		if page, _, _ := s.DeadLetters("ns2", "", "", 10); len(page) != 1 || s.Stats().Dead != 1 {
+			t.Fatalf("after replaying ns: ns2 has %d dead letters, the shard %d; want 1 and 1", len(page), s.Stats().Dead)
 		}
 	})
 }

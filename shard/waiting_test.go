@@ -19,6 +19,19 @@ func queueLen(s *Shard, topic string) int {
 	return 0
 }
 
+// waitQueued returns once n timers wait in the queue of topic "topic",
+// which the shard's loop fills step by step (a hang guard of a minute,
+// not a timing assertion).
+func waitQueued(tb testing.TB, s *Shard, n int) {
+	tb.Helper()
+	for deadline := time.Now().Add(time.Minute); queueLen(s, "topic") < n; {
+		if time.Now().After(deadline) {
+			tb.Fatalf("%d of %d timers wait", queueLen(s, "topic"), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // TestWaitingQueueFollowsLive: timers cancelled, moved or acked while
 // they wait for a subscriber do not stay in their topic's queue with their
 // payloads; the queue holds at most twice the timers still waiting, and
@@ -146,12 +159,7 @@ func TestWaitingDrainInPieces(t *testing.T) {
 	}
 	mustSchedule(t, s, specs...)
 	e.advance(s, 2*time.Second)
-	for deadline := time.Now().Add(time.Minute); queueLen(s, "topic") < n; {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d timers wait", queueLen(s, "topic"), n)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitQueued(t, s, n)
 	k.setOpen(true)
 	tk := topicKey{"ns", "topic"}
 	var got []string
@@ -248,12 +256,7 @@ func BenchmarkWaitingDrain(b *testing.B) {
 				continue
 			}
 			e.advance(s, 2*time.Second)
-			for deadline := time.Now().Add(time.Minute); queueLen(s, "topic") < n; {
-				if time.Now().After(deadline) {
-					b.Fatalf("%d of %d timers wait", queueLen(s, "topic"), n)
-				}
-				time.Sleep(time.Millisecond)
-			}
+			waitQueued(b, s, n)
 			g.open.Store(true)
 			now := e.clock.Now().UnixMilli()
 			start := time.Now()
