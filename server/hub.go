@@ -220,9 +220,10 @@ type held struct {
 type sendState uint8
 
 const (
-	queued sendState = iota // in queue
-	taken                   // taken by the sender, not sent yet
-	sent                    // Send returned without error
+	queued  sendState = iota // in queue
+	taken                    // taken by the sender, its Send not begun
+	sending                  // its Send began: the client can have it
+	sent                     // Send returned without error
 )
 
 func newSubscriber(key topicKey, limit int, ackTimeout time.Duration) *subscriber {
@@ -330,21 +331,24 @@ func (s *subscriber) begin(d *shard.Delivery, now time.Time) (ok, relayed bool) 
 	if !ok || h.attempt != d.Attempt || h.state != taken {
 		return false, false
 	}
-	if !h.seen {
-		h.seen = true
-		s.out[d.ID] = h
-	}
+	h.seen, h.state = true, sending
+	s.out[d.ID] = h
 	s.sendStart = now
 	return true, h.via != nil
 }
 
 // done ends the Send that begin started; ok says whether it succeeded.
+// A Send that failed handed nothing to the transport, so its attempt is
+// taken again, not sent: no one can have seen it.
 func (s *subscriber) done(d *shard.Delivery, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.sendStart = time.Time{}
-	if h, held := s.out[d.ID]; ok && held && h.attempt == d.Attempt && h.state == taken {
+	if h, held := s.out[d.ID]; held && h.attempt == d.Attempt && h.state == sending {
 		h.state = sent
+		if !ok {
+			h.state = taken
+		}
 		s.out[d.ID] = h
 	}
 }
@@ -485,8 +489,12 @@ func (s *subscriber) expire(now time.Time) (refilled bool) {
 
 // close refuses further deliveries and returns the attempts it held
 // unacknowledged, which the caller hands back to their shards. An attempt
-// that was not sent (queued, or taken by a Send that had not returned)
-// is marked Unsent: no one saw it, so it must not count. Ids no shard
+// no Send handed to the transport (queued, taken and not begun, or its
+// Send failed) is marked Unsent: no one saw it, so it must not count. One
+// whose Send began counts even while that Send has not returned: the
+// client can have it by then, and a consumer that crashes on it at once
+// must use up an attempt, or a payload that kills its consumers faster
+// than the sender comes back from Send would loop for ever. Ids no shard
 // made cannot be held: they came from a shard's Dispatch. Relayed
 // attempts go back to their relays instead, which return them to their
 // owners.
@@ -497,11 +505,11 @@ func (s *subscriber) close() []shard.Attempt {
 	out := make([]shard.Attempt, 0, len(s.out))
 	for id, h := range s.out {
 		if h.via != nil {
-			h.via.release(id, h.state != sent)
+			h.via.release(id, h.state < sending)
 			continue
 		}
 		if d, err := shard.ParseDeliveryID(id); err == nil {
-			out = append(out, shard.Attempt{ID: d, Number: h.attempt, Unsent: h.state != sent})
+			out = append(out, shard.Attempt{ID: d, Number: h.attempt, Unsent: h.state < sending})
 		}
 	}
 	s.out, s.queue, s.lapsed, s.lapsedOld, s.refusedHeld = nil, nil, nil, nil, nil

@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"maps"
 	"testing"
 	"time"
 
@@ -97,7 +98,11 @@ func TestSubscriberAcksScope(t *testing.T) {
 }
 
 // TestSubscriberCloseGivesBackAttempts: close returns each held delivery
-// with the attempt it holds, and whether that attempt was sent.
+// with the attempt it holds, and whether a Send of that attempt began.
+// One whose Send began counts, returned or not: the client can have it
+// by then (and may ack it), so a consumer that crashes on it at once,
+// before the sender is back from Send, still uses up an attempt. One
+// whose Send failed was never handed to the transport, and does not.
 func TestSubscriberCloseGivesBackAttempts(t *testing.T) {
 	now := time.Now()
 	s := newSubscriber(topicKey{"default", "t"}, 10, time.Minute)
@@ -105,9 +110,20 @@ func TestSubscriberCloseGivesBackAttempts(t *testing.T) {
 	sendAll(s, now)
 	s.offer(delivery("b", 3, now), false, nil) // queued
 	s.offer(delivery("a", 2, now), true, nil)  // a redelivery, queued
-	s.offer(delivery("c", 1, now), false, nil) // taken, its Send in progress
 	taken := s.take(nil)
-	s.begin(&taken[len(taken)-1], now)
+	s.offer(delivery("c", 1, now), false, nil) // taken, its Send in progress
+	s.offer(delivery("d", 1, now), false, nil) // taken, its Send not begun
+	s.offer(delivery("e", 1, now), false, nil) // its Send failed
+	taken = s.take(taken)
+	for _, d := range taken {
+		switch d.TimerID {
+		case "c":
+			s.begin(&d, now)
+		case "e":
+			s.begin(&d, now)
+			s.done(&d, false)
+		}
+	}
 	type back struct {
 		n      uint32
 		unsent bool
@@ -116,8 +132,8 @@ func TestSubscriberCloseGivesBackAttempts(t *testing.T) {
 	for _, a := range s.close() {
 		got[a.ID.TimerID] = back{a.Number, a.Unsent}
 	}
-	want := map[string]back{"a": {2, true}, "b": {3, true}, "c": {1, true}}
-	if len(got) != len(want) || got["a"] != want["a"] || got["b"] != want["b"] || got["c"] != want["c"] {
+	want := map[string]back{"a": {2, true}, "b": {3, true}, "c": {1, false}, "d": {1, true}, "e": {1, true}}
+	if !maps.Equal(got, want) {
 		t.Fatalf("close gave back %v, want %v", got, want)
 	}
 	s = newSubscriber(topicKey{"default", "t"}, 10, time.Minute)

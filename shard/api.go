@@ -307,7 +307,9 @@ type Attempt struct {
 	ID     DeliveryID
 	Number uint32
 	// Unsent says the attempt never left the dispatcher: its subscriber
-	// went away before sending it, so no consumer can have seen it.
+	// went away before a send of it began, or its send failed, so no
+	// consumer can have seen it. An attempt whose send began and had not
+	// returned is not Unsent: its consumer may have it.
 	Unsent bool
 }
 
