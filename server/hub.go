@@ -171,7 +171,8 @@ type subscriber struct {
 	// expired, queued, taken by the sender or sent, by id: one entry per
 	// occurrence, for its latest attempt.
 	// Invariant: len(out) <= limit; queue holds exactly the entries of
-	// out whose state is queued, each once, at its qi, with its attempt.
+	// out whose state is queued, each once, at its qi, with its attempt;
+	// at most one entry is inProgress, the one in the sender's Send.
 	out map[string]held
 	// queue holds accepted deliveries the sender has not taken yet.
 	queue []shard.Delivery
@@ -193,6 +194,10 @@ type subscriber struct {
 	// sendStart is when the Send in progress began; zero while the sender
 	// is not in Send.
 	sendStart time.Time
+	// inSend is the delivery whose Send was in progress when the stream
+	// closed, which done gives back once that Send's outcome is known.
+	// Invariant: set only while closed and the sender is in Send.
+	inSend *sending
 	// closed is set when the stream ends; offer then refuses.
 	closed bool
 	// starved is set when offer refuses a delivery for want of credit,
@@ -220,11 +225,18 @@ type held struct {
 type sendState uint8
 
 const (
-	queued  sendState = iota // in queue
-	taken                    // taken by the sender, its Send not begun
-	sending                  // its Send began: the client can have it
-	sent                     // Send returned without error
+	queued     sendState = iota // in queue
+	taken                       // taken by the sender, its Send not begun or failed
+	inProgress                  // its Send began and has not returned
+	sent                        // Send returned without error
 )
+
+// sending is a delivery held in a Send that was in progress when its
+// stream closed.
+type sending struct {
+	id string
+	held
+}
 
 func newSubscriber(key topicKey, limit int, ackTimeout time.Duration) *subscriber {
 	return &subscriber{
@@ -331,26 +343,51 @@ func (s *subscriber) begin(d *shard.Delivery, now time.Time) (ok, relayed bool) 
 	if !ok || h.attempt != d.Attempt || h.state != taken {
 		return false, false
 	}
-	h.seen, h.state = true, sending
+	h.seen, h.state = true, inProgress
 	s.out[d.ID] = h
 	s.sendStart = now
 	return true, h.via != nil
 }
 
-// done ends the Send that begin started; ok says whether it succeeded.
-// A Send that failed handed nothing to the transport, so its attempt is
-// taken again, not sent: no one can have seen it.
-func (s *subscriber) done(d *shard.Delivery, ok bool) {
+// done ends the Send that begin started; ok says whether it succeeded,
+// that is, whether gRPC handed d to the transport (a Send that fails
+// hands it nothing: no one can have seen it). If the stream closed
+// during that Send, close left d out, and done gives it back: a relayed
+// one to its relay, and one of this node's shards as back, which the
+// caller returns to its shard, Unsent unless ok.
+func (s *subscriber) done(d *shard.Delivery, ok bool) (back shard.Attempt, give bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.sendStart = time.Time{}
-	if h, held := s.out[d.ID]; held && h.attempt == d.Attempt && h.state == sending {
-		h.state = sent
-		if !ok {
-			h.state = taken
+	if p := s.inSend; p != nil {
+		s.inSend = nil
+		return s.giveBackLocked(p.id, p.held, !ok)
+	}
+	if h, held := s.out[d.ID]; held && h.attempt == d.Attempt && h.state == inProgress {
+		h.state = taken
+		if ok {
+			h.state = sent
 		}
 		s.out[d.ID] = h
 	}
+	return shard.Attempt{}, false
+}
+
+// giveBackLocked gives back h, held as id, which the stream has stopped
+// holding: a relayed delivery to its relay, and one of this node's
+// shards as back, for the caller to return to its shard. unsent says no
+// Send of h's attempt handed it to the transport. Ids no shard made
+// cannot be held: they came from a shard's Dispatch.
+func (s *subscriber) giveBackLocked(id string, h held, unsent bool) (back shard.Attempt, give bool) {
+	if h.via != nil {
+		h.via.release(id, unsent)
+		return shard.Attempt{}, false
+	}
+	d, err := shard.ParseDeliveryID(id)
+	if err != nil {
+		return shard.Attempt{}, false
+	}
+	return shard.Attempt{ID: d, Number: h.attempt, Unsent: unsent}, true
 }
 
 // blocked returns how long the Send in progress has been blocked at now,
@@ -488,28 +525,28 @@ func (s *subscriber) expire(now time.Time) (refilled bool) {
 }
 
 // close refuses further deliveries and returns the attempts it held
-// unacknowledged, which the caller hands back to their shards. An attempt
-// no Send handed to the transport (queued, taken and not begun, or its
-// Send failed) is marked Unsent: no one saw it, so it must not count. One
-// whose Send began counts even while that Send has not returned: the
-// client can have it by then, and a consumer that crashes on it at once
-// must use up an attempt, or a payload that kills its consumers faster
-// than the sender comes back from Send would loop for ever. Ids no shard
-// made cannot be held: they came from a shard's Dispatch. Relayed
-// attempts go back to their relays instead, which return them to their
-// owners.
+// unacknowledged, which the caller hands back to their shards; relayed
+// ones go back to their relays instead, which return them to their
+// owners. An attempt that no Send handed to the transport (queued, taken,
+// or its Send failed) is marked Unsent: no one saw it, so it must not
+// count. One whose Send returned counts. One whose Send is in progress
+// is left to done, which gives it back once that Send returns: counted
+// if it handed the delivery over, so that a consumer that crashes on a
+// delivery at once, before the sender is back from Send, still uses up
+// an attempt (or a payload that kills its consumers would never become
+// a dead letter), and Unsent if it failed.
 func (s *subscriber) close() []shard.Attempt {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
 	out := make([]shard.Attempt, 0, len(s.out))
 	for id, h := range s.out {
-		if h.via != nil {
-			h.via.release(id, h.state < sending)
+		if h.state == inProgress {
+			s.inSend = &sending{id, h}
 			continue
 		}
-		if d, err := shard.ParseDeliveryID(id); err == nil {
-			out = append(out, shard.Attempt{ID: d, Number: h.attempt, Unsent: h.state < sending})
+		if a, ok := s.giveBackLocked(id, h, h.state != sent); ok {
+			out = append(out, a)
 		}
 	}
 	s.out, s.queue, s.lapsed, s.lapsedOld, s.refusedHeld = nil, nil, nil, nil, nil

@@ -98,45 +98,59 @@ func TestSubscriberAcksScope(t *testing.T) {
 }
 
 // TestSubscriberCloseGivesBackAttempts: close returns each held delivery
-// with the attempt it holds, and whether a Send of that attempt began.
-// One whose Send began counts, returned or not: the client can have it
-// by then (and may ack it), so a consumer that crashes on it at once,
-// before the sender is back from Send, still uses up an attempt. One
-// whose Send failed was never handed to the transport, and does not.
+// with the attempt it holds, and whether a Send handed that attempt to
+// the transport. One whose Send is still in progress is given back by
+// done when that Send returns, counted if it succeeded: the client can
+// have it, so a consumer that crashes on it at once, before the sender
+// is back from Send, still uses up an attempt. A failed Send handed
+// nothing over, and does not count.
 func TestSubscriberCloseGivesBackAttempts(t *testing.T) {
 	now := time.Now()
-	s := newSubscriber(topicKey{"default", "t"}, 10, time.Minute)
-	s.offer(delivery("a", 1, now), false, nil)
-	sendAll(s, now)
-	s.offer(delivery("b", 3, now), false, nil) // queued
-	s.offer(delivery("a", 2, now), true, nil)  // a redelivery, queued
-	taken := s.take(nil)
-	s.offer(delivery("c", 1, now), false, nil) // taken, its Send in progress
-	s.offer(delivery("d", 1, now), false, nil) // taken, its Send not begun
-	s.offer(delivery("e", 1, now), false, nil) // its Send failed
-	taken = s.take(taken)
-	for _, d := range taken {
-		switch d.TimerID {
-		case "c":
-			s.begin(&d, now)
-		case "e":
-			s.begin(&d, now)
-			s.done(&d, false)
-		}
-	}
 	type back struct {
 		n      uint32
 		unsent bool
 	}
-	got := map[string]back{}
-	for _, a := range s.close() {
-		got[a.ID.TimerID] = back{a.Number, a.Unsent}
+	for _, ok := range []bool{true, false} {
+		s := newSubscriber(topicKey{"default", "t"}, 10, time.Minute)
+		s.offer(delivery("a", 1, now), false, nil)
+		sendAll(s, now)
+		s.offer(delivery("b", 3, now), false, nil) // queued
+		s.offer(delivery("a", 2, now), true, nil)  // a redelivery, queued
+		taken := s.take(nil)
+		s.offer(delivery("c", 1, now), false, nil) // taken, its Send in progress
+		s.offer(delivery("d", 1, now), false, nil) // taken, its Send not begun
+		s.offer(delivery("e", 1, now), false, nil) // its Send failed
+		taken = s.take(taken)
+		var c shard.Delivery
+		for _, d := range taken {
+			switch d.TimerID {
+			case "c":
+				s.begin(&d, now)
+				c = d
+			case "e":
+				s.begin(&d, now)
+				if _, give := s.done(&d, false); give {
+					t.Fatal("done gave back a delivery of an open stream")
+				}
+			}
+		}
+		got := map[string]back{}
+		for _, a := range s.close() {
+			got[a.ID.TimerID] = back{a.Number, a.Unsent}
+		}
+		want := map[string]back{"a": {2, true}, "b": {3, true}, "d": {1, true}, "e": {1, true}}
+		if !maps.Equal(got, want) {
+			t.Fatalf("close gave back %v, want %v", got, want)
+		}
+		a, give := s.done(&c, ok)
+		if !give || a.ID.TimerID != "c" || a.Number != 1 || a.Unsent != !ok {
+			t.Fatalf("after close, the Send of c returned (ok %v), and done gave back %+v, %v; want attempt 1, unsent %v", ok, a, give, !ok)
+		}
+		if _, give := s.done(&c, ok); give {
+			t.Fatal("a second done gave c back again")
+		}
 	}
-	want := map[string]back{"a": {2, true}, "b": {3, true}, "c": {1, false}, "d": {1, true}, "e": {1, true}}
-	if !maps.Equal(got, want) {
-		t.Fatalf("close gave back %v, want %v", got, want)
-	}
-	s = newSubscriber(topicKey{"default", "t"}, 10, time.Minute)
+	s := newSubscriber(topicKey{"default", "t"}, 10, time.Minute)
 	s.offer(delivery("a", 1, now), false, nil)
 	sendAll(s, now)
 	if back := s.close(); len(back) != 1 || back[0].Unsent || back[0].Number != 1 {

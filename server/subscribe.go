@@ -162,7 +162,11 @@ func (s *Server) send(stream pb.TimerService_SubscribeServer, sub *subscriber, s
 			}
 			fillDelivery(&delivery, &due, &fired, d)
 			err := stream.Send(&msg)
-			sub.done(d, err == nil)
+			if a, give := sub.done(d, err == nil); give && !s.quitting() {
+				// The stream closed during the Send; at shutdown, as for
+				// the rest it held, the shard delivers it again on load.
+				s.giveBack([]shard.Attempt{a})
+			}
 			if err != nil {
 				return err
 			}

@@ -307,9 +307,8 @@ type Attempt struct {
 	ID     DeliveryID
 	Number uint32
 	// Unsent says the attempt never left the dispatcher: its subscriber
-	// went away before a send of it began, or its send failed, so no
-	// consumer can have seen it. An attempt whose send began and had not
-	// returned is not Unsent: its consumer may have it.
+	// went away before sending it, or its send failed, so no consumer
+	// can have seen it.
 	Unsent bool
 }
 
