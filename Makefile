@@ -64,8 +64,8 @@ bench: build ## run the Go benchmarks beside their peers and print the ratios, t
 bench-cluster: build ## measure one node against a cluster of three on one Redis (schedule and fire, as ratios), then failover (a kill -9) and recovery (a restart) of the three, then three on a 3-master Redis Cluster: bench/suite/cluster.sh (DURATION, FIRE_RATE, FAILOVER_COUNT, RECOVERY_COUNT, REDIS_CLUSTER, ...)
 	BIN=bin bash bench/suite/cluster.sh
 
-fuzz: ## run each fuzz target (wheel model, configs, record, lease, epoch, delivery-id and member-meta decoders, spec and every request validator, bench config, --batch and --rate, the --redis URL, the token file, the namespace limits file and the gossip key) for FUZZTIME
-	for target in wheel:FuzzWheel wheel:FuzzConfig store:FuzzRecord cluster:FuzzDecodeMeta auth:FuzzParse cluster:FuzzDecodeKey shard:FuzzParseDeliveryID shard:FuzzValidateSpec server:FuzzSchedule server:FuzzReschedule server:FuzzCancel server:FuzzGet server:FuzzSubscription server:FuzzAck server:FuzzListDeadLetters server:FuzzReplayDeadLetters server:FuzzNamespaceLimitsFile store:FuzzParseEpoch store:FuzzParseLeaseValue bench:FuzzConfigValidate bench:FuzzBatchFlag bench:FuzzRateFlag node:FuzzParseRedisURL; do \
+fuzz: ## run each fuzz target (wheel model, configs, record, lease, epoch, delivery-id and member-meta decoders, spec and every request validator, a stream's delivery accounts, bench config, --batch and --rate, the --redis URL, the token file, the namespace limits file and the gossip key) for FUZZTIME
+	for target in wheel:FuzzWheel wheel:FuzzConfig store:FuzzRecord cluster:FuzzDecodeMeta auth:FuzzParse cluster:FuzzDecodeKey shard:FuzzParseDeliveryID shard:FuzzValidateSpec server:FuzzSchedule server:FuzzReschedule server:FuzzCancel server:FuzzGet server:FuzzSubscription server:FuzzAck server:FuzzListDeadLetters server:FuzzReplayDeadLetters server:FuzzSubscriberLifecycle server:FuzzNamespaceLimitsFile store:FuzzParseEpoch store:FuzzParseLeaseValue bench:FuzzConfigValidate bench:FuzzBatchFlag bench:FuzzRateFlag node:FuzzParseRedisURL; do \
 	  $(GO) test -run '^$$' -fuzz "^$${target#*:}\$$" -fuzztime $(FUZZTIME) ./$${target%%:*}; \
 	done
 

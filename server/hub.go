@@ -359,7 +359,7 @@ func (s *subscriber) done(d *shard.Delivery, ok bool) (back shard.Attempt, give 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.sendStart = time.Time{}
-	if p := s.inSend; p != nil {
+	if p := s.inSend; p != nil && p.id == d.ID && p.attempt == d.Attempt {
 		s.inSend = nil
 		return s.giveBackLocked(p.id, p.held, !ok)
 	}

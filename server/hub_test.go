@@ -3,6 +3,8 @@ package server
 import (
 	"fmt"
 	"maps"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -439,4 +441,169 @@ func TestSubscriberRefillsAQuarter(t *testing.T) {
 	if !ack(s, "d0") {
 		t.Error("a credit of 1 was not refilled by its ack")
 	}
+}
+
+// FuzzSubscriberLifecycle drives one subscriber as its shards, its
+// client, its sweep and its sender would, in an order the fuzzer picks,
+// and checks the stream's accounts: only an occurrence a Send began on
+// the stream can be acked there; every attempt the stream held at its
+// end is given back once, by close or, for the one in a Send then, by
+// done when that Send returns; and one given back counts (is not
+// Unsent) exactly when a Send of it returned without error. An attempt
+// ends once: acked, expired, replaced by a later attempt, or given back.
+//
+// Each op's low nibble picks the event (modulo 9), its high nibble the
+// timer it concerns.
+func FuzzSubscriberLifecycle(f *testing.F) {
+	for _, seed := range [][]byte{
+		{0, 2, 3, 8, 4},             // a Send in progress when the stream ends, then handed over
+		{0, 2, 3, 8, 5},             // the same, and the Send fails
+		{0, 0, 2, 3, 4, 3, 6, 0x16}, // two sent, one acked, one not yet
+		{0, 2, 3, 7, 1, 2, 4, 8},    // a Send of an attempt that expired, redelivered meanwhile
+		{0, 0, 0, 0, 0, 2, 3, 5, 8}, // beyond the credit, and a failed Send
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		now := time.Now()
+		s := newSubscriber(topicKey{"default", "t"}, 4, time.Second)
+		type attempt struct {
+			id string
+			n  uint32
+		}
+		var (
+			ids     []string
+			offered = map[string]uint32{} // the last attempt a shard made, by id
+			acked   = map[string]bool{}
+			held    = map[string]uint32{} // the attempt the stream holds, by id
+			seen    = map[string]bool{}   // a Send of the held occurrence began
+			sentOK  = map[attempt]bool{}  // a Send of it returned without error
+			ended   = map[attempt]string{}
+			unsent  = map[attempt]bool{} // given back Unsent
+			buf     []shard.Delivery     // taken by the sender, not begun
+			cur     *shard.Delivery      // in the sender's Send
+			quit    bool                 // the sender has returned (a Send failed)
+			closed  bool
+			atClose map[string]uint32
+		)
+		end := func(a attempt, how string) {
+			if prev, ok := ended[a]; ok {
+				t.Fatalf("attempt %d of %s ended twice: %s, then %s", a.n, a.id, prev, how)
+			}
+			ended[a] = how
+		}
+		giveBack := func(b shard.Attempt, by string) {
+			a := attempt{b.ID.TimerID, b.Number}
+			if n, ok := atClose[a.id]; !ok || n != a.n {
+				t.Fatalf("%s gave back attempt %d of %s, which the stream did not hold at its end", by, a.n, a.id)
+			}
+			unsent[a] = b.Unsent
+			end(a, "given back by "+by)
+		}
+		closeStream := func() {
+			closed, atClose = true, maps.Clone(held)
+			for _, b := range s.close() {
+				giveBack(b, "close")
+			}
+		}
+		sendReturns := func(ok bool) {
+			if ok {
+				sentOK[attempt{cur.TimerID, cur.Attempt}] = true
+			}
+			if b, give := s.done(cur, ok); give {
+				if !closed {
+					t.Fatalf("done gave back %s of an open stream", b.ID.TimerID)
+				}
+				giveBack(b, "done")
+			}
+			cur, quit = nil, !ok
+		}
+		for _, op := range ops {
+			var id string
+			if len(ids) > 0 {
+				id = ids[int(op>>4)%len(ids)]
+			}
+			switch op & 0xf % 9 {
+			case 0: // a shard hands over a new occurrence
+				id = fmt.Sprint("t", len(ids))
+				ids = append(ids, id)
+				offered[id] = 1
+				if s.offer(delivery(id, 1, now), false, nil) {
+					held[id], seen[id] = 1, false
+				}
+			case 1: // a shard redelivers an occurrence it took back
+				if id == "" || acked[id] {
+					continue
+				}
+				offered[id]++
+				if s.offer(delivery(id, offered[id], now), true, nil) {
+					if n, ok := held[id]; ok {
+						end(attempt{id, n}, "replaced")
+					} else {
+						seen[id] = false
+					}
+					held[id] = offered[id]
+				}
+			case 2: // the sender takes the queue
+				if !quit && cur == nil && len(buf) == 0 {
+					buf = slices.Clone(s.take(nil))
+				}
+			case 3: // the sender begins a Send
+				if !quit && cur == nil && len(buf) > 0 {
+					d := buf[0]
+					buf = buf[1:]
+					if ok, _ := s.begin(&d, now); ok {
+						cur, seen[d.TimerID] = &d, true
+					}
+				}
+			case 4, 5: // the Send returns: handed over, or failed
+				if cur != nil {
+					sendReturns(op&0xf%9 == 4)
+				}
+			case 6: // the client acks
+				if id == "" {
+					continue
+				}
+				mine, _, _, _ := s.acks([]string{delivery(id, 1, now).ID}, nil)
+				n, holds := held[id]
+				if want := !closed && holds && seen[id]; (len(mine) == 1) != want {
+					t.Fatalf("ack of %s applied %v; want applied %v (held %v, a Send began %v, closed %v)", id, mine, want, holds, seen[id], closed)
+				}
+				if len(mine) == 1 {
+					end(attempt{id, n}, "acked")
+					delete(held, id)
+					acked[id] = true
+				}
+			case 7: // the sweep finds every attempt past its ack timeout
+				if closed {
+					continue
+				}
+				s.expire(now.Add(time.Second))
+				for id, n := range held {
+					end(attempt{id, n}, "expired")
+				}
+				clear(held)
+			case 8: // the stream ends
+				if !closed {
+					closeStream()
+				}
+			}
+		}
+		if !closed {
+			closeStream()
+		}
+		if cur != nil {
+			sendReturns(len(ops)%2 == 0)
+		}
+		// Every Send has returned: whether each attempt was handed over
+		// is known now, not when it was given back.
+		for id, n := range atClose {
+			a := attempt{id, n}
+			if how := ended[a]; !strings.HasPrefix(how, "given back") {
+				t.Errorf("attempt %d of %s, held at the stream's end, was not given back (%q)", n, id, how)
+			} else if unsent[a] == sentOK[a] {
+				t.Errorf("attempt %d of %s was %s with Unsent %v, but a Send of it returned ok: %v", n, id, how, unsent[a], sentOK[a])
+			}
+		}
+	})
 }
