@@ -42,6 +42,9 @@ type pacer struct {
 	l *limiter
 	// ready tells shard that a subscriber of key may take deliveries.
 	ready func(shard uint32, key topicKey)
+	// now is the clock the buckets fill by: time.Now, or a test's. It
+	// is set before the pacer is first used, and not changed after.
+	now func() time.Time
 
 	// buckets holds each namespace's *paceBucket; made counts those
 	// stored since the last sweep, which drops idle ones.
@@ -92,7 +95,7 @@ func newPacer(l *limiter, ready func(shard uint32, key topicKey)) *pacer {
 	if l.cfg.DeliverRate == 0 && l.file == nil {
 		return nil
 	}
-	return &pacer{l: l, ready: ready}
+	return &pacer{l: l, ready: ready, now: time.Now}
 }
 
 // take takes a token for d from its namespace's bucket. It returns false
@@ -101,7 +104,7 @@ func newPacer(l *limiter, ready func(shard uint32, key topicKey)) *pacer {
 // not delivered after all (nil when the namespace has no rate).
 func (p *pacer) take(d *shard.Delivery) (*paceBucket, bool) {
 	b := p.bucket(d.Namespace)
-	now := time.Now()
+	now := p.now()
 	if now.UnixNano() < b.freeUntil.Load() {
 		return nil, true
 	}
@@ -158,7 +161,7 @@ func (p *pacer) bucket(namespace string) *paceBucket {
 // a token from a bucket just dropped; it was full.
 func (p *pacer) sweep() {
 	p.made.Store(0)
-	now := time.Now()
+	now := p.now()
 	p.buckets.Range(func(k, v any) bool {
 		b := v.(*paceBucket)
 		b.mu.Lock()
@@ -216,7 +219,7 @@ func (p *pacer) armLocked(b *paceBucket, have float64) {
 // namespace has no rate any more), and arms b's timer again for the
 // rest.
 func (p *pacer) wake(b *paceBucket) {
-	now := time.Now()
+	now := p.now()
 	rate, burst := p.limit(b.ns)
 	b.mu.Lock()
 	b.setLocked(rate, burst, now)

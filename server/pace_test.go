@@ -3,6 +3,7 @@ package server
 import (
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -137,6 +138,8 @@ func newTestPacer(t testing.TB, limits Limits, ready func(shard uint32, key topi
 // TestPacerWakesInTurn: the shards refused for want of tokens are woken
 // in the order they were refused, each once however often it was
 // refused, and one refused again after it was woken goes to the back.
+// The buckets fill by a clock the test moves, so that a bucket it
+// emptied stays empty however slowly the test runs.
 func TestPacerWakesInTurn(t *testing.T) {
 	woken := make(chan uint32, 16)
 	p := newTestPacer(t, Limits{DeliverRate: 1000, DeliverBurst: 4, MaxSubscribeStreams: 1}, func(shard uint32, key topicKey) {
@@ -145,6 +148,10 @@ func TestPacerWakesInTurn(t *testing.T) {
 		}
 		woken <- shard
 	})
+	start := time.Now()
+	var elapsed atomic.Int64 // ns
+	p.now = func() time.Time { return start.Add(time.Duration(elapsed.Load())) }
+	refill := func() { elapsed.Add(int64(time.Second)) } // a full burst back
 	take := func(s uint32) bool {
 		_, ok := p.take(&shard.Delivery{Namespace: "a", Topic: "t", Shard: s})
 		return ok
@@ -168,6 +175,12 @@ func TestPacerWakesInTurn(t *testing.T) {
 			return 0
 		}
 	}
+	select {
+	case s := <-woken:
+		t.Fatalf("woke shard %d before a token was back", s)
+	case <-time.After(50 * time.Millisecond):
+	}
+	refill()
 	for _, want := range []uint32{1, 2} {
 		if got := next(); got != want {
 			t.Fatalf("woke shard %d, want %d", got, want)
@@ -181,6 +194,7 @@ func TestPacerWakesInTurn(t *testing.T) {
 	if take(1) {
 		t.Fatal("shard 1 took a token from an empty bucket")
 	}
+	refill()
 	for _, want := range []uint32{3, 1} {
 		if got := next(); got != want {
 			t.Fatalf("woke shard %d, want %d", got, want)
