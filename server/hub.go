@@ -584,12 +584,11 @@ func (s *subscriber) release(ids []string, unsent bool) (_ []shard.Attempt, notH
 	var out []shard.Attempt
 	notHeld, notSent, refilled = s.settle(ids, func(id string, h held) {
 		s.lapsed[id] = struct{}{}
-		if h.via != nil {
-			// Only a peer's stream may give back unsent, and it holds
-			// nothing relayed.
-			h.via.release(id, false)
-		} else if d, err := shard.ParseDeliveryID(id); err == nil {
-			out = append(out, shard.Attempt{ID: d, Number: h.attempt, Unsent: unsent})
+		// Only a peer's stream may give back unsent (Subscribe refuses
+		// it from others), and it holds nothing relayed: a relayed
+		// delivery goes back to its relay as seen.
+		if a, ok := s.giveBackLocked(id, h, unsent); ok {
+			out = append(out, a)
 		}
 	})
 	return out, notHeld, notSent, refilled
